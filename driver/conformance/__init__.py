@@ -1,0 +1,1 @@
+"""The AI-conformance suite: checklist handling, probes, runner and report."""

@@ -1,0 +1,1 @@
+"""What hardware exists: the GPU model, the NVML backend and the fake backend."""

@@ -1,0 +1,1 @@
+"""The standardized accelerator-metrics exporter."""

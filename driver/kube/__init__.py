@@ -1,0 +1,1 @@
+"""Kubernetes API access shared by the plugin, exporter and conformance suite."""

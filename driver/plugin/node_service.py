@@ -1,0 +1,99 @@
+"""NodePrepareResources / NodeUnprepareResources semantics, free of gRPC.
+
+This mirrors what a plugin built on the upstream Go helper does around the driver's own logic:
+
+* before taking the node lock, GET every ResourceClaim; a claim that cannot be fetched, is not allocated,
+  or whose UID differs from the request fails the *whole* call (the kubelet retries the pod);
+* prepare and unprepare run under the node lock (shared with other instances on the node);
+* the answer holds exactly one entry per requested claim UID; a preparer that forgets one gets an error
+  entry rather than a silently short map (the kubelet would report "skipped N ResourceClaims");
+* request names are reported as base names (``gpu/sub`` -> ``gpu``), or the kubelet injects nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Protocol
+
+from driver.kube.client import RESOURCE_CLAIMS, ApiError, KubeClient
+from driver.log import get_logger
+from driver.state.api import Claim, ClaimRef, PreparedDevice, Preparer, PrepareResult, is_allocated
+from driver.state.lock import NodeLock
+
+log = get_logger(__name__)
+
+
+class ClaimSource(Protocol):
+    async def get_claim(self, namespace: str, name: str) -> Claim: ...
+
+
+class KubeClaimSource:
+    """Reads ResourceClaims from the API server (resource.k8s.io/v1)."""
+
+    def __init__(self, kube: KubeClient) -> None:
+        self._kube = kube
+
+    async def get_claim(self, namespace: str, name: str) -> Claim:
+        return await self._kube.get(RESOURCE_CLAIMS, name, namespace)
+
+
+class ClaimCheckError(Exception):
+    """A claim failed the pre-checks; the whole gRPC call fails with this message."""
+
+
+class NodeService:
+    def __init__(self, claims: ClaimSource, preparer: Preparer, lock: NodeLock, driver_name: str) -> None:
+        self._claims = claims
+        self._preparer = preparer
+        self._lock = lock
+        self.driver_name = driver_name
+
+    async def prepare(self, refs: Sequence[ClaimRef]) -> dict[str, PrepareResult]:
+        if not refs:
+            return {}
+        claims = await asyncio.gather(*(self._fetch_checked(ref) for ref in refs))
+        async with self._lock.hold():
+            results = await self._preparer.prepare(claims)
+        return {ref.uid: _base_names(_result_for(ref, results)) for ref in refs}
+
+    async def unprepare(self, refs: Sequence[ClaimRef]) -> dict[str, str]:
+        if not refs:
+            return {}
+        async with self._lock.hold():
+            errors = await self._preparer.unprepare(refs)
+        return {
+            ref.uid: errors.get(ref.uid, f"internal error: no unprepare result for claim {ref}")
+            for ref in refs
+        }
+
+    async def _fetch_checked(self, ref: ClaimRef) -> Claim:
+        try:
+            claim = await self._claims.get_claim(ref.namespace, ref.name)
+        except ApiError as err:
+            raise ClaimCheckError(f"get ResourceClaim {ref.namespace}/{ref.name}: {err}") from err
+        uid = claim.get("metadata", {}).get("uid")
+        if uid != ref.uid:
+            raise ClaimCheckError(
+                f"ResourceClaim {ref.namespace}/{ref.name} got replaced: UID is {uid}, kubelet asked for {ref.uid}"
+            )
+        if not is_allocated(claim):
+            raise ClaimCheckError(f"ResourceClaim {ref.namespace}/{ref.name} ({ref.uid}) is not allocated")
+        return claim
+
+
+def _result_for(ref: ClaimRef, results: dict[str, PrepareResult]) -> PrepareResult:
+    result = results.get(ref.uid)
+    if result is None:
+        log.error("preparer returned no result", claim=str(ref))
+        return PrepareResult(error=f"internal error: no prepare result for claim {ref}")
+    return result
+
+
+def _base_names(result: PrepareResult) -> PrepareResult:
+    def fix(device: PreparedDevice) -> PreparedDevice:
+        names = tuple(dict.fromkeys(n.split("/", 1)[0] for n in device.request_names))
+        return replace(device, request_names=names)
+
+    return replace(result, devices=tuple(fix(d) for d in result.devices))

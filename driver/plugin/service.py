@@ -1,0 +1,108 @@
+"""The DRA gRPC servicers (v1 and v1beta1): translate protobuf <-> :mod:`driver.state.api` and log.
+
+Both API versions carry identical messages (v1 adds ``Device.share_id``), so one class serves both,
+parameterised by the generated module. All decisions live in :class:`~driver.plugin.node_service.NodeService`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import grpc
+
+from driver.log import bind, get_logger, new_request_id
+from driver.plugin.node_service import ClaimCheckError, NodeService
+from driver.state.api import ClaimRef, PrepareResult
+
+log = get_logger(__name__)
+
+OperationObserver = Callable[[str, str, float], None]
+"""Called as ``observer(operation, result, seconds)`` after every call (driver operation metrics)."""
+
+
+class DraServicer:
+    def __init__(
+        self,
+        node: NodeService,
+        pb: ModuleType,
+        api_version: str,
+        observer: OperationObserver | None = None,
+    ) -> None:
+        self._node = node
+        self._pb = pb
+        self._api_version = api_version
+        self._observer = observer
+        self._has_share_id = "share_id" in pb.Device.DESCRIPTOR.fields_by_name
+
+    async def NodePrepareResources(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        refs = [ClaimRef(c.namespace, c.uid, c.name) for c in request.claims]
+        with bind(request_id=new_request_id(), rpc="NodePrepareResources", api=self._api_version):
+            started = time.monotonic()
+            log.info("prepare requested", claims=_describe(refs))
+            try:
+                results = await self._node.prepare(refs)
+            except ClaimCheckError as err:
+                self._observe("prepare", "error", started)
+                log.warning("prepare rejected", error=str(err))
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(err))
+            except Exception as err:
+                self._observe("prepare", "error", started)
+                log.exception("prepare failed")
+                await context.abort(grpc.StatusCode.INTERNAL, f"prepare failed: {err}")
+            failed = sum(1 for r in results.values() if r.error)
+            self._observe("prepare", "error" if failed else "success", started)
+            log.info("prepare answered", claims=len(results), failed=failed, ms=_ms(started))
+            return self._prepare_response(results)
+
+    async def NodeUnprepareResources(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        refs = [ClaimRef(c.namespace, c.uid, c.name) for c in request.claims]
+        with bind(request_id=new_request_id(), rpc="NodeUnprepareResources", api=self._api_version):
+            started = time.monotonic()
+            log.info("unprepare requested", claims=_describe(refs))
+            try:
+                errors = await self._node.unprepare(refs)
+            except Exception as err:
+                self._observe("unprepare", "error", started)
+                log.exception("unprepare failed")
+                await context.abort(grpc.StatusCode.INTERNAL, f"unprepare failed: {err}")
+            failed = sum(1 for e in errors.values() if e)
+            self._observe("unprepare", "error" if failed else "success", started)
+            log.info("unprepare answered", claims=len(errors), failed=failed, ms=_ms(started))
+            response = self._pb.NodeUnprepareResourcesResponse()
+            for uid, error in errors.items():
+                response.claims[uid].error = error
+            return response
+
+    def _prepare_response(self, results: dict[str, PrepareResult]) -> Any:
+        response = self._pb.NodePrepareResourcesResponse()
+        for uid, result in results.items():
+            entry = response.claims[uid]
+            if result.error:
+                entry.error = result.error
+                log.warning("claim not prepared", claim_uid=uid, error=result.error)
+                continue
+            for device in result.devices:
+                out = entry.devices.add(
+                    request_names=list(device.request_names),
+                    pool_name=device.pool_name,
+                    device_name=device.device_name,
+                    cdi_device_ids=list(device.cdi_device_ids),
+                )
+                if device.share_id is not None and self._has_share_id:
+                    out.share_id = device.share_id
+        return response
+
+    def _observe(self, operation: str, result: str, started: float) -> None:
+        if self._observer is not None:
+            self._observer(operation, result, time.monotonic() - started)
+
+
+def _describe(refs: list[ClaimRef]) -> str:
+    return ",".join(f"{r.namespace}/{r.name}:{r.uid}" for r in refs) or "-"
+
+
+def _ms(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 2)

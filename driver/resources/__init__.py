@@ -1,0 +1,1 @@
+"""Hardware -> DRA: the standard attribute profile, slice building and the ResourceSlice publisher."""

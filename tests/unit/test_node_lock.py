@@ -1,0 +1,99 @@
+"""The node lock excludes other processes and other coroutines, and survives cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from driver.state.lock import NodeLock
+
+HOLDER = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.fixture
+def holder(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Another process holding the lock until its stdin is closed."""
+    path = tmp_path / "serialize.lock"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    yield path, proc
+    proc.kill()
+    proc.wait()
+
+
+async def test_waits_for_another_process_then_acquires(holder) -> None:  # type: ignore[no-untyped-def]
+    path, proc = holder
+    lock = NodeLock(path)
+    entered = asyncio.Event()
+
+    async def critical() -> None:
+        async with lock.hold():
+            entered.set()
+
+    task = asyncio.create_task(critical())
+    done, _ = await asyncio.wait({task}, timeout=0.3)
+    assert not done, "acquired the lock while another process held it"
+    proc.stdin.close()  # the holder exits, the kernel drops its lock
+    await asyncio.wait_for(task, 10)
+    assert entered.is_set()
+
+
+async def test_serializes_coroutines_of_one_process(tmp_path: Path) -> None:
+    lock = NodeLock(tmp_path / "serialize.lock")
+    inside = 0
+    peak = 0
+
+    async def critical() -> None:
+        nonlocal inside, peak
+        async with lock.hold():
+            inside += 1
+            peak = max(peak, inside)
+            await asyncio.sleep(0)  # yield so an unserialized peer could enter
+            inside -= 1
+
+    await asyncio.gather(*(critical() for _ in range(20)))
+    assert peak == 1
+
+
+async def test_cancelled_waiter_does_not_keep_the_lock(holder) -> None:  # type: ignore[no-untyped-def]
+    path, proc = holder
+    lock = NodeLock(path)
+
+    async def critical() -> None:
+        async with lock.hold():
+            pass
+
+    task = asyncio.create_task(critical())
+    await asyncio.wait({task}, timeout=0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    proc.stdin.close()
+    proc.wait()
+    # Once the worker's flock returns it must release: a fresh process can take the lock.
+    fd = os.open(path, os.O_RDWR)
+    try:
+        for _ in range(200):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                await asyncio.sleep(0.02)
+        else:
+            pytest.fail("lock still held after the cancelled waiter's worker returned")
+    finally:
+        os.close(fd)

@@ -1,0 +1,143 @@
+"""Prepare/unprepare rules around the preparer, without sockets (see the integration tests for the wire)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from driver.kube.client import ApiError
+from driver.plugin.node_service import ClaimCheckError, NodeService
+from driver.state.api import Claim, ClaimRef, PreparedDevice, PrepareResult, allocation_results
+from driver.state.lock import NodeLock
+from driver.state.memory import InMemoryPreparer
+
+DRIVER = "gpu.accel-dra.dev"
+
+
+def claim(
+    uid: str, name: str, results: list[dict[str, Any]] | None, namespace: str = "default"
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"metadata": {"name": name, "namespace": namespace, "uid": uid}, "status": {}}
+    if results is not None:
+        body["status"]["allocation"] = {"devices": {"results": results}}
+    return body
+
+
+def result(request: str, device: str, driver: str = DRIVER, **extra: Any) -> dict[str, Any]:
+    return {"request": request, "driver": driver, "pool": "node-1", "device": device, **extra}
+
+
+class Claims:
+    def __init__(self, *claims: dict[str, Any]) -> None:
+        self.by_name = {(c["metadata"]["namespace"], c["metadata"]["name"]): c for c in claims}
+        self.gets: list[tuple[str, str]] = []
+
+    async def get_claim(self, namespace: str, name: str) -> Claim:
+        self.gets.append((namespace, name))
+        try:
+            return self.by_name[(namespace, name)]
+        except KeyError:
+            raise ApiError(404, "NotFound", f'resourceclaims.resource.k8s.io "{name}" not found') from None
+
+
+def ref(c: dict[str, Any]) -> ClaimRef:
+    m = c["metadata"]
+    return ClaimRef(m["namespace"], m["uid"], m["name"])
+
+
+@pytest.fixture
+def lock(tmp_path: Path) -> NodeLock:
+    return NodeLock(tmp_path / "serialize.lock")
+
+
+async def test_prepare_returns_one_entry_per_claim_with_base_request_names(lock: NodeLock) -> None:
+    a = claim("uid-a", "a", [result("gpu/sub-1", "gpu-0"), result("gpu", "gpu-1", shareID="s1")])
+    b = claim("uid-b", "b", [result("other", "nic-0", driver="net.example.com"), result("x", "gpu-2")])
+    node = NodeService(Claims(a, b), InMemoryPreparer(DRIVER), lock, DRIVER)
+    out = await node.prepare([ref(a), ref(b)])
+    assert set(out) == {"uid-a", "uid-b"}
+    assert [d.request_names for d in out["uid-a"].devices] == [("gpu",), ("gpu",)]
+    assert [d.share_id for d in out["uid-a"].devices] == [None, "s1"]
+    # The other driver's result is ignored.
+    assert [d.device_name for d in out["uid-b"].devices] == ["gpu-2"]
+
+
+async def test_empty_request_is_an_empty_answer_without_api_calls(lock: NodeLock) -> None:
+    claims = Claims()
+    node = NodeService(claims, InMemoryPreparer(DRIVER), lock, DRIVER)
+    assert await node.prepare([]) == {}
+    assert await node.unprepare([]) == {}
+    assert claims.gets == []
+
+
+@pytest.mark.parametrize(
+    ("stored", "asked", "message"),
+    [
+        (None, ClaimRef("default", "uid-a", "a"), r"get ResourceClaim default/a: 404"),
+        (
+            claim("uid-a", "a", None),
+            ClaimRef("default", "uid-a", "a"),
+            r"default/a \(uid-a\) is not allocated",
+        ),
+        (
+            claim("uid-new", "a", []),
+            ClaimRef("default", "uid-a", "a"),
+            r"default/a got replaced: UID is uid-new",
+        ),
+    ],
+)
+async def test_claim_checks_fail_the_whole_call(
+    lock: NodeLock, stored: dict[str, Any] | None, asked: ClaimRef, message: str
+) -> None:
+    good = claim("uid-g", "g", [result("gpu", "gpu-0")])
+    preparer = InMemoryPreparer(DRIVER)
+    node = NodeService(Claims(*([stored] if stored else []), good), preparer, lock, DRIVER)
+    with pytest.raises(ClaimCheckError, match=message):
+        await node.prepare([ref(good), asked])
+    assert preparer.calls == [], "no claim may be prepared when any check fails"
+
+
+class ForgetfulPreparer:
+    """A preparer that answers for the first claim only, with an error."""
+
+    async def prepare(self, claims: Sequence[Claim]) -> dict[str, PrepareResult]:
+        first = claims[0]["metadata"]["uid"]
+        return {first: PrepareResult(error="device gpu-9 does not exist")}
+
+    async def unprepare(self, claims: Sequence[ClaimRef]) -> dict[str, str]:
+        return {}
+
+
+async def test_missing_and_failed_entries_become_per_claim_errors(lock: NodeLock) -> None:
+    a = claim("uid-a", "a", [result("gpu", "gpu-9")])
+    b = claim("uid-b", "b", [result("gpu", "gpu-1")])
+    node = NodeService(Claims(a, b), ForgetfulPreparer(), lock, DRIVER)
+    out = await node.prepare([ref(a), ref(b)])
+    assert out["uid-a"].error == "device gpu-9 does not exist"
+    assert "no prepare result for claim default/b (uid-b)" in out["uid-b"].error
+    errors = await node.unprepare([ref(a)])
+    assert "no unprepare result for claim default/a (uid-a)" in errors["uid-a"]
+
+
+async def test_unprepare_of_unknown_claim_succeeds_without_api_calls(lock: NodeLock) -> None:
+    claims = Claims()
+    node = NodeService(claims, InMemoryPreparer(DRIVER), lock, DRIVER)
+    assert await node.unprepare([ClaimRef("default", "never-seen", "x")]) == {"never-seen": ""}
+    assert claims.gets == []
+
+
+def test_allocation_results_keep_admin_access_and_share_id() -> None:
+    c = claim(
+        "u", "c", [result("gpu/a", "gpu-0", adminAccess=True, shareID="abc"), result("n", "x", driver="o")]
+    )
+    (only,) = allocation_results(c, DRIVER)
+    assert (only.base_request, only.admin_access, only.share_id) == ("gpu", True, "abc")
+
+
+def test_prepared_device_is_immutable() -> None:
+    device = PreparedDevice(("gpu",), "pool", "gpu-0", ("k8s.x/gpu=a",))
+    with pytest.raises(AttributeError):
+        device.pool_name = "other"  # type: ignore[misc]
