@@ -1,0 +1,68 @@
+"""The device backend interface and the ``--devices`` spec parser.
+
+A backend answers "what hardware is there" (:meth:`DeviceBackend.discover`). Specs:
+
+- ``nvml``: the real GPUs through NVML (``driver.devices.nvml``);
+- ``fake:PROFILE``: a named simulated machine shipped with the package (``driver.devices.fake``);
+- ``file:PATH``: a simulated machine described by a YAML file of the same schema.
+
+Later capabilities (telemetry sampling, health events, fault injection) are added as separate, optional
+Protocols that a backend may also implement, so callers can test for them with ``isinstance`` and this
+minimal interface stays stable.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+from driver.devices.model import Inventory
+
+
+class BackendError(Exception):
+    """The backend cannot be opened or used (unknown spec, NVML missing, invalid profile file)."""
+
+
+@runtime_checkable
+class DeviceBackend(Protocol):
+    """Where device facts come from."""
+
+    def discover(self) -> Inventory:
+        """Enumerate the node's GPUs. Raises :class:`BackendError` when the hardware cannot be queried."""
+        ...
+
+    def close(self) -> None:
+        """Release the backend (idempotent)."""
+        ...
+
+
+def open_backend(spec: str, **options: Any) -> DeviceBackend:
+    """Open the backend named by ``spec``.
+
+    Options by kind: ``nvml``: ``sysfs_root`` (default ``/sys``), ``nvml`` (a pynvml-compatible module, for
+    tests); ``fake:``/``file:``: ``node_name`` (mixed into generated UUIDs so several simulated nodes with the
+    same profile get distinct GPUs).
+    """
+    kind, _, arg = spec.partition(":")
+    if kind == "nvml" and not arg:
+        from driver.devices.nvml import NvmlBackend
+
+        _check_options(spec, options, {"sysfs_root", "nvml"})
+        return NvmlBackend(**options)
+    if kind in ("fake", "file") and arg:
+        from driver.devices.fake import FakeBackend, load_named_profile, load_profile_file
+
+        _check_options(spec, options, {"node_name"})
+        node_name = options.get("node_name")
+        profile = (
+            load_named_profile(arg, node_name=node_name)
+            if kind == "fake"
+            else load_profile_file(arg, node_name=node_name)
+        )
+        return FakeBackend(profile)
+    raise BackendError(f"unknown device backend {spec!r}: expected 'nvml', 'fake:PROFILE' or 'file:PATH'")
+
+
+def _check_options(spec: str, options: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise BackendError(f"device backend {spec!r} does not take option(s): {', '.join(unknown)}")

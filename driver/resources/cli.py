@@ -1,0 +1,173 @@
+"""``accel-dra discover`` and ``accel-dra validate``.
+
+``discover`` prints the ResourceSlices the plugin would publish for this machine. ``validate`` checks
+slice dumps from any vendor's driver against the API server's rules and the standard attribute profile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from driver import DEFAULT_DRIVER_NAME
+
+JSON = dict[str, Any]
+
+
+# -- discover -------------------------------------------------------------------------------------
+
+
+def add_discover_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend",
+        default=os.environ.get("DEVICE_BACKEND", "nvml"),
+        help="nvml | fake:PROFILE | file:PATH (env DEVICE_BACKEND)",
+    )
+    parser.add_argument(
+        "--driver-name", default=os.environ.get("DRIVER_NAME", DEFAULT_DRIVER_NAME), help="DRA driver name"
+    )
+    parser.add_argument(
+        "--node-name",
+        default=os.environ.get("NODE_NAME") or socket.gethostname(),
+        help="node (and pool) name; default $NODE_NAME or the host name",
+    )
+    parser.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
+
+
+def discovered_slices(backend_spec: str, driver: str, node: str) -> list[JSON]:
+    """The slices the plugin would publish, as a server would store them (names left to generateName)."""
+    from driver.devices.backend import open_backend
+    from driver.resources.attributes import device_entry
+    from driver.resources.slices import split_devices
+
+    options = {"node_name": node} if backend_spec.startswith(("fake:", "file:")) else {}
+    backend = open_backend(backend_spec, **options)
+    try:
+        inventory = backend.discover()
+    finally:
+        backend.close()
+    chunks = split_devices([device_entry(d, inventory, driver) for d in inventory.devices])
+    return [
+        {
+            "apiVersion": "resource.k8s.io/v1",
+            "kind": "ResourceSlice",
+            "metadata": {"generateName": f"{node}-{driver}-"},
+            "spec": {
+                "driver": driver,
+                "nodeName": node,
+                "pool": {"name": node, "generation": 1, "resourceSliceCount": len(chunks)},
+                "devices": chunk,
+            },
+        }
+        for chunk in chunks
+    ]
+
+
+def _dump(obj: Any, fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(obj, indent=2) + "\n"
+    return str(yaml.safe_dump(obj, sort_keys=False))
+
+
+def run_discover(args: argparse.Namespace) -> int:
+    from driver.config import ConfigError, check_driver_name
+    from driver.devices.backend import BackendError
+
+    try:
+        check_driver_name(args.driver_name)
+        slices = discovered_slices(args.backend, args.driver_name, args.node_name)
+    except (BackendError, ConfigError) as err:
+        print(f"accel-dra discover: {err}", file=sys.stderr)
+        return 1
+    sys.stdout.write(_dump({"apiVersion": "v1", "kind": "List", "items": slices}, args.output))
+    return 0
+
+
+# -- validate -------------------------------------------------------------------------------------
+
+
+def add_validate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "files", nargs="+", metavar="FILE", help="ResourceSlice YAML/JSON (object, List, '-')"
+    )
+    parser.add_argument(
+        "--skip-profile",
+        action="store_true",
+        help="only check the API server's rules, not the attribute profile",
+    )
+
+
+class InputError(Exception):
+    pass
+
+
+def _documents(path: str) -> Iterator[Any]:
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise InputError(f"{path}: {err.strerror}") from err
+    try:
+        yield from (d for d in yaml.safe_load_all(text) if d is not None)
+    except yaml.YAMLError as err:
+        raise InputError(f"{path}: not valid YAML/JSON: {err}") from err
+
+
+def resource_slices(doc: Any) -> Iterator[Mapping[str, Any]]:
+    """ResourceSlices in a document: the object itself or the items of a (ResourceSlice)List."""
+    if not isinstance(doc, Mapping):
+        return
+    if doc.get("kind") == "ResourceSlice":
+        yield doc
+    for item in doc.get("items") or []:
+        yield from resource_slices(item)
+
+
+def as_v1(slice_obj: Mapping[str, Any]) -> JSON:
+    """v1beta1 slices nest device fields under ``basic``; the API rules are checked on the v1 shape."""
+    out: JSON = json.loads(json.dumps(slice_obj))
+    if str(out.get("apiVersion", "")).endswith("/v1beta1"):
+        for device in out.get("spec", {}).get("devices") or []:
+            device.update(device.pop("basic", None) or {})
+    return out
+
+
+def slice_problems(slice_obj: Mapping[str, Any], profile: bool = True) -> list[str]:
+    from driver.resources.attributes import check_slice
+    from driver.resources.validation import validate_resource_slice
+
+    problems = [str(error) for error in validate_resource_slice(as_v1(slice_obj))]
+    if profile:
+        problems += [f"device {f.device}: {f.attribute}: {f.problem}" for f in check_slice(slice_obj)]
+    return problems
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    checked = devices = failures = 0
+    try:
+        for path in args.files:
+            for doc in _documents(path):
+                for slice_obj in resource_slices(doc):
+                    checked += 1
+                    devices += len(slice_obj.get("spec", {}).get("devices") or [])
+                    name = slice_obj.get("metadata", {}).get("name") or "<unnamed>"
+                    driver = slice_obj.get("spec", {}).get("driver", "?")
+                    for problem in slice_problems(slice_obj, profile=not args.skip_profile):
+                        failures += 1
+                        print(f"{path}: ResourceSlice {name} (driver {driver}): {problem}")
+    except InputError as err:
+        print(f"accel-dra validate: {err}", file=sys.stderr)
+        return 2
+    if not checked:
+        print("accel-dra validate: no ResourceSlice found in the input", file=sys.stderr)
+        return 2
+    verdict = "OK" if not failures else f"{failures} problem(s)"
+    print(f"{checked} ResourceSlice(s), {devices} device(s) checked: {verdict}")
+    return 1 if failures else 0

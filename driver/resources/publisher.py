@@ -1,0 +1,210 @@
+"""Keeps this node's ResourceSlices in the API server equal to what the driver wants published.
+
+The publisher lists the node's slices, computes a plan with :func:`driver.resources.slices.plan_sync` and
+applies it (deletes, then updates, then creates). It watches the slices so that a slice deleted by someone
+else -- the kubelet wipes all of a node's slices when it starts, and 30 s after a driver's socket goes
+away -- comes back within moments. API errors and 409 conflicts are retried with exponential backoff; when
+nothing changed, a sync writes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from driver.kube.client import NODES, RESOURCE_SLICES, ApiError, KubeClient
+from driver.log import get_logger
+from driver.resources.slices import JSON, Owner, SyncPlan, plan_sync, split_devices
+
+log = get_logger(__name__)
+
+# Network-level failures talking to the API server; retried like API errors.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (OSError, TimeoutError, aiohttp.ClientError)
+RETRIED_ERRORS: tuple[type[Exception], ...] = (ApiError, *TRANSIENT_ERRORS)
+
+WATCH_TIMEOUT_SECONDS = 300
+EVENT_DEBOUNCE_SECONDS = 0.2
+
+
+@dataclass
+class PublisherStats:
+    syncs: int = 0
+    writes: int = 0
+    api_errors: int = 0
+    generation: int = 0
+
+
+class SlicePublisher:
+    def __init__(
+        self,
+        kube: KubeClient,
+        *,
+        driver: str,
+        node: str,
+        max_backoff: float = 30.0,
+        on_write: Callable[[str], None] | None = None,
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
+        self._kube = kube
+        self.driver = driver
+        self.node = node
+        self._max_backoff = max_backoff
+        self._on_write = on_write
+        self._on_error = on_error
+        self._desired: list[list[JSON]] | None = None
+        self._dirty = asyncio.Event()
+        self._synced = asyncio.Event()
+        self._owner: Owner | None = None
+        self._resync_pending = False
+        self.stats = PublisherStats()
+
+    @property
+    def field_selector(self) -> str:
+        return f"spec.driver={self.driver},spec.nodeName={self.node}"
+
+    def set_devices(self, devices: Sequence[Mapping[str, Any]]) -> None:
+        """Publish this device list (device JSON as in ``spec.devices``); cheap, the sync runs in ``run``."""
+        self._desired = split_devices(devices)
+        self._synced.clear()
+        self._dirty.set()
+
+    async def wait_synced(self) -> None:
+        """Wait until the API server holds exactly the desired slices (after the latest ``set_devices``)."""
+        await self._synced.wait()
+
+    async def run(self) -> None:
+        """Reconcile until cancelled."""
+        watcher = asyncio.create_task(self._watch_loop(), name="slice-watch")
+        try:
+            await self._reconcile_loop()
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    # -- reconcile -------------------------------------------------------------------------------
+
+    async def _reconcile_loop(self) -> None:
+        failures = 0
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            if self._desired is None:
+                continue
+            try:
+                plan = await self.sync_once()
+            except RETRIED_ERRORS as err:
+                failures += 1
+                delay = min(self._max_backoff, 0.2 * 2 ** (failures - 1))
+                self.stats.api_errors += 1
+                if self._on_error:
+                    self._on_error(type(err).__name__ if not isinstance(err, ApiError) else str(err.status))
+                log.warning("slice sync failed; retrying", error=str(err), retry_in_s=delay, node=self.node)
+                await asyncio.sleep(delay)
+                self._dirty.set()
+                continue
+            failures = 0
+            if plan.writes:
+                log.info(
+                    "slices published",
+                    generation=plan.generation,
+                    slices=plan.slice_count,
+                    created=len(plan.creates),
+                    updated=len(plan.updates),
+                    deleted=len(plan.deletes),
+                )
+            if not self._dirty.is_set():
+                self._synced.set()
+
+    async def _node_owner(self) -> Owner:
+        if self._owner is None:
+            node = await self._kube.get(NODES, self.node)
+            self._owner = Owner(self.node, node["metadata"]["uid"])
+        return self._owner
+
+    async def sync_once(self) -> SyncPlan:
+        """One reconcile pass; raises on API errors (the loop retries with backoff)."""
+        assert self._desired is not None
+        owner = await self._node_owner()
+        existing = await self._kube.list(RESOURCE_SLICES, field_selector=self.field_selector)
+        plan = plan_sync(existing.get("items", []), self._desired, driver=self.driver, owner=owner)
+        self.stats.syncs += 1
+        self.stats.generation = plan.generation
+        for obj in plan.deletes:
+            meta = obj["metadata"]
+            try:
+                await self._kube.delete(
+                    RESOURCE_SLICES,
+                    meta["name"],
+                    uid=meta.get("uid"),
+                    resource_version=meta.get("resourceVersion"),
+                )
+            except ApiError as err:
+                if not err.not_found:
+                    raise
+            self._wrote("delete")
+        for obj in plan.updates:
+            await self._kube.update(RESOURCE_SLICES, obj)
+            self._wrote("update")
+        for obj in plan.creates:
+            await self._kube.create(RESOURCE_SLICES, obj)
+            self._wrote("create")
+        return plan
+
+    def _wrote(self, verb: str) -> None:
+        self.stats.writes += 1
+        if self._on_write:
+            self._on_write(verb)
+
+    # -- watch -----------------------------------------------------------------------------------
+
+    def _schedule_resync(self) -> None:
+        """Coalesce a burst of watch events (our own writes echo back too) into one sync."""
+        if self._resync_pending:
+            return
+        self._resync_pending = True
+
+        def fire() -> None:
+            self._resync_pending = False
+            self._dirty.set()
+
+        asyncio.get_running_loop().call_later(EVENT_DEBOUNCE_SECONDS, fire)
+
+    async def _watch_loop(self) -> None:
+        """Trigger a sync whenever someone else touches our slices (debounced)."""
+        failures = 0
+        resource_version: str | None = None
+        while True:
+            try:
+                if resource_version is None:
+                    listed = await self._kube.list(RESOURCE_SLICES, field_selector=self.field_selector)
+                    resource_version = listed["metadata"].get("resourceVersion")
+                async for event in self._kube.watch(
+                    RESOURCE_SLICES,
+                    field_selector=self.field_selector,
+                    resource_version=resource_version,
+                    timeout_seconds=WATCH_TIMEOUT_SECONDS,
+                ):
+                    resource_version = event.object.get("metadata", {}).get(
+                        "resourceVersion", resource_version
+                    )
+                    failures = 0
+                    if event.type in ("DELETED", "MODIFIED", "ADDED"):
+                        self._schedule_resync()
+            except ApiError as err:
+                if err.status == 410:
+                    resource_version = None  # too old: re-list
+                    self._dirty.set()
+                    continue
+                failures += 1
+                log.warning("slice watch failed", error=str(err))
+                await asyncio.sleep(min(self._max_backoff, 0.2 * 2**failures))
+            except TRANSIENT_ERRORS as err:
+                failures += 1
+                log.warning("slice watch interrupted", error=str(err))
+                await asyncio.sleep(min(self._max_backoff, 0.2 * 2**failures))

@@ -1,0 +1,180 @@
+"""Desired ResourceSlices for one node, and the plan that brings the API server there.
+
+Everything here is pure: given what the API server holds and what should be published, compute which
+slices to delete, update and create, following the upstream Go helper's ResourceSlice controller so the
+scheduler sees pools the way it expects:
+
+* the pool is named after the node; its generation is the highest generation among existing slices,
+  and slices at a lower generation are obsolete;
+* an existing slice matches a desired one when it is the only one on both sides, or when both hold the
+  same set of device names; unmatched existing slices are deleted, unmatched desired ones created;
+* the generation is kept when nothing is created and at most one slice changes, otherwise bumped, and
+  every written slice carries the (possibly new) generation and ``resourceSliceCount``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+JSON = dict[str, Any]
+
+MAX_DEVICES_PER_SLICE = 128
+MAX_DEVICES_PER_SLICE_WITH_TAINTS_OR_COUNTERS = 64
+
+
+def slice_capacity(devices: Sequence[Mapping[str, Any]]) -> int:
+    """How many devices one slice may hold: the API server allows fewer once taints or counters appear.
+
+    The limit applies pool-wide so that tainting one device re-splits the pool once, predictably.
+    """
+    if any(d.get("taints") or d.get("consumesCounters") for d in devices):
+        return MAX_DEVICES_PER_SLICE_WITH_TAINTS_OR_COUNTERS
+    return MAX_DEVICES_PER_SLICE
+
+
+def split_devices(devices: Sequence[Mapping[str, Any]]) -> list[list[JSON]]:
+    """Deterministic split into slices: devices ordered by name, chunks of the allowed size.
+
+    A pool with no devices still gets one empty slice: "an empty pool" differs from "no pool".
+    """
+    ordered = sorted((dict(d) for d in devices), key=lambda d: d["name"])
+    size = slice_capacity(ordered)
+    return [ordered[i : i + size] for i in range(0, len(ordered), size)] or [[]]
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The Node that owns the slices (garbage collection removes them with the node)."""
+
+    name: str
+    uid: str
+
+    def reference(self) -> JSON:
+        return {"apiVersion": "v1", "kind": "Node", "name": self.name, "uid": self.uid, "controller": True}
+
+
+@dataclass
+class SyncPlan:
+    generation: int
+    slice_count: int
+    deletes: list[JSON] = field(default_factory=list)
+    updates: list[JSON] = field(default_factory=list)
+    creates: list[JSON] = field(default_factory=list)
+
+    @property
+    def writes(self) -> int:
+        return len(self.deletes) + len(self.updates) + len(self.creates)
+
+
+def _device_names(slice_obj: Mapping[str, Any]) -> frozenset[str]:
+    return frozenset(d.get("name", "") for d in slice_obj.get("spec", {}).get("devices") or [])
+
+
+def _comparable_devices(devices: Sequence[Mapping[str, Any]]) -> list[JSON]:
+    """Devices as we would write them; server-defaulted taint timestamps are not a difference."""
+    out: list[JSON] = []
+    for device in devices:
+        d = copy.deepcopy(dict(device))
+        for taint in d.get("taints") or []:
+            taint.pop("timeAdded", None)
+        out.append(d)
+    return sorted(out, key=lambda d: d.get("name", ""))
+
+
+def slice_spec(driver: str, node: str, generation: int, count: int, devices: Sequence[JSON]) -> JSON:
+    return {
+        "driver": driver,
+        "nodeName": node,
+        "pool": {"name": node, "generation": generation, "resourceSliceCount": count},
+        "devices": list(devices),
+    }
+
+
+def _differs(existing: Mapping[str, Any], desired_spec: Mapping[str, Any]) -> bool:
+    spec = existing.get("spec", {})
+    return (
+        spec.get("pool") != desired_spec["pool"]
+        or spec.get("nodeName") != desired_spec["nodeName"]
+        or bool(spec.get("nodeSelector"))
+        or bool(spec.get("allNodes"))
+        or bool(spec.get("perDeviceNodeSelection"))
+        or _comparable_devices(spec.get("devices") or []) != _comparable_devices(desired_spec["devices"])
+        or bool(spec.get("sharedCounters"))
+    )
+
+
+def _match(
+    current: list[JSON], desired: list[list[JSON]]
+) -> tuple[list[tuple[JSON, list[JSON]]], list[JSON]]:
+    """Pair existing slices with desired device lists; return (pairs, unmatched existing)."""
+    if len(current) == 1 and len(desired) == 1:
+        return [(current[0], desired[0])], []
+    by_names: dict[frozenset[str], JSON] = {}
+    unmatched: list[JSON] = []
+    for existing in current:
+        key = _device_names(existing)
+        if key in by_names:
+            unmatched.append(existing)  # a duplicate; keep the first
+        else:
+            by_names[key] = existing
+    pairs: list[tuple[JSON, list[JSON]]] = []
+    for devices in desired:
+        key = frozenset(d["name"] for d in devices)
+        pairs.append((by_names.pop(key, {}), devices))
+    unmatched.extend(by_names.values())
+    return pairs, unmatched
+
+
+def plan_sync(
+    existing: Sequence[Mapping[str, Any]],
+    desired: Sequence[Sequence[Mapping[str, Any]]],
+    *,
+    driver: str,
+    owner: Owner,
+) -> SyncPlan:
+    """Compute the writes that make the node's pool equal ``desired`` (a list of device lists)."""
+    slices = [copy.deepcopy(dict(s)) for s in existing]
+    generation = max((s.get("spec", {}).get("pool", {}).get("generation", 0) for s in slices), default=0)
+    current = [s for s in slices if s["spec"]["pool"].get("generation", 0) == generation]
+    obsolete = [s for s in slices if s["spec"]["pool"].get("generation", 0) < generation]
+    wanted = [list(map(dict, devices)) for devices in desired]
+    pairs, unmatched = _match(current, wanted)
+    count = len(wanted)
+
+    def changed_with(gen: int) -> list[tuple[JSON, JSON]]:
+        return [
+            (obj, spec)
+            for obj, devices in pairs
+            if obj and _differs(obj, spec := slice_spec(driver, owner.name, gen, count, devices))
+        ]
+
+    creates_needed = [devices for obj, devices in pairs if not obj]
+    changed = changed_with(generation)
+    if creates_needed or len(changed) > 1:
+        generation += 1
+        changed = changed_with(generation)
+
+    plan = SyncPlan(generation=generation, slice_count=count)
+    plan.deletes = obsolete + unmatched
+    for obj, spec in changed:
+        updated = copy.deepcopy(obj)
+        updated["spec"] = {**obj.get("spec", {}), **spec}
+        for stale_key in ("nodeSelector", "allNodes", "perDeviceNodeSelection", "sharedCounters"):
+            updated["spec"].pop(stale_key, None)
+        plan.updates.append(updated)
+    for devices in creates_needed:
+        plan.creates.append(
+            {
+                "apiVersion": "resource.k8s.io/v1",
+                "kind": "ResourceSlice",
+                "metadata": {
+                    "generateName": f"{owner.name}-{driver}-",
+                    "ownerReferences": [owner.reference()],
+                },
+                "spec": slice_spec(driver, owner.name, generation, count, devices),
+            }
+        )
+    return plan
