@@ -1,8 +1,8 @@
 """The ``accel-dra`` command line.
 
-Each subcommand names the light function that declares its flags and the module function that runs it;
-the running module is imported only when that subcommand is chosen, so the CLI starts fast and a broken
-optional dependency of one subcommand cannot break the others.
+Each subcommand names, as ``module:function`` strings, the function that declares its flags and the one that
+runs it. Only the chosen subcommand's modules are imported, so the CLI starts fast and a broken optional
+dependency of one subcommand cannot break the others.
 """
 
 from __future__ import annotations
@@ -12,93 +12,106 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from driver import __version__, config
+from driver import __version__
 
 
 @dataclass(frozen=True)
 class Command:
     name: str
     help: str
-    configure: Callable[[argparse.ArgumentParser], None]
+    arguments: str  # "module:function" adding the flags to an ArgumentParser
     target: str  # "module:function" taking the parsed args and returning an exit code
 
 
-def _plugin_args(parser: argparse.ArgumentParser) -> None:
-    config.add_plugin_arguments(parser)
-
-
-def _discover_args(parser: argparse.ArgumentParser) -> None:
-    from driver.resources.cli import add_discover_arguments
-
-    add_discover_arguments(parser)
-
-
-def _validate_args(parser: argparse.ArgumentParser) -> None:
-    from driver.resources.cli import add_validate_arguments
-
-    add_validate_arguments(parser)
-
-
 COMMANDS: tuple[Command, ...] = (
-    Command("plugin", "run the kubelet DRA plugin", _plugin_args, "driver.plugin.app:run"),
+    Command(
+        "plugin", "run the kubelet DRA plugin", "driver.config:add_plugin_arguments", "driver.plugin.app:run"
+    ),
     Command(
         "discover",
         "print the ResourceSlices this machine's GPUs would be published as",
-        _discover_args,
+        "driver.resources.cli:add_discover_arguments",
         "driver.resources.cli:run_discover",
     ),
     Command(
         "validate",
         "check ResourceSlice dumps (any driver) against the API rules and the standard attribute profile",
-        _validate_args,
+        "driver.resources.cli:add_validate_arguments",
         "driver.resources.cli:run_validate",
     ),
 )
 
-GROUPS: dict[str, tuple[str, tuple[Command, ...]]] = {}
+GROUPS: dict[str, tuple[str, tuple[Command, ...]]] = {
+    "sim": (
+        "sandbox tools: simulated control plane and workloads",
+        (
+            Command(
+                "apiserver",
+                "run the in-memory sandbox Kubernetes API server",
+                "driver.sim.apiserver:add_sim_apiserver_arguments",
+                "driver.sim.apiserver:run_sim_apiserver",
+            ),
+        ),
+    ),
+}
 """Nested command groups, e.g. ``accel-dra sim apiserver``: group name -> (help, commands)."""
 
 
+def _load(ref: str) -> Callable[..., Any]:
+    module_name, _, function = ref.partition(":")
+    func: Callable[..., Any] = getattr(importlib.import_module(module_name), function)
+    return func
+
+
+def _first_word(argv: Sequence[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def _add_commands(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], commands: Sequence[Command]
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    commands: Sequence[Command],
+    chosen: str | None,
 ) -> None:
     for command in commands:
         sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
-        command.configure(sub)
+        if chosen is None or command.name == chosen:
+            _load(command.arguments)(sub)
         sub.set_defaults(_target=command.target)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``argv``, only the subcommand it names gets its flags (and imports) set up."""
     parser = argparse.ArgumentParser(
         prog="accel-dra",
         description="Reference accelerator driver for Kubernetes Dynamic Resource Allocation.",
     )
     parser.add_argument("--version", action="version", version=f"accel-dra {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _add_commands(subparsers, COMMANDS)
+    # None configures every subcommand; "" configures none (another one was chosen).
+    first = None if argv is None else (_first_word(argv) or "")
+    _add_commands(subparsers, COMMANDS, first)
     for group, (help_text, commands) in GROUPS.items():
         group_parser = subparsers.add_parser(group, help=help_text, description=help_text)
-        _add_commands(
-            group_parser.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True), commands
-        )
+        nested = group_parser.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+        chosen = first
+        if argv is not None:
+            chosen = (_first_word(argv[argv.index(group) + 1 :]) or "") if first == group else ""
+        _add_commands(nested, commands, chosen)
     return parser
 
 
-def _resolve(target: str) -> Callable[[argparse.Namespace], int]:
-    module_name, _, function = target.partition(":")
-    func: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(module_name), function)
-    return func
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(args_list)
+    args = parser.parse_args(args_list)
     target = getattr(args, "_target", None)
     if target is None:
         parser.print_help(sys.stderr)
         return 2
     try:
-        return _resolve(target)(args)
+        code: int = _load(target)(args)
     except KeyboardInterrupt:
         return 130
+    return code

@@ -132,6 +132,7 @@ class SimKubelet:
     async def start(self) -> None:
         os.makedirs(self.registry_dir, exist_ok=True)
         if self.kube is not None:
+            await self._register_node()
             await self.kube.delete_collection(
                 RESOURCE_SLICES, field_selector=f"spec.nodeName={self.node_name}"
             )

@@ -1,0 +1,414 @@
+"""The kinds the sandbox API server serves, and what differs between them.
+
+Each :class:`KindSpec` says where a kind lives (its ``ResourceType`` from ``driver.kube.client``),
+whether it has a status subresource and a generation, which fields a field selector may name, how its
+names and bodies are validated and which defaults the server fills in. The REST logic itself is
+generic (``driver.sim.registry``).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from driver.kube.client import (
+    DEVICE_CLASSES,
+    EVENTS,
+    NAMESPACES,
+    NODES,
+    PODS,
+    RESOURCE_CLAIM_TEMPLATES,
+    RESOURCE_CLAIMS,
+    RESOURCE_SLICES,
+    SERVICES,
+    ResourceType,
+)
+from driver.resources import validation as v
+from driver.sim.selectors import FieldGetter
+
+JSON = dict[str, Any]
+Validator = Callable[[JSON, JSON | None], list[v.FieldError]]
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _path_getter(*path: str) -> FieldGetter:
+    """A field-selector getter: the value at ``path`` as the server renders it ("" when unset)."""
+
+    def get(obj: Mapping[str, object]) -> str:
+        value: Any = obj
+        for part in path:
+            value = value.get(part) if isinstance(value, Mapping) else None
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return "" if value is None else str(value)
+
+    return get
+
+
+@dataclass(frozen=True)
+class Subresource:
+    name: str
+    kind: str
+    verbs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    rt: ResourceType
+    singular: str
+    validate: Validator
+    short_names: tuple[str, ...] = ()
+    status_subresource: bool = False
+    reset_status_on_create: bool = False  # the server drops a client-sent status on create
+    tracks_generation: bool = False
+    extra_fields: Mapping[str, FieldGetter] = field(default_factory=dict)
+    validate_status: Callable[[JSON, JSON], list[v.FieldError]] | None = None
+    prepare_create: Callable[[JSON], None] = lambda obj: None
+    prepare_update: Callable[[JSON, JSON], None] = lambda new, old: None
+    subresources: tuple[Subresource, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """The store key: ``pods`` or ``resourceslices.resource.k8s.io``."""
+        return f"{self.rt.plural}.{self.rt.group}" if self.rt.group else self.rt.plural
+
+    @property
+    def list_kind(self) -> str:
+        return f"{self.rt.kind}List"
+
+    @property
+    def fields(self) -> dict[str, FieldGetter]:
+        getters = {"metadata.name": _path_getter("metadata", "name")}
+        if self.rt.namespaced:
+            getters["metadata.namespace"] = _path_getter("metadata", "namespace")
+        getters.update(self.extra_fields)
+        return getters
+
+    def subresource(self, name: str) -> Subresource | None:
+        return next((s for s in self.subresources if s.name == name), None)
+
+
+# -- validators of the core kinds (deliberately small: what the sandbox's own code could get wrong) ----
+
+
+def _meta_only(namespaced: bool, name_errors: Callable[[str], list[str]]) -> Validator:
+    def validate(obj: JSON, old: JSON | None) -> list[v.FieldError]:
+        out: list[v.FieldError] = []
+        v.validate_object_meta(obj.get("metadata"), out, namespaced=namespaced, name_errors=name_errors)
+        return out
+
+    return validate
+
+
+# Pod spec fields a running pod may change (the real server allows a few more in special cases).
+_POD_MUTABLE = ("activeDeadlineSeconds", "tolerations", "terminationGracePeriodSeconds", "schedulingGates")
+
+
+def _pod_spec_for_compare(spec: Any) -> Any:
+    if not isinstance(spec, dict):
+        return spec
+    masked = {k: val for k, val in spec.items() if k not in _POD_MUTABLE}
+    for kind in ("containers", "initContainers"):
+        masked[kind] = [
+            {k: val for k, val in c.items() if k != "image"} if isinstance(c, dict) else c
+            for c in masked.get(kind) or []
+        ]
+    return masked
+
+
+def validate_pod(pod: JSON, old: JSON | None) -> list[v.FieldError]:
+    out: list[v.FieldError] = []
+    v.validate_object_meta(pod.get("metadata"), out, namespaced=True)
+    spec = pod.get("spec") if isinstance(pod.get("spec"), dict) else {}
+    path = v.Path("spec")
+    containers = (spec or {}).get("containers")
+    if not containers or not isinstance(containers, list):
+        out.append(v.required(path.child("containers")))
+        containers = []
+    names = []
+    for i, container in enumerate(containers):
+        cpath = path.child("containers").index(i)
+        if not isinstance(container, dict):
+            out.append(v.type_invalid(cpath, container, "must be an object"))
+            continue
+        name = container.get("name")
+        names.append(name)
+        if not name:
+            out.append(v.required(cpath.child("name")))
+        elif isinstance(name, str):
+            out.extend(v.invalid(cpath.child("name"), name, m) for m in v.dns1123_label_errors(name))
+        if not container.get("image"):
+            out.append(v.required(cpath.child("image")))
+    for i, name in enumerate(names):
+        if name and name in names[:i]:
+            out.append(v.duplicate(path.child("containers").index(i).child("name"), name))
+    if old is not None and _pod_spec_for_compare(pod.get("spec")) != _pod_spec_for_compare(old.get("spec")):
+        detail = (
+            "pod updates may not change fields other than `spec.containers[*].image`, "
+            "`spec.initContainers[*].image`, `spec.activeDeadlineSeconds`, `spec.tolerations`, "
+            "`spec.terminationGracePeriodSeconds`, `spec.schedulingGates` (use the binding subresource to set "
+            "`spec.nodeName`)"
+        )
+        out.append(v.forbidden(path, detail))
+    return out
+
+
+def _validate_service(svc: JSON, old: JSON | None) -> list[v.FieldError]:
+    out: list[v.FieldError] = []
+    v.validate_object_meta(svc.get("metadata"), out, namespaced=True, name_errors=v.dns1035_label_errors)
+    ports = (svc.get("spec") or {}).get("ports") or []
+    for i, port in enumerate(ports if isinstance(ports, list) else []):
+        number = port.get("port") if isinstance(port, dict) else None
+        if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= 65535:
+            detail = "must be between 1 and 65535, inclusive"
+            out.append(v.invalid(v.Path("spec.ports").index(i).child("port"), number, detail))
+    return out
+
+
+# -- defaulting ----------------------------------------------------------------------------------------
+
+
+def _default_pod_spec(pod: JSON, old: JSON | None = None) -> None:
+    spec = pod.setdefault("spec", {})
+    if isinstance(spec, dict):
+        spec.setdefault("restartPolicy", "Always")
+        spec.setdefault("schedulerName", "default-scheduler")
+
+
+def _default_pod(pod: JSON) -> None:
+    _default_pod_spec(pod)
+    status = pod.setdefault("status", {})
+    status.setdefault("phase", "Pending")
+
+
+def _label_namespace(ns: JSON, old: JSON | None = None) -> None:
+    meta = ns.setdefault("metadata", {})
+    labels = meta.get("labels") if isinstance(meta.get("labels"), dict) else None
+    meta["labels"] = {**(labels or {}), "kubernetes.io/metadata.name": meta.get("name", "")}
+
+
+def _default_namespace(ns: JSON) -> None:
+    _label_namespace(ns)
+    ns.setdefault("status", {}).setdefault("phase", "Active")
+
+
+_cluster_ips = itertools.count(1)
+
+
+def _default_service(svc: JSON) -> None:
+    spec = svc.setdefault("spec", {})
+    spec.setdefault("type", "ClusterIP")
+    if not spec.get("clusterIP") and spec["type"] != "ExternalName":
+        n = next(_cluster_ips)
+        spec["clusterIP"] = f"10.96.{n // 250}.{n % 250 + 1}"
+    for port in spec.get("ports") or []:
+        if isinstance(port, dict):
+            port.setdefault("protocol", "TCP")
+            port.setdefault("targetPort", port.get("port"))
+
+
+def _keep_cluster_ip(svc: JSON, old: JSON) -> None:
+    """An update that omits the allocated clusterIP keeps it, as the real server does."""
+    spec, old_spec = svc.get("spec"), old.get("spec") or {}
+    if isinstance(spec, dict):
+        spec.setdefault("type", old_spec.get("type", "ClusterIP"))
+        if not spec.get("clusterIP") and old_spec.get("clusterIP"):
+            spec["clusterIP"] = old_spec["clusterIP"]
+
+
+def _default_slice(slice_: JSON, old: JSON | None = None) -> None:
+    """Taints get ``timeAdded`` when they arrive without one (kept from the stored taint if unchanged)."""
+    old_taints: dict[tuple[Any, ...], Any] = {}
+    for device in ((old or {}).get("spec") or {}).get("devices") or []:
+        for taint in device.get("taints") or [] if isinstance(device, dict) else []:
+            if isinstance(taint, dict):
+                key = (device.get("name"), taint.get("key"), taint.get("value"), taint.get("effect"))
+                old_taints[key] = taint.get("timeAdded")
+    for device in (slice_.get("spec") or {}).get("devices") or []:
+        if not isinstance(device, dict):
+            continue
+        for taint in device.get("taints") or []:
+            if isinstance(taint, dict) and not taint.get("timeAdded"):
+                key = (device.get("name"), taint.get("key"), taint.get("value"), taint.get("effect"))
+                taint["timeAdded"] = old_taints.get(key) or now_rfc3339()
+
+
+def _default_device_request(request: JSON) -> None:
+    request.setdefault("allocationMode", "ExactCount")
+    if request["allocationMode"] == "ExactCount" and not request.get("count"):
+        request["count"] = 1
+    for toleration in request.get("tolerations") or []:
+        if isinstance(toleration, dict):
+            toleration.setdefault("operator", "Equal")
+
+
+def default_claim_spec(spec: Any) -> None:
+    """The v1 defaults: allocationMode ExactCount, count 1, toleration operator Equal."""
+    if not isinstance(spec, dict):
+        return
+    for request in (spec.get("devices") or {}).get("requests") or []:
+        if not isinstance(request, dict):
+            continue
+        if isinstance(request.get("exactly"), dict):
+            _default_device_request(request["exactly"])
+        for sub in request.get("firstAvailable") or []:
+            if isinstance(sub, dict):
+                _default_device_request(sub)
+
+
+def _default_claim(claim: JSON, old: JSON | None = None) -> None:
+    default_claim_spec(claim.get("spec"))
+
+
+def _default_template(template: JSON, old: JSON | None = None) -> None:
+    spec = template.get("spec")
+    if isinstance(spec, dict):
+        default_claim_spec(spec.get("spec"))
+
+
+def _validate_claim_status(claim: JSON, old: JSON) -> list[v.FieldError]:
+    return v.validate_resource_claim_status(claim, old)
+
+
+_ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
+_STATUS_VERBS = ("get", "patch", "update")
+
+
+def _status(kind: str) -> Subresource:
+    return Subresource("status", kind, _STATUS_VERBS)
+
+
+KIND_SPECS: tuple[KindSpec, ...] = (
+    KindSpec(
+        NODES,
+        "node",
+        _meta_only(False, v.dns1123_subdomain_errors),
+        short_names=("no",),
+        status_subresource=True,
+        extra_fields={"spec.unschedulable": _path_getter("spec", "unschedulable")},
+        subresources=(_status("Node"),),
+    ),
+    KindSpec(
+        NAMESPACES,
+        "namespace",
+        _meta_only(False, v.dns1123_label_errors),
+        short_names=("ns",),
+        status_subresource=True,
+        reset_status_on_create=True,
+        extra_fields={"status.phase": _path_getter("status", "phase")},
+        prepare_create=_default_namespace,
+        prepare_update=_label_namespace,
+        subresources=(_status("Namespace"),),
+    ),
+    KindSpec(
+        PODS,
+        "pod",
+        validate_pod,
+        short_names=("po",),
+        status_subresource=True,
+        reset_status_on_create=True,
+        tracks_generation=True,
+        extra_fields={
+            "spec.nodeName": _path_getter("spec", "nodeName"),
+            "spec.restartPolicy": _path_getter("spec", "restartPolicy"),
+            "spec.schedulerName": _path_getter("spec", "schedulerName"),
+            "spec.serviceAccountName": _path_getter("spec", "serviceAccountName"),
+            "status.phase": _path_getter("status", "phase"),
+            "status.podIP": _path_getter("status", "podIP"),
+        },
+        prepare_create=_default_pod,
+        prepare_update=_default_pod_spec,
+        subresources=(
+            _status("Pod"),
+            Subresource("log", "Pod", ("get",)),
+            Subresource("binding", "Binding", ("create",)),
+        ),
+    ),
+    KindSpec(
+        SERVICES,
+        "service",
+        _validate_service,
+        short_names=("svc",),
+        status_subresource=True,
+        reset_status_on_create=True,
+        extra_fields={
+            "spec.clusterIP": _path_getter("spec", "clusterIP"),
+            "spec.type": _path_getter("spec", "type"),
+        },
+        prepare_create=_default_service,
+        prepare_update=_keep_cluster_ip,
+        subresources=(
+            _status("Service"),
+            Subresource("proxy", "ServiceProxyOptions", ("create", "delete", "get", "patch", "update")),
+        ),
+    ),
+    KindSpec(
+        EVENTS,
+        "event",
+        _meta_only(True, v.dns1123_subdomain_errors),
+        short_names=("ev",),
+        extra_fields={
+            "involvedObject.kind": _path_getter("involvedObject", "kind"),
+            "involvedObject.namespace": _path_getter("involvedObject", "namespace"),
+            "involvedObject.name": _path_getter("involvedObject", "name"),
+            "involvedObject.uid": _path_getter("involvedObject", "uid"),
+            "reason": _path_getter("reason"),
+            "type": _path_getter("type"),
+        },
+    ),
+    KindSpec(
+        RESOURCE_SLICES,
+        "resourceslice",
+        v.validate_resource_slice,
+        tracks_generation=True,
+        extra_fields={
+            "spec.nodeName": _path_getter("spec", "nodeName"),
+            "spec.driver": _path_getter("spec", "driver"),
+        },
+        prepare_create=_default_slice,
+        prepare_update=_default_slice,
+    ),
+    KindSpec(DEVICE_CLASSES, "deviceclass", v.validate_device_class, tracks_generation=True),
+    KindSpec(
+        RESOURCE_CLAIMS,
+        "resourceclaim",
+        v.validate_resource_claim,
+        status_subresource=True,
+        reset_status_on_create=True,
+        tracks_generation=True,
+        validate_status=_validate_claim_status,
+        prepare_create=_default_claim,
+        prepare_update=_default_claim,
+        subresources=(_status("ResourceClaim"),),
+    ),
+    KindSpec(
+        RESOURCE_CLAIM_TEMPLATES,
+        "resourceclaimtemplate",
+        v.validate_resource_claim_template,
+        tracks_generation=True,
+        prepare_create=_default_template,
+        prepare_update=_default_template,
+    ),
+)
+
+ALL_VERBS = _ALL_VERBS
+
+
+def kind_table(specs: tuple[KindSpec, ...] = KIND_SPECS) -> dict[tuple[str, str, str], KindSpec]:
+    """(group, version, plural) -> spec."""
+    return {(s.rt.group, s.rt.version, s.rt.plural): s for s in specs}
+
+
+def strip_for_list(obj: JSON) -> JSON:
+    """List items carry no apiVersion/kind, as in the real server's typed lists."""
+    item = copy.copy(obj)
+    item.pop("apiVersion", None)
+    item.pop("kind", None)
+    return item
