@@ -1,0 +1,135 @@
+"""The command line as a user runs it: real subprocesses, real files, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+
+def accel_dra(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "driver", *args],
+        check=False,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_nvml_backend_without_nvml_fails_clearly(tmp_path: Path) -> None:
+    result = accel_dra("discover", "--backend", "nvml")
+    assert result.returncode == 1
+    assert "NVML is not available" in result.stderr
+    plugin = accel_dra(
+        "plugin",
+        "--backend",
+        "nvml",
+        "--node-name",
+        "n1",
+        "--kubeconfig",
+        str(tmp_path / "missing"),
+        "--plugin-dir",
+        str(tmp_path / "p"),
+        "--registry-dir",
+        str(tmp_path / "r"),
+    )
+    assert plugin.returncode == 1
+    assert "NVML is not available" in plugin.stderr
+
+
+def test_unknown_backend_is_named() -> None:
+    result = accel_dra("discover", "--backend", "magic")
+    assert result.returncode == 1
+    assert "unknown device backend 'magic'" in result.stderr
+
+
+def test_discover_output_passes_validate(tmp_path: Path) -> None:
+    result = accel_dra("discover", "--backend", "fake:dgx-h100", "--node-name", "gpu-node-1", "-o", "json")
+    assert result.returncode == 0, result.stderr
+    listing = json.loads(result.stdout)
+    (slice_obj,) = listing["items"]
+    assert slice_obj["spec"]["pool"]["name"] == "gpu-node-1"
+    assert len(slice_obj["spec"]["devices"]) == 8
+    dump = tmp_path / "slices.json"
+    dump.write_text(result.stdout)
+    check = accel_dra("validate", str(dump))
+    assert check.returncode == 0, check.stdout
+    assert check.stdout.strip() == "1 ResourceSlice(s), 8 device(s) checked: OK"
+
+
+def vendor_slice() -> dict[str, object]:
+    """Another vendor's v1beta1 slice with typical mistakes."""
+    return {
+        "apiVersion": "resource.k8s.io/v1beta1",
+        "kind": "ResourceSlice",
+        "metadata": {"name": "n1-gpu.example.com-abcde"},
+        "spec": {
+            "driver": "gpu.example.com",
+            "nodeName": "n1",
+            "pool": {"name": "n1", "generation": 1, "resourceSliceCount": 1},
+            "devices": [
+                {
+                    "name": "gpu-0",
+                    "basic": {
+                        "attributes": {
+                            "index": {"int": 0},
+                            "uuid": {"string": "GPU-1"},
+                            "productName": {"string": "Example"},
+                            "type": {"string": "gpu"},
+                            "driverVersion": {"version": "580.65.06"},
+                        },
+                        "capacity": {"memory": {"value": "80Gi"}},
+                    },
+                }
+            ],
+        },
+    }
+
+
+def test_validate_reports_every_problem_with_device_and_attribute(tmp_path: Path) -> None:
+    dump = tmp_path / "vendor.yaml"
+    dump.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": [vendor_slice()]}))
+    result = accel_dra("validate", str(dump))
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert any("attributes[driverVersion].version" in line and "580.65.06" in line for line in lines)
+    assert any("device gpu-0: index: unstable id" in line for line in lines)
+    assert any(
+        "device gpu-0: resource.kubernetes.io/pciBusID: required attribute is missing" in line
+        for line in lines
+    )
+    assert all(
+        line.startswith(f"{dump}: ResourceSlice n1-gpu.example.com-abcde (driver gpu.example.com)")
+        for line in lines[:-1]
+    )
+    assert lines[-1].endswith("problem(s)")
+
+
+def test_validate_api_rules_only_and_stdin() -> None:
+    result = accel_dra("validate", "--skip-profile", "-", stdin=json.dumps(vendor_slice()))
+    assert result.returncode == 1
+    assert "profile" not in result.stdout
+    assert "semver" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("content", "message"), [("{{{", "not valid YAML/JSON"), ("kind: Pod\n", "no ResourceSlice")]
+)
+def test_validate_input_errors_exit_2(tmp_path: Path, content: str, message: str) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(content)
+    result = accel_dra("validate", str(bad))
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_missing_file_exit_2(tmp_path: Path) -> None:
+    result = accel_dra("validate", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 2
+    assert "nope.yaml" in result.stderr
