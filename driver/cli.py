@@ -53,6 +53,12 @@ GROUPS: dict[str, tuple[str, tuple[Command, ...]]] = {
                 "driver.sim.apiserver:add_sim_apiserver_arguments",
                 "driver.sim.apiserver:run_sim_apiserver",
             ),
+            Command(
+                "gpu-load",
+                "simulate load on this container's GPUs (fake backend)",
+                "driver.sim.workload:add_gpu_load_arguments",
+                "driver.sim.workload:run_gpu_load",
+            ),
         ),
     ),
 }
