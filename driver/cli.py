@@ -41,6 +41,12 @@ COMMANDS: tuple[Command, ...] = (
         "driver.resources.cli:add_validate_arguments",
         "driver.resources.cli:run_validate",
     ),
+    Command(
+        "explain",
+        "explain why ResourceClaims can or cannot be allocated on a node",
+        "driver.allocation.cli:add_explain_arguments",
+        "driver.allocation.cli:run",
+    ),
 )
 
 GROUPS: dict[str, tuple[str, tuple[Command, ...]]] = {

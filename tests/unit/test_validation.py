@@ -756,3 +756,11 @@ def test_request_name_of_the_wrong_type_is_reported_not_a_crash() -> None:
     }
     errors = validate_resource_claim(claim)
     assert any("spec.devices.requests[0].name" in str(e) for e in errors)
+
+
+def test_nano_and_micro_quantity_suffixes_are_valid() -> None:
+    """Regression: the quantity pattern rejected the decimal-SI suffixes n and u."""
+    from driver.resources.validation import is_quantity
+
+    assert is_quantity("5n") and is_quantity("10u") and is_quantity("1500m")
+    assert not is_quantity("5x") and not is_quantity("80GB")

@@ -1,0 +1,210 @@
+"""``accel-dra explain CLAIM.yaml``: the command line around :mod:`driver.allocation.explain`.
+
+Inputs come from files (``kubectl get ... -o yaml`` output works as is) or from the API server. Exit
+status: 0 allocatable (on at least one node tried), 1 not allocatable, 2 unusable input.
+
+:func:`add_explain_arguments` only declares flags, so building the CLI parser stays cheap; everything
+heavy is imported when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+EXIT_ALLOCATABLE, EXIT_NOT_ALLOCATABLE, EXIT_INPUT_ERROR = 0, 1, 2
+
+
+def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "claim",
+        metavar="CLAIM.yaml",
+        help="a ResourceClaim, a ResourceClaimTemplate (its spec.spec is used), or a multi-document YAML "
+        "of claims; DeviceClass and ResourceSlice documents in it are used too",
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--slices",
+        metavar="FILE",
+        help="ResourceSlices from a file (`kubectl get resourceslices -o yaml`)",
+    )
+    source.add_argument(
+        "--kubeconfig",
+        metavar="FILE",
+        help="read ResourceSlices, DeviceClasses, other claims' allocations and the node from the API server",
+    )
+    parser.add_argument(
+        "--class",
+        dest="classes",
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="DeviceClass(es) from a file; repeatable; overrides classes of the same name from the server",
+    )
+    parser.add_argument(
+        "--claims",
+        metavar="FILE",
+        help="other ResourceClaims (`kubectl get resourceclaims -A -o yaml`); their allocations mark devices "
+        "as in use",
+    )
+    parser.add_argument(
+        "--node",
+        metavar="NODE",
+        help="the node to try (default: every node named by the slices)",
+    )
+    parser.add_argument("-o", "--output", choices=("text", "json"), default="text", help="output format")
+
+
+@dataclass
+class _Inputs:
+    claims: list[dict[str, Any]] = field(default_factory=list)
+    slices: list[dict[str, Any]] = field(default_factory=list)
+    classes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    others: list[dict[str, Any]] = field(default_factory=list)  # claims whose allocations hold devices
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)  # node objects by name, when known
+
+
+class _UsageError(Exception):
+    pass
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``accel-dra explain``; prints the report and returns the exit status."""
+    from driver.allocation.allocator import INVALID_SELECTOR
+    from driver.allocation.explain import explain, render_json, render_text
+    from driver.allocation.model import InputError, Node, object_ref
+    from driver.allocation.pools import in_use_from_claims
+
+    try:
+        inputs = _load(args)
+        nodes = _node_names(args.node, inputs.slices)
+        refs = [object_ref(c) for c in inputs.claims]
+        uids = [
+            str((c.get("metadata") or {}).get("uid"))
+            for c in inputs.claims
+            if (c.get("metadata") or {}).get("uid")
+        ]
+        in_use = in_use_from_claims(inputs.others, exclude=[*refs, *uids])
+        reports = [
+            explain(inputs.claims, inputs.slices, inputs.classes, _node(name, inputs.nodes, Node), in_use)
+            for name in nodes
+        ]
+    except (InputError, _UsageError, OSError, ValueError) as exc:
+        print(f"accel-dra explain: {exc}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    invalid = next((r.failure for r in reports if r.failure and r.failure.cause == INVALID_SELECTOR), None)
+    sys.stdout.write(render_json(reports, refs) if args.output == "json" else render_text(reports))
+    if invalid is not None:
+        print(f"accel-dra explain: {invalid.message}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    return EXIT_ALLOCATABLE if any(r.allocatable for r in reports) else EXIT_NOT_ALLOCATABLE
+
+
+def _node(name: str, known: Mapping[str, Mapping[str, Any]], node_type: Any) -> Any:
+    return node_type.from_object(known[name]) if name in known else node_type(name)
+
+
+def _node_names(wanted: str | None, slices: Iterable[Mapping[str, Any]]) -> list[str]:
+    if wanted:
+        return [wanted]
+    names = sorted({str(s["spec"]["nodeName"]) for s in slices if (s.get("spec") or {}).get("nodeName")})
+    if not names:
+        raise _UsageError("no slice names a node (nodeName); say which node to try with --node")
+    return names
+
+
+# -- loading ------------------------------------------------------------------------------------------------
+
+
+def _documents(path: str) -> list[dict[str, Any]]:
+    """Every object in a YAML/JSON file; ``List`` objects (kubectl output) are flattened."""
+    import yaml
+
+    try:
+        loaded = list(yaml.safe_load_all(Path(path).read_text()))
+    except yaml.YAMLError as exc:
+        raise _UsageError(f"{path}: not valid YAML: {exc}") from None
+    out: list[dict[str, Any]] = []
+    for doc in loaded:
+        if doc is None:
+            continue
+        if not isinstance(doc, dict):
+            raise _UsageError(f"{path}: expected Kubernetes objects, found {type(doc).__name__}")
+        items = doc.get("items")
+        out += [i for i in items if isinstance(i, dict)] if isinstance(items, list) else [doc]
+    return out
+
+
+def _sort_documents(path: str, docs: Iterable[dict[str, Any]], inputs: _Inputs, claims_allowed: bool) -> None:
+    from driver.allocation.model import claim_from_template
+
+    for doc in docs:
+        kind = doc.get("kind")
+        if kind == "ResourceClaim" and claims_allowed:
+            inputs.claims.append(doc)
+        elif kind == "ResourceClaimTemplate" and claims_allowed:
+            inputs.claims.append(claim_from_template(doc))
+        elif kind == "ResourceSlice":
+            inputs.slices.append(doc)
+        elif kind == "DeviceClass":
+            inputs.classes[str((doc.get("metadata") or {}).get("name"))] = doc
+        elif kind == "Node":
+            inputs.nodes[str((doc.get("metadata") or {}).get("name"))] = doc
+        elif kind == "ResourceClaim":
+            inputs.others.append(doc)
+        else:
+            print(f"accel-dra explain: {path}: ignoring {kind or 'an object without kind'}", file=sys.stderr)
+
+
+def _load(args: argparse.Namespace) -> _Inputs:
+    inputs = _Inputs()
+    _sort_documents(args.claim, _documents(args.claim), inputs, claims_allowed=True)
+    if not inputs.claims:
+        raise _UsageError(f"{args.claim}: no ResourceClaim or ResourceClaimTemplate found")
+    if args.kubeconfig:
+        import asyncio
+
+        asyncio.run(_load_from_server(args.kubeconfig, args.node, inputs))
+    if args.slices:
+        _sort_documents(args.slices, _documents(args.slices), inputs, claims_allowed=False)
+    for path in args.classes:
+        _sort_documents(path, _documents(path), inputs, claims_allowed=False)
+    if args.claims:
+        _sort_documents(args.claims, _documents(args.claims), inputs, claims_allowed=False)
+    return inputs
+
+
+async def _load_from_server(kubeconfig: str, node: str | None, inputs: _Inputs) -> None:
+    import aiohttp
+    from kubernetes.config.config_exception import ConfigException
+
+    from driver.kube.client import (
+        DEVICE_CLASSES,
+        NODES,
+        RESOURCE_CLAIMS,
+        RESOURCE_SLICES,
+        ApiError,
+        KubeClient,
+    )
+
+    try:
+        async with await KubeClient.connect(kubeconfig) as kube:
+            inputs.slices += (await kube.list(RESOURCE_SLICES)).get("items") or []
+            for device_class in (await kube.list(DEVICE_CLASSES)).get("items") or []:
+                inputs.classes.setdefault(device_class["metadata"]["name"], device_class)
+            inputs.others += (await kube.list(RESOURCE_CLAIMS)).get("items") or []
+            for item in (await kube.list(NODES)).get("items") or []:
+                inputs.nodes[item["metadata"]["name"]] = item
+    except ApiError as exc:
+        raise _UsageError(f"API server: {exc}") from None
+    except (ConfigException, aiohttp.ClientError) as exc:
+        raise _UsageError(f"cannot use the API server of {kubeconfig}: {exc}") from None
+    if node and node not in inputs.nodes:
+        print(
+            f"accel-dra explain: node {node} is not known to the API server; trying it anyway",
+            file=sys.stderr,
+        )
