@@ -8,7 +8,8 @@ A backend answers "what hardware is there" (:meth:`DeviceBackend.discover`). Spe
 
 Later capabilities (telemetry sampling, health events, fault injection) are added as separate, optional
 Protocols that a backend may also implement, so callers can test for them with ``isinstance`` and this
-minimal interface stays stable.
+minimal interface stays stable. Telemetry: ``driver.devices.telemetry.TelemetrySource`` (``sample(uuid)``).
+Backends may also offer ``container_edits()``: extra CDI containerEdits for every prepared claim.
 """
 
 from __future__ import annotations
@@ -35,30 +36,41 @@ class DeviceBackend(Protocol):
         ...
 
 
+@runtime_checkable
+class ContainerEditsSource(Protocol):
+    """A backend that contributes CDI containerEdits to every prepared claim (the fake backend's state dir)."""
+
+    def container_edits(self) -> dict[str, Any]:
+        """CDI ``containerEdits`` JSON, ``{}`` when there is nothing to add."""
+        ...
+
+
 def open_backend(spec: str, **options: Any) -> DeviceBackend:
     """Open the backend named by ``spec``.
 
-    Options by kind: ``nvml``: ``sysfs_root`` (default ``/sys``), ``nvml`` (a pynvml-compatible module, for
+    Options by kind: ``nvml``: ``sysfs_root`` (default ``/sys``), ``driver_root`` (where to find
+    ``libnvidia-ml.so.1`` when it is not on the library path), ``nvml`` (a pynvml-compatible module, for
     tests); ``fake:``/``file:``: ``node_name`` (mixed into generated UUIDs so several simulated nodes with the
-    same profile get distinct GPUs).
+    same profile get distinct GPUs) and ``state_dir`` (the simulated load, see ``driver.devices.fake``;
+    ``None`` or absent: the GPUs idle).
     """
     kind, _, arg = spec.partition(":")
     if kind == "nvml" and not arg:
         from driver.devices.nvml import NvmlBackend
 
-        _check_options(spec, options, {"sysfs_root", "nvml"})
+        _check_options(spec, options, {"sysfs_root", "nvml", "driver_root"})
         return NvmlBackend(**options)
     if kind in ("fake", "file") and arg:
         from driver.devices.fake import FakeBackend, load_named_profile, load_profile_file
 
-        _check_options(spec, options, {"node_name"})
+        _check_options(spec, options, {"node_name", "state_dir"})
         node_name = options.get("node_name")
         profile = (
             load_named_profile(arg, node_name=node_name)
             if kind == "fake"
             else load_profile_file(arg, node_name=node_name)
         )
-        return FakeBackend(profile)
+        return FakeBackend(profile, state_dir=options.get("state_dir"))
     raise BackendError(f"unknown device backend {spec!r}: expected 'nvml', 'fake:PROFILE' or 'file:PATH'")
 
 

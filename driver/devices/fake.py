@@ -6,13 +6,26 @@ schema cannot express (duplicates, NVLink peers that do not exist); every error 
 
 The backend owns its :class:`FakeProfile`, a plain data object, so that later features (telemetry, XID
 and fault injection) can extend it without changing how profiles are loaded.
+
+Simulated load (``state_dir``): simulated workloads write ``<state>/gpus/<uuid>/procs/<pid>.json``
+(``{"pid", "utilization", "memory_bytes", "encoder"?, "decoder"?}``) while they run. :meth:`FakeBackend.sample`
+derives every telemetry reading from those files, deterministically: utilization is the sum of the live
+processes' shares (at most 1), memory the driver's reserve plus their memory, power moves linearly between
+idle and the product's board power with utilization, temperature and SM clock follow power, and the
+cumulative counters (energy, PCIe and NVLink bytes) integrate the current rates over the backend's clock.
+Without a state directory the GPUs idle. A MIG device's processes count towards its parent GPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import threading
+import time
 import uuid as uuidlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import cache
@@ -27,6 +40,10 @@ from kubernetes.utils import parse_quantity
 
 from driver.devices.backend import BackendError
 from driver.devices.model import FabricInfo, Gpu, Inventory, MigDevice, MigPlacement, NvLink
+from driver.devices.telemetry import GpuTelemetry, ProcessSample, TelemetryError
+from driver.log import get_logger
+
+log = get_logger(__name__)
 
 DEFAULT_DRIVER_VERSION = "580.65.06"
 DEFAULT_CUDA_DRIVER_VERSION = "12.9"
@@ -51,11 +68,22 @@ class FakeProfile:
 
 
 class FakeBackend:
-    """:class:`~driver.devices.backend.DeviceBackend` that reports a :class:`FakeProfile`."""
+    """:class:`~driver.devices.backend.DeviceBackend` that reports a :class:`FakeProfile`.
 
-    def __init__(self, profile: FakeProfile) -> None:
+    It is also a :class:`~driver.devices.telemetry.TelemetrySource`: ``state_dir`` holds the simulated
+    load (see the module docstring); ``clock`` (seconds, monotonic) drives the cumulative counters.
+    """
+
+    def __init__(
+        self,
+        profile: FakeProfile,
+        state_dir: str | Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.profile = profile
         self.closed = False
+        self.state_dir = Path(state_dir).absolute() if state_dir else None
+        self._simulator = LoadSimulator(profile.inventory, self.state_dir, clock)
 
     def discover(self) -> Inventory:
         if self.closed:
@@ -64,6 +92,205 @@ class FakeBackend:
 
     def close(self) -> None:
         self.closed = True
+
+    def sample(self, uuid: str) -> GpuTelemetry:
+        if self.closed:
+            raise TelemetryError(f"fake backend {self.profile.name!r} is closed (GPU {uuid})")
+        return self._simulator.sample(uuid)
+
+    def container_edits(self) -> dict[str, Any]:
+        """CDI containerEdits that let workloads in containers report load: the state dir, read-write."""
+        if self.state_dir is None:
+            return {}
+        state = str(self.state_dir)
+        return {
+            "env": [f"{STATE_ENV}={state}"],
+            "mounts": [
+                {"hostPath": state, "containerPath": state, "options": ["rw", "nosuid", "nodev", "bind"]}
+            ],
+        }
+
+
+# -- simulated load -----------------------------------------------------------------------------------
+
+#: Environment variable naming the fake state directory (``--fake-state-dir`` defaults to it).
+STATE_ENV = "ACCEL_DRA_FAKE_STATE"
+_IDLE_SM_MHZ = 345.0
+
+
+@dataclass(frozen=True)
+class BoardModel:
+    """Electrical and clock figures of a product, from its data sheet (rounded)."""
+
+    board_power_watts: float
+    max_sm_mhz: float
+    memory_mhz: float
+    #: GDDR boards do not report a memory temperature.
+    memory_sensor: bool = True
+    pcie_bytes_per_second: float = 25e9
+    nvlink_bytes_per_second: float = 0.0
+
+    @property
+    def idle_watts(self) -> float:
+        return round(self.board_power_watts * 0.12, 1)
+
+
+# First match on the product name wins.
+_BOARDS: tuple[tuple[str, BoardModel], ...] = (
+    ("GB200", BoardModel(1200.0, 2062.0, 3996.0, pcie_bytes_per_second=50e9, nvlink_bytes_per_second=900e9)),
+    ("H100", BoardModel(700.0, 1980.0, 2619.0, pcie_bytes_per_second=50e9, nvlink_bytes_per_second=450e9)),
+    ("A100-SXM", BoardModel(400.0, 1410.0, 1215.0, nvlink_bytes_per_second=300e9)),
+    ("A100", BoardModel(300.0, 1410.0, 1512.0, nvlink_bytes_per_second=300e9)),
+    ("L4", BoardModel(72.0, 2040.0, 6251.0, memory_sensor=False)),
+)
+_DEFAULT_BOARD = BoardModel(300.0, 1500.0, 1500.0)
+# Share of the link bandwidth a fully busy GPU moves, and the idle trickle (bytes/s).
+_IO_SHARE = 0.1
+_IDLE_IO = 1e5
+
+
+def board_model(gpu: Gpu) -> BoardModel:
+    name = gpu.product_name or ""
+    return next((board for key, board in _BOARDS if key in name), _DEFAULT_BOARD)
+
+
+@dataclass(frozen=True)
+class SimulatedProcess:
+    """One procs file: a workload process's share of one GPU (or MIG device)."""
+
+    pid: int
+    utilization: float
+    memory_bytes: int
+    encoder: float = 0.0
+    decoder: float = 0.0
+
+
+@dataclass
+class _Counters:
+    at: float
+    energy_joules: float = 0.0
+    pcie_rx: float = 0.0
+    pcie_tx: float = 0.0
+    nvlink_rx: float = 0.0
+    nvlink_tx: float = 0.0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: it exists
+    return True
+
+
+def _share(raw: Any, default: float = 0.0) -> float:
+    return min(1.0, max(0.0, float(raw))) if isinstance(raw, int | float) else default
+
+
+def read_procs_file(path: Path) -> SimulatedProcess | None:
+    """Parse one procs file; ``None`` (logged) when it is unreadable or malformed, e.g. half written."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        pid = int(data["pid"])
+        memory = int(data.get("memory_bytes", 0))
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        log.debug("fake procs file ignored", path=str(path), error=str(exc))
+        return None
+    return SimulatedProcess(
+        pid=pid,
+        utilization=_share(data.get("utilization")),
+        memory_bytes=max(0, memory),
+        encoder=_share(data.get("encoder")),
+        decoder=_share(data.get("decoder")),
+    )
+
+
+class LoadSimulator:
+    """Telemetry of fake GPUs, derived from the procs files under the state directory."""
+
+    def __init__(self, inventory: Inventory, state_dir: Path | None, clock: Callable[[], float]) -> None:
+        self._gpus = {gpu.uuid: gpu for gpu in inventory.gpus}
+        self._state_dir = state_dir
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._counters: dict[str, _Counters] = {}
+        if state_dir is not None:
+            for gpu in inventory.gpus:
+                for uuid in (gpu.uuid, *(m.uuid for m in gpu.mig_devices)):
+                    (state_dir / "gpus" / uuid / "procs").mkdir(parents=True, exist_ok=True)
+
+    def processes(self, gpu: Gpu) -> list[SimulatedProcess]:
+        """Live processes on the GPU and its MIG devices; files of processes that ended are removed."""
+        if self._state_dir is None:
+            return []
+        found: list[SimulatedProcess] = []
+        for uuid in (gpu.uuid, *(m.uuid for m in gpu.mig_devices)):
+            for path in sorted((self._state_dir / "gpus" / uuid / "procs").glob("*.json")):
+                proc = read_procs_file(path)
+                if proc is None:
+                    continue
+                if not _pid_alive(proc.pid):
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+                    continue
+                found.append(proc)
+        return found
+
+    def sample(self, uuid: str) -> GpuTelemetry:
+        gpu = self._gpus.get(uuid)
+        if gpu is None:
+            raise TelemetryError(f"no fake GPU with UUID {uuid}")
+        procs = self.processes(gpu)
+        board = board_model(gpu)
+        total = gpu.memory_bytes or 0
+        util = min(1.0, sum(p.utilization for p in procs))
+        power = board.idle_watts + util * (board.board_power_watts - board.idle_watts)
+        heat = (power - board.idle_watts) / (board.board_power_watts - board.idle_watts)
+        temperature = round(30.0 + 55.0 * heat, 1)
+        pcie_rate = _IDLE_IO + util * _IO_SHARE * board.pcie_bytes_per_second
+        linked = (gpu.active_links or 0) > 0
+        nvlink_rate = (_IDLE_IO + util * _IO_SHARE * board.nvlink_bytes_per_second) if linked else 0.0
+        counters = self._advance(uuid, power, pcie_rate, nvlink_rate)
+        return GpuTelemetry(
+            uuid=uuid,
+            utilization=util,
+            encoder_utilization=min(1.0, sum(p.encoder for p in procs)),
+            decoder_utilization=min(1.0, sum(p.decoder for p in procs)),
+            memory_used_bytes=min(total, total // 200 + sum(p.memory_bytes for p in procs)),
+            memory_total_bytes=total,
+            power_watts=round(power, 3),
+            energy_joules=counters.energy_joules,
+            temperature_celsius=temperature,
+            memory_temperature_celsius=temperature + 4.0 if board.memory_sensor else None,
+            sm_clock_hertz=(_IDLE_SM_MHZ + util * (board.max_sm_mhz - _IDLE_SM_MHZ)) * 1e6,
+            memory_clock_hertz=board.memory_mhz * 1e6,
+            pcie_rx_bytes=int(counters.pcie_rx),
+            pcie_tx_bytes=int(counters.pcie_tx),
+            nvlink_rx_bytes=int(counters.nvlink_rx) if linked else None,
+            nvlink_tx_bytes=int(counters.nvlink_tx) if linked else None,
+            ecc_corrected=0,
+            ecc_uncorrected=0,
+            processes=tuple(
+                ProcessSample(pid=p.pid, memory_bytes=p.memory_bytes, sm_utilization=p.utilization)
+                for p in procs
+            ),
+        )
+
+    def _advance(self, uuid: str, power: float, pcie_rate: float, nvlink_rate: float) -> _Counters:
+        """Integrate the current rates since the previous sample of this GPU; return a copy."""
+        with self._lock:
+            now = self._clock()
+            state = self._counters.setdefault(uuid, _Counters(at=now))
+            elapsed = max(0.0, now - state.at)
+            state.at = now
+            state.energy_joules += power * elapsed
+            state.pcie_rx += pcie_rate * elapsed
+            state.pcie_tx += pcie_rate / 2 * elapsed
+            state.nvlink_rx += nvlink_rate * elapsed
+            state.nvlink_tx += nvlink_rate * elapsed
+            return _Counters(**vars(state))
 
 
 # -- loading ------------------------------------------------------------------------------------------

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import ctypes
 import math
+import time
 import uuid as uuidlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from driver.devices.backend import BackendError
+from driver.devices.layout import find_library
 from driver.devices.model import (
     PCIE_ROOT_RE,
     FabricInfo,
@@ -30,6 +33,7 @@ from driver.devices.model import (
     RemoteType,
     normalize_pci_bus_id,
 )
+from driver.devices.telemetry import GpuTelemetry, ProcessSample, TelemetryError
 from driver.log import get_logger
 
 log = get_logger(__name__)
@@ -91,6 +95,28 @@ _FABRIC_QUERIES = (
 
 _NVML_HINT = "is the NVIDIA driver installed and libnvidia-ml.so.1 on the library path?"
 
+# Errors after which nothing more can be read from a GPU until it is reset.
+_LOST_ERRORS = ("NVMLError_GpuIsLost", "NVMLError_ResetRequired")
+# scopeId that sums an NVLink field over every link of the GPU.
+_ALL_LINKS = 0xFFFFFFFF
+# Field values read in one call: (telemetry field, NVML constant, scope id).
+_FIELD_QUERIES: tuple[tuple[str, str, int | None], ...] = (
+    ("memory_temperature", "NVML_FI_DEV_MEMORY_TEMP", None),
+    ("pcie_io", "NVML_FI_DEV_PCIE_COUNT_RX_BYTES", None),
+    ("pcie_io", "NVML_FI_DEV_PCIE_COUNT_TX_BYTES", None),
+    ("nvlink_io", "NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX", _ALL_LINKS),
+    ("nvlink_io", "NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX", _ALL_LINKS),
+)
+_VALUE_MEMBERS = {
+    "NVML_VALUE_TYPE_DOUBLE": "dVal",
+    "NVML_VALUE_TYPE_UNSIGNED_INT": "uiVal",
+    "NVML_VALUE_TYPE_UNSIGNED_LONG": "ulVal",
+    "NVML_VALUE_TYPE_UNSIGNED_LONG_LONG": "ullVal",
+    "NVML_VALUE_TYPE_SIGNED_LONG_LONG": "sllVal",
+    "NVML_VALUE_TYPE_SIGNED_INT": "siVal",
+    "NVML_VALUE_TYPE_UNSIGNED_SHORT": "usVal",
+}
+
 
 def cuda_version_string(value: int) -> str:
     """NVML encodes the CUDA driver version as ``1000*major + 10*minor``: 12090 -> ``12.9``."""
@@ -124,22 +150,53 @@ def _text(value: Any) -> str | None:
     return text.strip() or None
 
 
+def _preload_nvml(nvml: Any, driver_root: str | Path | None) -> None:
+    """Load libnvidia-ml from the driver root when it is not on this process's library path.
+
+    In a container the host's driver files are mounted under the driver root, not in the loader's search
+    path; pynvml only loads ``libnvidia-ml.so.1`` by name, and skips loading when ``nvmlLib`` is set.
+    """
+    if driver_root is None or getattr(nvml, "nvmlLib", None) is not None:
+        return
+    path = find_library(driver_root)
+    if path is None:
+        return
+    try:
+        nvml.nvmlLib = ctypes.CDLL(str(path))
+    except OSError as exc:
+        raise BackendError(f"NVML is not available: cannot load {path}: {exc}") from exc
+    log.info("loaded NVML from the driver root", path=str(path))
+
+
 class NvmlBackend:
     """:class:`~driver.devices.backend.DeviceBackend` over NVML. Initialises NVML on construction."""
 
-    def __init__(self, sysfs_root: str | Path = "/sys", nvml: Any = None) -> None:
+    def __init__(
+        self,
+        sysfs_root: str | Path = "/sys",
+        nvml: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+        driver_root: str | Path | None = None,
+    ) -> None:
         if nvml is None:
             try:
                 import pynvml
             except ImportError as exc:
                 raise BackendError(f"NVML is not available: nvidia-ml-py is not installed ({exc})") from exc
             nvml = pynvml
+            _preload_nvml(nvml, driver_root)
         self._nvml = nvml
         self._sysfs = Path(sysfs_root)
         self._unsupported: tuple[type[BaseException], ...] = tuple(
             getattr(nvml, name) for name in _UNSUPPORTED_ERRORS if hasattr(nvml, name)
         )
         self._missing: set[str] = set()  # functions the library lacks; not called again
+        # Telemetry state, per GPU UUID (one sample per GPU at a time, see TelemetrySource).
+        self._handles: dict[str, Any] = {}
+        self._process_stamps: dict[str, int] = {}
+        self._pcie_integrals: dict[str, tuple[float, float, float]] = {}
+        self._unsupported_seen: set[tuple[str, str]] = set()
+        self._clock = clock  # integrates PCIe throughput where NVML has no byte counters
         try:
             nvml.nvmlInit()
         except nvml.NVMLError as exc:
@@ -155,6 +212,9 @@ class NvmlBackend:
         except self._nvml.NVMLError as exc:
             log.warning("nvml shutdown failed", error=str(exc))
 
+    def container_edits(self) -> dict[str, Any]:
+        return {}
+
     def discover(self) -> Inventory:
         if not self._open:
             raise BackendError("NVML backend is closed")
@@ -169,6 +229,27 @@ class NvmlBackend:
             driver_version=_text(self._call("nvmlSystemGetDriverVersion")),
             cuda_driver_version=cuda_version_string(int(cuda)) if cuda else None,
         )
+
+    def sample(self, uuid: str) -> GpuTelemetry:
+        """Telemetry of one GPU (:class:`~driver.devices.telemetry.TelemetrySource`).
+
+        Each reading degrades on its own: an unsupported call leaves its field ``None``, a failed one also
+        records the error under the field's name. A GPU that is lost or has no handle raises
+        :class:`TelemetryError`.
+        """
+        if not self._open:
+            raise TelemetryError(f"NVML backend is closed (GPU {uuid})")
+        return _sample_gpu(self, self._handle(uuid), uuid)
+
+    def _handle(self, uuid: str) -> Any:
+        handle = self._handles.get(uuid)
+        if handle is None:
+            try:
+                handle = self._nvml.nvmlDeviceGetHandleByUUID(uuid)
+            except self._nvml.NVMLError as exc:
+                raise TelemetryError(f"GPU {uuid}: NVML has no handle for it: {exc}") from exc
+            self._handles[uuid] = handle
+        return handle
 
     # -- NVML call helpers --------------------------------------------------------------------------
 
@@ -410,3 +491,207 @@ class NvmlBackend:
             if profile is not None and int(profile.id) == int(info.profileId):
                 return int(profile.sliceCount)
         return None
+
+
+class _Reads:
+    """The reads of one telemetry sample: unsupported -> ``None``; failed -> ``None`` and noted in ``errors``;
+    a lost GPU raises :class:`TelemetryError` (nothing else will answer)."""
+
+    def __init__(self, backend: NvmlBackend, uuid: str) -> None:
+        self.backend = backend
+        self.nvml = backend._nvml
+        self.uuid = uuid
+        self.errors: dict[str, str] = {}
+
+    def unsupported(self, call: str, exc: BaseException) -> None:
+        if self.backend._is(exc, "NVMLError_FunctionNotFound"):
+            self.backend._missing.add(call)
+        if (call, self.uuid) not in self.backend._unsupported_seen:
+            self.backend._unsupported_seen.add((call, self.uuid))
+            log.debug("nvml telemetry unsupported", call=call, device=self.uuid, error=str(exc))
+
+    def failed(self, field: str, call: str, exc: BaseException) -> None:
+        if any(self.backend._is(exc, name) for name in _LOST_ERRORS):
+            raise TelemetryError(f"GPU {self.uuid} cannot be read: {call}: {exc}") from exc
+        self.errors.setdefault(field, f"{call}: {exc}")
+
+    def call(self, field: str, call: str, *args: Any) -> Any:
+        fn = getattr(self.nvml, call, None)
+        if fn is None or call in self.backend._missing:
+            return None
+        try:
+            return fn(*args)
+        except self.backend._unsupported as exc:
+            self.unsupported(call, exc)
+        except self.nvml.NVMLError as exc:
+            self.failed(field, call, exc)
+        return None
+
+    def const(self, name: str, default: int) -> int:
+        return int(getattr(self.nvml, name, default))
+
+
+def _percent(value: Any) -> float | None:
+    return None if value is None else min(1.0, max(0.0, float(value) / 100.0))
+
+
+def _sample_gpu(backend: NvmlBackend, handle: Any, uuid: str) -> GpuTelemetry:
+    reads = _Reads(backend, uuid)
+    util = reads.call("utilization", "nvmlDeviceGetUtilizationRates", handle)
+    encoder = reads.call("encoder_utilization", "nvmlDeviceGetEncoderUtilization", handle)
+    decoder = reads.call("decoder_utilization", "nvmlDeviceGetDecoderUtilization", handle)
+    memory = reads.call("memory", "nvmlDeviceGetMemoryInfo", handle)
+    power_mw = reads.call("power", "nvmlDeviceGetPowerUsage", handle)
+    energy_mj = reads.call("energy", "nvmlDeviceGetTotalEnergyConsumption", handle)
+    temperature = reads.call(
+        "temperature", "nvmlDeviceGetTemperature", handle, reads.const("NVML_TEMPERATURE_GPU", 0)
+    )
+    sm_mhz = reads.call("sm_clock", "nvmlDeviceGetClockInfo", handle, reads.const("NVML_CLOCK_SM", 1))
+    mem_mhz = reads.call("memory_clock", "nvmlDeviceGetClockInfo", handle, reads.const("NVML_CLOCK_MEM", 2))
+    volatile = reads.const("NVML_VOLATILE_ECC", 0)
+    corrected = reads.call(
+        "ecc",
+        "nvmlDeviceGetTotalEccErrors",
+        handle,
+        reads.const("NVML_MEMORY_ERROR_TYPE_CORRECTED", 0),
+        volatile,
+    )
+    uncorrected = reads.call(
+        "ecc",
+        "nvmlDeviceGetTotalEccErrors",
+        handle,
+        reads.const("NVML_MEMORY_ERROR_TYPE_UNCORRECTED", 1),
+        volatile,
+    )
+    fields = _field_values(reads, handle)
+    pcie_rx, pcie_tx = (
+        fields.get("NVML_FI_DEV_PCIE_COUNT_RX_BYTES"),
+        fields.get("NVML_FI_DEV_PCIE_COUNT_TX_BYTES"),
+    )
+    if pcie_rx is None and pcie_tx is None and "pcie_io" not in reads.errors:
+        pcie_rx, pcie_tx = _pcie_from_throughput(backend, reads, handle)
+    nvlink_rx = fields.get("NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX")
+    nvlink_tx = fields.get("NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX")
+    return GpuTelemetry(
+        uuid=uuid,
+        utilization=_percent(getattr(util, "gpu", None)),
+        encoder_utilization=_percent(encoder[0]) if encoder else None,
+        decoder_utilization=_percent(decoder[0]) if decoder else None,
+        memory_used_bytes=int(memory.used) if memory is not None else None,
+        memory_total_bytes=int(memory.total) if memory is not None else None,
+        power_watts=power_mw / 1000.0 if power_mw is not None else None,
+        energy_joules=energy_mj / 1000.0 if energy_mj is not None else None,
+        temperature_celsius=float(temperature) if temperature is not None else None,
+        memory_temperature_celsius=fields.get("NVML_FI_DEV_MEMORY_TEMP"),
+        sm_clock_hertz=sm_mhz * 1e6 if sm_mhz is not None else None,
+        memory_clock_hertz=mem_mhz * 1e6 if mem_mhz is not None else None,
+        pcie_rx_bytes=int(pcie_rx) if pcie_rx is not None else None,
+        pcie_tx_bytes=int(pcie_tx) if pcie_tx is not None else None,
+        # NVML counts NVLink data in KiB.
+        nvlink_rx_bytes=int(nvlink_rx) * 1024 if nvlink_rx is not None else None,
+        nvlink_tx_bytes=int(nvlink_tx) * 1024 if nvlink_tx is not None else None,
+        ecc_corrected=int(corrected) if corrected is not None else None,
+        ecc_uncorrected=int(uncorrected) if uncorrected is not None else None,
+        processes=_processes(backend, reads, handle),
+        errors=MappingProxyType(dict(reads.errors)),
+    )
+
+
+def _field_values(reads: _Reads, handle: Any) -> dict[str, float]:
+    """One ``nvmlDeviceGetFieldValues`` call; each value carries its own status."""
+    nvml = reads.nvml
+    queries = [(f, c, scope) for f, c, scope in _FIELD_QUERIES if hasattr(nvml, c)]
+    ids = [getattr(nvml, c) if scope is None else (getattr(nvml, c), scope) for _, c, scope in queries]
+    call = "nvmlDeviceGetFieldValues"
+    fn = getattr(nvml, call, None)
+    if not ids or fn is None or call in reads.backend._missing:
+        return {}
+    try:
+        values = fn(handle, ids)
+    except reads.backend._unsupported as exc:
+        reads.unsupported(call, exc)
+        return {}
+    except nvml.NVMLError as exc:
+        for field in dict.fromkeys(f for f, _, _ in queries):
+            reads.failed(field, call, exc)
+        return {}
+    members = {getattr(nvml, k): v for k, v in _VALUE_MEMBERS.items() if hasattr(nvml, k)}
+    found: dict[str, float] = {}
+    for (field, const, _), value in zip(queries, values, strict=False):
+        status = int(value.nvmlReturn)
+        if status == int(getattr(nvml, "NVML_SUCCESS", 0)):
+            member = members.get(int(value.valueType))
+            if member is not None:
+                found[const] = getattr(value.value, member)
+            continue
+        error = nvml.NVMLError(status)
+        if isinstance(error, reads.backend._unsupported):
+            reads.unsupported(f"nvmlDeviceGetFieldValues({const})", error)
+        else:
+            reads.failed(field, f"nvmlDeviceGetFieldValues({const})", error)
+    return found
+
+
+def _pcie_from_throughput(
+    backend: NvmlBackend, reads: _Reads, handle: Any
+) -> tuple[float | None, float | None]:
+    """Older GPUs only report PCIe throughput (KB/s over a short window): integrate it into byte counters."""
+    rx_rate = reads.call(
+        "pcie_io", "nvmlDeviceGetPcieThroughput", handle, reads.const("NVML_PCIE_UTIL_RX_BYTES", 1)
+    )
+    tx_rate = reads.call(
+        "pcie_io", "nvmlDeviceGetPcieThroughput", handle, reads.const("NVML_PCIE_UTIL_TX_BYTES", 0)
+    )
+    if rx_rate is None or tx_rate is None:
+        return None, None
+    now = backend._clock()
+    last, rx, tx = backend._pcie_integrals.get(reads.uuid, (now, 0.0, 0.0))
+    elapsed = max(0.0, now - last)
+    rx, tx = rx + float(rx_rate) * 1000 * elapsed, tx + float(tx_rate) * 1000 * elapsed
+    backend._pcie_integrals[reads.uuid] = (now, rx, tx)
+    return rx, tx
+
+
+def _processes(backend: NvmlBackend, reads: _Reads, handle: Any) -> tuple[ProcessSample, ...] | None:
+    running = reads.call("processes", "nvmlDeviceGetComputeRunningProcesses", handle)
+    if running is None:
+        return None
+    shares = _process_utilization(backend, reads, handle)
+    out: list[ProcessSample] = []
+    for proc in running:
+        pid = int(proc.pid)
+        used = getattr(proc, "usedGpuMemory", None)
+        out.append(
+            ProcessSample(
+                pid=pid,
+                memory_bytes=int(used) if used is not None else None,
+                sm_utilization=None if shares is None else shares.get(pid, 0.0),
+            )
+        )
+    return tuple(out)
+
+
+def _process_utilization(backend: NvmlBackend, reads: _Reads, handle: Any) -> dict[int, float] | None:
+    """Mean SM share per PID over the samples NVML took since the previous call; ``None`` if unsupported."""
+    nvml = reads.nvml
+    call = "nvmlDeviceGetProcessUtilization"
+    fn = getattr(nvml, call, None)
+    if fn is None or call in backend._missing:
+        return None
+    since = backend._process_stamps.get(reads.uuid, 0)
+    try:
+        samples = fn(handle, since)
+    except backend._unsupported as exc:
+        if backend._is(exc, "NVMLError_NotFound"):
+            return {}  # no sample newer than `since`: nothing ran
+        reads.unsupported(call, exc)
+        return None
+    except nvml.NVMLError as exc:
+        reads.failed("processes", call, exc)
+        return None
+    per_pid: dict[int, list[float]] = {}
+    for sample in samples:
+        per_pid.setdefault(int(sample.pid), []).append(float(sample.smUtil))
+        since = max(since, int(sample.timeStamp))
+    backend._process_stamps[reads.uuid] = since
+    return {pid: min(1.0, sum(v) / len(v) / 100.0) for pid, v in per_pid.items()}

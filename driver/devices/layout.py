@@ -1,0 +1,22 @@
+"""Where the NVIDIA driver's user-space files live under a driver root (``/`` or ``/run/nvidia/driver``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: Library directories, in the order distributions use them (relative to the driver root).
+LIB_DIRS = ("usr/lib64", "usr/lib/x86_64-linux-gnu", "usr/lib/aarch64-linux-gnu", "lib64", "usr/lib")
+#: Tool directories.
+BIN_DIRS = ("usr/bin",)
+
+NVML_SONAME = "libnvidia-ml.so.1"
+
+
+def find_library(driver_root: str | os.PathLike[str], soname: str = NVML_SONAME) -> Path | None:
+    """The first ``soname`` under the driver root's library directories, or None."""
+    for rel_dir in LIB_DIRS:
+        candidate = Path(driver_root, rel_dir, soname)
+        if candidate.exists():
+            return candidate
+    return None

@@ -1,0 +1,342 @@
+"""The background sampler: device telemetry + attribution -> an immutable :class:`Snapshot`.
+
+Every ``interval`` seconds the collector asks each GPU's worker thread for a reading, waits a bounded time,
+asks the kubelet which containers hold which devices, traces processes to containers, and publishes a new
+:class:`Snapshot`. A scrape renders the latest snapshot and never touches NVML or the kubelet.
+
+One worker thread per GPU, so a GPU whose NVML calls hang stalls only itself: while its request is
+outstanding it is not asked again, and once the request is older than ``sample_timeout`` the GPU is shown
+``failed`` (its readings are dropped rather than served stale) until it answers again. Worker threads are
+daemons, so a call that never returns cannot keep the process from exiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal, Protocol
+
+from driver import __version__
+from driver.devices.model import Gpu, Inventory
+from driver.devices.telemetry import GpuTelemetry, TelemetryError, TelemetrySource
+from driver.exporter.attribution import ConsumerShare, ContainerKey, OwnerOf, split
+from driver.exporter.cgroups import read_cgroup
+from driver.exporter.podresources import ContainerResources, DeviceResolver, PodResourcesError
+from driver.log import get_logger
+
+log = get_logger(__name__)
+
+HwState = Literal["ok", "degraded", "failed", "predicted_failure"]
+ReadErrorKey = tuple[str, str]  # (field, reason)
+
+
+class AllocationSource(Protocol):
+    """Who holds which device (:class:`~driver.exporter.podresources.PodResourcesClient`)."""
+
+    async def list(self) -> list[ContainerResources]: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class GpuSnapshot:
+    gpu: Gpu
+    #: The latest reading; ``None`` while the GPU cannot be read.
+    telemetry: GpuTelemetry | None
+    state: HwState
+    #: Cumulative failed reads since the exporter started.
+    read_errors: Mapping[ReadErrorKey, int]
+    shares: tuple[ConsumerShare, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything one scrape shows. Immutable; replaced as a whole after each sampling round."""
+
+    seq: int
+    #: Unix time the round finished (0 before the first round).
+    timestamp: float
+    node_name: str
+    backend: str
+    driver_version: str
+    cuda_driver_version: str
+    gpus: tuple[GpuSnapshot, ...]
+    samples_total: int = 0
+    #: ``None`` when no PodResources socket is configured.
+    pod_resources_up: bool | None = None
+    attribution_errors: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    version: str = __version__
+
+
+@dataclass(frozen=True)
+class Settings:
+    interval: float = 1.0
+    sample_timeout: float = 5.0
+    proc_root: str = "/proc"
+
+
+class _Worker:
+    """A daemon thread that reads one GPU on request; at most one request outstanding."""
+
+    def __init__(self, uuid: str, read: Callable[[str], GpuTelemetry]) -> None:
+        self.uuid = uuid
+        self._read = read
+        self._requests: queue.SimpleQueue[concurrent.futures.Future[GpuTelemetry] | None] = (
+            queue.SimpleQueue()
+        )
+        self.pending: concurrent.futures.Future[GpuTelemetry] | None = None
+        #: The event loop's view of ``pending`` (one per request, cancelled at stop).
+        self.waiter: asyncio.Future[GpuTelemetry] | None = None
+        self.pending_since = 0.0
+        self.timed_out = False
+        self._thread = threading.Thread(target=self._serve, name=f"sample-{uuid}", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while (future := self._requests.get()) is not None:
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(self._read(self.uuid))
+            except BaseException as err:
+                future.set_exception(err)
+
+    def request(self, now: float) -> concurrent.futures.Future[GpuTelemetry] | None:
+        """Ask for a reading unless one is still outstanding; returns the new request."""
+        if self.pending is not None:
+            return None
+        self.pending = concurrent.futures.Future()
+        self.waiter = asyncio.wrap_future(self.pending)
+        self.pending_since = now
+        self.timed_out = False
+        self._requests.put(self.pending)
+        return self.pending
+
+    def stop(self) -> None:
+        # A request still hanging in NVML must not call back into a closed event loop when it returns.
+        if self.waiter is not None:
+            self.waiter.cancel()
+        self._requests.put(None)
+
+
+@dataclass
+class _GpuRecord:
+    gpu: Gpu
+    telemetry: GpuTelemetry | None = None
+    state: HwState = "ok"
+    read_errors: dict[ReadErrorKey, int] = field(default_factory=dict)
+
+    def count(self, key: ReadErrorKey) -> None:
+        self.read_errors[key] = self.read_errors.get(key, 0) + 1
+
+
+class Collector:
+    """Samples the backend in the background and keeps the latest :class:`Snapshot`."""
+
+    def __init__(
+        self,
+        inventory: Inventory,
+        source: TelemetrySource,
+        resolver: DeviceResolver,
+        *,
+        settings: Settings | None = None,
+        pod_resources: AllocationSource | None = None,
+        containers: Callable[[str], ContainerKey | None] | None = None,
+        containers_ready: Callable[[], bool] = lambda: True,
+        node_name: str = "",
+        backend_name: str = "",
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.inventory = inventory
+        self.settings = settings or Settings()
+        self._resolver = resolver
+        self._pod_resources = pod_resources
+        self._containers = containers
+        self._containers_ready = containers_ready
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._records = {gpu.uuid: _GpuRecord(gpu) for gpu in inventory.gpus}
+        self._workers = {gpu.uuid: _Worker(gpu.uuid, source.sample) for gpu in inventory.gpus}
+        self._allocations: list[ContainerResources] = []
+        self._pod_resources_up: bool | None = None
+        self._attribution_errors: dict[str, int] = {}
+        self._samples = 0
+        self._last_round = clock()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._snapshot = Snapshot(
+            seq=0,
+            timestamp=0.0,
+            node_name=node_name,
+            backend=backend_name,
+            driver_version=inventory.driver_version or "",
+            cuda_driver_version=inventory.cuda_driver_version or "",
+            gpus=tuple(GpuSnapshot(r.gpu, None, "ok", MappingProxyType({})) for r in self._records.values()),
+        )
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    def healthy(self) -> bool:
+        """The sampling loop is alive: a round finished recently (GPU failures do not count)."""
+        return self._clock() - self._last_round <= max(10.0, 5 * self.settings.interval)
+
+    async def start(self) -> None:
+        """Take the first sample (bounded by the timeouts), then keep sampling in the background."""
+        await self.tick()
+        self._task = asyncio.create_task(self._loop(), name="exporter-sampler")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for worker in self._workers.values():
+            worker.stop()
+        if self._pod_resources is not None:
+            await self._pod_resources.close()
+
+    async def _loop(self) -> None:
+        while not self._stopping.is_set():
+            started = self._clock()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._stopping.wait(), max(0.0, self.settings.interval - (self._clock() - started))
+                )
+            if self._stopping.is_set():
+                return
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("sampling round failed")
+
+    # -- one round ------------------------------------------------------------------------------------
+
+    async def tick(self) -> Snapshot:
+        """One sampling round; publishes and returns the new snapshot."""
+        await self._read_gpus()
+        shares = await self._attribute()
+        self._samples += 1
+        self._last_round = self._clock()
+        previous = self._snapshot
+        self._snapshot = Snapshot(
+            seq=previous.seq + 1,
+            timestamp=self._wall_clock(),
+            node_name=previous.node_name,
+            backend=previous.backend,
+            driver_version=previous.driver_version,
+            cuda_driver_version=previous.cuda_driver_version,
+            gpus=tuple(
+                GpuSnapshot(
+                    r.gpu, r.telemetry, r.state, MappingProxyType(dict(r.read_errors)), shares.get(uuid, ())
+                )
+                for uuid, r in self._records.items()
+            ),
+            samples_total=self._samples,
+            pod_resources_up=self._pod_resources_up,
+            attribution_errors=MappingProxyType(dict(self._attribution_errors)),
+        )
+        return self._snapshot
+
+    async def _read_gpus(self) -> None:
+        now = self._clock()
+        for worker in self._workers.values():
+            worker.request(now)
+        waiting = [w.waiter for w in self._workers.values() if w.waiter is not None and not w.waiter.done()]
+        if waiting:
+            await asyncio.wait(waiting, timeout=min(self.settings.interval, self.settings.sample_timeout))
+        now = self._clock()
+        for uuid, worker in self._workers.items():
+            self._settle(self._records[uuid], worker, now)
+
+    def _settle(self, record: _GpuRecord, worker: _Worker, now: float) -> None:
+        future = worker.pending
+        if future is None:
+            return
+        if not future.done():
+            if now - worker.pending_since > self.settings.sample_timeout and not worker.timed_out:
+                worker.timed_out = True
+                record.count(("sample", "timeout"))
+                self._set_state(record, "failed", f"no answer within {self.settings.sample_timeout}s")
+                record.telemetry = None
+            return
+        worker.pending, worker.waiter = None, None
+        error = future.exception()
+        if error is None:
+            telemetry = future.result()
+            for name in telemetry.errors:
+                record.count((name, "error"))
+            record.telemetry = telemetry
+            reason = "; ".join(f"{k}: {v}" for k, v in telemetry.errors.items())
+            self._set_state(record, "degraded" if telemetry.errors else "ok", reason)
+            return
+        record.telemetry = None
+        record.count(("sample", "lost" if isinstance(error, TelemetryError) else "error"))
+        self._set_state(record, "failed", str(error) or type(error).__name__)
+
+    def _set_state(self, record: _GpuRecord, state: HwState, reason: str) -> None:
+        if state == record.state:
+            return
+        fields = {"gpu": record.gpu.uuid, "previous": record.state, "state": state}
+        if state == "ok":
+            log.info("gpu readable again", **fields)
+        else:
+            log.warning("gpu telemetry impaired", reason=reason, **fields)
+        record.state = state
+
+    # -- attribution -----------------------------------------------------------------------------------
+
+    def count_attribution_error(self, source: str) -> None:
+        self._attribution_errors[source] = self._attribution_errors.get(source, 0) + 1
+
+    async def _attribute(self) -> dict[str, tuple[ConsumerShare, ...]]:
+        if self._pod_resources is not None:
+            try:
+                self._allocations = await self._pod_resources.list()
+                if self._pod_resources_up is False:
+                    log.info("kubelet PodResources readable again")
+                self._pod_resources_up = True
+            except PodResourcesError as err:
+                self.count_attribution_error("pod_resources")
+                if self._pod_resources_up is not False:
+                    log.warning("kubelet PodResources unavailable; keeping the last answer", error=str(err))
+                self._pod_resources_up = False
+        consumers = self._resolver.consumers(self._allocations)
+        owner_of = self._owner_lookup()
+        return {
+            uuid: split(self._records[uuid].telemetry, found, owner_of)
+            for uuid, found in consumers.items()
+            if uuid in self._records
+        }
+
+    def _owner_lookup(self) -> OwnerOf | None:
+        """pid -> container, through ``<proc_root>/<pid>/cgroup`` and the node's pods; ``None`` if unknown."""
+        containers = self._containers
+        if containers is None or not self._containers_ready():
+            return None
+        cache: dict[int, ContainerKey | None] = {}
+
+        def owner_of(pid: int) -> ContainerKey | None:
+            if pid not in cache:
+                try:
+                    ref = read_cgroup(self.settings.proc_root, pid)
+                except FileNotFoundError:
+                    ref = None  # the process ended
+                except OSError as err:
+                    self.count_attribution_error("cgroup")
+                    log.debug("cgroup unreadable", pid=pid, error=str(err))
+                    ref = None
+                cache[pid] = containers(ref.container_id) if ref and ref.container_id else None
+            return cache[pid]
+
+        return owner_of

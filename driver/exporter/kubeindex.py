@@ -1,0 +1,172 @@
+"""Local, watched copies of this node's pods and ResourceSlices (optional attribution sources).
+
+Each index lists its objects once, then watches from the list's resourceVersion; a watch that ends is
+resumed, a 410 Gone (or any other error) relists after a backoff. Lookups read the local copy only, so a
+scrape never waits on the API server. The exporter needs ``list``/``watch`` on ``pods`` and
+``resource.k8s.io/resourceslices``; without them the index stays empty and attribution falls back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from driver.exporter.attribution import ContainerKey
+from driver.kube.client import PODS, RESOURCE_SLICES, ApiError, KubeClient, ResourceType, retry_backoff
+from driver.log import get_logger
+
+log = get_logger(__name__)
+
+JSON = dict[str, Any]
+WATCH_TIMEOUT_SECONDS = 300
+
+
+def _key(obj: Mapping[str, Any]) -> tuple[str, str]:
+    meta = obj.get("metadata", {})
+    return meta.get("namespace", ""), meta.get("name", "")
+
+
+class ListWatch:
+    """Objects of one type matching a field selector, kept current by list + watch."""
+
+    def __init__(
+        self,
+        kube: KubeClient,
+        rt: ResourceType,
+        field_selector: str | None,
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
+        self._kube = kube
+        self._rt = rt
+        self._selector = field_selector
+        self._on_error = on_error
+        self.objects: dict[tuple[str, str], JSON] = {}
+        self.synced = asyncio.Event()
+        #: Bumped on every change, so derived lookups know when to rebuild.
+        self.version = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"watch-{self._rt.plural}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                version = await self._list()
+                failures = 0
+                while version:
+                    version = await self._watch(version)
+            except Exception as err:  # API errors, transport errors, 410 Gone: relist after a backoff
+                if self._on_error is not None:
+                    self._on_error(str(err))
+                log.warning(
+                    "kubernetes watch failed; relisting",
+                    resource=self._rt.plural,
+                    error=str(err) if isinstance(err, ApiError) else repr(err),
+                )
+                await retry_backoff(failures, cap=30.0)
+                failures += 1
+
+    async def _list(self) -> str:
+        listed = await self._kube.list(self._rt, field_selector=self._selector)
+        self.objects = {_key(obj): obj for obj in listed.get("items", [])}
+        self.version += 1
+        self.synced.set()
+        return str(listed.get("metadata", {}).get("resourceVersion", ""))
+
+    async def _watch(self, version: str) -> str:
+        """Follow one watch stream; return the resourceVersion to resume from."""
+        async for event in self._kube.watch(
+            self._rt,
+            field_selector=self._selector,
+            resource_version=version,
+            timeout_seconds=WATCH_TIMEOUT_SECONDS,
+        ):
+            version = event.object.get("metadata", {}).get("resourceVersion", version)
+            if event.type in ("ADDED", "MODIFIED"):
+                self.objects[_key(event.object)] = event.object
+            elif event.type == "DELETED":
+                self.objects.pop(_key(event.object), None)
+            else:
+                continue
+            self.version += 1
+        return version
+
+
+def _container_id(raw: str) -> str:
+    """``containerd://<id>`` -> ``<id>``."""
+    return raw.split("://", 1)[-1]
+
+
+class PodIndex:
+    """This node's pods: container ID -> (namespace, pod, container)."""
+
+    def __init__(self, watch: ListWatch) -> None:
+        self.watch = watch
+        self._built_at = -1
+        self._containers: dict[str, ContainerKey] = {}
+
+    @classmethod
+    def for_node(cls, kube: KubeClient, node: str, on_error: Callable[[str], None] | None = None) -> PodIndex:
+        return cls(ListWatch(kube, PODS, f"spec.nodeName={node}", on_error))
+
+    @property
+    def ready(self) -> bool:
+        return self.watch.synced.is_set()
+
+    def container(self, container_id: str) -> ContainerKey | None:
+        if self._built_at != self.watch.version:
+            self._containers = self._build()
+            self._built_at = self.watch.version
+        return self._containers.get(container_id)
+
+    def _build(self) -> dict[str, ContainerKey]:
+        out: dict[str, ContainerKey] = {}
+        for pod in self.watch.objects.values():
+            meta, status = pod.get("metadata", {}), pod.get("status", {})
+            for kind in ("initContainerStatuses", "containerStatuses", "ephemeralContainerStatuses"):
+                for cs in status.get(kind) or []:
+                    if cs.get("containerID"):
+                        out[_container_id(cs["containerID"])] = ContainerKey(
+                            meta.get("namespace", ""), meta.get("name", ""), cs.get("name", "")
+                        )
+        return out
+
+
+class SliceIndex:
+    """This node's ResourceSlices, all drivers: (driver, pool, device) -> the device's JSON."""
+
+    def __init__(self, watch: ListWatch) -> None:
+        self.watch = watch
+        self._built_at = -1
+        self._devices: dict[tuple[str, str, str], Mapping[str, Any]] = {}
+
+    @classmethod
+    def for_node(
+        cls, kube: KubeClient, node: str, on_error: Callable[[str], None] | None = None
+    ) -> SliceIndex:
+        return cls(ListWatch(kube, RESOURCE_SLICES, f"spec.nodeName={node}", on_error))
+
+    def device(self, driver: str, pool: str, name: str) -> Mapping[str, Any] | None:
+        if self._built_at != self.watch.version:
+            self._devices = self._build()
+            self._built_at = self.watch.version
+        return self._devices.get((driver, pool, name))
+
+    def _build(self) -> dict[tuple[str, str, str], Mapping[str, Any]]:
+        out: dict[tuple[str, str, str], Mapping[str, Any]] = {}
+        for obj in self.watch.objects.values():
+            spec = obj.get("spec", {})
+            driver, pool = spec.get("driver", ""), spec.get("pool", {}).get("name", "")
+            for device in spec.get("devices") or []:
+                out[(driver, pool, device.get("name", ""))] = device
+        return out

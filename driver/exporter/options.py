@@ -1,0 +1,120 @@
+"""Flags of ``accel-dra exporter`` (import-light: no gRPC, aiohttp or Kubernetes client here)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+from driver import config
+
+KubeApiMode = Literal["auto", "on", "off"]
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+def add_exporter_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--listen",
+        default=_env("EXPORTER_LISTEN", ":9400"),
+        help="HOST:PORT for /metrics and /healthz (env EXPORTER_LISTEN, default :9400)",
+    )
+    parser.add_argument(
+        "--backend",
+        default=_env("DEVICE_BACKEND", "nvml"),
+        help="device backend: nvml | fake:PROFILE | file:PATH (env DEVICE_BACKEND)",
+    )
+    parser.add_argument(
+        "--pod-resources-socket",
+        default=_env("POD_RESOURCES_SOCKET", config.POD_RESOURCES_SOCKET),
+        help="kubelet PodResources socket, for pod/container/claim labels; empty: no attribution "
+        f"(default {config.POD_RESOURCES_SOCKET})",
+    )
+    parser.add_argument(
+        "--node-name", default=os.environ.get("NODE_NAME"), help="this node's name (env NODE_NAME)"
+    )
+    config.add_driver_arguments(parser)
+    config.add_kube_arguments(parser)
+    parser.add_argument(
+        "--kube-api",
+        choices=["auto", "on", "off"],
+        default=_env("EXPORTER_KUBE_API", "auto"),
+        help="read this node's pods and ResourceSlices from the API server (splitting shared GPUs, other "
+        "drivers' devices): auto = when --kubeconfig is given or running in a cluster",
+    )
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=float(_env("EXPORTER_INTERVAL", "1")),
+        help="seconds between samples (env EXPORTER_INTERVAL, default 1)",
+    )
+    parser.add_argument(
+        "--sample-timeout",
+        type=float,
+        default=float(_env("EXPORTER_SAMPLE_TIMEOUT", "5")),
+        help="seconds a GPU may take to answer before it is shown as failed (default 5)",
+    )
+    parser.add_argument(
+        "--proc-root", default=_env("PROC_ROOT", "/proc"), help="where /proc/<pid>/cgroup files are read"
+    )
+    parser.add_argument(
+        "--fake-state-dir",
+        default=os.environ.get("ACCEL_DRA_FAKE_STATE"),
+        help="simulated load of fake GPUs (env ACCEL_DRA_FAKE_STATE)",
+    )
+    parser.add_argument(
+        "--driver-root",
+        default=os.environ.get("DRIVER_ROOT", "/"),
+        help="NVIDIA driver files as mounted here; libnvidia-ml.so.1 is loaded from it (env DRIVER_ROOT)",
+    )
+    config.add_common_arguments(parser)
+
+
+@dataclass(frozen=True)
+class ExporterConfig:
+    listen: str
+    backend: str
+    pod_resources_socket: str
+    node_name: str
+    driver_name: str
+    kubeconfig: str | None
+    kube_api: KubeApiMode
+    interval: float
+    sample_timeout: float
+    proc_root: str
+    fake_state_dir: str | None
+    driver_root: str
+    log_level: str
+    log_format: str
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ExporterConfig:
+        if args.interval <= 0:
+            raise config.ConfigError(f"--interval must be positive, got {args.interval}")
+        if args.sample_timeout <= 0:
+            raise config.ConfigError(f"--sample-timeout must be positive, got {args.sample_timeout}")
+        return cls(
+            listen=args.listen,
+            backend=args.backend,
+            pod_resources_socket=args.pod_resources_socket,
+            node_name=args.node_name or "",
+            driver_name=config.check_driver_name(args.driver_name),
+            kubeconfig=args.kubeconfig,
+            kube_api=args.kube_api,
+            interval=args.interval,
+            sample_timeout=args.sample_timeout,
+            proc_root=args.proc_root,
+            fake_state_dir=args.fake_state_dir or None,
+            driver_root=args.driver_root,
+            log_level=args.log_level,
+            log_format=args.log_format,
+        )
+
+    @property
+    def use_kube_api(self) -> bool:
+        if self.kube_api == "auto":
+            return bool(self.kubeconfig or os.environ.get("KUBERNETES_SERVICE_HOST"))
+        return self.kube_api == "on"

@@ -1,0 +1,221 @@
+"""The kubelet PodResources v1 API: which container holds which device, resolved to this node's GPUs.
+
+:class:`PodResourcesClient` calls ``List`` on the kubelet's socket
+(``/var/lib/kubelet/pod-resources/kubelet.sock``) and flattens the answer into :class:`ContainerResources`.
+:class:`DeviceResolver` turns those into :class:`~driver.exporter.attribution.Consumer` entries per GPU:
+
+- DRA devices of this driver (``driver``, ``pool`` = the node, ``device``) through the driver's own device
+  naming (:attr:`driver.devices.model.Device.name`: a GPU or one of its MIG devices);
+- DRA devices of other drivers through the node's ResourceSlices (optional, :class:`SliceLookup`): the
+  device's ``uuid`` / ``parentUUID`` or ``resource.kubernetes.io/pciBusID`` attribute names the GPU;
+- device-plugin devices by id: a GPU or MIG UUID (``::N`` time-slicing replica suffixes are dropped), a
+  device name or a PCI address.
+
+Devices that resolve to no GPU of this node (NICs, other vendors' accelerators) are ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+
+from driver._proto.podresources.v1 import api_pb2 as pb
+from driver._proto.podresources.v1 import api_pb2_grpc as pb_grpc
+from driver.devices.model import Inventory, normalize_pci_bus_id
+from driver.exporter.attribution import Consumer
+
+DEFAULT_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
+# The kubelet's own limit for this API's messages.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+_REPLICA_SUFFIX = re.compile(r"::\d+$")
+
+
+class PodResourcesError(Exception):
+    """The kubelet's PodResources API could not be read; names the socket."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimDevice:
+    """One DRA device allocated through a claim, as PodResources reports it."""
+
+    claim_namespace: str
+    claim_name: str
+    driver: str
+    pool: str
+    device: str
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerResources:
+    """The devices one container holds: device-plugin ``(resource_name, device_id)`` pairs and DRA devices."""
+
+    namespace: str
+    pod: str
+    container: str
+    device_ids: tuple[tuple[str, str], ...] = ()
+    claim_devices: tuple[ClaimDevice, ...] = ()
+
+
+def from_list_response(response: pb.ListPodResourcesResponse) -> list[ContainerResources]:
+    """Flatten a ``List`` answer (pure; also used for ``Get`` answers)."""
+    out: list[ContainerResources] = []
+    for pod in response.pod_resources:
+        for container in pod.containers:
+            device_ids = tuple(
+                (devices.resource_name, device_id)
+                for devices in container.devices
+                for device_id in devices.device_ids
+            )
+            claim_devices = tuple(
+                ClaimDevice(
+                    claim_namespace=dynamic.claim_namespace or pod.namespace,
+                    claim_name=dynamic.claim_name,
+                    driver=resource.driver_name,
+                    pool=resource.pool_name,
+                    device=resource.device_name,
+                )
+                for dynamic in container.dynamic_resources
+                for resource in dynamic.claim_resources
+            )
+            if device_ids or claim_devices:
+                out.append(
+                    ContainerResources(pod.namespace, pod.name, container.name, device_ids, claim_devices)
+                )
+    return out
+
+
+def _target(socket_path: str) -> str:
+    return f"unix://{os.path.abspath(socket_path)}"
+
+
+class PodResourcesClient:
+    """An async client of the kubelet's PodResourcesLister (``List`` only is needed)."""
+
+    def __init__(self, socket_path: str = DEFAULT_SOCKET, timeout: float = 2.0) -> None:
+        self.socket_path = socket_path
+        self.timeout = timeout
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: Any = None
+
+    def _connect(self) -> Any:
+        if self._stub is None:
+            self._channel = grpc.aio.insecure_channel(
+                _target(self.socket_path),
+                options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
+            )
+            self._stub = pb_grpc.PodResourcesListerStub(self._channel)
+        return self._stub
+
+    async def list(self) -> list[ContainerResources]:
+        """Every container with devices on this node; raises :class:`PodResourcesError`."""
+        try:
+            response = await self._connect().List(pb.ListPodResourcesRequest(), timeout=self.timeout)
+        except grpc.aio.AioRpcError as err:
+            # Reconnect from scratch next time: a channel left in reconnect backoff would keep failing for
+            # minutes after a restarted kubelet is back.
+            await self.close()
+            raise PodResourcesError(
+                f"PodResources List on {self.socket_path} failed: {err.code().name}: {err.details()}"
+            ) from err
+        return from_list_response(response)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+        self._channel, self._stub = None, None
+
+
+# -- resolving devices to GPUs --------------------------------------------------------------------------
+
+
+class SliceLookup(Protocol):
+    """The node's ResourceSlices: a device's entry (``spec.devices[]`` JSON) by driver, pool and name."""
+
+    def device(self, driver: str, pool: str, name: str) -> Mapping[str, Any] | None: ...
+
+
+def _attribute(attributes: Mapping[str, Any], name: str) -> str | None:
+    """A string attribute by its unqualified name, whatever its domain (``uuid`` or ``gpu.x.com/uuid``)."""
+    for key, value in attributes.items():
+        if (
+            key.rsplit("/", 1)[-1] == name
+            and isinstance(value, Mapping)
+            and isinstance(value.get("string"), str)
+        ):
+            return str(value["string"])
+    return None
+
+
+class DeviceResolver:
+    """Maps allocated devices to GPU UUIDs of this node's inventory."""
+
+    def __init__(
+        self,
+        inventory: Inventory,
+        driver_name: str,
+        pool_name: str | None = None,
+        slices: SliceLookup | None = None,
+    ) -> None:
+        self.driver_name = driver_name
+        self.pool_name = pool_name
+        self.slices = slices
+        self._by_name = {d.name: d.gpu.uuid for d in inventory.devices}
+        self._by_name.update({g.name: g.uuid for g in inventory.gpus})
+        self._by_uuid = {g.uuid.lower(): g.uuid for g in inventory.gpus}
+        self._by_uuid.update({m.uuid.lower(): g.uuid for g in inventory.gpus for m in g.mig_devices})
+        self._by_pci = {g.pci_bus_id: g.uuid for g in inventory.gpus if g.pci_bus_id}
+
+    def gpu_for_id(self, device_id: str) -> str | None:
+        """A device-plugin id, UUID, device name or PCI address -> GPU UUID."""
+        text = _REPLICA_SUFFIX.sub("", device_id.strip())
+        found = self._by_uuid.get(text.lower()) or self._by_name.get(text)
+        if found is None:
+            pci = normalize_pci_bus_id(text)
+            found = self._by_pci.get(pci) if pci else None
+        return found
+
+    def gpu_for_claim_device(self, driver: str, pool: str, device: str) -> str | None:
+        if driver == self.driver_name and (self.pool_name is None or pool == self.pool_name):
+            found = self._by_name.get(device)
+            if found is not None:
+                return found
+        entry = self.slices.device(driver, pool, device) if self.slices is not None else None
+        if entry is None:
+            return None
+        attributes = entry.get("attributes") or {}
+        for name in ("uuid", "parentUUID", "pciBusID"):
+            value = _attribute(attributes, name)
+            found = self.gpu_for_id(value) if value else None
+            if found is not None:
+                return found
+        return None
+
+    def consumers(self, containers: Iterable[ContainerResources]) -> dict[str, tuple[Consumer, ...]]:
+        """GPU UUID -> its consumers (sorted, without duplicates)."""
+        found: dict[str, set[Consumer]] = {}
+        for c in containers:
+            for _resource, device_id in c.device_ids:
+                gpu = self.gpu_for_id(device_id)
+                if gpu is not None:
+                    found.setdefault(gpu, set()).add(Consumer(c.namespace, c.pod, c.container))
+            for d in c.claim_devices:
+                gpu = self.gpu_for_claim_device(d.driver, d.pool, d.device)
+                if gpu is not None:
+                    found.setdefault(gpu, set()).add(
+                        Consumer(
+                            c.namespace,
+                            c.pod,
+                            c.container,
+                            d.claim_namespace,
+                            d.claim_name,
+                            d.driver,
+                            d.pool,
+                            d.device,
+                        )
+                    )
+        return {gpu: tuple(sorted(consumers)) for gpu, consumers in found.items()}

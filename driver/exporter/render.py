@@ -1,0 +1,205 @@
+"""A :class:`~driver.exporter.collector.Snapshot` as Prometheus text or OpenMetrics (names from ``names.py``).
+
+The encoder is our own rather than prometheus_client's generic one: the families and labels are fixed by the
+spec, so each sample is one formatted line, about ten times faster than the generic path. That keeps an
+uncached scrape of eight GPUs with attribution well under the 5 ms target (a new snapshot arrives every
+interval, so most scrapes are uncached). Content negotiation is prometheus_client's; tests parse the output
+with prometheus_client's parsers, ``promtool`` and a real Prometheus. Rendered bodies are cached per
+snapshot and format.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+
+from prometheus_client.exposition import choose_encoder
+
+from driver.devices.model import Gpu
+from driver.devices.telemetry import GpuTelemetry
+from driver.exporter import names as n
+from driver.exporter.collector import GpuSnapshot, Snapshot
+
+GPU_VENDOR = "NVIDIA"
+OPENMETRICS = "application/openmetrics-text"
+
+
+def _escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float) -> str:
+    if value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(value)
+
+
+class Family:
+    """One family's samples as pre-formatted ``{labels} value`` strings, in the spec's label order."""
+
+    def __init__(self, spec: n.MetricSpec) -> None:
+        self.spec = spec
+        self.samples: list[tuple[str, float]] = []
+
+    def add(self, labels: Mapping[str, str | None], value: float) -> None:
+        parts = [f'{name}="{_escape_label(labels.get(name) or "")}"' for name in self.spec.labels]
+        self.samples.append(("{" + ",".join(parts) + "}" if parts else "", value))
+
+    def encode(self, openmetrics: bool) -> Iterator[str]:
+        spec = self.spec
+        exposed = spec.family if openmetrics else spec.name
+        kind = spec.type if openmetrics or spec.type != "info" else "gauge"
+        help_text = spec.help.replace("\\", "\\\\").replace("\n", "\\n")
+        if openmetrics:
+            help_text = help_text.replace('"', '\\"')
+        yield f"# HELP {exposed} {help_text}\n# TYPE {exposed} {kind}\n"
+        if openmetrics and spec.unit:
+            yield f"# UNIT {exposed} {spec.unit}\n"
+        for labels, value in self.samples:
+            yield f"{spec.name}{labels} {_number(value)}\n"
+
+
+class Families:
+    """Families being filled, in spec order; label values are given by name and checked against the spec."""
+
+    def __init__(self, specs: Iterable[n.MetricSpec]) -> None:
+        self._families = {spec.name: Family(spec) for spec in specs}
+
+    def add(self, spec: n.MetricSpec, value: float | None, labels: Mapping[str, str | None]) -> None:
+        if value is None:
+            return
+        unknown = set(labels) - set(spec.labels)
+        if unknown:
+            raise ValueError(f"{spec.name}: labels {sorted(unknown)} are not in the spec")
+        self._families[spec.name].add(labels, float(value))
+
+    def __iter__(self) -> Iterator[Family]:
+        return iter(self._families.values())
+
+
+def encode(families: Iterable[Family], openmetrics: bool) -> bytes:
+    """The exposition of ``families``: Prometheus text 0.0.4, or OpenMetrics 1.0 (ending in ``# EOF``)."""
+    chunks = [chunk for family in families for chunk in family.encode(openmetrics)]
+    if openmetrics:
+        chunks.append("# EOF\n")
+    return "".join(chunks).encode()
+
+
+def identity(gpu: Gpu) -> dict[str, str | None]:
+    return {
+        "hw_id": gpu.name,
+        "uuid": gpu.uuid,
+        "pci_bus_id": gpu.pci_bus_id,
+        "hw_model": gpu.product_name,
+        "hw_vendor": GPU_VENDOR,
+    }
+
+
+def _mig_mode(gpu: Gpu) -> str:
+    return "unsupported" if gpu.mig_enabled is None else "enabled" if gpu.mig_enabled else "disabled"
+
+
+def _telemetry(f: Families, ident: dict[str, str | None], t: GpuTelemetry) -> None:
+    for task, value in (
+        ("general", t.utilization),
+        ("encoder", t.encoder_utilization),
+        ("decoder", t.decoder_utilization),
+    ):
+        f.add(n.GPU_UTILIZATION, value, {**ident, "hw_gpu_task": task})
+    f.add(n.GPU_MEMORY_USAGE, t.memory_used_bytes, ident)
+    f.add(n.MEMORY_USED_ALIAS, t.memory_used_bytes, ident)
+    f.add(n.GPU_MEMORY_LIMIT, t.memory_total_bytes, ident)
+    f.add(n.GPU_MEMORY_UTILIZATION, t.memory_utilization, ident)
+    for link, rx, tx in (
+        ("pcie", t.pcie_rx_bytes, t.pcie_tx_bytes),
+        ("nvlink", t.nvlink_rx_bytes, t.nvlink_tx_bytes),
+    ):
+        f.add(n.GPU_IO, rx, {**ident, "network_io_direction": "receive", "interconnect": link})
+        f.add(n.GPU_IO, tx, {**ident, "network_io_direction": "transmit", "interconnect": link})
+    typed = {**ident, "hw_type": "gpu"}
+    f.add(n.POWER, t.power_watts, typed)
+    f.add(n.ENERGY, t.energy_joules, typed)
+    f.add(n.TEMPERATURE, t.temperature_celsius, {**typed, "hw_sensor_location": "gpu"})
+    f.add(n.TEMPERATURE, t.memory_temperature_celsius, {**typed, "hw_sensor_location": "memory"})
+    f.add(n.ERRORS, t.ecc_corrected, {**typed, "error_type": "corrected"})
+    f.add(n.ERRORS, t.ecc_uncorrected, {**typed, "error_type": "uncorrected"})
+    f.add(n.CLOCK, t.sm_clock_hertz, {**ident, "clock": "sm"})
+    f.add(n.CLOCK, t.memory_clock_hertz, {**ident, "clock": "memory"})
+
+
+def _gpu(f: Families, snap: Snapshot, g: GpuSnapshot) -> None:
+    ident = identity(g.gpu)
+    f.add(
+        n.GPU_INFO,
+        1,
+        {
+            **ident,
+            "hw_type": "gpu",
+            "hw_driver_version": snap.driver_version,
+            "cuda_driver_version": snap.cuda_driver_version,
+            "architecture": g.gpu.architecture,
+            "compute_capability": g.gpu.compute_capability,
+            "mig_mode": _mig_mode(g.gpu),
+            "k8s_node_name": snap.node_name,
+        },
+    )
+    for state in n.HW_STATES:
+        f.add(n.STATUS, 1 if state == g.state else 0, {**ident, "hw_type": "gpu", "hw_state": state})
+    for (name, reason), count in sorted(g.read_errors.items()):
+        f.add(n.READ_ERRORS, count, {**ident, "field": name, "reason": reason})
+    if g.telemetry is not None:
+        _telemetry(f, ident, g.telemetry)
+    for share in g.shares:
+        who = {**ident, **dict(zip(n.ATTRIBUTION_LABELS, share.consumer.label_values(), strict=True))}
+        f.add(n.ALLOCATION_INFO, 1, who)
+        f.add(n.CONTAINER_UTILIZATION, share.utilization, {**who, "attribution": share.utilization_mode})
+        f.add(n.CONTAINER_MEMORY, share.memory_bytes, {**who, "attribution": share.memory_mode})
+
+
+def families(snap: Snapshot) -> list[Family]:
+    """Every family of :data:`driver.exporter.names.EXPORTER_ALL` for one snapshot (empty ones included)."""
+    f = Families(n.EXPORTER_ALL)
+    f.add(
+        n.EXPORTER_INFO,
+        1,
+        {"version": snap.version, "backend": snap.backend, "k8s_node_name": snap.node_name},
+    )
+    f.add(n.EXPORTER_SAMPLES, snap.samples_total, {})
+    if snap.timestamp:
+        f.add(n.EXPORTER_LAST_SAMPLE, snap.timestamp, {})
+    if snap.pod_resources_up is not None:
+        f.add(n.EXPORTER_POD_RESOURCES_UP, 1 if snap.pod_resources_up else 0, {})
+    for source, count in sorted(snap.attribution_errors.items()):
+        f.add(n.EXPORTER_ATTRIBUTION_ERRORS, count, {"source": source})
+    for g in snap.gpus:
+        _gpu(f, snap, g)
+    return list(f)
+
+
+class Renderer:
+    """Renders the current snapshot for an ``Accept`` header, caching per (snapshot, content type)."""
+
+    def __init__(self, current: Callable[[], Snapshot]) -> None:
+        self._current = current
+        self._lock = threading.Lock()
+        self._seq = -1
+        self._families: list[Family] = []
+        self._cache: dict[str, bytes] = {}
+
+    def render(self, accept: str = "") -> tuple[bytes, str]:
+        _, content_type = choose_encoder(accept)
+        snap = self._current()
+        with self._lock:
+            if snap.seq != self._seq:
+                self._seq, self._families, self._cache = snap.seq, families(snap), {}
+            body = self._cache.get(content_type)
+            if body is None:
+                body = self._cache[content_type] = encode(
+                    self._families, content_type.startswith(OPENMETRICS)
+                )
+        return body, content_type

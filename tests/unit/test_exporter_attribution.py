@@ -1,0 +1,220 @@
+"""Attribution pieces: cgroup parsing, device resolution (PodResources -> GPUs) and the split rules."""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from driver.devices.fake import load_named_profile
+from driver.devices.telemetry import GpuTelemetry, ProcessSample
+from driver.exporter.attribution import Consumer, ContainerKey, split
+from driver.exporter.cgroups import CgroupRef, parse_cgroup
+from driver.exporter.podresources import ClaimDevice, ContainerResources, DeviceResolver
+
+DRIVER = "gpu.accel-dra.dev"
+CID = "a" * 64
+
+# -- cgroups -----------------------------------------------------------------------------------------------
+
+
+@given(
+    pod_uid=st.uuids().map(str),
+    container=st.text("0123456789abcdef", min_size=64, max_size=64),
+    layout=st.sampled_from(
+        [
+            "0::/kubepods.slice/kubepods-{qos}.slice/kubepods-{qos}-pod{uid_}.slice/cri-containerd-{cid}.scope",
+            "0::/kubepods.slice/kubepods-pod{uid_}.slice/crio-{cid}.scope",
+            "0::/kubepods.slice/kubepods-{qos}.slice/kubepods-{qos}-pod{uid_}.slice/docker-{cid}.scope",
+            "0::/kubepods/{qos}/pod{uid}/{cid}",
+            "0::/kubepods/pod{uid}/{cid}",
+            "12:memory:/kubepods/{qos}/pod{uid}/{cid}\n11:cpu,cpuacct:/kubepods/{qos}/pod{uid}/{cid}",
+            "0::/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-{qos}.slice/"
+            "kubelet-kubepods-{qos}-pod{uid_}.slice/cri-containerd-{cid}.scope",
+        ]
+    ),
+    qos=st.sampled_from(["besteffort", "burstable"]),
+)
+def test_cgroup_layouts_give_pod_and_container(pod_uid: str, container: str, layout: str, qos: str) -> None:
+    text = layout.format(uid=pod_uid, uid_=pod_uid.replace("-", "_"), cid=container, qos=qos)
+    assert parse_cgroup("1:name=systemd:/user.slice\n" + text + "\n") == CgroupRef(pod_uid, container)
+
+
+def test_cgroup_outside_pods_and_without_container() -> None:
+    assert parse_cgroup("0::/user.slice/user-1000.slice/session-2.scope\n") is None
+    assert parse_cgroup("0::/system.slice/containerd.service\n") is None
+    uid = str(uuidlib.uuid4())
+    # The pod sandbox's own cgroup (or CRI-O's conmon) names the pod but no container.
+    conmon = f"0::/kubepods.slice/kubepods-pod{uid.replace('-', '_')}.slice/crio-conmon-{CID}.scope"
+    assert parse_cgroup(conmon) == CgroupRef(uid, None)
+
+
+# -- device resolution -------------------------------------------------------------------------------------
+
+
+class Slices:
+    def __init__(self, devices: Mapping[tuple[str, str, str], Mapping[str, Any]]) -> None:
+        self.devices = devices
+
+    def device(self, driver: str, pool: str, name: str) -> Mapping[str, Any] | None:
+        return self.devices.get((driver, pool, name))
+
+
+def test_own_claim_devices_map_through_device_names() -> None:
+    inventory = load_named_profile("dgx-h100", node_name="node-1").inventory
+    gpu = inventory.gpus[3]
+    resolver = DeviceResolver(inventory, DRIVER, "node-1")
+    assert resolver.gpu_for_claim_device(DRIVER, "node-1", gpu.name) == gpu.uuid
+    assert resolver.gpu_for_claim_device(DRIVER, "node-2", gpu.name) is None  # another node's pool
+    assert resolver.gpu_for_claim_device("other.example.com", "node-1", gpu.name) is None
+
+
+def test_mig_devices_map_to_their_parent() -> None:
+    inventory = load_named_profile("mig-a100").inventory
+    gpu = inventory.gpus[0]
+    resolver = DeviceResolver(inventory, DRIVER)
+    for device in inventory.devices:
+        assert resolver.gpu_for_claim_device(DRIVER, "any-pool", device.name) == gpu.uuid
+        assert resolver.gpu_for_id(device.uuid) == gpu.uuid
+
+
+def test_device_plugin_ids() -> None:
+    inventory = load_named_profile("pcie-l4x4").inventory
+    gpu = inventory.gpus[1]
+    resolver = DeviceResolver(inventory, DRIVER)
+    assert gpu.pci_bus_id is not None
+    for device_id in (gpu.uuid, gpu.uuid.upper(), f"{gpu.uuid}::3", gpu.name, gpu.pci_bus_id):
+        assert resolver.gpu_for_id(device_id) == gpu.uuid, device_id
+    assert resolver.gpu_for_id("GPU-00000000-0000-0000-0000-000000000000") is None
+    assert resolver.gpu_for_id("nvidia0") is None
+
+
+def test_other_drivers_devices_map_through_resource_slices() -> None:
+    inventory = load_named_profile("mig-a100").inventory
+    gpu = inventory.gpus[0]
+    slices = Slices(
+        {
+            ("gpu.nvidia.com", "node-1", "gpu-0"): {
+                "name": "gpu-0",
+                "attributes": {"uuid": {"string": gpu.uuid}},
+            },
+            ("gpu.nvidia.com", "node-1", "gpu-0-mig-1"): {
+                "name": "gpu-0-mig-1",
+                "attributes": {"gpu.nvidia.com/parentUUID": {"string": gpu.uuid}, "type": {"string": "mig"}},
+            },
+            ("other.example.com", "node-1", "dev"): {
+                "name": "dev",
+                "attributes": {"resource.kubernetes.io/pciBusID": {"string": gpu.pci_bus_id}},
+            },
+            ("nic.example.com", "node-1", "eth0"): {
+                "name": "eth0",
+                "attributes": {"resource.kubernetes.io/pciBusID": {"string": "0000:99:00.0"}},
+            },
+        }
+    )
+    resolver = DeviceResolver(inventory, DRIVER, "node-1", slices)
+    for key in (("gpu.nvidia.com", "node-1", "gpu-0"), ("gpu.nvidia.com", "node-1", "gpu-0-mig-1")):
+        assert resolver.gpu_for_claim_device(*key) == gpu.uuid
+    assert resolver.gpu_for_claim_device("other.example.com", "node-1", "dev") == gpu.uuid
+    assert resolver.gpu_for_claim_device("nic.example.com", "node-1", "eth0") is None
+    assert resolver.gpu_for_claim_device("gpu.nvidia.com", "node-1", "unknown") is None
+    assert (
+        DeviceResolver(inventory, DRIVER, "node-1").gpu_for_claim_device("gpu.nvidia.com", "node-1", "gpu-0")
+        is None
+    )
+
+
+def test_consumers_per_gpu() -> None:
+    inventory = load_named_profile("pcie-l4x4", node_name="node-1").inventory
+    g0, g1 = inventory.gpus[0], inventory.gpus[1]
+    resolver = DeviceResolver(inventory, DRIVER, "node-1")
+    containers = [
+        ContainerResources(
+            "team-a",
+            "train",
+            "main",
+            claim_devices=(ClaimDevice("team-a", "gpus", DRIVER, "node-1", g0.name),),
+        ),
+        ContainerResources("team-a", "train", "sidecar"),
+        ContainerResources("team-b", "legacy", "app", device_ids=(("nvidia.com/gpu", g1.uuid),)),
+        ContainerResources("team-b", "net", "app", device_ids=(("example.com/nic", "eth0"),)),
+    ]
+    assert resolver.consumers(containers) == {
+        g0.uuid: (Consumer("team-a", "train", "main", "team-a", "gpus", DRIVER, "node-1", g0.name),),
+        g1.uuid: (Consumer("team-b", "legacy", "app"),),
+    }
+
+
+# -- split ---------------------------------------------------------------------------------------------------
+
+A = Consumer("ns", "pod-a", "main", "ns", "shared", DRIVER, "node-1", "gpu-0")
+B = Consumer("ns", "pod-b", "main", "ns", "shared", DRIVER, "node-1", "gpu-0")
+GiB = 1 << 30
+
+
+def telemetry(**kw: Any) -> GpuTelemetry:
+    defaults: dict[str, Any] = {"uuid": "GPU-1", "utilization": 0.9, "memory_used_bytes": 10 * GiB}
+    return GpuTelemetry(**{**defaults, **kw})
+
+
+def owners(mapping: Mapping[int, Consumer | None]) -> Any:
+    return lambda pid: mapping.get(pid).key if mapping.get(pid) else None  # type: ignore[union-attr]
+
+
+def test_single_container_gets_the_whole_gpu() -> None:
+    second_claim = Consumer("ns", "pod-a", "main", "ns", "other", DRIVER, "node-1", "gpu-0")
+    shares = split(telemetry(), [A, second_claim], None)
+    assert [(s.utilization, s.utilization_mode, s.memory_bytes, s.memory_mode) for s in shares] == [
+        (0.9, "exclusive", 10 * GiB, "exclusive")
+    ] * 2
+
+
+def test_shared_gpu_split_by_process_samples() -> None:
+    procs = (
+        ProcessSample(10, 3 * GiB, 0.5),
+        ProcessSample(11, 1 * GiB, 0.1),
+        ProcessSample(20, 4 * GiB, 0.25),
+        ProcessSample(30, 2 * GiB, 0.05),  # outside Kubernetes: counts for nobody
+    )
+    shares = split(telemetry(processes=procs), [A, B], owners({10: A, 11: A, 20: B}))
+    assert {s.consumer.pod: (s.utilization, s.memory_bytes) for s in shares} == {
+        "pod-a": (pytest.approx(0.6), 4 * GiB),
+        "pod-b": (0.25, 4 * GiB),
+    }
+    assert {(s.utilization_mode, s.memory_mode) for s in shares} == {("process", "process")}
+
+
+def test_shared_gpu_without_process_tracing_shows_whole_values() -> None:
+    procs = (ProcessSample(10, 3 * GiB, 0.5),)
+    for t, owner_of in (
+        (telemetry(processes=procs), None),  # no pod index
+        (telemetry(processes=None), owners({10: A})),  # backend cannot list processes
+    ):
+        shares = split(t, [A, B], owner_of)
+        assert [(s.utilization, s.utilization_mode, s.memory_bytes, s.memory_mode) for s in shares] == [
+            (0.9, "shared", 10 * GiB, "shared")
+        ] * 2
+
+
+def test_missing_per_process_values_fall_back_per_series() -> None:
+    procs = (ProcessSample(10, 3 * GiB, None), ProcessSample(20, 1 * GiB, None))
+    shares = split(telemetry(processes=procs), [A, B], owners({10: A, 20: B}))
+    assert {s.consumer.pod: (s.utilization_mode, s.memory_mode, s.memory_bytes) for s in shares} == {
+        "pod-a": ("shared", "process", 3 * GiB),
+        "pod-b": ("shared", "process", 1 * GiB),
+    }
+
+
+def test_unreadable_gpu_has_no_values_but_keeps_its_consumers() -> None:
+    shares = split(None, [A, B], owners({}))
+    assert [(s.consumer, s.utilization, s.memory_bytes) for s in shares] == [(A, None, None), (B, None, None)]
+    assert split(telemetry(), [], None) == ()
+
+
+def test_container_key() -> None:
+    assert A.key == ContainerKey("ns", "pod-a", "main")
+    assert A.label_values() == ("ns", "pod-a", "main", "ns", "shared", DRIVER, "node-1", "gpu-0")
