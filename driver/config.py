@@ -36,6 +36,16 @@ def check_driver_name(name: str) -> str:
     return name
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 seconds")
+    return value
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("logging")
     group.add_argument(
@@ -84,7 +94,18 @@ def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--driver-root",
         default=_env("DRIVER_ROOT", "/"),
-        help="where the NVIDIA driver's user-space files live on the host: / or /run/nvidia/driver",
+        help="where the NVIDIA driver's user-space files are, as seen by this process (env DRIVER_ROOT)",
+    )
+    parser.add_argument(
+        "--host-driver-root",
+        default=_env("HOST_DRIVER_ROOT"),
+        help="the same tree's path on the host when it is mounted elsewhere here, e.g. / mounted at "
+        "/driver-root (env HOST_DRIVER_ROOT; default: --driver-root)",
+    )
+    parser.add_argument(
+        "--fake-state-dir",
+        default=_env("ACCEL_DRA_FAKE_STATE"),
+        help="fake backends only: directory where simulated workloads report GPU load (env ACCEL_DRA_FAKE_STATE)",
     )
     parser.add_argument(
         "--metrics-listen",
@@ -92,10 +113,15 @@ def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
         help="host:port for the plugin's operation metrics (empty: off)",
     )
     parser.add_argument(
-        "--preparer",
-        default="node",
-        choices=["node", "memory"],
-        help=argparse.SUPPRESS,  # "memory" exists for protocol tests only
+        "--sweep-interval",
+        type=_positive_seconds,
+        default=600.0,
+        help="seconds between checks that prepared claims still exist (stale ones are unprepared)",
+    )
+    parser.add_argument(
+        "--boot-id-file",
+        default="/proc/sys/kernel/random/boot_id",
+        help=argparse.SUPPRESS,  # tests simulate reboots with it
     )
     add_common_arguments(parser)
 
@@ -111,8 +137,11 @@ class PluginConfig:
     pod_uid: str | None
     backend: str
     driver_root: str
+    host_driver_root: str
+    fake_state_dir: str | None
     metrics_listen: str
-    preparer: str
+    sweep_interval: float
+    boot_id_file: str
     log_level: str
     log_format: str
 
@@ -131,8 +160,11 @@ class PluginConfig:
             pod_uid=args.pod_uid or None,
             backend=args.backend,
             driver_root=args.driver_root,
+            host_driver_root=args.host_driver_root or args.driver_root,
+            fake_state_dir=args.fake_state_dir or None,
             metrics_listen=args.metrics_listen,
-            preparer=args.preparer,
+            sweep_interval=args.sweep_interval,
+            boot_id_file=args.boot_id_file,
             log_level=args.log_level,
             log_format=args.log_format,
         )

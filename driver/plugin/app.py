@@ -7,19 +7,22 @@ import asyncio
 import contextlib
 import os
 import signal
+from contextlib import AbstractContextManager
 
 from driver.config import ConfigError, PluginConfig
 from driver.devices.backend import BackendError, DeviceBackend, open_backend
 from driver.kube.client import KubeClient
 from driver.log import get_logger, setup
+from driver.plugin.metrics import PluginMetrics
 from driver.plugin.node_service import KubeClaimSource, NodeService
 from driver.plugin.paths import dra_socket_path, registration_socket_path
 from driver.plugin.server import PluginServer
 from driver.resources.attributes import device_entry
 from driver.resources.publisher import SlicePublisher
-from driver.state.api import Preparer
+from driver.state.factory import make_preparer
 from driver.state.lock import LOCK_FILE_NAME, NodeLock
-from driver.state.memory import InMemoryPreparer
+from driver.state.prepare import NodePreparer
+from driver.state.sweeper import ClaimSweeper
 
 log = get_logger(__name__)
 
@@ -34,16 +37,21 @@ class Plugin:
         self.kube = kube
         self.backend = backend
         self.inventory = backend.discover()
-        self.publisher = SlicePublisher(kube, driver=config.driver_name, node=config.node_name)
-        self._publishing: asyncio.Task[None] | None = None
-        os.makedirs(config.plugin_dir, mode=0o750, exist_ok=True)
-        self.preparer = self._make_preparer()
-        self.node = NodeService(
-            KubeClaimSource(kube),
-            self.preparer,
-            NodeLock(os.path.join(config.plugin_dir, LOCK_FILE_NAME)),
-            config.driver_name,
+        self.metrics = PluginMetrics(config.driver_name) if config.metrics_listen else None
+        self.publisher = SlicePublisher(
+            kube,
+            driver=config.driver_name,
+            node=config.node_name,
+            on_write=self.metrics.slice_write if self.metrics else None,
+            on_error=self.metrics.api_error if self.metrics else None,
         )
+        self._publishing: asyncio.Task[None] | None = None
+        self._sweeping: asyncio.Task[None] | None = None
+        os.makedirs(config.plugin_dir, mode=0o750, exist_ok=True)
+        lock = NodeLock(os.path.join(config.plugin_dir, LOCK_FILE_NAME))
+        self.preparer = self._make_preparer(lock)
+        self.sweeper = ClaimSweeper(self.preparer, KubeClaimSource(kube), config.sweep_interval)
+        self.node = NodeService(KubeClaimSource(kube), self.preparer, lock, config.driver_name)
         self.server = PluginServer(
             driver_name=config.driver_name,
             dra_socket=dra_socket_path(config.plugin_dir, config.driver_name, config.pod_uid),
@@ -51,30 +59,58 @@ class Plugin:
                 config.registry_dir, config.driver_name, config.pod_uid
             ),
             node=self.node,
+            metrics=_PreparedDevicesGauge(self.metrics, self.preparer) if self.metrics else None,
         )
 
-    def _make_preparer(self) -> Preparer:
-        if self.config.preparer == "memory":
-            return InMemoryPreparer(self.config.driver_name)
-        raise ConfigError("the node-state preparer is not available in this build; use --preparer memory")
+    def _make_preparer(self, lock: NodeLock) -> NodePreparer:
+        return make_preparer(self.config, self.backend, self.inventory, self.kube, lock)
 
     def desired_devices(self) -> list[dict[str, object]]:
         return [device_entry(d, self.inventory, self.config.driver_name) for d in self.inventory.devices]
 
     async def start(self) -> None:
+        if self.metrics is not None:
+            await self.metrics.start(self.config.metrics_listen)
+            self.metrics.set_prepared_devices(prepared_devices(self.preparer))
         # Publishing first: the scheduler can place pods while the sockets come up.
         self.publisher.set_devices(self.desired_devices())
         self._publishing = asyncio.create_task(self.publisher.run(), name="slice-publisher")
+        # Crash and reboot leftovers are settled before the kubelet can call.
+        await self.preparer.start()
         await self.server.start()
+        self._sweeping = asyncio.create_task(self.sweeper.run(), name="claim-sweeper")
 
     async def stop(self) -> None:
         # Slices stay published: a restarting or upgraded instance takes them over, and the kubelet
         # removes them if no instance comes back.
         await self.server.stop(STOP_GRACE_SECONDS)
-        if self._publishing is not None:
-            self._publishing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._publishing
+        for task in (self._sweeping, self._publishing):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self.preparer.close()
+        if self.metrics is not None:
+            await self.metrics.stop()
+
+
+def prepared_devices(preparer: NodePreparer) -> int:
+    return sum(len(r.devices) for r in preparer.records() if r.completed)
+
+
+class _PreparedDevicesGauge:
+    """Operation metrics that also refresh the prepared-devices gauge after every call."""
+
+    def __init__(self, metrics: PluginMetrics, preparer: NodePreparer) -> None:
+        self._metrics = metrics
+        self._preparer = preparer
+
+    def in_flight(self, operation: str) -> AbstractContextManager[None]:
+        return self._metrics.in_flight(operation)
+
+    def observe(self, operation: str, result: str, seconds: float) -> None:
+        self._metrics.observe(operation, result, seconds)
+        self._metrics.set_prepared_devices(prepared_devices(self._preparer))
 
 
 async def serve(config: PluginConfig, backend: DeviceBackend) -> int:
@@ -126,5 +162,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def backend_options(config: PluginConfig) -> dict[str, object]:
-    """Simulated GPUs get node-specific UUIDs so several simulated nodes never share a GPU."""
-    return {"node_name": config.node_name} if config.backend.startswith(("fake:", "file:")) else {}
+    """Simulated GPUs get node-specific UUIDs so several simulated nodes never share a GPU, and the
+    simulated load directory; NVML gets the driver root to load libnvidia-ml from."""
+    if config.backend.startswith(("fake:", "file:")):
+        return {"node_name": config.node_name, "state_dir": config.fake_state_dir}
+    return {"driver_root": config.driver_root} if config.backend == "nvml" else {}

@@ -24,7 +24,7 @@ from driver._proto.pluginregistration.v1 import api_pb2_grpc as reg_grpc
 from driver.log import get_logger
 from driver.plugin.node_service import NodeService
 from driver.plugin.registration import DRA_V1, DRA_V1BETA1, RegistrationServicer
-from driver.plugin.service import DraServicer, OperationObserver
+from driver.plugin.service import DraServicer, OperationMetrics
 
 log = get_logger(__name__)
 
@@ -82,14 +82,14 @@ class PluginServer:
         registration_socket: str,
         node: NodeService,
         extra_services: Sequence[ExtraService] = (),
-        observer: OperationObserver | None = None,
+        metrics: OperationMetrics | None = None,
     ) -> None:
         self.driver_name = driver_name
         self.dra_socket = dra_socket
         self.registration_socket = registration_socket
         self._node = node
         self._extra = list(extra_services)
-        self._observer = observer
+        self._metrics = metrics
         self._dra: grpc.aio.Server | None = None
         self._registration: grpc.aio.Server | None = None
         versions = [DRA_V1, DRA_V1BETA1] + [e.advertised_version for e in self._extra]
@@ -97,10 +97,10 @@ class PluginServer:
 
     def _add_dra_services(self, server: grpc.aio.Server) -> None:
         dra_v1_grpc.add_DRAPluginServicer_to_server(
-            DraServicer(self._node, dra_v1, "v1", self._observer), server
+            DraServicer(self._node, dra_v1, "v1", self._metrics), server
         )
         dra_v1beta1_grpc.add_DRAPluginServicer_to_server(
-            DraServicer(self._node, dra_v1beta1, "v1beta1", self._observer), server
+            DraServicer(self._node, dra_v1beta1, "v1beta1", self._metrics), server
         )
         for extra in self._extra:
             extra.add_to_server(extra.servicer, server)

@@ -6,10 +6,11 @@ parameterised by the generated module. All decisions live in :class:`~driver.plu
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from contextlib import AbstractContextManager
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -19,8 +20,13 @@ from driver.state.api import ClaimRef, PrepareResult
 
 log = get_logger(__name__)
 
-OperationObserver = Callable[[str, str, float], None]
-"""Called as ``observer(operation, result, seconds)`` after every call (driver operation metrics)."""
+
+class OperationMetrics(Protocol):
+    """Driver operation metrics: calls in flight, and each answered call's result and duration."""
+
+    def in_flight(self, operation: str) -> AbstractContextManager[None]: ...
+
+    def observe(self, operation: str, result: str, seconds: float) -> None: ...
 
 
 class DraServicer:
@@ -29,17 +35,20 @@ class DraServicer:
         node: NodeService,
         pb: ModuleType,
         api_version: str,
-        observer: OperationObserver | None = None,
+        metrics: OperationMetrics | None = None,
     ) -> None:
         self._node = node
         self._pb = pb
         self._api_version = api_version
-        self._observer = observer
+        self._metrics = metrics
         self._has_share_id = "share_id" in pb.Device.DESCRIPTOR.fields_by_name
 
     async def NodePrepareResources(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         refs = [ClaimRef(c.namespace, c.uid, c.name) for c in request.claims]
-        with bind(request_id=new_request_id(), rpc="NodePrepareResources", api=self._api_version):
+        with (
+            bind(request_id=new_request_id(), rpc="NodePrepareResources", api=self._api_version),
+            self._in_flight("prepare"),
+        ):
             started = time.monotonic()
             log.info("prepare requested", claims=_describe(refs))
             try:
@@ -59,7 +68,10 @@ class DraServicer:
 
     async def NodeUnprepareResources(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         refs = [ClaimRef(c.namespace, c.uid, c.name) for c in request.claims]
-        with bind(request_id=new_request_id(), rpc="NodeUnprepareResources", api=self._api_version):
+        with (
+            bind(request_id=new_request_id(), rpc="NodeUnprepareResources", api=self._api_version),
+            self._in_flight("unprepare"),
+        ):
             started = time.monotonic()
             log.info("unprepare requested", claims=_describe(refs))
             try:
@@ -95,9 +107,12 @@ class DraServicer:
                     out.share_id = device.share_id
         return response
 
+    def _in_flight(self, operation: str) -> AbstractContextManager[None]:
+        return self._metrics.in_flight(operation) if self._metrics else contextlib.nullcontext()
+
     def _observe(self, operation: str, result: str, started: float) -> None:
-        if self._observer is not None:
-            self._observer(operation, result, time.monotonic() - started)
+        if self._metrics is not None:
+            self._metrics.observe(operation, result, time.monotonic() - started)
 
 
 def _describe(refs: list[ClaimRef]) -> str:

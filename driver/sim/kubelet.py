@@ -98,7 +98,7 @@ class RegistrationRecord:
 
 @dataclass
 class _Watched:
-    inode: int
+    identity: tuple[int, int]  # (inode, mtime_ns): a re-created socket may reuse the inode
     instance: PluginInstance | None = None
     failures: int = 0
     retry_at: float = 0.0
@@ -167,8 +167,8 @@ class SimKubelet:
             except Exception:
                 log.exception("registry scan failed", dir=self.registry_dir)
 
-    def _sockets(self) -> dict[str, int]:
-        found: dict[str, int] = {}
+    def _sockets(self) -> dict[str, tuple[int, int]]:
+        found: dict[str, tuple[int, int]] = {}
         for root, dirs, files in os.walk(self.registry_dir):
             dirs[:] = [d for d in dirs if not d.startswith(".")]
             for name in files:
@@ -178,17 +178,17 @@ class SimKubelet:
                 with contextlib.suppress(FileNotFoundError):
                     st = os.lstat(path)
                     if stat.S_ISSOCK(st.st_mode):
-                        found[path] = st.st_ino
+                        found[path] = (st.st_ino, st.st_mtime_ns)
         return found
 
     async def _scan(self) -> None:
         current = self._sockets()
         for path, watched in list(self._watched.items()):
-            if current.get(path) != watched.inode:
+            if current.get(path) != watched.identity:
                 await self._deregister(path)
         now = asyncio.get_running_loop().time()
-        for path, inode in current.items():
-            watched = self._watched.setdefault(path, _Watched(inode))
+        for path, identity in current.items():
+            watched = self._watched.setdefault(path, _Watched(identity))
             if watched.instance is None and now >= watched.retry_at:
                 await self._register(path)
                 if watched.instance is None:

@@ -28,7 +28,8 @@ from tests.integration.conftest import NODE, NodeDirs, StartPlugin, create_alloc
 from tests.support.processes import Process, accel_dra
 
 DRIVER = "gpu.accel-dra.dev"
-MEMORY = ("--preparer", "memory")
+# Device names of the fake:pcie-l4x4 profile the plugin runs with (named after their PCI addresses).
+GPU0, GPU1, GPU2, GPU3 = "gpu-0000-01-00-0", "gpu-0000-41-00-0", "gpu-0000-81-00-0", "gpu-0000-c1-00-0"
 
 
 def result(request: str, device: str, driver: str = DRIVER, **extra: Any) -> dict[str, Any]:
@@ -40,8 +41,12 @@ def ref(claim: dict[str, Any]) -> ClaimRef:
     return ClaimRef(m["namespace"], m["uid"], m["name"])
 
 
+def spec_path(node_dirs: NodeDirs, claim: dict[str, Any]) -> Path:
+    return node_dirs.cdi / f"k8s.{DRIVER}-gpu_{claim['metadata']['uid']}.json"
+
+
 async def running_plugin(start_plugin: StartPlugin, kubelet: SimKubelet, **kw: Any) -> Process:
-    process = await start_plugin(extra=MEMORY, **kw)
+    process = await start_plugin(**kw)
     await kubelet.wait_registered(DRIVER, count=len(kubelet.instances(DRIVER)) + 1)
     await process.wait_log("registered with kubelet")
     return process
@@ -71,7 +76,7 @@ async def test_registration_handshake(
 async def test_rejected_registration_is_logged_and_answered_with_an_error(
     start_plugin: StartPlugin, node_dirs: NodeDirs, kube: KubeClient
 ) -> None:
-    process = await start_plugin(extra=MEMORY)
+    process = await start_plugin()
     await process.wait_log("registration service listening")
     channel = grpc.aio.insecure_channel(f"unix://{node_dirs.registry}/{DRIVER}-reg.sock")
     stub = reg_grpc.RegistrationStub(channel)
@@ -103,7 +108,7 @@ async def test_prepare_and_unprepare_over_each_api_version(
     claim = await create_allocated_claim(
         kube,
         "c1",
-        [result("gpu/large", "gpu-0", shareID="share-1"), result("gpu/large", "gpu-1")],
+        [result("gpu/large", GPU0, shareID="share-1"), result("gpu/large", GPU1)],
         requests=(prioritized,),
     )
     async with SimKubelet(
@@ -114,14 +119,16 @@ async def test_prepare_and_unprepare_over_each_api_version(
         prepared = await kubelet.prepare(DRIVER, [ref(claim)])
         devices = prepared[claim["metadata"]["uid"]]
         assert [(d.device_name, d.request_names) for d in devices] == [
-            ("gpu-0", ("gpu",)),
-            ("gpu-1", ("gpu",)),
+            (GPU0, ("gpu",)),
+            (GPU1, ("gpu",)),
         ]
         uid = claim["metadata"]["uid"]
-        assert devices[0].cdi_device_ids == (f"k8s.{DRIVER}/gpu={uid}-gpu-0",)
+        assert devices[0].cdi_device_ids == (f"k8s.{DRIVER}/gpu={uid}-{GPU0}",)
         # share_id only exists in v1; v1beta1 drops it on the wire.
         assert devices[0].share_id == ("share-1" if expected == "v1.DRAPlugin" else None)
+        assert spec_path(node_dirs, claim).exists()
         await kubelet.unprepare(DRIVER, [ref(claim)])
+        assert not spec_path(node_dirs, claim).exists()
     api = expected.split(".", maxsplit=1)[0]
     await process.wait_log(rf"prepare answered.*api={api}")
     await process.wait_log(rf"unprepare answered.*api={api}")
@@ -134,19 +141,19 @@ async def test_results_for_other_drivers_are_ignored(
     claim = await create_allocated_claim(
         kube,
         "mixed",
-        [result("nic", "eth-0", driver="net.example.com"), result("gpu", "gpu-3")],
+        [result("nic", "eth-0", driver="net.example.com"), result("gpu", GPU3)],
         requests=("gpu", "nic"),
     )
     async with SimKubelet(str(node_dirs.registry), kube=kube, node_name=NODE) as kubelet:
         await running_plugin(start_plugin, kubelet)
         prepared = await kubelet.prepare(DRIVER, [ref(claim)])
-    assert [d.device_name for d in prepared[claim["metadata"]["uid"]]] == ["gpu-3"]
+    assert [d.device_name for d in prepared[claim["metadata"]["uid"]]] == [GPU3]
 
 
 async def test_claim_checks_fail_the_whole_call_naming_the_claim(
     start_plugin: StartPlugin, node_dirs: NodeDirs, kube: KubeClient
 ) -> None:
-    good = await create_allocated_claim(kube, "good", [result("gpu", "gpu-0")])
+    good = await create_allocated_claim(kube, "good", [result("gpu", GPU0)])
     unallocated = await kube.create(
         RESOURCE_CLAIMS,
         {
@@ -184,7 +191,7 @@ async def test_empty_requests_and_unknown_unprepare_succeed(
 async def test_calls_wait_for_the_node_lock(
     start_plugin: StartPlugin, node_dirs: NodeDirs, kube: KubeClient
 ) -> None:
-    claim = await create_allocated_claim(kube, "c1", [result("gpu", "gpu-0")])
+    claim = await create_allocated_claim(kube, "c1", [result("gpu", GPU0)])
     lock_path = node_dirs.plugin_dir(DRIVER) / "serialize.lock"
     async with SimKubelet(str(node_dirs.registry), kube=kube, node_name=NODE) as kubelet:
         process = await running_plugin(start_plugin, kubelet)
@@ -203,7 +210,7 @@ async def test_calls_wait_for_the_node_lock(
 async def test_two_instances_share_a_plugin_dir(
     start_plugin: StartPlugin, node_dirs: NodeDirs, kube: KubeClient
 ) -> None:
-    claim = await create_allocated_claim(kube, "c1", [result("gpu", "gpu-0")])
+    claim = await create_allocated_claim(kube, "c1", [result("gpu", GPU0)])
     async with SimKubelet(str(node_dirs.registry), kube=kube, node_name=NODE) as kubelet:
         old = await running_plugin(start_plugin, kubelet, pod_uid="11111111-aaaa")
         new = await running_plugin(start_plugin, kubelet, pod_uid="22222222-bbbb")
@@ -215,11 +222,14 @@ async def test_two_instances_share_a_plugin_dir(
         }
         await kubelet.prepare(DRIVER, [ref(claim)])
         await new.wait_log("prepare answered")
-        # The new instance goes away mid-flight; the old one serves the unprepare.
+        assert spec_path(node_dirs, claim).exists()
+        # The new instance goes away mid-flight; the old one serves the unprepare from the shared checkpoint.
         assert await new.terminate() == 0
         await kubelet.wait_for(lambda k: len(k.instances(DRIVER)) == 1)
         await kubelet.unprepare(DRIVER, [ref(claim)])
         await old.wait_log("unprepare answered")
+        await old.wait_log("claim unprepared")
+        assert not spec_path(node_dirs, claim).exists()
         assert os.path.exists(f"{plugin_dir}/dra-11111111-aaaa.sock")
 
 
@@ -263,7 +273,7 @@ async def test_long_paths_use_short_socket_names(
     uid = "0f8fad5b-d9cb-469f-a165-70867728950e"
     plugin_dir = node_dirs.plugins / ("p" * 40)
     async with SimKubelet(str(node_dirs.registry), kube=kube, node_name=NODE) as kubelet:
-        process = await start_plugin(driver=driver, pod_uid=uid, plugin_dir=plugin_dir, extra=MEMORY)
+        process = await start_plugin(driver=driver, pod_uid=uid, plugin_dir=plugin_dir)
         (instance,) = await kubelet.wait_registered(driver)
         await process.wait_log("registered with kubelet")
     for path in (instance.endpoint, instance.registration_socket):

@@ -17,7 +17,8 @@ from tests.support.processes import Process
 
 DRIVER = "gpu.accel-dra.dev"
 SLICES_PATH = r"^/apis/resource\.k8s\.io/v1/resourceslices"
-PREPARER = ("--preparer", "memory")
+# The plugin runs with its real node-state preparer (the interim in-memory one and its flag are gone).
+PREPARER: tuple[str, ...] = ()
 
 
 def node_slices(store: Any, server: SimApiServer) -> list[dict[str, Any]]:

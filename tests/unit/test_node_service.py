@@ -8,13 +8,20 @@ from typing import Any
 
 import pytest
 
+from driver.devices.fake import load_named_profile
 from driver.kube.client import ApiError
 from driver.plugin.node_service import ClaimCheckError, NodeService
 from driver.state.api import Claim, ClaimRef, PreparedDevice, PrepareResult, allocation_results
+from driver.state.cdi import CdiStore
+from driver.state.checkpoint import CheckpointStore
+from driver.state.devnodes import SimulatedDeviceNodes
 from driver.state.lock import NodeLock
-from driver.state.memory import InMemoryPreparer
+from driver.state.prepare import NodePreparer
+from driver.state.sharing import RecordingTimeSlicer
 
 DRIVER = "gpu.accel-dra.dev"
+# Device names of the fake:pcie-l4x4 profile (named after their PCI addresses).
+GPU0, GPU1, GPU2 = "gpu-0000-01-00-0", "gpu-0000-41-00-0", "gpu-0000-81-00-0"
 
 
 def claim(
@@ -53,21 +60,41 @@ def lock(tmp_path: Path) -> NodeLock:
     return NodeLock(tmp_path / "serialize.lock")
 
 
-async def test_prepare_returns_one_entry_per_claim_with_base_request_names(lock: NodeLock) -> None:
-    a = claim("uid-a", "a", [result("gpu/sub-1", "gpu-0"), result("gpu", "gpu-1", shareID="s1")])
-    b = claim("uid-b", "b", [result("other", "nic-0", driver="net.example.com"), result("x", "gpu-2")])
-    node = NodeService(Claims(a, b), InMemoryPreparer(DRIVER), lock, DRIVER)
+@pytest.fixture
+def preparer(tmp_path: Path, lock: NodeLock) -> NodePreparer:
+    """The real node-state preparer on a simulated node, writing into ``tmp_path``."""
+    return NodePreparer(
+        driver=DRIVER,
+        pool="node-1",
+        inventory=load_named_profile("pcie-l4x4", node_name="node-1").inventory,
+        store=CheckpointStore(tmp_path / "plugin", boot_id="boot-1"),
+        specs=CdiStore(tmp_path / "cdi", DRIVER),
+        nodes=SimulatedDeviceNodes(),
+        driver_files=(),
+        slicer=RecordingTimeSlicer(),
+        lock=lock,
+    )
+
+
+async def test_prepare_returns_one_entry_per_claim_with_base_request_names(
+    lock: NodeLock, preparer: NodePreparer
+) -> None:
+    a = claim("uid-a", "a", [result("gpu/sub-1", GPU0), result("gpu", GPU1, shareID="s1")])
+    b = claim("uid-b", "b", [result("other", "nic-0", driver="net.example.com"), result("x", GPU2)])
+    node = NodeService(Claims(a, b), preparer, lock, DRIVER)
     out = await node.prepare([ref(a), ref(b)])
     assert set(out) == {"uid-a", "uid-b"}
     assert [d.request_names for d in out["uid-a"].devices] == [("gpu",), ("gpu",)]
     assert [d.share_id for d in out["uid-a"].devices] == [None, "s1"]
     # The other driver's result is ignored.
-    assert [d.device_name for d in out["uid-b"].devices] == ["gpu-2"]
+    assert [d.device_name for d in out["uid-b"].devices] == [GPU2]
 
 
-async def test_empty_request_is_an_empty_answer_without_api_calls(lock: NodeLock) -> None:
+async def test_empty_request_is_an_empty_answer_without_api_calls(
+    lock: NodeLock, preparer: NodePreparer
+) -> None:
     claims = Claims()
-    node = NodeService(claims, InMemoryPreparer(DRIVER), lock, DRIVER)
+    node = NodeService(claims, preparer, lock, DRIVER)
     assert await node.prepare([]) == {}
     assert await node.unprepare([]) == {}
     assert claims.gets == []
@@ -90,14 +117,19 @@ async def test_empty_request_is_an_empty_answer_without_api_calls(lock: NodeLock
     ],
 )
 async def test_claim_checks_fail_the_whole_call(
-    lock: NodeLock, stored: dict[str, Any] | None, asked: ClaimRef, message: str
+    preparer: NodePreparer,
+    tmp_path: Path,
+    stored: dict[str, Any] | None,
+    asked: ClaimRef,
+    message: str,
 ) -> None:
-    good = claim("uid-g", "g", [result("gpu", "gpu-0")])
-    preparer = InMemoryPreparer(DRIVER)
-    node = NodeService(Claims(*([stored] if stored else []), good), preparer, lock, DRIVER)
+    good = claim("uid-g", "g", [result("gpu", GPU0)])
+    node = NodeService(Claims(*([stored] if stored else []), good), preparer, preparer.lock, DRIVER)
     with pytest.raises(ClaimCheckError, match=message):
         await node.prepare([ref(good), asked])
-    assert preparer.calls == [], "no claim may be prepared when any check fails"
+    # No claim may be prepared when any check fails: nothing was recorded, no CDI spec written.
+    assert not (tmp_path / "plugin" / "checkpoint.json").exists()
+    assert not (tmp_path / "cdi").exists() or not list((tmp_path / "cdi").iterdir())
 
 
 class ForgetfulPreparer:
@@ -113,7 +145,7 @@ class ForgetfulPreparer:
 
 async def test_missing_and_failed_entries_become_per_claim_errors(lock: NodeLock) -> None:
     a = claim("uid-a", "a", [result("gpu", "gpu-9")])
-    b = claim("uid-b", "b", [result("gpu", "gpu-1")])
+    b = claim("uid-b", "b", [result("gpu", GPU1)])
     node = NodeService(Claims(a, b), ForgetfulPreparer(), lock, DRIVER)
     out = await node.prepare([ref(a), ref(b)])
     assert out["uid-a"].error == "device gpu-9 does not exist"
@@ -122,9 +154,11 @@ async def test_missing_and_failed_entries_become_per_claim_errors(lock: NodeLock
     assert "no unprepare result for claim default/a (uid-a)" in errors["uid-a"]
 
 
-async def test_unprepare_of_unknown_claim_succeeds_without_api_calls(lock: NodeLock) -> None:
+async def test_unprepare_of_unknown_claim_succeeds_without_api_calls(
+    lock: NodeLock, preparer: NodePreparer
+) -> None:
     claims = Claims()
-    node = NodeService(claims, InMemoryPreparer(DRIVER), lock, DRIVER)
+    node = NodeService(claims, preparer, lock, DRIVER)
     assert await node.unprepare([ClaimRef("default", "never-seen", "x")]) == {"never-seen": ""}
     assert claims.gets == []
 

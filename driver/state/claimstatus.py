@@ -1,0 +1,106 @@
+"""Writing ``status.devices`` of prepared ResourceClaims (device uuid, PCI address, product name).
+
+Monitoring maps pods to GPUs through these entries. Writes happen in background tasks after the claim is
+prepared, outside the node lock, so prepare latency does not include an API round trip; a failed write is
+logged and never fails the claim. The ``/status`` subresource is patched with the entries of every other
+driver kept, guarded by the claim's ``resourceVersion`` (a JSON merge patch replaces whole lists), and
+retried on 409 Conflict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import aiohttp
+
+from driver.kube.client import RESOURCE_CLAIMS, ApiError, KubeClient, retry_backoff
+from driver.log import get_logger
+from driver.state.api import ClaimRef
+
+log = get_logger(__name__)
+
+MAX_ATTEMPTS = 6
+JSON = dict[str, Any]
+
+
+def _key(entry: Mapping[str, Any]) -> tuple[Any, ...]:
+    return (entry.get("driver"), entry.get("pool"), entry.get("device"), entry.get("shareID"))
+
+
+def merge_device_statuses(
+    current: Sequence[Mapping[str, Any]], ours: Sequence[Mapping[str, Any]]
+) -> list[JSON]:
+    """``current`` with ``ours`` added or updated; other entries and other fields of ours (conditions) kept."""
+    by_key = {_key(e): e for e in ours}
+    merged: list[JSON] = []
+    for entry in current:
+        mine = by_key.pop(_key(entry), None)
+        merged.append({**entry, "data": mine["data"]} if mine is not None else dict(entry))
+    merged.extend(dict(e) for e in ours if _key(e) in by_key)
+    return merged
+
+
+class ClaimStatusWriter:
+    def __init__(self, kube: KubeClient) -> None:
+        self._kube = kube
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def submit(self, ref: ClaimRef, entries: Sequence[Mapping[str, Any]]) -> None:
+        if not entries:
+            return
+        task = asyncio.create_task(
+            self._write(ref, [dict(e) for e in entries]), name=f"claim-status-{ref.uid}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Wait for every submitted write (tests, orderly shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def _write(self, ref: ClaimRef, entries: list[JSON]) -> None:
+        error = ""
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                await self._attempt(ref, entries)
+                return
+            except ApiError as err:
+                if not (err.conflict or err.status == 429 or err.status >= 500):
+                    log.warning("claim device status not written", claim=str(ref), error=str(err))
+                    return
+                error = str(err)
+            except (OSError, TimeoutError, aiohttp.ClientError) as err:
+                error = repr(err)
+            except Exception as err:  # a background write must never take anything down
+                log.warning("claim device status not written", claim=str(ref), error=repr(err))
+                return
+            await retry_backoff(attempt, base=0.05, cap=2.0)
+        log.warning("claim device status not written; giving up", claim=str(ref), error=error)
+
+    async def _attempt(self, ref: ClaimRef, entries: list[JSON]) -> None:
+        """One read-merge-patch round (a stale resourceVersion raises a 409 ApiError)."""
+        claim = await self._kube.get(RESOURCE_CLAIMS, ref.name, ref.namespace)
+        meta = claim.get("metadata", {})
+        if meta.get("uid") != ref.uid:
+            log.info("claim replaced before its device status was written", claim=str(ref))
+            return
+        current = (claim.get("status") or {}).get("devices") or []
+        merged = merge_device_statuses(current, entries)
+        if merged == current:
+            return
+        patch = {
+            "metadata": {"uid": ref.uid, "resourceVersion": meta.get("resourceVersion")},
+            "status": {"devices": merged},
+        }
+        await self._kube.patch(RESOURCE_CLAIMS, ref.name, patch, ref.namespace, subresource="status")
+        log.info("claim device status written", claim=str(ref), devices=len(entries))

@@ -1,0 +1,169 @@
+"""The character devices a container needs for a GPU, as CDI ``deviceNodes`` entries.
+
+* Per GPU: ``/dev/nvidia<minor>`` (type ``c``, major 195, minor = the GPU's minor number).
+* Per MIG device additionally: the GPU-instance and compute-instance access capabilities,
+  ``/dev/nvidia-caps/nvidia-cap<N>``. ``N`` comes from ``/proc/driver/nvidia-caps/mig-minors`` (lines like
+  ``gpu0/gi3/access 30``), the major from the ``nvidia-caps`` line of ``/proc/devices``. Where these files
+  are missing (fake backends, hosts without MIG) the capability nodes are left out: what is modelled is the
+  parent GPU node only.
+* Shared control nodes: ``/dev/nvidiactl`` (195/255), ``/dev/nvidia-uvm``, ``/dev/nvidia-uvm-tools`` and
+  ``/dev/nvidia-modeset``. The UVM majors are assigned dynamically at module load, so their numbers are read
+  from the host node with ``stat``; a node whose numbers cannot be read is listed by path only and the
+  container runtime stats it.
+
+On a real host a node is *present* when it exists in the host's ``/dev`` or under the driver root's ``/dev``
+(a containerized driver); in the second case ``hostPath`` points there. Simulated GPUs have no host nodes:
+all four control nodes count as present, the GPU nodes carry their profile's minor numbers, and the UVM
+nodes get fixed simulated numbers (there is no host node a runtime could stat).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from driver.devices.model import Device
+
+NVIDIA_MAJOR = 195
+NVIDIACTL = "/dev/nvidiactl"
+NVIDIA_UVM = "/dev/nvidia-uvm"
+NVIDIA_UVM_TOOLS = "/dev/nvidia-uvm-tools"
+NVIDIA_MODESET = "/dev/nvidia-modeset"
+CONTROL_NODES = (NVIDIACTL, NVIDIA_UVM, NVIDIA_UVM_TOOLS, NVIDIA_MODESET)
+#: Simulated nodes only: a major from the kernel's dynamic range, as the UVM module would get one.
+SIMULATED_UVM_MAJOR = 511
+SIMULATED_NUMBERS: Mapping[str, tuple[int, int]] = {
+    NVIDIACTL: (NVIDIA_MAJOR, 255),
+    NVIDIA_UVM: (SIMULATED_UVM_MAJOR, 0),
+    NVIDIA_UVM_TOOLS: (SIMULATED_UVM_MAJOR, 1),
+    NVIDIA_MODESET: (NVIDIA_MAJOR, 254),
+}
+
+JSON = dict[str, Any]
+
+
+class DeviceNodes(Protocol):
+    def control_nodes(self) -> list[JSON]:
+        """Spec-level nodes every container with any of our GPUs needs."""
+        ...
+
+    def device_nodes(self, device: Device) -> list[JSON]:
+        """Nodes of one allocatable device (GPU or MIG device)."""
+        ...
+
+
+def char_node(
+    path: str, major: int | None = None, minor: int | None = None, host_path: str | None = None
+) -> JSON:
+    node: JSON = {"path": path, "type": "c"}
+    if host_path is not None and host_path != path:
+        node["hostPath"] = host_path
+    if major is not None and minor is not None:
+        node["major"], node["minor"] = major, minor
+    return node
+
+
+def _gpu_node(device: Device) -> list[JSON]:
+    path = device.gpu.device_node
+    return (
+        [] if path is None or device.gpu.minor is None else [char_node(path, NVIDIA_MAJOR, device.gpu.minor)]
+    )
+
+
+class SimulatedDeviceNodes:
+    """Fake profiles: nodes exist only in the profile, never on the host."""
+
+    def control_nodes(self) -> list[JSON]:
+        return [char_node(path, *SIMULATED_NUMBERS[path]) for path in CONTROL_NODES]
+
+    def device_nodes(self, device: Device) -> list[JSON]:
+        return _gpu_node(device)
+
+
+def parse_mig_minors(text: str) -> dict[str, int]:
+    """``gpu0/gi3/access 30`` lines -> ``{"gpu0/gi3/access": 30}``."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            out[parts[0]] = int(parts[1])
+    return out
+
+
+def parse_proc_devices_major(text: str, name: str) -> int | None:
+    """The major number of character device ``name`` in ``/proc/devices``."""
+    in_char = False
+    for line in text.splitlines():
+        if line.strip().startswith("Character devices"):
+            in_char = True
+        elif line.strip().startswith("Block devices"):
+            in_char = False
+        elif in_char:
+            match = re.match(r"^\s*(\d+)\s+(\S+)\s*$", line)
+            if match and match.group(2) == name:
+                return int(match.group(1))
+    return None
+
+
+class HostDeviceNodes:
+    """Real hosts: nodes that exist in ``dev_root/dev`` or ``driver_root/dev``, numbers from ``stat``."""
+
+    def __init__(self, driver_root: str = "/", dev_root: str = "/", proc_root: str = "/proc") -> None:
+        self.driver_root = Path(driver_root)
+        self.dev_root = Path(dev_root)
+        self.proc_root = Path(proc_root)
+        self._mig_minors, self._caps_major = self._read_caps()
+
+    def _read_caps(self) -> tuple[dict[str, int], int | None]:
+        try:
+            minors = parse_mig_minors((self.proc_root / "driver/nvidia-caps/mig-minors").read_text())
+            major = parse_proc_devices_major((self.proc_root / "devices").read_text(), "nvidia-caps")
+        except OSError:
+            return {}, None
+        return minors, major
+
+    def _locate(self, path: str) -> tuple[str, os.stat_result] | None:
+        """Where a node exists: (host path, its stat), host ``/dev`` first."""
+        for root in (self.dev_root, self.driver_root):
+            candidate = root / path.lstrip("/")
+            try:
+                st = os.stat(candidate)
+            except OSError:
+                continue
+            if stat.S_ISCHR(st.st_mode):
+                return str(candidate), st
+        return None
+
+    def _node(self, path: str) -> JSON | None:
+        found = self._locate(path)
+        if found is None:
+            return None
+        host, st = found
+        host_path = None if host == str(Path("/") / path.lstrip("/")) else host
+        return char_node(path, os.major(st.st_rdev), os.minor(st.st_rdev), host_path)
+
+    def control_nodes(self) -> list[JSON]:
+        return [node for node in map(self._node, CONTROL_NODES) if node is not None]
+
+    def device_nodes(self, device: Device) -> list[JSON]:
+        out = []
+        gpu_path = device.gpu.device_node
+        if gpu_path is not None and device.gpu.minor is not None:
+            found = self._locate(gpu_path)
+            host = found[0] if found else gpu_path
+            out.append(char_node(gpu_path, NVIDIA_MAJOR, device.gpu.minor, host))
+        mig = device.mig
+        if mig is not None and self._caps_major is not None and mig.gpu_instance_id is not None:
+            prefix = f"gpu{device.gpu.minor}/gi{mig.gpu_instance_id}"
+            keys = [f"{prefix}/access"]
+            if mig.compute_instance_id is not None:
+                keys.append(f"{prefix}/ci{mig.compute_instance_id}/access")
+            for key in keys:
+                minor = self._mig_minors.get(key)
+                if minor is not None:
+                    out.append(char_node(f"/dev/nvidia-caps/nvidia-cap{minor}", self._caps_major, minor))
+        return out

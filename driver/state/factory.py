@@ -1,0 +1,72 @@
+"""Builds the node-state preparer of a plugin process from its settings and device backend."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from driver.config import PluginConfig
+from driver.devices.backend import DeviceBackend
+from driver.devices.model import Inventory
+from driver.kube.client import KubeClient
+from driver.log import get_logger
+from driver.state.cdi import CdiStore
+from driver.state.checkpoint import CheckpointStore, read_boot_id
+from driver.state.claimstatus import ClaimStatusWriter
+from driver.state.devnodes import DeviceNodes, HostDeviceNodes, SimulatedDeviceNodes
+from driver.state.driverfiles import discover_driver_files, library_dir_of
+from driver.state.lock import NodeLock
+from driver.state.prepare import NodePreparer
+from driver.state.sharing import BackendTimeSlicer, NvidiaSmiTimeSlicer, RecordingTimeSlicer, TimeSlicer
+
+log = get_logger(__name__)
+
+
+def is_simulated(backend_spec: str) -> bool:
+    return backend_spec.startswith(("fake:", "file:"))
+
+
+def backend_edits(backend: DeviceBackend) -> dict[str, Any]:
+    """Extra containerEdits a backend contributes (the fake backend's state dir), or {}."""
+    contribute = getattr(backend, "container_edits", None)
+    edits = contribute() if callable(contribute) else {}
+    return dict(edits) if isinstance(edits, dict) else {}
+
+
+def make_preparer(
+    config: PluginConfig,
+    backend: DeviceBackend,
+    inventory: Inventory,
+    kube: KubeClient | None,
+    lock: NodeLock,
+) -> NodePreparer:
+    files = discover_driver_files(config.driver_root, config.host_driver_root)
+    log.info(
+        "driver files found",
+        driver_root=config.driver_root,
+        host_driver_root=config.host_driver_root,
+        files=len(files),
+    )
+    simulated = is_simulated(config.backend)
+    nodes: DeviceNodes = SimulatedDeviceNodes() if simulated else HostDeviceNodes(config.driver_root)
+    set_timeslice = getattr(backend, "set_timeslice", None)
+    slicer: TimeSlicer
+    if callable(set_timeslice):
+        slicer = BackendTimeSlicer(set_timeslice)
+    elif simulated:
+        slicer = RecordingTimeSlicer()
+    else:
+        smi = next((f.local_path for f in files if f.container_path.endswith("/nvidia-smi")), None)
+        slicer = NvidiaSmiTimeSlicer(smi, library_dir_of(files, "libnvidia-ml"))
+    return NodePreparer(
+        driver=config.driver_name,
+        pool=config.node_name,
+        inventory=inventory,
+        store=CheckpointStore(config.plugin_dir, read_boot_id(config.boot_id_file)),
+        specs=CdiStore(config.cdi_dir, config.driver_name),
+        nodes=nodes,
+        driver_files=files,
+        slicer=slicer,
+        lock=lock,
+        backend_edits=backend_edits(backend),
+        status=ClaimStatusWriter(kube) if kube is not None else None,
+    )

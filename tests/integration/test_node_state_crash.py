@@ -1,0 +1,224 @@
+"""Crash and reboot safety of prepare/unprepare with real plugin processes.
+
+The plugin kills itself with SIGKILL at a named step (``ACCEL_DRA_CRASH_AT``), is started again, and the
+kubelet retries the call, as a real kubelet does. After every case exactly the expected CDI specs exist, the
+checkpoint verifies and holds exactly the prepared claims, and no device is prepared for two claims.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from typing import Any
+
+import pytest
+
+from driver.kube.client import RESOURCE_CLAIMS, KubeClient
+from driver.sim.kubelet import KubeletError, SimKubelet
+from driver.state.checkpoint import CheckpointStore, ClaimState, LoadEvent
+from tests.integration.conftest import NodeDirs, StartPlugin
+from tests.integration.node_state_claims import (
+    DRIVER,
+    GPU0,
+    GPU1,
+    allocated_claim,
+    gpu_config,
+    opaque,
+    ref,
+    result,
+)
+from tests.support.cdi_rules import assert_valid_cdi
+from tests.support.processes import Process
+
+# (crash step, the victim claim's checkpoint state right after the crash, whether its CDI spec exists then).
+# The batch is [other, victim]; ``#n`` counts how often the process reached the step (other reaches each
+# prepare step once before the victim; each claim writes the checkpoint twice).
+PREPARE_CASES = [
+    ("prepare:started#2", ClaimState.PREPARE_STARTED, False),
+    ("checkpoint:tmp-written#3", None, False),
+    ("prepare:overlap-checked#2", ClaimState.PREPARE_STARTED, False),
+    ("prepare:config-applied#2", ClaimState.PREPARE_STARTED, False),
+    ("cdi:tmp-written#2", ClaimState.PREPARE_STARTED, False),
+    ("prepare:cdi-written#2", ClaimState.PREPARE_STARTED, True),
+    ("checkpoint:tmp-written#4", ClaimState.PREPARE_STARTED, True),
+    ("prepare:completed#2", ClaimState.PREPARE_COMPLETED, True),
+]
+UNPREPARE_CASES = [
+    ("unprepare:sharing-reset", ClaimState.PREPARE_COMPLETED, True),
+    ("unprepare:cdi-removed", ClaimState.PREPARE_COMPLETED, False),
+    ("checkpoint:tmp-written#5", ClaimState.PREPARE_COMPLETED, False),
+    ("unprepare:completed", None, False),
+]
+
+
+async def allocated(kube: KubeClient, name: str, device: str, interval: str | None = None) -> dict[str, Any]:
+    config = [opaque(gpu_config(interval))] if interval else []
+    return await allocated_claim(kube, name, [result("gpu", device)], config=config)
+
+
+class Node:
+    def __init__(
+        self, dirs: NodeDirs, start_plugin: StartPlugin, kubelet: SimKubelet, boot_id: str = "boot-1"
+    ) -> None:
+        self.dirs = dirs
+        self.start_plugin = start_plugin
+        self.kubelet = kubelet
+        self.boot_file = dirs.root / "boot_id"
+        self.boot_file.write_text(boot_id + "\n")
+
+    async def plugin(self, crash_at: str | None = None) -> Process:
+        env = {"ACCEL_DRA_CRASH_AT": crash_at} if crash_at else None
+        process = await self.start_plugin(extra=("--boot-id-file", str(self.boot_file)), env=env)
+        await process.wait_log("registered with kubelet")
+        return process
+
+    async def crashed(self, process: Process) -> None:
+        """Wait for the SIGKILL. The dead instance's socket file stays behind, as on a node; the restarted
+        plugin replaces it and the kubelet re-registers it (``start`` waits for that)."""
+        assert await process.wait() == -signal.SIGKILL
+
+    def specs(self) -> dict[str, dict[str, Any]]:
+        prefix = f"k8s.{DRIVER}-gpu_"
+        return {
+            p.name[len(prefix) : -len(".json")]: json.loads(p.read_text())
+            for p in self.dirs.cdi.iterdir()
+            if p.name.startswith(prefix) and p.name.endswith(".json")
+        }
+
+    def checkpoint(self) -> dict[str, ClaimState]:
+        store = CheckpointStore(self.dirs.plugin_dir(DRIVER), self.boot_file.read_text().strip())
+        cp, event = store.load()
+        assert event == LoadEvent.LOADED, f"checkpoint did not verify: {event}"
+        owners: dict[str, str] = {}
+        for record in cp.claims.values():
+            for device in record.devices:
+                if record.completed and not device.admin_access:
+                    assert device.device not in owners, f"{device.device} prepared for two claims"
+                    owners[device.device] = record.uid
+        return {uid: r.state for uid, r in cp.claims.items()}
+
+    def assert_prepared(self, *claims: dict[str, Any]) -> None:
+        uids = {c["metadata"]["uid"] for c in claims}
+        specs = self.specs()
+        assert set(specs) == uids
+        for spec in specs.values():
+            assert_valid_cdi(spec)
+        assert self.checkpoint() == dict.fromkeys(uids, ClaimState.PREPARE_COMPLETED)
+        assert not [
+            p.name
+            for d in (self.dirs.cdi, self.dirs.plugin_dir(DRIVER))
+            for p in d.iterdir()
+            if p.name.endswith(".tmp")
+        ]
+
+
+@pytest.fixture
+def node(node_dirs: NodeDirs, start_plugin: StartPlugin, kubelet: SimKubelet) -> Node:
+    return Node(node_dirs, start_plugin, kubelet)
+
+
+@pytest.mark.parametrize(("step", "state", "spec"), PREPARE_CASES)
+async def test_crash_during_prepare_converges_on_retry(
+    node: Node, kube: KubeClient, step: str, state: ClaimState | None, spec: bool
+) -> None:
+    other = await allocated(kube, "other", GPU1)
+    claim = await allocated(kube, "victim", GPU0, "Long")
+    uid = claim["metadata"]["uid"]
+    process = await node.plugin(crash_at=step)
+    with pytest.raises(KubeletError, match="UNAVAILABLE"):
+        await node.kubelet.prepare(DRIVER, [ref(other), ref(claim)])
+    await node.crashed(process)
+    # It died where it was told to: the other claim is done, the victim is where the step says.
+    after_crash = node.checkpoint()
+    assert after_crash.get(uid) == state
+    assert after_crash[other["metadata"]["uid"]] == ClaimState.PREPARE_COMPLETED
+    assert (uid in node.specs()) == spec
+    await node.plugin()
+    prepared = await node.kubelet.prepare(DRIVER, [ref(other), ref(claim)])
+    assert prepared[uid][0].cdi_device_ids == (f"k8s.{DRIVER}/gpu={uid}-{GPU0}",)
+    node.assert_prepared(other, claim)
+    env = node.specs()[uid]["devices"][0]["containerEdits"]["env"]
+    assert "ACCEL_DRA_DEVICE_GPU_0000_01_00_0_SHARING=TimeSlicing:Long" in env
+
+
+@pytest.mark.parametrize(("step", "state", "spec"), UNPREPARE_CASES)
+async def test_crash_during_unprepare_converges_on_retry(
+    node: Node, kube: KubeClient, step: str, state: ClaimState | None, spec: bool
+) -> None:
+    other = await allocated(kube, "other", GPU1)
+    claim = await allocated(kube, "victim", GPU0, "Short")
+    uid = claim["metadata"]["uid"]
+    process = await node.plugin(crash_at=step)
+    await node.kubelet.prepare(DRIVER, [ref(other), ref(claim)])
+    node.assert_prepared(other, claim)
+    with pytest.raises(KubeletError, match="UNAVAILABLE"):
+        await node.kubelet.unprepare(DRIVER, [ref(claim)])
+    await node.crashed(process)
+    assert node.checkpoint().get(uid) == state
+    assert (uid in node.specs()) == spec
+    await node.plugin()
+    await node.kubelet.unprepare(DRIVER, [ref(claim)])
+    node.assert_prepared(other)
+    # The GPU is free again for a new claim.
+    newcomer = await allocated(kube, "newcomer", GPU0)
+    await node.kubelet.prepare(DRIVER, [ref(newcomer)])
+    node.assert_prepared(other, newcomer)
+
+
+async def test_a_crashed_prepare_of_a_claim_that_then_goes_away_is_swept(
+    node: Node, kube: KubeClient
+) -> None:
+    claim = await allocated(kube, "short-lived", GPU0)
+    process = await node.plugin(crash_at="prepare:cdi-written")
+    with pytest.raises(KubeletError, match="UNAVAILABLE"):
+        await node.kubelet.prepare(DRIVER, [ref(claim)])
+    await node.crashed(process)
+    assert node.checkpoint() == {claim["metadata"]["uid"]: ClaimState.PREPARE_STARTED}
+    await kube.delete(RESOURCE_CLAIMS, "short-lived", "default")
+    restarted = await node.plugin()
+    await restarted.wait_log("unprepared claim that no longer exists")
+    assert node.specs() == {}
+    assert node.checkpoint() == {}
+
+
+async def test_reboot_drops_state_and_prepare_recreates_the_spec(node: Node, kube: KubeClient) -> None:
+    claim = await allocated(kube, "survivor", GPU0)
+    stale = await allocated(kube, "stale", GPU1)
+    first = await node.plugin()
+    await node.kubelet.prepare(DRIVER, [ref(claim), ref(stale)])
+    node.assert_prepared(claim, stale)
+    assert await first.terminate() == 0
+    # Reboot: new boot id; /var/run/cdi is a tmpfs, so the survivor's spec is gone. The stale one is left to
+    # show that specs of a previous boot are removed even where the CDI dir persists.
+    node.boot_file.write_text("boot-2\n")
+    (node.dirs.cdi / f"k8s.{DRIVER}-gpu_{claim['metadata']['uid']}.json").unlink()
+    second = await node.plugin()
+    await second.wait_log("node rebooted since the checkpoint was written")
+    assert node.specs() == {}
+    assert node.checkpoint() == {}
+    # The kubelet re-prepares the pods it restarts after the reboot.
+    prepared = await node.kubelet.prepare(DRIVER, [ref(claim)])
+    uid = claim["metadata"]["uid"]
+    assert prepared[uid][0].cdi_device_ids == (f"k8s.{DRIVER}/gpu={uid}-{GPU0}",)
+    node.assert_prepared(claim)
+    cp, _ = CheckpointStore(node.dirs.plugin_dir(DRIVER), "boot-2").load()
+    assert cp.boot_id == "boot-2"
+
+
+async def test_a_corrupt_checkpoint_does_not_stop_the_plugin(node: Node, kube: KubeClient) -> None:
+    claim = await allocated(kube, "kept", GPU0)
+    first = await node.plugin()
+    await node.kubelet.prepare(DRIVER, [ref(claim)])
+    assert await first.terminate() == 0
+    checkpoint = node.dirs.plugin_dir(DRIVER) / "checkpoint.json"
+    checkpoint.write_text(checkpoint.read_text().replace("PrepareCompleted", "PrepareCompleteD"))
+    second = await node.plugin()
+    await second.wait_log("checkpoint is corrupt; moved aside")
+    await second.wait_log("checkpoint rebuilt from CDI specs")
+    assert len(list(node.dirs.plugin_dir(DRIVER).glob("checkpoint.json.corrupt-*"))) == 1
+    # Rebuilt from the CDI spec: the device stays guarded, and the kubelet's retry is answered as before.
+    intruder = await allocated(kube, "intruder", GPU0)
+    with pytest.raises(KubeletError, match=r"already prepared for claim default/kept"):
+        await node.kubelet.prepare(DRIVER, [ref(intruder)])
+    await node.kubelet.prepare(DRIVER, [ref(claim)])
+    node.assert_prepared(claim)
