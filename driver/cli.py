@@ -30,6 +30,18 @@ COMMANDS: tuple[Command, ...] = (
         "plugin", "run the kubelet DRA plugin", "driver.config:add_plugin_arguments", "driver.plugin.app:run"
     ),
     Command(
+        "plugin-probe",
+        "check that this node's plugin sockets answer (DaemonSet probes)",
+        "driver.plugin.probe:add_probe_arguments",
+        "driver.plugin.probe:run_probe",
+    ),
+    Command(
+        "exporter",
+        "run the accelerator-metrics exporter",
+        "driver.exporter.options:add_exporter_arguments",
+        "driver.exporter.server:run",
+    ),
+    Command(
         "discover",
         "print the ResourceSlices this machine's GPUs would be published as",
         "driver.resources.cli:add_discover_arguments",
@@ -40,6 +52,12 @@ COMMANDS: tuple[Command, ...] = (
         "check ResourceSlice dumps (any driver) against the API rules and the standard attribute profile",
         "driver.resources.cli:add_validate_arguments",
         "driver.resources.cli:run_validate",
+    ),
+    Command(
+        "demo",
+        "run the examples in a sandbox with simulated GPUs and control plane, and explain what happened",
+        "driver.sim.demo:add_demo_arguments",
+        "driver.sim.demo:run_demo",
     ),
     Command(
         "explain",

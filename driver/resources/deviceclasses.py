@@ -17,7 +17,7 @@ def class_name(kind: str, driver_name: str) -> str:
 
 
 def selector(kind: str, driver_name: str) -> str:
-    return f'device.driver == "{driver_name}" && device.attributes["{driver_name}"].type == "{kind}"'
+    return f'device.driver == "{driver_name}" && device.attributes["{driver_name}"].type == \'{kind}\''
 
 
 def device_classes(driver_name: str) -> list[dict[str, Any]]:

@@ -219,7 +219,9 @@ _DNS1035_FMT = "[a-z]([-a-z0-9]*[a-z0-9])?"
 _DNS1035_RE = re.compile(f"^{_DNS1035_FMT}$")
 
 # Go's resource.Quantity grammar: sign, decimal number, then a binary-SI, decimal-SI or exponent suffix.
-_QUANTITY_RE = re.compile(r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]+)?$")
+_QUANTITY_RE = re.compile(
+    r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]+)?$"
+)
 
 # Semantic Versioning 2.0.0, exactly as the server's regular expression: no leading zeros, no "v".
 _NUMERIC_ID = r"(0|[1-9]\d*)"

@@ -38,7 +38,7 @@ def publish(
 
 
 def test_first_publication_creates_one_owned_slice() -> None:
-    plan, state = publish([], [dev(1), dev(0)])
+    plan, _state = publish([], [dev(1), dev(0)])
     assert (len(plan.creates), plan.updates, plan.deletes, plan.generation) == (1, [], [], 1)
     obj = plan.creates[0]
     assert obj["metadata"]["generateName"] == "node-1-gpu.accel-dra.dev-"
@@ -95,7 +95,7 @@ def test_obsolete_generations_and_unmatched_slices_are_deleted() -> None:
     old = copy.deepcopy(state[0])
     old["metadata"]["name"] = "leftover"
     old["spec"]["pool"]["generation"] = 0
-    plan, after = publish([*state, old], [dev(0)])
+    plan, _after = publish([*state, old], [dev(0)])
     assert [o["metadata"]["name"] for o in plan.deletes] == ["leftover"]
     assert plan.updates == [] and plan.creates == []
 
