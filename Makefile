@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,chart]'
 	touch $(STAMP)
 
+demo: $(STAMP)
+	$(PY) -m driver demo $(DEMO_ARGS)
+
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -1,0 +1,375 @@
+"""The whole product on one machine: a simulated control plane and node running the real plugin and exporter.
+
+Layout of a sandbox root (a temp dir unless given)::
+
+    kubeconfig          for the sim API server
+    registry/           kubelet plugin registry
+    plugins/<driver>/   the plugin's DRA socket, checkpoint and lock
+    cdi/                CDI specs written by the plugin, read by the sim runtime
+    driver-root/        fake NVIDIA user-space files (libraries, nvidia-smi)
+    fake-state/         simulated GPU load reported by workloads, read by both backends
+    proc/               kubepods cgroup files of container processes (for exporter attribution)
+    pod-resources/      the sim kubelet's PodResources socket
+    containers/         per-container logs and records
+    logs/               plugin.log, exporter.log
+
+In-process: the API server, the ResourceClaim controller, the scheduler and the node (kubelet + runtime).
+Separate processes over real sockets: ``accel-dra plugin`` and ``accel-dra exporter``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from driver import DEFAULT_DRIVER_NAME
+from driver.devices.backend import open_backend
+from driver.kube.client import (
+    DEVICE_CLASSES,
+    NAMESPACES,
+    PODS,
+    RESOURCE_CLAIM_TEMPLATES,
+    RESOURCE_CLAIMS,
+    RESOURCE_SLICES,
+    SERVICES,
+    ApiError,
+    KubeClient,
+    ResourceType,
+)
+from driver.log import get_logger
+from driver.resources.deviceclasses import device_classes
+from driver.sim.apiserver import SimApiServer
+from driver.sim.controllers import ClaimController, Scheduler
+from driver.sim.driverroot import create_driver_root
+from driver.sim.node import SimNode
+from driver.sim.podresources import PodResourcesServer, PodResourcesState
+from driver.sim.runtime import SimRuntime
+
+log = get_logger(__name__)
+
+JSON = dict[str, Any]
+METRICS_NAMESPACE = "accel-dra"
+METRICS_SERVICE = "accel-dra-metrics"
+METRICS_PORT = 9400
+
+KINDS: dict[str, ResourceType] = {
+    rt.kind: rt
+    for rt in (PODS, RESOURCE_CLAIMS, RESOURCE_CLAIM_TEMPLATES, DEVICE_CLASSES, NAMESPACES, SERVICES)
+}
+
+
+class SandboxError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    profile: str = "dgx-h100"
+    driver_name: str = DEFAULT_DRIVER_NAME
+    node_name: str = "sandbox-node"
+    root: Path | None = None
+    exporter: bool = True
+    exporter_interval: float = 0.5
+    keep: bool = False
+    log_level: str = "info"
+    extra_plugin_args: tuple[str, ...] = ()
+    extra_exporter_args: tuple[str, ...] = ()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Sandbox:
+    def __init__(self, config: SandboxConfig | None = None) -> None:
+        self.config = config or SandboxConfig()
+        self.root = Path(self.config.root or tempfile.mkdtemp(prefix="accel-dra-sandbox-", dir="/tmp"))
+        self._owns_root = self.config.root is None
+        self.apiserver = SimApiServer(graceful_pod_deletion=True)
+        self.kube: KubeClient | None = None
+        self.node: SimNode | None = None
+        self.exporter_url = ""
+        self._processes: dict[str, asyncio.subprocess.Process] = {}
+        self._stack = contextlib.AsyncExitStack()
+
+    # -- paths -----------------------------------------------------------------------------------
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.path("kubeconfig")
+
+    @property
+    def plugin_dir(self) -> Path:
+        return self.path("plugins", self.config.driver_name)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Sandbox:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        cfg = self.config
+        for sub in (
+            "registry",
+            "plugins",
+            "cdi",
+            "fake-state",
+            "proc",
+            "pod-resources",
+            "containers",
+            "logs",
+        ):
+            self.path(sub).mkdir(parents=True, exist_ok=True)
+        await self.apiserver.start()
+        self._stack.push_async_callback(self.apiserver.stop)
+        self.apiserver.write_kubeconfig(self.kubeconfig)
+        self.kube = await KubeClient.connect(str(self.kubeconfig))
+        self._stack.push_async_callback(self.kube.close)
+
+        backend = open_backend(f"fake:{cfg.profile}", node_name=cfg.node_name)
+        try:
+            create_driver_root(self.path("driver-root"), backend.discover())
+        finally:
+            backend.close()
+        for device_class in device_classes(cfg.driver_name):
+            await self.kube.create(DEVICE_CLASSES, device_class)
+
+        state = PodResourcesState()
+        server = PodResourcesServer(state, str(self.path("pod-resources", "kubelet.sock")))
+        await server.start()
+        self._stack.push_async_callback(server.stop)
+        self.node = SimNode(
+            name=cfg.node_name,
+            kube=self.kube,
+            registry_dir=str(self.path("registry")),
+            runtime=SimRuntime([self.path("cdi")]),
+            containers_dir=self.path("containers"),
+            proc_root=self.path("proc"),
+            pod_resources=state,
+            log_sink=self.apiserver.pod_logs.set_file,
+        )
+        await self.node.start()
+        self._stack.push_async_callback(self.node.stop)
+        for controller in (ClaimController(self.kube), Scheduler(self.kube)):
+            await controller.start()
+            self._stack.push_async_callback(controller.stop)
+
+        await self._start_plugin()
+        if cfg.exporter:
+            await self._start_exporter()
+        await self.wait_ready()
+
+    async def stop(self) -> None:
+        for name, proc in list(self._processes.items()):
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.terminate()
+                try:
+                    await asyncio.wait_for(proc.wait(), 10)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+            self._processes.pop(name)
+        await self._stack.aclose()
+        if self._owns_root and not self.config.keep:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    # -- processes -------------------------------------------------------------------------------
+
+    async def _spawn(self, name: str, args: list[str]) -> None:
+        logfile = self.path("logs", f"{name}.log").open("ab")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "driver",
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=logfile,
+            stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, "GRPC_VERBOSITY": "ERROR"},
+        )
+        logfile.close()
+        self._processes[name] = proc
+
+    async def _start_plugin(self) -> None:
+        cfg = self.config
+        await self._spawn(
+            "plugin",
+            [
+                "plugin",
+                "--driver-name", cfg.driver_name,
+                "--node-name", cfg.node_name,
+                "--kubeconfig", str(self.kubeconfig),
+                "--plugin-dir", str(self.plugin_dir),
+                "--registry-dir", str(self.path("registry")),
+                "--cdi-dir", str(self.path("cdi")),
+                "--backend", f"fake:{cfg.profile}",
+                "--fake-state-dir", str(self.path("fake-state")),
+                "--driver-root", str(self.path("driver-root")),
+                "--log-level", cfg.log_level,
+                *cfg.extra_plugin_args,
+            ],
+        )  # fmt: skip
+
+    async def _start_exporter(self) -> None:
+        cfg = self.config
+        assert self.kube is not None
+        port = _free_port()
+        await self._spawn(
+            "exporter",
+            [
+                "exporter",
+                "--listen", f"127.0.0.1:{port}",
+                "--driver-name", cfg.driver_name,
+                "--node-name", cfg.node_name,
+                "--kubeconfig", str(self.kubeconfig),
+                "--backend", f"fake:{cfg.profile}",
+                "--fake-state-dir", str(self.path("fake-state")),
+                "--pod-resources-socket", str(self.path("pod-resources", "kubelet.sock")),
+                "--proc-root", str(self.path("proc")),
+                "--interval", str(cfg.exporter_interval),
+                "--log-level", cfg.log_level,
+                *cfg.extra_exporter_args,
+            ],
+        )  # fmt: skip
+        self.exporter_url = f"http://127.0.0.1:{port}"
+        # The metrics Service, reachable through the API server's service proxy like on a cluster.
+        await self.ensure_namespace(METRICS_NAMESPACE)
+        await self.kube.create(
+            SERVICES,
+            {
+                "metadata": {"name": METRICS_SERVICE, "namespace": METRICS_NAMESPACE},
+                "spec": {
+                    "ports": [{"name": "metrics", "port": METRICS_PORT}],
+                    "selector": {"app": "accel-dra"},
+                },
+            },
+            METRICS_NAMESPACE,
+        )
+        self.apiserver.register_service_backend(METRICS_NAMESPACE, METRICS_SERVICE, self.exporter_url)
+
+    def process_log(self, name: str) -> str:
+        try:
+            return self.path("logs", f"{name}.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def _check_processes(self) -> None:
+        for name, proc in self._processes.items():
+            if proc.returncode is not None:
+                raise SandboxError(f"{name} exited with {proc.returncode}:\n{self.process_log(name)[-4000:]}")
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        """The plugin is registered, its pool is published, and the exporter answers."""
+        assert self.node is not None
+        try:
+            async with asyncio.timeout(timeout):
+                while not self.node.kubelet.instances(self.config.driver_name) or not self._pool_published():
+                    self._check_processes()
+                    await asyncio.sleep(0.1)
+                if self.exporter_url:
+                    await self._wait_http(f"{self.exporter_url}/healthz")
+        except TimeoutError:
+            self._check_processes()
+            raise SandboxError(
+                f"sandbox not ready within {timeout:g}s\n--- plugin log ---\n{self.process_log('plugin')[-4000:]}"
+                f"\n--- exporter log ---\n{self.process_log('exporter')[-4000:]}"
+            ) from None
+
+    def _pool_published(self) -> bool:
+        slices = [
+            s
+            for s in self.apiserver.objects(RESOURCE_SLICES)
+            if s["spec"].get("nodeName") == self.config.node_name
+            and s["spec"]["driver"] == self.config.driver_name
+        ]
+        return bool(slices) and len(slices) == slices[0]["spec"]["pool"]["resourceSliceCount"]
+
+    async def _wait_http(self, url: str) -> None:
+        async with aiohttp.ClientSession() as session:
+            while True:
+                self._check_processes()
+                with contextlib.suppress(aiohttp.ClientError, OSError):
+                    async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as response:
+                        if response.status == 200:
+                            return
+                await asyncio.sleep(0.1)
+
+    # -- using it --------------------------------------------------------------------------------
+
+    async def ensure_namespace(self, name: str) -> None:
+        assert self.kube is not None
+        with contextlib.suppress(ApiError):
+            await self.kube.create(NAMESPACES, {"metadata": {"name": name}})
+
+    async def apply(self, objects: Iterable[Mapping[str, Any]], namespace: str = "default") -> list[JSON]:
+        """Create objects (Pods, ResourceClaims, ResourceClaimTemplates, DeviceClasses, Namespaces, Services)."""
+        assert self.kube is not None
+        created: list[JSON] = []
+        for obj in objects:
+            rt = KINDS.get(str(obj.get("kind")))
+            if rt is None:
+                raise SandboxError(f"the sandbox cannot apply kind {obj.get('kind')!r}")
+            ns = (obj.get("metadata") or {}).get("namespace") or namespace
+            if rt.namespaced:
+                await self.ensure_namespace(ns)
+            created.append(await self.kube.create(rt, dict(obj), ns if rt.namespaced else None))
+        return created
+
+    async def wait_pod(self, namespace: str, name: str, phases: Iterable[str], timeout: float = 30.0) -> JSON:
+        """Wait until the pod reaches one of ``phases`` (e.g. Running, Succeeded); returns the pod.
+
+        A pod that ends in a phase not asked for fails the wait at once, with its status.
+        """
+        wanted = set(phases)
+
+        def reached(store: Any) -> Any:
+            pod = self.apiserver.get_object(PODS, name, namespace)
+            phase = (pod.get("status") or {}).get("phase") if pod else None
+            return pod if phase in wanted or phase in ("Succeeded", "Failed") else None
+
+        try:
+            result: JSON = await self.apiserver.wait_for(reached, timeout=timeout)
+        except TimeoutError:
+            self._check_processes()
+            pod = self.apiserver.get_object(PODS, name, namespace)
+            raise SandboxError(
+                f"pod {namespace}/{name} did not reach {sorted(wanted)}: {pod and pod.get('status')}"
+            ) from None
+        return result
+
+    def pod_log(self, namespace: str, pod: str, container: str) -> str:
+        return self.apiserver.pod_logs.get(namespace, pod, container)
+
+    async def scrape(self) -> str:
+        """The exporter's /metrics, fetched through the API server's service proxy."""
+        assert self.kube is not None
+        path = (
+            f"/api/v1/namespaces/{METRICS_NAMESPACE}/services/{METRICS_SERVICE}:{METRICS_PORT}/proxy/metrics"
+        )
+        return await self.kube.request_text("GET", path)

@@ -1,0 +1,214 @@
+"""End to end through the sandbox: example manifests -> claims -> scheduler -> real plugin -> containers.
+
+One sandbox (API server, controllers, node, real plugin and exporter processes) serves the module; every
+test works in its own namespaces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import yaml
+
+from driver.kube.client import PODS, RESOURCE_CLAIMS, RESOURCE_SLICES
+from driver.sim.sandbox import Sandbox, SandboxConfig
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+EXAMPLES = Path(__file__).parents[2] / "deploy" / "examples"
+DRIVER = "gpu.accel-dra.dev"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def sandbox() -> AsyncIterator[Sandbox]:
+    async with Sandbox(SandboxConfig(profile="dgx-h100", exporter=False)) as box:
+        yield box
+
+
+def example(name: str) -> list[dict[str, Any]]:
+    return [
+        d for p in sorted((EXAMPLES / name).glob("*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d
+    ]
+
+
+def claims_of(sandbox: Sandbox, namespace: str) -> list[dict[str, Any]]:
+    return sandbox.apiserver.objects(RESOURCE_CLAIMS, namespace)
+
+
+def allocated_devices(claim: dict[str, Any]) -> list[str]:
+    return [r["device"] for r in claim["status"]["allocation"]["devices"]["results"]]
+
+
+def attributes(sandbox: Sandbox) -> dict[str, dict[str, Any]]:
+    return {
+        d["name"]: {**d.get("attributes", {}), **d.get("capacity", {})}
+        for s in sandbox.apiserver.objects(RESOURCE_SLICES)
+        for d in s["spec"]["devices"]
+    }
+
+
+async def log_of(sandbox: Sandbox, namespace: str, pod: str, container: str, needle: str) -> str:
+    """The container's log once it contains ``needle`` (logs are files: re-read until it shows up)."""
+    for _ in range(200):
+        text = sandbox.pod_log(namespace, pod, container)
+        if needle in text:
+            return text
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{namespace}/{pod}/{container} never logged {needle!r}: {text!r}")
+
+
+def gpu_env(log_text: str) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in log_text.splitlines() if line.startswith("ACCEL_DRA_DEVICE_"))
+    return {k: v for k, v in pairs if not k.endswith(("_CLAIM", "_CLAIM_UID"))}
+
+
+async def test_one_gpu_per_pod_from_a_template(sandbox: Sandbox) -> None:
+    await sandbox.apply(example("gpu-test1"))
+    pod = await sandbox.wait_pod("gpu-test1", "pod", ["Running"])
+    (claim,) = claims_of(sandbox, "gpu-test1")
+    owner = claim["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["uid"]) == ("Pod", pod["metadata"]["uid"])
+    (device,) = allocated_devices(claim)
+    text = await log_of(sandbox, "gpu-test1", "pod", "ctr", "GPU 0:")
+    uuid = attributes(sandbox)[device]["uuid"]["string"]
+    assert list(gpu_env(text).values()) == [uuid]
+    # nvidia-smi inside the container sees exactly the claimed GPU.
+    assert [line for line in text.splitlines() if line.startswith("GPU ")] == [
+        f"GPU 0: NVIDIA H100 80GB HBM3 (UUID: {uuid})"
+    ]
+    assert claim["status"]["reservedFor"] == [
+        {"resource": "pods", "name": "pod", "uid": pod["metadata"]["uid"]}
+    ]
+
+
+async def test_two_containers_share_one_gpu(sandbox: Sandbox) -> None:
+    await sandbox.apply(example("gpu-test2"))
+    pod = await sandbox.wait_pod("gpu-test2", "pod", ["Running"])
+    names = [c["name"] for c in pod["spec"]["containers"]]
+    envs = [gpu_env(await log_of(sandbox, "gpu-test2", "pod", n, "ACCEL_DRA_DEVICE_")) for n in names]
+    assert len(envs) == 2 and envs[0] == envs[1] and len(envs[0]) == 1
+
+
+async def test_two_pods_share_one_claim(sandbox: Sandbox) -> None:
+    await sandbox.apply(example("gpu-test3"))
+    for name in ("pod0", "pod1"):
+        await sandbox.wait_pod("gpu-test3", name, ["Running"])
+    (claim,) = claims_of(sandbox, "gpu-test3")
+    assert len(claim["status"]["reservedFor"]) == 2
+    envs = [
+        gpu_env(await log_of(sandbox, "gpu-test3", p, "ctr", "ACCEL_DRA_DEVICE_")) for p in ("pod0", "pod1")
+    ]
+    assert envs[0] == envs[1]
+
+
+async def test_cel_memory_selector(sandbox: Sandbox) -> None:
+    await sandbox.apply(example("gpu-test4"))
+    await sandbox.wait_pod("gpu-test4", "pod", ["Running"])
+    (claim,) = claims_of(sandbox, "gpu-test4")
+    (device,) = allocated_devices(claim)
+    assert attributes(sandbox)[device]["memory"]["value"] == "81559Mi"
+
+
+async def test_nvlink_pair_by_match_attribute(sandbox: Sandbox) -> None:
+    await sandbox.apply(example("gpu-test5"))
+    await sandbox.wait_pod("gpu-test5", "pod", ["Running"])
+    (claim,) = claims_of(sandbox, "gpu-test5")
+    devices = allocated_devices(claim)
+    domains = {attributes(sandbox)[d]["nvlinkDomain"]["string"] for d in devices}
+    assert len(devices) == 2 and len(set(devices)) == 2 and len(domains) == 1
+    env = gpu_env(await log_of(sandbox, "gpu-test5", "pod", "ctr", "ACCEL_DRA_DEVICE_"))
+    assert len(env) == 2
+
+
+async def test_impossible_claim_stays_pending_with_a_reason(sandbox: Sandbox) -> None:
+    await sandbox.apply(example("gpu-test-impossible"))
+
+    def unschedulable(store: Any) -> Any:
+        """The verdict once the claim exists (before that the scheduler waits for it to be created)."""
+        pod = sandbox.apiserver.get_object(PODS, "pod", "gpu-test-impossible")
+        conditions = (pod or {}).get("status", {}).get("conditions") or []
+        return next(
+            (
+                c
+                for c in conditions
+                if c["type"] == "PodScheduled"
+                and c["status"] == "False"
+                and "cannot allocate" in c["message"]
+            ),
+            None,
+        )
+
+    condition = await sandbox.apiserver.wait_for(unschedulable, timeout=20)
+    assert condition["reason"] == "Unschedulable"
+    assert 'quantity("1Ti")' in condition["message"]
+    pod = sandbox.apiserver.get_object(PODS, "pod", "gpu-test-impossible")
+    assert pod is not None and pod["status"]["phase"] == "Pending" and not pod["spec"].get("nodeName")
+    (claim,) = claims_of(sandbox, "gpu-test-impossible")
+    assert not claim.get("status", {}).get("allocation")
+
+
+async def test_deleting_pods_unprepares_and_frees_devices(sandbox: Sandbox) -> None:
+    objects = example("gpu-test3")  # two pods sharing one claim, moved to a namespace of this test
+    for obj in objects:
+        obj["metadata"]["name" if obj["kind"] == "Namespace" else "namespace"] = "freed"
+    await sandbox.apply(objects)
+    for name in ("pod0", "pod1"):
+        await sandbox.wait_pod("freed", name, ["Running"])
+    (claim,) = claims_of(sandbox, "freed")
+    uid = claim["metadata"]["uid"]
+    spec_file = sandbox.path("cdi", f"k8s.{DRIVER}-gpu_{uid}.json")
+    assert spec_file.exists()
+    assert sandbox.kube is not None
+    await sandbox.kube.delete(PODS, "pod0", "freed")
+    await sandbox.apiserver.wait_for(
+        lambda s: not sandbox.apiserver.get_object(PODS, "pod0", "freed"), timeout=20
+    )
+    # pod1 still uses the claim: it stays prepared and allocated; the controller releases pod0's reservation.
+    assert spec_file.exists()
+
+    def one_user_left(store: Any) -> bool:
+        (current,) = claims_of(sandbox, "freed")
+        return len(current["status"].get("reservedFor") or []) == 1
+
+    await sandbox.apiserver.wait_for(one_user_left, timeout=20)
+    (claim,) = claims_of(sandbox, "freed")
+    assert claim["status"].get("allocation") and spec_file.exists()
+    await sandbox.kube.delete(PODS, "pod1", "freed")
+
+    def released(store: Any) -> bool:
+        (current,) = claims_of(sandbox, "freed")
+        return not current["status"].get("allocation") and not spec_file.exists()
+
+    await sandbox.apiserver.wait_for(released, timeout=20)
+
+
+@pytest.mark.asyncio(loop_scope="function")
+async def test_the_demo_runs_and_explains_itself() -> None:
+    """The README's demo command, as a user runs it (its own sandbox, cleaned up afterwards)."""
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "driver", "demo"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    for needle in (
+        "=== gpu-test1",
+        "=== gpu-test5",
+        "why Pending:",
+        "accel-dra explain (exit 1)",
+        "accel_dra_container_gpu_utilization_ratio",
+        "every claim unprepared",
+    ):
+        assert needle in out, f"{needle!r} missing from the demo output:\n{out}"
+    assert "GPU 0: NVIDIA H100 80GB HBM3" in out
