@@ -121,8 +121,8 @@ class SlicePublisher:
             if not self._dirty.is_set():
                 self._synced.set()
 
-    async def _node_owner(self) -> Owner:
-        if self._owner is None:
+    async def _node_owner(self, refresh: bool = False) -> Owner:
+        if self._owner is None or refresh:
             node = await self._kube.get(NODES, self.node)
             self._owner = Owner(self.node, node["metadata"]["uid"])
         return self._owner
@@ -133,6 +133,11 @@ class SlicePublisher:
         owner = await self._node_owner()
         existing = await self._kube.list(RESOURCE_SLICES, field_selector=self.field_selector)
         plan = plan_sync(existing.get("items", []), self._desired, driver=self.driver, owner=owner)
+        if plan.creates:
+            # A re-registered Node has a new UID; slices owned by the old one would be garbage collected.
+            fresh = await self._node_owner(refresh=True)
+            if fresh != owner:
+                plan = plan_sync(existing.get("items", []), self._desired, driver=self.driver, owner=fresh)
         self.stats.syncs += 1
         self.stats.generation = plan.generation
         for obj in plan.deletes:

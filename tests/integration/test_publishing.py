@@ -168,3 +168,25 @@ async def test_kubelet_wipes_slices_after_the_driver_is_gone_unless_it_returns(
         # ... while a driver that stays away loses its slices.
         await second.terminate()
         await apiserver.wait_for(lambda _s: not node_slices(None, apiserver), timeout=10)
+
+
+async def test_slices_follow_a_re_registered_node(
+    apiserver: SimApiServer, kube: KubeClient, kubelet: SimKubelet, start_plugin: StartPlugin
+) -> None:
+    """Regression: the owner UID was cached, so slices re-created after a Node was re-registered pointed at
+    the old Node and would be garbage collected again."""
+    process = await start_plugin(backend="fake:pcie-l4x4")
+    await published(apiserver, 4, process)
+    node = apiserver.get_object(NODES, NODE)
+    assert node is not None
+    await kube.delete(NODES, NODE)  # garbage collection takes the node's slices with it
+    recreated = await kube.create(NODES, {"metadata": {"name": NODE, "labels": node["metadata"]["labels"]}})
+    assert recreated["metadata"]["uid"] != node["metadata"]["uid"]
+
+    def owned_by_new_node(_store: Any) -> bool:
+        slices = node_slices(None, apiserver)
+        return bool(slices) and all(
+            s["metadata"]["ownerReferences"][0]["uid"] == recreated["metadata"]["uid"] for s in slices
+        )
+
+    await apiserver.wait_for(owned_by_new_node, timeout=10)
