@@ -83,6 +83,40 @@ GROUPS: dict[str, tuple[str, tuple[Command, ...]]] = {
                 "driver.sim.workload:add_gpu_load_arguments",
                 "driver.sim.workload:run_gpu_load",
             ),
+            Command(
+                "inject",
+                "inject an XID or a lost GPU into a simulated GPU (fake backend)",
+                "driver.health.cli:add_inject_arguments",
+                "driver.health.cli:run_inject",
+            ),
+        ),
+    ),
+    "health": (
+        "device health: clear taints, list tainted devices",
+        (
+            Command(
+                "clear",
+                "clear the XID and lost-GPU taints of devices after a repair",
+                "driver.health.cli:add_clear_arguments",
+                "driver.health.cli:run_clear",
+            ),
+            Command(
+                "status",
+                "list devices whose ResourceSlices carry health taints",
+                "driver.health.cli:add_status_arguments",
+                "driver.health.cli:run_status",
+            ),
+        ),
+    ),
+    "conformance": (
+        "Kubernetes AI-conformance probes and evidence for a DRA driver",
+        (
+            Command(
+                "run",
+                "run the probes against a cluster (or --sandbox) and fill the upstream checklist",
+                "driver.conformance.cli:add_run_arguments",
+                "driver.conformance.cli:run_command",
+            ),
         ),
     ),
 }

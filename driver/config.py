@@ -10,8 +10,11 @@ import argparse
 import os
 import re
 from dataclasses import dataclass
+from typing import cast
 
 from driver import DEFAULT_DRIVER_NAME
+from driver.health.state import RECOVERY_MODES, RecoveryMode
+from driver.health.xid import XidListError, parse_xid_list
 
 KUBELET_PLUGINS_DIR = "/var/lib/kubelet/plugins"
 KUBELET_REGISTRY_DIR = "/var/lib/kubelet/plugins_registry"
@@ -44,6 +47,77 @@ def _positive_seconds(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 seconds")
     return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def add_health_arguments(parser: argparse.ArgumentParser) -> None:
+    """Device health monitoring (docs/health.md)."""
+    group = parser.add_argument_group("device health (docs/health.md)")
+    group.add_argument(
+        "--health",
+        choices=["on", "off"],
+        default=_env("HEALTH", "on"),
+        help="watch XID/ECC events and probe GPUs",
+    )
+    group.add_argument(
+        "--health-ignore-xids",
+        default=_env("HEALTH_IGNORE_XIDS", ""),
+        help="more XIDs to treat as ignorable (application faults), comma separated (env HEALTH_IGNORE_XIDS)",
+    )
+    group.add_argument(
+        "--health-fatal-xids",
+        default=_env("HEALTH_FATAL_XIDS", ""),
+        help="XIDs to treat as fatal even though they are ignorable by default (env HEALTH_FATAL_XIDS)",
+    )
+    group.add_argument(
+        "--health-recovery",
+        choices=list(RECOVERY_MODES),
+        default=_env("HEALTH_RECOVERY", "probe"),
+        help="what ends a fault besides `accel-dra health clear`: probe = passing probes end gpu-lost; "
+        "probe-all = they also end XID faults; manual = nothing",
+    )
+    group.add_argument(
+        "--health-recovery-probes",
+        type=_positive_int,
+        default=3,
+        help="passing probes in a row that count as recovered (default 3)",
+    )
+    group.add_argument(
+        "--health-probe-interval", type=_positive_seconds, default=5.0, help="seconds between GPU probes"
+    )
+    group.add_argument(
+        "--health-probe-timeout",
+        type=_positive_seconds,
+        default=5.0,
+        help="seconds a GPU may take to answer a probe before it counts as lost",
+    )
+    group.add_argument(
+        "--health-stream-interval",
+        type=_positive_seconds,
+        default=10.0,
+        help="seconds between full device lists on the kubelet health stream (besides every change)",
+    )
+    group.add_argument(
+        "--health-stream-timeout",
+        type=_positive_int,
+        default=30,
+        help="health_check_timeout_seconds sent to the kubelet: how long it trusts a report",
+    )
+    group.add_argument(
+        "--health-taints",
+        choices=["on", "off"],
+        default=_env("HEALTH_TAINTS", "on"),
+        help="publish health as ResourceSlice device taints (needs the DRADeviceTaints feature gate)",
+    )
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -123,6 +197,7 @@ def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
         default="/proc/sys/kernel/random/boot_id",
         help=argparse.SUPPRESS,  # tests simulate reboots with it
     )
+    add_health_arguments(parser)
     add_common_arguments(parser)
 
 
@@ -144,12 +219,32 @@ class PluginConfig:
     boot_id_file: str
     log_level: str
     log_format: str
+    health: bool = True
+    health_ignore_xids: frozenset[int] = frozenset()
+    health_fatal_xids: frozenset[int] = frozenset()
+    health_recovery: RecoveryMode = "probe"
+    health_recovery_probes: int = 3
+    health_probe_interval: float = 5.0
+    health_probe_timeout: float = 5.0
+    health_stream_interval: float = 10.0
+    health_stream_timeout: int = 30
+    health_taints: bool = True
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> PluginConfig:
         driver_name = check_driver_name(args.driver_name)
         if not args.node_name:
             raise ConfigError("--node-name (or env NODE_NAME) is required")
+        try:
+            ignore = parse_xid_list(args.health_ignore_xids, "--health-ignore-xids")
+            fatal = parse_xid_list(args.health_fatal_xids, "--health-fatal-xids")
+        except XidListError as err:
+            raise ConfigError(str(err)) from None
+        if args.health_recovery not in RECOVERY_MODES:
+            raise ConfigError(f"--health-recovery must be one of {', '.join(RECOVERY_MODES)}")
+        if args.health_stream_interval >= args.health_stream_timeout:
+            # The kubelet would show every device Unknown between two reports.
+            raise ConfigError("--health-stream-interval must be shorter than --health-stream-timeout")
         return cls(
             driver_name=driver_name,
             node_name=args.node_name,
@@ -167,4 +262,14 @@ class PluginConfig:
             boot_id_file=args.boot_id_file,
             log_level=args.log_level,
             log_format=args.log_format,
+            health=args.health == "on",
+            health_ignore_xids=ignore,
+            health_fatal_xids=fatal,
+            health_recovery=cast(RecoveryMode, args.health_recovery),
+            health_recovery_probes=args.health_recovery_probes,
+            health_probe_interval=args.health_probe_interval,
+            health_probe_timeout=args.health_probe_timeout,
+            health_stream_interval=args.health_stream_interval,
+            health_stream_timeout=args.health_stream_timeout,
+            health_taints=args.health_taints == "on",
         )

@@ -9,14 +9,18 @@ A backend answers "what hardware is there" (:meth:`DeviceBackend.discover`). Spe
 Later capabilities (telemetry sampling, health events, fault injection) are added as separate, optional
 Protocols that a backend may also implement, so callers can test for them with ``isinstance`` and this
 minimal interface stays stable. Telemetry: ``driver.devices.telemetry.TelemetrySource`` (``sample(uuid)``).
-Backends may also offer ``container_edits()``: extra CDI containerEdits for every prepared claim.
+Backends may also offer ``container_edits()``: extra CDI containerEdits for every prepared claim, and
+``health_source(inventory)`` (:class:`HealthCapable`): XID/ECC events and probes for ``driver.health``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from driver.devices.model import Inventory
+
+if TYPE_CHECKING:
+    from driver.health.events import HealthSource
 
 
 class BackendError(Exception):
@@ -42,6 +46,15 @@ class ContainerEditsSource(Protocol):
 
     def container_edits(self) -> dict[str, Any]:
         """CDI ``containerEdits`` JSON, ``{}`` when there is nothing to add."""
+        ...
+
+
+@runtime_checkable
+class HealthCapable(Protocol):
+    """A backend that reports device health: hardware error events and probes of its GPUs."""
+
+    def health_source(self, inventory: Inventory) -> HealthSource:
+        """A new, not yet started :class:`~driver.health.events.HealthSource` for these GPUs."""
         ...
 
 

@@ -31,17 +31,21 @@ from decimal import Decimal
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
-from kubernetes.utils import parse_quantity
 
 from driver.devices.backend import BackendError
 from driver.devices.model import FabricInfo, Gpu, Inventory, MigDevice, MigPlacement, NvLink
 from driver.devices.telemetry import GpuTelemetry, ProcessSample, TelemetryError
+from driver.health.fake import LOST_REASON, gpu_lost
 from driver.log import get_logger
+from driver.quantity import parse_quantity
+
+if TYPE_CHECKING:
+    from driver.health.events import HealthSource
 
 log = get_logger(__name__)
 
@@ -96,7 +100,18 @@ class FakeBackend:
     def sample(self, uuid: str) -> GpuTelemetry:
         if self.closed:
             raise TelemetryError(f"fake backend {self.profile.name!r} is closed (GPU {uuid})")
+        if self.state_dir is not None and gpu_lost(self.state_dir, uuid):
+            raise TelemetryError(f"GPU {uuid} cannot be read: {LOST_REASON}")
         return self._simulator.sample(uuid)
+
+    def health_source(self, inventory: Inventory) -> HealthSource:
+        """Faults injected under the state dir (``driver.health.fake``); none without a state dir."""
+        from driver.health.events import QuietSource
+        from driver.health.fake import FakeHealthSource
+
+        if self.state_dir is None:
+            return QuietSource()
+        return FakeHealthSource(self.state_dir, inventory)
 
     def container_edits(self) -> dict[str, Any]:
         """CDI containerEdits that let workloads in containers report load: the state dir, read-write."""

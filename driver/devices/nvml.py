@@ -18,7 +18,7 @@ import uuid as uuidlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from driver.devices.backend import BackendError
 from driver.devices.layout import find_library
@@ -35,6 +35,9 @@ from driver.devices.model import (
 )
 from driver.devices.telemetry import GpuTelemetry, ProcessSample, TelemetryError
 from driver.log import get_logger
+
+if TYPE_CHECKING:
+    from driver.health.events import HealthSource
 
 log = get_logger(__name__)
 
@@ -214,6 +217,12 @@ class NvmlBackend:
 
     def container_edits(self) -> dict[str, Any]:
         return {}
+
+    def health_source(self, inventory: Inventory) -> HealthSource:
+        """XID and double-bit ECC events and probes through this backend's NVML (``driver.health.nvml``)."""
+        from driver.health.nvml import NvmlHealthSource
+
+        return NvmlHealthSource(self._nvml, inventory)
 
     def discover(self) -> Inventory:
         if not self._open:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal, Protocol
+from typing import Literal, Protocol, cast
 
 from driver import __version__
 from driver.devices.model import Gpu, Inventory
@@ -29,12 +29,22 @@ from driver.devices.telemetry import GpuTelemetry, TelemetryError, TelemetrySour
 from driver.exporter.attribution import ConsumerShare, ContainerKey, OwnerOf, split
 from driver.exporter.cgroups import read_cgroup
 from driver.exporter.podresources import ContainerResources, DeviceResolver, PodResourcesError
+from driver.health.state import GpuHealth, gpu_health
+from driver.health.store import StateFileReader
 from driver.log import get_logger
 
 log = get_logger(__name__)
 
 HwState = Literal["ok", "degraded", "failed", "predicted_failure"]
 ReadErrorKey = tuple[str, str]  # (field, reason)
+
+
+_SEVERITY: dict[str, int] = {"ok": 0, "predicted_failure": 1, "degraded": 2, "failed": 3}
+
+
+def _worse(state: HwState, condition: str) -> HwState:
+    """The more severe of the telemetry state and the health monitor's condition."""
+    return cast(HwState, condition) if _SEVERITY[condition] > _SEVERITY[state] else state
 
 
 class AllocationSource(Protocol):
@@ -54,6 +64,8 @@ class GpuSnapshot:
     #: Cumulative failed reads since the exporter started.
     read_errors: Mapping[ReadErrorKey, int]
     shares: tuple[ConsumerShare, ...] = ()
+    #: What the plugin's health monitor recorded (``None`` without a health state file).
+    health: GpuHealth | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +92,8 @@ class Settings:
     interval: float = 1.0
     sample_timeout: float = 5.0
     proc_root: str = "/proc"
+    #: The plugin's health state file (``<plugin-dir>/health.json``); "" when not shared with us.
+    health_state_file: str = ""
 
 
 class _Worker:
@@ -169,6 +183,10 @@ class Collector:
         self._pod_resources_up: bool | None = None
         self._attribution_errors: dict[str, int] = {}
         self._samples = 0
+        self._health = (
+            StateFileReader(self.settings.health_state_file) if self.settings.health_state_file else None
+        )
+        self._health_error: str | None = None
         self._last_round = clock()
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -226,6 +244,7 @@ class Collector:
         """One sampling round; publishes and returns the new snapshot."""
         await self._read_gpus()
         shares = await self._attribute()
+        health = self._read_health()
         self._samples += 1
         self._last_round = self._clock()
         previous = self._snapshot
@@ -238,7 +257,12 @@ class Collector:
             cuda_driver_version=previous.cuda_driver_version,
             gpus=tuple(
                 GpuSnapshot(
-                    r.gpu, r.telemetry, r.state, MappingProxyType(dict(r.read_errors)), shares.get(uuid, ())
+                    r.gpu,
+                    r.telemetry,
+                    _worse(r.state, health[uuid].condition) if uuid in health else r.state,
+                    MappingProxyType(dict(r.read_errors)),
+                    shares.get(uuid, ()),
+                    health.get(uuid),
                 )
                 for uuid, r in self._records.items()
             ),
@@ -283,6 +307,22 @@ class Collector:
         record.telemetry = None
         record.count(("sample", "lost" if isinstance(error, TelemetryError) else "error"))
         self._set_state(record, "failed", str(error) or type(error).__name__)
+
+    def _read_health(self) -> dict[str, GpuHealth]:
+        """Per-GPU health from the plugin's state file, so hw_status agrees with the taints."""
+        if self._health is None:
+            return {}
+        state = self._health.read()
+        if self._health.error != self._health_error:
+            self._health_error = self._health.error
+            if self._health.error:
+                log.warning(
+                    "health state file unreadable; showing the last state read", error=self._health.error
+                )
+        return {
+            gpu.uuid: gpu_health(state, gpu.uuid, tuple(m.uuid for m in gpu.mig_devices))
+            for gpu in self.inventory.gpus
+        }
 
     def _set_state(self, record: _GpuRecord, state: HwState, reason: str) -> None:
         if state == record.state:

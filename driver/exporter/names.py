@@ -169,9 +169,9 @@ TEMPERATURE = MetricSpec(
 ERRORS = MetricSpec(
     "hw_errors_total",
     "counter",
-    "Memory (ECC) errors of the GPU since the driver was loaded.",
+    "Errors of the GPU: memory (ECC) errors since the driver was loaded; XID events the health monitor recorded.",
     _gpu("hw_type", "error_type"),
-    values=_values(hw_type=["gpu"], error_type=["corrected", "uncorrected"]),
+    values=_values(hw_type=["gpu"], error_type=["corrected", "uncorrected", "xid"]),
     otel="hw.errors",
     dcgm="DCGM_FI_DEV_ECC_SBE_VOL_TOTAL, DCGM_FI_DEV_ECC_DBE_VOL_TOTAL",
 )

@@ -66,6 +66,12 @@ def add_exporter_arguments(parser: argparse.ArgumentParser) -> None:
         help="simulated load of fake GPUs (env ACCEL_DRA_FAKE_STATE)",
     )
     parser.add_argument(
+        "--health-state-file",
+        default=_env("HEALTH_STATE_FILE", ""),
+        help="the plugin's health state file (<plugin-dir>/health.json), so hw_status and hw_errors_total "
+        "show the plugin's XID and lost-GPU findings; empty: off (env HEALTH_STATE_FILE)",
+    )
+    parser.add_argument(
         "--driver-root",
         default=os.environ.get("DRIVER_ROOT", "/"),
         help="NVIDIA driver files as mounted here; libnvidia-ml.so.1 is loaded from it (env DRIVER_ROOT)",
@@ -89,6 +95,7 @@ class ExporterConfig:
     driver_root: str
     log_level: str
     log_format: str
+    health_state_file: str = ""
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ExporterConfig:
@@ -111,6 +118,7 @@ class ExporterConfig:
             driver_root=args.driver_root,
             log_level=args.log_level,
             log_format=args.log_format,
+            health_state_file=args.health_state_file,
         )
 
     @property

@@ -10,6 +10,7 @@ snapshot and format.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -39,6 +40,15 @@ def _number(value: float) -> str:
     return repr(value)
 
 
+@functools.lru_cache(maxsize=16384)
+def _label_block(names: tuple[str, ...], values: tuple[str, ...]) -> str:
+    """``{name="value",...}``; cached: the same label sets come back in every snapshot, and formatting them
+    was most of a render's time."""
+    if not names:
+        return ""
+    return "{" + ",".join(f'{n}="{_escape_label(v)}"' for n, v in zip(names, values, strict=True)) + "}"
+
+
 class Family:
     """One family's samples as pre-formatted ``{labels} value`` strings, in the spec's label order."""
 
@@ -47,8 +57,8 @@ class Family:
         self.samples: list[tuple[str, float]] = []
 
     def add(self, labels: Mapping[str, str | None], value: float) -> None:
-        parts = [f'{name}="{_escape_label(labels.get(name) or "")}"' for name in self.spec.labels]
-        self.samples.append(("{" + ",".join(parts) + "}" if parts else "", value))
+        names = self.spec.labels
+        self.samples.append((_label_block(names, tuple(labels.get(name) or "" for name in names)), value))
 
     def encode(self, openmetrics: bool) -> Iterator[str]:
         spec = self.spec
@@ -69,12 +79,13 @@ class Families:
 
     def __init__(self, specs: Iterable[n.MetricSpec]) -> None:
         self._families = {spec.name: Family(spec) for spec in specs}
+        self._allowed = {name: frozenset(f.spec.labels) for name, f in self._families.items()}
 
     def add(self, spec: n.MetricSpec, value: float | None, labels: Mapping[str, str | None]) -> None:
         if value is None:
             return
-        unknown = set(labels) - set(spec.labels)
-        if unknown:
+        if not self._allowed[spec.name].issuperset(labels):
+            unknown = set(labels) - set(spec.labels)
             raise ValueError(f"{spec.name}: labels {sorted(unknown)} are not in the spec")
         self._families[spec.name].add(labels, float(value))
 
@@ -152,6 +163,8 @@ def _gpu(f: Families, snap: Snapshot, g: GpuSnapshot) -> None:
         f.add(n.STATUS, 1 if state == g.state else 0, {**ident, "hw_type": "gpu", "hw_state": state})
     for (name, reason), count in sorted(g.read_errors.items()):
         f.add(n.READ_ERRORS, count, {**ident, "field": name, "reason": reason})
+    if g.health is not None:
+        f.add(n.ERRORS, g.health.xid_events, {**ident, "hw_type": "gpu", "error_type": "xid"})
     if g.telemetry is not None:
         _telemetry(f, ident, g.telemetry)
     for share in g.shares:

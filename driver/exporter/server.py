@@ -78,7 +78,10 @@ class Exporter:
             self.backend,
             DeviceResolver(self.inventory, cfg.driver_name, cfg.node_name or None, self.slices),
             settings=Settings(
-                interval=cfg.interval, sample_timeout=cfg.sample_timeout, proc_root=cfg.proc_root
+                interval=cfg.interval,
+                sample_timeout=cfg.sample_timeout,
+                proc_root=cfg.proc_root,
+                health_state_file=cfg.health_state_file,
             ),
             pod_resources=PodResourcesClient(cfg.pod_resources_socket) if cfg.pod_resources_socket else None,
             containers=pods.container if pods is not None else None,

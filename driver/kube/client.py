@@ -17,6 +17,8 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
 
 JSON = dict[str, Any]
 PatchType = Literal["merge", "strategic", "json", "apply"]
@@ -141,6 +143,7 @@ class KubeClient:
             )
         else:
             k8s_config.load_incluster_config(client_configuration=configuration)
+        _resolve_env_proxy(configuration)
         return cls(k8s_client.ApiClient(configuration))
 
     @property
@@ -220,6 +223,10 @@ class KubeClient:
         if response.status >= 300:
             raise _api_error(response.status, response.reason or "", raw)
         return bytes(raw).decode("utf-8", errors="replace")
+
+    async def server_version(self) -> JSON:
+        """``GET /version`` (readable by every client: no RBAC rule is needed)."""
+        return await self.request("GET", "/version")
 
     # -- verbs -----------------------------------------------------------------------------------
 
@@ -351,6 +358,27 @@ class KubeClient:
                 yield WatchEvent(event["type"], event["object"])
         finally:
             response.response.release()
+
+
+def _resolve_env_proxy(configuration: Any) -> None:
+    """Resolve ``HTTP(S)_PROXY`` / ``NO_PROXY`` for the API server once, at connect time.
+
+    The client library's aiohttp session trusts the environment, which aiohttp honours by re-reading the
+    proxy variables and ``~/.netrc`` in a worker thread on every request: two thread round trips per API
+    call, competing with prepare's own worker thread. A process's environment does not change and API
+    servers do not take ``.netrc`` credentials (client-go ignores them), so the proxy aiohttp would pick is
+    looked up once here and the per-request lookups are turned off. A kubeconfig ``proxy-url`` still wins.
+    """
+    configuration.client_session_kwargs = {**(configuration.client_session_kwargs or {}), "trust_env": False}
+    if configuration.proxy:
+        return
+    try:
+        proxy, auth = get_env_proxy_for_url(URL(configuration.host))
+    except LookupError:
+        return
+    configuration.proxy = str(proxy)
+    if auth is not None:
+        configuration.proxy_headers = {"Proxy-Authorization": auth.encode()}
 
 
 def _with_type(rt: ResourceType, body: Mapping[str, Any]) -> JSON:

@@ -13,6 +13,7 @@ from driver.config import ConfigError, PluginConfig
 from driver.devices.backend import BackendError, DeviceBackend, open_backend
 from driver.kube.client import KubeClient
 from driver.log import get_logger, setup
+from driver.plugin.health import PluginHealth
 from driver.plugin.metrics import PluginMetrics
 from driver.plugin.node_service import KubeClaimSource, NodeService
 from driver.plugin.paths import dra_socket_path, registration_socket_path
@@ -52,6 +53,18 @@ class Plugin:
         self.preparer = self._make_preparer(lock)
         self.sweeper = ClaimSweeper(self.preparer, KubeClaimSource(kube), config.sweep_interval)
         self.node = NodeService(KubeClaimSource(kube), self.preparer, lock, config.driver_name)
+        self.health = (
+            PluginHealth.create(
+                config,
+                kube,
+                backend,
+                self.inventory,
+                on_change=self._republish,
+                wait_synced=self.publisher.wait_synced,
+            )
+            if config.health
+            else None
+        )
         self.server = PluginServer(
             driver_name=config.driver_name,
             dra_socket=dra_socket_path(config.plugin_dir, config.driver_name, config.pod_uid),
@@ -59,6 +72,7 @@ class Plugin:
                 config.registry_dir, config.driver_name, config.pod_uid
             ),
             node=self.node,
+            extra_services=[self.health.extra_service()] if self.health else [],
             metrics=_PreparedDevicesGauge(self.metrics, self.preparer) if self.metrics else None,
         )
 
@@ -66,13 +80,21 @@ class Plugin:
         return make_preparer(self.config, self.backend, self.inventory, self.kube, lock)
 
     def desired_devices(self) -> list[dict[str, object]]:
-        return [device_entry(d, self.inventory, self.config.driver_name) for d in self.inventory.devices]
+        devices = [device_entry(d, self.inventory, self.config.driver_name) for d in self.inventory.devices]
+        return self.health.with_taints(devices) if self.health else list(devices)
+
+    def _republish(self) -> None:
+        """Device health changed: one new desired state, so one slice update."""
+        self.publisher.set_devices(self.desired_devices())
 
     async def start(self) -> None:
         if self.metrics is not None:
             await self.metrics.start(self.config.metrics_listen)
             self.metrics.set_prepared_devices(prepared_devices(self.preparer))
-        # Publishing first: the scheduler can place pods while the sockets come up.
+        # Persisted health first, so a tainted device is never published untainted after a restart.
+        if self.health is not None:
+            await self.health.start()
+        # Publishing next: the scheduler can place pods while the sockets come up.
         self.publisher.set_devices(self.desired_devices())
         self._publishing = asyncio.create_task(self.publisher.run(), name="slice-publisher")
         # Crash and reboot leftovers are settled before the kubelet can call.
@@ -84,6 +106,8 @@ class Plugin:
         # Slices stay published: a restarting or upgraded instance takes them over, and the kubelet
         # removes them if no instance comes back.
         await self.server.stop(STOP_GRACE_SECONDS)
+        if self.health is not None:
+            await self.health.stop()
         for task in (self._sweeping, self._publishing):
             if task is not None:
                 task.cancel()

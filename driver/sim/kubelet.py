@@ -16,7 +16,12 @@ It follows the kubelet's plugin watcher and DRA plugin manager (Kubernetes 1.34/
 * a failed registration is retried with exponential backoff (0.5 s doubling up to about 2 min);
 * with an API client it registers its Node object (when missing) and wipes ResourceSlices as the kubelet
   does: all of the node's slices at start, and a driver's slices on the node 30 s after its last instance
-  went away (cancelled if one comes back).
+  went away (cancelled if one comes back);
+* with the ``ResourceHealthStatus`` gate (``resource_health_status``, on here), after registering a plugin
+  that advertises ``v1alpha1.DRAResourceHealth`` it opens ``NodeWatchResources`` on the DRA connection and
+  keeps per-device health stamped with the receive time; a device not refreshed within its
+  ``health_check_timeout_seconds`` (30 s when unset) is Unknown; when the stream ends the driver's health is
+  cleared (all Unknown) and the stream is opened again every 5 s. Listeners hear of every change.
 
 The directory is polled (50 ms by default) where the real kubelet uses inotify; only the latency differs.
 """
@@ -28,7 +33,7 @@ import contextlib
 import itertools
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -39,6 +44,8 @@ from driver._proto.dra.v1 import api_pb2 as dra_v1
 from driver._proto.dra.v1 import api_pb2_grpc as dra_v1_grpc
 from driver._proto.dra.v1beta1 import api_pb2 as dra_v1beta1
 from driver._proto.dra.v1beta1 import api_pb2_grpc as dra_v1beta1_grpc
+from driver._proto.dra_health.v1alpha1 import api_pb2 as health_pb
+from driver._proto.dra_health.v1alpha1 import api_pb2_grpc as health_grpc
 from driver._proto.pluginregistration.v1 import api_pb2 as reg_pb
 from driver._proto.pluginregistration.v1 import api_pb2_grpc as reg_grpc
 from driver.kube.client import NODES, RESOURCE_SLICES, ApiError, KubeClient
@@ -55,6 +62,10 @@ RETRY_MAX = 122.0
 NOTIFY_TIMEOUT = 5.0
 DEFAULT_CALL_TIMEOUT = 45.0
 DEFAULT_WIPING_DELAY = 30.0
+HEALTH_SERVICE = "v1alpha1.DRAResourceHealth"
+DEFAULT_HEALTH_TIMEOUT = 30.0  # the kubelet's DefaultHealthTimeout
+HEALTH_RETRY_INTERVAL = 5.0
+_HEALTH_NAMES = {health_pb.HEALTHY: "Healthy", health_pb.UNHEALTHY: "Unhealthy"}
 
 # Advertised version -> (generated messages, generated stubs) the kubelet speaks for it, in its preference.
 SERVICES: dict[str, tuple[ModuleType, ModuleType]] = {
@@ -96,6 +107,16 @@ class RegistrationRecord:
     error: str = ""
 
 
+@dataclass(frozen=True)
+class DeviceHealthRecord:
+    """The last report for one device, stamped with the receive time (the kubelet ignores the plugin's)."""
+
+    health: str  # Healthy | Unhealthy | Unknown
+    received: float  # event-loop time
+    timeout: float
+    message: str = ""
+
+
 @dataclass
 class _Watched:
     identity: tuple[int, int]  # (inode, mtime_ns): a re-created socket may reuse the inode
@@ -113,7 +134,11 @@ class SimKubelet:
     kube: KubeClient | None = None
     node_name: str = ""
     wiping_delay: float = DEFAULT_WIPING_DELAY
+    resource_health_status: bool = True
+    health_retry_interval: float = HEALTH_RETRY_INTERVAL
     records: list[RegistrationRecord] = field(default_factory=list)
+    #: Called with the driver name whenever a device of that driver changes health.
+    health_listeners: list[Callable[[str], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         unknown = set(self.known_versions) - set(SERVICES)
@@ -124,6 +149,10 @@ class SimKubelet:
         self._sequence = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
         self._wipers: dict[str, asyncio.Task[None]] = {}
+        self._health: dict[str, dict[tuple[str, str], DeviceHealthRecord]] = {}
+        self._health_shown: dict[str, dict[tuple[str, str], tuple[str, str]]] = {}
+        self._health_streams: dict[str, asyncio.Task[None]] = {}
+        self._notifying: set[asyncio.Task[None]] = set()
         if self.kube is not None and not self.node_name:
             raise ValueError("slice wiping needs the node name")
 
@@ -220,6 +249,10 @@ class SimKubelet:
                     reg_pb.RegistrationStatus(plugin_registered=True), timeout=NOTIFY_TIMEOUT
                 )
             log.info("plugin registered", driver=driver, endpoint=instance.endpoint, version=instance.version)
+            if self.resource_health_status and HEALTH_SERVICE in instance.supported_versions:
+                self._health_streams[socket_path] = asyncio.create_task(
+                    self._watch_health(instance), name=f"health-{driver}"
+                )
             await self._record(RegistrationRecord(socket_path, driver, True))
         except grpc.aio.AioRpcError as err:
             await self._record(RegistrationRecord(socket_path, "", False, f"GetInfo failed: {err.details()}"))
@@ -256,6 +289,11 @@ class SimKubelet:
         )
 
     async def _deregister(self, socket_path: str) -> None:
+        stream = self._health_streams.pop(socket_path, None)
+        if stream is not None:
+            stream.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stream
         watched = self._watched.pop(socket_path, None)
         if watched and watched.instance:
             driver = watched.instance.driver
@@ -311,6 +349,79 @@ class SimKubelet:
             await self.kube.delete_collection(RESOURCE_SLICES, field_selector=selector)
         except Exception:
             log.exception("wiping ResourceSlices failed", driver=driver)
+
+    # -- device health (KEP-4680) ---------------------------------------------------------------
+
+    async def _watch_health(self, instance: PluginInstance) -> None:
+        """Consume the plugin's health stream; on its end clear the driver's health and retry."""
+        driver = instance.driver
+        while True:
+            call = health_grpc.DRAResourceHealthStub(instance.channel).NodeWatchResources(
+                health_pb.NodeWatchResourcesRequest()
+            )
+            try:
+                async for response in call:
+                    self._receive_health(driver, response)
+                log.info("health stream ended", driver=driver)
+            except grpc.aio.AioRpcError as err:
+                log.info("health stream failed", driver=driver, code=err.code().name, error=err.details())
+            finally:
+                call.cancel()
+            self._health.pop(driver, None)
+            self._health_changed(driver)
+            await asyncio.sleep(self.health_retry_interval)
+
+    def _receive_health(self, driver: str, response: Any) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        records = self._health.setdefault(driver, {})
+        timeouts: set[float] = set()
+        for entry in response.devices:
+            seconds = entry.health_check_timeout_seconds
+            timeout = float(seconds) if seconds > 0 else DEFAULT_HEALTH_TIMEOUT
+            timeouts.add(timeout)
+            key = (entry.device.pool_name, entry.device.device_name)
+            records[key] = DeviceHealthRecord(
+                _HEALTH_NAMES.get(entry.health, "Unknown"), now, timeout, entry.message
+            )
+        for timeout in timeouts:
+            # Re-evaluate once these reports go stale (they may have been refreshed by then).
+            loop.call_later(timeout + 0.01, self._health_changed, driver)
+        self._health_changed(driver)
+
+    def device_health(self, driver: str, pool: str, device: str) -> str:
+        """``Healthy``, ``Unhealthy`` or ``Unknown`` (never reported, stale, or the stream ended)."""
+        record = self._health.get(driver, {}).get((pool, device))
+        if record is None:
+            return "Unknown"
+        if asyncio.get_running_loop().time() - record.received >= record.timeout:
+            return "Unknown"
+        return record.health
+
+    def health_record(self, driver: str, pool: str, device: str) -> DeviceHealthRecord | None:
+        return self._health.get(driver, {}).get((pool, device))
+
+    def _health_changed(self, driver: str) -> None:
+        keys = set(self._health.get(driver, {})) | set(self._health_shown.get(driver, {}))
+        shown = {
+            key: (
+                self.device_health(driver, *key),
+                (r.message if (r := self.health_record(driver, *key)) else ""),
+            )
+            for key in keys
+        }
+        if shown == self._health_shown.get(driver):
+            return
+        self._health_shown[driver] = shown
+        for listener in self.health_listeners:
+            listener(driver)
+        task = asyncio.get_running_loop().create_task(self._notify())
+        self._notifying.add(task)  # keep a reference until it ran
+        task.add_done_callback(self._notifying.discard)
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
 
     # -- queries ---------------------------------------------------------------------------------
 

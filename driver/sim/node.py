@@ -11,7 +11,10 @@ For every pod bound to this node, the node agent does what the kubelet does (1.3
    init containers first, and report status (phase, containerStatuses with ``containerd://`` ids);
 3. keep the PodResources state current for the exporter, and expose container logs through the API server;
 4. when the pod finishes or is deleted: stop containers and call ``NodeUnprepareResources`` for claims no
-   other live pod on this node still uses; a pod marked for deletion is then removed (grace period 0).
+   other live pod on this node still uses; a pod marked for deletion is then removed (grace period 0);
+5. with the ``ResourceHealthStatus`` gate, report each container's devices' health from the plugin's health
+   stream in ``containerStatuses[].allocatedResourcesStatus`` (``name: claim:<entry>[/<request>]``,
+   ``resources[{resourceID: <first CDI id>, health}]``), and report again when that health changes.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class PodState:
     finished: bool = False
     failures: int = 0
     watchers: list[asyncio.Task[None]] = field(default_factory=list)
+    pod: JSON = field(default_factory=dict)  # the pod as it was started
 
 
 def _now() -> str:
@@ -137,6 +141,7 @@ class SimNode:
         self.pod_resources = pod_resources or PodResourcesState()
         self.log_sink = log_sink
         self.kubelet = SimKubelet(registry_dir, kube=kube, node_name=name, wiping_delay=wiping_delay)
+        self.kubelet.health_listeners.append(self._on_health_change)
         self.pods: dict[str, PodState] = {}
         self._queue = WorkQueue(self._sync, f"node-{name}")
         self._tasks: list[asyncio.Task[None]] = []
@@ -163,6 +168,15 @@ class SimNode:
             await self._stop_containers(state)
         await self.kubelet.stop()
 
+    def _on_health_change(self, driver: str) -> None:
+        for state in self.pods.values():
+            if (
+                state.started
+                and not state.finished
+                and any(c.driver == driver for c in state.claims.values())
+            ):
+                self._queue.add(f"health:{state.uid}")
+
     def _on_pod(self, event: str, pod: JSON) -> None:
         meta = pod["metadata"]
         if event == "DELETED":
@@ -173,6 +187,11 @@ class SimNode:
     # -- sync ------------------------------------------------------------------------------------
 
     async def _sync(self, key: str) -> None:
+        if key.startswith("health:"):
+            state = self.pods.get(key[7:])
+            if state is not None and state.started and not state.finished:
+                await self._report(state.pod, state)
+            return
         if key.startswith("gone:"):
             state = self.pods.get(key[5:])
             if state is not None:
@@ -194,6 +213,7 @@ class SimNode:
             return
         if state.finished or state.started:
             return
+        state.pod = pod
         await self._start_pod(pod, state)
 
     async def _start_pod(self, pod: JSON, state: PodState) -> None:
@@ -351,6 +371,11 @@ class SimNode:
 
     async def _report(self, pod: JSON, state: PodState) -> None:
         statuses = [self._container_status(name, handle, state) for name, handle in state.containers.items()]
+        specs = {c["name"]: c for key in ("initContainers", "containers") for c in pod["spec"].get(key) or []}
+        for status in statuses:
+            resources = self._resources_status(specs.get(status["name"]) or {}, state)
+            if resources:
+                status["allocatedResourcesStatus"] = resources
         running = any(h.running for h in state.containers.values())
         phase = _phase(list(state.containers.values()))
         ready = "True" if running and all(h.running for h in state.containers.values()) else "False"
@@ -394,6 +419,35 @@ class SimNode:
             "restartCount": state.restarts.get(name, 0),
             "state": current,
         }
+
+    def _resources_status(self, container: Mapping[str, Any], state: PodState) -> list[JSON]:
+        """``allocatedResourcesStatus`` of one container: its claims' devices and their health."""
+        if not self.kubelet.resource_health_status:
+            return []
+        out: list[JSON] = []
+        for ref in (container.get("resources") or {}).get("claims") or []:
+            claim = state.claims.get(ref.get("name", ""))
+            if claim is None:
+                continue
+            request = ref.get("request") or ""
+            devices = [
+                d for d in claim.devices if not request or not d.request_names or request in d.request_names
+            ]
+            out.append(
+                {
+                    "name": f"claim:{ref['name']}" + (f"/{request}" if request else ""),
+                    "resources": [
+                        {
+                            "resourceID": d.cdi_device_ids[0]
+                            if d.cdi_device_ids
+                            else f"{claim.driver}/{d.pool_name}/{d.device_name}",
+                            "health": self.kubelet.device_health(claim.driver, d.pool_name, d.device_name),
+                        }
+                        for d in devices
+                    ],
+                }
+            )
+        return out
 
     async def _set_waiting(self, pod: JSON, reason: str, message: str) -> None:
         statuses = [

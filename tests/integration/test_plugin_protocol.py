@@ -61,7 +61,8 @@ async def test_registration_handshake(
     dra_socket = node_dirs.plugin_dir(DRIVER) / "dra.sock"
     reg_socket = node_dirs.registry / f"{DRIVER}-reg.sock"
     assert instance.endpoint == str(dra_socket)
-    assert instance.supported_versions == ["v1.DRAPlugin", "v1beta1.DRAPlugin"]
+    # The health stream (docs/health.md) is advertised after the DRA services.
+    assert instance.supported_versions == ["v1.DRAPlugin", "v1beta1.DRAPlugin", "v1alpha1.DRAResourceHealth"]
     assert instance.version == "v1.DRAPlugin"
     assert instance.registration_socket == str(reg_socket)
     for path in (dra_socket, reg_socket):

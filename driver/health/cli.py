@@ -1,0 +1,232 @@
+"""``accel-dra health clear|status`` (operators, with their kubeconfig) and ``accel-dra sim inject`` (sandbox).
+
+``health clear DEVICE... [--node NODE]`` annotates the node (:mod:`driver.health.clearing`); the plugin there
+clears the devices' XID and lost marks and republishes their slices. Without ``--node`` the node is found
+from the ResourceSlices (it must be the only node publishing a device of that name). The command then
+waits until the slices no longer carry ``xid``/``gpu-lost`` taints for the devices (``--timeout``).
+
+``health status`` lists the devices whose slices carry health taints.
+
+``sim inject --gpu UUID|DEVICE (--xid N | --lost | --clear)`` writes a simulated GPU's faults file.
+
+Flags are declared here without heavy imports; the Kubernetes client is imported when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from driver import config
+
+if TYPE_CHECKING:
+    from driver.kube.client import KubeClient
+
+JSON = dict[str, Any]
+POLL_SECONDS = 0.25
+
+
+def _print(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _error(text: str) -> None:
+    sys.stderr.write(f"accel-dra: {text}\n")
+
+
+# -- health clear / status -------------------------------------------------------------------------------
+
+
+def add_clear_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "devices", nargs="+", metavar="DEVICE", help="DRA device name(s), e.g. gpu-0000-3b-00-0"
+    )
+    parser.add_argument("--node", help="the node the devices are on (default: found from the ResourceSlices)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for the taints to go from the slices (0: do not wait)",
+    )
+    config.add_driver_arguments(parser)
+    config.add_kube_arguments(parser)
+
+
+def add_status_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--node", help="only this node")
+    config.add_driver_arguments(parser)
+    config.add_kube_arguments(parser)
+
+
+def device_taints(slices: Sequence[Mapping[str, Any]], driver: str) -> dict[tuple[str, str], list[JSON]]:
+    """(node, device) -> the health taints the device carries, for every device of the driver."""
+    from driver.health.taints import is_health_taint
+
+    found: dict[tuple[str, str], list[JSON]] = {}
+    for item in slices:
+        spec = item.get("spec") or {}
+        if spec.get("driver") != driver:
+            continue
+        for device in spec.get("devices") or []:
+            taints = [t for t in device.get("taints") or [] if is_health_taint(t, driver)]
+            found[(str(spec.get("nodeName") or ""), str(device.get("name")))] = taints
+    return found
+
+
+def show_taint(taint: Mapping[str, Any]) -> str:
+    value = taint.get("value")
+    return f"{taint.get('key')}{'=' + str(value) if value else ''}:{taint.get('effect')}"
+
+
+async def _slices(kube: KubeClient, driver: str, node: str | None = None) -> list[JSON]:
+    from driver.kube.client import RESOURCE_SLICES
+
+    selector = f"spec.driver={driver}" + (f",spec.nodeName={node}" if node else "")
+    listed = await kube.list(RESOURCE_SLICES, field_selector=selector)
+    return list(listed.get("items") or [])
+
+
+def _blocking(taints: Sequence[Mapping[str, Any]], driver: str) -> list[JSON]:
+    """The taints a clear removes (``unmonitored`` is a condition, not a fault)."""
+    from driver.health.taints import LOST, XID, taint_key
+
+    keys = {taint_key(driver, LOST), taint_key(driver, XID)}
+    return [dict(t) for t in taints if t.get("key") in keys]
+
+
+def _pick_node(known: Mapping[tuple[str, str], Any], devices: Sequence[str]) -> str:
+    nodes = sorted({node for (node, name) in known if name in devices})
+    if len(nodes) != 1:
+        where = f"on nodes {', '.join(nodes)}" if nodes else "on no node"
+        raise LookupError(f"device(s) {', '.join(devices)} published {where}: pass --node")
+    return nodes[0]
+
+
+async def clear(
+    kube: KubeClient, driver: str, devices: Sequence[str], node: str | None, timeout: float
+) -> int:
+    from driver.health.clearing import clear_annotation, new_request_id
+    from driver.kube.client import NODES
+
+    known = device_taints(await _slices(kube, driver, node), driver)
+    node = node or _pick_node(known, devices)
+    missing = [d for d in devices if (node, d) not in known]
+    if missing:
+        _error(f"node {node} publishes no device {', '.join(missing)} of driver {driver}")
+        return 1
+    request = new_request_id()
+    annotations = {clear_annotation(driver, d): request for d in devices}
+    await kube.patch(NODES, node, {"metadata": {"annotations": annotations}})
+    _print(f"clear requested on node {node} for {', '.join(devices)} (request {request})")
+    deadline = time.monotonic() + timeout
+    while True:
+        current = device_taints(await _slices(kube, driver, node), driver)
+        left = {d: _blocking(current.get((node, d), []), driver) for d in devices}
+        left = {d: t for d, t in left.items() if t}
+        if not left:
+            _print("cleared: " + ", ".join(devices))
+            return 0
+        if time.monotonic() >= deadline:
+            for device, taints in sorted(left.items()):
+                shown = ", ".join(show_taint(t) for t in taints)
+                _error(
+                    f"{node}/{device} still tainted after {timeout:g}s: {shown} (does the GPU still fail?)"
+                )
+            return 1
+        await asyncio.sleep(POLL_SECONDS)
+
+
+async def status(kube: KubeClient, driver: str, node: str | None) -> int:
+    found = device_taints(await _slices(kube, driver, node), driver)
+    tainted = {key: taints for key, taints in sorted(found.items()) if taints}
+    if not tainted:
+        _print(f"no health taints on {len(found)} device(s) of {driver}")
+        return 0
+    width = max(len(n) for n, _ in tainted)
+    for (name_node, device), taints in tainted.items():
+        _print(f"{name_node:<{width}}  {device}  {', '.join(show_taint(t) for t in taints)}")
+    return 0
+
+
+async def _with_kube(args: argparse.Namespace, work: Any) -> int:
+    from driver.kube.client import ApiError, KubeClient
+
+    try:
+        kube = await KubeClient.connect(args.kubeconfig)
+    except Exception as err:  # the kubernetes client raises its own config exception types
+        _error(f"cannot configure the Kubernetes client: {err}")
+        return 2
+    try:
+        code: int = await work(kube)
+        return code
+    except ApiError as err:
+        _error(f"API server: {err}")
+        return 1
+    except LookupError as err:
+        _error(str(err))
+        return 1
+    finally:
+        await kube.close()
+
+
+def run_clear(args: argparse.Namespace) -> int:
+    driver = config.check_driver_name(args.driver_name)
+    return asyncio.run(
+        _with_kube(args, lambda kube: clear(kube, driver, args.devices, args.node, args.timeout))
+    )
+
+
+def run_status(args: argparse.Namespace) -> int:
+    driver = config.check_driver_name(args.driver_name)
+    return asyncio.run(_with_kube(args, lambda kube: status(kube, driver, args.node)))
+
+
+# -- sim inject ------------------------------------------------------------------------------------------
+
+
+def add_inject_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state-dir",
+        default=os.environ.get("ACCEL_DRA_FAKE_STATE"),
+        help="the fake backend's state dir (env ACCEL_DRA_FAKE_STATE), as given to the plugin",
+    )
+    parser.add_argument(
+        "--gpu", required=True, metavar="UUID|DEVICE", help="GPU or MIG UUID, or DRA device name"
+    )
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--xid", type=int, metavar="N", help="report XID N (double-bit ECC is XID 48)")
+    what.add_argument("--lost", action="store_true", help="the GPU falls off the bus")
+    what.add_argument("--clear", action="store_true", help="the simulated GPU works again (taints stay)")
+
+
+def run_inject(args: argparse.Namespace) -> int:
+    from driver.health.fake import FaultError, inject_xid, resolve, set_lost
+    from driver.health.xid import MAX_XID
+
+    if not args.state_dir:
+        _error("--state-dir (or env ACCEL_DRA_FAKE_STATE) is required")
+        return 2
+    try:
+        uuid, gpu = resolve(args.state_dir, args.gpu)
+        if args.xid is not None:
+            if not 0 < args.xid <= MAX_XID:
+                _error(f"--xid {args.xid} is out of range 1..{MAX_XID}")
+                return 2
+            inject_xid(args.state_dir, uuid, args.xid)
+            _print(f"XID {args.xid} injected on {uuid}")
+        elif args.lost:
+            set_lost(args.state_dir, gpu, True)
+            _print(f"GPU {gpu} fell off the bus")
+        else:
+            for target in dict.fromkeys((gpu, uuid)):
+                set_lost(args.state_dir, target, False)
+            _print(f"GPU {gpu} works again")
+    except FaultError as err:
+        _error(str(err))
+        return 1
+    return 0
