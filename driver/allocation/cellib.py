@@ -14,7 +14,6 @@ cel-python calls ``x.f(y)`` and ``f(x, y)`` alike with ``(x, y)``; a wrong argum
 from __future__ import annotations
 
 import decimal
-import re
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
@@ -22,36 +21,14 @@ from typing import Any
 from celpy import celtypes
 from celpy.evaluation import CELEvalError
 
+from driver.quantity import is_quantity, parse_quantity
 from driver.resources.validation import is_semver
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 # Quantities are arbitrary precision in Kubernetes; 28 digits (Python's default) would round big ones.
 _DECIMAL = decimal.Context(prec=120)
 
-# The resource.Quantity grammar: a signed decimal number and a binary (Ki..Ei) or decimal (n..E) suffix
-# or an exponent. Parsed here rather than with kubernetes.utils.parse_quantity, which accepts more ("200K",
-# surrounding spaces), rounds to 28 digits, and costs a second of import time for every process.
-_QUANTITY_RE = re.compile(
-    r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(?:[eE]([+-]?[0-9]+)|([KMGTPE]i|[numkMGTPE]))?$"
-)
-_BINARY = {"Ki": 10, "Mi": 20, "Gi": 30, "Ti": 40, "Pi": 50, "Ei": 60}
-_DECIMAL_EXPONENT = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
-
-
-def parse_quantity(text: str) -> Decimal:
-    """The exact value of a Kubernetes quantity; ``ValueError`` when ``text`` is not one."""
-    match = _QUANTITY_RE.match(text)
-    if not match:
-        raise ValueError(f"invalid quantity {text!r} (examples of valid ones: 80Gi, 1.5G, 500m, 1e3)")
-    number, exponent, suffix = Decimal(match.group(1)), match.group(2), match.group(3) or ""
-    if suffix in _BINARY:
-        return _DECIMAL.multiply(number, Decimal(2 ** _BINARY[suffix]))
-    power = int(exponent) if exponent is not None else _DECIMAL_EXPONENT[suffix]
-    return _DECIMAL.scaleb(number, power)
-
-
-def is_quantity(text: str) -> bool:
-    return bool(_QUANTITY_RE.match(text))
+__all__ = ["FUNCTIONS", "Quantity", "Semver", "is_quantity", "parse_quantity", "type_name"]
 
 
 class Quantity:

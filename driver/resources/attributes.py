@@ -19,10 +19,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from kubernetes.utils import parse_quantity
-
 from driver.devices.model import PCI_BUS_ID_RE, PCIE_ROOT_RE, Device, Gpu, Inventory
 from driver.log import get_logger
+from driver.quantity import parse_quantity
 
 log = get_logger(__name__)
 

@@ -382,9 +382,9 @@ def is_quantity(value: Any) -> bool:
 
 def quantity_value(value: Any) -> Decimal:
     """The numeric value of a quantity already checked with :func:`is_quantity`."""
-    from kubernetes.utils.quantity import parse_quantity  # heavy import; only needed for comparisons
+    from driver.quantity import parse_quantity
 
-    return Decimal(parse_quantity(value))
+    return parse_quantity(value)
 
 
 def is_semver(value: str) -> bool:

@@ -52,7 +52,7 @@ def _ratio(text: str) -> float:
 
 
 def _quantity(text: str) -> int:
-    from kubernetes.utils.quantity import parse_quantity  # heavy import: only when the command runs
+    from driver.quantity import parse_quantity
 
     try:
         value = parse_quantity(text)

@@ -28,11 +28,12 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-from jsonschema import Draft202012Validator
+from typing import TYPE_CHECKING, Any
 
 from driver.state.fsutil import atomic_write, remove_durably, remove_stale_temporaries
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
 
 JSON = dict[str, Any]
 
@@ -158,6 +159,8 @@ def minimum_version(spec: Mapping[str, Any]) -> str:
 
 @cache
 def _spec_validator() -> Draft202012Validator:
+    from jsonschema import Draft202012Validator  # only checks use it; the plugin never loads it
+
     text = resources.files("driver.state").joinpath("cdi_spec.schema.json").read_text(encoding="utf-8")
     return Draft202012Validator(json.loads(text))
 

@@ -176,7 +176,8 @@ def to_document(cp: Checkpoint) -> dict[str, Any]:
 
 
 def encode(cp: Checkpoint) -> bytes:
-    return json.dumps(to_document(cp), indent=1, sort_keys=True).encode() + b"\n"
+    # Compact: json's C encoder only serves ``indent=None``; indenting took half of a save's CPU time.
+    return canonical_json(to_document(cp)) + b"\n"
 
 
 class CorruptCheckpointError(ValueError):

@@ -48,11 +48,16 @@ class ClaimStatusWriter:
         self._kube = kube
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def submit(self, ref: ClaimRef, entries: Sequence[Mapping[str, Any]]) -> None:
+    def submit(
+        self, ref: ClaimRef, entries: Sequence[Mapping[str, Any]], known: Mapping[str, Any] | None = None
+    ) -> None:
+        """Write ``entries`` in the background. ``known``: the claim as just read from the API server (by
+        prepare); the first attempt patches against it instead of reading the claim again, and a stale copy
+        only costs a 409 and a normal retry."""
         if not entries:
             return
         task = asyncio.create_task(
-            self._write(ref, [dict(e) for e in entries]), name=f"claim-status-{ref.uid}"
+            self._write(ref, [dict(e) for e in entries], known), name=f"claim-status-{ref.uid}"
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -68,11 +73,11 @@ class ClaimStatusWriter:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
-    async def _write(self, ref: ClaimRef, entries: list[JSON]) -> None:
+    async def _write(self, ref: ClaimRef, entries: list[JSON], known: Mapping[str, Any] | None) -> None:
         error = ""
         for attempt in range(MAX_ATTEMPTS):
             try:
-                await self._attempt(ref, entries)
+                await self._attempt(ref, entries, known if attempt == 0 else None)
                 return
             except ApiError as err:
                 if not (err.conflict or err.status == 429 or err.status >= 500):
@@ -87,9 +92,9 @@ class ClaimStatusWriter:
             await retry_backoff(attempt, base=0.05, cap=2.0)
         log.warning("claim device status not written; giving up", claim=str(ref), error=error)
 
-    async def _attempt(self, ref: ClaimRef, entries: list[JSON]) -> None:
+    async def _attempt(self, ref: ClaimRef, entries: list[JSON], known: Mapping[str, Any] | None) -> None:
         """One read-merge-patch round (a stale resourceVersion raises a 409 ApiError)."""
-        claim = await self._kube.get(RESOURCE_CLAIMS, ref.name, ref.namespace)
+        claim = known if known is not None else await self._kube.get(RESOURCE_CLAIMS, ref.name, ref.namespace)
         meta = claim.get("metadata", {})
         if meta.get("uid") != ref.uid:
             log.info("claim replaced before its device status was written", claim=str(ref))

@@ -20,12 +20,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
-
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
+from typing import TYPE_CHECKING, Any
 
 from driver.state.api import AllocationResult, Claim, claim_ref
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError
 
 API_VERSION = "gpu.accel-dra.dev/v1"
 KIND = "GpuConfig"
@@ -85,6 +86,9 @@ def schema() -> dict[str, Any]:
 
 @cache
 def _validator() -> Draft202012Validator:
+    # Imported on first use: most claims carry no opaque config, and jsonschema costs ~0.1 s and ~5 MB.
+    from jsonschema import Draft202012Validator
+
     return Draft202012Validator(schema())
 
 

@@ -160,8 +160,9 @@ class NodePreparer:
     async def prepare(self, claims: Sequence[Claim]) -> dict[str, PrepareResult]:
         results, plans = await asyncio.to_thread(self.prepare_sync, claims)
         if self.status is not None:
+            fetched = {claim_ref(c).uid: c for c in claims}  # as just read: spares the writer a GET
             for plan in plans:
-                self.status.submit(plan.ref, plan.device_statuses())
+                self.status.submit(plan.ref, plan.device_statuses(), known=fetched.get(plan.ref.uid))
         return results
 
     async def unprepare(self, claims: Sequence[ClaimRef]) -> dict[str, str]:

@@ -234,7 +234,8 @@ def test_deployed_device_classes_match_the_ones_the_sandbox_creates() -> None:
 
     def essence(objs: list[JSON]) -> dict[str, list[str]]:
         return {
-            o["metadata"]["name"]: [s["cel"]["expression"].strip() for s in o["spec"]["selectors"]] for o in objs
+            o["metadata"]["name"]: [s["cel"]["expression"].strip() for s in o["spec"]["selectors"]]
+            for o in objs
         }
 
     assert essence(chart_classes()) == essence(device_classes("gpu.accel-dra.dev"))
