@@ -21,20 +21,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import os
+import re
 import shutil
 import socket
 import sys
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 from driver import DEFAULT_DRIVER_NAME
 from driver.devices.backend import open_backend
+from driver.exporter.names import IDENTITY_LABELS
 from driver.kube.client import (
     DEVICE_CLASSES,
     NAMESPACES,
@@ -54,7 +60,7 @@ from driver.sim.controllers import ClaimController, Scheduler
 from driver.sim.driverroot import create_driver_root
 from driver.sim.node import SimNode
 from driver.sim.podresources import PodResourcesServer, PodResourcesState
-from driver.sim.runtime import SimRuntime
+from driver.sim.runtime import ContainerHandle, ContainerSpec, SimRuntime
 
 log = get_logger(__name__)
 
@@ -62,6 +68,17 @@ JSON = dict[str, Any]
 METRICS_NAMESPACE = "accel-dra"
 METRICS_SERVICE = "accel-dra-metrics"
 METRICS_PORT = 9400
+
+#: Fault injection for the conformance suite's self-tests: each makes the sandbox misbehave the way a
+#: broken driver stack would, so that the probe covering it must fail (tests/integration/test_conformance_*).
+FAULT_UNLABELLED_METRICS = "unlabelled-metrics"  # the metrics Service drops the per-GPU identity labels
+FAULT_LEAKY_RUNTIME = "leaky-runtime"  # containers without a claim get every GPU's device node
+FAULT_WRONG_DRIVER_VERSION = "wrong-driver-version"  # the plugin publishes a driverVersion nvidia-smi denies
+FAULT_INCOMPLETE_POOL = "incomplete-pool"  # an extra pool of the driver with one of its two slices missing
+FAULTS = frozenset(
+    {FAULT_UNLABELLED_METRICS, FAULT_LEAKY_RUNTIME, FAULT_WRONG_DRIVER_VERSION, FAULT_INCOMPLETE_POOL}
+)
+FAULT_DRIVER_VERSION = "535.288.01"
 
 KINDS: dict[str, ResourceType] = {
     rt.kind: rt
@@ -85,6 +102,8 @@ class SandboxConfig:
     log_level: str = "info"
     extra_plugin_args: tuple[str, ...] = ()
     extra_exporter_args: tuple[str, ...] = ()
+    #: Names from :data:`FAULTS` (self-tests of the conformance suite only).
+    faults: frozenset[str] = frozenset()
 
 
 def _free_port() -> int:
@@ -97,6 +116,11 @@ def _free_port() -> int:
 class Sandbox:
     def __init__(self, config: SandboxConfig | None = None) -> None:
         self.config = config or SandboxConfig()
+        unknown = sorted(self.config.faults - FAULTS)
+        if unknown:
+            raise SandboxError(
+                f"unknown sandbox fault(s) {', '.join(unknown)}; known: {', '.join(sorted(FAULTS))}"
+            )
         self.root = Path(self.config.root or tempfile.mkdtemp(prefix="accel-dra-sandbox-", dir="/tmp"))
         self._owns_root = self.config.root is None
         self.apiserver = SimApiServer(graceful_pod_deletion=True)
@@ -153,7 +177,8 @@ class Sandbox:
 
         backend = open_backend(f"fake:{cfg.profile}", node_name=cfg.node_name)
         try:
-            create_driver_root(self.path("driver-root"), backend.discover())
+            inventory = backend.discover()
+            create_driver_root(self.path("driver-root"), inventory)
         finally:
             backend.close()
         for device_class in device_classes(cfg.driver_name):
@@ -167,7 +192,11 @@ class Sandbox:
             name=cfg.node_name,
             kube=self.kube,
             registry_dir=str(self.path("registry")),
-            runtime=SimRuntime([self.path("cdi")]),
+            runtime=(
+                _LeakyRuntime(self.path("cdi"), self.path("cdi-faults"), [g.minor for g in inventory.gpus])
+                if FAULT_LEAKY_RUNTIME in cfg.faults
+                else SimRuntime([self.path("cdi")])
+            ),
             containers_dir=self.path("containers"),
             proc_root=self.path("proc"),
             pod_resources=state,
@@ -183,6 +212,8 @@ class Sandbox:
         if cfg.exporter:
             await self._start_exporter()
         await self.wait_ready()
+        if FAULT_INCOMPLETE_POOL in cfg.faults:
+            self._publish_incomplete_pool()
 
     async def stop(self) -> None:
         for name, proc in list(self._processes.items()):
@@ -228,7 +259,7 @@ class Sandbox:
                 "--plugin-dir", str(self.plugin_dir),
                 "--registry-dir", str(self.path("registry")),
                 "--cdi-dir", str(self.path("cdi")),
-                "--backend", f"fake:{cfg.profile}",
+                "--backend", self._plugin_backend(),
                 "--fake-state-dir", str(self.path("fake-state")),
                 "--driver-root", str(self.path("driver-root")),
                 "--log-level", cfg.log_level,
@@ -253,6 +284,7 @@ class Sandbox:
                 "--pod-resources-socket", str(self.path("pod-resources", "kubelet.sock")),
                 "--proc-root", str(self.path("proc")),
                 "--interval", str(cfg.exporter_interval),
+                "--health-state-file", str(self.plugin_dir / "health.json"),
                 "--log-level", cfg.log_level,
                 *cfg.extra_exporter_args,
             ],
@@ -271,7 +303,62 @@ class Sandbox:
             },
             METRICS_NAMESPACE,
         )
-        self.apiserver.register_service_backend(METRICS_NAMESPACE, METRICS_SERVICE, self.exporter_url)
+        backend = self.exporter_url
+        if FAULT_UNLABELLED_METRICS in cfg.faults:
+            backend = await self._serve_unlabelled_metrics()
+        self.apiserver.register_service_backend(METRICS_NAMESPACE, METRICS_SERVICE, backend)
+
+    # -- fault injection (conformance self-tests) ------------------------------------------------
+
+    def _plugin_backend(self) -> str:
+        """``fake:PROFILE``; with FAULT_WRONG_DRIVER_VERSION a copy of the profile claiming another driver."""
+        cfg = self.config
+        if FAULT_WRONG_DRIVER_VERSION not in cfg.faults:
+            return f"fake:{cfg.profile}"
+        text = resources.files("driver.devices").joinpath("profiles", f"{cfg.profile}.yaml").read_text()
+        path = self.path("fault-profile.yaml")
+        path.write_text(
+            re.sub(r"^driverVersion:.*$", f'driverVersion: "{FAULT_DRIVER_VERSION}"', text, flags=re.M)
+        )
+        return f"file:{path}"
+
+    def _publish_incomplete_pool(self) -> None:
+        cfg = self.config
+        pool = f"{cfg.node_name}-fault-incomplete"
+        self.apiserver.create(
+            RESOURCE_SLICES,
+            {
+                "metadata": {"name": f"{pool}-0"},
+                "spec": {
+                    "driver": cfg.driver_name,
+                    "pool": {"name": pool, "generation": 1, "resourceSliceCount": 2},
+                    "allNodes": True,
+                    "devices": [],
+                },
+            },
+        )
+
+    async def _serve_unlabelled_metrics(self) -> str:
+        """A stand-in metrics endpoint: the exporter's series with the identity labels removed."""
+        session = aiohttp.ClientSession()
+        self._stack.push_async_callback(session.close)
+        labels = "|".join(IDENTITY_LABELS)
+        pattern = re.compile(rf'\b(?:{labels})="(?:[^"\\]|\\.)*",?')
+
+        async def metrics(_: web.Request) -> web.Response:
+            async with session.get(f"{self.exporter_url}/metrics") as upstream:
+                text = await upstream.text()
+            stripped = pattern.sub("", text).replace(",}", "}").replace("{}", "")
+            return web.Response(text=stripped, content_type="text/plain")
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        self._stack.push_async_callback(runner.cleanup)
+        sock = socket.create_server(("127.0.0.1", 0))
+        await web.SockSite(runner, sock).start()
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
     def process_log(self, name: str) -> str:
         try:
@@ -373,3 +460,29 @@ class Sandbox:
             f"/api/v1/namespaces/{METRICS_NAMESPACE}/services/{METRICS_SERVICE}:{METRICS_PORT}/proxy/metrics"
         )
         return await self.kube.request_text("GET", path)
+
+
+class _LeakyRuntime(SimRuntime):
+    """Fault injection (FAULT_LEAKY_RUNTIME): a runtime that gives containers without a claim every GPU."""
+
+    KIND = "fault.accel-dra.dev/leak"
+
+    def __init__(self, cdi_dir: Path, fault_dir: Path, minors: Iterable[int | None]) -> None:
+        nodes = [
+            {"path": f"/dev/nvidia{m}", "type": "c", "major": 195, "minor": m}
+            for m in minors
+            if m is not None
+        ]
+        spec = {
+            "cdiVersion": "0.6.0",
+            "kind": self.KIND,
+            "devices": [{"name": "all", "containerEdits": {"deviceNodes": nodes}}],
+        }
+        fault_dir.mkdir(parents=True, exist_ok=True)
+        (fault_dir / "leak.json").write_text(json.dumps(spec))
+        super().__init__([cdi_dir, fault_dir])
+
+    async def run_container(self, spec: ContainerSpec) -> ContainerHandle:
+        if not spec.cdi_devices:
+            spec = dataclasses.replace(spec, cdi_devices=[f"{self.KIND}=all"])
+        return await super().run_container(spec)

@@ -1,1 +1,24 @@
-"""One module per checklist requirement probe."""
+"""One module per probe; :data:`PROBES` lists them in the order they run."""
+
+from __future__ import annotations
+
+from driver.conformance.model import Probe
+from driver.conformance.probes import (
+    accelerator_metrics,
+    attribute_profile,
+    attribute_selection,
+    dra_support,
+    driver_runtime,
+    gpu_sharing,
+    secure_access,
+)
+
+PROBES: tuple[Probe, ...] = (
+    dra_support.PROBE,
+    attribute_selection.PROBE,
+    secure_access.PROBE,
+    driver_runtime.PROBE,
+    accelerator_metrics.PROBE,
+    gpu_sharing.PROBE,
+    attribute_profile.PROBE,
+)

@@ -1,0 +1,283 @@
+"""What a probe works with: the cluster (one namespace per run, every object labelled), checks, logging.
+
+Every object a probe creates goes into the run's namespace with the run's labels and is remembered, so the
+probe's objects are deleted when it ends -- passed, failed, timed out or interrupted -- and the runner
+deletes whatever is left (and the namespace) at the end of the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from driver.conformance import pods as podlib
+from driver.conformance.e2elog import E2ELog
+from driver.conformance.model import CheckFailedError, CheckResult, CheckSkippedError, Probe
+from driver.conformance.vendor import Vendor
+from driver.kube.client import (
+    PODS,
+    RESOURCE_CLAIM_TEMPLATES,
+    RESOURCE_CLAIMS,
+    ApiError,
+    KubeClient,
+    ResourceType,
+)
+
+JSON = dict[str, Any]
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "accel-dra-conformance"
+RUN_LABEL = "conformance.accel-dra.dev/run"
+PROBE_LABEL = "conformance.accel-dra.dev/probe"
+#: Polling a pod: quick at first (a local cluster answers in milliseconds), then backing off to 1 s.
+POLL_FIRST, POLL_MAX = 0.05, 1.0
+#: Waiting reasons that will not resolve by themselves.
+_STUCK_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError")
+
+
+class _Poll:
+    """Sleeps between polls of one condition, growing from POLL_FIRST to POLL_MAX."""
+
+    def __init__(self) -> None:
+        self.delay = POLL_FIRST
+
+    async def wait(self) -> None:
+        await asyncio.sleep(self.delay)
+        self.delay = min(POLL_MAX, self.delay * 1.5)
+
+
+@dataclass
+class PodRun:
+    """A probe pod that printed its results."""
+
+    name: str
+    pod: JSON
+    outputs: dict[str, podlib.Output]
+
+    @property
+    def node(self) -> str:
+        return str(self.pod["spec"].get("nodeName") or "")
+
+
+def run_labels(run_id: str) -> dict[str, str]:
+    return {MANAGED_BY_LABEL: MANAGED_BY, RUN_LABEL: run_id}
+
+
+def _pod_state(pod: Mapping[str, Any]) -> str:
+    """Phase, scheduling condition and container waiting reasons, for timeout messages."""
+    status = pod.get("status") or {}
+    parts = [f"phase {status.get('phase') or 'Pending'}"]
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            parts.append(
+                f"not scheduled: {condition.get('reason', '')} {condition.get('message', '')}".strip()
+            )
+    for cs in status.get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting")
+        if waiting:
+            parts.append(
+                f"container {cs.get('name')} waiting: {waiting.get('reason', '')} {waiting.get('message', '')}".strip()
+            )
+    return "; ".join(parts)
+
+
+class ProbeContext:
+    def __init__(
+        self,
+        *,
+        kube: KubeClient,
+        vendor: Vendor,
+        namespace: str,
+        run_id: str,
+        probe: Probe,
+        log: E2ELog,
+        on_step: Callable[[str], None] | None = None,
+    ) -> None:
+        self.kube = kube
+        self.vendor = vendor
+        self.namespace = namespace
+        self.run_id = run_id
+        self.probe = probe
+        self.log = log
+        self.checks: list[CheckResult] = []
+        self.data: dict[str, Any] = {}
+        self.current: CheckResult | None = None
+        self.step_text = ""
+        self._on_step = on_step
+        self._objects: list[tuple[ResourceType, str]] = []
+
+    # -- reporting -------------------------------------------------------------------------------
+
+    def note(self, text: str) -> None:
+        self.log.note(text, indent=8 if self.current else 4)
+        if self.current is not None:
+            self.current.details.append(text)
+
+    def step(self, text: str) -> None:
+        self.step_text = text
+        self.log.note(f"step: {text}", indent=8 if self.current else 4)
+        if self._on_step is not None:
+            self._on_step(f"{self.current.name}: {text}" if self.current else text)
+
+    @contextlib.asynccontextmanager
+    async def check(self, name: str) -> AsyncIterator[CheckResult]:
+        """One subtest: CheckFailedError / CheckSkippedError / API errors end it with that outcome; others run on."""
+        result = CheckResult(name, "passed", "")
+        self.checks.append(result)
+        self.current = result
+        test = f"{self.probe.test}/{name}"
+        self.log.write(f"=== RUN   {test}")
+        started = time.monotonic()
+        try:
+            yield result
+        except CheckFailedError as err:
+            result.outcome, result.message = "failed", str(err)
+        except CheckSkippedError as err:
+            result.outcome, result.message = "skipped", str(err)
+        except ApiError as err:
+            result.outcome, result.message = "failed", f"API error while {self.step_text}: {err}"
+        except asyncio.CancelledError:
+            result.outcome, result.message = "failed", f"interrupted while {self.step_text}"
+            raise
+        except Exception as err:
+            result.outcome = "failed"
+            result.message = f"error while {self.step_text}: {type(err).__name__}: {err}"
+        finally:
+            result.duration = time.monotonic() - started
+            self.current = None
+            self._end_check(test, result)
+
+    def _end_check(self, test: str, result: CheckResult) -> None:
+        word = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}[result.outcome]
+        if result.message:
+            prefix = {"passed": "PASS", "failed": "VIOLATION", "skipped": "SKIP"}[result.outcome]
+            self.log.note(f"{prefix}: {result.message}", indent=8)
+        self.log.write(f"--- {word}: {test} ({result.duration:.2f}s)")
+
+    # -- objects ---------------------------------------------------------------------------------
+
+    def labels(self) -> dict[str, str]:
+        return {**run_labels(self.run_id), PROBE_LABEL: self.probe.name.replace("_", "-")}
+
+    async def create(self, rt: ResourceType, body: Mapping[str, Any]) -> JSON:
+        obj = copy.deepcopy(dict(body))
+        meta = obj.setdefault("metadata", {})
+        meta["namespace"] = self.namespace
+        meta["labels"] = {**(meta.get("labels") or {}), **self.labels()}
+        created = await self.kube.create(rt, obj, self.namespace)
+        self._objects.append((rt, created["metadata"]["name"]))
+        kind = obj.get("kind", rt.kind)
+        self.note(f"created {kind} {self.namespace}/{created['metadata']['name']}")
+        return created
+
+    async def get_pod(self, name: str) -> JSON:
+        return await self.kube.get(PODS, name, self.namespace)
+
+    async def pod_log(self, name: str, container: str) -> str:
+        path = PODS.path(self.namespace, name, "log") + f"?container={container}"
+        try:
+            return await self.kube.request_text("GET", path)
+        except ApiError as err:
+            if err.status in (400, 404):  # not started yet
+                return ""
+            raise
+
+    async def wait_output(self, name: str, timeout: float | None = None) -> PodRun:
+        """Wait until every container of the pod printed ``RESULT: DONE``; fail with the pod's state if not."""
+        timeout = timeout or self.vendor.pod_timeout
+        self.step(f"waiting for pod {name} to print its results (up to {timeout:g}s)")
+        deadline = time.monotonic() + timeout
+        poll = _Poll()
+        pod: JSON = {}
+        while True:
+            pod = await self.get_pod(name)
+            phase = (pod.get("status") or {}).get("phase")
+            containers = [c["name"] for c in pod["spec"]["containers"]]
+            if phase in ("Running", "Succeeded", "Failed"):
+                outputs = {c: podlib.parse_output(await self.pod_log(name, c)) for c in containers}
+                if all(o.done for o in outputs.values()):
+                    run = PodRun(name, pod, outputs)
+                    for container, output in outputs.items():
+                        self.note(f"pod {name} (node {run.node}) container {container}: {output.describe()}")
+                    return run
+                if phase != "Running":
+                    logs = "\n".join(f"[{c}] {o.text.strip()[-400:]}" for c, o in outputs.items())
+                    raise CheckFailedError(f"pod {name} ended ({phase}) before printing its results:\n{logs}")
+            state = _pod_state(pod)
+            if any(reason in state for reason in _STUCK_REASONS):
+                raise CheckFailedError(f"pod {name} cannot start: {state}")
+            if time.monotonic() >= deadline:
+                raise CheckFailedError(f"pod {name} did not print its results within {timeout:g}s: {state}")
+            await poll.wait()
+
+    async def run_pod(self, body: Mapping[str, Any], timeout: float | None = None) -> PodRun:
+        await self.create(PODS, body)
+        return await self.wait_output(body["metadata"]["name"], timeout)
+
+    async def wait_unschedulable(self, name: str, timeout: float = 60.0) -> str:
+        """The scheduler's message once it reports the pod unschedulable; fails if the pod starts instead."""
+        self.step(f"waiting for the scheduler's verdict on pod {name} (up to {timeout:g}s)")
+        deadline = time.monotonic() + timeout
+        poll = _Poll()
+        while True:
+            pod = await self.get_pod(name)
+            status = pod.get("status") or {}
+            for condition in status.get("conditions") or []:
+                if (condition.get("type"), condition.get("status"), condition.get("reason")) == (
+                    "PodScheduled",
+                    "False",
+                    "Unschedulable",
+                ) and condition.get("message"):
+                    return str(condition["message"])
+            if pod["spec"].get("nodeName"):
+                raise CheckFailedError(f"pod {name} was scheduled to node {pod['spec']['nodeName']}")
+            if time.monotonic() >= deadline:
+                raise CheckFailedError(
+                    f"pod {name} was neither scheduled nor reported unschedulable in {timeout:g}s"
+                )
+            await poll.wait()
+
+    async def claim_for(self, pod: Mapping[str, Any], entry: str) -> JSON:
+        """The ResourceClaim behind a pod's claim entry (named, or generated from a template)."""
+        for e in pod["spec"].get("resourceClaims") or []:
+            if e["name"] == entry and e.get("resourceClaimName"):
+                return await self.kube.get(RESOURCE_CLAIMS, e["resourceClaimName"], self.namespace)
+        for s in (pod.get("status") or {}).get("resourceClaimStatuses") or []:
+            if s.get("name") == entry and s.get("resourceClaimName"):
+                return await self.kube.get(RESOURCE_CLAIMS, s["resourceClaimName"], self.namespace)
+        raise CheckFailedError(f"pod {pod['metadata']['name']} has no ResourceClaim for its entry {entry!r}")
+
+    async def delete_pods(self, names: Sequence[str], timeout: float = 120.0) -> None:
+        """Delete pods and wait until they are gone (their devices are free again)."""
+        self.step(f"deleting pod(s) {', '.join(names)}")
+        for name in names:
+            with contextlib.suppress(ApiError):
+                await self.kube.delete(PODS, name, self.namespace)
+        deadline = time.monotonic() + timeout
+        for name in names:
+            poll = _Poll()
+            while time.monotonic() < deadline:
+                try:
+                    await self.get_pod(name)
+                except ApiError as err:
+                    if err.not_found:
+                        break
+                    raise
+                await poll.wait()
+        self._objects = [(rt, n) for rt, n in self._objects if not (rt == PODS and n in names)]
+
+    async def cleanup(self) -> None:
+        """Delete what this probe created: pods first (they hold the claims), then claims and templates."""
+        pods = [n for rt, n in self._objects if rt == PODS]
+        if pods:
+            await self.delete_pods(pods)
+        for rt in (RESOURCE_CLAIMS, RESOURCE_CLAIM_TEMPLATES):
+            for kind, name in list(self._objects):
+                if kind == rt:
+                    with contextlib.suppress(ApiError):
+                        await self.kube.delete(rt, name, self.namespace)
+        self._objects = []

@@ -1,0 +1,79 @@
+"""What probes produce: checks (subtests) with an outcome and evidence, grouped into probe results."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from driver.conformance.context import ProbeContext
+
+Outcome = Literal["passed", "failed", "skipped"]
+
+
+class CheckFailedError(Exception):
+    """Raised inside a check: the platform does not do what the requirement asks (the message says how)."""
+
+
+class CheckSkippedError(Exception):
+    """Raised inside a check: it cannot run here (the message says why and what would enable it)."""
+
+
+@dataclass
+class CheckResult:
+    name: str
+    outcome: Outcome
+    message: str
+    duration: float = 0.0
+    #: Supporting lines for the report: what pods printed, conditions, the series found.
+    details: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One probe: a module under ``driver.conformance.probes``."""
+
+    name: str
+    #: The junit test name (``TestSecureAcceleratorAccess``), also the evidence anchor.
+    test: str
+    title: str
+    #: Checklist requirement ids this probe gives evidence for (empty: reported, not in the checklist).
+    requirements: tuple[str, ...]
+    run: Callable[[ProbeContext], Awaitable[None]]
+    #: Default seconds for the whole probe.
+    timeout: float = 600.0
+
+
+@dataclass
+class ProbeResult:
+    probe: str
+    test: str
+    title: str
+    requirements: tuple[str, ...]
+    outcome: Outcome
+    message: str
+    checks: list[CheckResult]
+    duration: float
+    timeout: float
+    #: First and last line of this probe's block in e2e.log (1-based, inclusive).
+    log_lines: tuple[int, int] = (0, 0)
+    #: Probe-specific facts for the report (device tables, metric names found, versions).
+    data: dict[str, Any] = field(default_factory=dict)
+    #: Stopped by Ctrl-C: its checks say nothing about the platform.
+    interrupted: bool = False
+
+
+def summarize(checks: list[CheckResult]) -> tuple[Outcome, str]:
+    """A probe fails when a check failed, is skipped when every check was, and passes otherwise."""
+    failed = [c for c in checks if c.outcome == "failed"]
+    if failed:
+        return "failed", "; ".join(f"{c.name}: {c.message}" for c in failed)
+    if checks and all(c.outcome == "skipped" for c in checks):
+        return "skipped", "; ".join(f"{c.name}: {c.message}" for c in checks)
+    if not checks:
+        return "failed", "the probe ran no checks"
+    skipped = [c.name for c in checks if c.outcome == "skipped"]
+    passed = len(checks) - len(skipped)
+    note = f" ({len(skipped)} skipped: {', '.join(skipped)})" if skipped else ""
+    return "passed", f"{passed} check(s) passed{note}"

@@ -1,0 +1,196 @@
+"""Probe pods and claims as data, and what their containers print.
+
+Probe containers run a plain POSIX ``sh`` script in the vendor's probe image (on a real cluster any small
+distribution image; in the sandbox the host's ``sh``), plus the vendor's own tool where a check needs it.
+They print ``RESULT: KEY=VALUE``, ``DEVICE: <path>`` and ``IDENTITY: <id>`` lines, then ``RESULT: DONE``,
+and then stay alive until the pod is deleted, so the claim stays allocated while the probe inspects it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from driver.conformance.vendor import Vendor
+
+JSON = dict[str, Any]
+DONE = "RESULT: DONE"
+_RESULT_RE = re.compile(r"^RESULT: ([A-Z_]+)=(.*)$")
+#: Deletion stops a probe container at once: pid 1 ignores signals it has no handler for, so the script
+#: handles SIGTERM itself (installed first, so no signal arrives before it) and waits interruptibly.
+ON_TERM = "trap 'kill $! 2>/dev/null; exit 0' TERM INT"
+KEEP_ALIVE = "sleep 3600 &\nwait $!"
+
+
+def device_script(vendor: Vendor, *, identity: bool = True) -> str:
+    """Lists the accelerator device nodes the container sees and, when there are any, their ids."""
+    lines = [
+        "n=0",
+        f"for f in {vendor.device_glob}; do",
+        '  [ -e "$f" ] || continue',
+        "  n=$((n+1))",
+        '  echo "DEVICE: $f"',
+        "done",
+        'echo "RESULT: ACCELERATOR_COUNT=$n"',
+    ]
+    if identity and vendor.identity_command:
+        lines += [
+            'if [ "$n" -gt 0 ]; then',
+            f"  if ids=$( {{ {vendor.identity_command} ; }} 2>&1 ); then",
+            '    printf \'%s\\n\' "$ids" | while IFS= read -r id; do [ -n "$id" ] && echo "IDENTITY: $id"; done',
+            "  else",
+            '    echo "RESULT: IDENTITY_ERROR=$(printf \'%s\' "$ids" | head -n 1)"',
+            "  fi",
+            "fi",
+        ]
+    return "\n".join(lines)
+
+
+def version_script(vendor: Vendor) -> str:
+    """Prints the driver and runtime versions the vendor's tool reports inside the container."""
+    lines = []
+    for key, command in (
+        ("DRIVER_VERSION", vendor.versions.driver_command),
+        ("RUNTIME_VERSION", vendor.versions.runtime_command),
+    ):
+        if not command:
+            continue
+        lines += [
+            f'if out=$( {{ {command} ; }} 2>&1 ) && [ -n "$out" ]; then',
+            f'  echo "RESULT: {key}=$(printf \'%s\\n\' "$out" | head -n 1)"',
+            "else",
+            f'  echo "RESULT: {key}_ERROR=$(printf \'%s\' "$out" | head -n 1)"',
+            "fi",
+        ]
+    return "\n".join(lines)
+
+
+def script(*parts: str, keep_alive: bool = True, then: str | None = None) -> str:
+    """Join script parts, announce ``RESULT: DONE``, then wait for deletion (or run ``then``)."""
+    body = [ON_TERM, *(p for p in parts if p), f'echo "{DONE}"']
+    body.append(then if then else (KEEP_ALIVE if keep_alive else "exit 0"))
+    return "\n".join(body) + "\n"
+
+
+@dataclass
+class Output:
+    """What one container printed."""
+
+    text: str
+    results: dict[str, str] = field(default_factory=dict)
+    devices: list[str] = field(default_factory=list)
+    identities: list[str] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return DONE in self.text.splitlines()
+
+    @property
+    def count(self) -> int | None:
+        raw = self.results.get("ACCELERATOR_COUNT")
+        return int(raw) if raw is not None and raw.isdigit() else None
+
+    def describe(self) -> str:
+        shown = ", ".join(self.identities or self.devices) or "none"
+        return f"{self.count if self.count is not None else '?'} device(s): {shown}"
+
+
+def parse_output(text: str) -> Output:
+    out = Output(text)
+    for raw in text.splitlines():
+        line = raw.rstrip("\r")
+        if match := _RESULT_RE.match(line):
+            out.results[match[1]] = match[2].strip()
+        elif line.startswith("DEVICE: "):
+            out.devices.append(line.removeprefix("DEVICE: ").strip())
+        elif line.startswith("IDENTITY: "):
+            out.identities.append(line.removeprefix("IDENTITY: ").strip())
+    return out
+
+
+# -- objects ------------------------------------------------------------------------------------------
+
+
+def request(
+    vendor: Vendor,
+    name: str = "gpu",
+    *,
+    count: int = 1,
+    selectors: Sequence[str] = (),
+) -> JSON:
+    exactly: JSON = {"deviceClassName": vendor.device_class}
+    if count != 1:
+        exactly["count"] = count
+    if selectors:
+        exactly["selectors"] = [{"cel": {"expression": s}} for s in selectors]
+    return {"name": name, "exactly": exactly}
+
+
+def claim_spec(requests: Sequence[JSON], constraints: Sequence[JSON] = ()) -> JSON:
+    devices: JSON = {"requests": list(requests)}
+    if constraints:
+        devices["constraints"] = list(constraints)
+    return {"devices": devices}
+
+
+def claim_template(name: str, spec: JSON) -> JSON:
+    return {"kind": "ResourceClaimTemplate", "metadata": {"name": name}, "spec": {"spec": spec}}
+
+
+def resource_claim(name: str, spec: JSON) -> JSON:
+    return {"kind": "ResourceClaim", "metadata": {"name": name}, "spec": spec}
+
+
+@dataclass(frozen=True)
+class Container:
+    name: str
+    script: str
+    #: Pod claim entries this container references.
+    claims: tuple[str, ...] = ()
+    image: str | None = None
+
+
+def pod(
+    vendor: Vendor,
+    name: str,
+    containers: Sequence[Container],
+    *,
+    templates: Mapping[str, str] | None = None,
+    claims: Mapping[str, str] | None = None,
+    node_name: str | None = None,
+) -> JSON:
+    """A probe pod. ``templates``/``claims``: pod claim entry -> ResourceClaimTemplate / ResourceClaim name.
+
+    ``node_name`` pins a pod *without* claims to a node; a pod with claims is always left to the scheduler,
+    which is what allocates its claims.
+    """
+    entries = [{"name": e, "resourceClaimTemplateName": t} for e, t in (templates or {}).items()]
+    entries += [{"name": e, "resourceClaimName": c} for e, c in (claims or {}).items()]
+    spec: JSON = {
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": 5,
+        "containers": [
+            {
+                "name": c.name,
+                "image": c.image or vendor.probe_image,
+                "command": ["sh", "-c", c.script],
+                # No privileges: whatever the container reaches, it reaches through its claim.
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "capabilities": {"drop": ["ALL"]},
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                **({"resources": {"claims": [{"name": e} for e in c.claims]}} if c.claims else {}),
+            }
+            for c in containers
+        ],
+    }
+    if entries:
+        spec["resourceClaims"] = entries
+    if node_name:
+        spec["nodeName"] = node_name
+    if vendor.tolerations:
+        spec["tolerations"] = [dict(t) for t in vendor.tolerations]
+    return {"kind": "Pod", "metadata": {"name": name}, "spec": spec}

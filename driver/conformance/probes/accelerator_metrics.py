@@ -1,0 +1,239 @@
+"""``accelerator_metrics``: a metrics endpoint with per-accelerator utilization and memory, attributed to pods.
+
+Scrapes the vendor's metrics Service through the API server's service proxy (as the upstream test does).
+Checks: the endpoint answers Prometheus text; per-accelerator utilization and memory series exist (a series
+counts only with an identity label such as ``uuid`` or ``pci_bus_id``); temperature, power and interconnect
+series are reported where present (never a failure); with the vendor's load command, utilization of the
+claimed accelerator rises while the load runs and series name the load's pod.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Mapping, Sequence
+
+from driver.conformance import devices as devlib
+from driver.conformance import metrics as m
+from driver.conformance import pods as podlib
+from driver.conformance.context import ProbeContext
+from driver.conformance.model import CheckFailedError, CheckSkippedError, Probe
+from driver.conformance.probes.common import (
+    allocated,
+    driver_devices,
+    find_device,
+    one_device_template,
+    unique,
+)
+from driver.conformance.vendor import Metrics
+from driver.kube.client import ApiError
+
+PCI_BUS_ID_ATTRIBUTE = "resource.kubernetes.io/pciBusID"  # the Kubernetes standard attribute
+_PCI_RE = re.compile(r"^([0-9a-f]+):([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])$")
+SCRAPE_INTERVAL = 0.5
+
+
+def proxy_path(metrics: Metrics) -> str:
+    return f"/api/v1/namespaces/{metrics.namespace}/services/{metrics.service}:{metrics.port}/proxy{metrics.path}"
+
+
+def normalize_id(value: str) -> str:
+    """Compare device ids loosely: case, and PCI domains written with 4 or 8 digits."""
+    text = value.strip().lower()
+    if match := _PCI_RE.match(text):
+        return f"{int(match[1], 16):04x}:{match[2]}:{match[3]}.{match[4]}"
+    return text
+
+
+async def scrape(ctx: ProbeContext) -> list[m.Sample]:
+    metrics = ctx.vendor.metrics
+    try:
+        text = await ctx.kube.request_text("GET", proxy_path(metrics))
+    except ApiError as err:
+        raise CheckFailedError(
+            f"cannot scrape {metrics.namespace}/{metrics.service}:{metrics.port}{metrics.path} through the API "
+            f"server's service proxy: {err}"
+        ) from None
+    try:
+        return m.parse(text)
+    except m.MetricsFormatError as err:
+        raise CheckFailedError(f"{metrics.service}: {err}") from None
+
+
+def _choose(configured: str | None, detected: str | None, all_names: Sequence[str], what: str) -> str:
+    if configured:
+        if configured not in all_names:
+            raise CheckFailedError(f"the {what} metric {configured} is not exposed")
+        return configured
+    if detected is None:
+        raise CheckFailedError(
+            f"no per-accelerator {what} metric found by auto-detection (set metrics.{what})"
+        )
+    return detected
+
+
+def _per_device(samples: Sequence[m.Sample], name: str, labels: Sequence[str], what: str) -> list[m.Sample]:
+    found = m.series(samples, name)
+    per = m.per_accelerator(found, labels)
+    if not per:
+        detail = (
+            f"{len(found)} series, none with an identity label ({', '.join(labels)})"
+            if found
+            else "no series"
+        )
+        raise CheckFailedError(f"{what} metric {name}: {detail}")
+    return per
+
+
+async def _core(ctx: ProbeContext, samples: list[m.Sample]) -> dict[str, str]:
+    metrics = ctx.vendor.metrics
+    labels = metrics.identity_labels
+    all_names = m.names(samples)
+    per_names = m.names(m.per_accelerator(samples, labels))
+    chosen: dict[str, str] = {}
+    for what, configured, detect in (
+        ("utilization", metrics.utilization, m.detect_utilization),
+        ("memory", metrics.memory, m.detect_memory),
+    ):
+        async with ctx.check(f"PerAccelerator{what.capitalize()}Metric") as check:
+            name = _choose(configured, detect(per_names), all_names, what)
+            per = _per_device(samples, name, labels, what)
+            devices = {tuple(sorted(m.identity(s, labels).items())) for s in per}
+            ctx.note(f"{name}: {len(per)} series for {len(devices)} accelerator(s), e.g. {per[0].show()}")
+            chosen[what] = name
+            check.message = f"{name} for {len(devices)} accelerator(s)"
+    return chosen
+
+
+async def _optional(ctx: ProbeContext, samples: list[m.Sample]) -> None:
+    async with ctx.check("OptionalMetrics") as check:
+        metrics = ctx.vendor.metrics
+        per_names = m.names(m.per_accelerator(samples, metrics.identity_labels))
+        found, missing = [], []
+        for kind, configured in (
+            ("temperature", metrics.temperature),
+            ("power", metrics.power),
+            ("interconnect", metrics.interconnect),
+        ):
+            names = (
+                [configured] if configured and configured in per_names else m.detect_optional(kind, per_names)
+            )
+            if names:
+                found.append(f"{kind}: {', '.join(names[:3])}")
+            else:
+                missing.append(kind)
+                ctx.note(f"WARNING: no per-accelerator {kind} metric (SHOULD, where the hardware reports it)")
+        ctx.data["optional_metrics"] = found
+        check.message = "; ".join(found) + (f"; not found: {', '.join(missing)}" if missing else "")
+
+
+def device_ids(device: devlib.Device, identity_attribute: str | None) -> set[str]:
+    """What a metrics exporter may call the device: its vendor id attribute and its PCI address."""
+    keys = [k for k in (identity_attribute, PCI_BUS_ID_ATTRIBUTE) if k]
+    return {normalize_id(str(v)) for k in keys if (v := device.attribute(k)) is not None}
+
+
+def _gpu_values(samples: Sequence[m.Sample], name: str, labels: Sequence[str], ids: set[str]) -> list[float]:
+    return [
+        s.value
+        for s in m.series(samples, name)
+        if any(normalize_id(v) in ids for v in m.identity(s, labels).values())
+    ]
+
+
+async def _workload(ctx: ProbeContext, chosen: Mapping[str, str]) -> None:
+    async with ctx.check("WorkloadDrivenUtilization") as check:
+        load, metrics = ctx.vendor.load, ctx.vendor.metrics
+        if not load.command:
+            raise CheckSkippedError(
+                f"vendor {ctx.vendor.name} sets no load.command (and load.image) that keeps an accelerator busy"
+            )
+        if "utilization" not in chosen:
+            raise CheckSkippedError("no per-accelerator utilization metric to watch")
+        util = chosen["utilization"]
+        baseline = await scrape(ctx)
+        template = await one_device_template(ctx, "load")
+        name = unique("load")
+        body = podlib.pod(
+            ctx.vendor,
+            name,
+            [
+                podlib.Container(
+                    "load",
+                    podlib.script(podlib.device_script(ctx.vendor), then=load.command),
+                    ("gpu",),
+                    load.image,
+                )
+            ],
+            templates={"gpu": template},
+        )
+        run = await ctx.run_pod(body)
+        claim = await ctx.claim_for(run.pod, "gpu")
+        results = allocated(claim)
+        device = find_device(await driver_devices(ctx), results[0]) if results else None
+        ids = device_ids(device, ctx.vendor.identity_attribute) if device else set()
+        before = _gpu_values(baseline, util, metrics.identity_labels, ids)
+        ctx.note(
+            f"load pod {name} holds {device.name if device else '?'}; {util} before: {before or 'unknown'}"
+        )
+        ctx.step(f"watching {util} and pod attribution while {name} runs")
+        deadline = time.monotonic() + min(60.0, ctx.vendor.pod_timeout)
+        during: list[float] = []
+        attributed: list[m.Sample] = []
+        while time.monotonic() < deadline:
+            samples = await scrape(ctx)
+            during = _gpu_values(samples, util, metrics.identity_labels, ids)
+            attributed = m.attributed_to(
+                samples, name, ctx.namespace, metrics.pod_label, metrics.namespace_label
+            )
+            if during and max(during) > max(before or [0.0]) and attributed:
+                break
+            await asyncio.sleep(SCRAPE_INTERVAL)
+        await ctx.delete_pods([name])
+        if not during:
+            raise CheckFailedError(
+                f"no {util} series identifies the load's device {device.name if device else '?'} "
+                f"(by {', '.join(sorted(ids)) or 'no id attributes'})"
+            )
+        if max(during) <= max(before or [0.0]):
+            raise CheckFailedError(
+                f"{util} of the load's device stayed at {max(during):g} while the load ran"
+            )
+        if not attributed:
+            raise CheckFailedError(f"no series names the load's pod ({metrics.pod_label}={name})")
+        ctx.note(f"attributed to {name}: {attributed[0].show()}")
+        check.message = (
+            f"{util} of {device.name if device else 'the device'} rose from {max(before or [0.0]):g} to "
+            f"{max(during):g}; {len(attributed)} series name pod {name}"
+        )
+
+
+async def run(ctx: ProbeContext) -> None:
+    metrics = ctx.vendor.metrics
+    samples: list[m.Sample] = []
+    async with ctx.check("MetricsEndpointReachable") as check:
+        if not metrics.configured:
+            raise CheckSkippedError(
+                "no metrics Service configured (metrics.namespace and metrics.service, or --metrics-namespace "
+                "and --metrics-service); without an accelerator metrics solution, declare the requirement "
+                "in the vendor file's notApplicable"
+            )
+        ctx.step(f"scraping {metrics.namespace}/{metrics.service}:{metrics.port} through the service proxy")
+        samples = await scrape(ctx)
+        ctx.data["metric_names"] = m.names(samples)
+        check.message = f"{len(samples)} samples of {len(m.names(samples))} metrics"
+    if not samples:
+        return
+    chosen = await _core(ctx, samples)
+    await _optional(ctx, samples)
+    await _workload(ctx, chosen)
+
+
+PROBE = Probe(
+    name="accelerator_metrics",
+    test="TestAcceleratorPerformanceMetrics",
+    title="Per-accelerator metrics, attributed to pods",
+    requirements=("accelerator_metrics",),
+    run=run,
+)
