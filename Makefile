@@ -23,6 +23,11 @@ $(DEV): pyproject.toml | $(VENV)/bin/python
 demo: $(BASE)
 	$(PY) -m driver demo $(DEMO_ARGS)
 
+# The performance targets (docs/performance.md): real plugin and exporter processes; results in
+# hack/bench/results/. BENCH_ARGS=--quick for a short smoke run.
+bench: $(BASE)
+	$(PY) hack/bench/run.py $(BENCH_ARGS)
+
 test: $(DEV)
 	$(PY) -m pytest $(PYTEST_ARGS)
 

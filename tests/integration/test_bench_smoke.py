@@ -1,0 +1,89 @@
+"""The benchmark harness (hack/bench) still runs end to end and writes a complete result document.
+
+Only the shape is checked: timings are judged by the bench itself, never by tests.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCENARIOS = {
+    "prepare_1gpu",
+    "prepare_8gpu",
+    "claim_get",
+    "churn",
+    "start_to_slice",
+    "steady_state",
+    "health_change",
+}
+TARGETS = {
+    "prepare_1gpu_p50_ms",
+    "prepare_1gpu_p99_ms",
+    "churn_claims_per_s",
+    "churn_rss_growth_mb",
+    "start_to_first_slice_s",
+    "metrics_scrape_p50_ms",
+    "exporter_cpu_percent",
+    "plugin_rss_mb",
+    "exporter_rss_mb",
+    "api_writes_idle",
+    "health_change_slice_updates",
+}
+
+
+def _distribution(d: dict[str, object]) -> None:
+    for key in ("p50", "p90", "p99", "max"):
+        assert isinstance(d[key], int | float), (key, d)
+    assert d["p50"] <= d["p90"] <= d["p99"] <= d["max"]  # type: ignore[operator]
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_every_metric(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "hack" / "bench" / "run.py"), "--smoke", "--out", str(tmp_path)],
+        cwd=REPO,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    (path,) = [p for p in tmp_path.glob("*-smoke.json") if p.name != "latest-smoke.json"]
+    document = json.loads(path.read_text())
+    assert json.loads((tmp_path / "latest-smoke.json").read_text()) == document
+    assert document["mode"] == "smoke"
+    assert {"cpus", "cpu_model", "python", "kernel"} <= set(document["machine"])
+    results = document["results"]
+    assert set(results) == SCENARIOS
+
+    for name in ("prepare_1gpu", "prepare_8gpu"):
+        r = results[name]
+        for key in ("prepare_client_ms", "unprepare_client_ms", "prepare_plugin_ms", "empty_call_client_ms"):
+            assert r[key]["runs"] == 1
+            assert r[key]["p50_spread"][0] <= r[key]["p50"] <= r[key]["p50_spread"][1]
+        _distribution(r["per_run"][0]["prepare_client_ms"])
+        assert r["per_run"][0]["prepare_client_ms"]["n"] == r["calls_per_run"]
+    _distribution(results["claim_get"])
+    churn = results["churn"]
+    assert churn["claims"] == 16 and churn["claims_per_s"] > 0 and churn["rss_series"]
+    assert results["start_to_slice"]["gpus"] == 8 and results["start_to_slice"]["seconds"]["values"]
+    steady = results["steady_state"]
+    assert steady["attributed_pods"] == 16
+    assert steady["rss_mb"]["plugin"] > 0 and steady["rss_mb"]["exporter"] > 0
+    assert isinstance(steady["api_writes_idle"], int)
+    _distribution(steady["scrape_fresh_ms"])
+    health = results["health_change"]
+    assert health["measurable"] is False or health["slice_updates"] >= 1
+
+    judged = {t["id"]: t for t in document["targets"]}
+    assert set(judged) == TARGETS
+    for target in judged.values():
+        assert target["value"] is None or isinstance(target["value"], int | float), target
+        assert target["met"] in (True, False, None)
+    assert "prepare_1gpu_p50_ms" in done.stdout  # the table is printed
