@@ -180,7 +180,6 @@ def _load(args: argparse.Namespace) -> _Inputs:
 
 async def _load_from_server(kubeconfig: str, node: str | None, inputs: _Inputs) -> None:
     import aiohttp
-    from kubernetes.config.config_exception import ConfigException
 
     from driver.kube.client import (
         DEVICE_CLASSES,
@@ -190,6 +189,7 @@ async def _load_from_server(kubeconfig: str, node: str | None, inputs: _Inputs) 
         ApiError,
         KubeClient,
     )
+    from driver.kube.connection import KubeConfigError
 
     try:
         async with await KubeClient.connect(kubeconfig) as kube:
@@ -201,7 +201,7 @@ async def _load_from_server(kubeconfig: str, node: str | None, inputs: _Inputs) 
                 inputs.nodes[item["metadata"]["name"]] = item
     except ApiError as exc:
         raise _UsageError(f"API server: {exc}") from None
-    except (ConfigException, aiohttp.ClientError) as exc:
+    except (KubeConfigError, aiohttp.ClientError, OSError) as exc:
         raise _UsageError(f"cannot use the API server of {kubeconfig}: {exc}") from None
     if node and node not in inputs.nodes:
         print(

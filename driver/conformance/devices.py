@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubernetes.utils import parse_quantity
+from driver.quantity import parse_quantity
 
 JSON = dict[str, Any]
 _VALUE_KEYS = ("string", "int", "bool", "version")

@@ -87,6 +87,20 @@ def open_backend(spec: str, **options: Any) -> DeviceBackend:
     raise BackendError(f"unknown device backend {spec!r}: expected 'nvml', 'fake:PROFILE' or 'file:PATH'")
 
 
+def backend_options(
+    spec: str, *, node_name: str | None = None, state_dir: str | None = None, driver_root: str | None = None
+) -> dict[str, Any]:
+    """The :func:`open_backend` options that matter for ``spec``.
+
+    Simulated GPUs get UUIDs seeded with the node name (several simulated nodes never share a GPU, and the
+    plugin and exporter of one node agree) and the simulated-load directory; NVML gets the driver root to
+    load ``libnvidia-ml`` from.
+    """
+    if spec.startswith(("fake:", "file:")):
+        return {"node_name": node_name or None, "state_dir": state_dir}
+    return {"driver_root": driver_root} if spec == "nvml" and driver_root else {}
+
+
 def _check_options(spec: str, options: dict[str, Any], allowed: set[str]) -> None:
     unknown = sorted(set(options) - allowed)
     if unknown:

@@ -5,10 +5,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-#: Library directories, in the order distributions use them (relative to the driver root).
-LIB_DIRS = ("usr/lib64", "usr/lib/x86_64-linux-gnu", "usr/lib/aarch64-linux-gnu", "lib64", "usr/lib")
+#: Library directories, in the order distributions use them (relative to the driver root); the last two
+#: are where GPU container images and some cloud images keep the driver (CUDA images set
+#: LD_LIBRARY_PATH=/usr/local/nvidia/lib64, so mounting at the same path works there).
+LIB_DIRS = (
+    "usr/lib64",
+    "usr/lib/x86_64-linux-gnu",
+    "usr/lib/aarch64-linux-gnu",
+    "lib64",
+    "usr/lib",
+    "usr/local/nvidia/lib64",
+    "usr/local/nvidia/lib",
+)
 #: Tool directories.
-BIN_DIRS = ("usr/bin",)
+BIN_DIRS = ("usr/bin", "usr/local/nvidia/bin")
 
 NVML_SONAME = "libnvidia-ml.so.1"
 

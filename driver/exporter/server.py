@@ -15,7 +15,7 @@ import signal
 from collections.abc import Sequence
 
 from driver.config import ConfigError
-from driver.devices.backend import BackendError, DeviceBackend, open_backend
+from driver.devices.backend import BackendError, DeviceBackend, backend_options, open_backend
 from driver.devices.telemetry import TelemetrySource
 from driver.exporter.collector import Collector, Settings
 from driver.exporter.endpoint import MetricsServer
@@ -24,6 +24,7 @@ from driver.exporter.options import ExporterConfig, add_exporter_arguments
 from driver.exporter.podresources import DeviceResolver, PodResourcesClient
 from driver.exporter.render import Renderer
 from driver.kube.client import KubeClient
+from driver.kube.connection import KubeConfigError
 from driver.log import get_logger, setup
 
 log = get_logger(__name__)
@@ -55,7 +56,7 @@ class Exporter:
             return
         try:
             self.kube = await KubeClient.connect(cfg.kubeconfig)
-        except Exception as err:
+        except KubeConfigError as err:
             if cfg.kube_api == "on":
                 raise ConfigError(f"cannot configure the Kubernetes client: {err}") from err
             log.warning("no Kubernetes API access; shared GPUs are not split", error=str(err))
@@ -107,12 +108,13 @@ class Exporter:
                 await self.kube.close()
 
 
-def backend_options(config: ExporterConfig) -> dict[str, object]:
-    """Simulated GPUs: the same node-seeded UUIDs as the plugin's, and the simulated load; NVML: the
-    driver root to load libnvidia-ml from."""
-    if not config.backend.startswith(("fake:", "file:")):
-        return {"driver_root": config.driver_root} if config.backend == "nvml" else {}
-    return {"node_name": config.node_name or None, "state_dir": config.fake_state_dir}
+def exporter_backend_options(config: ExporterConfig) -> dict[str, object]:
+    return backend_options(
+        config.backend,
+        node_name=config.node_name,
+        state_dir=config.fake_state_dir,
+        driver_root=config.driver_root,
+    )
 
 
 async def serve(config: ExporterConfig, backend: DeviceBackend) -> int:
@@ -148,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         log.error("invalid configuration", error=str(err))
         return 2
     try:
-        backend = open_backend(config.backend, **backend_options(config))
+        backend = open_backend(config.backend, **exporter_backend_options(config))
     except BackendError as err:
         log.error("cannot open device backend", backend=config.backend, error=str(err))
         return 1

@@ -155,10 +155,11 @@ async def status(kube: KubeClient, driver: str, node: str | None) -> int:
 
 async def _with_kube(args: argparse.Namespace, work: Any) -> int:
     from driver.kube.client import ApiError, KubeClient
+    from driver.kube.connection import KubeConfigError
 
     try:
         kube = await KubeClient.connect(args.kubeconfig)
-    except Exception as err:  # the kubernetes client raises its own config exception types
+    except KubeConfigError as err:
         _error(f"cannot configure the Kubernetes client: {err}")
         return 2
     try:

@@ -1,16 +1,17 @@
 """A small async Kubernetes REST client that works on plain dicts.
 
-It rides on the official client's ``kubernetes.aio`` ``ApiClient`` for configuration (kubeconfig,
-in-cluster service account, TLS, exec/token auth) and transport, but keeps objects as the JSON the API
-server sent. Typed models would silently drop fields this client version does not know (newer API
-servers) and cost a full pydantic round trip per object; the driver only needs a handful of fields.
+Objects stay the JSON the API server sent: typed models would silently drop fields this client version
+does not know (newer API servers) and cost a full model round trip per object, while the driver needs a
+handful of fields. Requests go over one aiohttp session; where the server is and how to authenticate come
+from :mod:`driver.kube.connection` (in-cluster service account or kubeconfig, with the official client's
+loader for exec plugins and auth providers).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -19,6 +20,9 @@ from urllib.parse import quote
 import aiohttp
 from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
+
+from driver.kube.connection import Connection
+from driver.kube.connection import load as load_connection
 
 JSON = dict[str, Any]
 PatchType = Literal["merge", "strategic", "json", "apply"]
@@ -124,34 +128,35 @@ def _selector_params(label_selector: str | None, field_selector: str | None) -> 
 
 
 class KubeClient:
-    """Async dict-based access to the API server."""
+    """Async dict-based access to the API server over one aiohttp session."""
 
-    def __init__(self, api_client: Any) -> None:
-        self._api = api_client
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self._base = URL(connection.server)
+        self._proxy, self._proxy_headers = _proxy_for(connection)
+        self._session: aiohttp.ClientSession | None = None
 
     @classmethod
     async def connect(cls, kubeconfig: str | None = None, context: str | None = None) -> KubeClient:
         """Use ``kubeconfig`` when given (or $KUBECONFIG), otherwise the in-cluster service account."""
-        from kubernetes.aio import client as k8s_client
-        from kubernetes.aio import config as k8s_config
-
-        configuration = k8s_client.Configuration()
-        path = kubeconfig or os.environ.get("KUBECONFIG")
-        if path:
-            await k8s_config.load_kube_config(
-                config_file=path, context=context, client_configuration=configuration, persist_config=False
-            )
-        else:
-            k8s_config.load_incluster_config(client_configuration=configuration)
-        _resolve_env_proxy(configuration)
-        return cls(k8s_client.ApiClient(configuration))
+        return cls(await load_connection(kubeconfig, context))
 
     @property
     def host(self) -> str:
-        return str(self._api.configuration.host)
+        return self.connection.server
+
+    def _client_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            # trust_env is off: the proxy is resolved once (see _proxy_for), not per request.
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self.connection.ssl), trust_env=False
+            )
+        return self._session
 
     async def close(self) -> None:
-        await self._api.close()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def __aenter__(self) -> KubeClient:
         return self
@@ -161,6 +166,7 @@ class KubeClient:
 
     # -- transport -------------------------------------------------------------------------------
 
+    @contextlib.asynccontextmanager
     async def _send(
         self,
         method: str,
@@ -171,24 +177,23 @@ class KubeClient:
         content_type: str = "application/json",
         timeout: aiohttp.ClientTimeout | None = None,
         accept: str = "application/json",
-    ) -> Any:
-        serialized = await self._api.param_serialize(
-            method=method,
-            resource_path=path,
-            query_params=list(params),
-            header_params={"Content-Type": content_type, "Accept": accept},
-            body=body,
-            auth_settings=["BearerToken"],
-        )
-        _method, url, headers, data, _post = serialized
-        return await self._api.call_api(
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        headers = {"Accept": accept, **(await self.connection.auth())}
+        data = None
+        if body is not None:
+            headers["Content-Type"] = content_type
+            data = json.dumps(body).encode()
+        async with self._client_session().request(
             method,
-            url,
-            header_params=headers,
-            body=data,
-            _request_timeout=timeout or aiohttp.ClientTimeout(total=30),
-            _preload_content=False,
-        )
+            self._base.with_path(path, encoded=True).with_query(list(params)),
+            data=data,
+            headers=headers,
+            timeout=timeout or aiohttp.ClientTimeout(total=30),
+            proxy=self._proxy,
+            proxy_headers=self._proxy_headers,
+            server_hostname=self.connection.tls_server_name,
+        ) as response:
+            yield response
 
     async def request(
         self,
@@ -201,28 +206,28 @@ class KubeClient:
         timeout: float = 30.0,
     ) -> JSON:
         """Send one request and return the decoded JSON body; raise :class:`ApiError` on non-2xx."""
-        response = await self._send(
+        async with self._send(
             method,
             path,
             params=params,
             body=body,
             content_type=content_type,
             timeout=aiohttp.ClientTimeout(total=timeout),
-        )
-        raw = await response.read()
-        response.response.release()
+        ) as response:
+            raw = await response.read()
         if response.status >= 300:
             raise _api_error(response.status, response.reason or "", raw)
         return json.loads(raw) if raw else {}
 
     async def request_text(self, method: str, path: str, *, timeout: float = 30.0) -> str:
         """Like :meth:`request` for endpoints that answer plain text (pod logs, service proxy)."""
-        response = await self._send(method, path, timeout=aiohttp.ClientTimeout(total=timeout), accept="*/*")
-        raw = await response.read()
-        response.response.release()
+        async with self._send(
+            method, path, timeout=aiohttp.ClientTimeout(total=timeout), accept="*/*"
+        ) as response:
+            raw = await response.read()
         if response.status >= 300:
             raise _api_error(response.status, response.reason or "", raw)
-        return bytes(raw).decode("utf-8", errors="replace")
+        return raw.decode("utf-8", errors="replace")
 
     async def server_version(self) -> JSON:
         """``GET /version`` (readable by every client: no RBAC rule is needed)."""
@@ -334,16 +339,15 @@ class KubeClient:
         if resource_version:
             params.append(("resourceVersion", resource_version))
             params.append(("allowWatchBookmarks", "true"))
-        response = await self._send(
+        async with self._send(
             "GET",
             rt.path(namespace),
             params=params,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=timeout_seconds + 30),
-        )
-        try:
+        ) as response:
             if response.status >= 300:
                 raise _api_error(response.status, response.reason or "", await response.read())
-            async for line in response.response.content:
+            async for line in response.content:
                 if not line.strip():
                     continue
                 event = json.loads(line)
@@ -356,29 +360,21 @@ class KubeClient:
                         status,
                     )
                 yield WatchEvent(event["type"], event["object"])
-        finally:
-            response.response.release()
 
 
-def _resolve_env_proxy(configuration: Any) -> None:
-    """Resolve ``HTTP(S)_PROXY`` / ``NO_PROXY`` for the API server once, at connect time.
+def _proxy_for(connection: Connection) -> tuple[str | None, dict[str, str] | None]:
+    """The proxy for the API server: the kubeconfig's ``proxy-url``, else ``HTTP(S)_PROXY``/``NO_PROXY``.
 
-    The client library's aiohttp session trusts the environment, which aiohttp honours by re-reading the
-    proxy variables and ``~/.netrc`` in a worker thread on every request: two thread round trips per API
-    call, competing with prepare's own worker thread. A process's environment does not change and API
-    servers do not take ``.netrc`` credentials (client-go ignores them), so the proxy aiohttp would pick is
-    looked up once here and the per-request lookups are turned off. A kubeconfig ``proxy-url`` still wins.
+    Resolved once per client: aiohttp re-reads the proxy variables (and ``~/.netrc``, which API servers do
+    not honour) in a worker thread on every request when asked to trust the environment.
     """
-    configuration.client_session_kwargs = {**(configuration.client_session_kwargs or {}), "trust_env": False}
-    if configuration.proxy:
-        return
+    if connection.proxy:
+        return connection.proxy, None
     try:
-        proxy, auth = get_env_proxy_for_url(URL(configuration.host))
+        proxy, auth = get_env_proxy_for_url(URL(connection.server))
     except LookupError:
-        return
-    configuration.proxy = str(proxy)
-    if auth is not None:
-        configuration.proxy_headers = {"Proxy-Authorization": auth.encode()}
+        return None, None
+    return str(proxy), ({"Proxy-Authorization": auth.encode()} if auth is not None else None)
 
 
 def _with_type(rt: ResourceType, body: Mapping[str, Any]) -> JSON:

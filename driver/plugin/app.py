@@ -10,8 +10,9 @@ import signal
 from contextlib import AbstractContextManager
 
 from driver.config import ConfigError, PluginConfig
-from driver.devices.backend import BackendError, DeviceBackend, open_backend
+from driver.devices.backend import BackendError, DeviceBackend, backend_options, open_backend
 from driver.kube.client import KubeClient
+from driver.kube.connection import KubeConfigError
 from driver.log import get_logger, setup
 from driver.plugin.health import PluginHealth
 from driver.plugin.metrics import PluginMetrics
@@ -172,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
         log.error("invalid configuration", error=str(err))
         return 2
     try:
-        backend = open_backend(config.backend, **backend_options(config))
+        backend = open_backend(config.backend, **plugin_backend_options(config))
     except BackendError as err:
         log.error("cannot open device backend", backend=config.backend, error=str(err))
         return 1
@@ -181,13 +182,17 @@ def run(args: argparse.Namespace) -> int:
     except BackendError as err:
         log.error("device discovery failed", backend=config.backend, error=str(err))
         return 1
+    except KubeConfigError as err:
+        log.error("cannot reach the API server", error=str(err))
+        return 1
     finally:
         backend.close()
 
 
-def backend_options(config: PluginConfig) -> dict[str, object]:
-    """Simulated GPUs get node-specific UUIDs so several simulated nodes never share a GPU, and the
-    simulated load directory; NVML gets the driver root to load libnvidia-ml from."""
-    if config.backend.startswith(("fake:", "file:")):
-        return {"node_name": config.node_name, "state_dir": config.fake_state_dir}
-    return {"driver_root": config.driver_root} if config.backend == "nvml" else {}
+def plugin_backend_options(config: PluginConfig) -> dict[str, object]:
+    return backend_options(
+        config.backend,
+        node_name=config.node_name,
+        state_dir=config.fake_state_dir,
+        driver_root=config.driver_root,
+    )

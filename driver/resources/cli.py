@@ -39,17 +39,24 @@ def add_discover_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("NODE_NAME") or socket.gethostname(),
         help="node (and pool) name; default $NODE_NAME or the host name",
     )
+    parser.add_argument(
+        "--driver-root",
+        default=os.environ.get("DRIVER_ROOT", "/"),
+        help="NVIDIA driver files as mounted here; libnvidia-ml.so.1 is loaded from it (env DRIVER_ROOT)",
+    )
     parser.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
+    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
 
 
-def discovered_slices(backend_spec: str, driver: str, node: str) -> list[JSON]:
+def discovered_slices(backend_spec: str, driver: str, node: str, driver_root: str = "/") -> list[JSON]:
     """The slices the plugin would publish, as a server would store them (names left to generateName)."""
-    from driver.devices.backend import open_backend
+    from driver.devices.backend import backend_options, open_backend
     from driver.resources.attributes import device_entry
     from driver.resources.slices import split_devices
 
-    options = {"node_name": node} if backend_spec.startswith(("fake:", "file:")) else {}
-    backend = open_backend(backend_spec, **options)
+    backend = open_backend(
+        backend_spec, **backend_options(backend_spec, node_name=node, driver_root=driver_root)
+    )
     try:
         inventory = backend.discover()
     finally:
@@ -80,10 +87,12 @@ def _dump(obj: Any, fmt: str) -> str:
 def run_discover(args: argparse.Namespace) -> int:
     from driver.config import ConfigError, check_driver_name
     from driver.devices.backend import BackendError
+    from driver.log import setup
 
+    setup(args.log_level)
     try:
         check_driver_name(args.driver_name)
-        slices = discovered_slices(args.backend, args.driver_name, args.node_name)
+        slices = discovered_slices(args.backend, args.driver_name, args.node_name, args.driver_root)
     except (BackendError, ConfigError) as err:
         print(f"accel-dra discover: {err}", file=sys.stderr)
         return 1

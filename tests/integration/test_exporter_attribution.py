@@ -34,7 +34,7 @@ from driver.exporter.podresources import (
     PodResourcesClient,
     PodResourcesError,
 )
-from driver.exporter.server import Exporter, backend_options
+from driver.exporter.server import Exporter, exporter_backend_options
 from driver.kube.client import NAMESPACES, PODS, RESOURCE_SLICES, KubeClient
 from driver.sim.podresources import ClaimDevice as SimClaimDevice
 from driver.sim.podresources import ClaimResources, PodResourcesServer, PodResourcesState
@@ -153,7 +153,7 @@ async def start_exporter(sandbox: Sandbox) -> AsyncIterator[StartExporter]:
 
     async def start(**overrides: Any) -> Running:
         config = sandbox.config(**overrides)
-        backend = open_backend(config.backend, **backend_options(config))
+        backend = open_backend(config.backend, **exporter_backend_options(config))
         exporter = Exporter(config, backend)
         started.append((exporter, backend))
         await exporter.start()

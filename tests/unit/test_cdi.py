@@ -283,6 +283,33 @@ def test_debian_layout_and_an_empty_root(tmp_path: Path) -> None:
     assert discover_driver_files(tmp_path / "missing") == ()
 
 
+def test_gpu_image_layout_under_usr_local_nvidia(tmp_path: Path) -> None:
+    """GPU container images and some cloud images keep the driver in /usr/local/nvidia."""
+    root = tmp_path / "img"
+    libdir = root / "usr/local/nvidia/lib64"
+    libdir.mkdir(parents=True)
+    (libdir / "libcuda.so.580.65.06").write_text("")
+    os.symlink("libcuda.so.580.65.06", libdir / "libcuda.so.1")
+    (root / "usr/local/nvidia/bin").mkdir(parents=True)
+    (root / "usr/local/nvidia/bin/nvidia-smi").write_text("")
+    assert [f.container_path for f in discover_driver_files(root)] == [
+        "/usr/local/nvidia/bin/nvidia-smi",
+        "/usr/local/nvidia/lib64/libcuda.so.1",
+        "/usr/local/nvidia/lib64/libcuda.so.580.65.06",
+    ]
+
+
+def test_files_are_mounted_from_the_host_path_when_the_root_is_mounted_elsewhere(tmp_path: Path) -> None:
+    """The chart mounts the host's / at /driver-root: specs must name host paths, tools run from here."""
+    root = tmp_path / "driver-root"
+    make_driver_root(root)
+    files = discover_driver_files(root, "/")
+    smi = next(f for f in files if f.container_path == "/usr/bin/nvidia-smi")
+    assert smi.host_path == "/usr/bin/nvidia-smi"
+    assert smi.local_path == f"{root}/usr/bin/nvidia-smi"
+    assert library_dir_of(files, "libnvidia-ml") == f"{root}/usr/lib64"
+
+
 def test_the_store_writes_lists_and_removes(tmp_path: Path) -> None:
     store = cdi.CdiStore(tmp_path / "cdi", DRIVER)
     spec = spec_with()
