@@ -34,8 +34,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError
 
 from driver.devices.backend import BackendError
 from driver.devices.model import FabricInfo, Gpu, Inventory, MigDevice, MigPlacement, NvLink
@@ -329,7 +331,11 @@ def load_named_profile(name: str, node_name: str | None = None) -> FakeProfile:
     if name not in available:
         raise ProfileError(f"unknown fake device profile {name!r}; available: {', '.join(available)}")
     entry = _profiles_dir().joinpath(f"{name}.yaml")
-    return parse_profile(entry.read_text(encoding="utf-8"), source=f"fake:{name}", node_name=node_name)
+    # The bundled profiles are schema-checked by the test suite; skipping it here keeps jsonschema out of
+    # every sandbox plugin and exporter process.
+    return parse_profile(
+        entry.read_text(encoding="utf-8"), source=f"fake:{name}", node_name=node_name, check_schema=False
+    )
 
 
 def load_profile_file(path: str | Path, node_name: str | None = None) -> FakeProfile:
@@ -351,19 +357,24 @@ def profile_schema() -> dict[str, Any]:
 
 @cache
 def _validator() -> Draft202012Validator:
+    from jsonschema import Draft202012Validator
+
     return Draft202012Validator(profile_schema())
 
 
-def parse_profile(text: str, source: str, node_name: str | None = None) -> FakeProfile:
+def parse_profile(
+    text: str, source: str, node_name: str | None = None, *, check_schema: bool = True
+) -> FakeProfile:
     """Parse and validate one profile document. ``node_name`` seeds generated UUIDs."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ProfileError(f"{source}: not valid YAML: {exc}") from exc
-    errors = sorted(_validator().iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path])
-    if errors:
-        details = "\n".join(f"  {_field(e)}: {e.message}" for e in errors[:20])
-        raise ProfileError(f"{source}: invalid device profile:\n{details}")
+    if check_schema:
+        errors = sorted(_validator().iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path])
+        if errors:
+            details = "\n".join(f"  {_field(e)}: {e.message}" for e in errors[:20])
+            raise ProfileError(f"{source}: invalid device profile:\n{details}")
     name = data.get("name") or Path(source.removeprefix("fake:")).stem.lower()
     seed = f"{node_name}/{name}" if node_name else name
     _check_references(data, source)

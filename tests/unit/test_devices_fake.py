@@ -279,3 +279,15 @@ def test_fake_devices_doc_covers_schema_and_profiles() -> None:
     undocumented = sorted(name for name in _schema_properties(profile_schema()) if f"`{name}`" not in doc)
     assert undocumented == []
     assert [name for name in named_profiles() if f"`{name}`" not in doc] == []
+
+
+@pytest.mark.parametrize("name", named_profiles())
+def test_bundled_profiles_pass_the_schema(name: str) -> None:
+    """Bundled profiles skip the runtime schema check (it keeps jsonschema out of sandbox processes), so it
+    is done here."""
+    from importlib import resources
+
+    from driver.devices.fake import parse_profile
+
+    text = resources.files("driver.devices").joinpath(f"profiles/{name}.yaml").read_text()
+    assert parse_profile(text, source=f"fake:{name}", check_schema=True).inventory.gpus

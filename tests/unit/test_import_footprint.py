@@ -26,3 +26,14 @@ def test_plugin_and_exporter_modules_import_no_heavy_library(module: str) -> Non
 
 def test_the_fake_backend_needs_no_kubernetes_client() -> None:
     assert not {name for name in loaded("driver.devices.fake") if name.split(".")[0] == "kubernetes"}
+
+
+def test_opening_a_bundled_fake_profile_loads_no_schema_validator() -> None:
+    code = (
+        "import json, sys\n"
+        "from driver.devices.backend import open_backend\n"
+        "open_backend('fake:dgx-h100', node_name='n').discover()\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert not {m for m in json.loads(out) if m.split(".")[0] in ("jsonschema", "kubernetes")}
