@@ -144,6 +144,26 @@ def add_driver_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where device facts come from (plugin, exporter, discover): docs/fake-devices.md, docs/plugin.md."""
+    parser.add_argument(
+        "--backend",
+        default=_env("DEVICE_BACKEND", "nvml"),
+        help="device backend: nvml | fake:PROFILE | file:PATH (env DEVICE_BACKEND)",
+    )
+    parser.add_argument(
+        "--driver-root",
+        default=_env("DRIVER_ROOT", "/"),
+        help="where the NVIDIA driver's user-space files are, as seen by this process; libnvidia-ml.so.1 "
+        "is loaded from it (env DRIVER_ROOT)",
+    )
+    parser.add_argument(
+        "--fake-state-dir",
+        default=_env("ACCEL_DRA_FAKE_STATE"),
+        help="fake backends only: directory where simulated workloads report GPU load (env ACCEL_DRA_FAKE_STATE)",
+    )
+
+
 def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
     add_driver_arguments(parser)
     parser.add_argument("--node-name", default=_env("NODE_NAME"), help="this node's name (env NODE_NAME)")
@@ -160,26 +180,12 @@ def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
         default=_env("POD_UID"),
         help="this pod's UID (env POD_UID); enables rolling-update socket names",
     )
-    parser.add_argument(
-        "--backend",
-        default=_env("DEVICE_BACKEND", "nvml"),
-        help="device backend: nvml | fake:PROFILE | file:PATH (env DEVICE_BACKEND)",
-    )
-    parser.add_argument(
-        "--driver-root",
-        default=_env("DRIVER_ROOT", "/"),
-        help="where the NVIDIA driver's user-space files are, as seen by this process (env DRIVER_ROOT)",
-    )
+    add_backend_arguments(parser)
     parser.add_argument(
         "--host-driver-root",
         default=_env("HOST_DRIVER_ROOT"),
         help="the same tree's path on the host when it is mounted elsewhere here, e.g. / mounted at "
         "/driver-root (env HOST_DRIVER_ROOT; default: --driver-root)",
-    )
-    parser.add_argument(
-        "--fake-state-dir",
-        default=_env("ACCEL_DRA_FAKE_STATE"),
-        help="fake backends only: directory where simulated workloads report GPU load (env ACCEL_DRA_FAKE_STATE)",
     )
     parser.add_argument(
         "--metrics-listen",

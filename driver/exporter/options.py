@@ -23,11 +23,6 @@ def add_exporter_arguments(parser: argparse.ArgumentParser) -> None:
         help="HOST:PORT for /metrics and /healthz (env EXPORTER_LISTEN, default :9400)",
     )
     parser.add_argument(
-        "--backend",
-        default=_env("DEVICE_BACKEND", "nvml"),
-        help="device backend: nvml | fake:PROFILE | file:PATH (env DEVICE_BACKEND)",
-    )
-    parser.add_argument(
         "--pod-resources-socket",
         default=_env("POD_RESOURCES_SOCKET", config.POD_RESOURCES_SOCKET),
         help="kubelet PodResources socket, for pod/container/claim labels; empty: no attribution "
@@ -36,6 +31,7 @@ def add_exporter_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--node-name", default=os.environ.get("NODE_NAME"), help="this node's name (env NODE_NAME)"
     )
+    config.add_backend_arguments(parser)
     config.add_driver_arguments(parser)
     config.add_kube_arguments(parser)
     parser.add_argument(
@@ -61,20 +57,10 @@ def add_exporter_arguments(parser: argparse.ArgumentParser) -> None:
         "--proc-root", default=_env("PROC_ROOT", "/proc"), help="where /proc/<pid>/cgroup files are read"
     )
     parser.add_argument(
-        "--fake-state-dir",
-        default=os.environ.get("ACCEL_DRA_FAKE_STATE"),
-        help="simulated load of fake GPUs (env ACCEL_DRA_FAKE_STATE)",
-    )
-    parser.add_argument(
         "--health-state-file",
         default=_env("HEALTH_STATE_FILE", ""),
         help="the plugin's health state file (<plugin-dir>/health.json), so hw_status and hw_errors_total "
         "show the plugin's XID and lost-GPU findings; empty: off (env HEALTH_STATE_FILE)",
-    )
-    parser.add_argument(
-        "--driver-root",
-        default=os.environ.get("DRIVER_ROOT", "/"),
-        help="NVIDIA driver files as mounted here; libnvidia-ml.so.1 is loaded from it (env DRIVER_ROOT)",
     )
     config.add_common_arguments(parser)
 

@@ -26,11 +26,9 @@ JSON = dict[str, Any]
 
 
 def add_discover_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--backend",
-        default=os.environ.get("DEVICE_BACKEND", "nvml"),
-        help="nvml | fake:PROFILE | file:PATH (env DEVICE_BACKEND)",
-    )
+    from driver.config import add_backend_arguments
+
+    add_backend_arguments(parser)
     parser.add_argument(
         "--driver-name", default=os.environ.get("DRIVER_NAME", DEFAULT_DRIVER_NAME), help="DRA driver name"
     )
@@ -39,23 +37,21 @@ def add_discover_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("NODE_NAME") or socket.gethostname(),
         help="node (and pool) name; default $NODE_NAME or the host name",
     )
-    parser.add_argument(
-        "--driver-root",
-        default=os.environ.get("DRIVER_ROOT", "/"),
-        help="NVIDIA driver files as mounted here; libnvidia-ml.so.1 is loaded from it (env DRIVER_ROOT)",
-    )
     parser.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
 
 
-def discovered_slices(backend_spec: str, driver: str, node: str, driver_root: str = "/") -> list[JSON]:
+def discovered_slices(
+    backend_spec: str, driver: str, node: str, driver_root: str = "/", state_dir: str | None = None
+) -> list[JSON]:
     """The slices the plugin would publish, as a server would store them (names left to generateName)."""
     from driver.devices.backend import backend_options, open_backend
     from driver.resources.attributes import device_entry
     from driver.resources.slices import split_devices
 
     backend = open_backend(
-        backend_spec, **backend_options(backend_spec, node_name=node, driver_root=driver_root)
+        backend_spec,
+        **backend_options(backend_spec, node_name=node, driver_root=driver_root, state_dir=state_dir),
     )
     try:
         inventory = backend.discover()
@@ -92,7 +88,9 @@ def run_discover(args: argparse.Namespace) -> int:
     setup(args.log_level)
     try:
         check_driver_name(args.driver_name)
-        slices = discovered_slices(args.backend, args.driver_name, args.node_name, args.driver_root)
+        slices = discovered_slices(
+            args.backend, args.driver_name, args.node_name, args.driver_root, args.fake_state_dir
+        )
     except (BackendError, ConfigError) as err:
         print(f"accel-dra discover: {err}", file=sys.stderr)
         return 1
