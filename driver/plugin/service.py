@@ -17,6 +17,7 @@ import grpc
 from driver.log import bind, get_logger, new_request_id
 from driver.plugin.node_service import ClaimCheckError, NodeService
 from driver.state.api import ClaimRef, PrepareResult
+from driver.state.claimstatus import held_until_answered
 
 log = get_logger(__name__)
 
@@ -48,7 +49,10 @@ class DraServicer:
         with (
             bind(request_id=new_request_id(), rpc="NodePrepareResources", api=self._api_version),
             self._in_flight("prepare"),
+            held_until_answered() as release_status_writes,
         ):
+            # The claims' status PATCHes wait until the kubelet has its answer (also after an abort).
+            context.add_done_callback(lambda _: release_status_writes())
             started = time.monotonic()
             log.info("prepare requested", claims=_describe(refs))
             try:

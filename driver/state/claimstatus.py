@@ -5,13 +5,17 @@ prepared, outside the node lock, so prepare latency does not include an API roun
 logged and never fails the claim. The ``/status`` subresource is patched with the entries of every other
 driver kept, guarded by the claim's ``resourceVersion`` (a JSON merge patch replaces whole lists), and
 retried on 409 Conflict.
+
+Inside a :func:`held_until_answered` scope (the gRPC servicer opens one per call) writes start only once the
+kubelet has its answer: their CPU would otherwise delay it (the bench measured ~2 ms of a prepare's p50).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 import aiohttp
@@ -43,6 +47,44 @@ def merge_device_statuses(
     return merged
 
 
+class _HeldWrites:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._starts: list[Callable[[], None]] = []
+        self._released = False
+
+    def add(self, start: Callable[[], None]) -> None:
+        if self._released:
+            start()
+        else:
+            self._starts.append(start)
+
+    def release(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the process is shutting down
+            self._loop.call_soon_threadsafe(self._start_all)
+
+    def _start_all(self) -> None:
+        self._released = True
+        starts, self._starts = self._starts, []
+        for start in starts:
+            start()
+
+
+_held: ContextVar[_HeldWrites | None] = ContextVar("claim_status_held", default=None)
+
+
+@contextlib.contextmanager
+def held_until_answered() -> Iterator[Callable[[], None]]:
+    """Hold back the writes submitted in this scope until the returned ``release`` is called (from any
+    thread, any number of times); once released, writes start at once."""
+    held = _HeldWrites(asyncio.get_running_loop())
+    token = _held.set(held)
+    try:
+        yield held.release
+    finally:
+        _held.reset(token)
+
+
 class ClaimStatusWriter:
     def __init__(self, kube: KubeClient) -> None:
         self._kube = kube
@@ -56,11 +98,18 @@ class ClaimStatusWriter:
         only costs a 409 and a normal retry."""
         if not entries:
             return
-        task = asyncio.create_task(
-            self._write(ref, [dict(e) for e in entries], known), name=f"claim-status-{ref.uid}"
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        copied = [dict(e) for e in entries]
+
+        def start() -> None:
+            task = asyncio.create_task(self._write(ref, copied, known), name=f"claim-status-{ref.uid}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        held = _held.get()
+        if held is None:
+            start()
+        else:
+            held.add(start)
 
     async def drain(self) -> None:
         """Wait for every submitted write (tests, orderly shutdown)."""

@@ -14,7 +14,7 @@ from driver.sim.apiserver import SimApiServer
 from driver.sim.cdi_registry import CdiRegistry
 from driver.sim.kubelet import KubeletError, SimKubelet
 from driver.sim.runtime import apply_edits
-from driver.state.claimstatus import ClaimStatusWriter
+from driver.state.claimstatus import ClaimStatusWriter, held_until_answered
 from tests.integration.conftest import NodeDirs, StartPlugin
 from tests.integration.node_state_claims import (
     DRIVER,
@@ -207,3 +207,28 @@ async def test_status_writes_retry_conflicts_and_give_up_quietly_on_a_gone_claim
         and "default/contended" in str(getattr(r, "fields", {}))
         for r in caplog.records
     )
+
+
+async def test_status_writes_submitted_while_answering_wait_for_the_release(
+    apiserver: SimApiServer, kube: KubeClient
+) -> None:
+    """The servicer holds a call's status writes until the kubelet has its answer (docs/performance.md)."""
+    claim = await allocated_claim(kube, "held", [result("gpu", GPU0)])
+    entry = {"driver": DRIVER, "pool": "node-1", "device": GPU0, "data": {"uuid": "GPU-x"}}
+    status_path = r"/resourceclaims/held/status$"
+    mark = apiserver.request_log.mark()
+    writer = ClaimStatusWriter(kube)
+    with held_until_answered() as release:
+        writer.submit(ref(claim), [entry])
+        await writer.drain()  # nothing started, so nothing to wait for
+        assert apiserver.request_log.writes(mark, status_path) == []
+    release()
+    await apiserver.wait_for(lambda _: bool(apiserver.request_log.writes(mark, status_path)), timeout=30)
+    await writer.drain()
+    assert [r.status for r in apiserver.request_log.writes(mark, status_path)] == [200]
+    # Outside any scope a write starts at once.
+    await kube.patch(RESOURCE_CLAIMS, "held", {"status": {"devices": []}}, "default", subresource="status")
+    mark = apiserver.request_log.mark()
+    writer.submit(ref(claim), [entry])
+    await writer.drain()
+    assert [r.status for r in apiserver.request_log.writes(mark, status_path)] == [200]
