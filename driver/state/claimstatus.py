@@ -7,7 +7,7 @@ driver kept, guarded by the claim's ``resourceVersion`` (a JSON merge patch repl
 retried on 409 Conflict.
 
 Inside a :func:`held_until_answered` scope (the gRPC servicer opens one per call) writes start only once the
-kubelet has its answer: their CPU would otherwise delay it (the bench measured ~2 ms of a prepare's p50).
+kubelet has its answer: their CPU would otherwise delay it (up to ~2 ms of a prepare's p50 in the bench).
 """
 
 from __future__ import annotations
