@@ -32,6 +32,7 @@ from driver.exporter.podresources import ContainerResources, DeviceResolver, Pod
 from driver.health.state import GpuHealth, gpu_health
 from driver.health.store import StateFileReader
 from driver.log import get_logger
+from driver.threads import when_done
 
 log = get_logger(__name__)
 
@@ -107,7 +108,7 @@ class _Worker:
         )
         self.pending: concurrent.futures.Future[GpuTelemetry] | None = None
         #: The event loop's view of ``pending`` (one per request, cancelled at stop).
-        self.waiter: asyncio.Future[GpuTelemetry] | None = None
+        self.waiter: asyncio.Future[None] | None = None
         self.pending_since = 0.0
         self.timed_out = False
         self._thread = threading.Thread(target=self._serve, name=f"sample-{uuid}", daemon=True)
@@ -127,7 +128,7 @@ class _Worker:
         if self.pending is not None:
             return None
         self.pending = concurrent.futures.Future()
-        self.waiter = asyncio.wrap_future(self.pending)
+        self.waiter = when_done(self.pending)
         self.pending_since = now
         self.timed_out = False
         self._requests.put(self.pending)

@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 from driver.devices.model import Device, Inventory
 from driver.health.events import (
@@ -39,10 +38,10 @@ from driver.health.events import (
 from driver.health.state import DeviceHealth, HealthState, Policy, apply, clear_targets, device_health
 from driver.health.store import StateFileError, keep_aside, read_state, write_state
 from driver.log import get_logger
+from driver.threads import in_daemon_thread, when_done
 
 log = get_logger(__name__)
 
-T = TypeVar("T")
 MAX_RETRY_SECONDS = 30.0
 
 
@@ -53,22 +52,6 @@ class MonitorSettings:
     probe_timeout: float = 5.0
     #: Longest single event wait (bounds how long stopping takes).
     wait_timeout: float = 1.0
-
-
-def in_daemon_thread(fn: Callable[[], T], name: str) -> concurrent.futures.Future[T]:
-    """Run ``fn`` in a new daemon thread (a call that never returns cannot block process exit)."""
-    future: concurrent.futures.Future[T] = concurrent.futures.Future()
-
-    def run() -> None:
-        if not future.set_running_or_notify_cancel():
-            return
-        try:
-            future.set_result(fn())
-        except BaseException as err:
-            future.set_exception(err)
-
-    threading.Thread(target=run, name=name, daemon=True).start()
-    return future
 
 
 class _Prober:
@@ -277,7 +260,7 @@ class HealthMonitor:
         now = self._clock()
         started = [p.request(now) for p in self._probers.values() if p.pending is None]
         if started:
-            await asyncio.wait([asyncio.wrap_future(f) for f in started], timeout=self.settings.probe_timeout)
+            await asyncio.wait([when_done(f) for f in started], timeout=self.settings.probe_timeout)
         self.submit(self._probe_results(self._clock()))
 
     def _probe_results(self, now: float) -> list[HealthEvent]:

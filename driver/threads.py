@@ -1,0 +1,58 @@
+"""Work in plain threads, seen from the event loop.
+
+NVML calls can hang for seconds (a GPU falling off the bus), so health probes and telemetry reads run in
+daemon threads of their own and the event loop only waits, with a timeout, for them to finish. The outcome
+is read from the thread's :class:`concurrent.futures.Future` itself; the loop-side future of
+:func:`when_done` carries no exception, so a failed read that nobody awaits is not reported a second time
+by asyncio as "Future exception was never retrieved".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def in_daemon_thread(fn: Callable[[], T], name: str) -> concurrent.futures.Future[T]:
+    """Run ``fn`` in a new daemon thread (a call that never returns cannot block process exit)."""
+    future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(fn())
+        except BaseException as err:
+            future.set_exception(err)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
+
+
+def when_done(future: concurrent.futures.Future[Any]) -> asyncio.Future[None]:
+    """A future of the running loop that resolves to None once ``future`` is done, whatever its outcome.
+
+    Cancelling the returned future (at shutdown) only stops the waiting; a thread finishing later does not
+    call into a closed loop.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    def notify(_: concurrent.futures.Future[Any]) -> None:
+        if done.done():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+            loop.call_soon_threadsafe(settle)
+
+    future.add_done_callback(notify)
+    return done
