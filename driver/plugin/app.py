@@ -50,10 +50,10 @@ class Plugin:
         self._publishing: asyncio.Task[None] | None = None
         self._sweeping: asyncio.Task[None] | None = None
         os.makedirs(config.plugin_dir, mode=0o750, exist_ok=True)
-        lock = NodeLock(os.path.join(config.plugin_dir, LOCK_FILE_NAME))
-        self.preparer = self._make_preparer(lock)
+        self.lock = NodeLock(os.path.join(config.plugin_dir, LOCK_FILE_NAME))
+        self.preparer = self._make_preparer(self.lock)
         self.sweeper = ClaimSweeper(self.preparer, KubeClaimSource(kube), config.sweep_interval)
-        self.node = NodeService(KubeClaimSource(kube), self.preparer, lock, config.driver_name)
+        self.node = NodeService(KubeClaimSource(kube), self.preparer, self.lock, config.driver_name)
         self.health = (
             PluginHealth.create(
                 config,
@@ -91,7 +91,6 @@ class Plugin:
     async def start(self) -> None:
         if self.metrics is not None:
             await self.metrics.start(self.config.metrics_listen)
-            self.metrics.set_prepared_devices(prepared_devices(self.preparer))
         # Persisted health first, so a tainted device is never published untainted after a restart.
         if self.health is not None:
             await self.health.start()
@@ -100,6 +99,8 @@ class Plugin:
         self._publishing = asyncio.create_task(self.publisher.run(), name="slice-publisher")
         # Crash and reboot leftovers are settled before the kubelet can call.
         await self.preparer.start()
+        if self.metrics is not None:
+            self.metrics.set_prepared_devices(self.preparer.prepared_device_count())
         await self.server.start()
         self._sweeping = asyncio.create_task(self.sweeper.run(), name="claim-sweeper")
 
@@ -114,17 +115,20 @@ class Plugin:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        # Calls cut off by the stop are still finishing their node-state work: let them, so no thread is
+        # left writing the checkpoint after the lock's owner is gone.
+        await self.lock.wait_idle()
         await self.preparer.close()
         if self.metrics is not None:
             await self.metrics.stop()
 
 
-def prepared_devices(preparer: NodePreparer) -> int:
-    return sum(len(r.devices) for r in preparer.records() if r.completed)
-
-
 class _PreparedDevicesGauge:
-    """Operation metrics that also refresh the prepared-devices gauge after every call."""
+    """Operation metrics that also refresh the prepared-devices gauge after every call.
+
+    The count is what the preparer last read or wrote under the node lock: the gauge never touches the
+    checkpoint file itself (loading it can rebuild or rewrite it, which only a lock holder may do).
+    """
 
     def __init__(self, metrics: PluginMetrics, preparer: NodePreparer) -> None:
         self._metrics = metrics
@@ -135,7 +139,7 @@ class _PreparedDevicesGauge:
 
     def observe(self, operation: str, result: str, seconds: float) -> None:
         self._metrics.observe(operation, result, seconds)
-        self._metrics.set_prepared_devices(prepared_devices(self._preparer))
+        self._metrics.set_prepared_devices(self._preparer.prepared_device_count())
 
 
 async def serve(config: PluginConfig, backend: DeviceBackend) -> int:

@@ -4,7 +4,9 @@ This mirrors what a plugin built on the upstream Go helper does around the drive
 
 * before taking the node lock, GET every ResourceClaim; a claim that cannot be fetched, is not allocated,
   or whose UID differs from the request fails the *whole* call (the kubelet retries the pod);
-* prepare and unprepare run under the node lock (shared with other instances on the node);
+* prepare and unprepare run under the node lock (shared with other instances on the node); a call the
+  kubelet gives up on (deadline) or the server cancels (shutdown) still runs to its end before the lock is
+  released, so a device is never prepared for a second claim while the first one's work is in flight;
 * the answer holds exactly one entry per requested claim UID; a preparer that forgets one gets an error
   entry rather than a silently short map (the kubelet would report "skipped N ResourceClaims");
 * request names are reported as base names (``gpu/sub`` -> ``gpu``), or the kubelet injects nothing.
@@ -54,15 +56,13 @@ class NodeService:
         if not refs:
             return {}
         claims = await asyncio.gather(*(self._fetch_checked(ref) for ref in refs))
-        async with self._lock.hold():
-            results = await self._preparer.prepare(claims)
+        results = await self._lock.run(lambda: self._preparer.prepare(claims))
         return {ref.uid: _base_names(_result_for(ref, results)) for ref in refs}
 
     async def unprepare(self, refs: Sequence[ClaimRef]) -> dict[str, str]:
         if not refs:
             return {}
-        async with self._lock.hold():
-            errors = await self._preparer.unprepare(refs)
+        errors = await self._lock.run(lambda: self._preparer.unprepare(refs))
         return {
             ref.uid: errors.get(ref.uid, f"internal error: no unprepare result for claim {ref}")
             for ref in refs

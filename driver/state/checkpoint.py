@@ -16,8 +16,10 @@ Design points (docs/node-state.md has the operator's view):
   adds an optional field therefore never breaks an older reader's check, and formatting is irrelevant.
 * Unknown fields (written by a newer version) are kept in ``extra`` and written back unchanged.
 * Older versions are migrated in memory by a chain of functions; the next write stores the current version.
-* A file that cannot be read, parsed or verified is *corrupt*: it is moved aside (``checkpoint.json.corrupt-
-  <time>``) and the caller starts from an empty checkpoint. Nothing here raises on bad content.
+* A file that cannot be read, parsed or verified is *corrupt*: a copy is kept aside (``checkpoint.json.corrupt-
+  <time>``) and the caller gets an empty checkpoint to rebuild. The corrupt file itself stays in place until
+  the rebuilt checkpoint atomically replaces it, so a crash before that finds it corrupt again and rebuilds
+  again -- never "no checkpoint", which would mean a fresh node. Nothing here raises on bad content.
 * ``nodeBootID`` differing from the running boot id means the node rebooted: prepared state is void.
 """
 
@@ -66,7 +68,7 @@ class LoadEvent(enum.StrEnum):
     LOADED = "loaded"
     MIGRATED = "migrated"  # an older version, converted
     NEWER = "newer"  # written by a newer version; read what we know, keep the rest
-    CORRUPT = "corrupt"  # moved aside; empty checkpoint returned
+    CORRUPT = "corrupt"  # copy kept aside; empty checkpoint returned, the caller rebuilds and saves
     REBOOTED = "rebooted"  # boot id changed; prepared state dropped
 
 
@@ -275,7 +277,17 @@ MIGRATIONS: Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _migr
 
 
 def decode(raw: bytes) -> tuple[Checkpoint, LoadEvent]:
-    """Parse and verify a checkpoint file's bytes. Raises :class:`CorruptCheckpointError`."""
+    """Parse and verify a checkpoint file's bytes. Raises :class:`CorruptCheckpointError`, and only that."""
+    try:
+        return _decode(raw)
+    except CorruptCheckpointError:
+        raise
+    except Exception as exc:  # pure code over the file's bytes: whatever fails, the content is to blame
+        # e.g. NaN or 1e999 (no canonical form to checksum), a lone surrogate escape, nesting too deep
+        raise CorruptCheckpointError(f"cannot be decoded: {type(exc).__name__}: {exc}") from None
+
+
+def _decode(raw: bytes) -> tuple[Checkpoint, LoadEvent]:
     try:
         document = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -332,24 +344,31 @@ class CheckpointStore:
         self.path = self.directory / CHECKPOINT_FILE
         self.boot_id = boot_id
         self._cached: tuple[bytes, Checkpoint] | None = None
+        #: The checkpoint as last loaded (after reboot/corruption handling) or saved by this process.
+        self.last: Checkpoint = self.empty()
 
     def empty(self) -> Checkpoint:
         return Checkpoint(boot_id=self.boot_id)
 
     def load(self) -> tuple[Checkpoint, LoadEvent]:
+        cp, event = self._load()
+        self.last = cp
+        return cp, event
+
+    def _load(self) -> tuple[Checkpoint, LoadEvent]:
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
             self._cached = None
             return self.empty(), LoadEvent.MISSING
         except OSError as exc:
-            return self._corrupt(f"cannot read: {exc}")
+            return self._corrupt(f"cannot read: {exc}", None)
         if self._cached is not None and self._cached[0] == raw:
             return self._cached[1], LoadEvent.LOADED
         try:
             cp, event = decode(raw)
-        except (CorruptCheckpointError, RecursionError) as exc:
-            return self._corrupt(str(exc))
+        except CorruptCheckpointError as exc:
+            return self._corrupt(str(exc), raw)
         if self.boot_id and cp.boot_id and cp.boot_id != self.boot_id:
             log.warning(
                 "node rebooted since the checkpoint was written; dropping prepared state",
@@ -378,23 +397,26 @@ class CheckpointStore:
         raw = encode(cp)
         atomic_write(self.path, raw, mode=0o600, what="checkpoint")
         self._cached = (raw, cp)
+        self.last = cp
 
-    def _corrupt(self, reason: str) -> tuple[Checkpoint, LoadEvent]:
+    def _corrupt(self, reason: str, raw: bytes | None) -> tuple[Checkpoint, LoadEvent]:
+        """Keep a copy of the corrupt bytes for inspection; the file itself stays until a save replaces it."""
         self._cached = None
         aside = (
             self.directory
             / f"{CHECKPOINT_FILE}.corrupt-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{time.time_ns() % 10**9:09d}"
         )
-        try:
-            os.replace(self.path, aside)
-            moved: str | None = str(aside)
-        except OSError as exc:
-            moved = None
-            log.error("cannot move corrupt checkpoint aside", path=str(self.path), error=str(exc))
+        copied: str | None = None
+        if raw is not None:
+            try:
+                _write_copy(aside, raw)
+                copied = str(aside)
+            except OSError as exc:
+                log.error("cannot keep a copy of the corrupt checkpoint", path=str(aside), error=str(exc))
         log.error(
-            "checkpoint is corrupt; moved aside, continuing from an empty state",
+            "checkpoint is corrupt; copy kept aside, continuing from an empty state",
             path=str(self.path),
-            moved_to=moved,
+            copied_to=copied,
             reason=reason,
         )
         self._prune_corrupt()
@@ -405,3 +427,9 @@ class CheckpointStore:
         for path in old[:-KEEP_CORRUPT]:
             with contextlib.suppress(OSError):
                 path.unlink()
+
+
+def _write_copy(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)

@@ -110,10 +110,21 @@ def parse_proc_devices_major(text: str, name: str) -> int | None:
 
 
 class HostDeviceNodes:
-    """Real hosts: nodes that exist in ``dev_root/dev`` or ``driver_root/dev``, numbers from ``stat``."""
+    """Real hosts: nodes that exist in ``dev_root/dev`` or ``driver_root/dev``, numbers from ``stat``.
 
-    def __init__(self, driver_root: str = "/", dev_root: str = "/", proc_root: str = "/proc") -> None:
+    The runtime reads ``hostPath`` on the host, so a node found under the driver root as mounted here is
+    written with the driver root's host path (``host_driver_root``, default: the same path).
+    """
+
+    def __init__(
+        self,
+        driver_root: str = "/",
+        dev_root: str = "/",
+        proc_root: str = "/proc",
+        host_driver_root: str | None = None,
+    ) -> None:
         self.driver_root = Path(driver_root)
+        self.host_driver_root = Path(host_driver_root or driver_root)
         self.dev_root = Path(dev_root)
         self.proc_root = Path(proc_root)
         self._mig_minors, self._caps_major = self._read_caps()
@@ -127,15 +138,15 @@ class HostDeviceNodes:
         return minors, major
 
     def _locate(self, path: str) -> tuple[str, os.stat_result] | None:
-        """Where a node exists: (host path, its stat), host ``/dev`` first."""
-        for root in (self.dev_root, self.driver_root):
-            candidate = root / path.lstrip("/")
+        """Where a node exists: (its path on the host, its stat), host ``/dev`` first."""
+        relative = path.lstrip("/")
+        for root, on_host in ((self.dev_root, self.dev_root), (self.driver_root, self.host_driver_root)):
             try:
-                st = os.stat(candidate)
+                st = os.stat(root / relative)
             except OSError:
                 continue
             if stat.S_ISCHR(st.st_mode):
-                return str(candidate), st
+                return str(on_host / relative), st
         return None
 
     def _node(self, path: str) -> JSON | None:
@@ -143,8 +154,7 @@ class HostDeviceNodes:
         if found is None:
             return None
         host, st = found
-        host_path = None if host == str(Path("/") / path.lstrip("/")) else host
-        return char_node(path, os.major(st.st_rdev), os.minor(st.st_rdev), host_path)
+        return char_node(path, os.major(st.st_rdev), os.minor(st.st_rdev), host)
 
     def control_nodes(self) -> list[JSON]:
         return [node for node in map(self._node, CONTROL_NODES) if node is not None]

@@ -47,7 +47,11 @@ def make_preparer(
         files=len(files),
     )
     simulated = is_simulated(config.backend)
-    nodes: DeviceNodes = SimulatedDeviceNodes() if simulated else HostDeviceNodes(config.driver_root)
+    nodes: DeviceNodes = (
+        SimulatedDeviceNodes()
+        if simulated
+        else HostDeviceNodes(config.driver_root, host_driver_root=config.host_driver_root)
+    )
     set_timeslice = getattr(backend, "set_timeslice", None)
     slicer: TimeSlicer
     if callable(set_timeslice):

@@ -4,6 +4,11 @@ A ``flock`` on ``<plugin-dir>/serialize.lock`` excludes other processes sharing 
 old and new pod during a rolling update), and an asyncio lock keeps a single process from queueing more
 than one blocked thread on it. Every acquisition opens the file afresh, so the lock belongs to that open
 file description and is released by closing it even if the process dies.
+
+Node-state work runs in worker threads, which cannot be cancelled. :meth:`NodeLock.run` therefore lets a
+critical section, once entered, run to its end even when its caller is cancelled (a kubelet deadline, the
+gRPC server stopping): the caller gets its ``CancelledError`` at once, but the lock is only released when
+the work has finished, so the next holder never overlaps a thread still writing the checkpoint.
 """
 
 from __future__ import annotations
@@ -12,26 +17,91 @@ import asyncio
 import contextlib
 import fcntl
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
+
+from driver.log import get_logger
+
+log = get_logger(__name__)
 
 LOCK_FILE_NAME = "serialize.lock"
+
+T = TypeVar("T")
 
 
 class NodeLock:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._local = asyncio.Lock()
+        self._running: set[asyncio.Task[Any]] = set()
+
+    async def run(self, body: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """Run ``body()`` holding the lock; once started it runs to its end, whatever happens to the caller."""
+        fd = await self._take()
+        try:
+            task = asyncio.ensure_future(body())
+        except BaseException:
+            self._free(fd)
+            raise
+        self._running.add(task)
+        task.add_done_callback(lambda t: self._finished(t, fd))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                log.warning(
+                    "caller cancelled; the node-locked operation finishes before the lock is released"
+                )
+            task.add_done_callback(_report_orphaned)
+            raise
+
+    async def wait_idle(self) -> None:
+        """Wait until no critical section started by :meth:`run` is still running (orderly shutdown)."""
+        while self._running:
+            await asyncio.wait(set(self._running))
 
     @contextlib.asynccontextmanager
     async def hold(self) -> AsyncIterator[None]:
-        async with self._local:
+        """Hold the lock for the body of an ``async with``.
+
+        The lock is released as soon as the body ends, also by cancellation: a body that waits for a worker
+        thread must use :meth:`run` instead.
+        """
+        fd = await self._take()
+        try:
+            yield
+        finally:
+            self._free(fd)
+
+    async def _take(self) -> int:
+        """Acquire both locks; return the descriptor holding the flock."""
+        await self._local.acquire()
+        try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             await _acquire(fd)
-            try:
-                yield
-            finally:
-                _release(fd)
+        except BaseException:
+            self._local.release()
+            raise
+        return fd
+
+    def _finished(self, task: asyncio.Task[Any], fd: int) -> None:
+        self._running.discard(task)
+        self._free(fd)
+
+    def _free(self, fd: int) -> None:
+        _release(fd)
+        self._local.release()
+
+
+def _report_orphaned(task: asyncio.Task[Any]) -> None:
+    """The outcome of a critical section whose caller was cancelled: nobody else will look at it."""
+    if task.cancelled():
+        log.warning("node-locked operation cancelled after its caller went away")
+    elif (err := task.exception()) is not None:
+        log.error("node-locked operation failed after its caller went away", error=repr(err))
+    else:
+        log.info("node-locked operation finished after its caller went away")
 
 
 def _release(fd: int) -> None:

@@ -83,6 +83,21 @@ def find_overlap(cp: Checkpoint, plan: ClaimPlan) -> str | None:
     return None
 
 
+def _non_default(sharing: str | None) -> bool:
+    return sharing is not None and not sharing.endswith(f":{DEFAULT_INTERVAL}")
+
+
+def _still_needed(cp: Checkpoint, leaving: str, device: DeviceRecord) -> bool:
+    """Whether a claim other than ``leaving`` asks for a non-default time slice on ``device``'s GPU."""
+    return any(
+        _non_default(d.sharing)
+        for other in cp.claims.values()
+        if other.uid != leaving
+        for d in other.devices
+        if (d.pool, d.device) == (device.pool, device.device)
+    )
+
+
 def record_from_spec(uid: str, spec: Mapping[str, Any] | None, driver: str, pool: str) -> ClaimRecord | None:
     """Rebuild a completed claim entry from its CDI spec (after a corrupt checkpoint); None if unusable."""
     if not spec:
@@ -100,6 +115,7 @@ def record_from_spec(uid: str, spec: Mapping[str, Any] | None, driver: str, pool
             if "=" in str(e)
         )
         base = env_name(device)
+        sharing = env.get(f"{base}_SHARING")
         namespace, _, name = env.get(f"{base}_CLAIM", "/").partition("/")
         devices.append(
             DeviceRecord(
@@ -109,7 +125,9 @@ def record_from_spec(uid: str, spec: Mapping[str, Any] | None, driver: str, pool
                 uuid=env.get(base, ""),
                 admin_access=env.get(f"{base}_ADMIN_ACCESS") == "true",
                 cdi_ids=(qualified_id(driver, cdi_name),),
-                sharing=env.get(f"{base}_SHARING"),
+                sharing=sharing,
+                # Unknown after a rebuild: assume the GPU took the setting, so unprepare resets it.
+                sharing_applied=_non_default(sharing),
             )
         )
     if not devices:
@@ -154,8 +172,7 @@ class NodePreparer:
 
     async def start(self) -> None:
         """Settle what a crash or reboot left behind, before serving."""
-        async with self.lock.hold():
-            await asyncio.to_thread(self.recover)
+        await self.lock.run(lambda: asyncio.to_thread(self.recover))
 
     async def prepare(self, claims: Sequence[Claim]) -> dict[str, PrepareResult]:
         results, plans = await asyncio.to_thread(self.prepare_sync, claims)
@@ -348,22 +365,23 @@ class NodePreparer:
         return applied
 
     def _reset_sharing(self, cp: Checkpoint, record: ClaimRecord) -> None:
-        """Put the default time slice back on GPUs this claim changed, unless another claim still uses them."""
-        in_use = {
-            (d.pool, d.device)
-            for other in cp.claims.values()
-            if other.uid != record.uid
-            for d in other.devices
-        }
+        """Put the default time slice back on GPUs this claim changed, once no other claim asks for a
+        non-default one there (a claim without sharing config, admin access or not, needs nothing kept).
+
+        An interrupted prepare may have changed the slice before recording it, so it is reset too.
+        """
         for d in record.devices:
-            changed = d.sharing_applied or not record.completed
-            if d.sharing is None or d.sharing.endswith(f":{DEFAULT_INTERVAL}") or not changed:
+            if not _non_default(d.sharing) or not (d.sharing_applied or not record.completed):
                 continue
             device = self.inventory.device(d.device)
-            if device is not None and (d.pool, d.device) not in in_use:
+            if device is not None and not _still_needed(cp, record.uid, d):
                 apply_logged(self.slicer, device, DEFAULT_INTERVAL, str(record))
 
-    # -- for the sweeper ---------------------------------------------------------------------------
+    # -- for the sweeper and the metrics ------------------------------------------------------------
 
     def records(self) -> list[ClaimRecord]:
         return list(self.checkpoint().claims.values())
+
+    def prepared_device_count(self) -> int:
+        """Devices of completed claims, as of the checkpoint last read or written; no I/O, no lock needed."""
+        return sum(len(r.devices) for r in self.store.last.claims.values() if r.completed)

@@ -11,6 +11,7 @@ a running pod. API errors other than "not found" leave the entry alone until the
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any, Protocol
 
 from driver.kube.client import ApiError
@@ -45,8 +46,7 @@ class ClaimSweeper:
 
     async def sweep(self) -> list[ClaimRef]:
         """One pass; returns the claims it unprepared."""
-        async with self.preparer.lock.hold():
-            records = await asyncio.to_thread(self.preparer.records)
+        records = await self.preparer.lock.run(lambda: asyncio.to_thread(self.preparer.records))
         stale = [
             ref
             for ref in await asyncio.gather(*(self._stale(r.namespace, r.name, r.uid) for r in records))
@@ -54,10 +54,10 @@ class ClaimSweeper:
         ]
         swept: list[ClaimRef] = []
         for ref in stale:
-            async with self.preparer.lock.hold():
-                if await asyncio.to_thread(self.preparer.unprepare_one, ref):
-                    log.info("unprepared claim that no longer exists", claim=str(ref))
-                    swept.append(ref)
+            unprepare = functools.partial(asyncio.to_thread, self.preparer.unprepare_one, ref)
+            if await self.preparer.lock.run(unprepare):
+                log.info("unprepared claim that no longer exists", claim=str(ref))
+                swept.append(ref)
         if stale or records:
             log.info("claim sweep done", checked=len(records), unprepared=len(swept))
         return swept

@@ -213,7 +213,7 @@ async def test_a_corrupt_checkpoint_does_not_stop_the_plugin(node: Node, kube: K
     checkpoint = node.dirs.plugin_dir(DRIVER) / "checkpoint.json"
     checkpoint.write_text(checkpoint.read_text().replace("PrepareCompleted", "PrepareCompleteD"))
     second = await node.plugin()
-    await second.wait_log("checkpoint is corrupt; moved aside")
+    await second.wait_log("checkpoint is corrupt; copy kept aside")
     await second.wait_log("checkpoint rebuilt from CDI specs")
     assert len(list(node.dirs.plugin_dir(DRIVER).glob("checkpoint.json.corrupt-*"))) == 1
     # Rebuilt from the CDI spec: the device stays guarded, and the kubelet's retry is answered as before.

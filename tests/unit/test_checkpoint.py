@@ -139,7 +139,7 @@ def test_the_checksum_ignores_formatting(tmp_path: Path) -> None:
         (lambda d: d.update(version="two"), "version 'two'"),
     ],
 )
-def test_a_damaged_checkpoint_is_moved_aside_and_logged(
+def test_a_damaged_checkpoint_is_copied_aside_and_logged(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: Any, reason: str
 ) -> None:
     saved(tmp_path, record("a"))
@@ -151,7 +151,9 @@ def test_a_damaged_checkpoint_is_moved_aside_and_logged(
     assert (event, dict(cp.claims)) == (LoadEvent.CORRUPT, {})
     (aside,) = tmp_path.glob(f"{CHECKPOINT_FILE}.corrupt-*")
     assert json.loads(aside.read_text()) == document, "the corrupt file is kept for inspection"
-    assert not (tmp_path / CHECKPOINT_FILE).exists()
+    # The corrupt file stays until a rebuilt checkpoint replaces it: a crash before that must not look like
+    # a fresh node.
+    assert (tmp_path / CHECKPOINT_FILE).read_bytes() == aside.read_bytes()
     (line,) = [r for r in caplog.records if "checkpoint is corrupt" in r.getMessage()]
     assert reason in str(line.__dict__.get("fields", {}).get("reason"))
 

@@ -97,3 +97,73 @@ async def test_cancelled_waiter_does_not_keep_the_lock(holder) -> None:  # type:
             pytest.fail("lock still held after the cancelled waiter's worker returned")
     finally:
         os.close(fd)
+
+
+def is_free(path: Path) -> bool:
+    """Whether another plugin instance could take the lock now (flock is per open file description)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+async def test_run_finishes_its_body_after_the_caller_is_cancelled(tmp_path: Path) -> None:
+    lock = NodeLock(tmp_path / "serialize.lock")
+    inside, finish = asyncio.Event(), asyncio.Event()
+    finished: list[str] = []
+
+    async def body() -> str:
+        inside.set()
+        await finish.wait()  # stands for a worker thread, which cancellation cannot stop
+        finished.append("body")
+        return "done"
+
+    caller = asyncio.create_task(lock.run(body))
+    await inside.wait()
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert not is_free(lock.path), "lock released while the body still runs"
+    # A coroutine of the same process queues behind the body, too.
+    follower = asyncio.create_task(lock.run(lambda: asyncio.sleep(0, result="follower")))
+    finish.set()
+    assert await follower == "follower"
+    assert finished == ["body"]
+    await lock.wait_idle()
+    assert is_free(lock.path)
+
+
+async def test_a_body_failing_after_its_caller_left_releases_the_lock(tmp_path: Path) -> None:
+    lock = NodeLock(tmp_path / "serialize.lock")
+    inside, finish = asyncio.Event(), asyncio.Event()
+
+    async def body() -> None:
+        inside.set()
+        await finish.wait()
+        raise OSError("disk full")
+
+    caller = asyncio.create_task(lock.run(body))
+    await inside.wait()
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    finish.set()
+    await lock.wait_idle()
+    assert is_free(lock.path)
+    assert await lock.run(lambda: asyncio.sleep(0, result=1)) == 1
+
+
+async def test_run_returns_and_raises_what_the_body_does(tmp_path: Path) -> None:
+    lock = NodeLock(tmp_path / "serialize.lock")
+
+    async def fails() -> None:
+        raise ValueError("claim x: bad")
+
+    with pytest.raises(ValueError, match="claim x: bad"):
+        await lock.run(fails)
+    assert await lock.run(lambda: asyncio.to_thread(is_free, lock.path)) is False
+    assert is_free(lock.path)

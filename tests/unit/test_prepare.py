@@ -305,8 +305,8 @@ def test_time_slicing_is_applied_recorded_and_reset(node: Node) -> None:
     assert f"{env_name(GPU0)}_SHARING=TimeSlicing:Short" in env
     cp, _ = CheckpointStore(node.root / "plugin", node.boot_id).load()
     assert {(d.sharing, d.sharing_applied) for d in cp.claims["a1"].devices} == {("TimeSlicing:Short", True)}
-    # An admin-access claim still holds GPU1: its interval stays.
-    prepare(p, claim("m1", GPU1, admin=True))
+    # Another claim asking for a non-default interval still holds GPU1: its interval stays.
+    prepare(p, claim("m1", GPU1, admin=True, config=sharing("Short")))
     node.slicer.calls.clear()
     p.unprepare_sync([ref(c)])
     assert node.slicer.calls == [(GPU0, "Default")]
