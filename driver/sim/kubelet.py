@@ -15,8 +15,10 @@ It follows the kubelet's plugin watcher and DRA plugin manager (Kubernetes 1.34/
   not asked for, a missing entry or a per-claim error all fail the call (45 s timeout per call);
 * a failed registration is retried with exponential backoff (0.5 s doubling up to about 2 min);
 * with an API client it registers its Node object (when missing) and wipes ResourceSlices as the kubelet
-  does: all of the node's slices at start, and a driver's slices on the node 30 s after its last instance
-  went away (cancelled if one comes back);
+  does: all of the node's slices at start, and a driver's slices on the node 30 s after no instance of it
+  is connected any more -- deregistered, or its DRA gRPC connection lost while the sockets stay (a killed
+  plugin) -- cancelled when an instance (re)connects. The connection state is followed through the gRPC
+  channel's state changes, and a lost connection is dialled again;
 * with the ``ResourceHealthStatus`` gate (``resource_health_status``, on here), after registering a plugin
   that advertises ``v1alpha1.DRAResourceHealth`` it opens ``NodeWatchResources`` on the DRA connection and
   keeps per-device health stamped with the receive time; a device not refreshed within its
@@ -87,6 +89,7 @@ class PluginInstance:
     supported_versions: list[str]
     channel: grpc.aio.Channel
     sequence: int
+    ready: bool = False  # the DRA connection is up (as last seen by the connection monitor)
 
     @property
     def messages(self) -> ModuleType:
@@ -152,6 +155,7 @@ class SimKubelet:
         self._health: dict[str, dict[tuple[str, str], DeviceHealthRecord]] = {}
         self._health_shown: dict[str, dict[tuple[str, str], tuple[str, str]]] = {}
         self._health_streams: dict[str, asyncio.Task[None]] = {}
+        self._monitors: dict[str, asyncio.Task[None]] = {}
         self._notifying: set[asyncio.Task[None]] = set()
         if self.kube is not None and not self.node_name:
             raise ValueError("slice wiping needs the node name")
@@ -243,7 +247,6 @@ class SimKubelet:
                     )
                 return
             self._watched[socket_path].instance = instance
-            self._cancel_wiping(driver)
             with contextlib.suppress(grpc.aio.AioRpcError):
                 await stub.NotifyRegistrationStatus(
                     reg_pb.RegistrationStatus(plugin_registered=True), timeout=NOTIFY_TIMEOUT
@@ -253,6 +256,10 @@ class SimKubelet:
                 self._health_streams[socket_path] = asyncio.create_task(
                     self._watch_health(instance), name=f"health-{driver}"
                 )
+            # Started last: its first state report must not wake waiters before the registration is recorded.
+            self._monitors[socket_path] = asyncio.create_task(
+                self._monitor_connection(instance), name=f"connection-{driver}"
+            )
             await self._record(RegistrationRecord(socket_path, driver, True))
         except grpc.aio.AioRpcError as err:
             await self._record(RegistrationRecord(socket_path, "", False, f"GetInfo failed: {err.details()}"))
@@ -289,18 +296,17 @@ class SimKubelet:
         )
 
     async def _deregister(self, socket_path: str) -> None:
-        stream = self._health_streams.pop(socket_path, None)
-        if stream is not None:
-            stream.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await stream
+        for task in (self._health_streams.pop(socket_path, None), self._monitors.pop(socket_path, None)):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         watched = self._watched.pop(socket_path, None)
         if watched and watched.instance:
             driver = watched.instance.driver
             log.info("plugin deregistered", driver=driver, endpoint=watched.instance.endpoint)
             await watched.instance.channel.close()
-            if not self.instances(driver):
-                self._schedule_wiping(driver)
+            self._sync_wiping(driver)
         async with self._changed:
             self._changed.notify_all()
 
@@ -328,6 +334,33 @@ class SimKubelet:
             )
 
     # -- ResourceSlice wiping ----------------------------------------------------------------------
+
+    async def _monitor_connection(self, instance: PluginInstance) -> None:
+        """Follow the DRA connection of one instance (the kubelet's connection stats handler): whenever it
+        changes, wipe the driver's slices later if no instance is connected, or cancel that on reconnect."""
+        channel = instance.channel
+        state = channel.get_state(try_to_connect=True)
+        while True:
+            up = state == grpc.ChannelConnectivity.READY
+            if up != instance.ready:
+                instance.ready = up
+                log.info(
+                    "DRA connection up" if up else "DRA connection down",
+                    driver=instance.driver,
+                    endpoint=instance.endpoint,
+                    state=state.name,
+                )
+                await self._notify()
+            self._sync_wiping(instance.driver)
+            await channel.wait_for_state_change(state)
+            # An idle channel does not dial again by itself; the kubelet keeps reconnecting.
+            state = channel.get_state(try_to_connect=True)
+
+    def _sync_wiping(self, driver: str) -> None:
+        if any(i.ready for i in self.instances(driver)):
+            self._cancel_wiping(driver)
+        else:
+            self._schedule_wiping(driver)
 
     def _schedule_wiping(self, driver: str) -> None:
         if self.kube is None or driver in self._wipers:
@@ -366,9 +399,10 @@ class SimKubelet:
             except grpc.aio.AioRpcError as err:
                 log.info("health stream failed", driver=driver, code=err.code().name, error=err.details())
             finally:
+                # On every exit, deregistration (cancellation) included: nothing vouches for these devices.
                 call.cancel()
-            self._health.pop(driver, None)
-            self._health_changed(driver)
+                self._health.pop(driver, None)
+                self._health_changed(driver)
             await asyncio.sleep(self.health_retry_interval)
 
     def _receive_health(self, driver: str, response: Any) -> None:

@@ -6,12 +6,22 @@ For every pod bound to this node, the node agent does what the kubelet does (1.3
    the pod is in ``status.reservedFor``, and call ``NodePrepareResources`` once per driver for the claims
    of that driver -- through the real plugin's socket. A failure is recorded as a
    ``FailedPrepareDynamicResources`` event and retried with backoff; the pod stays ``ContainerCreating``;
-2. start each container with the CDI device ids of the claims/requests it references
-   (``resources.claims[{name, request}]``; a device whose ``request_names`` is empty serves every request),
-   init containers first, and report status (phase, containerStatuses with ``containerd://`` ids);
-3. keep the PodResources state current for the exporter, and expose container logs through the API server;
-4. when the pod finishes or is deleted: stop containers and call ``NodeUnprepareResources`` for claims no
-   other live pod on this node still uses; a pod marked for deletion is then removed (grace period 0);
+   Claims live in a node-wide cache (as the kubelet's claim info cache): a claim is marked prepared only
+   once every driver of its allocation answered, and a prepared claim is not prepared again for a second pod;
+2. run the init containers to completion, one after the other (a sidecar -- an init container with
+   ``restartPolicy: Always`` -- is started and kept running instead), then start each container with the CDI
+   device ids of the claims/requests it references (``resources.claims[{name, request}]``; a device whose
+   ``request_names`` is empty serves every request), and report status (phase, ``initContainerStatuses`` and
+   ``containerStatuses`` with ``containerd://`` ids);
+3. keep the PodResources state current for the exporter (regular containers and sidecars, each with every
+   device of each claim it references; a pod that finished is no longer listed), and expose container logs
+   through the API server;
+4. when the pod finishes or is deleted: stop containers and call ``NodeUnprepareResources`` (every driver of
+   the claim) for claims no other pod on this node still references. A failed unprepare keeps the claim
+   cached, is reported as a ``FailedUnprepareDynamicResources`` event naming the claim and driver, and is
+   retried with backoff (10 s doubling up to the kubelet's 60 s reconcile period; configurable);
+   a pod marked for deletion stays Terminating until all its claims are unprepared, then is removed
+   (grace period 0);
 5. with the ``ResourceHealthStatus`` gate, report each container's devices' health from the plugin's health
    stream in ``containerStatuses[].allocatedResourcesStatus`` (``name: claim:<entry>[/<request>]``,
    ``resources[{resourceID: <first CDI id>, health}]``), and report again when that health changes.
@@ -22,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +41,7 @@ from driver.kube.client import EVENTS, PODS, RESOURCE_CLAIMS, ApiError, KubeClie
 from driver.log import get_logger
 from driver.sim.informer import WorkQueue, watch_forever
 from driver.sim.kubelet import KubeletError, SimKubelet
-from driver.sim.podresources import ClaimResources, PodResourcesState
+from driver.sim.podresources import ClaimDevice, ClaimResources, PodResourcesState
 from driver.sim.runtime import ContainerCreateError, ContainerHandle, ContainerSpec, SimRuntime
 from driver.state.api import ClaimRef, PreparedDevice
 
@@ -43,13 +53,22 @@ LogSink = Callable[[str, str, str, Path], None]
 
 RETRY_INITIAL = 0.5
 RETRY_MAX = 10.0
+# A failed unprepare is retried by the pod worker (10 s backoff) and the DRA reconcile loop (every 60 s).
+UNPREPARE_RETRY_INITIAL = 10.0
+UNPREPARE_RETRY_MAX = 60.0
 
 
 @dataclass
-class PreparedClaim:
+class ClaimInfo:
+    """The node's cache entry for one ResourceClaim (the kubelet's claim info cache)."""
+
     ref: ClaimRef
-    driver: str
-    devices: list[PreparedDevice]
+    drivers: dict[str, list[PreparedDevice]]  # every driver of the allocation -> devices it prepared
+    pods: set[str] = field(default_factory=set)  # UIDs of the pods on this node that reference it
+    prepared: bool = False  # every driver's NodePrepareResources succeeded
+
+    def devices(self) -> list[tuple[str, PreparedDevice]]:
+        return [(driver, d) for driver, devices in self.drivers.items() for d in devices]
 
 
 @dataclass
@@ -57,7 +76,7 @@ class PodState:
     uid: str
     namespace: str
     name: str
-    claims: dict[str, PreparedClaim] = field(default_factory=dict)  # pod claim entry name -> claim
+    claims: dict[str, ClaimInfo] = field(default_factory=dict)  # pod claim entry name -> claim
     containers: dict[str, ContainerHandle] = field(default_factory=dict)
     restarts: dict[str, int] = field(default_factory=dict)
     started: bool = False
@@ -65,13 +84,24 @@ class PodState:
     failures: int = 0
     watchers: list[asyncio.Task[None]] = field(default_factory=list)
     pod: JSON = field(default_factory=dict)  # the pod as it was started
+    init_failed: bool = False
+    deleting: bool = False  # forget the pod once its claims are unprepared
+    remove: bool = False  # ... and delete the pod object (it was marked for deletion)
+    unprepare_failures: int = 0
+    release_pending: bool = False  # a retry of the release is scheduled
+    restarting: set[str] = field(default_factory=set)  # containers waiting for their restart
 
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def container_cdi_ids(container: Mapping[str, Any], claims: Mapping[str, PreparedClaim]) -> list[str]:
+def _serves(device: PreparedDevice, request: str) -> bool:
+    """Whether a prepared device goes to a container that references ``request`` of its claim."""
+    return not request or not device.request_names or request in device.request_names
+
+
+def container_cdi_ids(container: Mapping[str, Any], claims: Mapping[str, ClaimInfo]) -> list[str]:
     """The CDI ids the kubelet passes to the runtime for one container (deduplicated, in order)."""
     ids: dict[str, None] = {}
     for ref in (container.get("resources") or {}).get("claims") or []:
@@ -79,26 +109,32 @@ def container_cdi_ids(container: Mapping[str, Any], claims: Mapping[str, Prepare
         if claim is None:
             continue
         request = ref.get("request") or ""
-        for device in claim.devices:
-            if not request or not device.request_names or request in device.request_names:
+        for _, device in claim.devices():
+            if _serves(device, request):
                 ids.update(dict.fromkeys(device.cdi_device_ids))
     return list(ids)
 
 
-def _container_claims(
-    container: Mapping[str, Any], claims: Mapping[str, PreparedClaim]
-) -> list[ClaimResources]:
+def _container_claims(container: Mapping[str, Any], claims: Mapping[str, ClaimInfo]) -> list[ClaimResources]:
+    """PodResources ``dynamic_resources`` of one container, as the kubelet's GetDynamicResources builds them:
+    one entry per ``resources.claims`` reference, with every device of the claim (all drivers; the request
+    is not applied here, unlike for CDI injection)."""
     out: list[ClaimResources] = []
     for ref in (container.get("resources") or {}).get("claims") or []:
         claim = claims.get(ref.get("name", ""))
-        if claim is None:
+        if claim is None or not claim.prepared:
             continue
-        request = ref.get("request") or ""
-        devices = [
-            d for d in claim.devices if not request or not d.request_names or request in d.request_names
-        ]
-        out.append(ClaimResources.from_prepared(claim.ref.namespace, claim.ref.name, claim.driver, devices))
+        devices = tuple(
+            ClaimDevice(driver, d.pool_name, d.device_name, tuple(d.cdi_device_ids))
+            for driver, d in claim.devices()
+        )
+        out.append(ClaimResources(claim.ref.name, claim.ref.namespace, devices))
     return out
+
+
+def _is_sidecar(container: Mapping[str, Any]) -> bool:
+    """An init container that keeps running next to the main containers (``restartPolicy: Always``)."""
+    return container.get("restartPolicy") == "Always"
 
 
 def _env(container: Mapping[str, Any], pod: Mapping[str, Any], node: str) -> dict[str, str]:
@@ -132,6 +168,8 @@ class SimNode:
         pod_resources: PodResourcesState | None = None,
         log_sink: LogSink | None = None,
         wiping_delay: float = 30.0,
+        unprepare_retry_initial: float = UNPREPARE_RETRY_INITIAL,
+        unprepare_retry_max: float = UNPREPARE_RETRY_MAX,
     ) -> None:
         self.name = name
         self.kube = kube
@@ -140,9 +178,12 @@ class SimNode:
         self.proc_root = proc_root
         self.pod_resources = pod_resources or PodResourcesState()
         self.log_sink = log_sink
+        self.unprepare_retry_initial = unprepare_retry_initial
+        self.unprepare_retry_max = unprepare_retry_max
         self.kubelet = SimKubelet(registry_dir, kube=kube, node_name=name, wiping_delay=wiping_delay)
         self.kubelet.health_listeners.append(self._on_health_change)
         self.pods: dict[str, PodState] = {}
+        self.claims: dict[str, ClaimInfo] = {}  # claim UID -> cache entry, until unprepared
         self._queue = WorkQueue(self._sync, f"node-{name}")
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -173,7 +214,7 @@ class SimNode:
             if (
                 state.started
                 and not state.finished
-                and any(c.driver == driver for c in state.claims.values())
+                and any(driver in c.drivers for c in state.claims.values())
             ):
                 self._queue.add(f"health:{state.uid}")
 
@@ -191,6 +232,12 @@ class SimNode:
             state = self.pods.get(key[7:])
             if state is not None and state.started and not state.finished:
                 await self._report(state.pod, state)
+            return
+        if key.startswith("release:"):
+            state = self.pods.get(key[8:])
+            if state is not None:
+                state.release_pending = False
+                await self._release(state)
             return
         if key.startswith("gone:"):
             state = self.pods.get(key[5:])
@@ -237,44 +284,65 @@ class SimNode:
         state.started = True
         await self._run_containers(pod, state)
 
+    def _claim_info(self, claim: JSON) -> ClaimInfo:
+        """The cache entry of a claim, created with every driver of its allocation."""
+        meta = claim["metadata"]
+        info = self.claims.get(meta["uid"])
+        if info is None:
+            results = ((claim["status"].get("allocation") or {}).get("devices") or {}).get("results") or []
+            drivers: dict[str, list[PreparedDevice]] = {
+                d: [] for d in dict.fromkeys(r["driver"] for r in results)
+            }
+            info = ClaimInfo(ClaimRef(meta["namespace"], meta["uid"], meta["name"]), drivers)
+            self.claims[meta["uid"]] = info
+        return info
+
     async def _prepare(self, pod: JSON, state: PodState) -> None:
-        """NodePrepareResources for every claim not prepared yet, batched per driver."""
-        by_driver: dict[str, list[tuple[str, JSON]]] = {}
+        """NodePrepareResources for the pod's claims that are not prepared yet, batched per driver.
+
+        Every driver must be registered before any call is made; a claim is marked prepared only once all of
+        its drivers succeeded, so a retry after a partial failure asks every driver again."""
+        pending: dict[str, ClaimInfo] = {}
         for entry, claim_name in _pod_claims(pod):
-            if entry in state.claims:
-                continue
             claim = await self.kube.get(RESOURCE_CLAIMS, claim_name, state.namespace)
             reserved = (claim.get("status") or {}).get("reservedFor") or []
             if not any(r.get("uid") == state.uid for r in reserved):
                 raise _NotReadyError(
                     f"pod is not in the reservedFor of ResourceClaim {state.namespace}/{claim_name}"
                 )
-            results = ((claim["status"].get("allocation") or {}).get("devices") or {}).get("results") or []
-            for driver in dict.fromkeys(r["driver"] for r in results):
-                by_driver.setdefault(driver, []).append((entry, claim))
-        for driver, claims in by_driver.items():
-            refs = [
-                ClaimRef(c["metadata"]["namespace"], c["metadata"]["uid"], c["metadata"]["name"])
-                for _, c in claims
-            ]
+            info = self._claim_info(claim)
+            info.pods.add(state.uid)
+            state.claims[entry] = info
+            if not info.prepared:
+                pending[info.ref.uid] = info
+        batches = _batches(pending.values())
+        for driver in batches:
+            self.kubelet.pick(driver)
+        for driver, refs in batches.items():
             prepared = await self.kubelet.prepare(driver, refs)
-            for (entry, _), ref in zip(claims, refs, strict=True):
-                existing = state.claims.get(entry)
-                devices = (existing.devices if existing else []) + prepared[ref.uid]
-                state.claims[entry] = PreparedClaim(ref, driver, devices)
+            for ref in refs:
+                pending[ref.uid].drivers[driver] = prepared[ref.uid]
+        for info in pending.values():
+            info.prepared = True
 
     async def _run_containers(self, pod: JSON, state: PodState) -> None:
         spec = pod["spec"]
         for init in spec.get("initContainers") or []:
             handle = await self._start_container(pod, state, init)
+            if handle is not None and _is_sidecar(init):
+                continue
+            if handle is not None:
+                await self._report(pod, state)
             if handle is None or await handle.wait() != 0:
+                state.init_failed = True
                 await self._finish(pod, state)
                 return
         for container in spec.get("containers") or []:
             await self._start_container(pod, state, container)
         await self._report(pod, state)
-        for name in list(state.containers):
-            state.watchers.append(asyncio.create_task(self._watch_container(pod, state, name)))
+        for container in [*_sidecars(pod), *(spec.get("containers") or [])]:
+            if container["name"] in state.containers:
+                state.watchers.append(asyncio.create_task(self._watch_container(pod, state, container)))
 
     async def _start_container(self, pod: JSON, state: PodState, container: JSON) -> ContainerHandle | None:
         name = container["name"]
@@ -300,46 +368,59 @@ class SimNode:
         state.containers[name] = handle
         if self.log_sink is not None:
             self.log_sink(state.namespace, state.name, name, handle.log_path)
-        self.pod_resources.set_container(
-            state.namespace, state.name, name, claims=_container_claims(container, state.claims)
-        )
+        if _listed(pod, container):
+            self.pod_resources.set_container(
+                state.namespace, state.name, name, claims=_container_claims(container, state.claims)
+            )
         return handle
 
-    async def _watch_container(self, pod: JSON, state: PodState, name: str) -> None:
+    async def _watch_container(self, pod: JSON, state: PodState, container: JSON) -> None:
+        name = container["name"]
         code = await state.containers[name].wait()
-        policy = pod["spec"].get("restartPolicy", "Always")
+        policy = "Always" if _is_sidecar(container) else pod["spec"].get("restartPolicy", "Always")
         if (policy == "Always" or (policy == "OnFailure" and code != 0)) and not state.finished:
             state.restarts[name] = state.restarts.get(name, 0) + 1
-            await asyncio.sleep(min(RETRY_MAX, RETRY_INITIAL * 2 ** state.restarts[name]))
-            if state.finished:
-                return
-            container = next(c for c in pod["spec"]["containers"] if c["name"] == name)
-            if await self._start_container(pod, state, container) is not None:
+            state.restarting.add(name)
+            try:
+                await asyncio.sleep(min(RETRY_MAX, RETRY_INITIAL * 2 ** state.restarts[name]))
+                if state.finished:
+                    return
+                handle = await self._start_container(pod, state, container)
+            finally:
+                state.restarting.discard(name)
+            if handle is not None:
                 await self._report(pod, state)
-                await self._watch_container(pod, state, name)
+                await self._watch_container(pod, state, container)
+            return
+        if state.finished:
             return
         await self._report(pod, state)
-        if all(not h.running for h in state.containers.values()):
+        main = [
+            state.containers[c["name"]]
+            for c in pod["spec"].get("containers") or []
+            if c["name"] in state.containers
+        ]
+        if not state.restarting and all(not h.running for h in main):
             await self._finish(pod, state)
 
     async def _finish(self, pod: JSON, state: PodState) -> None:
-        """All containers are done: release devices (the pod object stays, like a completed Job pod)."""
-        await self._report(pod, state)
+        """The pod is done: stop its sidecars and release devices (the pod object stays, like a Job's pod)."""
         state.finished = True
-        await self._unprepare(state)
+        sidecars = [state.containers[c["name"]] for c in _sidecars(pod) if c["name"] in state.containers]
+        await asyncio.gather(*(h.terminate(grace=5.0) for h in sidecars if h.running))
+        await self._report(pod, state)
+        # The kubelet lists active pods only: a finished pod leaves PodResources List.
+        self.pod_resources.set_active(state.namespace, state.name, False)
+        await self._release(state)
 
     # -- teardown --------------------------------------------------------------------------------
 
     async def _teardown(self, state: PodState, *, remove: bool) -> None:
         state.finished = True
+        state.deleting = True
+        state.remove = state.remove or remove
         await self._stop_containers(state)
-        await self._unprepare(state)
-        self.pods.pop(state.uid, None)
-        if remove:
-            with contextlib.suppress(ApiError):
-                await self.kube.delete(
-                    PODS, state.name, state.namespace, uid=state.uid, grace_period_seconds=0
-                )
+        await self._release(state)
 
     async def _stop_containers(self, state: PodState) -> None:
         for task in state.watchers:
@@ -347,52 +428,99 @@ class SimNode:
         await asyncio.gather(*(h.terminate(grace=5.0) for h in state.containers.values() if h.running))
         self.pod_resources.remove_pod(state.namespace, state.name)
 
-    async def _unprepare(self, state: PodState) -> None:
-        """Unprepare claims no other live pod on this node still uses (the last user triggers it)."""
-        in_use = {
-            c.ref.uid
-            for other in self.pods.values()
-            if other is not state and not other.finished
-            for c in other.claims.values()
-        }
-        by_driver: dict[str, list[ClaimRef]] = {}
-        for claim in state.claims.values():
-            if claim.ref.uid not in in_use:
-                by_driver.setdefault(claim.driver, []).append(claim.ref)
-        for driver, refs in by_driver.items():
+    async def _release(self, state: PodState) -> None:
+        """Unprepare the pod's claims; retried with backoff until that succeeded. Only then is a deleted pod
+        forgotten and its object removed: until then it stays Terminating, as with the kubelet."""
+        if not await self._unprepare(state):
+            if not state.release_pending:
+                state.unprepare_failures += 1
+                delay = min(
+                    self.unprepare_retry_max,
+                    self.unprepare_retry_initial * 2 ** (state.unprepare_failures - 1),
+                )
+                state.release_pending = True
+                asyncio.get_running_loop().call_later(delay, self._queue.add, f"release:{state.uid}")
+            return
+        state.unprepare_failures = 0
+        if not state.deleting:
+            return
+        self.pods.pop(state.uid, None)
+        if state.remove:
+            with contextlib.suppress(ApiError):
+                await self.kube.delete(
+                    PODS, state.name, state.namespace, uid=state.uid, grace_period_seconds=0
+                )
+
+    async def _unprepare(self, state: PodState) -> bool:
+        """NodeUnprepareResources (every driver of each claim) for the pod's claims that no other pod on this
+        node references; a claim still referenced only loses this pod's reference. True once the pod holds
+        no claim any more; on a failure the claims stay cached (and referenced) for the retry."""
+        releasing: dict[str, ClaimInfo] = {}
+        for info in state.claims.values():
+            if self.claims.get(info.ref.uid) is not info:
+                continue
+            if info.pods - {state.uid}:
+                info.pods.discard(state.uid)
+            else:
+                releasing[info.ref.uid] = info
+        for driver, refs in _batches(releasing.values()).items():
             try:
                 await self.kubelet.unprepare(driver, refs)
             except KubeletError as err:
-                log.warning("unprepare failed", pod=f"{state.namespace}/{state.name}", error=str(err))
-                continue
+                claims = ", ".join(f"{r.namespace}/{r.name}" for r in refs)
+                message = f"unprepare of ResourceClaim {claims} with driver {driver} failed: {err}"
+                log.warning(
+                    "unprepare failed; retrying",
+                    pod=f"{state.namespace}/{state.name}",
+                    claims=claims,
+                    driver=driver,
+                    error=str(err),
+                )
+                await self._event(_pod_ref(state), "Warning", "FailedUnprepareDynamicResources", message)
+                return False
+        for uid, info in releasing.items():
+            self.claims.pop(uid, None)
+            info.pods.discard(state.uid)
+            info.prepared = False
         state.claims.clear()
+        return True
 
     # -- status ----------------------------------------------------------------------------------
 
     async def _report(self, pod: JSON, state: PodState) -> None:
-        statuses = [self._container_status(name, handle, state) for name, handle in state.containers.items()]
-        specs = {c["name"]: c for key in ("initContainers", "containers") for c in pod["spec"].get(key) or []}
-        for status in statuses:
-            resources = self._resources_status(specs.get(status["name"]) or {}, state)
-            if resources:
-                status["allocatedResourcesStatus"] = resources
-        running = any(h.running for h in state.containers.values())
-        phase = _phase(list(state.containers.values()))
-        ready = "True" if running and all(h.running for h in state.containers.values()) else "False"
-        status = {
+        spec = pod["spec"]
+        inits = [c for c in spec.get("initContainers") or [] if c["name"] in state.containers]
+        mains = [c for c in spec.get("containers") or [] if c["name"] in state.containers]
+        init_statuses = [self._status_of(c, state) for c in inits]
+        statuses = [self._status_of(c, state) for c in mains]
+        main_handles = [state.containers[c["name"]] for c in mains]
+        serving = main_handles + [state.containers[c["name"]] for c in inits if _is_sidecar(c)]
+        phase = _phase(main_handles, len(spec.get("containers") or []), state.init_failed)
+        ready = "True" if main_handles and all(h.running for h in serving) else "False"
+        initialized = "True" if main_handles else "False"
+        status: JSON = {
             "phase": phase,
             "hostIP": "10.0.0.1",
             "startTime": (pod.get("status") or {}).get("startTime") or _now(),
             "containerStatuses": statuses,
             "conditions": [
                 {"type": "PodScheduled", "status": "True"},
-                {"type": "Initialized", "status": "True"},
+                {"type": "Initialized", "status": initialized},
                 {"type": "ContainersReady", "status": ready},
                 {"type": "Ready", "status": ready},
             ],
         }
+        if init_statuses:
+            status["initContainerStatuses"] = init_statuses
         with contextlib.suppress(ApiError):
             await self.kube.patch(PODS, state.name, {"status": status}, state.namespace, subresource="status")
+
+    def _status_of(self, container: Mapping[str, Any], state: PodState) -> JSON:
+        status = self._container_status(container["name"], state.containers[container["name"]], state)
+        resources = self._resources_status(container, state)
+        if resources:
+            status["allocatedResourcesStatus"] = resources
+        return status
 
     def _container_status(self, name: str, handle: ContainerHandle, state: PodState) -> JSON:
         record = handle.record
@@ -430,9 +558,6 @@ class SimNode:
             if claim is None:
                 continue
             request = ref.get("request") or ""
-            devices = [
-                d for d in claim.devices if not request or not d.request_names or request in d.request_names
-            ]
             out.append(
                 {
                     "name": f"claim:{ref['name']}" + (f"/{request}" if request else ""),
@@ -440,10 +565,11 @@ class SimNode:
                         {
                             "resourceID": d.cdi_device_ids[0]
                             if d.cdi_device_ids
-                            else f"{claim.driver}/{d.pool_name}/{d.device_name}",
-                            "health": self.kubelet.device_health(claim.driver, d.pool_name, d.device_name),
+                            else f"{driver}/{d.pool_name}/{d.device_name}",
+                            "health": self.kubelet.device_health(driver, d.pool_name, d.device_name),
                         }
-                        for d in devices
+                        for driver, d in claim.devices()
+                        if _serves(d, request)
                     ],
                 }
             )
@@ -492,10 +618,38 @@ class SimNode:
             await self.kube.create(EVENTS, event, meta["namespace"])
 
 
-def _phase(handles: Sequence[ContainerHandle]) -> str:
+def _phase(handles: Sequence[ContainerHandle], expected: int, init_failed: bool) -> str:
+    """The pod phase from its main containers (sidecars and init containers do not count once done)."""
+    if init_failed:
+        return "Failed"
+    if len(handles) < expected:
+        return "Pending"
     if not handles or any(h.running for h in handles):
         return "Running"
     return "Succeeded" if all(h.exit_code == 0 for h in handles) else "Failed"
+
+
+def _sidecars(pod: Mapping[str, Any]) -> list[JSON]:
+    return [c for c in pod["spec"].get("initContainers") or [] if _is_sidecar(c)]
+
+
+def _listed(pod: Mapping[str, Any], container: Mapping[str, Any]) -> bool:
+    """Whether PodResources lists a container: main containers and sidecars, not run-to-completion inits."""
+    return _is_sidecar(container) or container in (pod["spec"].get("containers") or [])
+
+
+def _batches(claims: Iterable[ClaimInfo]) -> dict[str, list[ClaimRef]]:
+    """Claims per driver: a claim spanning several drivers goes to each of them."""
+    out: dict[str, list[ClaimRef]] = {}
+    for info in claims:
+        for driver in info.drivers:
+            out.setdefault(driver, []).append(info.ref)
+    return out
+
+
+def _pod_ref(state: PodState) -> JSON:
+    """Enough of the pod for an event about it (it may be gone from the API server already)."""
+    return {"metadata": {"name": state.name, "namespace": state.namespace, "uid": state.uid}}
 
 
 class _NotReadyError(Exception):

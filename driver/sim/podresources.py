@@ -5,8 +5,11 @@ and container, the device-plugin devices (``resource_name`` + ids) and the DRA d
 (claim name/namespace, and per device driver, pool, device and CDI ids). The sim kubelet updates it as
 containers start and stop; :class:`PodResourcesServer` answers from it:
 
-- ``List``: every pod with at least one container, containers in the order they were set;
-- ``Get``: one pod, ``NOT_FOUND`` for an unknown one (as the kubelet answers);
+- ``List``: every active pod with at least one container, containers in the order they were set (the kubelet
+  lists active pods only: a pod marked inactive with :meth:`PodResourcesState.set_active`, e.g. one whose
+  containers all completed, is left out);
+- ``Get``: one pod, active or not; for an unknown one a plain error (gRPC ``UNKNOWN``, as the kubelet's
+  ``pod <name> in namespace <namespace> not found``);
 - ``GetAllocatableResources``: the device-plugin devices declared with :meth:`PodResourcesState.set_allocatable`
   (DRA devices are not part of this call upstream either).
 """
@@ -71,6 +74,7 @@ class PodResourcesState:
         self._lock = threading.Lock()
         self._pods: dict[tuple[str, str], dict[str, _Container]] = {}
         self._allocatable: tuple[tuple[str, tuple[str, ...]], ...] = ()
+        self._inactive: set[tuple[str, str]] = set()
 
     def set_container(
         self,
@@ -88,6 +92,15 @@ class PodResourcesState:
         )
         with self._lock:
             self._pods.setdefault((namespace, pod), {})[container] = entry
+            self._inactive.discard((namespace, pod))
+
+    def set_active(self, namespace: str, pod: str, active: bool) -> None:
+        """Mark a pod (in)active: an inactive pod (terminal) is left out of ``List`` but still answers ``Get``."""
+        with self._lock:
+            if active:
+                self._inactive.discard((namespace, pod))
+            else:
+                self._inactive.add((namespace, pod))
 
     def remove_container(self, namespace: str, pod: str, container: str) -> None:
         with self._lock:
@@ -95,10 +108,12 @@ class PodResourcesState:
             containers.pop(container, None)
             if not containers:
                 self._pods.pop((namespace, pod), None)
+                self._inactive.discard((namespace, pod))
 
     def remove_pod(self, namespace: str, pod: str) -> None:
         with self._lock:
             self._pods.pop((namespace, pod), None)
+            self._inactive.discard((namespace, pod))
 
     def set_allocatable(self, devices: Mapping[str, Sequence[str]]) -> None:
         with self._lock:
@@ -139,7 +154,11 @@ class PodResourcesState:
 
     def list_response(self) -> pb.ListPodResourcesResponse:
         with self._lock:
-            pods = [self._pod_message(key, dict(containers)) for key, containers in self._pods.items()]
+            pods = [
+                self._pod_message(key, dict(containers))
+                for key, containers in self._pods.items()
+                if key not in self._inactive
+            ]
         return pb.ListPodResourcesResponse(pod_resources=pods)
 
     def get_response(self, namespace: str, pod: str) -> pb.GetPodResourcesResponse | None:
@@ -165,8 +184,9 @@ class _Servicer(pb_grpc.PodResourcesListerServicer):  # type: ignore[misc]
         response = self._state.get_response(request.pod_namespace, request.pod_name)
         if response is not None:
             return response
+        # The kubelet returns a plain Go error here, which gRPC sends as UNKNOWN.
         await context.abort(
-            grpc.StatusCode.NOT_FOUND, f"pod {request.pod_namespace}/{request.pod_name} not found"
+            grpc.StatusCode.UNKNOWN, f"pod {request.pod_name} in namespace {request.pod_namespace} not found"
         )
         raise AssertionError("unreachable: abort raises")
 
