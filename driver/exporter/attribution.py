@@ -5,11 +5,18 @@ Rules (docs/metrics.md, "Attribution"):
 - A GPU held by one container (through one or more claims or a device plugin) is that container's:
   its per-container series carry the whole GPU's utilization and memory (``attribution="exclusive"``).
 - A GPU held by several containers (a shared claim, several MIG devices, time-slicing replicas) is split
-  by NVML's per-process samples when every process can be traced to its container (``/proc/<pid>/cgroup``
-  plus the node's pods from the API server): each container gets the sum over its processes
+  by NVML's per-process samples only when NVML lists at least one process and every listed process is
+  traced (``/proc/<pid>/cgroup`` plus the node's pods from the API server) either to a container or to no
+  container at all (a host process): each container gets the sum over its processes
   (``attribution="process"``); processes of other containers or outside Kubernetes count for no consumer.
 - Otherwise every consumer is shown the whole GPU's values (``attribution="shared"``): correct per
-  container as an upper bound, never to be summed.
+  container as an upper bound, never to be summed. One untraced process is enough: its usage could be any
+  consumer's, so a split would show that consumer a false low value. An empty process list is no proof
+  of idleness either (NVML may not show processes to the exporter), so it falls back too.
+
+A container that holds the same GPU through several rows (claims or MIG devices of that GPU) has its
+``exclusive`` or ``process`` value divided evenly among those rows, so that summing rows never counts a
+container twice. ``shared`` rows keep the whole value on each row: they are upper bounds, read with ``max``.
 
 Whole-GPU series (power, energy, temperature, ...) are never split: ``accel_dra_gpu_allocation_info``
 joins them to consumers.
@@ -17,8 +24,10 @@ joins them to consumers.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from driver.devices.telemetry import GpuTelemetry, ProcessSample
 
@@ -28,6 +37,10 @@ class ContainerKey:
     namespace: str
     pod: str
     container: str
+
+
+#: The owner of a process traced to no Kubernetes container (its cgroup is outside ``kubepods``).
+OUTSIDE_PODS: Final = ContainerKey("", "", "")
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -72,7 +85,9 @@ class ConsumerShare:
     memory_mode: str
 
 
-#: pid -> the container it runs in (``None`` when unknown); ``None`` when processes cannot be traced at all.
+#: pid -> the container it runs in, :data:`OUTSIDE_PODS` for a host process, ``None`` when it cannot be
+#: traced (no readable cgroup, or a container the pod index does not know yet). The lookup itself is
+#: ``None`` when processes cannot be traced at all.
 OwnerOf = Callable[[int], ContainerKey | None]
 
 
@@ -94,6 +109,22 @@ def _by_process(
     return totals
 
 
+def _traced_owners(
+    telemetry: GpuTelemetry | None, owner_of: OwnerOf | None
+) -> dict[int, ContainerKey | None] | None:
+    """Every listed process's owner, or ``None`` unless a per-process split is safe (module docstring)."""
+    if telemetry is None or not telemetry.processes or owner_of is None:
+        return None
+    owners = {p.pid: owner_of(p.pid) for p in telemetry.processes}
+    return owners if all(owner is not None for owner in owners.values()) else None
+
+
+def _memory_parts(total: int, parts: int, index: int) -> int:
+    """The ``index``-th of ``parts`` near-equal integer parts of ``total`` (they add up to ``total``)."""
+    quotient, remainder = divmod(total, parts)
+    return quotient + (1 if index < remainder else 0)
+
+
 def split(
     telemetry: GpuTelemetry | None,
     consumers: Sequence[Consumer],
@@ -105,12 +136,11 @@ def split(
     containers = sorted({c.key for c in consumers})
     whole_util = telemetry.utilization if telemetry else None
     whole_mem = telemetry.memory_used_bytes if telemetry else None
-    if len(containers) == 1:
-        return tuple(ConsumerShare(c, whole_util, "exclusive", whole_mem, "exclusive") for c in consumers)
-    util_split: dict[ContainerKey, float] | None = None
-    mem_split: dict[ContainerKey, float] | None = None
-    if telemetry is not None and telemetry.processes is not None and owner_of is not None:
-        owners = {p.pid: owner_of(p.pid) for p in telemetry.processes}
+    util: dict[ContainerKey, float | None] = dict.fromkeys(containers, whole_util)
+    mem: dict[ContainerKey, float | None] = dict.fromkeys(containers, whole_mem)
+    util_mode = mem_mode = "exclusive" if len(containers) == 1 else "shared"
+    owners = _traced_owners(telemetry, owner_of) if len(containers) > 1 else None
+    if telemetry is not None and telemetry.processes and owners is not None:
         util_split = _by_process(containers, telemetry.processes, owners, lambda p: p.sm_utilization)
         mem_split = _by_process(
             containers,
@@ -118,17 +148,24 @@ def split(
             owners,
             lambda p: None if p.memory_bytes is None else float(p.memory_bytes),
         )
+        if util_split is not None:
+            util, util_mode = {k: min(1.0, v) for k, v in util_split.items()}, "process"
+        if mem_split is not None:
+            mem, mem_mode = dict(mem_split), "process"
+    # A container's rows for this GPU (several claims, several MIG devices) share its value, so a sum
+    # over rows counts it once. Shared values are upper bounds and stay whole on every row.
+    rows = Counter(c.key for c in consumers)
+    seen: Counter[ContainerKey] = Counter()
     shares: list[ConsumerShare] = []
     for consumer in consumers:
-        util = min(1.0, util_split[consumer.key]) if util_split is not None else whole_util
-        mem = int(mem_split[consumer.key]) if mem_split is not None else whole_mem
-        shares.append(
-            ConsumerShare(
-                consumer,
-                util if telemetry else None,
-                "process" if util_split is not None else "shared",
-                mem if telemetry else None,
-                "process" if mem_split is not None else "shared",
-            )
-        )
+        key, n = consumer.key, rows[consumer.key]
+        index = seen[key]
+        seen[key] += 1
+        u, m = util[key], mem[key]
+        if util_mode != "shared" and u is not None:
+            u /= n
+        memory = None if m is None else int(m)
+        if mem_mode != "shared" and memory is not None:
+            memory = _memory_parts(memory, n, index)
+        shares.append(ConsumerShare(consumer, u, util_mode, memory, mem_mode))
     return tuple(shares)

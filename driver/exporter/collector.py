@@ -26,7 +26,7 @@ from typing import Literal, Protocol, cast
 from driver import __version__
 from driver.devices.model import Gpu, Inventory
 from driver.devices.telemetry import GpuTelemetry, TelemetryError, TelemetrySource
-from driver.exporter.attribution import ConsumerShare, ContainerKey, OwnerOf, split
+from driver.exporter.attribution import OUTSIDE_PODS, ConsumerShare, ContainerKey, OwnerOf, split
 from driver.exporter.cgroups import read_cgroup
 from driver.exporter.podresources import ContainerResources, DeviceResolver, PodResourcesError
 from driver.health.state import GpuHealth, gpu_health
@@ -369,15 +369,23 @@ class Collector:
 
         def owner_of(pid: int) -> ContainerKey | None:
             if pid not in cache:
-                try:
-                    ref = read_cgroup(self.settings.proc_root, pid)
-                except FileNotFoundError:
-                    ref = None  # the process ended
-                except OSError as err:
-                    self.count_attribution_error("cgroup")
-                    log.debug("cgroup unreadable", pid=pid, error=str(err))
-                    ref = None
-                cache[pid] = containers(ref.container_id) if ref and ref.container_id else None
+                cache[pid] = self._trace(containers, pid)
             return cache[pid]
 
         return owner_of
+
+    def _trace(self, containers: Callable[[str], ContainerKey | None], pid: int) -> ContainerKey | None:
+        """The container of ``pid``; :data:`OUTSIDE_PODS` for a host process; ``None`` if it cannot be told."""
+        try:
+            ref = read_cgroup(self.settings.proc_root, pid)
+        except FileNotFoundError:
+            # The process ended, or --proc-root does not show the host's PIDs: either way it is untraced.
+            return None
+        except OSError as err:
+            self.count_attribution_error("cgroup")
+            log.debug("cgroup unreadable", pid=pid, error=str(err))
+            return None
+        if ref is None:
+            return OUTSIDE_PODS
+        # A pod-level process (no container id) or a container the pod index does not know yet.
+        return containers(ref.container_id) if ref.container_id else None

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from driver.devices.fake import load_named_profile
 from driver.devices.telemetry import GpuTelemetry, ProcessSample
-from driver.exporter.attribution import Consumer, ContainerKey, split
+from driver.exporter.attribution import OUTSIDE_PODS, Consumer, ContainerKey, split
 from driver.exporter.cgroups import CgroupRef, parse_cgroup
 from driver.exporter.podresources import ClaimDevice, ContainerResources, DeviceResolver
 
@@ -166,11 +166,35 @@ def owners(mapping: Mapping[int, Consumer | None]) -> Any:
 
 
 def test_single_container_gets_the_whole_gpu() -> None:
-    second_claim = Consumer("ns", "pod-a", "main", "ns", "other", DRIVER, "node-1", "gpu-0")
-    shares = split(telemetry(), [A, second_claim], None)
+    shares = split(telemetry(), [A], None)
     assert [(s.utilization, s.utilization_mode, s.memory_bytes, s.memory_mode) for s in shares] == [
         (0.9, "exclusive", 10 * GiB, "exclusive")
-    ] * 2
+    ]
+
+
+def test_a_container_holding_the_gpu_through_two_claims_is_counted_once() -> None:
+    second_claim = Consumer("ns", "pod-a", "main", "ns", "other", DRIVER, "node-1", "gpu-0")
+    shares = split(telemetry(memory_used_bytes=10 * GiB + 1), [A, second_claim], None)
+    assert {(s.utilization_mode, s.memory_mode) for s in shares} == {("exclusive", "exclusive")}
+    assert sum(s.utilization or 0.0 for s in shares) == pytest.approx(0.9)
+    assert sum(s.memory_bytes or 0 for s in shares) == 10 * GiB + 1
+    assert [s.utilization for s in shares] == [pytest.approx(0.45)] * 2
+
+
+def test_process_split_rows_of_one_container_add_up_to_its_processes() -> None:
+    # pod-a holds two MIG devices of the GPU (two rows), pod-b one.
+    a_mig1 = Consumer("ns", "pod-a", "main", "ns", "a", DRIVER, "node-1", "gpu-0-mig-1")
+    a_mig2 = Consumer("ns", "pod-a", "main", "ns", "a", DRIVER, "node-1", "gpu-0-mig-2")
+    b_mig3 = Consumer("ns", "pod-b", "main", "ns", "b", DRIVER, "node-1", "gpu-0-mig-3")
+    procs = (ProcessSample(10, 3 * GiB, 0.5), ProcessSample(20, 1 * GiB, 0.25))
+    shares = split(telemetry(processes=procs), [a_mig1, a_mig2, b_mig3], owners({10: a_mig1, 20: b_mig3}))
+    assert {(s.utilization_mode, s.memory_mode) for s in shares} == {("process", "process")}
+    by_pod: dict[str, list[tuple[float | None, int | None]]] = {}
+    for s in shares:
+        by_pod.setdefault(s.consumer.pod, []).append((s.utilization, s.memory_bytes))
+    assert sum(u or 0.0 for u, _ in by_pod["pod-a"]) == pytest.approx(0.5)
+    assert sum(m or 0 for _, m in by_pod["pod-a"]) == 3 * GiB
+    assert by_pod["pod-b"] == [(0.25, 1 * GiB)]
 
 
 def test_shared_gpu_split_by_process_samples() -> None:
@@ -180,7 +204,10 @@ def test_shared_gpu_split_by_process_samples() -> None:
         ProcessSample(20, 4 * GiB, 0.25),
         ProcessSample(30, 2 * GiB, 0.05),  # outside Kubernetes: counts for nobody
     )
-    shares = split(telemetry(processes=procs), [A, B], owners({10: A, 11: A, 20: B}))
+    owner_of = owners({10: A, 11: A, 20: B})
+    shares = split(
+        telemetry(processes=procs), [A, B], lambda pid: OUTSIDE_PODS if pid == 30 else owner_of(pid)
+    )
     assert {s.consumer.pod: (s.utilization, s.memory_bytes) for s in shares} == {
         "pod-a": (pytest.approx(0.6), 4 * GiB),
         "pod-b": (0.25, 4 * GiB),
@@ -198,6 +225,79 @@ def test_shared_gpu_without_process_tracing_shows_whole_values() -> None:
         assert [(s.utilization, s.utilization_mode, s.memory_bytes, s.memory_mode) for s in shares] == [
             (0.9, "shared", 10 * GiB, "shared")
         ] * 2
+
+
+def test_an_untraced_process_makes_the_gpu_shared_not_zero() -> None:
+    """A process whose container cannot be found (no /proc entry, pod index lagging) could be anyone's."""
+    procs = (ProcessSample(10, 3 * GiB, 0.5), ProcessSample(20, 4 * GiB, 0.25))
+    for mapping in ({}, {10: A}):  # nothing traced; one of two traced
+        shares = split(telemetry(processes=procs), [A, B], owners(mapping))
+        assert [(s.utilization, s.utilization_mode, s.memory_bytes, s.memory_mode) for s in shares] == [
+            (0.9, "shared", 10 * GiB, "shared")
+        ] * 2
+
+
+def test_no_listed_process_is_no_proof_of_idleness() -> None:
+    """NVML may list no process to an exporter that cannot see the workloads' PIDs."""
+    shares = split(telemetry(processes=()), [A, B], owners({}))
+    assert [(s.utilization, s.utilization_mode, s.memory_bytes, s.memory_mode) for s in shares] == [
+        (0.9, "shared", 10 * GiB, "shared")
+    ] * 2
+
+
+def test_only_host_processes_give_every_consumer_zero() -> None:
+    procs = (ProcessSample(30, 2 * GiB, 0.4),)
+    shares = split(telemetry(processes=procs), [A, B], lambda pid: OUTSIDE_PODS)
+    assert [(s.utilization, s.utilization_mode, s.memory_bytes, s.memory_mode) for s in shares] == [
+        (0.0, "process", 0, "process")
+    ] * 2
+
+
+owner_choices = st.sampled_from([A.key, B.key, ContainerKey("ns", "pod-c", "main"), OUTSIDE_PODS, None])
+
+
+@given(
+    rows=st.lists(
+        st.tuples(st.sampled_from(["pod-a", "pod-b"]), st.sampled_from(["c1", "c2"]), st.integers(0, 3)),
+        min_size=1,
+        max_size=6,
+        unique=True,
+    ),
+    procs=st.lists(
+        st.tuples(
+            st.integers(0, 2 * GiB),
+            st.one_of(st.none(), st.floats(0, 1)),
+            owner_choices,
+        ),
+        max_size=5,
+    ),
+    whole_mem=st.integers(0, 80 * GiB),
+)
+def test_summing_non_shared_rows_never_counts_a_container_twice(
+    rows: list[tuple[str, str, int]],
+    procs: list[tuple[int, float | None, ContainerKey | None]],
+    whole_mem: int,
+) -> None:
+    consumers = [
+        Consumer("ns", pod, "main", "ns", claim, DRIVER, "node-1", f"gpu-0-mig-{i}") for pod, claim, i in rows
+    ]
+    samples = tuple(ProcessSample(pid, mem, util) for pid, (mem, util, _) in enumerate(procs))
+    owner = {pid: o for pid, (_, _, o) in enumerate(procs)}
+    shares = split(telemetry(memory_used_bytes=whole_mem, processes=samples), consumers, owner.get)
+    assert len({(s.utilization_mode, s.memory_mode) for s in shares}) == 1  # one rule per GPU and metric
+    mem_mode = shares[0].memory_mode
+    total = sum(s.memory_bytes or 0 for s in shares)
+    if mem_mode == "exclusive":
+        assert total == whole_mem
+    elif mem_mode == "process":
+        assert None not in owner.values()
+        keys = {c.key for c in consumers}
+        assert total == sum(m for m, _, o in procs if o in keys)
+    else:
+        assert {s.memory_bytes for s in shares} == {whole_mem}
+    util_mode = shares[0].utilization_mode
+    if util_mode == "exclusive":
+        assert sum(s.utilization or 0.0 for s in shares) == pytest.approx(0.9)
 
 
 def test_missing_per_process_values_fall_back_per_series() -> None:

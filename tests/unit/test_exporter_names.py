@@ -2,8 +2,9 @@
 the AI-conformance test's auto-detection.
 
 The snapshot comes from the real collector over fake GPUs with simulated load, a kubelet answer with a
-shared GPU, an exclusive GPU and a device-plugin GPU, traced processes, and one GPU with a failed read,
-so every family of the spec has samples.
+shared GPU, an exclusive GPU and a device-plugin GPU, traced processes (one outside Kubernetes), a second
+shared GPU with an untraceable process, and one GPU with a failed read, so every family of the spec has
+samples.
 """
 
 from __future__ import annotations
@@ -125,13 +126,22 @@ async def full_snapshot(tmp_path: Path) -> AsyncIterator[Snapshot]:
     procs = state / "gpus" / shared.uuid / "procs" / f"{pid}.json"
     procs.write_text(f'{{"pid": {pid}, "utilization": 0.5, "memory_bytes": {2 * GiB}}}')
     write_cgroup(proc_root, pid, "7d3f0a52-9a51-4a51-8d0e-2a6c1f0b9e11", "c" * 64)
-    # A second process whose cgroup file cannot be read: counted as an attribution error.
+    # A second process traced outside Kubernetes (a host process): it counts for no consumer.
     parent = os.getppid()
     (state / "gpus" / shared.uuid / "procs" / f"{parent}.json").write_text(
         f'{{"pid": {parent}, "utilization": 0.1, "memory_bytes": {GiB}}}'
     )
-    (proc_root / str(parent) / "cgroup").mkdir(parents=True)
+    (proc_root / str(parent)).mkdir(parents=True)
+    (proc_root / str(parent) / "cgroup").write_text("0::/user.slice/user-1000.slice/session-2.scope\n")
+    # A second shared GPU whose only process has an unreadable cgroup file: an attribution error, and
+    # both consumers are shown the whole GPU (attribution="shared").
+    untraced = inventory.gpus[4]
+    (state / "gpus" / untraced.uuid / "procs" / "1.json").write_text(
+        f'{{"pid": 1, "utilization": 0.25, "memory_bytes": {GiB}}}'
+    )
+    (proc_root / "1" / "cgroup").mkdir(parents=True)
     claim = ClaimDevice("team-a", "shared-gpu", DRIVER, NODE, shared.name)
+    claim2 = ClaimDevice("team-d", "shared-gpu", DRIVER, NODE, untraced.name)
     allocations = Allocations(
         [
             ContainerResources("team-a", "trainer-0", "main", claim_devices=(claim,)),
@@ -143,6 +153,8 @@ async def full_snapshot(tmp_path: Path) -> AsyncIterator[Snapshot]:
                 claim_devices=(ClaimDevice("team-b", "gpu", DRIVER, NODE, exclusive.name),),
             ),
             ContainerResources("team-c", "legacy", "app", device_ids=(("nvidia.com/gpu", plugin_gpu.uuid),)),
+            ContainerResources("team-d", "worker-0", "main", claim_devices=(claim2,)),
+            ContainerResources("team-d", "worker-1", "main", claim_devices=(claim2,)),
         ]
     )
     containers = {"c" * 64: ContainerKey("team-a", "trainer-0", "main")}
@@ -367,8 +379,8 @@ def test_attributed_series(text: str, snapshot: Snapshot) -> None:
         for s in f.samples
     }
     util, mem = "accel_dra_container_gpu_utilization_ratio", "accel_dra_container_gpu_memory_usage_bytes"
-    # Shared claim: trainer-0's process is traced (0.5, 2 GiB); trainer-1 runs nothing; the untraceable
-    # process counts for nobody.
+    # Shared claim: trainer-0's process is traced (0.5, 2 GiB); trainer-1 runs nothing; the host process
+    # counts for nobody.
     assert rows[(util, shared, "trainer-0")][0] == 0.5
     assert rows[(mem, shared, "trainer-0")][0] == 2 * GiB
     assert rows[(util, shared, "trainer-1")][0] == 0.0
@@ -386,7 +398,14 @@ def test_attributed_series(text: str, snapshot: Snapshot) -> None:
         "",
         "",
     )
-    assert {k[1] for k in rows} == {shared, exclusive, plugin_gpu}
+    untraced = snapshot.gpus[4].gpu.uuid
+    whole = snapshot.gpus[4].telemetry
+    assert whole is not None
+    for pod in ("worker-0", "worker-1"):
+        assert rows[(util, untraced, pod)][0] == whole.utilization
+        assert rows[(mem, untraced, pod)][0] == whole.memory_used_bytes
+        assert rows[(util, untraced, pod)][1]["attribution"] == "shared"
+    assert {k[1] for k in rows} == {shared, exclusive, plugin_gpu, untraced}
     assert snapshot.attribution_errors == {"cgroup": 1}
 
 
