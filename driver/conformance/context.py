@@ -219,20 +219,25 @@ class ProbeContext:
         return await self.wait_output(body["metadata"]["name"], timeout)
 
     async def wait_unschedulable(self, name: str, timeout: float = 60.0) -> str:
-        """The scheduler's message once it reports the pod unschedulable; fails if the pod starts instead."""
+        """The scheduler's message once it reports the pod unschedulable with all its ResourceClaims in
+        existence; fails if the pod starts instead.
+
+        A verdict given while a claim is still to be generated from its template ("waiting for the
+        ResourceClaim ... to be created") says nothing about allocation, and neither does that same message
+        still standing after the claim appeared: only a later verdict counts.
+        """
         self.step(f"waiting for the scheduler's verdict on pod {name} (up to {timeout:g}s)")
         deadline = time.monotonic() + timeout
         poll = _Poll()
+        before_claims: set[str] = set()
         while True:
             pod = await self.get_pod(name)
-            status = pod.get("status") or {}
-            for condition in status.get("conditions") or []:
-                if (condition.get("type"), condition.get("status"), condition.get("reason")) == (
-                    "PodScheduled",
-                    "False",
-                    "Unschedulable",
-                ) and condition.get("message"):
-                    return str(condition["message"])
+            message = _unschedulable_message(pod)
+            if message is not None:
+                if not _claims_generated(pod):
+                    before_claims.add(message)
+                elif message not in before_claims:
+                    return message
             if pod["spec"].get("nodeName"):
                 raise CheckFailedError(f"pod {name} was scheduled to node {pod['spec']['nodeName']}")
             if time.monotonic() >= deadline:
@@ -281,3 +286,27 @@ class ProbeContext:
                     with contextlib.suppress(ApiError):
                         await self.kube.delete(rt, name, self.namespace)
         self._objects = []
+
+
+def _unschedulable_message(pod: Mapping[str, Any]) -> str | None:
+    for condition in (pod.get("status") or {}).get("conditions") or []:
+        if (condition.get("type"), condition.get("status"), condition.get("reason")) == (
+            "PodScheduled",
+            "False",
+            "Unschedulable",
+        ) and condition.get("message"):
+            return str(condition["message"])
+    return None
+
+
+def _claims_generated(pod: Mapping[str, Any]) -> bool:
+    """Whether every claim entry of the pod names its ResourceClaim (templates: once generated)."""
+    generated = {
+        s.get("name")
+        for s in (pod.get("status") or {}).get("resourceClaimStatuses") or []
+        if s.get("resourceClaimName")
+    }
+    return all(
+        e.get("resourceClaimName") or e.get("name") in generated
+        for e in pod["spec"].get("resourceClaims") or []
+    )

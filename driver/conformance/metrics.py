@@ -68,15 +68,41 @@ def names(samples: Iterable[Sample]) -> list[str]:
     return sorted({s.name for s in samples})
 
 
-def detect_utilization(candidates: Sequence[str]) -> str | None:
-    """The compute-utilization metric among per-accelerator metric names (``util`` in the name)."""
+def utilization_candidates(candidates: Sequence[str]) -> list[str]:
+    """Compute-utilization metric names (``util`` in the name), compute ones before memory/copy/codec ones."""
     matches = [n for n in candidates if "util" in n.lower()]
     preferred = [n for n in matches if not _NOT_COMPUTE.search(n.lower().split("util")[0])]
-    return next(iter(preferred or matches), None)
+    return preferred + [n for n in matches if n not in preferred]
+
+
+def memory_candidates(candidates: Sequence[str]) -> list[str]:
+    return [n for n in candidates if any(p in n.lower() for p in MEMORY_PATTERNS)]
+
+
+def detect_utilization(candidates: Sequence[str]) -> str | None:
+    """The compute-utilization metric among per-accelerator metric names, by name alone."""
+    return next(iter(utilization_candidates(candidates)), None)
 
 
 def detect_memory(candidates: Sequence[str]) -> str | None:
-    return next((n for n in candidates if any(p in n.lower() for p in MEMORY_PATTERNS)), None)
+    return next(iter(memory_candidates(candidates)), None)
+
+
+def accelerator_count(samples: Iterable[Sample], identity_labels: Sequence[str]) -> int:
+    """How many accelerators the samples name (distinct identity-label values)."""
+    return len({tuple(sorted(identity(s, identity_labels).items())) for s in samples} - {()})
+
+
+def widest(
+    samples: Sequence[Sample], candidates: Sequence[str], identity_labels: Sequence[str]
+) -> str | None:
+    """The candidate whose series cover the most accelerators; the earlier one on a tie.
+
+    A per-container or per-pod series (``..._container_gpu_utilization``) names only the accelerators that
+    are allocated, so it must not be taken for the per-accelerator metric when one covers every device.
+    """
+    coverage = {n: accelerator_count(series(samples, n), identity_labels) for n in candidates}
+    return max(candidates, key=lambda n: coverage[n], default=None)
 
 
 def detect_optional(kind: str, candidates: Sequence[str]) -> list[str]:

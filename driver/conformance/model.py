@@ -43,6 +43,9 @@ class Probe:
     run: Callable[[ProbeContext], Awaitable[None]]
     #: Default seconds for the whole probe.
     timeout: float = 600.0
+    #: Checks that must run and pass before the suite calls its requirements Implemented (others, such as
+    #: a check that does not apply to every platform, may be skipped).
+    required: tuple[str, ...] = ()
 
 
 @dataclass
@@ -62,6 +65,13 @@ class ProbeResult:
     data: dict[str, Any] = field(default_factory=dict)
     #: Stopped by Ctrl-C: its checks say nothing about the platform.
     interrupted: bool = False
+    #: The probe's required checks (see :attr:`Probe.required`).
+    required: tuple[str, ...] = ()
+
+    def unverified(self) -> list[str]:
+        """Required checks that did not run (skipped or never reached): the requirement is not shown."""
+        ran = {c.name for c in self.checks if c.outcome != "skipped"}
+        return [name for name in self.required if name not in ran]
 
 
 def summarize(checks: list[CheckResult]) -> tuple[Outcome, str]:

@@ -24,8 +24,12 @@ ON_TERM = "trap 'kill $! 2>/dev/null; exit 0' TERM INT"
 KEEP_ALIVE = "sleep 3600 &\nwait $!"
 
 
-def device_script(vendor: Vendor, *, identity: bool = True) -> str:
-    """Lists the accelerator device nodes the container sees and, when there are any, their ids."""
+def device_script(vendor: Vendor, *, identity: bool = True, always_identify: bool = False) -> str:
+    """Lists the accelerator device nodes the container sees and, when there are any, their ids.
+
+    ``always_identify``: ask the vendor's tool even without device nodes (a container that should see no
+    accelerator: any id it reports is one it can reach).
+    """
     lines = [
         "n=0",
         f"for f in {vendor.device_glob}; do",
@@ -36,8 +40,9 @@ def device_script(vendor: Vendor, *, identity: bool = True) -> str:
         'echo "RESULT: ACCELERATOR_COUNT=$n"',
     ]
     if identity and vendor.identity_command:
+        condition = "true" if always_identify else '[ "$n" -gt 0 ]'
         lines += [
-            'if [ "$n" -gt 0 ]; then',
+            f"if {condition}; then",
             f"  if ids=$( {{ {vendor.identity_command} ; }} 2>&1 ); then",
             '    printf \'%s\\n\' "$ids" | while IFS= read -r id; do [ -n "$id" ] && echo "IDENTITY: $id"; done',
             "  else",
@@ -65,6 +70,22 @@ def version_script(vendor: Vendor) -> str:
             "fi",
         ]
     return "\n".join(lines)
+
+
+def health_script(vendor: Vendor) -> str:
+    """Runs the vendor's health command: ``RESULT: HEALTH=<first line>`` or ``HEALTH_ERROR=<first line>``."""
+    command = vendor.health.command
+    if not command:
+        return ""
+    return "\n".join(
+        [
+            f"if out=$( {{ {command} ; }} 2>&1 ); then",
+            '  echo "RESULT: HEALTH=$(printf \'%s\\n\' "$out" | head -n 1)"',
+            "else",
+            '  echo "RESULT: HEALTH_ERROR=exit $?: $(printf \'%s\\n\' "$out" | head -n 1)"',
+            "fi",
+        ]
+    )
 
 
 def script(*parts: str, keep_alive: bool = True, then: str | None = None) -> str:
@@ -150,6 +171,7 @@ class Container:
     #: Pod claim entries this container references.
     claims: tuple[str, ...] = ()
     image: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 def pod(
@@ -176,6 +198,7 @@ def pod(
                 "name": c.name,
                 "image": c.image or vendor.probe_image,
                 "command": ["sh", "-c", c.script],
+                **({"env": [{"name": k, "value": v} for k, v in c.env.items()]} if c.env else {}),
                 # No privileges: whatever the container reaches, it reaches through its claim.
                 "securityContext": {
                     "allowPrivilegeEscalation": False,

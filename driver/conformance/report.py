@@ -155,7 +155,7 @@ def results_json(suite: SuiteResult, fills: Mapping[str, Fill], warnings: Sequen
             "filled": PRODUCT,
         },
         "vendor": suite.vendor.summary(),
-        "summary": {**counts, "mustFailures": must_failures(suite.checklist, fills)},
+        "summary": {**counts, "mustFailures": must_failures(suite.checklist, fills, suite.probes)},
         "requirements": requirements,
         "probes": [_probe_json(p) for p in suite.probes],
         "warnings": list(warnings),
@@ -350,4 +350,4 @@ def write_outputs(
         for p in check_filled(suite.checklist, filled, out_dir)
         if "still a placeholder" not in p and "a MUST is" not in p
     ]
-    return Outputs(written, fills, must_failures(suite.checklist, fills), problems, warnings)
+    return Outputs(written, fills, must_failures(suite.checklist, fills, suite.probes), problems, warnings)

@@ -174,6 +174,7 @@ class _Runner:
             log_lines=(first, self.log.lines),
             data=ctx.data,
             interrupted=interrupted,
+            required=probe.required,
         )
         await progress.end(result)
         return result, interrupted
@@ -261,12 +262,31 @@ def _notes(results: Sequence[ProbeResult], vendor: Vendor, run_id: str, sandbox:
     for r in results:
         passed = sum(c.outcome == "passed" for c in r.checks)
         others = "".join(f"; {c.name} {c.outcome}: {c.message}" for c in r.checks if c.outcome != "passed")
+        missing = [n for n in r.unverified() if n not in {c.name for c in r.checks}]
+        if missing:
+            others += f"; not run: {', '.join(missing)}"
         parts.append(f"{r.test} {r.outcome} ({passed}/{len(r.checks)} checks passed{others})")
     sandbox_note = " (SANDBOX: a simulated cluster, not evidence for a platform)" if sandbox else ""
     return (
         f"Checked by accel-dra conformance {__version__}, run {run_id}{sandbox_note}, DRA driver "
         f"{vendor.driver_name}: " + "; ".join(parts)
     )
+
+
+def _status(results: Sequence[ProbeResult], ran: Sequence[CheckResult]) -> str:
+    """Implemented only when every check that ran passed and every required check ran."""
+    passed = sum(c.outcome == "passed" for c in ran)
+    if not passed:
+        return "Not Implemented"
+    if passed == len(ran) and not any(r.unverified() for r in results):
+        return "Implemented"
+    return "Partially Implemented"
+
+
+def _covered(requirement_id: str, results: Sequence[ProbeResult]) -> list[ProbeResult]:
+    """The results that speak for a requirement (none when a probe for it was interrupted)."""
+    mine = [r for r in results if requirement_id in r.requirements]
+    return [] if any(r.interrupted for r in mine) else mine
 
 
 def requirement_fills(
@@ -279,14 +299,16 @@ def requirement_fills(
 ) -> dict[str, Fill]:
     """Status, evidence and notes for each requirement the run covered (others are left as they were).
 
-    Implemented when every check that ran passed, Not Implemented when none did, Partially Implemented
-    otherwise; N/A (with the vendor's reason) when the vendor declared it and the suite covers it. A
-    requirement whose checks were all skipped, or whose probe was interrupted, is left as it was.
+    Implemented when every check that ran passed and every required check of its probes ran; Not
+    Implemented when no check passed; Partially Implemented otherwise (a failure, or a required check that
+    was skipped or never reached: the run did not show the requirement met). N/A (with the vendor's reason)
+    when the vendor declared it and the suite covers it. A requirement whose checks were all skipped, or
+    whose probe was interrupted, is left as it was.
     """
     fills: dict[str, Fill] = {}
     for requirement in checklist.requirements:
-        mine = [r for r in results if requirement.id in r.requirements]
-        if not mine or any(r.interrupted for r in mine):
+        mine = _covered(requirement.id, results)
+        if not mine:
             continue
         if requirement.id in vendor.not_applicable:
             fills[requirement.id] = Fill("N/A", (), vendor.not_applicable[requirement.id])
@@ -294,23 +316,29 @@ def requirement_fills(
         ran = [c for r in mine for c in r.checks if c.outcome != "skipped"]
         if not ran:
             continue
-        passed = sum(c.outcome == "passed" for c in ran)
-        status = (
-            "Implemented"
-            if passed == len(ran)
-            else "Not Implemented"
-            if not passed
-            else "Partially Implemented"
-        )
         proof = tuple(e for r in mine for e in evidence(r))
-        fills[requirement.id] = Fill(status, proof, _notes(mine, vendor, run_id, sandbox))
+        fills[requirement.id] = Fill(_status(mine, ran), proof, _notes(mine, vendor, run_id, sandbox))
     return fills
 
 
-def must_failures(checklist: Checklist, fills: Mapping[str, Fill]) -> list[str]:
-    """MUST requirements the run covered that are not Implemented (N/A: declared not to apply)."""
-    return [
-        f"{r.id} ({fills[r.id].status})"
-        for r in checklist.requirements
-        if r.level == "MUST" and r.id in fills and fills[r.id].status not in ("Implemented", "N/A")
-    ]
+def must_failures(
+    checklist: Checklist, fills: Mapping[str, Fill], results: Sequence[ProbeResult] = ()
+) -> list[str]:
+    """MUST requirements the run covered that are not Implemented.
+
+    The CNCF validator accepts nothing but Implemented for a MUST, so a MUST declared N/A is listed too, and
+    so is one whose checks (given ``results``) were all skipped: the run did not show it met.
+    """
+    failures = []
+    for r in checklist.requirements:
+        if r.level != "MUST":
+            continue
+        fill = fills.get(r.id)
+        if fill is None:
+            if _covered(r.id, results):
+                failures.append(f"{r.id} (not verified: every check was skipped)")
+        elif fill.status == "N/A":
+            failures.append(f"{r.id} (N/A, but a MUST must be Implemented)")
+        elif fill.status != "Implemented":
+            failures.append(f"{r.id} ({fill.status})")
+    return failures

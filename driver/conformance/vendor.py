@@ -36,6 +36,9 @@ DEFAULT_IDENTITY_LABELS = (
     "pci_bus_id",
 )
 _GLOB_RE = re.compile(r"^/[A-Za-z0-9_./\-\[\]*?]+$")
+#: Reaches each visible GPU through the driver (NVML); fails with "No devices were found" when there is none.
+_SMI_HEALTH = "nvidia-smi --query-gpu=uuid,utilization.gpu,memory.used --format=csv,noheader"
+_NVIDIA_ENV = {"NVIDIA_VISIBLE_DEVICES": "all"}
 _SMI_CUDA = "nvidia-smi | sed -n 's/.*CUDA Version: *\\([0-9][0-9.]*\\).*/\\1/p' | head -n 1"
 
 
@@ -85,6 +88,14 @@ class Load:
 
 
 @dataclass(frozen=True)
+class Health:
+    """A short command that uses the claimed accelerator and exits 0 when it works (a health probe)."""
+
+    image: str | None = None
+    command: str | None = None
+
+
+@dataclass(frozen=True)
 class Vendor:
     name: str
     driver_name: str
@@ -102,6 +113,11 @@ class Vendor:
     versions: Versions = field(default_factory=Versions)
     metrics: Metrics = field(default_factory=Metrics)
     load: Load = field(default_factory=Load)
+    #: Run by every consumer of a shared device (gpu_sharing); without it that check is skipped.
+    health: Health = field(default_factory=Health)
+    #: Environment a runtime might honour to hand out devices without a claim (``NVIDIA_VISIBLE_DEVICES=all``):
+    #: a pod without a claim that sets it must still see no device.
+    bypass_env: Mapping[str, str] = field(default_factory=dict)
     #: Requirement id -> why it does not apply to this platform (written as N/A with these notes).
     not_applicable: Mapping[str, str] = field(default_factory=dict)
     #: Drivers whose devices the attribute-profile probe checks (default: ``driver_name``); "*" for all.
@@ -161,6 +177,8 @@ def _accel_dra() -> Vendor:
             power="hw_power_watts",
             interconnect="hw_gpu_io_bytes_total",
         ),
+        health=Health(command=_SMI_HEALTH),
+        bypass_env=dict(_NVIDIA_ENV),
     )
 
 
@@ -188,6 +206,8 @@ def _nvidia() -> Vendor:
             temperature="DCGM_FI_DEV_GPU_TEMP",
             power="DCGM_FI_DEV_POWER_USAGE",
         ),
+        health=Health(command=_SMI_HEALTH),
+        bypass_env=dict(_NVIDIA_ENV),
     )
 
 
@@ -274,6 +294,7 @@ _METRICS = {
     "namespaceLabel": "namespace_label",
 }
 _LOAD = {"image": "image", "command": "command", "seconds": "seconds"}
+_HEALTH = {"image": "image", "command": "command"}
 
 
 def _tuples(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -297,6 +318,10 @@ def vendor_from_mapping(data: Mapping[str, Any], source: str = "<vendor>") -> Ve
         changes["metrics"] = dataclasses.replace(base.metrics, **_renamed(data["metrics"], _METRICS))
     if "load" in data:
         changes["load"] = dataclasses.replace(base.load, **_renamed(data["load"], _LOAD))
+    if "health" in data:
+        changes["health"] = dataclasses.replace(base.health, **_renamed(data["health"], _HEALTH))
+    if "bypassEnv" in data:
+        changes["bypass_env"] = {str(k): str(v) for k, v in data["bypassEnv"].items()}
     if "tolerations" in data:
         changes["tolerations"] = tuple(dict(t) for t in data["tolerations"])
     if "notApplicable" in data:

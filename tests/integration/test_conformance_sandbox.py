@@ -9,6 +9,7 @@ timeout runs share one healthy sandbox.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import signal
 import subprocess
@@ -25,7 +26,7 @@ from driver.conformance.checklist import check_filled, load_checklist, parse_che
 from driver.conformance.context import MANAGED_BY, MANAGED_BY_LABEL
 from driver.conformance.report import write_outputs
 from driver.conformance.runner import E2E_LOG, RunOptions, run_suite
-from driver.conformance.vendor import load_vendor
+from driver.conformance.vendor import Health, Vendor, Versions, load_vendor
 from driver.kube.client import NAMESPACES, PODS, RESOURCE_CLAIM_TEMPLATES, RESOURCE_CLAIMS
 from driver.sim.runtime import isolation_available
 from driver.sim.sandbox import (
@@ -159,16 +160,33 @@ def test_the_report_shows_the_summary_evidence_and_devices(
     assert "Unsatisfiable" in report and "cannot allocate" in report  # why the impossible claim stays pending
 
 
+def test_sharing_consumers_use_the_device_and_env_vars_open_nothing(
+    cli_run: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    _, out = cli_run
+    data = json.loads((out / "results" / "results.json").read_text())
+    messages = {(p["name"], c["name"]): c["message"] for p in data["probes"] for c in p["checks"]}
+    sharing = messages[("gpu_sharing", "ConsumersUseTheSharedDevice")]
+    assert sharing.startswith("all 4 consumers of shared devices ran `nvidia-smi --query-gpu=uuid,")
+    assert "GPU-" in sharing  # what the tool printed in a consumer: it reached the device
+    bypass = messages[("secure_accelerator_access", "EnvVarBypassTest")]
+    assert "that sets NVIDIA_VISIBLE_DEVICES=all sees no device" in bypass
+
+
 # -- faults ---------------------------------------------------------------------------------------------
 
 
 async def run_against(
-    box: Sandbox, out: Path, checklist: str = "checklist-1.35.yaml", **options: Any
+    box: Sandbox,
+    out: Path,
+    checklist: str = "checklist-1.35.yaml",
+    vendor: Vendor | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
     assert box.kube is not None
     run_options = RunOptions(
         checklist=load_checklist(str(FIXTURES / checklist)),
-        vendor=load_vendor("sandbox"),
+        vendor=vendor or load_vendor("sandbox"),
         out_dir=out,
         sandbox=True,
         **options,
@@ -189,7 +207,7 @@ FAULTS: dict[str, tuple[str, set[str], str]] = {
     ),
     FAULT_LEAKY_RUNTIME: (
         "secure_accelerator_access",
-        {"NegativeIsolationTest", "MultiContainerIsolationTest"},
+        {"NegativeIsolationTest", "EnvVarBypassTest", "MultiContainerIsolationTest"},
         "a pod without a claim on node sandbox-node sees 8 device(s)",
     ),
     FAULT_UNLABELLED_METRICS: (
@@ -276,6 +294,53 @@ async def test_a_checklist_without_dra_support_gets_the_rest(sandbox: Sandbox, t
     assert [r.id for r in filled.requirements] == [
         r.id for r in load_checklist(str(FIXTURES / "checklist-1.37.yaml")).requirements
     ]
+    assert leftovers(sandbox) == []
+
+
+def statuses(data: dict[str, Any]) -> dict[str, str]:
+    return {r["id"]: r["status"] for r in data["requirements"] if r["covered"]}
+
+
+def outcomes(data: dict[str, Any], probe: str) -> dict[str, tuple[str, str]]:
+    (found,) = [p for p in data["probes"] if p["name"] == probe]
+    return {c["name"]: (c["outcome"], c["message"]) for c in found["checks"]}
+
+
+@module_loop
+async def test_unverified_versions_do_not_make_the_requirement_implemented(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    base = load_vendor("sandbox")
+    vendor = dataclasses.replace(base, versions=Versions(driver_attributes=base.versions.driver_attributes))
+    data = await run_against(sandbox, tmp_path, vendor=vendor, run_filter="DriverRuntime")
+    found = outcomes(data, "driver_runtime_management")
+    assert found["VerifiableMechanismExposed"][0] == "passed"
+    assert found["DriverAndRuntimeCompatibility"] == (
+        "skipped",
+        "vendor sandbox sets no versions.driverCommand to run in a container",
+    )
+    assert statuses(data) == {"driver_runtime_management": "Partially Implemented"}
+    assert leftovers(sandbox) == []
+
+
+@pytest.mark.parametrize(
+    ("command", "outcome", "says"),
+    [
+        (None, "skipped", "sets no health.command"),
+        ("nvidia-smi --query-gpu=bogus --format=csv", "failed", 'exit 2: Field "bogus" is not a valid field'),
+    ],
+)
+@module_loop
+async def test_sharing_is_implemented_only_when_every_consumer_uses_the_device(
+    sandbox: Sandbox, tmp_path: Path, command: str | None, outcome: str, says: str
+) -> None:
+    vendor = dataclasses.replace(load_vendor("sandbox"), health=Health(command=command))
+    data = await run_against(sandbox, tmp_path, vendor=vendor, run_filter="^gpu_sharing$")
+    found = outcomes(data, "gpu_sharing")
+    assert found["TwoContainersOneClaim"][0] == found["TwoPodsOneClaim"][0] == "passed"
+    assert found["ConsumersUseTheSharedDevice"][0] == outcome
+    assert says in found["ConsumersUseTheSharedDevice"][1]
+    assert statuses(data) == {"gpu_sharing": "Partially Implemented"}
     assert leftovers(sandbox) == []
 
 

@@ -86,23 +86,38 @@ def _per_device(samples: Sequence[m.Sample], name: str, labels: Sequence[str], w
     return per
 
 
+def _endpoint(metrics: Metrics) -> str:
+    return f"{metrics.namespace}/{metrics.service}:{metrics.port}{metrics.path}"
+
+
 async def _core(ctx: ProbeContext, samples: list[m.Sample]) -> dict[str, str]:
     metrics = ctx.vendor.metrics
     labels = metrics.identity_labels
     all_names = m.names(samples)
-    per_names = m.names(m.per_accelerator(samples, labels))
+    per_samples = m.per_accelerator(samples, labels)
+    per_names = m.names(per_samples)
+    reported = m.accelerator_count(per_samples, labels)
     chosen: dict[str, str] = {}
-    for what, configured, detect in (
-        ("utilization", metrics.utilization, m.detect_utilization),
-        ("memory", metrics.memory, m.detect_memory),
+    for what, configured, candidates in (
+        ("utilization", metrics.utilization, m.utilization_candidates),
+        ("memory", metrics.memory, m.memory_candidates),
     ):
         async with ctx.check(f"PerAccelerator{what.capitalize()}Metric") as check:
-            name = _choose(configured, detect(per_names), all_names, what)
+            if not samples:  # an empty page proves nothing: the core metrics are what the requirement asks
+                raise CheckFailedError(
+                    f"the metrics endpoint {_endpoint(metrics)} answered without any sample: no per-accelerator "
+                    f"{what} series"
+                )
+            detected = m.widest(per_samples, candidates(per_names), labels)
+            name = _choose(configured, detected, all_names, what)
             per = _per_device(samples, name, labels, what)
-            devices = {tuple(sorted(m.identity(s, labels).items())) for s in per}
-            ctx.note(f"{name}: {len(per)} series for {len(devices)} accelerator(s), e.g. {per[0].show()}")
+            devices = m.accelerator_count(per, labels)
+            ctx.note(f"{name}: {len(per)} series for {devices} accelerator(s), e.g. {per[0].show()}")
             chosen[what] = name
-            check.message = f"{name} for {len(devices)} accelerator(s)"
+            how = "configured" if configured else "auto-detected"
+            check.message = (
+                f"{name} ({how}): series for {devices} of the {reported} accelerator(s) the endpoint reports"
+            )
     return chosen
 
 
@@ -211,19 +226,19 @@ async def _workload(ctx: ProbeContext, chosen: Mapping[str, str]) -> None:
 
 async def run(ctx: ProbeContext) -> None:
     metrics = ctx.vendor.metrics
-    samples: list[m.Sample] = []
+    samples: list[m.Sample] | None = None
     async with ctx.check("MetricsEndpointReachable") as check:
         if not metrics.configured:
             raise CheckSkippedError(
                 "no metrics Service configured (metrics.namespace and metrics.service, or --metrics-namespace "
-                "and --metrics-service); without an accelerator metrics solution, declare the requirement "
-                "in the vendor file's notApplicable"
+                "and --metrics-service) of the accelerator metrics solution installed on the platform; "
+                "accelerator_metrics is a MUST, which the CNCF validator accepts only as Implemented"
             )
         ctx.step(f"scraping {metrics.namespace}/{metrics.service}:{metrics.port} through the service proxy")
         samples = await scrape(ctx)
         ctx.data["metric_names"] = m.names(samples)
         check.message = f"{len(samples)} samples of {len(m.names(samples))} metrics"
-    if not samples:
+    if samples is None:  # not configured, or not reachable: the checks below are not run (so not passed)
         return
     chosen = await _core(ctx, samples)
     await _optional(ctx, samples)
@@ -236,4 +251,5 @@ PROBE = Probe(
     title="Per-accelerator metrics, attributed to pods",
     requirements=("accelerator_metrics",),
     run=run,
+    required=("MetricsEndpointReachable", "PerAcceleratorUtilizationMetric", "PerAcceleratorMemoryMetric"),
 )

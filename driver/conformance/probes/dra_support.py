@@ -104,4 +104,5 @@ PROBE = Probe(
     title="DRA API served, driver pools complete and usable",
     requirements=("dra_support",),
     run=run,
+    required=("ResourceAPIServed", "DeviceClassExists", "PoolsCompleteAndReachable", "PodWithClaimTemplate"),
 )

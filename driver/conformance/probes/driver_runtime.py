@@ -153,4 +153,5 @@ PROBE = Probe(
     title="Driver and runtime versions exposed through DRA match the node",
     requirements=("driver_runtime_management",),
     run=run,
+    required=("VerifiableMechanismExposed", "DriverAndRuntimeCompatibility"),
 )

@@ -1,20 +1,27 @@
-"""``gpu_sharing``: one claim, one device, several consumers (static sharing through DRA).
+"""``gpu_sharing``: one claim, one device, several consumers that all use it (static sharing through DRA).
 
 Checks: two containers of one pod that reference the same claim see the same single device; two pods that
 reference the same ResourceClaim run at the same time, both are in the claim's ``reservedFor``, and both see
-the same single device.
+the same single device; every one of those consumers ran the vendor's health command (``nvidia-smi``, a
+CUDA sample) on the shared device while the others held it, without an error. Seeing one device node is
+what any DRA driver gives (core Kubernetes shares the claim); the health command shows the sharing works.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from driver.conformance import pods as podlib
 from driver.conformance.context import ProbeContext
-from driver.conformance.model import CheckFailedError, Probe
+from driver.conformance.model import CheckFailedError, CheckSkippedError, Probe
 from driver.conformance.probes.common import one_device_template, unique
 from driver.kube.client import PODS, RESOURCE_CLAIMS
 
+#: Consumer ("pod P container C") -> what it printed.
+Consumers = dict[str, podlib.Output]
 
-def _same_device(outputs: dict[str, podlib.Output]) -> str:
+
+def _same_device(outputs: Mapping[str, podlib.Output]) -> str:
     """The one device every consumer sees, or a failure naming what each saw."""
     seen = {who: tuple(sorted(o.identities or o.devices)) for who, o in outputs.items()}
     counts = {who: o.count for who, o in outputs.items()}
@@ -24,33 +31,39 @@ def _same_device(outputs: dict[str, podlib.Output]) -> str:
     return next(iter(seen.values()))[0]
 
 
-async def _containers(ctx: ProbeContext) -> None:
+def _consumer(ctx: ProbeContext, name: str, claims: tuple[str, ...]) -> podlib.Container:
+    """A container that lists its devices and then runs the health command on them (when there is one)."""
+    script = podlib.script(podlib.device_script(ctx.vendor), podlib.health_script(ctx.vendor))
+    return podlib.Container(name, script, claims, ctx.vendor.health.image)
+
+
+async def _containers(ctx: ProbeContext, consumers: Consumers) -> None:
     async with ctx.check("TwoContainersOneClaim") as check:
         template = await one_device_template(ctx, "shared")
         name = unique("shared-containers")
-        script = podlib.script(podlib.device_script(ctx.vendor))
         body = podlib.pod(
             ctx.vendor,
             name,
-            [podlib.Container("first", script, ("gpu",)), podlib.Container("second", script, ("gpu",))],
+            [_consumer(ctx, "first", ("gpu",)), _consumer(ctx, "second", ("gpu",))],
             templates={"gpu": template},
         )
         run = await ctx.run_pod(body)
         await ctx.delete_pods([name])
-        device = _same_device({f"container {c}": o for c, o in run.outputs.items()})
+        outputs = {f"pod {name} container {c}": o for c, o in run.outputs.items()}
+        device = _same_device(outputs)
+        consumers.update(outputs)
         check.message = f"both containers of pod {name} see {device}"
 
 
-async def _pods(ctx: ProbeContext) -> None:
+async def _pods(ctx: ProbeContext, consumers: Consumers) -> None:
     async with ctx.check("TwoPodsOneClaim") as check:
         claim_name = unique("shared")
         spec = podlib.claim_spec([podlib.request(ctx.vendor)])
         await ctx.create(RESOURCE_CLAIMS, podlib.resource_claim(claim_name, spec))
         names = [unique("sharing-pod"), unique("sharing-pod")]
-        script = podlib.script(podlib.device_script(ctx.vendor))
         for name in names:  # both exist before either is waited on: they must run side by side
             body = podlib.pod(
-                ctx.vendor, name, [podlib.Container("probe", script, ("gpu",))], claims={"gpu": claim_name}
+                ctx.vendor, name, [_consumer(ctx, "probe", ("gpu",))], claims={"gpu": claim_name}
             )
             await ctx.create(PODS, body)
         runs = [await ctx.wait_output(name) for name in names]
@@ -62,19 +75,56 @@ async def _pods(ctx: ProbeContext) -> None:
             raise CheckFailedError(
                 f"claim {claim_name} is not reserved for both pods (reservedFor: {sorted(reserved)})"
             )
-        device = _same_device({f"pod {r.name}": r.outputs["probe"] for r in runs})
+        outputs = {f"pod {r.name} container probe": r.outputs["probe"] for r in runs}
+        device = _same_device(outputs)
+        consumers.update(outputs)
         check.message = f"pods {names[0]} and {names[1]} share claim {claim_name} and both see {device}"
 
 
+def health_verdict(consumers: Mapping[str, podlib.Output], command: str) -> str:
+    """What the check says when every consumer's health command succeeded; a failure naming those that did not."""
+    broken = {who: o for who, o in consumers.items() if "HEALTH" not in o.results}
+    if broken:
+        shown = "; ".join(
+            f"{who}: {o.results.get('HEALTH_ERROR', 'printed no health result')}" for who, o in broken.items()
+        )
+        raise CheckFailedError(
+            f"the health command `{command}` failed in a consumer of a shared device: {shown}"
+        )
+    sample = next(iter(consumers.values())).results["HEALTH"]
+    return (
+        f"all {len(consumers)} consumers of shared devices ran `{command}` on them without an error "
+        f"(e.g. {sample!r})"
+    )
+
+
+async def _workloads(ctx: ProbeContext, consumers: Consumers) -> None:
+    async with ctx.check("ConsumersUseTheSharedDevice") as check:
+        command = ctx.vendor.health.command
+        if not command:
+            raise CheckSkippedError(
+                f"vendor {ctx.vendor.name} sets no health.command: the suite cannot show that the consumers "
+                "of a shared device can use it (seeing its device node is not enough)"
+            )
+        if not consumers:
+            raise CheckSkippedError("no consumer of a shared device ran (see the checks above)")
+        for who, output in consumers.items():
+            ctx.note(f"{who}: {output.results.get('HEALTH') or output.results.get('HEALTH_ERROR') or '?'}")
+        check.message = health_verdict(consumers, command)
+
+
 async def run(ctx: ProbeContext) -> None:
-    await _containers(ctx)
-    await _pods(ctx)
+    consumers: Consumers = {}
+    await _containers(ctx, consumers)
+    await _pods(ctx, consumers)
+    await _workloads(ctx, consumers)
 
 
 PROBE = Probe(
     name="gpu_sharing",
     test="TestGPUSharing",
-    title="One claim shared by containers and by pods",
+    title="One claim shared by containers and by pods, each using the device",
     requirements=("gpu_sharing",),
     run=run,
+    required=("TwoContainersOneClaim", "TwoPodsOneClaim", "ConsumersUseTheSharedDevice"),
 )

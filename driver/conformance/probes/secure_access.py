@@ -2,11 +2,15 @@
 
 Checks (device nodes counted with the vendor's glob, ids from the vendor's tool where it has one): the
 claiming container sees exactly its allocated device; a pod without a claim on the same node sees none,
-while the claiming pod still holds its device; a second container of a claiming pod that does not reference
-the claim sees none.
+while the claiming pod still holds its device; a pod without a claim that sets the environment a runtime
+might honour to hand out devices (``NVIDIA_VISIBLE_DEVICES=all``, the vendor's ``bypassEnv``) sees none and
+its vendor tool reports none; a second container of a claiming pod that does not reference the claim sees
+none.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from driver.conformance import pods as podlib
 from driver.conformance.context import PodRun, ProbeContext
@@ -73,6 +77,36 @@ async def _negative(ctx: ProbeContext, held: list[PodRun]) -> None:
         check.message = f"a pod without a claim on node {node} sees no device"
 
 
+async def _env_bypass(ctx: ProbeContext, held: list[PodRun]) -> None:
+    async with ctx.check("EnvVarBypassTest") as check:
+        env = dict(ctx.vendor.bypass_env)
+        if not env:
+            raise CheckSkippedError(
+                f"vendor {ctx.vendor.name} names no device-selecting environment (bypassEnv)"
+            )
+        node = await _node_for_negative(ctx, held)
+        name = unique("env-bypass")
+        script = podlib.script(podlib.device_script(ctx.vendor, always_identify=True))
+        body = podlib.pod(ctx.vendor, name, [podlib.Container("probe", script, env=env)], node_name=node)
+        run = await ctx.run_pod(body)
+        await ctx.delete_pods([name])
+        check.message = env_bypass_verdict(run.outputs["probe"], node, env)
+
+
+def env_bypass_verdict(output: podlib.Output, node: str, env: Mapping[str, str]) -> str:
+    """A pod without a claim that sets ``env`` must see no device node, and its vendor tool no device."""
+    shown = " ".join(f"{k}={v}" for k, v in env.items())
+    if output.count != 0 or output.identities:
+        raise CheckFailedError(
+            f"a pod without a claim on node {node} that sets {shown} sees {output.describe()} "
+            "(the runtime hands out devices by environment variable, bypassing claims)"
+        )
+    tool = output.results.get("IDENTITY_ERROR")
+    return f"a pod without a claim on node {node} that sets {shown} sees no device" + (
+        f" (vendor tool: {tool})" if tool else ""
+    )
+
+
 async def _multi_container(ctx: ProbeContext, template: str) -> None:
     async with ctx.check("MultiContainerIsolationTest") as check:
         name = unique("two-containers")
@@ -104,6 +138,7 @@ async def run(ctx: ProbeContext) -> None:
     held: list[PodRun] = []
     await _positive(ctx, template, held)
     await _negative(ctx, held)  # while the claiming pod still holds its device
+    await _env_bypass(ctx, held)
     if held:
         await ctx.delete_pods([held[0].name])
     await _multi_container(ctx, template)
@@ -115,4 +150,6 @@ PROBE = Probe(
     title="Device access is isolated and mediated by claims",
     requirements=("secure_accelerator_access",),
     run=run,
+    # EnvVarBypassTest only applies to vendors whose runtime has such a variable.
+    required=("PositiveAccessTest", "NegativeIsolationTest", "MultiContainerIsolationTest"),
 )

@@ -1,0 +1,74 @@
+"""The probe context's waits, against scripted API answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from driver.conformance import context as ctxlib
+from driver.conformance.e2elog import E2ELog
+from driver.conformance.probes import PROBES
+from driver.conformance.vendor import load_vendor
+
+WAITING = "waiting for the ResourceClaim ns/pod-gpus (template gpus) to be created"
+IMPOSSIBLE = "0/1 nodes are available: 1 cannot allocate all claims"
+
+
+def pod(message: str, generated: bool) -> dict[str, Any]:
+    status: dict[str, Any] = {
+        "conditions": [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}
+        ]
+    }
+    if generated:
+        status["resourceClaimStatuses"] = [{"name": "gpus", "resourceClaimName": "pod-gpus-x1"}]
+    return {
+        "metadata": {"name": "pod", "namespace": "ns"},
+        "spec": {"resourceClaims": [{"name": "gpus", "resourceClaimTemplateName": "gpus"}]},
+        "status": status,
+    }
+
+
+class ScriptedPods:
+    """Answers GETs with the next pod of a script, then keeps answering the last one."""
+
+    def __init__(self, *answers: dict[str, Any]) -> None:
+        self.answers = list(answers)
+        self.gets = 0
+
+    async def get(self, _resource: Any, _name: str, _namespace: str | None = None) -> dict[str, Any]:
+        self.gets += 1
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+
+def context(kube: ScriptedPods) -> ctxlib.ProbeContext:
+    return ctxlib.ProbeContext(
+        kube=kube,  # type: ignore[arg-type]
+        vendor=load_vendor("accel-dra"),
+        namespace="ns",
+        run_id="t",
+        probe=PROBES[0],
+        log=E2ELog(None),
+    )
+
+
+async def test_only_a_verdict_after_the_claims_exist_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ctxlib, "POLL_FIRST", 0.001)
+    monkeypatch.setattr(ctxlib, "POLL_MAX", 0.001)
+    kube = ScriptedPods(
+        pod(WAITING, generated=False),  # the template's claim is not there yet
+        pod(WAITING, generated=True),  # it is, but the scheduler has not looked again
+        pod(IMPOSSIBLE, generated=True),
+    )
+    assert await context(kube).wait_unschedulable("pod", timeout=30) == IMPOSSIBLE
+    assert kube.gets == 3
+
+
+async def test_a_verdict_on_a_pod_with_existing_claims_counts_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ctxlib, "POLL_FIRST", 0.001)
+    kube = ScriptedPods(pod(IMPOSSIBLE, generated=True))
+    assert await context(kube).wait_unschedulable("pod", timeout=30) == IMPOSSIBLE
+    assert kube.gets == 1
