@@ -5,6 +5,10 @@ second and 35 MB in every process that touches a quantity); the plugin and the e
 device memory sizes. The grammar is the API server's: a signed decimal number with a binary (Ki..Ei) or
 decimal (n..E) suffix, or an exponent. Unlike ``kubernetes.utils``, "200K" and surrounding spaces are
 rejected (the API server rejects them too), and big values are not rounded to 28 digits.
+
+:func:`canonical` is the text the API server sends back for a quantity it stored (apimachinery's
+``Quantity.MarshalJSON``): ``81920Mi`` -> ``80Gi``, ``1000`` -> ``1k``, ``0.5`` -> ``500m``. A driver that
+compares what it wants with what the server holds must compare canonical forms, or every resync writes.
 """
 
 from __future__ import annotations
@@ -44,3 +48,123 @@ def parse_quantity(value: str | int | float | Decimal) -> Decimal:
 
 def is_quantity(text: str) -> bool:
     return bool(QUANTITY_RE.match(text))
+
+
+# -- canonical form (apimachinery quantity.go: ParseQuantity, then CanonicalizeBytes) ----------------------
+
+_NANO = -9
+_MAX_ALLOWED = Decimal(2**63 - 1)  # binary quantities are capped here when parsed
+_DECIMAL_SUFFIX = {exp: suffix for suffix, exp in _DECIMAL_EXPONENT.items()}
+_BINARY_SUFFIX = {0: "", **{shift // 10: suffix for suffix, shift in _BINARY.items()}}
+
+
+def canonical(value: str | int | float | Decimal) -> str:
+    """The form the API server stores and returns a quantity in; ``ValueError`` when it is not one.
+
+    Follows apimachinery exactly: text already in canonical form is kept as sent (``+1Gi`` stays), other
+    text is rewritten -- trailing zeros fold into the largest suffix of the same family (decimal or binary),
+    values are rounded up to 1n, binary values are capped at 2^63-1, and a binary value below 1024 or with a
+    fraction is shown in decimal. A JSON number is its decimal text (``1000`` -> ``1k``).
+    """
+    text = _text(value)
+    kept, amount, fmt = _parse_for_canonical(text)
+    return text if kept else _format(amount, fmt)
+
+
+def _text(value: str | int | float | Decimal) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int | float | Decimal):
+        raise ValueError(f"invalid quantity {value!r}")
+    if isinstance(value, str):
+        return value.strip()  # the server's JSON decoder trims surrounding white space
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _parse_for_canonical(text: str) -> tuple[bool, Decimal, str]:
+    """(whether the server keeps ``text`` verbatim, the exact stored value, the format)."""
+    match = QUANTITY_RE.match(text)
+    if not match:
+        raise ValueError(f"invalid quantity {text!r}")
+    if text == "0":
+        return True, Decimal(0), "DecimalSI"
+    number, exp_text, suffix = match.group(1), match.group(2), match.group(3) or ""
+    negative = number.startswith("-")
+    whole, _, denom = number.lstrip("+-").partition(".")
+    num = whole.lstrip("0") or "0"
+    if suffix in _BINARY:
+        fmt, base, exponent = "BinarySI", 2, _BINARY[suffix]
+    elif exp_text is not None:
+        fmt, base, exponent = "DecimalExponent", 10, int(exp_text)
+    else:
+        fmt, base, exponent = "DecimalSI", 10, _DECIMAL_EXPONENT[suffix]
+    fast = _fast_path(num, denom, negative, fmt, exponent)
+    if fast is not None:
+        return fast
+    if base == 2:
+        amount = _CONTEXT.multiply(Decimal(number), Decimal(2**exponent))
+    else:
+        amount = _CONTEXT.scaleb(Decimal(number), exponent)
+    magnitude = abs(amount)
+    if magnitude:
+        magnitude = magnitude.quantize(Decimal(1).scaleb(_NANO), rounding=decimal.ROUND_UP, context=_CONTEXT)
+    if fmt == "BinarySI" and magnitude > _MAX_ALLOWED:
+        magnitude = _MAX_ALLOWED
+    if fmt == "BinarySI" and 0 < magnitude < 1:
+        fmt = "DecimalSI"
+    return False, -magnitude if negative else magnitude, fmt
+
+
+def _fast_path(
+    num: str, denom: str, negative: bool, fmt: str, exponent: int
+) -> tuple[bool, Decimal, str] | None:
+    """apimachinery's int64 parse: exact, and it decides whether the sent text is already canonical."""
+    if fmt == "BinarySI":
+        if denom:
+            return None
+        scale, mantissa = 0, 1 << exponent
+        precision = 15 - len(num) - (exponent * 3 // 10) - 1
+    else:
+        scale, mantissa = exponent, 1
+        precision = 18 - len(num) - len(denom)
+    scale -= len(denom)
+    if precision < 0 or scale < _NANO:
+        return None
+    shifted = num + denom
+    unsigned = int(shifted)
+    result = unsigned * mantissa
+    if result > 2**63 - 1:
+        return None  # int64 overflow: the exact (slow) path takes over
+    amount = _CONTEXT.scaleb(Decimal(-result if negative else result), scale)
+    if fmt == "BinarySI":
+        kept = unsigned & 7 != 0
+    else:
+        kept = scale % 3 == 0 and not shifted.endswith("000") and shifted[0] != "0"
+    return kept, amount, fmt
+
+
+def _format(amount: Decimal, fmt: str) -> str:
+    if amount == 0:
+        return "0"
+    if fmt == "BinarySI" and (-1024 < amount < 1024 or amount != amount.to_integral_value()):
+        fmt = "DecimalSI"  # small or fractional binary values are shown in decimal, without rounding
+    if fmt == "BinarySI":
+        mantissa, power = _strip_factor(int(amount), 1024)
+        if power in _BINARY_SUFFIX:
+            return f"{mantissa}{_BINARY_SUFFIX[power]}"
+        fmt = "DecimalExponent"  # past Ei (not reachable from a parsed value: it is capped)
+    sign, digits, exp = amount.normalize(_CONTEXT).as_tuple()
+    assert isinstance(exp, int)
+    mantissa = int("".join(map(str, digits))) * (-1 if sign else 1)
+    shift = exp % 3  # lower the exponent to a multiple of three
+    mantissa, exp = mantissa * 10**shift, exp - shift
+    if fmt == "DecimalSI" and exp in _DECIMAL_SUFFIX:
+        return f"{mantissa}{_DECIMAL_SUFFIX[exp]}"
+    # DecimalExponent, or a decimal value past E / below n: exponent notation keeps the magnitude.
+    return f"{mantissa}e{exp}" if exp else str(mantissa)
+
+
+def _strip_factor(value: int, base: int) -> tuple[int, int]:
+    magnitude, times = abs(value), 0
+    while magnitude >= base and magnitude % base == 0:
+        magnitude //= base
+        times += 1
+    return (-magnitude if value < 0 else magnitude), times

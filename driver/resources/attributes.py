@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from driver.devices.model import PCI_BUS_ID_RE, PCIE_ROOT_RE, Device, Gpu, Inventory
 from driver.log import get_logger
-from driver.quantity import parse_quantity
+from driver.quantity import canonical, parse_quantity
 
 log = get_logger(__name__)
 
@@ -171,11 +171,12 @@ def to_semver(raw: str | None) -> str | None:
 
 
 def format_quantity(value: int) -> str:
-    """Exact bytes as a Kubernetes quantity: the largest binary suffix that divides, else plain bytes."""
+    """Exact bytes as the API server stores them: the largest binary suffix that divides, else the
+    server's canonical decimal form (``1000000`` -> ``1M``), so what we publish reads back unchanged."""
     for suffix, shift in (("Ei", 60), ("Pi", 50), ("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)):
         if value and value % (1 << shift) == 0:
             return f"{value >> shift}{suffix}"
-    return str(value)
+    return canonical(value)
 
 
 def _encode(spec: AttributeSpec, value: _Value, device: str) -> dict[str, Any] | None:
@@ -193,7 +194,7 @@ def _encode(spec: AttributeSpec, value: _Value, device: str) -> dict[str, Any] |
             return None
         return {"version": version}
     if spec.type == "string" and isinstance(value, str) and value:
-        if len(value) > MAX_STRING:
+        if len(value.encode()) > MAX_STRING:  # the API server counts UTF-8 bytes
             log.warning("attribute omitted: value too long", device=device, attribute=spec.key, value=value)
             return None
         return {"string": value}
@@ -242,9 +243,16 @@ def device_capacity(
 
 
 def device_entry(device: Device | Gpu, inventory: Inventory, driver_name: str) -> dict[str, Any]:
-    """One ``spec.devices[]`` entry of a ResourceSlice: name, attributes, capacity."""
+    """One ``spec.devices[]`` entry of a ResourceSlice: name, attributes, capacity.
+
+    Empty maps are left out, as the API server drops them (``omitempty``): sending ``attributes: {}`` would
+    make every comparison with the stored slice a difference.
+    """
     dev = _as_device(device)
-    entry: dict[str, Any] = {"name": dev.name, "attributes": device_attributes(dev, inventory, driver_name)}
+    entry: dict[str, Any] = {"name": dev.name}
+    attributes = device_attributes(dev, inventory, driver_name)
+    if attributes:
+        entry["attributes"] = attributes
     capacity = device_capacity(dev, inventory, driver_name)
     if capacity:
         entry["capacity"] = capacity
@@ -294,8 +302,8 @@ def _check_attribute(spec: AttributeSpec, key: str, value: Any) -> str | None:
         return f"int value is not an integer: {inner!r}"
     if kind in ("string", "version") and (not isinstance(inner, str) or not inner):
         return f"{kind} value must be a non-empty string: {inner!r}"
-    if kind in ("string", "version") and len(inner) > MAX_STRING:
-        return f"value longer than {MAX_STRING} characters"
+    if kind in ("string", "version") and len(inner.encode()) > MAX_STRING:
+        return f"value longer than {MAX_STRING} bytes"
     if kind == "version" and not _SEMVER_RE.match(inner):
         return f"not a strict semantic version (MAJOR.MINOR.PATCH, no leading zeros): {inner!r}"
     if spec.name == "pciBusID" and not PCI_BUS_ID_RE.match(inner):

@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from driver.quantity import canonical
+
 JSON = dict[str, Any]
 
 MAX_DEVICES_PER_SLICE = 128
@@ -73,15 +75,48 @@ def _device_names(slice_obj: Mapping[str, Any]) -> frozenset[str]:
     return frozenset(d.get("name", "") for d in slice_obj.get("spec", {}).get("devices") or [])
 
 
-def _comparable_devices(devices: Sequence[Mapping[str, Any]]) -> list[JSON]:
-    """Devices as we would write them; server-defaulted taint timestamps are not a difference."""
-    out: list[JSON] = []
-    for device in devices:
-        d = copy.deepcopy(dict(device))
-        for taint in d.get("taints") or []:
+# Device fields that are Go maps or slices with ``omitempty``: the API server drops them when empty.
+_OMITTED_WHEN_EMPTY = (
+    "attributes",
+    "capacity",
+    "consumesCounters",
+    "taints",
+    "bindingConditions",
+    "bindingFailureConditions",
+)
+
+
+def _canonical(value: Any) -> Any:
+    try:
+        return canonical(value)
+    except ValueError:
+        return value  # not a quantity: the API server will say so
+
+
+def stored_device(device: Mapping[str, Any]) -> JSON:
+    """A device as the API server stores it, for comparing: quantities canonical ("81920Mi" is "80Gi"),
+    null and empty ``omitempty`` fields gone, server-defaulted taint timestamps ignored."""
+    d = {
+        key: value
+        for key, value in copy.deepcopy(dict(device)).items()
+        if value is not None and not (key in _OMITTED_WHEN_EMPTY and value in ({}, []))
+    }
+    for capacity in (d.get("capacity") or {}).values():
+        if isinstance(capacity, dict) and "value" in capacity:
+            capacity["value"] = _canonical(capacity["value"])
+    for consumption in d.get("consumesCounters") or []:
+        for counter in (consumption.get("counters") or {}).values() if isinstance(consumption, dict) else []:
+            if isinstance(counter, dict) and "value" in counter:
+                counter["value"] = _canonical(counter["value"])
+    for taint in d.get("taints") or []:
+        if isinstance(taint, dict):
             taint.pop("timeAdded", None)
-        out.append(d)
-    return sorted(out, key=lambda d: d.get("name", ""))
+    return d
+
+
+def _comparable_devices(devices: Sequence[Mapping[str, Any]]) -> list[JSON]:
+    """Devices in their stored form, in name order: only a real difference makes an update."""
+    return sorted((stored_device(d) for d in devices), key=lambda d: str(d.get("name", "")))
 
 
 def slice_spec(driver: str, node: str, generation: int, count: int, devices: Sequence[JSON]) -> JSON:

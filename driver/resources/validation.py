@@ -22,10 +22,12 @@ operator) are assumed when a field is missing, so undefaulted input validates li
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 from functools import lru_cache
@@ -62,11 +64,23 @@ MAX_REQUEST_POLICY_OPTIONS = 10
 MAX_DEVICE_STATUS_CONDITIONS = 8
 MAX_LABEL_LENGTH = 63
 MAX_SUBDOMAIN_LENGTH = 253
+# Device status (resource.k8s.io/v1 types.go) and metav1.Condition limits.
+MAX_DEVICE_STATUS_DATA_LENGTH = 10 * 1024
+MAX_NETWORK_IPS = 16
+MAX_INTERFACE_NAME_LENGTH = 256
+MAX_HARDWARE_ADDRESS_LENGTH = 128
+MAX_CONDITION_REASON_LENGTH = 1024
+MAX_CONDITION_MESSAGE_LENGTH = 32 * 1024
+# ObjectMeta (apimachinery api/validation/objectmeta.go).
+MAX_ANNOTATIONS_SIZE = 256 * 1024
 
 TAINT_EFFECTS = ("NoExecute", "NoSchedule", "None")  # sorted, as the server lists them
 ALLOCATION_MODES = ("All", "ExactCount")
 TOLERATION_OPERATORS = ("Equal", "Exists")
 CONFIG_SOURCES = ("FromClaim", "FromClass")
+CONDITION_STATUSES = ("False", "True", "Unknown")  # sorted, as the server lists them
+# Kinds that may not own anything, as "group/version, Kind=kind" (schema.GroupVersionKind's String).
+BANNED_OWNERS = frozenset({"/v1, Kind=Event"})
 
 
 class ErrorType(StrEnum):
@@ -628,7 +642,7 @@ def validate_object_meta(
     name_errors: Callable[[str], list[str]] = dns1123_subdomain_errors,
     path: Path = Path("metadata"),
 ) -> None:
-    """Name (or generateName), namespace presence, label keys and values, finalizer names."""
+    """Name (or generateName), namespace presence, labels, annotations, ownerReferences, finalizer names."""
     meta = meta or {}
     name = _str(meta, "name", path, out)
     generate_name = _str(meta, "generateName", path, out)
@@ -652,9 +666,74 @@ def validate_object_meta(
             _validate_label_value(value, path.child("labels"), out)
         else:
             out.append(type_invalid(path.child("labels").key(key), value, "must be a string"))
+    _validate_annotations(_obj(meta, "annotations", path, out) or {}, path.child("annotations"), out)
+    refs_path = path.child("ownerReferences")
+    _validate_owner_references(
+        _items(_list(meta, "ownerReferences", path, out), refs_path, out), refs_path, out
+    )
     for i, finalizer in enumerate(_list(meta, "finalizers", path, out) or []):
         if isinstance(finalizer, str):
             _validate_label_name(finalizer, path.child("finalizers").index(i), out)
+
+
+def _validate_annotations(annotations: JSON, path: Path, out: Errors) -> None:
+    """Keys are label keys compared case-insensitively; keys and values together stay within 256 KiB."""
+    total = 0
+    for key, value in annotations.items():
+        # The server reports the key as written but checks its lower-case form.
+        _check_messages(path, key, qualified_name_errors(key.lower()), out)
+        if isinstance(value, str):
+            total += len(key.encode()) + len(value.encode())
+        else:
+            out.append(type_invalid(path.key(key), value, "must be a string"))
+    if total > MAX_ANNOTATIONS_SIZE:
+        out.append(too_long(path, MAX_ANNOTATIONS_SIZE))
+
+
+def _group_version(api_version: str) -> tuple[str, str] | None:
+    """(group, version) as apimachinery's ParseGroupVersion splits it; None when it does not parse."""
+    if api_version in ("", "/"):
+        return ("", "")
+    parts = api_version.split("/")
+    if len(parts) == 1:
+        return ("", parts[0])
+    if len(parts) == 2:
+        return (parts[0], parts[1])
+    return None
+
+
+def _validate_owner_references(refs: list[tuple[Path, JSON]], path: Path, out: Errors) -> None:
+    """Each reference names apiVersion, kind, name and uid; at most one is the controller.
+
+    As upstream, the per-reference errors name ``metadata.ownerReferences.<field>`` without an index.
+    """
+    first_controller = ""
+    for ref_path, ref in refs:
+        api_version = _str(ref, "apiVersion", ref_path, out) or ""
+        kind = _str(ref, "kind", ref_path, out) or ""
+        name = _str(ref, "name", ref_path, out) or ""
+        uid = _str(ref, "uid", ref_path, out) or ""
+        controller = _bool(ref, "controller", ref_path, out)
+        _bool(ref, "blockOwnerDeletion", ref_path, out)
+        group, version = _group_version(api_version) or ("", "")
+        if not version:
+            out.append(invalid(path.child("apiVersion"), api_version, "version must not be empty"))
+        for key, value in (("kind", kind), ("name", name), ("uid", uid)):
+            if not value:
+                out.append(invalid(path.child(key), value, "must not be empty"))
+        gvk = f"{group}/{version}, Kind={kind}"
+        if gvk in BANNED_OWNERS:
+            out.append(invalid(path, ref, f"{gvk} is disallowed from being an owner"))
+        if controller:
+            current = f"{kind}/{name}"
+            if first_controller:
+                detail = (
+                    "Only one reference can have Controller set to true. "
+                    f'Found "true" in references for {first_controller} and {current}'
+                )
+                out.append(invalid(path, [entry for _, entry in refs], detail))
+            else:
+                first_controller = current
 
 
 def _validate_immutable(new: Any, old: Any, path: Path, out: Errors) -> None:
@@ -779,7 +858,8 @@ def validate_device_attribute(attribute: Any, path: Path, out: Errors) -> None:
     _bool(attr, "bool", path, out)
     _int(attr, "int", path, out)
     string = _str(attr, "string", path, out)
-    if string is not None and len(string) > MAX_ATTRIBUTE_VALUE_LENGTH:
+    # The limit is in bytes of UTF-8, as Go's len(): "™" counts three.
+    if string is not None and len(string.encode()) > MAX_ATTRIBUTE_VALUE_LENGTH:
         out.append(too_long(path.child("string"), MAX_ATTRIBUTE_VALUE_LENGTH))
     version = _str(attr, "version", path, out)
     if version is not None:
@@ -789,7 +869,7 @@ def validate_device_attribute(attribute: Any, path: Path, out: Errors) -> None:
                     path.child("version"), version, "must be a string compatible with semver.org spec 2.0.0"
                 )
             )
-        if len(version) > MAX_ATTRIBUTE_VALUE_LENGTH:
+        if len(version.encode()) > MAX_ATTRIBUTE_VALUE_LENGTH:
             out.append(too_long(path.child("version"), MAX_ATTRIBUTE_VALUE_LENGTH))
     if len(present) != 1:
         out.append(invalid(path, attr if present else "", "exactly one value must be specified"))
@@ -1338,15 +1418,198 @@ def _validate_device_statuses(status: JSON, allocation: JSON | None, path: Path,
     results = ((allocation or {}).get("devices") or {}).get("results") or []
     allocated = {_device_id(r) for r in results if isinstance(r, dict)}
     for entry_path, entry in entries:
-        validate_driver_name(_str(entry, "driver", entry_path, out), entry_path.child("driver"), out)
-        validate_pool_name(_str(entry, "pool", entry_path, out), entry_path.child("pool"), out)
-        _validate_dns_label(_str(entry, "device", entry_path, out), entry_path.child("device"), out)
-        if _device_id(entry) not in allocated:
-            shown = "/".join(str(part) for part in _device_id(entry)[:3])
-            out.append(invalid(entry_path, shown, "must be an allocated device in the claim"))
-        conditions = _list(entry, "conditions", entry_path, out)
-        _check_size(conditions, MAX_DEVICE_STATUS_CONDITIONS, entry_path.child("conditions"), out)
+        _validate_device_status(entry, entry_path, allocated, out)
     _check_unique([_device_id(entry) for _, entry in entries], statuses_path, out)
+
+
+def _validate_device_status(entry: JSON, path: Path, allocated: set[tuple[Any, ...]], out: Errors) -> None:
+    """One ``status.devices`` entry, in upstream's order (validateDeviceStatus)."""
+    validate_driver_name(_str(entry, "driver", path, out), path.child("driver"), out)
+    validate_pool_name(_str(entry, "pool", path, out), path.child("pool"), out)
+    _validate_dns_label(_str(entry, "device", path, out), path.child("device"), out)
+    share_id = _str(entry, "shareID", path, out)
+    if share_id is not None:
+        _check_messages(path.child("shareID"), share_id, uid_errors(share_id), out)
+    if _device_id(entry) not in allocated:
+        shown = "/".join(str(part) for part in _device_id(entry)[:3])
+        out.append(invalid(path, shown, "must be an allocated device in the claim"))
+    conditions = _list(entry, "conditions", path, out)
+    conditions_path = path.child("conditions")
+    if conditions is not None and len(conditions) > MAX_DEVICE_STATUS_CONDITIONS:
+        # No short cut here: upstream still validates every condition.
+        out.append(too_many(conditions_path, len(conditions), MAX_DEVICE_STATUS_CONDITIONS))
+    validate_conditions(_items(conditions, conditions_path, out), out)
+    if entry.get("data") is not None:
+        _validate_raw_object(entry["data"], path.child("data"), MAX_DEVICE_STATUS_DATA_LENGTH, out)
+    network = _obj(entry, "networkData", path, out)
+    if network is not None:
+        _validate_network_data(network, path.child("networkData"), out)
+
+
+# google/uuid's Validate accepts these four spellings; the server then insists on the first, lower-case.
+_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_UUID_HEX_RE = re.compile(r"^[0-9a-fA-F]{32}$")
+
+
+def uid_errors(uid: str) -> list[str]:
+    """Messages for a value that is not a UID in RFC 4122 normalized form (the server's validateUID)."""
+    size = len(uid.encode())
+    body = uid
+    if size == 36 + 9:
+        if uid[:9].lower() != "urn:uuid:":
+            return [f"error validating uid: invalid urn prefix: {json.dumps(uid[:9])}"]
+        body = uid[9:]
+    elif size == 36 + 2:
+        if not (uid.startswith("{") and uid.endswith("}")):
+            return ["error validating uid: invalid bracketed UUID format"]
+        body = uid[1:-1]
+    elif size == 32:
+        if not _UUID_HEX_RE.match(uid):
+            return ["error validating uid: invalid UUID format"]
+    elif size != 36:
+        return [f"error validating uid: invalid UUID length: {size}"]
+    if size != 32 and not _UUID_RE.match(body):
+        return ["error validating uid: invalid UUID format"]
+    if size != 36 or uid != uid.lower():
+        return [
+            "uid must be in RFC 4122 normalized form, `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` with lowercase "
+            "hexadecimal characters"
+        ]
+    return []
+
+
+_CONDITION_REASON_FMT = "[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?"
+_CONDITION_REASON_RE = re.compile(f"^{_CONDITION_REASON_FMT}$")
+
+
+def validate_conditions(conditions: list[tuple[Path, JSON]], out: Errors) -> None:
+    """metav1 Conditions (apimachinery's ValidateConditions): unique types, then each condition."""
+    seen: set[Any] = set()
+    for path, condition in conditions:
+        ctype = _str(condition, "type", path, out) or ""
+        if ctype in seen:
+            out.append(duplicate(path.child("type"), ctype))
+        seen.add(ctype)
+        _validate_label_name(ctype, path.child("type"), out)
+        status = _str(condition, "status", path, out) or ""
+        if status not in CONDITION_STATUSES:
+            out.append(not_supported(path.child("status"), status, CONDITION_STATUSES))
+        generation = _int(condition, "observedGeneration", path, out)
+        if generation is not None and generation < 0:
+            out.append(
+                invalid(path.child("observedGeneration"), generation, "must be greater than or equal to zero")
+            )
+        if not _time(condition, "lastTransitionTime", path, out):
+            out.append(required(path.child("lastTransitionTime"), "must be set"))
+        _validate_condition_reason(_str(condition, "reason", path, out) or "", path.child("reason"), out)
+        message = _str(condition, "message", path, out) or ""
+        if len(message.encode()) > MAX_CONDITION_MESSAGE_LENGTH:
+            out.append(too_long(path.child("message"), MAX_CONDITION_MESSAGE_LENGTH))
+
+
+def _validate_condition_reason(reason: str, path: Path, out: Errors) -> None:
+    if not reason:
+        out.append(required(path, "must be set"))
+        return
+    if not _CONDITION_REASON_RE.match(reason):
+        message = (
+            "a condition reason must start with alphabetic character, optionally followed by a string of "
+            "alphanumeric characters or '_,:', and must end with an alphanumeric character or '_'"
+        )
+        examples = ("my_name", "MY_NAME", "MyName", "ReasonA,ReasonB", "ReasonA:ReasonB")
+        out.append(invalid(path, reason, _regex_error(message, _CONDITION_REASON_FMT, *examples)))
+    if len(reason.encode()) > MAX_CONDITION_REASON_LENGTH:
+        out.append(too_long(path, MAX_CONDITION_REASON_LENGTH))
+
+
+def _time(parent: Mapping[str, Any], key: str, path: Path, out: Errors) -> str | None:
+    """An RFC 3339 time (metav1.Time); anything else fails decoding. None or "" when unset."""
+    value = _str(parent, key, path, out)
+    if not value:
+        return value
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        out.append(type_invalid(path.child(key), value, "must be a time in RFC 3339 form"))
+        return None
+    return value
+
+
+def _validate_raw_object(data: Any, path: Path, max_length: int, out: Errors) -> None:
+    """A RawExtension that must hold a JSON object of at most ``max_length`` bytes.
+
+    The server measures the raw bytes it received; the compact encoding stands in for them here
+    (the sandbox only sees the decoded value).
+    """
+    raw = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(raw) > max_length:
+        out.append(too_long(path, max_length))
+    elif not isinstance(data, dict):
+        out.append(invalid(path, "<value omitted>", "must be a valid JSON object"))
+
+
+def _validate_network_data(network: JSON, path: Path, out: Errors) -> None:
+    """interfaceName and hardwareAddress lengths; ips: at most 16 distinct canonical CIDR addresses."""
+    for key, limit in (
+        ("interfaceName", MAX_INTERFACE_NAME_LENGTH),
+        ("hardwareAddress", MAX_HARDWARE_ADDRESS_LENGTH),
+    ):
+        value = _str(network, key, path, out)
+        if value is not None and len(value.encode()) > limit:
+            out.append(too_long(path.child(key), limit))
+    ips = _list(network, "ips", path, out)
+    ips_path = path.child("ips")
+    if not _check_size(ips, MAX_NETWORK_IPS, ips_path, out):
+        return
+    seen: set[str] = set()
+    for i, address in enumerate(ips or []):
+        text = _typed(address, str, ips_path.index(i), out)
+        if text is None:
+            continue
+        _check_messages(ips_path.index(i), text, interface_address_errors(text), out)
+        if text in seen:
+            out.append(duplicate(ips_path.index(i), text))
+        seen.add(text)
+
+
+def _parse_ipv4_sloppy(text: str) -> ipaddress.IPv4Address | None:
+    """Dotted-quad IPv4 that also takes leading zeros as decimal, as netutils.ParseIPSloppy does."""
+    parts = text.split(".")
+    if len(parts) != 4 or not all(p.isascii() and p.isdigit() for p in parts):
+        return None
+    octets = [int(p) for p in parts]
+    if any(o > 255 for o in octets):
+        return None
+    return ipaddress.IPv4Address(bytes(octets))
+
+
+def interface_address_errors(value: str) -> list[str]:
+    """Messages for a value that is not an ifaddr-style CIDR (``10.9.8.7/24``) in canonical form."""
+    not_cidr = ["must be a valid address in CIDR form, (e.g. 10.9.8.7/24 or 2001:db8::1/64)"]
+    address, slash, prefix = value.partition("/")
+    if not slash or not prefix or not (prefix.isascii() and prefix.isdigit()) or "%" in address:
+        return not_cidr
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = _parse_ipv4_sloppy(address)
+    if ip is None:
+        try:
+            ip = ipaddress.IPv6Address(address) if ":" in address else None
+        except ValueError:
+            ip = None
+    if ip is None or int(prefix) > ip.max_prefixlen:
+        return not_cidr
+    bits = int(prefix)
+    shown: ipaddress.IPv4Address | ipaddress.IPv6Address = ip
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        # Go prints an IPv4-mapped address as IPv4, and its mask relative to 32 bits where it fits.
+        shown = ip.ipv4_mapped
+        if bits > 32:
+            bits -= 96
+    canonical = f"{shown}/{bits}"
+    if value != canonical:
+        return [f"must be in canonical form ({json.dumps(canonical)})"]
+    return []
 
 
 # -- Status objects --------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from driver.sim import discovery
 from driver.sim import status as st
 from driver.sim.hooks import Fault, FaultInjector, PodLogs, RequestLog, tail
 from driver.sim.kinds import KindSpec
-from driver.sim.registry import DeleteOptions, Registry, Watch
+from driver.sim.registry import DeleteOptions, Registry, Watch, write_context
 from driver.sim.store import ObjectStore
 
 log = get_logger(__name__)
@@ -221,8 +221,12 @@ class SimApiServer:
             fault = self.faults.take(request.method, request.path)
             if fault is not None:
                 raise _fault_error(fault)
-            response = await self._route(request)
+            with write_context(request.query.get("fieldValidation")) as context:
+                response = await self._route(request)
             status = response.status
+            if context.warnings and not response.prepared:
+                for warning in dict.fromkeys(context.warnings):
+                    response.headers.add("Warning", _warning_header(warning))
             return response
         except st.ApiStatusError as exc:
             status = exc.code
@@ -558,6 +562,12 @@ async def _read_body(request: web.Request, *, optional: bool = False) -> Any:
         return json.loads(raw)
     except (ValueError, yaml.YAMLError) as exc:
         raise st.bad_request(f"error decoding the request body: {exc}") from exc
+
+
+def _warning_header(text: str) -> str:
+    """An RFC 7234 warning as the kube-apiserver sends it: code 299, agent "-", quoted text."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return f'299 - "{escaped}"'
 
 
 def _fault_error(fault: Fault) -> st.ApiStatusError:

@@ -27,11 +27,14 @@ from driver.kube.client import (
     SERVICES,
     ResourceType,
 )
+from driver.quantity import canonical
 from driver.resources import validation as v
 from driver.sim.selectors import FieldGetter
 
 JSON = dict[str, Any]
 Validator = Callable[[JSON, JSON | None], list[v.FieldError]]
+# Rewrites a decoded object in place into the form the server stores; returns the unknown fields' paths.
+Normalizer = Callable[[JSON], list[str]]
 
 
 def now_rfc3339() -> str:
@@ -73,6 +76,7 @@ class KindSpec:
     prepare_create: Callable[[JSON], None] = lambda obj: None
     prepare_update: Callable[[JSON, JSON], None] = lambda new, old: None
     subresources: tuple[Subresource, ...] = ()
+    normalize: Normalizer = lambda obj: []
 
     @property
     def key(self) -> str:
@@ -277,6 +281,242 @@ def _validate_claim_status(claim: JSON, old: JSON) -> list[v.FieldError]:
     return v.validate_resource_claim_status(claim, old)
 
 
+# -- normalisation: what a real server's decode/encode round trip does to a body ----------------------------
+#
+# The kube-apiserver decodes a body into Go types and encodes what it stored: unknown fields vanish,
+# quantities come back canonical ("81920Mi" -> "80Gi"), empty maps and lists of ``omitempty`` fields vanish
+# (``attributes: {}``), null fields vanish and times are whole seconds in UTC. A driver that compares what
+# it sent with what it reads back must survive this, so the sandbox does it too (resource.k8s.io kinds).
+
+QUANTITY, TIME, VALUE = "quantity", "time", "value"  # VALUE: a scalar, or raw JSON kept as sent
+
+
+@dataclass(frozen=True)
+class Struct:
+    fields: Mapping[str, Node]
+    keep_empty: frozenset[str] = frozenset()  # list fields without omitempty
+
+
+@dataclass(frozen=True)
+class MapOf:
+    value: Node
+
+
+@dataclass(frozen=True)
+class ListOf:
+    item: Node
+
+
+Node = str | Struct | MapOf | ListOf
+
+
+def _struct(**fields: Node) -> Struct:
+    return Struct(fields)
+
+
+def normalize_value(node: Node, value: Any, path: str, unknown: list[str]) -> Any:
+    """``value`` as the server would store it under schema ``node``; unknown field paths go to ``unknown``.
+
+    Values of the wrong JSON type are left alone: validation reports them.
+    """
+    if isinstance(node, Struct):
+        return _normalize_struct(node, value, path, unknown) if isinstance(value, dict) else value
+    if isinstance(node, MapOf):
+        if not isinstance(value, dict):
+            return value
+        return {k: normalize_value(node.value, item, f"{path}.{k}", unknown) for k, item in value.items()}
+    if isinstance(node, ListOf):
+        if not isinstance(value, list):
+            return value
+        return [normalize_value(node.item, item, f"{path}[{i}]", unknown) for i, item in enumerate(value)]
+    if node == QUANTITY:
+        try:
+            return canonical(value)
+        except ValueError:
+            return value  # validation answers 400 for it
+    if node == TIME:
+        return _normalize_time(value)
+    return value
+
+
+def _normalize_struct(node: Struct, value: JSON, path: str, unknown: list[str]) -> JSON:
+    out: JSON = {}
+    for key, item in value.items():
+        child = node.fields.get(key)
+        where = f"{path}.{key}" if path else key
+        if child is None:
+            unknown.append(where)
+            continue
+        new = normalize_value(child, item, where, unknown)
+        if new is None:
+            continue
+        if isinstance(child, MapOf | ListOf) and new in ({}, []) and key not in node.keep_empty:
+            continue  # omitempty
+        out[key] = new
+    return out
+
+
+def _normalize_time(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    if moment.tzinfo is None:
+        return value
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_OWNER_REF = _struct(
+    apiVersion=VALUE, kind=VALUE, name=VALUE, uid=VALUE, controller=VALUE, blockOwnerDeletion=VALUE
+)
+OBJECT_META = _struct(
+    name=VALUE,
+    generateName=VALUE,
+    namespace=VALUE,
+    selfLink=VALUE,
+    uid=VALUE,
+    resourceVersion=VALUE,
+    generation=VALUE,
+    creationTimestamp=TIME,
+    deletionTimestamp=TIME,
+    deletionGracePeriodSeconds=VALUE,
+    labels=MapOf(VALUE),
+    annotations=MapOf(VALUE),
+    ownerReferences=ListOf(_OWNER_REF),
+    finalizers=ListOf(VALUE),
+    managedFields=ListOf(VALUE),
+)
+_REQUIREMENT = _struct(key=VALUE, operator=VALUE, values=ListOf(VALUE))
+_NODE_SELECTOR = Struct(
+    {
+        "nodeSelectorTerms": ListOf(
+            _struct(matchExpressions=ListOf(_REQUIREMENT), matchFields=ListOf(_REQUIREMENT))
+        )
+    },
+    keep_empty=frozenset({"nodeSelectorTerms"}),
+)
+_COUNTERS = MapOf(_struct(value=QUANTITY))
+_DEVICE = _struct(
+    name=VALUE,
+    attributes=MapOf(_struct(int=VALUE, bool=VALUE, string=VALUE, version=VALUE)),
+    capacity=MapOf(
+        _struct(
+            value=QUANTITY,
+            requestPolicy=_struct(
+                default=QUANTITY,
+                validValues=ListOf(QUANTITY),
+                validRange=_struct(min=QUANTITY, max=QUANTITY, step=QUANTITY),
+            ),
+        )
+    ),
+    consumesCounters=ListOf(_struct(counterSet=VALUE, counters=_COUNTERS)),
+    nodeName=VALUE,
+    nodeSelector=_NODE_SELECTOR,
+    allNodes=VALUE,
+    taints=ListOf(_struct(key=VALUE, value=VALUE, effect=VALUE, timeAdded=TIME)),
+    bindsToNode=VALUE,
+    bindingConditions=ListOf(VALUE),
+    bindingFailureConditions=ListOf(VALUE),
+    allowMultipleAllocations=VALUE,
+)
+_SLICE_SPEC = _struct(
+    driver=VALUE,
+    pool=_struct(name=VALUE, generation=VALUE, resourceSliceCount=VALUE),
+    nodeName=VALUE,
+    nodeSelector=_NODE_SELECTOR,
+    allNodes=VALUE,
+    perDeviceNodeSelection=VALUE,
+    devices=ListOf(_DEVICE),
+    sharedCounters=ListOf(_struct(name=VALUE, counters=_COUNTERS)),
+)
+_SELECTORS = ListOf(_struct(cel=_struct(expression=VALUE)))
+_OPAQUE = _struct(driver=VALUE, parameters=VALUE)
+_CLASS_SPEC = _struct(
+    selectors=_SELECTORS, config=ListOf(_struct(opaque=_OPAQUE)), extendedResourceName=VALUE
+)
+_TOLERATIONS = ListOf(_struct(key=VALUE, operator=VALUE, value=VALUE, effect=VALUE, tolerationSeconds=VALUE))
+_REQUEST_FIELDS: dict[str, Node] = {
+    "deviceClassName": VALUE,
+    "selectors": _SELECTORS,
+    "allocationMode": VALUE,
+    "count": VALUE,
+    "tolerations": _TOLERATIONS,
+    "capacity": _struct(requests=MapOf(QUANTITY)),
+}
+_CLAIM_SPEC = _struct(
+    devices=_struct(
+        requests=ListOf(
+            _struct(
+                name=VALUE,
+                exactly=_struct(adminAccess=VALUE, **_REQUEST_FIELDS),
+                firstAvailable=ListOf(_struct(name=VALUE, **_REQUEST_FIELDS)),
+            )
+        ),
+        constraints=ListOf(_struct(requests=ListOf(VALUE), matchAttribute=VALUE, distinctAttribute=VALUE)),
+        config=ListOf(_struct(requests=ListOf(VALUE), opaque=_OPAQUE)),
+    )
+)
+_CONDITION = _struct(
+    type=VALUE, status=VALUE, observedGeneration=VALUE, lastTransitionTime=TIME, reason=VALUE, message=VALUE
+)
+_CLAIM_STATUS = _struct(
+    allocation=_struct(
+        devices=_struct(
+            results=ListOf(
+                _struct(
+                    request=VALUE,
+                    driver=VALUE,
+                    pool=VALUE,
+                    device=VALUE,
+                    adminAccess=VALUE,
+                    tolerations=_TOLERATIONS,
+                    bindingConditions=ListOf(VALUE),
+                    bindingFailureConditions=ListOf(VALUE),
+                    shareID=VALUE,
+                    consumedCapacity=MapOf(QUANTITY),
+                )
+            ),
+            config=ListOf(_struct(source=VALUE, requests=ListOf(VALUE), opaque=_OPAQUE)),
+        ),
+        nodeSelector=_NODE_SELECTOR,
+        allocationTimestamp=TIME,
+    ),
+    reservedFor=ListOf(_struct(apiGroup=VALUE, resource=VALUE, name=VALUE, uid=VALUE)),
+    devices=ListOf(
+        _struct(
+            driver=VALUE,
+            pool=VALUE,
+            device=VALUE,
+            shareID=VALUE,
+            conditions=ListOf(_CONDITION),
+            data=VALUE,
+            networkData=_struct(interfaceName=VALUE, ips=ListOf(VALUE), hardwareAddress=VALUE),
+        )
+    ),
+)
+
+
+def _normalizer(**top: Node) -> Normalizer:
+    schema = _struct(apiVersion=VALUE, kind=VALUE, metadata=OBJECT_META, **top)
+
+    def normalize(obj: JSON) -> list[str]:
+        unknown: list[str] = []
+        stored = _normalize_struct(schema, obj, "", unknown)
+        obj.clear()
+        obj.update(stored)
+        return unknown
+
+    return normalize
+
+
+normalize_slice = _normalizer(spec=_SLICE_SPEC)
+normalize_device_class = _normalizer(spec=_CLASS_SPEC)
+normalize_claim = _normalizer(spec=_CLAIM_SPEC, status=_CLAIM_STATUS)
+normalize_claim_template = _normalizer(spec=_struct(metadata=OBJECT_META, spec=_CLAIM_SPEC))
+
+
 _ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
 _STATUS_VERBS = ("get", "patch", "update")
 
@@ -374,8 +614,15 @@ KIND_SPECS: tuple[KindSpec, ...] = (
         },
         prepare_create=_default_slice,
         prepare_update=_default_slice,
+        normalize=normalize_slice,
     ),
-    KindSpec(DEVICE_CLASSES, "deviceclass", v.validate_device_class, tracks_generation=True),
+    KindSpec(
+        DEVICE_CLASSES,
+        "deviceclass",
+        v.validate_device_class,
+        tracks_generation=True,
+        normalize=normalize_device_class,
+    ),
     KindSpec(
         RESOURCE_CLAIMS,
         "resourceclaim",
@@ -386,6 +633,7 @@ KIND_SPECS: tuple[KindSpec, ...] = (
         validate_status=_validate_claim_status,
         prepare_create=_default_claim,
         prepare_update=_default_claim,
+        normalize=normalize_claim,
         subresources=(_status("ResourceClaim"),),
     ),
     KindSpec(
@@ -395,6 +643,7 @@ KIND_SPECS: tuple[KindSpec, ...] = (
         tracks_generation=True,
         prepare_create=_default_template,
         prepare_update=_default_template,
+        normalize=normalize_claim_template,
     ),
 )
 

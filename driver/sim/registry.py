@@ -18,6 +18,9 @@ import copy
 import json
 import random
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -51,6 +54,37 @@ IMPLICIT_NAMESPACES = ("default", "kube-system")
 # Server-owned metadata: never taken from a client's body.
 _SERVER_META = ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation")
 _NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the apiserver's generateName alphabet (no vowels)
+
+
+FIELD_VALIDATION = ("Ignore", "Warn", "Strict")
+
+
+@dataclass
+class WriteContext:
+    """Per-request write options and what the request produced besides its object (warnings)."""
+
+    field_validation: str = "Warn"
+    warnings: list[str] = field(default_factory=list)
+
+
+# Each HTTP request is its own task, so a ContextVar keeps concurrent requests apart.
+_WRITE_CONTEXT: ContextVar[WriteContext | None] = ContextVar("sim_write_context", default=None)
+
+
+@contextmanager
+def write_context(field_validation: str | None = None) -> Iterator[WriteContext]:
+    """Options for the registry calls made inside (``fieldValidation``); collects their warnings."""
+    mode = field_validation or "Warn"
+    if mode not in FIELD_VALIDATION:
+        raise st.bad_request(
+            f'fieldValidation must be one of "Ignore", "Warn" or "Strict", got {field_validation!r}'
+        )
+    context = WriteContext(mode)
+    token = _WRITE_CONTEXT.set(context)
+    try:
+        yield context
+    finally:
+        _WRITE_CONTEXT.reset(token)
 
 
 @dataclass(frozen=True)
@@ -226,11 +260,14 @@ class Registry:
         if spec.reset_status_on_create:
             obj.pop("status", None)
         spec.prepare_create(obj)
+        self._normalize(spec, obj)
         self._validate(spec, obj, spec.validate(obj, None))
         name = str(meta["name"])
         if self.store.get(spec.key, meta.get("namespace") or "", name) is not None:
             raise st.already_exists(spec.rt.plural, spec.rt.group, name)
-        return self.store.put(spec.key, obj)
+        stored = self.store.put(spec.key, obj)
+        self._collect_garbage(spec, stored)
+        return stored
 
     def _check_body(self, spec: KindSpec, body: Any) -> JSON:
         if not isinstance(body, dict):
@@ -270,6 +307,21 @@ class Registry:
                 "because it is being terminated",
                 "Forbidden",
             )
+
+    def _normalize(self, spec: KindSpec, obj: JSON) -> None:
+        """Bring ``obj`` into its stored form; unknown fields warn (or fail, with fieldValidation=Strict)."""
+        unknown = spec.normalize(obj)
+        context = _WRITE_CONTEXT.get() or WriteContext()
+        if not unknown or context.field_validation == "Ignore":
+            return
+        fields = ", ".join(f'unknown field "{path}"' for path in unknown)
+        if context.field_validation == "Strict":
+            kind = spec.rt.kind
+            raise st.bad_request(
+                f'{kind} in version "{spec.rt.version}" cannot be handled as a {kind}: strict decoding error: '
+                f"{fields}"
+            )
+        context.warnings.extend(f'unknown field "{path}"' for path in unknown)
 
     def _validate(self, spec: KindSpec, obj: JSON, errors: FieldErrors) -> None:
         if errors:
@@ -340,9 +392,11 @@ class Registry:
 
     def _commit_update(self, spec: KindSpec, old: JSON, new: JSON, subresource: str | None) -> JSON:
         if subresource == "status":
+            self._normalize(spec, new)
             errors = spec.validate_status(new, old) if spec.validate_status else []
         else:
             spec.prepare_update(new, old)  # defaulting first, so an omitted default is not a change
+            self._normalize(spec, new)  # and the stored form, so "80Gi" for "81920Mi" is no change either
             if spec.tracks_generation and new.get("spec") != old.get("spec"):
                 _meta(new)["generation"] = int(_meta(old).get("generation") or 0) + 1
             errors = spec.validate(new, old) + _finalizer_errors(new, old)
@@ -358,7 +412,9 @@ class Registry:
             self.store.remove(spec.key, meta.get("namespace") or "", str(meta["name"]))
             self._after_removal(spec, new, None)
             return new
-        return self.store.put(spec.key, new)
+        stored = self.store.put(spec.key, new)
+        self._collect_garbage(spec, stored)
+        return stored
 
     # -- patch -----------------------------------------------------------------------------------
 
@@ -513,7 +569,7 @@ class Registry:
         )
 
     def _after_removal(self, spec: KindSpec, obj: JSON, propagation: str | None) -> None:
-        """Namespace contents go with their namespace; dependents whose owners are all gone are collected."""
+        """Namespace contents go with their namespace; the removed object's dependents are re-examined."""
         meta = _meta(obj)
         if spec.key == "namespaces":
             for other in self.specs:
@@ -524,13 +580,53 @@ class Registry:
             return
         for resource, namespace, name in self.store.dependents(str(meta.get("uid"))):
             dependent = self.store.get(resource, namespace, name)
-            if dependent is None:
-                continue
-            refs = _meta(dependent).get("ownerReferences") or []
-            if not any(isinstance(r, dict) and self.store.has_uid(str(r.get("uid"))) for r in refs):
-                self._delete_object(
-                    self.spec_by_key(resource), dependent, DeleteOptions(grace_period_seconds=0)
-                )
+            if dependent is not None:
+                self._collect_garbage(self.spec_by_key(resource), dependent)
+
+    # -- garbage collection ----------------------------------------------------------------------
+
+    def _collect_garbage(self, spec: KindSpec, obj: JSON) -> None:
+        """What the garbage collector does with a dependent, done at once after the write that needs it.
+
+        Every owner reference is looked up live (see :meth:`_owner_state`). With no live owner the
+        dependent is deleted (background propagation); with some live ones the dangling references are
+        removed from it; an owner of a kind the server cannot resolve stops the collector from acting.
+        Objects already being deleted are left alone, as upstream's collector leaves them.
+        """
+        meta = _meta(obj)
+        refs = [ref for ref in meta.get("ownerReferences") or [] if isinstance(ref, dict)]
+        if not refs or meta.get("deletionTimestamp"):
+            return
+        states = [self._owner_state(spec, obj, ref) for ref in refs]
+        verdict = gc_verdict(states)
+        if verdict == GC_DELETE:
+            self._delete_object(spec, obj, DeleteOptions(grace_period_seconds=0))
+        elif verdict == GC_DROP_DANGLING:
+            meta["ownerReferences"] = [ref for ref, state in zip(refs, states, strict=True) if state == SOLID]
+            self.store.put(spec.key, obj)
+
+    def _owner_state(self, spec: KindSpec, dependent: JSON, ref: JSON) -> str:
+        """SOLID, DANGLING (absent, or present with another uid) or UNRESOLVABLE, as upstream classifies it.
+
+        A namespaced owner is looked up in the dependent's namespace; a cluster-scoped dependent cannot
+        have a namespaced owner (the reference is unresolvable, never collected); kinds this server does
+        not serve are unresolvable too.
+        """
+        owner_spec = next(
+            (
+                s
+                for s in self.specs
+                if s.rt.api_version == ref.get("apiVersion") and s.rt.kind == ref.get("kind")
+            ),
+            None,
+        )
+        if owner_spec is None or (owner_spec.rt.namespaced and not spec.rt.namespaced):
+            return UNRESOLVABLE
+        namespace = (_meta(dependent).get("namespace") or "") if owner_spec.rt.namespaced else ""
+        owner = self.store.get(owner_spec.key, namespace, str(ref.get("name")))
+        if owner is None or _meta(owner).get("uid") != ref.get("uid"):
+            return DANGLING
+        return SOLID
 
     def delete_collection(
         self, spec: KindSpec, namespace: str, label: str | None, fields: str | None
@@ -617,6 +713,19 @@ class Registry:
             watch.progress_rv = max(self.store.resource_version, since)
         watch.subscription = self.store.subscribe(spec.key)
         return watch
+
+
+SOLID, DANGLING, UNRESOLVABLE = "solid", "dangling", "unresolvable"
+GC_KEEP, GC_DELETE, GC_DROP_DANGLING = "keep", "delete", "drop-dangling"
+
+
+def gc_verdict(states: list[str]) -> str:
+    """What the garbage collector does with a dependent whose owner references classify as ``states``."""
+    if not states or UNRESOLVABLE in states:
+        return GC_KEEP  # upstream retries forever and never acts
+    if SOLID not in states:
+        return GC_DELETE
+    return GC_DROP_DANGLING if DANGLING in states else GC_KEEP
 
 
 def _patch_failed(spec: KindSpec, name: str, message: str) -> st.ApiStatusError:

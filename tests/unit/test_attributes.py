@@ -184,7 +184,9 @@ def test_to_semver(raw: str | None, expected: str | None) -> None:
         (1536 << 20, "1536Mi"),
         (2 << 40, "2Ti"),
         (1024, "1Ki"),
-        (1000, "1000"),
+        (1000, "1k"),  # the API server's canonical form; "1000" would read back as "1k"
+        (1500000, "1500k"),
+        (1536, "1536"),
         (85520809985, "85520809985"),
         (0, "0"),
     ],
