@@ -14,9 +14,9 @@ import pytest
 
 from driver._proto.dra_health.v1alpha1 import api_pb2 as health_pb
 from driver._proto.dra_health.v1alpha1 import api_pb2_grpc as health_grpc
-from driver._proto.pluginregistration.v1 import api_pb2 as reg
 from driver._proto.pluginregistration.v1 import api_pb2_grpc as reg_grpc
 from driver.sim.kubelet import SimKubelet
+from tests.support.fake_plugin import FakeRegistration
 
 DRIVER = "gpu.example.com"
 POOL = "node-1"
@@ -35,19 +35,6 @@ class ScriptedHealth:
         self.opened.set()
         while (item := await self.queue.get()) is not None:
             yield item
-
-
-class Registration:
-    def __init__(self, endpoint: str, versions: list[str]) -> None:
-        self.info = reg.PluginInfo(
-            type="DRAPlugin", name=DRIVER, endpoint=endpoint, supported_versions=versions
-        )
-
-    async def GetInfo(self, request: Any, context: Any) -> Any:
-        return self.info
-
-    async def NotifyRegistrationStatus(self, request: Any, context: Any) -> Any:
-        return reg.RegistrationStatusResponse()
 
 
 def report(*devices: tuple[str, int, int, str]) -> Any:
@@ -85,7 +72,7 @@ async def plugin() -> AsyncIterator[tuple[ScriptedHealth, SimKubelet]]:
             await serve(dra, (health_grpc.add_DRAResourceHealthServicer_to_server, health)),
             await serve(
                 registry / f"{DRIVER}-reg.sock",
-                (reg_grpc.add_RegistrationServicer_to_server, Registration(str(dra), versions)),
+                (reg_grpc.add_RegistrationServicer_to_server, FakeRegistration(DRIVER, str(dra), versions)),
             ),
         ]
         kubelet = SimKubelet(str(registry), health_retry_interval=0.1)

@@ -18,27 +18,14 @@ from driver._proto.dra.v1 import api_pb2 as v1
 from driver._proto.dra.v1 import api_pb2_grpc as v1_grpc
 from driver._proto.dra_health.v1alpha1 import api_pb2 as health
 from driver._proto.dra_health.v1alpha1 import api_pb2_grpc as health_grpc
-from driver._proto.pluginregistration.v1 import api_pb2 as reg
 from driver._proto.pluginregistration.v1 import api_pb2_grpc as reg_grpc
 from driver.kube.client import RESOURCE_SLICES, KubeClient
 from driver.sim.apiserver import SimApiServer
 from driver.sim.kubelet import HEALTH_SERVICE, SimKubelet
 from tests.integration.conftest import NODE, NodeDirs
+from tests.support.fake_plugin import FakeRegistration
 
 DRIVER = "gpu.example.com"
-
-
-class Registration:
-    def __init__(self, endpoint: str, versions: list[str]) -> None:
-        self.info = reg.PluginInfo(
-            type="DRAPlugin", name=DRIVER, endpoint=endpoint, supported_versions=versions
-        )
-
-    async def GetInfo(self, request: Any, context: Any) -> Any:
-        return self.info
-
-    async def NotifyRegistrationStatus(self, request: Any, context: Any) -> Any:
-        return reg.RegistrationStatusResponse()
 
 
 class Dra:
@@ -87,7 +74,7 @@ async def start_plugin(dirs: NodeDirs) -> Plugin:
     dra.add_insecure_port(f"unix://{endpoint}")
     registration = grpc.aio.server()
     reg_grpc.add_RegistrationServicer_to_server(
-        Registration(endpoint, ["v1.DRAPlugin", HEALTH_SERVICE]), registration
+        FakeRegistration(DRIVER, endpoint, ["v1.DRAPlugin", HEALTH_SERVICE]), registration
     )
     registration.add_insecure_port(f"unix://{dirs.registry}/{DRIVER}-reg.sock")
     await dra.start()

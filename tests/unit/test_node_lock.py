@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from driver.state.lock import NodeLock
+from tests.support.locks import lock_is_free
 
 HOLDER = """
 import fcntl, os, sys
@@ -99,18 +100,6 @@ async def test_cancelled_waiter_does_not_keep_the_lock(holder) -> None:  # type:
         os.close(fd)
 
 
-def is_free(path: Path) -> bool:
-    """Whether another plugin instance could take the lock now (flock is per open file description)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-    return True
-
-
 async def test_run_finishes_its_body_after_the_caller_is_cancelled(tmp_path: Path) -> None:
     lock = NodeLock(tmp_path / "serialize.lock")
     inside, finish = asyncio.Event(), asyncio.Event()
@@ -127,14 +116,14 @@ async def test_run_finishes_its_body_after_the_caller_is_cancelled(tmp_path: Pat
     caller.cancel()
     with pytest.raises(asyncio.CancelledError):
         await caller
-    assert not is_free(lock.path), "lock released while the body still runs"
+    assert not lock_is_free(lock.path), "lock released while the body still runs"
     # A coroutine of the same process queues behind the body, too.
     follower = asyncio.create_task(lock.run(lambda: asyncio.sleep(0, result="follower")))
     finish.set()
     assert await follower == "follower"
     assert finished == ["body"]
     await lock.wait_idle()
-    assert is_free(lock.path)
+    assert lock_is_free(lock.path)
 
 
 async def test_a_body_failing_after_its_caller_left_releases_the_lock(tmp_path: Path) -> None:
@@ -153,7 +142,7 @@ async def test_a_body_failing_after_its_caller_left_releases_the_lock(tmp_path: 
         await caller
     finish.set()
     await lock.wait_idle()
-    assert is_free(lock.path)
+    assert lock_is_free(lock.path)
     assert await lock.run(lambda: asyncio.sleep(0, result=1)) == 1
 
 
@@ -165,5 +154,5 @@ async def test_run_returns_and_raises_what_the_body_does(tmp_path: Path) -> None
 
     with pytest.raises(ValueError, match="claim x: bad"):
         await lock.run(fails)
-    assert await lock.run(lambda: asyncio.to_thread(is_free, lock.path)) is False
-    assert is_free(lock.path)
+    assert await lock.run(lambda: asyncio.to_thread(lock_is_free, lock.path)) is False
+    assert lock_is_free(lock.path)

@@ -6,8 +6,6 @@ node state meanwhile. grpc.aio cancels the handler coroutine in both cases; the 
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +17,7 @@ from driver.devices.model import Device
 from driver.plugin.node_service import NodeService
 from driver.state.api import Claim
 from driver.state.sharing import Outcome
+from tests.support.locks import lock_is_free
 from tests.unit.test_prepare import GPU0, Node, claim, ref, sharing
 
 
@@ -43,18 +42,6 @@ class Claims:
 
     async def get_claim(self, namespace: str, name: str) -> Claim:
         return self.by_name[name]
-
-
-def lock_is_free(path: Path) -> bool:
-    """What another plugin instance would find: can it take the node lock now?"""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-    return True
 
 
 @pytest.fixture
