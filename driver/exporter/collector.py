@@ -15,8 +15,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import queue
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,7 +30,7 @@ from driver.exporter.podresources import ContainerResources, DeviceResolver, Pod
 from driver.health.state import GpuHealth, gpu_health
 from driver.health.store import StateFileReader
 from driver.log import get_logger
-from driver.threads import when_done
+from driver.threads import CallThread, when_done
 
 log = get_logger(__name__)
 
@@ -98,47 +96,32 @@ class Settings:
 
 
 class _Worker:
-    """A daemon thread that reads one GPU on request; at most one request outstanding."""
+    """Reads one GPU on request in a thread of its own; at most one request outstanding."""
 
     def __init__(self, uuid: str, read: Callable[[str], GpuTelemetry]) -> None:
         self.uuid = uuid
-        self._read = read
-        self._requests: queue.SimpleQueue[concurrent.futures.Future[GpuTelemetry] | None] = (
-            queue.SimpleQueue()
-        )
+        self._thread = CallThread(lambda: read(uuid), name=f"sample-{uuid}")
         self.pending: concurrent.futures.Future[GpuTelemetry] | None = None
         #: The event loop's view of ``pending`` (one per request, cancelled at stop).
         self.waiter: asyncio.Future[None] | None = None
         self.pending_since = 0.0
         self.timed_out = False
-        self._thread = threading.Thread(target=self._serve, name=f"sample-{uuid}", daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while (future := self._requests.get()) is not None:
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(self._read(self.uuid))
-            except BaseException as err:
-                future.set_exception(err)
 
     def request(self, now: float) -> concurrent.futures.Future[GpuTelemetry] | None:
         """Ask for a reading unless one is still outstanding; returns the new request."""
         if self.pending is not None:
             return None
-        self.pending = concurrent.futures.Future()
+        self.pending = self._thread.submit()
         self.waiter = when_done(self.pending)
         self.pending_since = now
         self.timed_out = False
-        self._requests.put(self.pending)
         return self.pending
 
     def stop(self) -> None:
         # A request still hanging in NVML must not call back into a closed event loop when it returns.
         if self.waiter is not None:
             self.waiter.cancel()
-        self._requests.put(None)
+        self._thread.stop()
 
 
 @dataclass

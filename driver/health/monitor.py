@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -38,7 +37,7 @@ from driver.health.events import (
 from driver.health.state import DeviceHealth, HealthState, Policy, apply, clear_targets, device_health
 from driver.health.store import StateFileError, keep_aside, read_state, write_state
 from driver.log import get_logger
-from driver.threads import in_daemon_thread, when_done
+from driver.threads import CallThread, in_daemon_thread, when_done
 
 log = get_logger(__name__)
 
@@ -55,35 +54,22 @@ class MonitorSettings:
 
 
 class _Prober:
-    """A daemon thread that probes one GPU on request; at most one probe outstanding."""
+    """Probes one GPU on request in a thread of its own; at most one probe outstanding."""
 
     def __init__(self, uuid: str, probe: Callable[[str], None]) -> None:
         self.uuid = uuid
-        self._probe = probe
-        self._requests: queue.SimpleQueue[concurrent.futures.Future[None] | None] = queue.SimpleQueue()
+        self._thread = CallThread(lambda: probe(uuid), name=f"probe-{uuid}")
         self.pending: concurrent.futures.Future[None] | None = None
         self.since = 0.0
         self.overdue = False
-        threading.Thread(target=self._serve, name=f"probe-{uuid}", daemon=True).start()
-
-    def _serve(self) -> None:
-        while (future := self._requests.get()) is not None:
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                self._probe(self.uuid)
-                future.set_result(None)
-            except BaseException as err:
-                future.set_exception(err)
 
     def request(self, now: float) -> concurrent.futures.Future[None]:
-        self.pending = concurrent.futures.Future()
+        self.pending = self._thread.submit()
         self.since, self.overdue = now, False
-        self._requests.put(self.pending)
         return self.pending
 
     def stop(self) -> None:
-        self._requests.put(None)
+        self._thread.stop()
 
 
 class HealthMonitor:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from driver.threads import in_daemon_thread, when_done
+from driver.threads import CallThread, in_daemon_thread, when_done
 
 
 def capture_loop_errors() -> list[str]:
@@ -63,3 +63,21 @@ async def test_a_cancelled_wait_ignores_the_thread_finishing_later() -> None:
     with pytest.raises(asyncio.CancelledError):
         await waiter
     assert future.result() == 1
+
+
+async def test_a_call_thread_answers_each_request_in_its_own_future() -> None:
+    answers = iter([1, ValueError("GPU is lost"), 3])
+
+    def call() -> int:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    thread = CallThread(call, name="reads")
+    futures = [thread.submit() for _ in range(3)]
+    await asyncio.wait_for(asyncio.gather(*(when_done(f) for f in futures)), timeout=10)  # guard only
+    thread.stop()
+    assert futures[0].result() == 1
+    assert str(futures[1].exception()) == "GPU is lost"
+    assert futures[2].result() == 3
