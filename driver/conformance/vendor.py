@@ -152,6 +152,17 @@ def _json_ready(value: Any) -> Any:  # tuples -> lists, mappings -> dicts
 # -- presets -------------------------------------------------------------------------------------------
 
 
+def _smi_versions(driver: str) -> Versions:
+    """Driver and CUDA versions of an NVIDIA GPU: published as attributes of ``driver``, read by nvidia-smi."""
+    return Versions(
+        driver_attributes=("driverVersion", f"{driver}/driverVersion"),
+        runtime_attributes=("cudaDriverVersion", f"{driver}/cudaDriverVersion"),
+        driver_command="nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -n 1",
+        runtime_command=_SMI_CUDA,
+        tool="nvidia-smi",
+    )
+
+
 def _accel_dra() -> Vendor:
     return Vendor(
         name="accel-dra",
@@ -160,13 +171,7 @@ def _accel_dra() -> Vendor:
         device_glob="/dev/nvidia[0-9]*",
         identity_command="nvidia-smi --query-gpu=uuid --format=csv,noheader",
         interconnect_attribute="nvlinkDomain",
-        versions=Versions(
-            driver_attributes=("driverVersion", f"{DEFAULT_DRIVER_NAME}/driverVersion"),
-            runtime_attributes=("cudaDriverVersion", f"{DEFAULT_DRIVER_NAME}/cudaDriverVersion"),
-            driver_command="nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -n 1",
-            runtime_command=_SMI_CUDA,
-            tool="nvidia-smi",
-        ),
+        versions=_smi_versions(DEFAULT_DRIVER_NAME),
         metrics=Metrics(
             namespace="accel-dra",
             service="accel-dra-metrics",
@@ -190,13 +195,7 @@ def _nvidia() -> Vendor:
         device_glob="/dev/nvidia[0-9]*",
         tolerations=({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},),
         identity_command="nvidia-smi --query-gpu=uuid --format=csv,noheader",
-        versions=Versions(
-            driver_attributes=("driverVersion", "gpu.nvidia.com/driverVersion"),
-            runtime_attributes=("cudaDriverVersion", "gpu.nvidia.com/cudaDriverVersion"),
-            driver_command="nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -n 1",
-            runtime_command=_SMI_CUDA,
-            tool="nvidia-smi",
-        ),
+        versions=_smi_versions("gpu.nvidia.com"),
         metrics=Metrics(
             namespace="gpu-operator",
             service="nvidia-dcgm-exporter",
