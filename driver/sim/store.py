@@ -93,7 +93,6 @@ class ObjectStore:
         self._compacted_rv = 0  # events at or below this resourceVersion are no longer retained
         self._rv = 0
         self._subscriptions: set[Subscription] = set()
-        self._uids: set[str] = set()
         self._waiters: list[asyncio.Future[None]] = []
 
     # -- reading ---------------------------------------------------------------------------------
@@ -120,9 +119,6 @@ class ObjectStore:
             if namespace is None or key[0] == namespace:
                 yield objects[key]
 
-    def has_uid(self, uid: str) -> bool:
-        return uid in self._uids
-
     def dependents(self, owner_uid: str) -> ObjectKeys:
         """(resource, namespace, name) of every object with an ownerReference to ``owner_uid``."""
         found = []
@@ -143,7 +139,6 @@ class ObjectStore:
         rv = self._next_rv()
         _meta(stored)["resourceVersion"] = str(rv)
         self._objects.setdefault(resource, {})[key] = stored
-        self._uids.add(str(_meta(stored).get("uid")))
         self._commit(StoreEvent(rv, "MODIFIED" if previous else "ADDED", resource, stored, previous))
         return copy.deepcopy(stored)
 
@@ -152,7 +147,6 @@ class ObjectStore:
         previous = self._objects.get(resource, {}).pop((namespace, name), None)
         if previous is None:
             return None
-        self._uids.discard(str(_meta(previous).get("uid")))
         deleted = copy.deepcopy(previous)
         rv = self._next_rv()
         _meta(deleted)["resourceVersion"] = str(rv)

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -60,19 +60,6 @@ class NodeLock:
         """Wait until no critical section started by :meth:`run` is still running (orderly shutdown)."""
         while self._running:
             await asyncio.wait(set(self._running))
-
-    @contextlib.asynccontextmanager
-    async def hold(self) -> AsyncIterator[None]:
-        """Hold the lock for the body of an ``async with``.
-
-        The lock is released as soon as the body ends, also by cancellation: a body that waits for a worker
-        thread must use :meth:`run` instead.
-        """
-        fd = await self._take()
-        try:
-            yield
-        finally:
-            self._free(fd)
 
     async def _take(self) -> int:
         """Acquire both locks; return the descriptor holding the flock."""

@@ -90,8 +90,7 @@ async def test_cdi_spec_for_every_device_exists_on_this_host(
         lock = NodeLock(Path(config.plugin_dir, LOCK_FILE_NAME))
         preparer = make_preparer(config, backend, inventory, None, lock)
         await preparer.start()
-        async with lock.hold():
-            results = await preparer.prepare([allocated_claim(inventory.devices)])
+        results = await lock.run(lambda: preparer.prepare([allocated_claim(inventory.devices)]))
         result = results[CLAIM.uid]
         assert not result.error, result.error
         assert [d.device_name for d in result.devices] == [d.name for d in inventory.devices]
@@ -109,8 +108,7 @@ async def test_cdi_spec_for_every_device_exists_on_this_host(
                 f"nvidia-smi -q shows no minor number for {device.gpu.uuid}"
             )
             assert hostcheck.gpu_node_minors(spec, name) == [details.minor_number], device.name
-        async with lock.hold():
-            errors = await preparer.unprepare([CLAIM])
+        errors = await lock.run(lambda: preparer.unprepare([CLAIM]))
         assert errors == {CLAIM.uid: ""}
         assert not preparer.specs.exists(CLAIM.uid)
         await preparer.close()

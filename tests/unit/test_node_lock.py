@@ -41,9 +41,11 @@ async def test_waits_for_another_process_then_acquires(holder) -> None:  # type:
     lock = NodeLock(path)
     entered = asyncio.Event()
 
+    async def body() -> None:
+        entered.set()
+
     async def critical() -> None:
-        async with lock.hold():
-            entered.set()
+        await lock.run(body)
 
     task = asyncio.create_task(critical())
     done, _ = await asyncio.wait({task}, timeout=0.3)
@@ -58,13 +60,15 @@ async def test_serializes_coroutines_of_one_process(tmp_path: Path) -> None:
     inside = 0
     peak = 0
 
-    async def critical() -> None:
+    async def body() -> None:
         nonlocal inside, peak
-        async with lock.hold():
-            inside += 1
-            peak = max(peak, inside)
-            await asyncio.sleep(0)  # yield so an unserialized peer could enter
-            inside -= 1
+        inside += 1
+        peak = max(peak, inside)
+        await asyncio.sleep(0)  # yield so an unserialized peer could enter
+        inside -= 1
+
+    async def critical() -> None:
+        await lock.run(body)
 
     await asyncio.gather(*(critical() for _ in range(20)))
     assert peak == 1
@@ -74,9 +78,11 @@ async def test_cancelled_waiter_does_not_keep_the_lock(holder) -> None:  # type:
     path, proc = holder
     lock = NodeLock(path)
 
+    async def nothing() -> None:
+        pass
+
     async def critical() -> None:
-        async with lock.hold():
-            pass
+        await lock.run(nothing)
 
     task = asyncio.create_task(critical())
     await asyncio.wait({task}, timeout=0.2)
