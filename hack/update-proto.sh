@@ -27,6 +27,11 @@ PROTO_FILES=(
   dra_health/v1alpha1/api.proto
   podresources/v1/api.proto
 )
+# Messages without services (no _grpc.py module): the CEL library values and syntax tree.
+MESSAGE_PROTO_FILES=(
+  cel/v1/types.proto
+  cel/v1/ast.proto
+)
 
 die() {
   echo "update-proto: $*" >&2
@@ -86,6 +91,19 @@ generate() {
       "--python_out=${out_root}" \
       "--pyi_out=${out_root}" \
       "--grpc_python_out=${out_root}" \
+      "${inputs[@]}"
+  ) || die "protoc failed"
+  inputs=()
+  for rel in "${MESSAGE_PROTO_FILES[@]}"; do
+    [[ -f "${REPO_ROOT}/${PROTO_DIR}/${rel}" ]] || die "missing ${PROTO_DIR}/${rel}"
+    inputs+=("${PKG_PATH}/${rel}")
+  done
+  (
+    cd "${REPO_ROOT}"
+    "${py}" -m grpc_tools.protoc \
+      "--proto_path=${PKG_PATH}=${PROTO_DIR}" \
+      "--python_out=${out_root}" \
+      "--pyi_out=${out_root}" \
       "${inputs[@]}"
   ) || die "protoc failed"
   write_init_files "${out_root}"

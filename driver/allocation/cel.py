@@ -1,21 +1,25 @@
-"""DRA CEL device selectors, evaluated with cel-python plus the Kubernetes extensions DRA relies on.
+"""DRA CEL device selectors on cel-expr-python (the CEL project's runtime over cel-cpp), in Kubernetes'
+DRA environment.
 
-kube-scheduler evaluates each ``DeviceClass`` / request selector against one device at a time, with a
-single variable ``device``:
+kube-scheduler evaluates each ``DeviceClass`` / request selector against one device at a time, with one
+variable ``device`` (``k8s.io/dynamic-resource-allocation/cel``):
 
-- ``device.driver`` (string), ``device.allowMultipleAllocations`` (bool);
-- ``device.attributes[DOMAIN].NAME``: attributes grouped by domain. An unqualified attribute name belongs to
-  the device's driver domain; ``resource.kubernetes.io/numaNode`` is ``device.attributes
-  ["resource.kubernetes.io"].numaNode``. Version attributes are semver objects;
-- ``device.capacity[DOMAIN].NAME``: capacities as Quantity objects;
-- an unknown domain reads as an empty map, so ``has(...)`` and ``in`` are false rather than errors.
+- ``device.driver`` (string) and ``device.allowMultipleAllocations`` (bool);
+- ``device.attributes[DOMAIN].NAME``: attributes grouped by domain, of type ``dyn``. An unqualified attribute
+  name belongs to the device's driver domain. Version attributes are ``kubernetes.Semver`` values, list-type
+  attributes (``ints``, ``strings``, ...) lists;
+- ``device.capacity[DOMAIN].NAME``: ``kubernetes.Quantity`` values;
+- a domain the device has nothing in reads as an empty map.
 
-Extensions: the Kubernetes quantity and semver functions (:mod:`driver.allocation.cellib`) and the
-``cel.bind(name, value, expr)`` macro.
+Two environments, as upstream: the scheduler's (:data:`STORED`, every library and field, list-type
+attributes) and the API server's for new objects (:data:`NEW`, 1.37 defaults: attributes typed ``any``, no
+``includes``), which only compiles. Expressions are type-checked when compiled; compiled programs are
+cached per expression. Evaluation is refused when the expression's worst-case cost exceeds the
+scheduler's limit (:data:`COST_LIMIT`), see :func:`driver.allocation.celast.estimated_cost`.
 
-cel-python has no type checker, so unknown functions, unknown variables and unknown ``device`` fields are
-rejected by a walk over the parse tree at compile time (the scheduler's checker rejects them too); type
-mismatches surface at evaluation. A runtime error is reported with the expression and the device.
+``device`` is declared as four qualified variables (``device.driver``, ...): cel-expr-python has no object
+type with map-of-map fields. What that changes, and what else differs from upstream, is listed in
+docs/cel.md.
 """
 
 from __future__ import annotations
@@ -23,26 +27,35 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any, cast
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
-import celpy
-import lark
-from celpy import celtypes
-from celpy.celparser import CELParseError
-from celpy.evaluation import CELEvalError, CELUnsupportedError, Evaluator, Result, base_functions
+from cel_expr_python import cel
 
-from driver.allocation.cellib import FUNCTIONS, Quantity, Semver, type_name
+from driver.allocation import celast, cellib
 
 MAX_EXPRESSION_BYTES = 10 * 1024  # the API server's limit for one selector
+COST_LIMIT = 1_000_000  # resource.k8s.io/v1 CELSelectorExpressionMaxCost: the scheduler's runtime limit
+
+STORED = "stored"  # kube-scheduler: expressions already in the API
+NEW = "new"  # the API server validating a new claim or class
 
 DEVICE_FIELDS = ("driver", "attributes", "capacity", "allowMultipleAllocations")
-_MACROS = frozenset({"map", "filter", "all", "exists", "exists_one"})
-_Tree = lark.Tree[Any]
-_TYPE_NAMES = frozenset(
-    {"int", "uint", "double", "bool", "string", "bytes", "list", "map", "null_type", "type"}
-)
+
+# Kubernetes' CEL extensions (k8s.io/apiserver/pkg/cel/environment): strings v2, sets, lists v3 (cel-cpp's
+# version 2 has the same functions), optionals, cel.bind, two-variable comprehensions.
+_EXTENSIONS_YAML = """\
+extensions:
+  - name: strings
+    version: 2
+  - name: sets
+  - name: lists
+    version: 2
+  - name: optional
+  - name: bindings
+  - name: two-var-comprehensions
+"""
 
 
 # -- errors ---------------------------------------------------------------------------------------------
@@ -69,6 +82,12 @@ class CelCompileError(CelError):
         where = f" at line {self.line}, column {self.column}" if self.line is not None else ""
         return f"CEL compile error in `{self.expression}`{where}: {self.detail}"
 
+    def upstream_text(self) -> str:
+        """The API server's wording: ``compilation failed: ERROR: <input>:1:5: ...``."""
+        if self.line is None:
+            return self.detail
+        return f"compilation failed: ERROR: <input>:{self.line}:{self.column}: {self.detail}"
+
 
 class CelRuntimeError(CelError):
     """Evaluating the expression for ``device`` failed (e.g. a missing attribute read without ``has``)."""
@@ -81,20 +100,69 @@ class CelRuntimeError(CelError):
         return f"CEL runtime error in `{self.expression}` on device {self.device}: {self.detail}"
 
 
+# -- environments ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Environment:
+    """A checking environment (with the declarations only the type checker needs) and, for the
+    scheduler's, a runtime environment that evaluates what the checker produced."""
+
+    kind: str
+    checker: Any
+    runtime: Any | None
+    attribute_type: str  # what a bare attribute reads as; also allowed as the result type
+
+
+def _variables(attribute: Any) -> dict[str, Any]:
+    t = cel.Type
+    return {
+        "device.driver": t.STRING,
+        "device.attributes": t.Map(t.STRING, t.Map(t.STRING, attribute)),
+        "device.capacity": t.Map(t.STRING, t.Map(t.STRING, cellib.QUANTITY)),
+        "device.allowMultipleAllocations": t.BOOL,
+    }
+
+
+def _new_environment(kind: str) -> _Environment:
+    stored = kind == STORED
+    attribute = cel.Type.DYN if stored else cel.Type("google.protobuf.Any")
+    variables = _variables(attribute)
+
+    def make(*extensions: Any) -> Any:
+        config = cel.NewEnvConfigFromYaml(_EXTENSIONS_YAML)
+        return cel.NewEnv(config=config, variables=variables, extensions=list(extensions))
+
+    checker = make(cellib.library(includes=stored, runtime=False), cellib.cross_type_comparisons())
+    runtime = make(cellib.library(includes=stored, runtime=True), _domain_lookup()) if stored else None
+    return _Environment(kind, checker, runtime, "dyn" if stored else "any")
+
+
+def _domain_lookup() -> Any:
+    """The runtime's function behind ``device.attributes[D]``: an unknown domain is an empty map."""
+    t = cel.Type
+
+    def lookup(domains: Mapping[str, Any], domain: str) -> Any:
+        return domains.get(domain, {})
+
+    overload = cel.Overload(
+        celast.DOMAIN_OVERLOAD, t.Map(t.STRING, t.DYN), [t.Map(t.STRING, t.DYN), t.STRING], impl=lookup
+    )
+    return cel.CelExtension("dra.domains", [cel.FunctionDecl(celast.DOMAIN_FUNCTION, [overload])])
+
+
+_environments: dict[str, _Environment] = {}
+_environment_lock = threading.Lock()
+
+
+def _environment(kind: str) -> _Environment:
+    with _environment_lock:
+        if kind not in _environments:
+            _environments[kind] = _new_environment(kind)
+        return _environments[kind]
+
+
 # -- the `device` variable --------------------------------------------------------------------------------
-
-
-_KNOWN_FUNCTIONS = frozenset(base_functions) | frozenset(FUNCTIONS) | {"has", "dyn"}
-
-
-class _DomainMap(celtypes.MapType):
-    """``device.attributes`` / ``device.capacity``: an unknown domain is an empty map, not an error."""
-
-    def __getitem__(self, key: Any) -> Any:
-        try:
-            return super().__getitem__(key)
-        except KeyError:
-            return celtypes.MapType()
 
 
 def split_qualified_name(name: str, driver: str) -> tuple[str, str]:
@@ -103,31 +171,54 @@ def split_qualified_name(name: str, driver: str) -> tuple[str, str]:
     return (domain, ident) if sep else (driver, name)
 
 
+_LIST_KINDS = (("ints", int), ("bools", bool), ("strings", str), ("versions", str))
+
+
 def attribute_value(attribute: Mapping[str, Any]) -> Any:
-    """The CEL value of one DRA ``DeviceAttribute``; ``ValueError`` when it has none we understand."""
+    """The CEL value of one DRA ``DeviceAttribute``; ``ValueError`` when it has none we understand.
+
+    List-type attributes (``ints``, ``bools``, ``strings``, ``versions``) become lists, as
+    k8s.io/dynamic-resource-allocation 1.37 makes them whatever the feature gate says (a 1.37 API server
+    with the alpha gate off drops them on write).
+    """
     if not isinstance(attribute, Mapping):
         raise ValueError("not a DeviceAttribute object")
-    if isinstance(attribute.get("int"), int) and not isinstance(attribute.get("int"), bool):
-        return celtypes.IntType(attribute["int"])
-    if isinstance(attribute.get("bool"), bool):
-        return celtypes.BoolType(attribute["bool"])
-    if isinstance(attribute.get("string"), str):
-        return celtypes.StringType(attribute["string"])
+    for key, kind in _LIST_KINDS:
+        values = attribute.get(key)
+        if isinstance(values, list) and all(_is_kind(v, kind) for v in values):
+            return [_version(v) for v in values] if key == "versions" else list(values)
+    for key, kind in (("int", int), ("bool", bool), ("string", str)):
+        if _is_kind(attribute.get(key), kind):
+            return attribute[key]
     if isinstance(attribute.get("version"), str):
-        try:
-            return Semver.parse(attribute["version"])
-        except ValueError as exc:
-            raise ValueError(f"parse semantic version: {exc}") from None
+        return _version(attribute["version"])
     raise ValueError("unsupported attribute value")
 
 
-@dataclass(frozen=True)
+def _is_kind(value: Any, kind: type) -> bool:
+    return isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+
+
+def _version(text: str) -> Any:
+    try:
+        return cellib.semver_value(text)
+    except cellib.LibraryError as exc:
+        raise ValueError(f"parse semantic version: {exc}") from None
+
+
+@dataclass
 class DeviceActivation:
     """The ``device`` variable for one device, built once and reused for every selector."""
 
     id: str
-    value: celtypes.MapType | None
+    data: dict[str, Any] | None
     error: str | None = None
+    _activation: Any = field(default=None, repr=False)
+
+    def activation(self, runtime: Any) -> Any:
+        if self._activation is None:
+            self._activation = runtime.Activation(self.data)
+        return self._activation
 
 
 def device_activation(
@@ -152,247 +243,179 @@ def device_activation(
             domain, key = split_qualified_name(name, driver)
             raw = entry.get("value") if isinstance(entry, Mapping) else None
             try:
-                capacity.setdefault(domain, {})[key] = Quantity.parse(str(raw))
+                capacity.setdefault(domain, {})[key] = cellib.quantity_value(str(raw))
             except ValueError as exc:
                 raise ValueError(f"capacity {name}: {exc}") from None
     except ValueError as exc:
         return DeviceActivation(ident, None, str(exc))
-    value = celtypes.MapType(
-        {
-            celtypes.StringType("driver"): celtypes.StringType(driver),
-            celtypes.StringType("attributes"): _DomainMap(_cel_maps(attributes)),
-            celtypes.StringType("capacity"): _DomainMap(_cel_maps(capacity)),
-            celtypes.StringType("allowMultipleAllocations"): celtypes.BoolType(
-                bool(device.get("allowMultipleAllocations"))
-            ),
-        }
-    )
-    return DeviceActivation(ident, value)
-
-
-def _cel_maps(grouped: Mapping[str, Mapping[str, Any]]) -> dict[celtypes.StringType, celtypes.MapType]:
-    return {
-        celtypes.StringType(domain): celtypes.MapType({celtypes.StringType(k): v for k, v in values.items()})
-        for domain, values in grouped.items()
+    data = {
+        "device.driver": driver,
+        "device.attributes": attributes,
+        "device.capacity": capacity,
+        "device.allowMultipleAllocations": device.get("allowMultipleAllocations") is True,
     }
-
-
-# -- evaluation with cel.bind ------------------------------------------------------------------------------
-
-
-class _Evaluator(Evaluator):
-    """cel-python's interpreter plus the ``cel.bind(var, init, expr)`` macro Kubernetes enables."""
-
-    def sub_evaluator(self, ast: _Tree) -> Evaluator:
-        return _Evaluator(ast, activation=self.activation)
-
-    def member_dot_arg(self, tree: _Tree) -> Result:
-        if _is_bind(tree):
-            var_tree, init_tree, body_tree = cast(_Tree, tree.children[2]).children
-            value = self.visit(cast(_Tree, init_tree))
-            if isinstance(value, CELEvalError):
-                return value
-            nested = self.sub_evaluator(cast(_Tree, body_tree))
-            try:
-                result: Result = nested.evaluate({_single_ident(cast(_Tree, var_tree)) or "": value})
-            except CELEvalError as exc:
-                return exc
-            return result
-        return cast(Result, super().member_dot_arg(tree))
-
-
-class _Runner(celpy.InterpretedRunner):
-    def evaluate(self, context: Any) -> celtypes.Value:
-        return _Evaluator(ast=self.ast, activation=self.new_activation()).evaluate(context)
-
-
-def _is_bind(tree: _Tree) -> bool:
-    if tree.data != "member_dot_arg" or len(tree.children) != 3:
-        return False
-    receiver, name = tree.children[0], tree.children[1]
-    args = cast(_Tree, tree.children[2]).children
-    return (
-        isinstance(name, lark.Token)
-        and name.value == "bind"
-        and _single_ident(cast(_Tree, receiver)) == "cel"
-        and len(args) == 3
-        and _single_ident(cast(_Tree, args[0])) is not None
-    )
-
-
-def _single_ident(tree: _Tree) -> str | None:
-    """The name when ``tree`` is nothing but one identifier (``x`` wrapped in grammar levels)."""
-    node: Any = tree
-    while isinstance(node, lark.Tree):
-        if node.data == "ident":
-            return str(node.children[0])
-        if len(node.children) != 1:
-            return None
-        node = node.children[0]
-    return None
-
-
-# -- compile-time checks -----------------------------------------------------------------------------------
-
-
-def _walk(tree: _Tree) -> Iterator[_Tree]:
-    yield tree
-    for child in tree.children:
-        if isinstance(child, lark.Tree):
-            yield from _walk(child)
-
-
-def _bound_names(ast: _Tree) -> set[str]:
-    names: set[str] = set()
-    for node in _walk(ast):
-        if node.data != "member_dot_arg" or len(node.children) != 3:
-            continue
-        method = node.children[1]
-        if isinstance(method, lark.Token) and (method.value in _MACROS or _is_bind(node)):
-            args = cast(_Tree, node.children[2]).children
-            if args and (name := _single_ident(cast(_Tree, args[0]))):
-                names.add(name)
-    return names
-
-
-def _check_tree(expression: str, ast: _Tree) -> None:
-    """Reject what the scheduler's type checker rejects and cel-python would only notice at run time."""
-    allowed = {"device"} | _TYPE_NAMES | _bound_names(ast)
-    # The `cel` of `cel.bind(...)` is the only place the identifier `cel` may appear.
-    bind_receivers = {
-        id(ident)
-        for node in _walk(ast)
-        if _is_bind(node)
-        for ident in _walk(cast(_Tree, node.children[0]))
-        if ident.data == "ident"
-    }
-    for node in _walk(ast):
-        if id(node) not in bind_receivers:
-            _check_node(expression, node, allowed)
-
-
-def _check_node(expression: str, node: _Tree, allowed: set[str]) -> None:
-    problem: str | None = None
-    token: lark.Token | None = None
-    if node.data == "ident":
-        token = cast(lark.Token, node.children[0])
-        if token.value not in allowed:
-            problem = f"undeclared reference to '{token.value}'"
-    elif node.data == "ident_arg":
-        token = cast(lark.Token, node.children[0])
-        if token.value not in _KNOWN_FUNCTIONS:
-            problem = f"undeclared reference to function '{token.value}'"
-    elif node.data == "member_dot_arg":
-        token = cast(lark.Token, node.children[1])
-        if token.value not in _KNOWN_FUNCTIONS and token.value not in _MACROS and not _is_bind(node):
-            problem = f"undeclared reference to method '{token.value}'"
-    elif node.data == "member_dot" and _single_ident(cast(_Tree, node.children[0])) == "device":
-        token = cast(lark.Token, node.children[1])
-        if token.value not in DEVICE_FIELDS:
-            problem = f"undefined field '{token.value}' (device has {', '.join(DEVICE_FIELDS)})"
-    if problem and token is not None:
-        raise CelCompileError(expression, problem, token.line, token.column)
+    return DeviceActivation(ident, data)
 
 
 # -- compiled selectors -------------------------------------------------------------------------------------
 
 
 class CompiledExpression:
-    """One selector, parsed and checked once; evaluate it against any number of devices."""
+    """One selector, compiled and checked once; evaluate it against any number of devices."""
 
-    def __init__(self, expression: str, program: celpy.Runner) -> None:
+    def __init__(self, expression: str, program: Any, max_cost: float) -> None:
         self.expression = expression
         self._program = program
+        self.max_cost = max_cost
 
     def evaluate(self, device: DeviceActivation) -> bool:
         """True when the device matches; :class:`CelRuntimeError` when evaluation fails."""
-        if device.value is None:
+        if device.data is None:
             raise CelRuntimeError(self.expression, device.id, device.error or "invalid device")
-        try:
-            result = self._program.evaluate({"device": device.value})
-        except CELEvalError as exc:
-            raise CelRuntimeError(self.expression, device.id, _eval_message(exc)) from None
-        except CELUnsupportedError as exc:
-            raise CelRuntimeError(self.expression, device.id, f"unsupported: {exc}") from None
-        except (TypeError, ValueError, KeyError, AttributeError, ArithmeticError, RecursionError) as exc:
-            raise CelRuntimeError(self.expression, device.id, f"evaluation failed: {exc}") from None
-        if not isinstance(result, celtypes.BoolType):
+        if self.max_cost > COST_LIMIT:
             raise CelRuntimeError(
-                self.expression, device.id, f"must evaluate to bool, not {type_name(result)} ({result!s})"
+                self.expression,
+                device.id,
+                f"operation cancelled: actual cost limit exceeded (worst case {_cost_text(self.max_cost)}, "
+                f"limit {COST_LIMIT})",
             )
-        return bool(result)
+        result = self._program.eval(device.activation(_environment(STORED).runtime))
+        kind = result.type().name()
+        if kind == "BOOL":
+            return bool(result.value())
+        if kind == "ERROR":
+            raise CelRuntimeError(self.expression, device.id, _runtime_message(str(result.value())))
+        raise CelRuntimeError(
+            self.expression, device.id, f"CEL result of type {kind.lower()} could not be converted to bool"
+        )
 
 
-_OVERLOAD_RE = re.compile(r"found no matching overload for Token\('RULE', '(\w+)'\) applied to '\((.*)\)'")
-_CLASS_RE = re.compile(r"<class '(?:[\w.]+\.)?(\w+)'>")
-_OPERATORS = {
-    "relation_lt": "<", "relation_le": "<=", "relation_gt": ">", "relation_ge": ">=", "relation_eq": "==",
-    "relation_ne": "!=", "relation_in": "in", "addition_add": "+", "addition_sub": "-",
-    "multiplication_mul": "*", "multiplication_div": "/", "multiplication_mod": "%",
-}  # fmt: skip
+def _cost_text(cost: float) -> str:
+    return "unbounded" if cost >= 2**64 else str(int(cost))
 
 
-def _eval_message(exc: CELEvalError) -> str:
-    text = str(exc.args[0]) if exc.args else str(exc)
-    text = text.split(" (in activation", 1)[0]  # cel-python appends a dump of every variable
-    overload = _OVERLOAD_RE.search(text)
-    if overload:
-        kinds = ", ".join(_friendly_type(name) for name in _CLASS_RE.findall(overload.group(2)))
-        return f"no matching overload for '{_OPERATORS.get(overload.group(1), overload.group(1))}' applied to ({kinds})"
-    cause = exc.args[2] if len(exc.args) > 2 else None
-    if text == "no such overload" and isinstance(cause, tuple) and cause:
-        return str(cause[0])
+_RUNTIME_MESSAGES = (
+    (re.compile(r'^(?:\w+: )?Key not found in map : "?(.*?)"?$', re.S), r"no such key: \1"),
+    (re.compile(r"^(?:\w+: )?No matching overloads found : (.*)$", re.S), r"no such overload: \1"),
+    (re.compile(r"^[A-Z_]+: (.*)$", re.S), r"\1"),
+)
+
+
+def _runtime_message(text: str) -> str:
+    text = text.removesuffix(" [OUT_OF_RANGE]").strip()
+    for pattern, replacement in _RUNTIME_MESSAGES:
+        if pattern.match(text):
+            return pattern.sub(replacement, text)
     return text
 
 
-def _friendly_type(class_name: str) -> str:
-    return class_name.removesuffix("Type").lower()
-
-
 _lock = threading.Lock()
-_cache: dict[str, CompiledExpression | CelCompileError] = {}
-_environment: list[celpy.Environment] = []  # created on first use: building the parser takes a while
+_cache: dict[tuple[str, str], CompiledExpression | CelCompileError] = {}
 
 
-def compile_expression(expression: str) -> CompiledExpression:
-    """Parse and check ``expression`` (cached by its text); :class:`CelCompileError` when invalid."""
+def compile_expression(expression: str, environment: str = STORED) -> CompiledExpression:
+    """Parse and type-check ``expression`` (cached by its text); :class:`CelCompileError` when invalid.
+
+    ``environment`` is :data:`STORED` (the scheduler's, the default) or :data:`NEW` (the API server's for
+    new objects; such programs only report compile errors and cost, they are not evaluated).
+    """
+    key = (environment, expression)
     with _lock:
-        cached = _cache.get(expression)
+        cached = _cache.get(key)
     if cached is None:
-        cached = _compile(expression)
+        cached = _compile(expression, environment)
         with _lock:
-            _cache[expression] = cached
+            _cache[key] = cached
     if isinstance(cached, CelCompileError):
         raise cached
     return cached
 
 
-def _compile(expression: str) -> CompiledExpression | CelCompileError:
+def _compile(expression: str, kind: str) -> CompiledExpression | CelCompileError:
     if len(expression.encode()) > MAX_EXPRESSION_BYTES:
         return CelCompileError(expression, f"longer than {MAX_EXPRESSION_BYTES} bytes")
     if not expression.strip():
         return CelCompileError(expression, "expression must not be empty")
-    if not _environment:
-        _environment.append(celpy.Environment(runner_class=_Runner))
-    environment = _environment[0]
+    env = _environment(kind)
     try:
-        ast = environment.compile(expression)
-        _check_tree(expression, ast)
-    except CELParseError as exc:
-        return CelCompileError(
-            expression, _syntax_detail(expression, exc.line, exc.column), exc.line, exc.column
-        )
-    except CelCompileError as exc:
-        return exc
-    return CompiledExpression(expression, environment.program(ast, functions=dict(FUNCTIONS)))
+        checked_program = env.checker.compile(expression)
+    except RuntimeError as exc:
+        return _compile_error(expression, str(exc))
+    serialized = checked_program.serialize()
+    checked = celast.decode(serialized)
+    problem = celast.library_misuse(checked)
+    if problem is not None:
+        line, column = _line_column(expression, problem.offset)
+        return CelCompileError(expression, problem.message, line, column)
+    result_type = celast.type_text(checked.type_map[checked.expr.id])
+    if result_type not in ("bool", env.attribute_type):
+        return CelCompileError(expression, f"must evaluate to bool or the unknown type, not {result_type}")
+    problem_text = _constant_conversion_error(env, checked)
+    if problem_text:
+        return CelCompileError(expression, f"program instantiation failed: {problem_text}")
+    max_cost = celast.estimated_cost(checked)
+    program = None
+    if env.runtime is not None:
+        program = env.runtime.deserialize(celast.redirect_domain_lookups(checked))
+    return CompiledExpression(expression, program, max_cost)
 
 
-def _syntax_detail(expression: str, line: int | None, column: int | None) -> str:
-    lines = expression.splitlines() or [""]
-    if line is None or column is None or line > len(lines):
-        return "syntax error"
-    rest = lines[line - 1][column - 1 :].strip()
-    return f"syntax error: unexpected `{rest[:20]}`" if rest else "syntax error: unexpected end of expression"
+_CONVERSIONS = frozenset({"int", "uint", "double", "string", "bytes", "bool", "timestamp", "duration"})
+
+
+def _constant_conversion_error(env: _Environment, checked: Any) -> str | None:
+    """Kubernetes' runtime folds type conversions of constants (``int("x")``) when it builds the program,
+    so their failure is a compile error there."""
+    for node in celast.walk(checked.expr):
+        call = node.call_expr if node.WhichOneof("expr_kind") == "call_expr" else None
+        if (
+            call is None
+            or call.function not in _CONVERSIONS
+            or call.HasField("target")
+            or len(call.args) != 1
+        ):
+            continue
+        literal = celast.constant_text(call.args[0])
+        if literal is None:
+            continue
+        runtime = _environment(STORED).runtime
+        assert runtime is not None
+        result = runtime.compile(f"{call.function}({literal})").eval()
+        if result.type().name() == "ERROR":
+            return _runtime_message(str(result.value()))
+    return None
+
+
+_ERROR_RE = re.compile(r"ERROR: <input>:(\d+):(\d+): (.*?)(?:\n \|.*)?$", re.S)
+
+
+def _compile_error(expression: str, text: str) -> CelCompileError:
+    body = text.removeprefix("INVALID_ARGUMENT: ").strip()
+    body = re.sub(r"\s*\[INVALID_ARGUMENT\]$", "", body)
+    first = body.split("\nERROR: ", 1)[0]
+    match = _ERROR_RE.match(first)
+    if not match:
+        return CelCompileError(expression, body)
+    detail = _upstream_wording(match.group(3).split("\n |", 1)[0].strip())
+    return CelCompileError(expression, detail, int(match.group(1)), int(match.group(2)))
+
+
+_UNDECLARED_RE = re.compile(r"^undeclared reference to '([^'.]+)\.([^']+)'( \(in container ''\))?$")
+
+
+def _upstream_wording(detail: str) -> str:
+    # `device` is four qualified variables here; upstream it is one object with four fields.
+    match = _UNDECLARED_RE.match(detail)
+    if match and match.group(1) == "device":
+        return f"undefined field '{match.group(2).split('.')[0]}'"
+    if match:
+        return f"undeclared reference to '{match.group(1)}'{match.group(3) or ''}"
+    return detail
+
+
+def _line_column(expression: str, offset: int) -> tuple[int, int]:
+    before = expression[:offset]
+    return before.count("\n") + 1, offset - (before.rfind("\n") + 1) + 1
 
 
 # -- what a selector saw (for explanations) --------------------------------------------------------------------
@@ -427,7 +450,7 @@ def _show(kind: str, raw: Any) -> str:
         return "<unset>"
     if kind == "capacity":
         return str(raw.get("value"))
-    for key in ("string", "int", "bool", "version"):
+    for key in ("string", "int", "bool", "version", "strings", "ints", "bools", "versions"):
         if key in raw:
-            return json.dumps(raw[key]) if key in ("string", "bool") else str(raw[key])
+            return json.dumps(raw[key]) if key != "version" else str(raw[key])
     return "<unset>"

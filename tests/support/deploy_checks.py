@@ -13,8 +13,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-import celpy
-from celpy.adapter import json_to_cel
+from cel_expr_python import cel
 
 from driver.plugin.paths import dra_socket_path, registration_socket_path
 from tests.support.chart import JSON, find
@@ -96,9 +95,17 @@ def check_rbac(
 # -- admission policy -----------------------------------------------------------------------------------
 
 
+_POLICY_EXTENSIONS = cel.NewEnvConfigFromYaml(
+    "extensions:\n  - name: strings\n    version: 2\n  - name: sets\n  - name: optional\n"
+)
+
+
 def _cel(expression: str, activation: Mapping[str, Any]) -> Any:
-    env = celpy.Environment()
-    return env.program(env.compile(expression)).evaluate({k: json_to_cel(v) for k, v in activation.items()})
+    """Evaluate one policy expression with cel-expr-python; the variables are JSON, typed dyn."""
+    env = cel.NewEnv(config=_POLICY_EXTENSIONS, variables=dict.fromkeys(activation, cel.Type.DYN))
+    result = env.compile(expression).eval(data=dict(activation))
+    assert result.type().name() != "ERROR", f"`{expression}` failed: {result.value()}"
+    return result.plain_value()
 
 
 def admits(

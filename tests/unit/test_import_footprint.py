@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-HEAVY = ("kubernetes", "jsonschema", "celpy", "yaml")
+HEAVY = ("kubernetes", "jsonschema", "cel_expr_python", "yaml")
 
 
 def loaded(module: str) -> set[str]:
