@@ -15,8 +15,8 @@ Two classes of problem are reported:
 
 Scope: the rules of ``pkg/apis/resource/validation`` for the fields a v1 object has in 1.35, including
 the alpha fields behind feature gates (taints, counters, per-device node selection, consumable
-capacity, binding conditions) as if their gates were on. CEL selectors are only parsed (syntax), not
-type-checked or cost-estimated. Defaults the server applies (allocationMode, count, toleration
+capacity, binding conditions) as if their gates were on. CEL selectors are compiled, type-checked and cost-estimated in
+the API server's environment for new objects (driver/allocation/cel.py). Defaults the server applies (allocationMode, count, toleration
 operator) are assumed when a field is missing, so undefaulted input validates like the stored form.
 """
 
@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from functools import lru_cache
 from typing import Any
 
 JSON = dict[str, Any]
@@ -1147,33 +1146,23 @@ def _validate_selectors(
 
 
 def validate_cel_expression(expression: str, path: Path, out: Errors) -> None:
-    """Length limit and CEL syntax (type checking and cost estimation are not done here)."""
+    """Length limit, then what the API server's DRA CEL compiler says about a new selector: syntax, types
+    (the 1.37 new-expression environment) and the estimated cost limit."""
     if len(expression.encode()) > MAX_CEL_LENGTH:
         out.append(too_long(path, MAX_CEL_LENGTH))
         return
     if not expression.strip():
         out.append(required(path, "compilation failed: expression must not be empty"))
         return
-    error = _cel_syntax_error(expression)
-    if error:
-        out.append(invalid(path, expression, f"compilation failed: {error}"))
-
-
-@lru_cache(maxsize=1)
-def _cel_environment() -> Any:
-    import celpy
-
-    return celpy.Environment()
-
-
-def _cel_syntax_error(expression: str) -> str:
-    from celpy.celparser import CELParseError
+    from driver.allocation.cel import COST_LIMIT, NEW, CelCompileError, compile_expression
 
     try:
-        _cel_environment().compile(expression)
-    except CELParseError as exc:
-        return " ".join(str(exc).split())
-    return ""
+        compiled = compile_expression(expression, NEW)
+    except CelCompileError as exc:
+        out.append(invalid(path, expression, exc.upstream_text()))
+        return
+    if compiled.max_cost > COST_LIMIT:
+        out.append(forbidden(path, "too complex, exceeds cost limit"))
 
 
 def _validate_opaque_config(config: JSON, path: Path, out: Errors) -> None:

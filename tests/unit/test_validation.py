@@ -603,6 +603,37 @@ def test_device_class_selector_needs_valid_cel() -> None:
     rejected(errors, ErrorType.TOO_LONG, "spec.selectors[0].cel.expression")
 
 
+@pytest.mark.parametrize(
+    ("expression", "detail"),
+    [
+        # Type errors are compile errors, as the API server's type checker finds them.
+        ('device.capacity["a.example.com"].memory > quantity("1Gi")', "found no matching overload for '_>_'"),
+        ("1 < 2 < 3", "found no matching overload for '_<_' applied to '(bool, int)'"),
+        ("1", "must evaluate to bool or the unknown type, not int"),
+        ('quantity("1").sign() == 1', "undeclared reference to 'sign'"),
+        ('device.atributes["a"].b', "undefined field 'atributes'"),
+        # 1.37 defaults for new objects: attributes are `any`, and `includes` needs list-type attributes.
+        ('device.attributes["a.example.com"].b.exists(x, x > 0)', "cannot be the range of a comprehension"),
+        ('device.attributes["a.example.com"].b.includes(1)', "undeclared reference to 'includes'"),
+    ],
+)
+def test_device_class_selector_is_type_checked(expression: str, detail: str) -> None:
+    errors = validate_device_class(device_class([cel(expression)]))
+    error = rejected(errors, ErrorType.INVALID, "spec.selectors[0].cel.expression")
+    assert error.detail.startswith("compilation failed: ERROR: <input>:") or "must evaluate" in error.detail
+    assert detail in error.detail
+
+
+def test_device_class_selector_over_the_cost_limit_is_forbidden() -> None:
+    ten = "[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]"
+    expression = (
+        f"{ten}.all(a, {ten}.all(b, {ten}.all(c, {ten}.all(d, {ten}.all(e, {ten}.all(f, a < 100))))))"
+    )
+    errors = validate_device_class(device_class([cel(expression)]))
+    assert "too complex" in rejected(errors, ErrorType.FORBIDDEN, "spec.selectors[0].cel.expression").detail
+    accepted(device_class([cel(f"{ten}.all(a, {ten}.all(b, a < b || a >= b))")]), validate_device_class)
+
+
 def test_device_class_config_needs_driver_and_object_parameters() -> None:
     config = [{"opaque": {"driver": "gpu.example.com", "parameters": {"sharing": "timeslice"}}}]
     accepted(device_class(config=config), validate_device_class)
