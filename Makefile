@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 BASE := $(VENV)/.installed-base
 DEV := $(VENV)/.installed-dev
 
-.PHONY: test lint proto verify demo bench clean
+.PHONY: test lint proto verify demo bench clean oracle
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,13 @@ demo: $(BASE)
 bench: $(BASE)
 	$(PY) hack/bench/run.py $(BENCH_ARGS)
 
-test: $(DEV)
+test: $(DEV) oracle
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Kubernetes' own DRA code as a test oracle (hack/draoracle, Go modules from the proxy); without Go the
+# differential tests say so and skip.
+oracle: $(DEV)
+	$(PY) -m tests.support.draoracle
 
 lint: $(DEV)
 	$(VENV)/bin/ruff check .
