@@ -1,6 +1,6 @@
 """DRA CEL selectors against Kubernetes' own verdicts.
 
-- Upstream's own CEL test cases (shared/reference/upstream-cases/cel.json, verdicts of Kubernetes 1.36.2):
+- Upstream's own CEL test cases (tests/fixtures/upstream-cases/cel.json, verdicts of Kubernetes 1.36.2):
   every case agrees, except those whose verdict changed in 1.37, listed below with the reason.
 - A differential test: seeded random cases, evaluated by accel-dra and by
   k8s.io/dynamic-resource-allocation/cel v0.37.2 (hack/draoracle); the verdicts (true / false /
@@ -19,16 +19,8 @@ import pytest
 from driver.allocation.cel import NEW, CelCompileError, CelRuntimeError, compile_expression, device_activation
 from tests.support import celgen, draoracle
 
-ROOT = Path(__file__).resolve().parents[2]
-# The shared reference folder sits beside the checkout (or beside the folder holding worktrees).
-CASES = next(
-    (
-        found
-        for parent in ROOT.parents
-        if (found := parent / "shared" / "reference" / "upstream-cases" / "cel.json").exists()
-    ),
-    ROOT.parent / "shared" / "reference" / "upstream-cases" / "cel.json",
-)
+# Upstream's own cases with the verdicts of Kubernetes' code, kept as test data (tests/fixtures/upstream-cases).
+CASES = Path(__file__).resolve().parents[1] / "fixtures" / "upstream-cases" / "cel.json"
 
 # Kubernetes 1.37 (k8s.io/dynamic-resource-allocation v0.37.2) differs from the 1.36.2 verdicts recorded in
 # cel.json: its library takes list-type attribute values (ints, bools, strings, versions) whatever the
@@ -84,8 +76,6 @@ def api_validation(expression: str) -> str:
 
 
 def upstream_cases() -> list[dict[str, Any]]:
-    if not CASES.exists():
-        pytest.skip(f"{CASES} is not there (the upstream reference cases sit beside the repository)")
     cases: list[dict[str, Any]] = json.loads(CASES.read_text())["cases"]
     return cases
 
