@@ -39,15 +39,37 @@ POLL_FIRST, POLL_MAX = 0.05, 1.0
 _STUCK_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError")
 
 
+class Clock:
+    """Time for the waits: monotonic seconds and sleeping (tests pass a fake that moves on when slept)."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
 class _Poll:
     """Sleeps between polls of one condition, growing from POLL_FIRST to POLL_MAX."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
         self.delay = POLL_FIRST
 
     async def wait(self) -> None:
-        await asyncio.sleep(self.delay)
+        await self.clock.sleep(self.delay)
         self.delay = min(POLL_MAX, self.delay * 1.5)
+
+
+@dataclass
+class LogAnswer:
+    """What the API server said when asked for a container's log: the text, or why there was none."""
+
+    text: str = ""
+    error: str = ""
+
+    def shown(self) -> str:
+        return f"(no log: the API server answered {self.error})" if self.error else self.text.strip()[-400:]
 
 
 @dataclass
@@ -96,8 +118,10 @@ class ProbeContext:
         probe: Probe,
         log: E2ELog,
         on_step: Callable[[str], None] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.kube = kube
+        self.clock = clock or Clock()
         self.vendor = vendor
         self.namespace = namespace
         self.run_id = run_id
@@ -177,41 +201,51 @@ class ProbeContext:
     async def get_pod(self, name: str) -> JSON:
         return await self.kube.get(PODS, name, self.namespace)
 
-    async def pod_log(self, name: str, container: str) -> str:
+    async def pod_log(self, name: str, container: str) -> LogAnswer:
+        """The container's log, or the API server's answer when it has none to give.
+
+        400 and 404 are what a container that has not started yet gets; a node that runs no containers at
+        all answers the same way (or with a 5xx) for as long as one waits, so the answer is kept for the
+        message that ends the wait.
+        """
         path = PODS.path(self.namespace, name, "log") + f"?container={container}"
         try:
-            return await self.kube.request_text("GET", path)
+            return LogAnswer(await self.kube.request_text("GET", path))
         except ApiError as err:
-            if err.status in (400, 404):  # not started yet
-                return ""
+            if err.status in (400, 404) or err.status >= 500:
+                return LogAnswer(error=f"HTTP {err.status} {err.reason}: {err.message}".strip())
             raise
 
     async def wait_output(self, name: str, timeout: float | None = None) -> PodRun:
         """Wait until every container of the pod printed ``RESULT: DONE``; fail with the pod's state if not."""
         timeout = timeout or self.vendor.pod_timeout
         self.step(f"waiting for pod {name} to print its results (up to {timeout:g}s)")
-        deadline = time.monotonic() + timeout
-        poll = _Poll()
+        deadline = self.clock.now() + timeout
+        poll = _Poll(self.clock)
         pod: JSON = {}
+        answers: dict[str, LogAnswer] = {}
         while True:
             pod = await self.get_pod(name)
             phase = (pod.get("status") or {}).get("phase")
             containers = [c["name"] for c in pod["spec"]["containers"]]
             if phase in ("Running", "Succeeded", "Failed"):
-                outputs = {c: podlib.parse_output(await self.pod_log(name, c)) for c in containers}
+                answers = {c: await self.pod_log(name, c) for c in containers}
+                outputs = {c: podlib.parse_output(a.text) for c, a in answers.items()}
                 if all(o.done for o in outputs.values()):
                     run = PodRun(name, pod, outputs)
                     for container, output in outputs.items():
                         self.note(f"pod {name} (node {run.node}) container {container}: {output.describe()}")
                     return run
                 if phase != "Running":
-                    logs = "\n".join(f"[{c}] {o.text.strip()[-400:]}" for c, o in outputs.items())
+                    logs = "\n".join(f"[{c}] {a.shown()}" for c, a in answers.items())
                     raise CheckFailedError(f"pod {name} ended ({phase}) before printing its results:\n{logs}")
             state = _pod_state(pod)
             if any(reason in state for reason in _STUCK_REASONS):
                 raise CheckFailedError(f"pod {name} cannot start: {state}")
-            if time.monotonic() >= deadline:
-                raise CheckFailedError(f"pod {name} did not print its results within {timeout:g}s: {state}")
+            if self.clock.now() >= deadline:
+                raise CheckFailedError(
+                    f"pod {name} did not print its results within {timeout:g}s: {state}{_log_state(answers)}"
+                )
             await poll.wait()
 
     async def run_pod(self, body: Mapping[str, Any], timeout: float | None = None) -> PodRun:
@@ -227,8 +261,8 @@ class ProbeContext:
         still standing after the claim appeared: only a later verdict counts.
         """
         self.step(f"waiting for the scheduler's verdict on pod {name} (up to {timeout:g}s)")
-        deadline = time.monotonic() + timeout
-        poll = _Poll()
+        deadline = self.clock.now() + timeout
+        poll = _Poll(self.clock)
         before_claims: set[str] = set()
         while True:
             pod = await self.get_pod(name)
@@ -240,7 +274,7 @@ class ProbeContext:
                     return message
             if pod["spec"].get("nodeName"):
                 raise CheckFailedError(f"pod {name} was scheduled to node {pod['spec']['nodeName']}")
-            if time.monotonic() >= deadline:
+            if self.clock.now() >= deadline:
                 raise CheckFailedError(
                     f"pod {name} was neither scheduled nor reported unschedulable in {timeout:g}s"
                 )
@@ -262,10 +296,10 @@ class ProbeContext:
         for name in names:
             with contextlib.suppress(ApiError):
                 await self.kube.delete(PODS, name, self.namespace)
-        deadline = time.monotonic() + timeout
+        deadline = self.clock.now() + timeout
         for name in names:
-            poll = _Poll()
-            while time.monotonic() < deadline:
+            poll = _Poll(self.clock)
+            while self.clock.now() < deadline:
                 try:
                     await self.get_pod(name)
                 except ApiError as err:
@@ -286,6 +320,25 @@ class ProbeContext:
                     with contextlib.suppress(ApiError):
                         await self.kube.delete(rt, name, self.namespace)
         self._objects = []
+
+
+def _log_state(answers: Mapping[str, LogAnswer]) -> str:
+    """What the API server last said about each container's log, for a wait that ended without results."""
+    parts = []
+    for container, answer in answers.items():
+        if answer.error:
+            parts.append(
+                f"the log of container {container} was never readable: the API server answered {answer.error}"
+            )
+        elif not answer.text.strip():
+            parts.append(f"container {container} printed nothing")
+        else:
+            parts.append(
+                f"container {container} printed {len(answer.text.splitlines())} line(s) without {podlib.DONE!r}"
+            )
+    if not parts:
+        return "; the pod never reached a phase with container logs"
+    return "; " + "; ".join(parts)
 
 
 def _unschedulable_message(pod: Mapping[str, Any]) -> str | None:

@@ -8,8 +8,10 @@ import pytest
 
 from driver.conformance import context as ctxlib
 from driver.conformance.e2elog import E2ELog
+from driver.conformance.model import CheckFailedError
 from driver.conformance.probes import PROBES
 from driver.conformance.vendor import load_vendor
+from driver.kube.client import ApiError
 
 WAITING = "waiting for the ResourceClaim ns/pod-gpus (template gpus) to be created"
 IMPOSSIBLE = "0/1 nodes are available: 1 cannot allocate all claims"
@@ -72,3 +74,65 @@ async def test_a_verdict_on_a_pod_with_existing_claims_counts_at_once(
     kube = ScriptedPods(pod(IMPOSSIBLE, generated=True))
     assert await context(kube).wait_unschedulable("pod", timeout=30) == IMPOSSIBLE
     assert kube.gets == 1
+
+
+class FakeClock(ctxlib.Clock):
+    """Time that passes only when a wait sleeps."""
+
+    def __init__(self) -> None:
+        self.time = 0.0
+
+    def now(self) -> float:
+        return self.time
+
+    async def sleep(self, seconds: float) -> None:
+        self.time += seconds
+
+
+class NodeWithoutContainers:
+    """A pod that runs on a node that runs no containers (a hollow kubelet): Running, but no log, ever."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        self.error = ApiError(status, reason, message)
+        self.log_requests = 0
+
+    async def get(self, _resource: Any, name: str, _namespace: str | None = None) -> dict[str, Any]:
+        return {
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"nodeName": "hollow-1", "containers": [{"name": "probe"}]},
+            "status": {"phase": "Running"},
+        }
+
+    async def request_text(self, _method: str, path: str) -> str:
+        assert path.endswith("/log?container=probe")
+        self.log_requests += 1
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "message"),
+    [
+        (400, "BadRequest", 'failed to read log file ".": no such file or directory'),
+        (500, "InternalError", "failed to try resolving symlinks in path"),
+    ],
+)
+async def test_a_pod_output_timeout_says_what_the_api_answered_for_the_log(
+    status: int, reason: str, message: str
+) -> None:
+    kube = NodeWithoutContainers(status, reason, message)
+    probe = ctxlib.ProbeContext(
+        kube=kube,  # type: ignore[arg-type]
+        vendor=load_vendor("accel-dra"),
+        namespace="ns",
+        run_id="t",
+        probe=PROBES[0],
+        log=E2ELog(None),
+        clock=FakeClock(),
+    )
+    with pytest.raises(CheckFailedError) as failed:
+        await probe.wait_output("pod", timeout=30)
+    assert kube.log_requests > 1  # it kept asking until the deadline
+    assert str(failed.value) == (
+        "pod pod did not print its results within 30s: phase Running; the log of container probe was never "
+        f"readable: the API server answered HTTP {status} {reason}: {message}"
+    )
