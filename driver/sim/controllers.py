@@ -33,6 +33,7 @@ from driver.kube.client import (
 )
 from driver.log import get_logger
 from driver.sim.allocator import SimAllocator, pod_claim_names
+from driver.sim.deviceplugin import pod_requests
 from driver.sim.informer import WorkQueue, watch_forever
 
 log = get_logger(__name__)
@@ -205,6 +206,16 @@ class ClaimController:
                 )
 
 
+def extended_resources(pod: Mapping[str, Any]) -> set[str]:
+    """Extended resources (``vendor.com/name``) the pod's containers ask for."""
+    spec = pod.get("spec") or {}
+    names: set[str] = set()
+    for container in [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]:
+        for group in ("limits", "requests"):
+            names.update(k for k in ((container.get("resources") or {}).get(group) or {}) if "/" in k)
+    return names
+
+
 class Scheduler:
     def __init__(self, kube: KubeClient) -> None:
         self.kube = kube
@@ -248,6 +259,10 @@ class Scheduler:
             return
         reasons: list[str] = []
         for node in await self._ready_nodes():
+            short = await self._extended_shortage(pod, node)
+            if short:
+                reasons.append(short)
+                continue
             outcome = await self.allocator.allocate_for_pod(pod, node)
             if outcome.allocated:
                 await self._bind(pod, node)
@@ -259,6 +274,27 @@ class Scheduler:
         if isinstance(claim_names, str):
             message = claim_names
         await self._unschedulable(pod, message)
+
+    async def _extended_shortage(self, pod: JSON, node: str) -> str:
+        """ "Insufficient <resource>" when the node's allocatable extended resources (a device plugin's units)
+        cannot cover the pod's requests on top of what its other pods hold; "" when they fit."""
+        wanted = {r: n for r in extended_resources(pod) if (n := pod_requests(pod, r))}
+        if not wanted:
+            return ""
+        node_obj = await self.kube.get(NODES, node)
+        allocatable = (node_obj.get("status") or {}).get("allocatable") or {}
+        pods = (await self.kube.list(PODS, field_selector=f"spec.nodeName={node}")).get("items") or []
+        active = [
+            p
+            for p in pods
+            if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+            and p["metadata"].get("uid") != pod["metadata"].get("uid")
+        ]
+        for resource, count in wanted.items():
+            used = sum(pod_requests(p, resource) for p in active)
+            if used + count > int(str(allocatable.get(resource, "0")) or 0):
+                return f"Insufficient {resource}"
+        return ""
 
     async def _ready_nodes(self) -> list[str]:
         nodes = (await self.kube.list(NODES)).get("items") or []

@@ -37,8 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from driver.kube.client import EVENTS, PODS, RESOURCE_CLAIMS, ApiError, KubeClient
+from driver.kube.client import EVENTS, NODES, PODS, RESOURCE_CLAIMS, ApiError, KubeClient
 from driver.log import get_logger
+from driver.sim.deviceplugin import DevicePluginError, SimDevicePlugin, requested
 from driver.sim.informer import WorkQueue, watch_forever
 from driver.sim.kubelet import KubeletError, SimKubelet
 from driver.sim.podresources import ClaimDevice, ClaimResources, PodResourcesState
@@ -170,8 +171,10 @@ class SimNode:
         wiping_delay: float = 30.0,
         unprepare_retry_initial: float = UNPREPARE_RETRY_INITIAL,
         unprepare_retry_max: float = UNPREPARE_RETRY_MAX,
+        device_plugin: SimDevicePlugin | None = None,
     ) -> None:
         self.name = name
+        self.device_plugin = device_plugin
         self.kube = kube
         self.runtime = runtime
         self.containers_dir = containers_dir
@@ -191,6 +194,10 @@ class SimNode:
 
     async def start(self) -> None:
         await self.kubelet.start()
+        if self.device_plugin is not None:  # the device manager reports the plugin's units
+            await self.kube.patch(
+                NODES, self.name, {"status": self.device_plugin.node_status()}, subresource="status"
+            )
         self._tasks.append(asyncio.create_task(self._queue.run(), name=f"node-{self.name}-queue"))
         self._tasks.append(
             asyncio.create_task(
@@ -347,13 +354,25 @@ class SimNode:
     async def _start_container(self, pod: JSON, state: PodState, container: JSON) -> ContainerHandle | None:
         name = container["name"]
         command = [*(container.get("command") or []), *(container.get("args") or [])]
+        plugin_devices: dict[str, list[str]] = {}
+        cdi_ids = container_cdi_ids(container, state.claims)
+        count = requested(container, self.device_plugin.resource) if self.device_plugin is not None else 0
+        if self.device_plugin is not None and count:
+            try:
+                uuids = self.device_plugin.allocate(state.uid, name, count)
+            except DevicePluginError as err:
+                await self._event(pod, "Warning", "UnexpectedAdmissionError", str(err))
+                await self._set_waiting(pod, "UnexpectedAdmissionError", str(err))
+                return None
+            plugin_devices[self.device_plugin.resource] = uuids
+            cdi_ids += self.device_plugin.cdi_ids(uuids)
         spec = ContainerSpec(
             name=name,
             command=command or ["true"],
             sandbox_dir=self.containers_dir / f"{state.namespace}_{state.name}_{state.uid[:8]}" / name,
             env=_env(container, pod, self.name),
             working_dir=container.get("workingDir"),
-            cdi_devices=container_cdi_ids(container, state.claims),
+            cdi_devices=cdi_ids,
             pod_uid=state.uid,
             pod_name=state.name,
             pod_namespace=state.namespace,
@@ -370,7 +389,11 @@ class SimNode:
             self.log_sink(state.namespace, state.name, name, handle.log_path)
         if _listed(pod, container):
             self.pod_resources.set_container(
-                state.namespace, state.name, name, claims=_container_claims(container, state.claims)
+                state.namespace,
+                state.name,
+                name,
+                devices=plugin_devices,
+                claims=_container_claims(container, state.claims),
             )
         return handle
 
@@ -431,6 +454,8 @@ class SimNode:
     async def _release(self, state: PodState) -> None:
         """Unprepare the pod's claims; retried with backoff until that succeeded. Only then is a deleted pod
         forgotten and its object removed: until then it stays Terminating, as with the kubelet."""
+        if self.device_plugin is not None:
+            self.device_plugin.release(state.uid)
         if not await self._unprepare(state):
             if not state.release_pending:
                 state.unprepare_failures += 1

@@ -15,6 +15,12 @@ Layout of a sandbox root (a temp dir unless given)::
 
 In-process: the API server, the ResourceClaim controller, the scheduler and the node (kubelet + runtime).
 Separate processes over real sockets: ``accel-dra plugin`` and ``accel-dra exporter``.
+
+``shape`` picks whose DRA driver the node runs (:mod:`driver.sim.shapes`): this project's plugin, or an
+in-process stand-in shaped like AMD's or Intel's driver (its slices, device nodes and tool), so the
+conformance suite can be run against three vendors' shapes. ``device_plugin`` adds a simulated device
+plugin offering the shape's extended resource (:mod:`driver.sim.deviceplugin`). The exporter is the metrics
+solution for every shape (it attributes other drivers' devices through their ``pciBusID``).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from driver.exporter.names import IDENTITY_LABELS
 from driver.kube.client import (
     DEVICE_CLASSES,
     NAMESPACES,
+    NODES,
     PODS,
     RESOURCE_CLAIM_TEMPLATES,
     RESOURCE_CLAIMS,
@@ -57,10 +64,14 @@ from driver.log import get_logger
 from driver.resources.deviceclasses import device_classes
 from driver.sim.apiserver import SimApiServer
 from driver.sim.controllers import ClaimController, Scheduler
+from driver.sim.deviceplugin import SimDevicePlugin
 from driver.sim.driverroot import create_driver_root
 from driver.sim.node import SimNode
 from driver.sim.podresources import PodResourcesServer, PodResourcesState
 from driver.sim.runtime import ContainerHandle, ContainerSpec, SimRuntime
+from driver.sim.shapeddriver import ShapedDriver
+from driver.sim.shapes import SHAPES, Shape, device_class
+from driver.sim.vendortools import amd_smi_facts, install_amd_smi
 
 log = get_logger(__name__)
 
@@ -104,6 +115,10 @@ class SandboxConfig:
     extra_exporter_args: tuple[str, ...] = ()
     #: Names from :data:`FAULTS` (self-tests of the conformance suite only).
     faults: frozenset[str] = frozenset()
+    #: Whose DRA driver the node runs: a key of :data:`driver.sim.shapes.SHAPES`.
+    shape: str = "accel-dra"
+    #: Also offer the shape's extended resource through a simulated device plugin.
+    device_plugin: bool = False
 
 
 def _free_port() -> int:
@@ -121,6 +136,11 @@ class Sandbox:
             raise SandboxError(
                 f"unknown sandbox fault(s) {', '.join(unknown)}; known: {', '.join(sorted(FAULTS))}"
             )
+        if self.config.shape not in SHAPES:
+            raise SandboxError(f"unknown sandbox shape {self.config.shape!r}; known: {', '.join(SHAPES)}")
+        self.shape: Shape = SHAPES[self.config.shape]
+        #: The DRA driver the node runs (this project's, or the shape's stand-in).
+        self.driver = self.config.driver_name if self.config.shape == "accel-dra" else self.shape.driver
         self.root = Path(self.config.root or tempfile.mkdtemp(prefix="accel-dra-sandbox-", dir="/tmp"))
         self._owns_root = self.config.root is None
         self.apiserver = SimApiServer(graceful_pod_deletion=True)
@@ -141,7 +161,7 @@ class Sandbox:
 
     @property
     def plugin_dir(self) -> Path:
-        return self.path("plugins", self.config.driver_name)
+        return self.path("plugins", self.driver)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -178,14 +198,36 @@ class Sandbox:
         backend = open_backend(f"fake:{cfg.profile}", node_name=cfg.node_name)
         try:
             inventory = backend.discover()
-            create_driver_root(self.path("driver-root"), inventory)
+            smi = create_driver_root(self.path("driver-root"), inventory).nvidia_smi
         finally:
             backend.close()
-        for device_class in device_classes(cfg.driver_name):
-            await self.kube.create(DEVICE_CLASSES, device_class)
+        classes = device_classes(cfg.driver_name) if cfg.shape == "accel-dra" else [device_class(self.shape)]
+        for each in classes:
+            await self.kube.create(DEVICE_CLASSES, each)
+        devices = self.shape.devices(inventory, inventory.driver_version or "")
+        tool = self._vendor_tool(devices, inventory.driver_version or "") if cfg.shape != "accel-dra" else smi
+        state = str(self.path("fake-state"))
+        edits = {
+            "env": [f"ACCEL_DRA_FAKE_STATE={state}"],
+            "mounts": [
+                {"hostPath": state, "containerPath": state, "options": ["rw", "nosuid", "nodev", "bind"]}
+            ],
+        }
+        plugin = (
+            SimDevicePlugin(
+                self.shape.extended_resource,
+                devices,
+                self.path("cdi"),
+                cdi_kind=self.shape.cdi_kind,
+                tool=tool,
+                extra_edits=edits,
+            )
+            if cfg.device_plugin
+            else None
+        )
 
-        state = PodResourcesState()
-        server = PodResourcesServer(state, str(self.path("pod-resources", "kubelet.sock")))
+        resources_state = PodResourcesState()
+        server = PodResourcesServer(resources_state, str(self.path("pod-resources", "kubelet.sock")))
         await server.start()
         self._stack.push_async_callback(server.stop)
         self.node = SimNode(
@@ -199,16 +241,23 @@ class Sandbox:
             ),
             containers_dir=self.path("containers"),
             proc_root=self.path("proc"),
-            pod_resources=state,
+            pod_resources=resources_state,
             log_sink=self.apiserver.pod_logs.set_file,
+            device_plugin=plugin,
         )
         await self.node.start()
         self._stack.push_async_callback(self.node.stop)
+        labels = dict(self.shape.node_labels(inventory))
+        if labels:  # what the vendor's node labeller would add
+            await self.kube.patch(NODES, cfg.node_name, {"metadata": {"labels": labels}})
         for controller in (ClaimController(self.kube), Scheduler(self.kube)):
             await controller.start()
             self._stack.push_async_callback(controller.stop)
 
-        await self._start_plugin()
+        if cfg.shape == "accel-dra":
+            await self._start_plugin()
+        else:
+            await self._start_shaped_driver(devices, tool, edits)
         if cfg.exporter:
             await self._start_exporter()
         await self.wait_ready()
@@ -266,6 +315,29 @@ class Sandbox:
                 *cfg.extra_plugin_args,
             ],
         )  # fmt: skip
+
+    def _vendor_tool(self, devices: list[Any], driver_version: str) -> Path | None:
+        """The shape's command-line tool stand-in (AMD: amd-smi), or None."""
+        if self.shape.tool != "amd-smi":
+            return None
+        gpus = [{"index": d.index, "bdf": d.gpu.pci_bus_id, "uuid": d.gpu.uuid} for d in devices]
+        return install_amd_smi(self.path("vendor-tools"), amd_smi_facts(gpus, driver_version))
+
+    async def _start_shaped_driver(self, devices: list[Any], tool: Path | None, edits: JSON) -> None:
+        assert self.kube is not None
+        driver = ShapedDriver(
+            shape=self.shape,
+            devices=devices,
+            kube=self.kube,
+            node=self.config.node_name,
+            plugin_dir=self.plugin_dir,
+            registry_dir=self.path("registry"),
+            cdi_dir=self.path("cdi"),
+            tool=tool,
+            extra_edits=edits,
+        )
+        await driver.start()
+        self._stack.push_async_callback(driver.stop)
 
     async def _start_exporter(self) -> None:
         cfg = self.config
@@ -376,7 +448,7 @@ class Sandbox:
         assert self.node is not None
         try:
             async with asyncio.timeout(timeout):
-                while not self.node.kubelet.instances(self.config.driver_name) or not self._pool_published():
+                while not self.node.kubelet.instances(self.driver) or not self._pool_published():
                     self._check_processes()
                     await asyncio.sleep(0.1)
                 if self.exporter_url:
@@ -392,8 +464,7 @@ class Sandbox:
         slices = [
             s
             for s in self.apiserver.objects(RESOURCE_SLICES)
-            if s["spec"].get("nodeName") == self.config.node_name
-            and s["spec"]["driver"] == self.config.driver_name
+            if s["spec"].get("nodeName") == self.config.node_name and s["spec"]["driver"] == self.driver
         ]
         return bool(slices) and len(slices) == slices[0]["spec"]["pool"]["resourceSliceCount"]
 

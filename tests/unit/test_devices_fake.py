@@ -28,7 +28,15 @@ def discover(spec: str, **options: str) -> Inventory:
 
 
 def test_named_profiles_are_listed() -> None:
-    assert named_profiles() == ["dgx-h100", "mig-a100", "nvl72-tray", "nvlink-pairs", "pcie-l4x4"]
+    assert named_profiles() == [
+        "dgx-h100",
+        "flex170-2",
+        "mi300x-4",
+        "mig-a100",
+        "nvl72-tray",
+        "nvlink-pairs",
+        "pcie-l4x4",
+    ]
 
 
 def test_fake_backend_satisfies_the_protocol() -> None:
