@@ -117,6 +117,12 @@ GROUPS: dict[str, tuple[str, tuple[Command, ...]]] = {
                 "driver.conformance.cli:add_run_arguments",
                 "driver.conformance.cli:run_command",
             ),
+            Command(
+                "check",
+                "apply the CNCF submission validator's rules to a filled checklist and the artifacts it cites",
+                "driver.conformance.cli:add_check_arguments",
+                "driver.conformance.cli:check_command",
+            ),
         ),
     ),
 }

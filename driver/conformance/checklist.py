@@ -48,14 +48,14 @@ class Requirement:
 
 @dataclass(frozen=True)
 class Fill:
-    """What the suite writes for one requirement."""
+    """What the suite writes for one requirement (an empty status leaves it blank, with the notes)."""
 
     status: str
     evidence: tuple[str, ...] = ()
     notes: str = ""
 
     def __post_init__(self) -> None:
-        if self.status not in STATUSES:
+        if self.status and self.status not in STATUSES:
             raise ValueError(f"status {self.status!r} is not one of {', '.join(STATUSES)}")
         if self.status == "N/A" and not self.notes.strip():
             raise ValueError("status N/A needs notes saying why the requirement does not apply")

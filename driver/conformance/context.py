@@ -2,7 +2,12 @@
 
 Every object a probe creates goes into the run's namespace with the run's labels and is remembered, so the
 probe's objects are deleted when it ends -- passed, failed, timed out or interrupted -- and the runner
-deletes whatever is left (and the namespace) at the end of the run.
+deletes whatever is left (and the namespace) at the end of the run. The context also keeps what the report
+shows of each probe: the manifests it sent and what its pods printed.
+
+A pod that cannot be scheduled for a reason that does not resolve by itself (a DeviceClass that does not
+exist, a selector the scheduler cannot evaluate) fails its wait at once with the scheduler's own words;
+while a pod is pending, the pending reason goes to the progress display.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,7 +27,6 @@ from driver.conformance.model import CheckFailedError, CheckResult, CheckSkipped
 from driver.conformance.vendor import Vendor
 from driver.kube.client import (
     PODS,
-    RESOURCE_CLAIM_TEMPLATES,
     RESOURCE_CLAIMS,
     ApiError,
     KubeClient,
@@ -37,6 +42,14 @@ PROBE_LABEL = "conformance.accel-dra.dev/probe"
 POLL_FIRST, POLL_MAX = 0.05, 1.0
 #: Waiting reasons that will not resolve by themselves.
 _STUCK_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError")
+#: Scheduler verdicts no waiting can change: the scheduler's words for a class or selector it cannot use
+#: (kube-scheduler: "request gpu: device class X does not exist", "CEL runtime error"; the sandbox's
+#: allocator: "DeviceClass 'X' not found").
+_UNRESOLVABLE = re.compile(
+    r"device ?class \S+ does not exist|DeviceClass \S+ not found|CEL (runtime|compile) error|"
+    r"failed to compile|cannot be evaluated",
+    re.IGNORECASE,
+)
 
 
 class Clock:
@@ -118,6 +131,7 @@ class ProbeContext:
         probe: Probe,
         log: E2ELog,
         on_step: Callable[[str], None] | None = None,
+        on_wait: Callable[[str], None] | None = None,
         clock: Clock | None = None,
     ) -> None:
         self.kube = kube
@@ -132,20 +146,35 @@ class ProbeContext:
         self.current: CheckResult | None = None
         self.step_text = ""
         self._on_step = on_step
-        self._objects: list[tuple[ResourceType, str]] = []
+        self._on_wait = on_wait
+        self._objects: list[tuple[ResourceType, str, str]] = []
+        #: Every object as the probe sent it (for the report and ``results/probes/<probe>/``).
+        self.manifests: list[JSON] = []
+        #: (pod, container, what it printed) of every probe pod that printed its results.
+        self.outputs: list[tuple[str, str, str]] = []
 
     # -- reporting -------------------------------------------------------------------------------
 
+    @property
+    def test(self) -> str:
+        """The test the next line belongs to: the running check, else the probe."""
+        return f"{self.probe.test}/{self.current.name}" if self.current else self.probe.test
+
     def note(self, text: str) -> None:
-        self.log.note(text, indent=8 if self.current else 4)
+        self.log.note(text, indent=8 if self.current else 4, test=self.test)
         if self.current is not None:
             self.current.details.append(text)
 
     def step(self, text: str) -> None:
         self.step_text = text
-        self.log.note(f"step: {text}", indent=8 if self.current else 4)
+        self.log.note(f"step: {text}", indent=8 if self.current else 4, test=self.test)
         if self._on_step is not None:
             self._on_step(f"{self.current.name}: {text}" if self.current else text)
+
+    def waiting(self, why: str) -> None:
+        """What a wait is waiting on right now (a pod's pending reason), for the progress display."""
+        if self._on_wait is not None:
+            self._on_wait(why)
 
     @contextlib.asynccontextmanager
     async def check(self, name: str) -> AsyncIterator[CheckResult]:
@@ -154,7 +183,7 @@ class ProbeContext:
         self.checks.append(result)
         self.current = result
         test = f"{self.probe.test}/{name}"
-        self.log.write(f"=== RUN   {test}")
+        self.log.run(test)
         started = time.monotonic()
         try:
             yield result
@@ -172,30 +201,33 @@ class ProbeContext:
             result.message = f"error while {self.step_text}: {type(err).__name__}: {err}"
         finally:
             result.duration = time.monotonic() - started
-            self.current = None
             self._end_check(test, result)
+            self.current = None
 
     def _end_check(self, test: str, result: CheckResult) -> None:
-        word = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}[result.outcome]
         if result.message:
             prefix = {"passed": "PASS", "failed": "VIOLATION", "skipped": "SKIP"}[result.outcome]
-            self.log.note(f"{prefix}: {result.message}", indent=8)
-        self.log.write(f"--- {word}: {test} ({result.duration:.2f}s)")
+            self.log.note(f"{prefix}: {result.message}", indent=8, test=test)
+        self.log.result(test, result.outcome, result.duration)
 
     # -- objects ---------------------------------------------------------------------------------
 
     def labels(self) -> dict[str, str]:
         return {**run_labels(self.run_id), PROBE_LABEL: self.probe.name.replace("_", "-")}
 
-    async def create(self, rt: ResourceType, body: Mapping[str, Any]) -> JSON:
+    async def create(self, rt: ResourceType, body: Mapping[str, Any], namespace: str | None = None) -> JSON:
+        """Create an object in the run's namespace (or ``namespace``), labelled, remembered for cleanup."""
+        namespace = namespace or self.namespace
         obj = copy.deepcopy(dict(body))
+        obj.setdefault("apiVersion", rt.api_version)
+        obj.setdefault("kind", rt.kind)
         meta = obj.setdefault("metadata", {})
-        meta["namespace"] = self.namespace
+        meta["namespace"] = namespace
         meta["labels"] = {**(meta.get("labels") or {}), **self.labels()}
-        created = await self.kube.create(rt, obj, self.namespace)
-        self._objects.append((rt, created["metadata"]["name"]))
-        kind = obj.get("kind", rt.kind)
-        self.note(f"created {kind} {self.namespace}/{created['metadata']['name']}")
+        self.manifests.append(copy.deepcopy(obj))
+        created = await self.kube.create(rt, obj, namespace)
+        self._objects.append((rt, created["metadata"]["name"], namespace))
+        self.note(f"created {obj['kind']} {namespace}/{created['metadata']['name']}")
         return created
 
     async def get_pod(self, name: str) -> JSON:
@@ -234,6 +266,7 @@ class ProbeContext:
                 if all(o.done for o in outputs.values()):
                     run = PodRun(name, pod, outputs)
                     for container, output in outputs.items():
+                        self.outputs.append((name, container, output.text))
                         self.note(f"pod {name} (node {run.node}) container {container}: {output.describe()}")
                     return run
                 if phase != "Running":
@@ -242,6 +275,10 @@ class ProbeContext:
             state = _pod_state(pod)
             if any(reason in state for reason in _STUCK_REASONS):
                 raise CheckFailedError(f"pod {name} cannot start: {state}")
+            verdict = _unschedulable_message(pod)
+            if verdict is not None and _UNRESOLVABLE.search(verdict):
+                raise CheckFailedError(f"pod {name} cannot be scheduled; the scheduler says: {verdict}")
+            self.waiting(f"pod {name}: {state}")
             if self.clock.now() >= deadline:
                 raise CheckFailedError(
                     f"pod {name} did not print its results within {timeout:g}s: {state}{_log_state(answers)}"
@@ -307,18 +344,42 @@ class ProbeContext:
                         break
                     raise
                 await poll.wait()
-        self._objects = [(rt, n) for rt, n in self._objects if not (rt == PODS and n in names)]
+        self._objects = [
+            (rt, n, ns)
+            for rt, n, ns in self._objects
+            if not (rt == PODS and n in names and ns == self.namespace)
+        ]
+
+    async def wait_pods_gone(
+        self, label_selector: str, namespace: str | None = None, timeout: float = 120.0
+    ) -> None:
+        """Wait until no pod matches ``label_selector`` (the pods of a deleted Job or Deployment)."""
+        namespace = namespace or self.namespace
+        self.step(f"waiting for the pods of {label_selector} to go")
+        deadline = self.clock.now() + timeout
+        poll = _Poll(self.clock)
+        while self.clock.now() < deadline:
+            left = (await self.kube.list(PODS, namespace, label_selector=label_selector)).get("items") or []
+            if not left:
+                return
+            await poll.wait()
+
+    async def delete(self, rt: ResourceType, name: str, namespace: str | None = None) -> None:
+        """Delete one object the probe created; its dependents (a Job's or Deployment's pods) go with it."""
+        namespace = namespace or self.namespace
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
+        with contextlib.suppress(ApiError):
+            await self.kube.request("DELETE", rt.path(namespace if rt.namespaced else None, name), body=body)
+        self._objects = [o for o in self._objects if o != (rt, name, namespace)]
 
     async def cleanup(self) -> None:
-        """Delete what this probe created: pods first (they hold the claims), then claims and templates."""
-        pods = [n for rt, n in self._objects if rt == PODS]
+        """Delete what this probe created: its pods first (they hold claims and devices) and wait until they
+        are gone, then everything else, newest first (a claim before its template)."""
+        pods = [n for rt, n, ns in self._objects if rt == PODS and ns == self.namespace]
         if pods:
             await self.delete_pods(pods)
-        for rt in (RESOURCE_CLAIMS, RESOURCE_CLAIM_TEMPLATES):
-            for kind, name in list(self._objects):
-                if kind == rt:
-                    with contextlib.suppress(ApiError):
-                        await self.kube.delete(rt, name, self.namespace)
+        for rt, name, namespace in reversed(list(self._objects)):
+            await self.delete(rt, name, namespace)
         self._objects = []
 
 

@@ -46,6 +46,11 @@ class Probe:
     #: Checks that must run and pass before the suite calls its requirements Implemented (others, such as
     #: a check that does not apply to every platform, may be skipped).
     required: tuple[str, ...] = ()
+    #: Reported beside the evidence, never in it: a check of this project's own standards, which real
+    #: drivers may not follow (its results go to ``results/advisory/`` and never fail the run).
+    advisory: bool = False
+    #: Allocation modes the probe works in (a DRA-only probe is skipped in device-plugin mode).
+    modes: tuple[str, ...] = ("dra",)
 
 
 @dataclass
@@ -59,14 +64,17 @@ class ProbeResult:
     checks: list[CheckResult]
     duration: float
     timeout: float
-    #: First and last line of this probe's block in e2e.log (1-based, inclusive).
-    log_lines: tuple[int, int] = (0, 0)
+    #: This probe's records in the run log: ``records[start:end]``.
+    records: tuple[int, int] = (0, 0)
+    #: When the probe started (seconds since the epoch).
+    started: float = 0.0
     #: Probe-specific facts for the report (device tables, metric names found, versions).
     data: dict[str, Any] = field(default_factory=dict)
     #: Stopped by Ctrl-C: its checks say nothing about the platform.
     interrupted: bool = False
     #: The probe's required checks (see :attr:`Probe.required`).
     required: tuple[str, ...] = ()
+    advisory: bool = False
 
     def unverified(self) -> list[str]:
         """Required checks that did not run (skipped or never reached): the requirement is not shown."""

@@ -27,18 +27,28 @@ KEEP_ALIVE = "sleep 3600 &\nwait $!"
 def device_script(vendor: Vendor, *, identity: bool = True, always_identify: bool = False) -> str:
     """Lists the accelerator device nodes the container sees and, when there are any, their ids.
 
+    The matches of the vendor's first glob are counted (one per accelerator: ``/dev/nvidia0``,
+    ``/dev/dri/renderD128``); the other globs' matches (``/dev/kfd``, ``/dev/dri/card0``) are listed too, so a
+    container that should see no accelerator must list nothing at all.
     ``always_identify``: ask the vendor's tool even without device nodes (a container that should see no
     accelerator: any id it reports is one it can reach).
     """
+    first, *others = vendor.device_globs
     lines = [
         "n=0",
-        f"for f in {vendor.device_glob}; do",
+        f"for f in {first}; do",
         '  [ -e "$f" ] || continue',
         "  n=$((n+1))",
         '  echo "DEVICE: $f"',
         "done",
-        'echo "RESULT: ACCELERATOR_COUNT=$n"',
     ]
+    if others:
+        lines += [
+            f"for f in {' '.join(others)}; do",
+            '  [ -e "$f" ] && echo "DEVICE: $f"',
+            "done",
+        ]
+    lines.append('echo "RESULT: ACCELERATOR_COUNT=$n"')
     if identity and vendor.identity_command:
         condition = "true" if always_identify else '[ "$n" -gt 0 ]'
         lines += [
@@ -110,8 +120,14 @@ class Output:
 
     @property
     def count(self) -> int | None:
+        """Accelerators the container sees (matches of the vendor's first device glob)."""
         raw = self.results.get("ACCELERATOR_COUNT")
         return int(raw) if raw is not None and raw.isdigit() else None
+
+    @property
+    def sees_nothing(self) -> bool:
+        """No device node of any of the vendor's globs (and the count says so too)."""
+        return self.count == 0 and not self.devices
 
     def describe(self) -> str:
         shown = ", ".join(self.identities or self.devices) or "none"
@@ -172,6 +188,33 @@ class Container:
     claims: tuple[str, ...] = ()
     image: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
+    #: Accelerators requested from the device plugin (``limits`` of the vendor's extended resource).
+    extended: int = 0
+
+
+@dataclass(frozen=True)
+class Grant:
+    """How a container gets accelerators: claims from templates (DRA) or the extended resource."""
+
+    templates: Mapping[str, str] = field(default_factory=dict)
+    claims: tuple[str, ...] = ()
+    extended: int = 0
+
+    def container(self, name: str, script: str, image: str | None = None, **more: Any) -> Container:
+        return Container(name, script, self.claims, image, extended=self.extended, **more)
+
+
+def _resources(vendor: Vendor, container: Container) -> JSON:
+    resources: JSON = {}
+    if container.claims:
+        resources["claims"] = [{"name": e} for e in container.claims]
+    if container.extended:
+        if not vendor.extended_resource:
+            raise ValueError(
+                f"vendor {vendor.name} names no extendedResource to request from a device plugin"
+            )
+        resources["limits"] = {vendor.extended_resource: str(container.extended)}
+    return {"resources": resources} if resources else {}
 
 
 def pod(
@@ -185,8 +228,8 @@ def pod(
 ) -> JSON:
     """A probe pod. ``templates``/``claims``: pod claim entry -> ResourceClaimTemplate / ResourceClaim name.
 
-    ``node_name`` pins a pod *without* claims to a node; a pod with claims is always left to the scheduler,
-    which is what allocates its claims.
+    ``node_name`` pins a pod *without* accelerators to a node; a pod with claims or extended resources is
+    always left to the scheduler, which is what allocates them.
     """
     entries = [{"name": e, "resourceClaimTemplateName": t} for e, t in (templates or {}).items()]
     entries += [{"name": e, "resourceClaimName": c} for e, c in (claims or {}).items()]
@@ -205,7 +248,7 @@ def pod(
                     "capabilities": {"drop": ["ALL"]},
                     "seccompProfile": {"type": "RuntimeDefault"},
                 },
-                **({"resources": {"claims": [{"name": e} for e in c.claims]}} if c.claims else {}),
+                **_resources(vendor, c),
             }
             for c in containers
         ],

@@ -1,41 +1,47 @@
-"""The run's output files: ``results/junit.xml``, ``results/results.json``, ``PRODUCT.yaml`` (the filled
-checklist) and ``report.html`` (``results/e2e.log`` is written while the run goes).
+"""The run's output files. Layout of ``--out DIR`` (a CNCF submission directory: evidence paths are relative
+to it)::
 
-Layout of ``--out DIR`` (what a CNCF submission directory holds; evidence paths are relative to it)::
+    PRODUCT.yaml                the upstream checklist, filled in (status, evidence, notes) and metadata
+    report.html                 the readable report (print-friendly)
+    results/run.log             the whole run as it happened, advisory probes too
+    results/junit.xml           the requirement probes, as gotestsum writes junit
+    results/results.json        the same as a ``go test -json`` event stream
+    results/e2e.log             the same as ``go test -v`` prints it
+    results/<requirement>/      junit.xml, results.json and e2e.log of that requirement's probes only: what
+                                PRODUCT.yaml cites (another probe's failure never lands in these files)
+    results/advisory/           the same three files for the checks outside the checklist (never cited)
+    results/imported/<n>/       copies of junit files given with --import-junit
+    results/probes/<probe>/     each probe's manifests (manifests.yaml) and what its pods printed (*.log)
+    results/summary.json        everything above as data
 
-    PRODUCT.yaml          the upstream checklist with status/evidence/notes filled for the covered requirements
-    report.html           a readable report: summary, evidence per probe, attribute table per device
-    results/junit.xml     one testcase per probe and per check (TestSecureAcceleratorAccess/PositiveAccessTest)
-    results/results.json  everything above as data
-    results/e2e.log       the run's log, go-test style; evidence cites line ranges of it
+After writing, the filled checklist is checked with the CNCF validator's rules (:mod:`submission`, as a
+draft: what only the platform can add is listed as to-do, not as a problem).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import html
 import json
-import xml.etree.ElementTree as ET
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from driver import __version__
-from driver.conformance.checklist import Fill, check_filled, fill_checklist, parse_checklist
+from driver.conformance import evidence as ev
+from driver.conformance import gotest
+from driver.conformance.checklist import fill_checklist, parse_checklist
 from driver.conformance.model import ProbeResult
-from driver.conformance.runner import (
-    E2E_LOG,
-    JUNIT,
-    PRODUCT,
-    REPORT,
-    RESULTS_JSON,
-    SuiteResult,
-    evidence,
-    must_failures,
-    requirement_fills,
-)
+from driver.conformance.reporthtml import report_html
+from driver.conformance.runner import PRODUCT, REPORT, RESULTS_DIR, SUMMARY, SuiteResult
+from driver.conformance.submission import check_submission
 
 JSON = dict[str, Any]
+ADVISORY = f"{RESULTS_DIR}/advisory"
+PROBES_DIR = f"{RESULTS_DIR}/probes"
+_SAFE_RE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 @dataclasses.dataclass
@@ -43,72 +49,77 @@ class Outputs:
     """What was written, and what the caller should tell the user."""
 
     files: list[Path]
-    fills: dict[str, Fill]
+    decisions: list[ev.Decision]
+    #: MUST requirements the filled checklist does not call Implemented (the validator rejects each).
     must_failures: list[str]
+    #: What the validator's rules reject in the output itself.
     problems: list[str]
+    #: What only the platform can still add (placeholder metadata, MUSTs left for the platform).
+    todos: list[str]
     warnings: list[str]
 
 
-# -- junit ---------------------------------------------------------------------------------------------
+# -- artifact sets -----------------------------------------------------------------------------------------
 
 
-def _case(parent: ET.Element, name: str, seconds: float, outcome: str, *, message: str, text: str) -> None:
-    case = ET.SubElement(
-        parent, "testcase", classname="accel-dra/conformance", name=name, time=f"{seconds:.3f}"
-    )
-    if outcome == "failed":
-        ET.SubElement(case, "failure", message=message[:1000], type="failure").text = message
-    elif outcome == "skipped":
-        ET.SubElement(case, "skipped", message=message[:1000])
-    if text:
-        ET.SubElement(case, "system-out").text = text
+def artifact_set(suite: SuiteResult, results: Sequence[ProbeResult]) -> dict[str, str]:
+    """junit.xml, results.json and e2e.log of ``results`` (file name -> text)."""
+    records = gotest.select(suite.records, results)
+    outcome = gotest.overall(results)
+    elapsed = sum(r.duration for r in results)
+    started = min((r.started for r in results), default=suite.started_at) or suite.started_at
+    return {
+        gotest.JUNIT: gotest.junit_xml(records, results, started),
+        gotest.TEST_JSON: gotest.test_json(records, outcome, started, elapsed),
+        gotest.TEST_LOG: gotest.test_log(records, outcome, elapsed),
+    }
 
 
-def junit_xml(suite: SuiteResult, log_text: Sequence[str]) -> str:
-    cases = [(r, None) for r in suite.probes] + [(r, c) for r in suite.probes for c in r.checks]
-    total = len(cases)
-    failures = sum((c.outcome if c else r.outcome) == "failed" for r, c in cases)
-    skipped = sum((c.outcome if c else r.outcome) == "skipped" for r, c in cases)
-    seconds = f"{sum(r.duration for r in suite.probes):.3f}"
-    root = ET.Element("testsuites", name="accel-dra conformance", tests=str(total), failures=str(failures),
-                      skipped=str(skipped), errors="0", time=seconds)  # fmt: skip
-    testsuite = ET.SubElement(root, "testsuite", name="accel-dra/conformance", tests=str(total),
-                              failures=str(failures), skipped=str(skipped), errors="0", time=seconds,
-                              timestamp=suite.started)  # fmt: skip
-    for result in suite.probes:
-        first, last = result.log_lines
-        excerpt = "\n".join(log_text[first - 1 : last])
-        _case(testsuite, result.test, result.duration, result.outcome, message=result.message, text=excerpt)
-        for check in result.checks:
-            details = "\n".join(check.details)
-            _case(
-                testsuite,
-                f"{result.test}/{check.name}",
-                check.duration,
-                check.outcome,
-                message=check.message,
-                text=details,
-            )
-    ET.indent(root)
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+def evidence_sets(suite: SuiteResult) -> dict[str, dict[str, str]]:
+    """Directory (relative to the output) -> its artifact files."""
+    checked = [r for r in suite.probes if not r.advisory]
+    advisory = [r for r in suite.probes if r.advisory]
+    listed = {r.id for r in suite.checklist.requirements}
+    sets = {RESULTS_DIR: artifact_set(suite, checked)}
+    for requirement in dict.fromkeys(q for r in checked for q in r.requirements):
+        if requirement in listed:
+            mine = [r for r in checked if requirement in r.requirements]
+            sets[ev.artifact_dir(requirement)] = artifact_set(suite, mine)
+    if advisory:
+        sets[ADVISORY] = artifact_set(suite, advisory)
+    return sets
 
 
-# -- results.json --------------------------------------------------------------------------------------
+def _safe(name: str) -> str:
+    return _SAFE_RE.sub("-", name).strip("-") or "x"
 
 
-def _probe_json(result: ProbeResult) -> JSON:
-    first, last = result.log_lines
+def probe_files(result: ProbeResult) -> dict[str, str]:
+    """``results/probes/<probe>/``: the manifests the probe sent, and each pod container's output."""
+    base = f"{PROBES_DIR}/{result.probe}"
+    files: dict[str, str] = {}
+    manifests = result.data.get("manifests") or []
+    if manifests:
+        files[f"{base}/manifests.yaml"] = yaml.safe_dump_all(manifests, sort_keys=False)
+    for output in result.data.get("outputs") or []:
+        files[f"{base}/{_safe(output['pod'])}.{_safe(output['container'])}.log"] = output["text"]
+    return files
+
+
+# -- summary.json --------------------------------------------------------------------------------------------
+
+
+def _probe_json(result: ProbeResult, files: Sequence[str]) -> JSON:
     return {
         "name": result.probe,
         "test": result.test,
         "title": result.title,
         "requirements": list(result.requirements),
+        "advisory": result.advisory,
         "outcome": result.outcome,
         "message": result.message,
         "durationSeconds": round(result.duration, 3),
         "timeoutSeconds": result.timeout,
-        "log": {"file": E2E_LOG, "firstLine": first, "lastLine": last},
-        "evidence": list(evidence(result)),
         "checks": [
             {
                 "name": c.name,
@@ -119,27 +130,24 @@ def _probe_json(result: ProbeResult) -> JSON:
             }
             for c in result.checks
         ],
-        "data": result.data,
+        "files": list(files),
+        "data": {k: v for k, v in result.data.items() if k not in ("manifests", "outputs")},
+        "manifests": result.data.get("manifests") or [],
+        "outputs": result.data.get("outputs") or [],
     }
 
 
-def results_json(suite: SuiteResult, fills: Mapping[str, Fill], warnings: Sequence[str]) -> JSON:
-    requirements = []
-    for r in suite.checklist.requirements:
-        fill = fills.get(r.id)
-        requirements.append(
-            {
-                "id": r.id,
-                "section": r.section,
-                "level": r.level,
-                "covered": fill is not None,
-                "probes": [p.test for p in suite.probes if r.id in p.requirements],
-                "status": fill.status if fill else r.status,
-                "evidence": list(fill.evidence) if fill else list(r.evidence),
-                "notes": fill.notes if fill else r.notes,
-            }
-        )
-    counts = {k: sum(p.outcome == k for p in suite.probes) for k in ("passed", "failed", "skipped")}
+def summary_json(
+    suite: SuiteResult,
+    decisions: Sequence[ev.Decision],
+    outputs: Mapping[str, Sequence[str]],
+    imports: Sequence[ev.Imported],
+) -> JSON:
+    counts = {
+        k: sum(p.outcome == k for p in suite.probes if not p.advisory)
+        for k in ("passed", "failed", "skipped")
+    }
+    musts = [d for d in decisions if d.requirement.level == "MUST"]
     return {
         "tool": "accel-dra conformance",
         "version": __version__,
@@ -148,6 +156,8 @@ def results_json(suite: SuiteResult, fills: Mapping[str, Fill], warnings: Sequen
         "started": suite.started,
         "durationSeconds": round(suite.duration, 3),
         "interrupted": suite.interrupted,
+        "sandbox": suite.sandbox,
+        "command": list(suite.command),
         "cluster": suite.cluster,
         "checklist": {
             "source": suite.checklist.source,
@@ -155,199 +165,110 @@ def results_json(suite: SuiteResult, fills: Mapping[str, Fill], warnings: Sequen
             "filled": PRODUCT,
         },
         "vendor": suite.vendor.summary(),
-        "summary": {**counts, "mustFailures": must_failures(suite.checklist, fills, suite.probes)},
-        "requirements": requirements,
-        "probes": [_probe_json(p) for p in suite.probes],
-        "warnings": list(warnings),
+        "summary": {
+            **counts,
+            "mustImplemented": sum(d.status == "Implemented" for d in musts),
+            "musts": len(musts),
+            "mustFailures": ev.must_failures(decisions),
+        },
+        "requirements": [
+            {
+                "id": d.id,
+                "section": d.requirement.section,
+                "level": d.requirement.level,
+                "source": d.source,
+                "covered": d.source in ("verified", "declared"),
+                "status": d.status,
+                "tests": list(d.tests),
+                "why": d.why,
+                "evidence": list(d.fill.evidence) if d.fill else list(d.requirement.evidence),
+                "notes": d.fill.notes if d.fill else d.requirement.notes,
+            }
+            for d in decisions
+        ],
+        "probes": [_probe_json(p, outputs.get(p.probe, ())) for p in suite.probes],
+        "imported": [
+            {
+                "origin": i.origin,
+                "stored": i.stored,
+                "mapping": dict(i.mapping),
+                "failures": i.report.failures,
+            }
+            for i in imports
+        ],
     }
-
-
-# -- report.html ---------------------------------------------------------------------------------------
-
-_CSS = """
-body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1400px}
-table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.3em .6em;
-text-align:left;vertical-align:top}th{background:#f3f3f3}code,pre{font-size:90%}
-pre{background:#f7f7f7;padding:.8em;overflow-x:auto;max-height:30em}
-.passed,.Implemented{background:#e3f6e3}.failed,.Not-Implemented{background:#fbe3e3}
-.skipped,.Partially-Implemented,.N-A{background:#fdf5dc}.small{font-size:85%;color:#555}
-"""
-
-
-def _e(value: Any) -> str:
-    return html.escape(str(value))
-
-
-def _cls(value: str) -> str:
-    return value.replace(" ", "-").replace("/", "-")
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], classes: Sequence[str] = ()) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    body = []
-    for index, row in enumerate(rows):
-        cls = f' class="{_e(classes[index])}"' if index < len(classes) and classes[index] else ""
-        body.append(f"<tr{cls}>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
-
-
-def _requirements_html(data: JSON) -> str:
-    rows, classes = [], []
-    anchors = {p["test"]: p["name"] for p in data["probes"]}
-    for r in data["requirements"]:
-        status = r["status"] or ("not covered by this suite" if not r["covered"] else "")
-        probes = ", ".join(f'<a href="#{_e(anchors[t])}">{_e(t)}</a>' for t in r["probes"]) or "—"
-        rows.append([_e(r["section"]), f"<code>{_e(r['id'])}</code>", _e(r["level"]), _e(status), probes])
-        classes.append(_cls(r["status"]) if r["covered"] else "")
-    return _table(["Section", "Requirement", "Level", "Status", "Evidence from"], rows, classes)
-
-
-def _probe_html(probe: JSON, log_text: Sequence[str]) -> str:
-    first, last = probe["log"]["firstLine"], probe["log"]["lastLine"]
-    checks = _table(
-        ["Check", "Outcome", "Message", "Details"],
-        [
-            [_e(c["name"]), _e(c["outcome"]), _e(c["message"]), "<br>".join(_e(d) for d in c["details"][:20])]
-            for c in probe["checks"]
-        ],
-        [c["outcome"] for c in probe["checks"]],
-    )
-    links = (
-        f'<p class="small">Evidence: <a href="{_e(JUNIT)}">{_e(JUNIT)}</a> testcase <code>{_e(probe["test"])}</code>, '
-        f'<a href="{_e(E2E_LOG)}">{_e(E2E_LOG)}</a> lines {first}-{last}</p>'
-    )
-    excerpt = "\n".join(log_text[first - 1 : last])
-    return (
-        f'<h3 id="{_e(probe["name"])}">{_e(probe["test"])} — {_e(probe["title"])} '
-        f'<span class="{_e(probe["outcome"])}">{_e(probe["outcome"].upper())}</span></h3>'
-        f"<p>Requirements: {_e(', '.join(probe['requirements']) or 'none (project standard)')}. "
-        f"{_e(probe['message'])} ({probe['durationSeconds']:.1f}s of {probe['timeoutSeconds']:g}s)</p>"
-        f"{checks}{links}<details><summary>e2e.log excerpt</summary><pre>{_e(excerpt)}</pre></details>"
-    )
-
-
-def _devices_html(rows: Sequence[JSON]) -> str:
-    if not rows:
-        return "<p>No device table (the attribute-profile probe did not run).</p>"
-    out = []
-    for driver in sorted({r["driver"] for r in rows}):
-        mine = [r for r in rows if r["driver"] == driver]
-        keys = sorted({k for r in mine for k in r["attributes"]})
-        caps = sorted({k for r in mine for k in r["capacity"]})
-        headers = ["Device", "Node", "Pool", *keys, *(f"capacity {c}" for c in caps), "Profile findings"]
-        body = [
-            [
-                f"<code>{_e(r['device'])}</code>",
-                _e(r["node"] or "—"),
-                _e(r["pool"]),
-                *(_e(r["attributes"].get(k, "")) for k in keys),
-                *(_e(r["capacity"].get(c, "")) for c in caps),
-                "<br>".join(_e(f) for f in r["findings"]) or "none",
-            ]
-            for r in mine
-        ]
-        classes = ["failed" if r["findings"] else "" for r in mine]
-        out.append(
-            f"<h3>Driver <code>{_e(driver)}</code> ({len(mine)} devices)</h3>{_table(headers, body, classes)}"
-        )
-    return "".join(out)
-
-
-def report_html(data: JSON, log_text: Sequence[str]) -> str:
-    summary = data["summary"]
-    verdict = (
-        "interrupted"
-        if data["interrupted"]
-        else "MUST requirements failing: " + ", ".join(summary["mustFailures"])
-        if summary["mustFailures"]
-        else "no covered MUST requirement failed"
-    )
-    listed = {r["id"] for r in data["requirements"]}
-    version = data["checklist"]["kubernetesVersion"]
-    probes_table = _table(
-        ["Probe", "Requirements", "Outcome", "Time", "Summary"],
-        [
-            [
-                f'<a href="#{_e(p["name"])}">{_e(p["test"])}</a>',
-                _e(
-                    ", ".join(r if r in listed else f"{r} (not in {version})" for r in p["requirements"])
-                    or "—"
-                ),
-                _e(p["outcome"]),
-                f"{p['durationSeconds']:.1f}s",
-                _e(p["message"]),
-            ]
-            for p in data["probes"]
-        ],
-        [p["outcome"] for p in data["probes"]],
-    )
-    devices: list[JSON] = next(
-        (p["data"].get("devices", []) for p in data["probes"] if p["name"] == "attribute_profile"), []
-    )
-    warnings = "".join(f"<li>{_e(w)}</li>" for w in data["warnings"])
-    vendor = data["vendor"]
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>AI conformance report — {_e(vendor["name"])}</title>
-<style>{_CSS}</style></head><body>
-<h1>Kubernetes AI conformance: {_e(data["checklist"]["kubernetesVersion"])}</h1>
-<p><b>{_e(verdict)}</b>. {summary["passed"]} probe(s) passed, {summary["failed"]} failed, {summary["skipped"]} skipped.</p>
-<p class="small">accel-dra conformance {_e(data["version"])}, run <code>{_e(data["runId"])}</code> started
-{_e(data["started"])} ({data["durationSeconds"]:.1f}s) against {_e(data["cluster"].get("server", "?"))}
-({_e(data["cluster"].get("version", "version unknown"))}); checklist {_e(data["checklist"]["source"])}, filled as
-<a href="{_e(PRODUCT)}">{_e(PRODUCT)}</a>; vendor {_e(vendor["name"])}: driver <code>{_e(vendor["driver_name"])}</code>,
-DeviceClass <code>{_e(vendor["device_class"])}</code>. Raw results: <a href="{_e(RESULTS_JSON)}">{_e(RESULTS_JSON)}</a>.</p>
-{f'<ul class="small">{warnings}</ul>' if warnings else ""}
-<h2>Requirements</h2>{_requirements_html(data)}
-<h2>Probes</h2>{probes_table}
-<h2>Evidence per probe</h2>{"".join(_probe_html(p, log_text) for p in data["probes"])}
-<h2>Devices and their attributes</h2>{_devices_html(devices)}
-</body></html>
-"""
 
 
 # -- writing everything --------------------------------------------------------------------------------
 
 
-def write_outputs(
-    suite: SuiteResult, out_dir: Path, metadata: Mapping[str, str], log_text: Sequence[str]
-) -> Outputs:
-    """Write junit.xml, results.json, PRODUCT.yaml and report.html next to the run's e2e.log."""
-    fills = requirement_fills(
-        suite.checklist, suite.probes, suite.vendor, suite.run_id, sandbox=suite.sandbox
-    )
-    filled_text = fill_checklist(suite.checklist, fills, metadata)
-    filled = parse_checklist(filled_text, PRODUCT)
+def _warnings(
+    suite: SuiteResult, decisions: Sequence[ev.Decision], imports: Sequence[ev.Imported]
+) -> list[str]:
     warnings = []
     if suite.sandbox:
         warnings.append(
             "this run used the accel-dra sandbox: its results describe the simulator, not a platform"
         )
-    if filled.placeholders():
-        warnings.append(
-            f"metadata still holds placeholders: {', '.join(filled.placeholders())} "
-            "(pass --metadata KEY=VALUE or --metadata-file)"
-        )
-    ignored = sorted(set(suite.vendor.not_applicable) - set(fills))
+    ignored = sorted(set(suite.vendor.not_applicable) - {d.id for d in decisions})
     if ignored:
         warnings.append(
-            f"notApplicable entries for requirements the suite did not cover were not written: {', '.join(ignored)}"
+            f"notApplicable entries for requirements the checklist does not list: {', '.join(ignored)}"
         )
-    data = results_json(suite, fills, warnings)
-    files = {
-        JUNIT: junit_xml(suite, log_text),
-        RESULTS_JSON: json.dumps(data, indent=2) + "\n",
-        PRODUCT: filled_text,
-        REPORT: report_html(data, log_text),
-    }
+    for source in imports:
+        if source.report.failures:
+            warnings.append(
+                f"{source.origin} has failing tests ({', '.join(source.report.failures)}): the CNCF validator rejects "
+                "a submission that cites it"
+            )
+    return warnings
+
+
+def write_outputs(
+    suite: SuiteResult,
+    out_dir: Path,
+    metadata: Mapping[str, str],
+    *,
+    imports: Sequence[ev.Imported] = (),
+    uncovered: ev.Uncovered = "open",
+) -> Outputs:
+    """Write PRODUCT.yaml, the artifacts, summary.json and report.html next to the run's run.log."""
+    decisions = ev.decide(
+        suite.checklist,
+        suite.probes,
+        suite.vendor,
+        suite.run_id,
+        sandbox=suite.sandbox,
+        imports=imports,
+        uncovered=uncovered,
+    )
+    filled_text = fill_checklist(suite.checklist, ev.fills(decisions), metadata)
+    parse_checklist(filled_text, PRODUCT)  # fill_checklist verified it; this only guards the bytes written
+    files: dict[str, str] = {PRODUCT: filled_text}
+    for directory, artifacts in evidence_sets(suite).items():
+        files.update({f"{directory}/{name}": text for name, text in artifacts.items()})
+    per_probe: dict[str, list[str]] = {}
+    for result in suite.probes:
+        mine = probe_files(result)
+        per_probe[result.probe] = list(mine)
+        files.update(mine)
+    warnings = _warnings(suite, decisions, imports)
+    data = summary_json(suite, decisions, per_probe, imports)
+    files[SUMMARY] = json.dumps(data, indent=2) + "\n"
     written = []
     for relative, text in files.items():
         path = out_dir / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(text.encode("utf-8"))  # byte-exact: keep the checklist's line breaks
         written.append(path)
-    problems = [
-        p
-        for p in check_filled(suite.checklist, filled, out_dir)
-        if "still a placeholder" not in p and "a MUST is" not in p
-    ]
-    return Outputs(written, fills, must_failures(suite.checklist, fills, suite.probes), problems, warnings)
+    report = out_dir / REPORT
+    excerpts = {
+        r.probe: [rec.text for rec in suite.records[r.records[0] : r.records[1]]] for r in suite.probes
+    }
+    report.write_text(report_html(data, warnings, excerpts), encoding="utf-8")  # cited, so checked: first
+    check = check_submission(out_dir / PRODUCT, suite.checklist, draft=True)
+    data["check"] = {"problems": check.errors, "todos": check.todos, "notes": check.notes}
+    report.write_text(report_html(data, warnings, excerpts), encoding="utf-8")
+    (out_dir / SUMMARY).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    written.append(report)
+    return Outputs(written, decisions, ev.must_failures(decisions), check.errors, check.todos, warnings)

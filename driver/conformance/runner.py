@@ -9,29 +9,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import re
 import secrets
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 from driver import __version__
-from driver.conformance.checklist import Checklist, Fill
+from driver.conformance.checklist import Checklist
 from driver.conformance.context import ProbeContext, run_labels
-from driver.conformance.e2elog import E2ELog
+from driver.conformance.e2elog import E2ELog, Record
 from driver.conformance.model import CheckResult, Probe, ProbeResult, summarize
+from driver.conformance.platform import platform_info
 from driver.conformance.probes import PROBES
 from driver.conformance.progress import Progress
 from driver.conformance.vendor import Vendor
-from driver.kube.client import NAMESPACES, ApiError, KubeClient
+from driver.kube.client import DEVICE_CLASSES, NAMESPACES, NODES, RESOURCE_SLICES, ApiError, KubeClient
 
 RESULTS_DIR = "results"
+#: The whole run as it happened (every probe, advisory ones too), written while the run goes.
+RUN_LOG = f"{RESULTS_DIR}/run.log"
 JUNIT = f"{RESULTS_DIR}/junit.xml"
 RESULTS_JSON = f"{RESULTS_DIR}/results.json"
 E2E_LOG = f"{RESULTS_DIR}/e2e.log"
+SUMMARY = f"{RESULTS_DIR}/summary.json"
 REPORT = "report.html"
 PRODUCT = "PRODUCT.yaml"
 NAMESPACE_PREFIX = "accel-dra-conformance-"
@@ -49,6 +54,8 @@ class RunOptions:
     keep_namespace: bool = False
     #: The cluster is the accel-dra sandbox (said in the notes: such a run is not platform evidence).
     sandbox: bool = False
+    #: The command line that started the run (the report's steps to reproduce).
+    command: Sequence[str] = ()
 
 
 @dataclass
@@ -63,6 +70,11 @@ class SuiteResult:
     probes: list[ProbeResult]
     interrupted: bool = False
     sandbox: bool = False
+    #: The run log's records (every line, with its test): the evidence files are rendered from them.
+    records: list[Record] = field(default_factory=list)
+    #: Seconds since the epoch when the run started.
+    started_at: float = 0.0
+    command: Sequence[str] = ()
 
 
 def select(probes: Sequence[Probe], pattern: str | None) -> list[Probe]:
@@ -81,12 +93,14 @@ def not_applicable(probe: Probe, vendor: Vendor) -> str | None:
     return None
 
 
-async def _cluster_info(kube: KubeClient) -> dict[str, Any]:
-    info: dict[str, Any] = {"server": kube.host}
-    with contextlib.suppress(ApiError, OSError, TimeoutError, ValueError):
-        version = await kube.request("GET", "/version")
-        info["version"] = version.get("gitVersion", "")
-    return info
+def mode_mismatch(probe: Probe, vendor: Vendor) -> str | None:
+    """Why a probe does not run in the vendor's allocation mode (DRA-only probes in device-plugin mode)."""
+    if vendor.allocation in probe.modes:
+        return None
+    return (
+        f"allocation mode {vendor.allocation}: this probe needs DRA (its claims select devices through "
+        f"DeviceClass {vendor.device_class})"
+    )
 
 
 class _Runner:
@@ -121,9 +135,11 @@ class _Runner:
         """Run one probe; the flag says the run was interrupted (Ctrl-C) during it."""
         vendor = self.options.vendor
         timeout = self.options.timeout or probe.timeout
-        first = self.log.lines + 1
-        self.log.write(f"=== RUN   {probe.test}")
-        self.log.note(f"{probe.title} [{', '.join(probe.requirements) or 'no checklist requirement'}]")
+        first = self.log.lines
+        wall = time.time()
+        self.log.run(probe.test)
+        what = ", ".join(probe.requirements) or ("advisory" if probe.advisory else "no checklist requirement")
+        self.log.note(f"{probe.title} [{what}]", test=probe.test)
         progress.start(index, probe.test, timeout)
         ctx = ProbeContext(
             kube=self.kube,
@@ -133,14 +149,16 @@ class _Runner:
             probe=probe,
             log=self.log,
             on_step=progress.step,
+            on_wait=progress.waiting,
         )
         started = time.monotonic()
         interrupted = False
         reason = not_applicable(probe, vendor)
-        if reason is not None:
-            ctx.checks.append(
-                CheckResult("NotApplicable", "skipped", f"declared N/A by the vendor: {reason}")
-            )
+        mismatch = mode_mismatch(probe, vendor)
+        if reason is not None or mismatch is not None:
+            why = f"declared N/A by the vendor: {reason}" if reason is not None else str(mismatch)
+            ctx.checks.append(CheckResult("NotApplicable", "skipped", why))
+            ctx.log.note(f"SKIP: {why}", test=probe.test)
         else:
             try:
                 async with asyncio.timeout(timeout):
@@ -159,8 +177,9 @@ class _Runner:
                         await ctx.cleanup()
         outcome, message = summarize(ctx.checks)
         duration = time.monotonic() - started
-        word = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}[outcome]
-        self.log.write(f"--- {word}: {probe.test} ({duration:.2f}s)")
+        self.log.result(probe.test, outcome, duration)
+        ctx.data["manifests"] = ctx.manifests
+        ctx.data["outputs"] = [{"pod": p, "container": c, "text": t} for p, c, t in ctx.outputs]
         result = ProbeResult(
             probe=probe.name,
             test=probe.test,
@@ -171,10 +190,12 @@ class _Runner:
             checks=ctx.checks,
             duration=duration,
             timeout=timeout,
-            log_lines=(first, self.log.lines),
+            records=(first, self.log.lines),
+            started=wall,
             data=ctx.data,
             interrupted=interrupted,
             required=probe.required,
+            advisory=probe.advisory,
         )
         await progress.end(result)
         return result, interrupted
@@ -189,24 +210,71 @@ class _Runner:
             running[-1].message = f"{why} while {running[-1].message.removeprefix('interrupted while ')}"
         else:
             ctx.checks.append(CheckResult("Stopped", "failed", f"{why} while {ctx.step_text or 'starting'}"))
-        ctx.log.note(f"{why} while {ctx.step_text}")
+        ctx.log.note(f"{why} while {ctx.step_text}", test=ctx.probe.test)
+
+
+async def resolve_allocation(kube: KubeClient, vendor: Vendor) -> tuple[Vendor, str]:
+    """The vendor with ``auto`` allocation decided, and a line saying how: DRA when the DeviceClass exists and
+    the driver publishes devices, else the device plugin when a node offers the extended resource."""
+    if vendor.allocation != "auto":
+        return vendor, ""
+    with contextlib.suppress(ApiError, OSError, TimeoutError):
+        await kube.get(DEVICE_CLASSES, vendor.device_class)
+        slices = await kube.list(RESOURCE_SLICES, field_selector=f"spec.driver={vendor.driver_name}")
+        if any((s.get("spec") or {}).get("devices") for s in slices.get("items") or []):
+            why = f"DeviceClass {vendor.device_class} exists and {vendor.driver_name} publishes devices"
+            return dataclasses.replace(vendor, allocation="dra"), why
+    resource = vendor.extended_resource or ""
+    with contextlib.suppress(ApiError, OSError, TimeoutError):
+        nodes = (await kube.list(NODES)).get("items") or []
+        if any(((n.get("status") or {}).get("allocatable") or {}).get(resource, "0") != "0" for n in nodes):
+            why = f"no usable DeviceClass {vendor.device_class} with devices; nodes offer {resource}"
+            return dataclasses.replace(vendor, allocation="device-plugin"), why
+    return dataclasses.replace(
+        vendor, allocation="dra"
+    ), f"neither DRA devices nor {resource} found: trying DRA"
+
+
+async def dra_backed(kube: KubeClient, vendor: Vendor) -> str | None:
+    """The DeviceClass that serves the extended resource through DRA (1.37's extended resources via DRA):
+    device-plugin mode then tests DRA's claims behind it, and the report says so."""
+    if vendor.allocation != "device-plugin":
+        return None
+    with contextlib.suppress(ApiError, OSError, TimeoutError):
+        for item in (await kube.list(DEVICE_CLASSES)).get("items") or []:
+            if (item.get("spec") or {}).get("extendedResourceName") == vendor.extended_resource:
+                return str(item["metadata"]["name"])
+    return None
 
 
 async def run_suite(kube: KubeClient, options: RunOptions) -> SuiteResult:
     """Run the selected probes; the e2e log goes to ``<out>/results/e2e.log`` as the run goes."""
     probes = select(PROBES, options.run_filter)
-    log = E2ELog(options.out_dir / E2E_LOG)
+    vendor, how = await resolve_allocation(kube, options.vendor)
+    options = dataclasses.replace(options, vendor=vendor)
+    log = E2ELog(options.out_dir / RUN_LOG)
     runner = _Runner(kube, options, log)
     progress = Progress(options.progress, len(probes))
-    started_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    wall = time.time()
+    started_at = datetime.fromtimestamp(wall, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     started = time.monotonic()
-    cluster = await _cluster_info(kube)
+    cluster = await platform_info(kube, vendor)
     log.write(f"accel-dra conformance {__version__}: run {runner.run_id} started {started_at}")
-    log.write(f"cluster {cluster.get('server')} ({cluster.get('version', 'version unknown')})")
+    log.write(f"Kubernetes {cluster.get('version') or 'version unknown'}")
     log.write(f"checklist {options.checklist.source} (Kubernetes {options.checklist.kubernetes_version})")
     log.write(
-        f"vendor {options.vendor.name}: driver {options.vendor.driver_name}, class {options.vendor.device_class}"
+        f"vendor {vendor.name}: driver {vendor.driver_name}, class {vendor.device_class}, "
+        f"allocation {vendor.allocation}"
+        + (f" ({vendor.extended_resource})" if vendor.allocation == "device-plugin" else "")
     )
+    if how:
+        log.write(f"allocation auto: {vendor.allocation} ({how})")
+    backed = await dra_backed(kube, vendor)
+    if backed:
+        cluster["extendedResourceDeviceClass"] = backed
+        log.write(
+            f"{vendor.extended_resource} is served by DRA through DeviceClass {backed} (extendedResourceName)"
+        )
     log.write(f"namespace {runner.namespace}; probes: {', '.join(p.test for p in probes) or 'none'}")
     results: list[ProbeResult] = []
     interrupted = False
@@ -237,108 +305,12 @@ async def run_suite(kube: KubeClient, options: RunOptions) -> SuiteResult:
         started=started_at,
         duration=time.monotonic() - started,
         cluster=cluster,
-        vendor=options.vendor,
+        vendor=vendor,
         checklist=options.checklist,
         probes=results,
         interrupted=interrupted,
         sandbox=options.sandbox,
+        records=log.records,
+        started_at=wall,
+        command=options.command,
     )
-
-
-# -- what the checklist says ---------------------------------------------------------------------------
-
-
-def evidence(result: ProbeResult) -> tuple[str, ...]:
-    first, last = result.log_lines
-    return (
-        f"file://{JUNIT}#{result.test}",
-        f"file://{E2E_LOG}#L{first}-L{last}",
-        f"file://{REPORT}#{result.probe}",
-    )
-
-
-def _notes(results: Sequence[ProbeResult], vendor: Vendor, run_id: str, sandbox: bool) -> str:
-    parts = []
-    for r in results:
-        passed = sum(c.outcome == "passed" for c in r.checks)
-        others = "".join(f"; {c.name} {c.outcome}: {c.message}" for c in r.checks if c.outcome != "passed")
-        missing = [n for n in r.unverified() if n not in {c.name for c in r.checks}]
-        if missing:
-            others += f"; not run: {', '.join(missing)}"
-        parts.append(f"{r.test} {r.outcome} ({passed}/{len(r.checks)} checks passed{others})")
-    sandbox_note = " (SANDBOX: a simulated cluster, not evidence for a platform)" if sandbox else ""
-    return (
-        f"Checked by accel-dra conformance {__version__}, run {run_id}{sandbox_note}, DRA driver "
-        f"{vendor.driver_name}: " + "; ".join(parts)
-    )
-
-
-def _status(results: Sequence[ProbeResult], ran: Sequence[CheckResult]) -> str:
-    """Implemented only when every check that ran passed and every required check ran."""
-    passed = sum(c.outcome == "passed" for c in ran)
-    if not passed:
-        return "Not Implemented"
-    if passed == len(ran) and not any(r.unverified() for r in results):
-        return "Implemented"
-    return "Partially Implemented"
-
-
-def _covered(requirement_id: str, results: Sequence[ProbeResult]) -> list[ProbeResult]:
-    """The results that speak for a requirement (none when a probe for it was interrupted)."""
-    mine = [r for r in results if requirement_id in r.requirements]
-    return [] if any(r.interrupted for r in mine) else mine
-
-
-def requirement_fills(
-    checklist: Checklist,
-    results: Sequence[ProbeResult],
-    vendor: Vendor,
-    run_id: str,
-    *,
-    sandbox: bool = False,
-) -> dict[str, Fill]:
-    """Status, evidence and notes for each requirement the run covered (others are left as they were).
-
-    Implemented when every check that ran passed and every required check of its probes ran; Not
-    Implemented when no check passed; Partially Implemented otherwise (a failure, or a required check that
-    was skipped or never reached: the run did not show the requirement met). N/A (with the vendor's reason)
-    when the vendor declared it and the suite covers it. A requirement whose checks were all skipped, or
-    whose probe was interrupted, is left as it was.
-    """
-    fills: dict[str, Fill] = {}
-    for requirement in checklist.requirements:
-        mine = _covered(requirement.id, results)
-        if not mine:
-            continue
-        if requirement.id in vendor.not_applicable:
-            fills[requirement.id] = Fill("N/A", (), vendor.not_applicable[requirement.id])
-            continue
-        ran = [c for r in mine for c in r.checks if c.outcome != "skipped"]
-        if not ran:
-            continue
-        proof = tuple(e for r in mine for e in evidence(r))
-        fills[requirement.id] = Fill(_status(mine, ran), proof, _notes(mine, vendor, run_id, sandbox))
-    return fills
-
-
-def must_failures(
-    checklist: Checklist, fills: Mapping[str, Fill], results: Sequence[ProbeResult] = ()
-) -> list[str]:
-    """MUST requirements the run covered that are not Implemented.
-
-    The CNCF validator accepts nothing but Implemented for a MUST, so a MUST declared N/A is listed too, and
-    so is one whose checks (given ``results``) were all skipped: the run did not show it met.
-    """
-    failures = []
-    for r in checklist.requirements:
-        if r.level != "MUST":
-            continue
-        fill = fills.get(r.id)
-        if fill is None:
-            if _covered(r.id, results):
-                failures.append(f"{r.id} (not verified: every check was skipped)")
-        elif fill.status == "N/A":
-            failures.append(f"{r.id} (N/A, but a MUST must be Implemented)")
-        elif fill.status != "Implemented":
-            failures.append(f"{r.id} ({fill.status})")
-    return failures

@@ -38,6 +38,12 @@ def test_help_lists_the_run_flags(capsys: pytest.CaptureFixture[str]) -> None:
         "--sandbox",
         "--kubeconfig",
         "--metrics-service",
+        "--import-junit",
+        "--uncovered",
+        "--k8s-conformance-url",
+        "--vendor-name",
+        "--allocation",
+        "--sandbox-shape",
     ):
         assert flag in out
 
@@ -54,7 +60,7 @@ def test_help_lists_the_run_flags(capsys: pytest.CaptureFixture[str]) -> None:
             ["--checklist", str(FIXTURES / "checklist-1.36.yaml"), "--metadata", "vendorName"],
             "expected KEY=VALUE",
         ),
-        (["--checklist", str(FIXTURES / "checklist-1.36.yaml"), "--vendor", "amd"], "not a preset"),
+        (["--checklist", str(FIXTURES / "checklist-1.36.yaml"), "--vendor", "rocm"], "not a preset"),
         (
             ["--checklist", str(FIXTURES / "checklist-1.36.yaml"), "--device-glob", "nvidia*"],
             "absolute path glob",

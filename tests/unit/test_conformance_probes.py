@@ -14,12 +14,13 @@ from driver.conformance import devices as devlib
 from driver.conformance import metrics as m
 from driver.conformance import pods as podlib
 from driver.conformance.checklist import load_checklist
+from driver.conformance.evidence import decide, evidence, fills, must_failures
 from driver.conformance.model import CheckResult, Outcome, ProbeResult, summarize
 from driver.conformance.probes import PROBES
 from driver.conformance.probes.accelerator_metrics import normalize_id
 from driver.conformance.probes.attribute_selection import connected_groups, memory_selector
 from driver.conformance.probes.driver_runtime import versions_match
-from driver.conformance.runner import evidence, must_failures, requirement_fills, select
+from driver.conformance.runner import select
 from driver.conformance.vendor import Versions, load_vendor
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "conformance"
@@ -37,7 +38,7 @@ def test_the_device_script_counts_nodes_and_reports_ids(tmp_path: Path) -> None:
         (tmp_path / name).touch()
     vendor = dataclasses.replace(
         load_vendor("accel-dra"),
-        device_glob=f"{tmp_path}/nvidia[0-9]*",
+        device_globs=(f"{tmp_path}/nvidia[0-9]*",),
         identity_command="printf 'GPU-a\\nGPU-b\\n'",
     )
     out = run_sh(podlib.script(podlib.device_script(vendor), keep_alive=False))
@@ -49,7 +50,7 @@ def test_the_device_script_counts_nodes_and_reports_ids(tmp_path: Path) -> None:
 def test_no_devices_means_no_identity_query(tmp_path: Path) -> None:
     vendor = dataclasses.replace(
         load_vendor("accel-dra"),
-        device_glob=f"{tmp_path}/nvidia[0-9]*",
+        device_globs=(f"{tmp_path}/nvidia[0-9]*",),
         identity_command="echo should-not-run",
     )
     out = run_sh(podlib.script(podlib.device_script(vendor), keep_alive=False))
@@ -60,7 +61,7 @@ def test_a_failing_vendor_tool_is_reported_not_trusted(tmp_path: Path) -> None:
     (tmp_path / "nvidia0").touch()
     vendor = dataclasses.replace(
         load_vendor("accel-dra"),
-        device_glob=f"{tmp_path}/nvidia[0-9]*",
+        device_globs=(f"{tmp_path}/nvidia[0-9]*",),
         identity_command="echo 'No devices were found'; exit 6",
         versions=Versions(driver_command="echo 580.65.06", runtime_command="echo broken >&2; exit 9"),
     )
@@ -234,33 +235,56 @@ def test_requirement_status_follows_the_checks() -> None:
         _result("e", ("driver_runtime_management",), "skipped"),
         _result("f", ("gpu_sharing",), "skipped"),
     ]
-    fills = requirement_fills(checklist, results, vendor, "run1")
-    assert {k: f.status for k, f in fills.items()} == {
-        "dra_support": "Implemented",
-        "secure_accelerator_access": "Partially Implemented",
-        "accelerator_metrics": "Not Implemented",
-        "gpu_sharing": "N/A",
-    }  # driver_runtime_management: every check skipped, left for a person
-    assert fills["gpu_sharing"].notes == "no sharing mode"
-    assert fills["dra_support"].evidence == (*evidence(results[0]), *evidence(results[1]))
-    assert evidence(results[0]) == (
-        "file://results/junit.xml#Testa",
-        "file://results/e2e.log#L3-L9",
+    decisions = decide(checklist, results, vendor, "run1")
+    statuses = {d.id: (d.source, d.status) for d in decisions if d.source in ("verified", "declared")}
+    assert statuses == {
+        "dra_support": ("verified", "Implemented"),
+        "secure_accelerator_access": ("verified", "Partially Implemented"),
+        "accelerator_metrics": ("verified", "Not Implemented"),
+        "gpu_sharing": ("declared", "N/A"),
+    }  # driver_runtime_management: every check skipped, a SHOULD left blank with the reason
+    filled = fills(decisions)
+    assert filled["gpu_sharing"].notes == "no sharing mode"
+    assert filled["driver_runtime_management"].status == ""
+    assert "Teste skipped: C0: why" in filled["driver_runtime_management"].notes
+    assert filled["dra_support"].evidence == evidence("dra_support", results[:2])
+    assert evidence("dra_support", results[:2]) == (
+        "file://results/dra_support/junit.xml#Testa",
+        "file://results/dra_support/junit.xml#Testb",
+        "file://results/dra_support/results.json#Testa",
+        "file://results/dra_support/results.json#Testb",
+        "file://results/dra_support/e2e.log",
         "file://report.html#a",
+        "file://report.html#b",
     )
-    assert "C1 skipped: why" in fills["dra_support"].notes
-    assert must_failures(checklist, fills) == [
-        "accelerator_metrics (Not Implemented)",
-        "secure_accelerator_access (Partially Implemented)",
+    # a failed probe's artifacts would get the whole submission rejected: only its report section is cited
+    assert filled["accelerator_metrics"].evidence == ("file://report.html#d",)
+    assert "not cited" in filled["accelerator_metrics"].notes
+    assert "C1 skipped: why" in filled["dra_support"].notes
+    assert [f.split(" (")[0] for f in must_failures(decisions)] == [
+        "ai_inference",
+        "gang_scheduling",
+        "cluster_autoscaling",
+        "pod_autoscaling",
+        "accelerator_metrics",
+        "ai_service_metrics",
+        "secure_accelerator_access",
+        "robust_controller",
     ]
 
 
-def test_an_interrupted_probe_fills_nothing() -> None:
+def test_an_interrupted_probe_fills_nothing_but_the_open_note() -> None:
     checklist = load_checklist(str(FIXTURES / "checklist-1.36.yaml"))
     stopped = dataclasses.replace(
         _result("s", ("secure_accelerator_access",), "passed", "failed"), interrupted=True
     )
-    assert requirement_fills(checklist, [stopped], load_vendor("accel-dra"), "r") == {}
+    (decision,) = [
+        d
+        for d in decide(checklist, [stopped], load_vendor("accel-dra"), "r")
+        if d.id == "secure_accelerator_access"
+    ]
+    assert decision.source == "open" and decision.status == ""
+    assert decision.fill is not None and decision.fill.notes.startswith("Left for the platform")
 
 
 def test_run_selects_probes_like_go_test() -> None:

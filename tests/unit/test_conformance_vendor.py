@@ -21,10 +21,10 @@ def test_presets_describe_their_driver_stacks() -> None:
     assert ours.metrics.utilization == "hw_gpu_utilization_ratio"
     assert ours.interconnect_attribute == "nvlinkDomain"
     assert ours.load.command is None  # a real cluster needs a vendor-provided load
-    assert (nvidia.driver_name, nvidia.device_class, nvidia.device_glob) == (
+    assert (nvidia.driver_name, nvidia.device_class, nvidia.device_globs) == (
         "gpu.nvidia.com",
         "gpu.nvidia.com",
-        "/dev/nvidia[0-9]*",
+        ("/dev/nvidia[0-9]*",),
     )
     assert (nvidia.metrics.utilization, nvidia.metrics.memory) == (
         "DCGM_FI_DEV_GPU_UTIL",
@@ -39,7 +39,44 @@ def test_presets_describe_their_driver_stacks() -> None:
     assert nvidia.interconnect_attribute is None and nvidia.load.command is None
     assert sandbox.driver_name == ours.driver_name
     assert sandbox.load.command is not None and "gpu-load" in sandbox.load.command
-    assert set(PRESETS) == {"accel-dra", "nvidia", "sandbox"}
+    assert set(PRESETS) == {"accel-dra", "nvidia", "amd", "intel", "sandbox", "sandbox-amd", "sandbox-intel"}
+    assert nvidia.extended_resource == "nvidia.com/gpu"
+    assert nvidia.versions.driver_labels == ("nvidia.com/cuda.driver-version.full",)
+
+
+def test_amd_and_intel_presets_use_their_drivers_names() -> None:
+    amd, intel = load_vendor("amd"), load_vendor("intel")
+    assert (amd.driver_name, amd.extended_resource) == ("gpu.amd.com", "amd.com/gpu")
+    assert amd.device_globs == (
+        "/dev/dri/renderD*",
+        "/dev/kfd",
+    )  # a render node counted, kfd must be absent too
+    assert amd.identity_attribute == "resource.kubernetes.io/pciBusID"  # AMD's driver publishes no uuid
+    assert amd.versions.driver_labels == ("amd.com/gpu.driver-version",)
+    assert amd.bypass_env == {"AMD_VISIBLE_DEVICES": "all"}
+    assert "gpu_id" in amd.metrics.identity_labels
+    assert (intel.driver_name, intel.extended_resource) == ("gpu.intel.com", "gpu.intel.com/i915")
+    assert intel.device_globs == ("/dev/dri/renderD*", "/dev/dri/card*")
+    assert intel.product_attribute == "model" and intel.identity_command is None
+    assert intel.versions.driver_attributes == () and intel.bypass_env == {}
+    for name in ("amd", "intel"):
+        assert "nvidia" not in str(load_vendor(name).summary()).lower()  # nothing inherited from NVIDIA
+
+
+def test_a_vendor_file_without_preset_starts_from_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "acme.yaml"
+    path.write_text("driverName: gpu.acme.example\ndeviceGlobs: ['/dev/acme[0-9]*', /dev/acmectl]\n")
+    vendor = load_vendor(str(path))
+    assert (vendor.name, vendor.driver_name, vendor.device_class) == (
+        "acme",
+        "gpu.acme.example",
+        "gpu.acme.example",
+    )
+    assert vendor.device_globs == ("/dev/acme[0-9]*", "/dev/acmectl")
+    assert vendor.identity_command is None and vendor.bypass_env == {} and vendor.health.command is None
+    assert vendor.versions.driver_attributes == () and vendor.versions.tool == "vendor tool"
+    assert not vendor.metrics.configured and vendor.interconnect_attribute is None
+    assert vendor.product_attribute is None and vendor.memory_capacity is None
 
 
 def test_a_vendor_file_overrides_its_preset(tmp_path: Path) -> None:
@@ -68,10 +105,19 @@ def test_a_vendor_file_overrides_its_preset(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("metrics: {port: '9400'}\n", r"metrics\.port: '9400' is not of type 'integer'"),
-        ("colour: blue\n", r"\(top\): Additional properties are not allowed \('colour' was unexpected\)"),
-        ("deviceGlob: '/dev/nvidia*; rm -rf /'\n", "deviceGlob .* must be an absolute path glob"),
-        ("preset: amd\n", r"preset: 'amd' is not one of"),
+        ("preset: nvidia\nmetrics: {port: '9400'}\n", r"metrics\.port: '9400' is not of type 'integer'"),
+        (
+            "preset: nvidia\ncolour: blue\n",
+            r"\(top\): Additional properties are not allowed \('colour' was unexpected\)",
+        ),
+        (
+            "preset: nvidia\ndeviceGlob: '/dev/nvidia*; rm -rf /'\n",
+            "device glob .* must be an absolute path glob",
+        ),
+        ("preset: rocm\n", r"preset: 'rocm' is not one of"),
+        ("driverName: gpu.acme.example\n", r"\(top\): .* is not valid under any of the given schemas"),
+        ("deviceGlobs: [/dev/x]\n", r"'driverName' is a required property"),
+        ("preset: nvidia\nallocation: device-plugin\nextendedResource: null\n", "needs extendedResource"),
         ("- a list\n", "a vendor file is a mapping"),
     ],
 )
@@ -95,8 +141,12 @@ def test_command_line_overrides() -> None:
             "metrics.port": 9500,
             "load.command": "exec burn",
             "probe_image": None,
+            "device_globs": ["/dev/dri/renderD*", "/dev/kfd"],
+            "allocation": "device-plugin",
         },
     )
+    assert vendor.device_globs == ("/dev/dri/renderD*", "/dev/kfd")
+    assert (vendor.allocation, vendor.extended_resource) == ("device-plugin", "nvidia.com/gpu")
     assert (vendor.driver_name, vendor.device_class) == ("gpu.other.example", "gpu.other.example")
     assert vendor.metrics.port == 9500 and vendor.metrics.service == "accel-dra-metrics"
     assert vendor.load.command == "exec burn"

@@ -13,11 +13,11 @@ import pytest
 from driver.conformance import metrics as m
 from driver.conformance import pods as podlib
 from driver.conformance.checklist import load_checklist
+from driver.conformance.evidence import decide, fills, must_failures
 from driver.conformance.model import CheckFailedError, CheckResult, Outcome, ProbeResult, summarize
 from driver.conformance.probes import PROBES
 from driver.conformance.probes.gpu_sharing import health_verdict
 from driver.conformance.probes.secure_access import env_bypass_verdict
-from driver.conformance.runner import must_failures, requirement_fills
 from driver.conformance.vendor import Health, VendorError, load_vendor, vendor_from_mapping
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "conformance"
@@ -58,10 +58,10 @@ def test_a_requirement_is_implemented_only_when_its_required_checks_ran_and_pass
     checks: dict[str, Outcome], expected: str
 ) -> None:
     probe = result("driver_runtime_management", checks, ("Exposed", "Compared"))
-    fills = requirement_fills(CHECKLIST, [probe], load_vendor("accel-dra"), "r")
-    assert fills["driver_runtime_management"].status == expected
+    filled = fills(decide(CHECKLIST, [probe], load_vendor("accel-dra"), "r"))
+    assert filled["driver_runtime_management"].status == expected
     if "Compared" not in checks:
-        assert "not run: Compared" in fills["driver_runtime_management"].notes
+        assert "not run: Compared" in filled["driver_runtime_management"].notes
 
 
 def test_the_substantive_checks_of_each_probe_are_required() -> None:
@@ -83,21 +83,27 @@ def test_a_must_declared_not_applicable_is_not_conformant() -> None:
         result("accelerator_metrics", {"NotApplicable": "skipped"}, ()),
         result("gpu_sharing", {"NotApplicable": "skipped"}, ()),
     ]
-    fills = requirement_fills(CHECKLIST, results, vendor, "r")
-    assert fills["accelerator_metrics"].status == fills["gpu_sharing"].status == "N/A"
+    decisions = decide(CHECKLIST, results, vendor, "r")
+    filled = fills(decisions)
+    assert filled["accelerator_metrics"].status == filled["gpu_sharing"].status == "N/A"
     # the CNCF validator accepts only Implemented for a MUST; a SHOULD may be N/A
-    assert must_failures(CHECKLIST, fills, results) == [
-        "accelerator_metrics (N/A, but a MUST must be Implemented)"
+    assert [f for f in must_failures(decisions) if f.startswith("accelerator_metrics")] == [
+        "accelerator_metrics (N/A, which the CNCF validator does not accept for a MUST: vendor: no metrics)"
     ]
 
 
 def test_a_covered_must_whose_checks_were_all_skipped_is_not_met() -> None:
     skipped = result("secure_accelerator_access", {"PositiveAccessTest": "skipped"}, ("PositiveAccessTest",))
-    fills = requirement_fills(CHECKLIST, [skipped], load_vendor("accel-dra"), "r")
-    assert fills == {}  # left for a person to fill in ...
-    assert must_failures(CHECKLIST, fills, [skipped]) == [
-        "secure_accelerator_access (not verified: every check was skipped)"
-    ]  # ... but not counted as met
+    decisions = decide(CHECKLIST, [skipped], load_vendor("accel-dra"), "r")
+    (secure,) = [d for d in decisions if d.id == "secure_accelerator_access"]
+    assert (secure.source, secure.status) == ("open", "")  # left for the platform, saying why ...
+    assert (
+        secure.fill is not None
+        and "could not verify it (TestP skipped: PositiveAccessTest: why)" in secure.fill.notes
+    )
+    assert any(
+        f.startswith("secure_accelerator_access (left blank") for f in must_failures(decisions)
+    )  # ... not met
 
 
 # -- metric auto-detection ---------------------------------------------------------------------------------
@@ -147,7 +153,7 @@ def test_the_env_bypass_probe_asks_the_tool_even_without_device_nodes(tmp_path: 
     """A runtime that honours the variable may hand out the tool's view without a node the glob matches."""
     vendor = dataclasses.replace(
         load_vendor("accel-dra"),
-        device_glob=f"{tmp_path}/nvidia[0-9]*",
+        device_globs=(f"{tmp_path}/nvidia[0-9]*",),
         identity_command='[ "$NVIDIA_VISIBLE_DEVICES" = all ] && echo GPU-leaked || { echo "No devices were found"; exit 6; }',
     )
     script = podlib.script(podlib.device_script(vendor, always_identify=True), keep_alive=False)
@@ -178,4 +184,4 @@ def test_vendor_files_set_the_health_command_and_bypass_env() -> None:
     )
     assert custom.health == Health("cuda:12", "/samples/deviceQuery") and custom.bypass_env == {}
     with pytest.raises(VendorError, match="bypassEnv"):
-        vendor_from_mapping({"bypassEnv": {"NOT-A-NAME": "x"}}, "bad.yaml")
+        vendor_from_mapping({"preset": "nvidia", "bypassEnv": {"NOT-A-NAME": "x"}}, "bad.yaml")

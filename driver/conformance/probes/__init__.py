@@ -9,8 +9,11 @@ from driver.conformance.probes import (
     attribute_selection,
     dra_support,
     driver_runtime,
+    gang_scheduling,
     gpu_sharing,
+    pod_autoscaling,
     secure_access,
+    workload_sandboxing,
 )
 
 PROBES: tuple[Probe, ...] = (
@@ -20,5 +23,8 @@ PROBES: tuple[Probe, ...] = (
     driver_runtime.PROBE,
     accelerator_metrics.PROBE,
     gpu_sharing.PROBE,
+    workload_sandboxing.PROBE,
+    pod_autoscaling.PROBE,
+    gang_scheduling.PROBE,
     attribute_profile.PROBE,
 )

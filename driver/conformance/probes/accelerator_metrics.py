@@ -9,9 +9,7 @@ claimed accelerator rises while the load runs and series name the load's pod.
 
 from __future__ import annotations
 
-import asyncio
 import re
-import time
 from collections.abc import Mapping, Sequence
 
 from driver.conformance import devices as devlib
@@ -19,13 +17,7 @@ from driver.conformance import metrics as m
 from driver.conformance import pods as podlib
 from driver.conformance.context import ProbeContext
 from driver.conformance.model import CheckFailedError, CheckSkippedError, Probe
-from driver.conformance.probes.common import (
-    allocated,
-    driver_devices,
-    find_device,
-    one_device_template,
-    unique,
-)
+from driver.conformance.probes.common import granted_devices, one_device, unique
 from driver.conformance.vendor import Metrics
 from driver.kube.client import ApiError
 
@@ -157,6 +149,12 @@ def _gpu_values(samples: Sequence[m.Sample], name: str, labels: Sequence[str], i
     ]
 
 
+def _series_ids(samples: Sequence[m.Sample], labels: Sequence[str]) -> set[str]:
+    """The identity-label values of samples (an exporter that names devices only by index, like AMD's
+    ``gpu_id``, is matched through the series that name the load's pod)."""
+    return {normalize_id(v) for s in samples for v in m.identity(s, labels).values()}
+
+
 async def _workload(ctx: ProbeContext, chosen: Mapping[str, str]) -> None:
     async with ctx.check("WorkloadDrivenUtilization") as check:
         load, metrics = ctx.vendor.load, ctx.vendor.metrics
@@ -166,61 +164,50 @@ async def _workload(ctx: ProbeContext, chosen: Mapping[str, str]) -> None:
             )
         if "utilization" not in chosen:
             raise CheckSkippedError("no per-accelerator utilization metric to watch")
-        util = chosen["utilization"]
+        util, labels = chosen["utilization"], metrics.identity_labels
         baseline = await scrape(ctx)
-        template = await one_device_template(ctx, "load")
+        grant = await one_device(ctx, "load")
         name = unique("load")
+        script = podlib.script(podlib.device_script(ctx.vendor), then=load.command)
         body = podlib.pod(
-            ctx.vendor,
-            name,
-            [
-                podlib.Container(
-                    "load",
-                    podlib.script(podlib.device_script(ctx.vendor), then=load.command),
-                    ("gpu",),
-                    load.image,
-                )
-            ],
-            templates={"gpu": template},
+            ctx.vendor, name, [grant.container("load", script, load.image)], templates=grant.templates
         )
         run = await ctx.run_pod(body)
-        claim = await ctx.claim_for(run.pod, "gpu")
-        results = allocated(claim)
-        device = find_device(await driver_devices(ctx), results[0]) if results else None
-        ids = device_ids(device, ctx.vendor.identity_attribute) if device else set()
-        before = _gpu_values(baseline, util, metrics.identity_labels, ids)
-        ctx.note(
-            f"load pod {name} holds {device.name if device else '?'}; {util} before: {before or 'unknown'}"
-        )
+        devices = await granted_devices(ctx, run)
+        device = devices[0].name if devices else "the load's device"
+        ids = {i for d in devices for i in device_ids(d, ctx.vendor.identity_attribute)}
+        ids |= {normalize_id(i) for i in run.outputs["load"].identities}
+        ctx.note(f"load pod {name} holds {device} ({', '.join(sorted(ids)) or 'ids unknown'})")
         ctx.step(f"watching {util} and pod attribution while {name} runs")
-        deadline = time.monotonic() + min(60.0, ctx.vendor.pod_timeout)
+        deadline = ctx.clock.now() + min(60.0, ctx.vendor.pod_timeout)
+        before: list[float] = []
         during: list[float] = []
         attributed: list[m.Sample] = []
-        while time.monotonic() < deadline:
+        while ctx.clock.now() < deadline:
             samples = await scrape(ctx)
-            during = _gpu_values(samples, util, metrics.identity_labels, ids)
             attributed = m.attributed_to(
                 samples, name, ctx.namespace, metrics.pod_label, metrics.namespace_label
             )
+            mine = ids | _series_ids(m.series(attributed, util), labels)
+            before = _gpu_values(baseline, util, labels, mine)
+            during = _gpu_values(samples, util, labels, mine)
             if during and max(during) > max(before or [0.0]) and attributed:
                 break
-            await asyncio.sleep(SCRAPE_INTERVAL)
+            await ctx.clock.sleep(SCRAPE_INTERVAL)
         await ctx.delete_pods([name])
         if not during:
             raise CheckFailedError(
-                f"no {util} series identifies the load's device {device.name if device else '?'} "
-                f"(by {', '.join(sorted(ids)) or 'no id attributes'})"
+                f"no {util} series identifies {device} (by {', '.join(sorted(ids)) or 'no id'}, or by naming pod "
+                f"{name})"
             )
         if max(during) <= max(before or [0.0]):
-            raise CheckFailedError(
-                f"{util} of the load's device stayed at {max(during):g} while the load ran"
-            )
+            raise CheckFailedError(f"{util} of {device} stayed at {max(during):g} while the load ran")
         if not attributed:
             raise CheckFailedError(f"no series names the load's pod ({metrics.pod_label}={name})")
-        ctx.note(f"attributed to {name}: {attributed[0].show()}")
+        ctx.note(f"{util} before: {before or 'no series'}; attributed to {name}: {attributed[0].show()}")
         check.message = (
-            f"{util} of {device.name if device else 'the device'} rose from {max(before or [0.0]):g} to "
-            f"{max(during):g}; {len(attributed)} series name pod {name}"
+            f"{util} of {device} rose from {max(before or [0.0]):g} to {max(during):g}; "
+            f"{len(attributed)} series name pod {name}"
         )
 
 
@@ -252,4 +239,5 @@ PROBE = Probe(
     requirements=("accelerator_metrics",),
     run=run,
     required=("MetricsEndpointReachable", "PerAcceleratorUtilizationMetric", "PerAcceleratorMemoryMetric"),
+    modes=("dra", "device-plugin"),
 )

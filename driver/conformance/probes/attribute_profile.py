@@ -2,7 +2,10 @@
 
 The same checks as ``accel-dra validate``: the API server's ResourceSlice rules and the attribute profile of
 docs/attributes.md. The report carries a table of every device's attributes and findings. The profile is this
-project's standard, not a checklist requirement, so the probe maps to no requirement id.
+project's standard, not a checklist requirement: the probe maps to no requirement id and is advisory -- its
+results go to ``results/advisory/``, never into the evidence the checklist cites, and never fail the run
+(other vendors' drivers name their attributes their own way: AMD's has no ``uuid``, Intel's no
+``productName``).
 """
 
 from __future__ import annotations
@@ -81,4 +84,5 @@ PROBE = Probe(
     title="Published devices follow the standard attribute profile",
     requirements=(),
     run=run,
+    advisory=True,
 )

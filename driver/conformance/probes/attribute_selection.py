@@ -35,6 +35,17 @@ def memory_selector(driver: str, capacity: str, at_least: int) -> str:
     return f'device.capacity["{domain}"].{ident}.compareTo(quantity("{format_quantity(at_least)}")) >= 0'
 
 
+def memory_sizes(ctx: ProbeContext, devices: Sequence[devlib.Device]) -> list[int]:
+    """The memory capacities the devices publish; skips the check when the vendor names none or none has it."""
+    capacity = ctx.vendor.memory_capacity
+    if not capacity:
+        raise CheckSkippedError(f"vendor {ctx.vendor.name} names no memory capacity (memoryCapacity)")
+    sizes = [m for d in devices if (m := d.capacity_bytes(capacity)) is not None]
+    if not sizes:
+        raise CheckSkippedError(f"no device publishes a {capacity!r} capacity")
+    return sizes
+
+
 def attribute_selector(driver: str, attribute: str, value: str) -> str:
     domain, ident = _qualified(driver, attribute)
     return f'device.attributes["{domain}"].{ident} == {json.dumps(value)}'
@@ -63,21 +74,20 @@ async def _claim_and_run(ctx: ProbeContext, prefix: str, spec: JSON, count: int)
 
 async def _memory(ctx: ProbeContext, devices: Sequence[devlib.Device]) -> None:
     async with ctx.check("SelectByMemoryCapacity") as check:
-        sizes = [m for d in devices if (m := d.capacity_bytes(ctx.vendor.memory_capacity)) is not None]
-        if not sizes:
-            raise CheckSkippedError(f"no device publishes a {ctx.vendor.memory_capacity!r} capacity")
+        sizes = memory_sizes(ctx, devices)
         largest = max(sizes)
-        selector = memory_selector(ctx.vendor.driver_name, ctx.vendor.memory_capacity, largest)
+        capacity = str(ctx.vendor.memory_capacity)
+        selector = memory_selector(ctx.vendor.driver_name, capacity, largest)
         ctx.note(f"selector: {selector}")
         spec = podlib.claim_spec([podlib.request(ctx.vendor, "gpus", selectors=[selector])])
         _, results = await _claim_and_run(ctx, "by-memory", spec, 1)
         got = [find_device(devices, r) for r in results]
-        bad = [d.name for d in got if (d.capacity_bytes(ctx.vendor.memory_capacity) or 0) < largest]
+        bad = [d.name for d in got if (d.capacity_bytes(capacity) or 0) < largest]
         if bad or not got:
             raise CheckFailedError(
                 f"the claim got {bad or 'no devices'}, which do not have {format_quantity(largest)}"
             )
-        check.message = f"got {got[0].name} with {got[0].capacity.get(ctx.vendor.memory_capacity)} memory"
+        check.message = f"got {got[0].name} with {got[0].capacity.get(capacity)} memory"
 
 
 async def _product(ctx: ProbeContext, devices: Sequence[devlib.Device]) -> None:
@@ -130,10 +140,8 @@ async def _pair(ctx: ProbeContext, devices: Sequence[devlib.Device]) -> None:
 
 async def _impossible(ctx: ProbeContext, devices: Sequence[devlib.Device]) -> None:
     async with ctx.check("UnsatisfiableClaimStaysPending") as check:
-        sizes = [m for d in devices if (m := d.capacity_bytes(ctx.vendor.memory_capacity)) is not None]
-        if not sizes:
-            raise CheckSkippedError(f"no device publishes a {ctx.vendor.memory_capacity!r} capacity")
-        selector = memory_selector(ctx.vendor.driver_name, ctx.vendor.memory_capacity, 2 * max(sizes))
+        sizes = memory_sizes(ctx, devices)
+        selector = memory_selector(ctx.vendor.driver_name, str(ctx.vendor.memory_capacity), 2 * max(sizes))
         ctx.note(f"selector no device satisfies: {selector}")
         template = unique("impossible")
         await ctx.create(

@@ -37,8 +37,12 @@ async def driver_devices(ctx: ProbeContext) -> list[devlib.Device]:
     return devlib.devices(await driver_pools(ctx))
 
 
+async def all_nodes(ctx: ProbeContext) -> list[JSON]:
+    return list((await ctx.kube.list(NODES)).get("items") or [])
+
+
 async def ready_nodes(ctx: ProbeContext) -> list[JSON]:
-    return devlib.ready_nodes((await ctx.kube.list(NODES)).get("items") or [])
+    return devlib.ready_nodes(await all_nodes(ctx))
 
 
 def allocated(claim: Mapping[str, Any]) -> list[JSON]:
@@ -64,6 +68,27 @@ async def one_device_template(ctx: ProbeContext, prefix: str = "one-device") -> 
         podlib.claim_template(name, podlib.claim_spec([podlib.request(ctx.vendor)])),
     )
     return name
+
+
+def device_plugin(ctx: ProbeContext) -> bool:
+    return ctx.vendor.allocation == "device-plugin"
+
+
+async def one_device(ctx: ProbeContext, prefix: str = "one-device") -> podlib.Grant:
+    """One accelerator for a container: a claim from a new template (entry ``gpu``), or in device-plugin
+    mode one of the vendor's extended resource."""
+    if device_plugin(ctx):
+        return podlib.Grant(extended=1)
+    return podlib.Grant(templates={"gpu": await one_device_template(ctx, prefix)}, claims=("gpu",))
+
+
+async def granted_devices(ctx: ProbeContext, run: PodRun, entry: str = "gpu") -> list[devlib.Device]:
+    """The devices a pod's claim was allocated (none known in device-plugin mode: no claim names them)."""
+    if device_plugin(ctx):
+        return []
+    claim = await ctx.claim_for(run.pod, entry)
+    devices = await driver_devices(ctx)
+    return [find_device(devices, r) for r in allocated(claim)]
 
 
 def expect_identities(
