@@ -51,13 +51,19 @@ def device_script(vendor: Vendor, *, identity: bool = True, always_identify: boo
     lines.append('echo "RESULT: ACCELERATOR_COUNT=$n"')
     if identity and vendor.identity_command:
         condition = "true" if always_identify else '[ "$n" -gt 0 ]'
+        # Only the tool's standard output counts as ids: in a pipeline (`amd-smi list | sed ...`) a missing tool
+        # leaves the pipeline's status 0, and its "not found" on stderr must not pass for a device id.
         lines += [
             f"if {condition}; then",
-            f"  if ids=$( {{ {vendor.identity_command} ; }} 2>&1 ); then",
+            '  err="${TMPDIR:-/tmp}/accel-dra-identity.$$"',
+            f'  if ids=$( {{ {vendor.identity_command} ; }} 2>"$err" ) && [ -n "$ids" ]; then',
             '    printf \'%s\\n\' "$ids" | while IFS= read -r id; do [ -n "$id" ] && echo "IDENTITY: $id"; done',
             "  else",
-            '    echo "RESULT: IDENTITY_ERROR=$(printf \'%s\' "$ids" | head -n 1)"',
+            '    why=$(head -n 1 "$err" 2>/dev/null)',
+            '    [ -n "$why" ] || why=$(printf \'%s\' "$ids" | head -n 1)',
+            '    echo "RESULT: IDENTITY_ERROR=${why:-no output}"',
             "  fi",
+            '  rm -f "$err"',
             "fi",
         ]
     return "\n".join(lines)

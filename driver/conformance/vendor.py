@@ -44,6 +44,7 @@ _GLOB_RE = re.compile(r"^/[A-Za-z0-9_./\-\[\]*?]+$")
 #: Reaches each visible GPU through the driver (NVML); fails with "No devices were found" when there is none.
 _SMI_HEALTH = "nvidia-smi --query-gpu=uuid,utilization.gpu,memory.used --format=csv,noheader"
 _NVIDIA_ENV = {"NVIDIA_VISIBLE_DEVICES": "all"}
+_AMD_SMI_DRIVER_VERSION = "amd-smi version | sed -n 's/.*amdgpu version: *\\([0-9][0-9.]*\\).*/\\1/p'"
 _SMI_CUDA = "nvidia-smi | sed -n 's/.*CUDA Version: *\\([0-9][0-9.]*\\).*/\\1/p' | head -n 1"
 #: GPU feature discovery's node labels (what upstream's test falls back to without DRA attributes).
 _GFD_DRIVER_LABEL = "nvidia.com/cuda.driver-version.full"
@@ -358,30 +359,20 @@ def _sandbox() -> Vendor:
 
 def _sandbox_amd() -> Vendor:
     """The sandbox's AMD-shaped driver: the amd preset, with the sandbox's amd-smi stand-in reporting the
-    driver version (a sandbox node has no amdgpu module) and its metrics Service."""
+    driver version (a sandbox node has no amdgpu module). The sandbox's metrics solution is accel-dra's
+    exporter for every shape (it attributes the shaped driver's devices through their pciBusID)."""
     base = _amd()
     return _sandboxed(
         base,
         "sandbox-amd",
-        versions=dataclasses.replace(
-            base.versions,
-            driver_command="amd-smi version | sed -n 's/.*amdgpu version: *\\([0-9][0-9.]*\\).*/\\1/p'",
-            tool="amd-smi",
-        ),
-        metrics=dataclasses.replace(
-            base.metrics, namespace="accel-dra", service="amd-device-metrics-exporter"
-        ),
+        versions=dataclasses.replace(base.versions, driver_command=_AMD_SMI_DRIVER_VERSION, tool="amd-smi"),
+        metrics=_accel_dra().metrics,
     )
 
 
 def _sandbox_intel() -> Vendor:
-    """The sandbox's Intel-shaped driver: the intel preset with the sandbox's XPU Manager-shaped metrics."""
-    base = _intel()
-    return _sandboxed(
-        base,
-        "sandbox-intel",
-        metrics=dataclasses.replace(base.metrics, namespace="accel-dra", service="intel-xpumanager"),
-    )
+    """The sandbox's Intel-shaped driver: the intel preset; metrics from accel-dra's exporter."""
+    return _sandboxed(_intel(), "sandbox-intel", metrics=_accel_dra().metrics)
 
 
 PRESETS = {

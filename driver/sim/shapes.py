@@ -162,6 +162,16 @@ def _no_labels(inventory: Inventory) -> Mapping[str, str]:
     return {}
 
 
+def _gfd_labels(inventory: Inventory) -> Mapping[str, str]:
+    """NVIDIA GPU feature discovery's version labels (what a device-plugin setup exposes versions with)."""
+    labels = {}
+    if inventory.driver_version:
+        labels["nvidia.com/cuda.driver-version.full"] = inventory.driver_version
+    if inventory.cuda_driver_version:
+        labels["nvidia.com/cuda.runtime-version.full"] = inventory.cuda_driver_version
+    return labels
+
+
 def _amd_labels(inventory: Inventory) -> Mapping[str, str]:
     return {"amd.com/gpu.driver-version": inventory.driver_version} if inventory.driver_version else {}
 
@@ -175,7 +185,7 @@ SHAPES: Mapping[str, Shape] = {
         "k8s.device-plugin.sandbox/gpu",
         None,
         accel_dra_devices,
-        _no_labels,
+        _gfd_labels,
     ),
     "amd": Shape(
         "amd", "gpu.amd.com", "mi300x-4", "amd.com/gpu", "amd.com/gpu", "amd-smi", amd_devices, _amd_labels
