@@ -378,6 +378,21 @@ async def test_a_checklist_without_dra_support_gets_the_rest(sandbox: Sandbox, t
     assert leftovers(sandbox) == []
 
 
+@pytest.mark.parametrize("version", ["1.33", "1.34", "1.35", "1.36"])
+@module_loop
+async def test_older_checklists_keep_working(sandbox: Sandbox, tmp_path: Path, version: str) -> None:
+    data = await run_against(
+        sandbox, tmp_path, f"checklist-{version}.yaml", run_filter="Secure|^TestDRASupport$"
+    )
+    expected = {"secure_accelerator_access": "Implemented"}
+    if version != "1.36":  # dra_support left the checklist in 1.36
+        expected["dra_support"] = "Implemented"
+    assert statuses(data) == expected
+    template = load_checklist(str(FIXTURES / f"checklist-{version}.yaml"))
+    assert check_submission(tmp_path / "PRODUCT.yaml", template, draft=True).errors == []
+    assert leftovers(sandbox) == []
+
+
 def statuses(data: dict[str, Any]) -> dict[str, str]:
     return {r["id"]: r["status"] for r in data["requirements"] if r["covered"]}
 

@@ -136,3 +136,50 @@ async def test_a_pod_output_timeout_says_what_the_api_answered_for_the_log(
         "pod pod did not print its results within 30s: phase Running; the log of container probe was never "
         f"readable: the API server answered HTTP {status} {reason}: {message}"
     )
+
+
+async def test_progress_shows_position_run_time_and_each_new_pending_reason() -> None:
+    import io
+
+    from driver.conformance.progress import Progress, clock
+
+    out = io.StringIO()
+    progress = Progress(out, total=3)
+    progress.start(2, "TestSecureAcceleratorAccess", 600)
+    progress.step("PositiveAccessTest: waiting for pod claimed-1")
+    for _ in range(3):
+        progress.waiting("pod claimed-1: phase Pending; not scheduled: Unschedulable 0/1 nodes are available")
+    progress.waiting("pod claimed-1: phase Running")
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("[2/3] TestSecureAcceleratorAccess (timeout 600s; run so far ")
+    pending = [line for line in lines if "pending:" in line]
+    assert len(pending) == 2 and pending[0].endswith("not scheduled: Unschedulable 0/1 nodes are available")
+    assert (clock(42), clock(185), clock(3725)) == ("42s", "3m05s", "1h02m")
+
+
+async def test_a_pending_pod_is_reported_while_the_wait_goes_on() -> None:
+    seen: list[str] = []
+    kube = ScriptedPods(pod(IMPOSSIBLE, generated=True))
+
+    class Pending:
+        async def get(self, *_: Any) -> dict[str, Any]:
+            answer = await kube.get(None, "pod")
+            answer["spec"]["containers"] = [{"name": "probe"}]
+            answer["status"]["phase"] = "Pending"
+            return answer
+
+    probe = ctxlib.ProbeContext(
+        kube=Pending(),  # type: ignore[arg-type]
+        vendor=load_vendor("accel-dra"),
+        namespace="ns",
+        run_id="t",
+        probe=PROBES[0],
+        log=E2ELog(None),
+        on_wait=seen.append,
+        clock=FakeClock(),
+    )
+    with pytest.raises(
+        CheckFailedError, match="did not print its results within 5s: phase Pending; not scheduled"
+    ):
+        await probe.wait_output("pod", timeout=5)
+    assert seen and seen[0] == f"pod pod: phase Pending; not scheduled: Unschedulable {IMPOSSIBLE}"
