@@ -151,3 +151,16 @@ def test_command_line_overrides() -> None:
     assert vendor.metrics.port == 9500 and vendor.metrics.service == "accel-dra-metrics"
     assert vendor.load.command == "exec burn"
     assert vendor.probe_image == "ubuntu:24.04"
+
+
+def test_every_vendor_setting_is_documented() -> None:
+    from driver.conformance.vendor import vendor_schema
+
+    doc = (Path(__file__).parents[2] / "docs" / "conformance.md").read_text()
+    schema = vendor_schema()
+    names = set(schema["properties"])
+    for value in schema["properties"].values():
+        names |= set(value.get("properties") or {})
+    assert sorted(n for n in names if f"{n}:" not in doc and f"`{n}`" not in doc) == []
+    for preset in PRESETS:
+        assert f"`{preset}`" in doc
