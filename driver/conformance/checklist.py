@@ -1,4 +1,4 @@
-"""The upstream AI-conformance checklist: load it, fill it, check a filled one.
+"""The upstream AI-conformance checklist: load it and fill it (checking a filled one: :mod:`submission`).
 
 The checklist (``KubernetesAIConformance-1.NN.yaml``) is loaded from the path or URL the user gives, never
 retyped. Filling edits the document's *text*: only the ``status``, ``evidence`` and ``notes`` values of the
@@ -370,40 +370,3 @@ def _verify(original: Checklist, filled: str, fills: Mapping[str, Fill], metadat
     wanted = {**original.metadata, **metadata}
     if dict(result.metadata) != wanted:
         raise ChecklistError("internal error: metadata did not come out as written")
-
-
-# -- checking a filled checklist ----------------------------------------------------------------------
-
-
-def evidence_file(entry: str) -> str | None:
-    """The relative file an evidence entry names (``file://results/junit.xml#T`` -> ``results/junit.xml``)."""
-    if _URL_RE.match(entry):
-        return None
-    path = entry.removeprefix("file://").split("#", 1)[0]
-    return path or None
-
-
-def check_filled(template: Checklist, filled: Checklist, base_dir: Path | None = None) -> list[str]:
-    """What the CNCF validator would reject, as far as it can be known offline."""
-    problems: list[str] = []
-    if [(r.section, r.id) for r in template.requirements] != [(r.section, r.id) for r in filled.requirements]:
-        problems.append("the requirement ids or their sections/order differ from the template")
-    by_id = {r.id: r for r in template.requirements}
-    for req in filled.requirements:
-        source = by_id.get(req.id)
-        if source is None:
-            continue
-        if (req.description, req.level) != (source.description, source.level):
-            problems.append(f"{req.id}: description or level differs from the template")
-        if req.status and req.status not in STATUSES:
-            problems.append(f"{req.id}: status {req.status!r} is not one of {', '.join(STATUSES)}")
-        if req.status == "N/A" and not req.notes.strip():
-            problems.append(f"{req.id}: status N/A without notes")
-        if req.level == "MUST" and req.status != "Implemented":
-            problems.append(f"{req.id}: a MUST is {req.status or 'not filled in'}, not Implemented")
-        for entry in req.evidence:
-            path = evidence_file(entry)
-            if path is not None and base_dir is not None and not (base_dir / path).is_file():
-                problems.append(f"{req.id}: evidence {entry!r} names a file that does not exist")
-    problems += [f"metadata {key} is still a placeholder" for key in filled.placeholders()]
-    return problems
