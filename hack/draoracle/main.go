@@ -8,9 +8,11 @@
 //	      stored-expression environment, compiled through the cache, runtime cost limit 1,000,000), and
 //	      what API validation says about the expression in a new claim (new-expression environment,
 //	      estimated cost).
+//	alloc allocation cases: k8s.io/dynamic-resource-allocation/structured as kube-scheduler's DRA plugin
+//	      runs it (1.37 default features, DeviceTaintRules applied by the ResourceSlice tracker, the
+//	      filter timeout), one node and its claims per case.
 //
-// Input and output are JSON documents; each subcommand documents its own shapes. New subcommands (the
-// structured allocator) go beside cel.
+// Input and output are JSON documents; each subcommand documents its own shapes.
 package main
 
 import (
@@ -27,7 +29,8 @@ type subcommand struct {
 }
 
 var subcommands = map[string]subcommand{
-	"cel": {"evaluate DRA CEL selectors against devices", runCEL},
+	"cel":   {"evaluate DRA CEL selectors against devices", runCEL},
+	"alloc": {"allocate claims on a node with the structured allocator", runAlloc},
 }
 
 func main() {
