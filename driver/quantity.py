@@ -71,6 +71,18 @@ def canonical(value: str | int | float | Decimal) -> str:
     return text if kept else _format(amount, fmt)
 
 
+def stored(value: str | int | float | Decimal) -> tuple[Decimal, str]:
+    """(the exact value the API server stores, its format: ``BinarySI``, ``DecimalSI`` or ``DecimalExponent``);
+    ``ValueError`` when it is not a quantity."""
+    _, amount, fmt = _parse_for_canonical(_text(value))
+    return amount, fmt
+
+
+def format_quantity(amount: Decimal, fmt: str) -> str:
+    """The canonical text of a value computed in ``fmt`` (apimachinery's ``NewQuantity(v, fmt).String()``)."""
+    return _format(amount, fmt)
+
+
 def _text(value: str | int | float | Decimal) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int | float | Decimal):
         raise ValueError(f"invalid quantity {value!r}")

@@ -418,6 +418,21 @@ def _line_column(expression: str, offset: int) -> tuple[int, int]:
     return before.count("\n") + 1, offset - (before.rfind("\n") + 1) + 1
 
 
+class SelectorCache:
+    """Evaluates selectors against devices, building each device's ``device`` variable once."""
+
+    def __init__(self) -> None:
+        self._activations: dict[str, DeviceActivation] = {}
+
+    def matches(self, expression: str, driver: str, device: Mapping[str, Any], device_id: str) -> bool:
+        """Compile (cached) and evaluate; :class:`CelCompileError` or :class:`CelRuntimeError` when it fails."""
+        compiled = compile_expression(expression)
+        activation = self._activations.get(device_id)
+        if activation is None:
+            activation = self._activations[device_id] = device_activation(driver, device, device_id)
+        return compiled.evaluate(activation)
+
+
 # -- what a selector saw (for explanations) --------------------------------------------------------------------
 
 _REFERENCE_RE = re.compile(

@@ -10,6 +10,7 @@ heavy is imported when the command runs.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -54,9 +55,14 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--node",
         metavar="NODE",
-        help="the node to try (default: every node named by the slices)",
+        help="the node to try, with per-device detail (default: every node; a summary when there are several)",
     )
-    parser.add_argument("-o", "--output", choices=("text", "json"), default="text", help="output format")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="per-device detail for every node tried, not a summary"
+    )
+    parser.add_argument(
+        "-o", "--output", choices=("text", "json"), default="text", help="output format (json: everything)"
+    )
 
 
 @dataclass
@@ -64,6 +70,7 @@ class _Inputs:
     claims: list[dict[str, Any]] = field(default_factory=list)
     slices: list[dict[str, Any]] = field(default_factory=list)
     classes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    taint_rules: list[dict[str, Any]] = field(default_factory=list)
     others: list[dict[str, Any]] = field(default_factory=list)  # claims whose allocations hold devices
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)  # node objects by name, when known
 
@@ -74,30 +81,35 @@ class _UsageError(Exception):
 
 def run(args: argparse.Namespace) -> int:
     """Run ``accel-dra explain``; prints the report and returns the exit status."""
-    from driver.allocation.allocator import INVALID_SELECTOR
-    from driver.allocation.explain import explain, render_json, render_text
-    from driver.allocation.model import InputError, Node, object_ref
-    from driver.allocation.pools import in_use_from_claims
+    from driver.allocation.allocated import AllocatedState
+    from driver.allocation.allocator import INVALID_SELECTOR, Allocator
+    from driver.allocation.explain import explain_node, render_json, render_summary, render_text
+    from driver.allocation.model import InputError, Node, object_ref, parse_claim
+    from driver.allocation.pools import SliceIndex
 
     try:
         inputs = _load(args)
-        nodes = _node_names(args.node, inputs.slices)
+        index = SliceIndex(inputs.slices, inputs.taint_rules)
+        nodes = _node_names(args.node, index, inputs.nodes)
         refs = [object_ref(c) for c in inputs.claims]
         uids = [
             str((c.get("metadata") or {}).get("uid"))
             for c in inputs.claims
             if (c.get("metadata") or {}).get("uid")
         ]
-        in_use = in_use_from_claims(inputs.others, exclude=[*refs, *uids])
-        reports = [
-            explain(inputs.claims, inputs.slices, inputs.classes, _node(name, inputs.nodes, Node), in_use)
-            for name in nodes
-        ]
+        allocated = AllocatedState.from_claims(inputs.others, exclude=[*refs, *uids])
+        allocator = Allocator(index, inputs.classes, allocated)
+        claims = [parse_claim(c) for c in inputs.claims]
+        detail = args.output == "json" or args.verbose or len(nodes) == 1
+        reports = [explain_node(allocator, claims, _node(name, inputs.nodes, Node), detail) for name in nodes]
     except (InputError, _UsageError, OSError, ValueError) as exc:
         print(f"accel-dra explain: {exc}", file=sys.stderr)
         return EXIT_INPUT_ERROR
     invalid = next((r.failure for r in reports if r.failure and r.failure.cause == INVALID_SELECTOR), None)
-    sys.stdout.write(render_json(reports, refs) if args.output == "json" else render_text(reports))
+    if args.output == "json":
+        sys.stdout.write(render_json(reports, refs))
+    else:
+        sys.stdout.write(render_text(reports) if detail else render_summary(reports, refs))
     if invalid is not None:
         print(f"accel-dra explain: {invalid.message}", file=sys.stderr)
         return EXIT_INPUT_ERROR
@@ -108,13 +120,17 @@ def _node(name: str, known: Mapping[str, Mapping[str, Any]], node_type: Any) -> 
     return node_type.from_object(known[name]) if name in known else node_type(name)
 
 
-def _node_names(wanted: str | None, slices: Iterable[Mapping[str, Any]]) -> list[str]:
+def _node_names(wanted: str | None, index: Any, known: Mapping[str, Any]) -> list[str]:
+    """The nodes to try: ``--node``, else every node a slice names, and every known Node object when some
+    slices select nodes by label or take all nodes."""
     if wanted:
         return [wanted]
-    names = sorted({str(s["spec"]["nodeName"]) for s in slices if (s.get("spec") or {}).get("nodeName")})
+    names = set(index.node_names())
+    if index.not_on_a_node:
+        names |= set(known)
     if not names:
         raise _UsageError("no slice names a node (nodeName); say which node to try with --node")
-    return names
+    return sorted(names)
 
 
 # -- loading ------------------------------------------------------------------------------------------------
@@ -122,12 +138,7 @@ def _node_names(wanted: str | None, slices: Iterable[Mapping[str, Any]]) -> list
 
 def _documents(path: str) -> list[dict[str, Any]]:
     """Every object in a YAML/JSON file; ``List`` objects (kubectl output) are flattened."""
-    import yaml
-
-    try:
-        loaded = list(yaml.safe_load_all(Path(path).read_text()))
-    except yaml.YAMLError as exc:
-        raise _UsageError(f"{path}: not valid YAML: {exc}") from None
+    loaded = _parse(path, Path(path).read_text())
     out: list[dict[str, Any]] = []
     for doc in loaded:
         if doc is None:
@@ -137,6 +148,23 @@ def _documents(path: str) -> list[dict[str, Any]]:
         items = doc.get("items")
         out += [i for i in items if isinstance(i, dict)] if isinstance(items, list) else [doc]
     return out
+
+
+def _parse(path: str, text: str) -> list[Any]:
+    """JSON (``kubectl get -o json``) is read as JSON, the fastest; YAML with libyaml's C loader when
+    PyYAML has it (dumps of thousands of nodes)."""
+    import yaml
+
+    if text.lstrip()[:1] == "{":
+        try:
+            return [json.loads(text)]
+        except json.JSONDecodeError:
+            pass  # YAML flow style: the YAML parser reads it
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        return list(yaml.load_all(text, Loader=loader))
+    except yaml.YAMLError as exc:
+        raise _UsageError(f"{path}: not valid YAML: {exc}") from None
 
 
 def _sort_documents(path: str, docs: Iterable[dict[str, Any]], inputs: _Inputs, claims_allowed: bool) -> None:
@@ -152,6 +180,8 @@ def _sort_documents(path: str, docs: Iterable[dict[str, Any]], inputs: _Inputs, 
             inputs.slices.append(doc)
         elif kind == "DeviceClass":
             inputs.classes[str((doc.get("metadata") or {}).get("name"))] = doc
+        elif kind == "DeviceTaintRule":
+            inputs.taint_rules.append(doc)
         elif kind == "Node":
             inputs.nodes[str((doc.get("metadata") or {}).get("name"))] = doc
         elif kind == "ResourceClaim":
@@ -183,6 +213,7 @@ async def _load_from_server(kubeconfig: str, node: str | None, inputs: _Inputs) 
 
     from driver.kube.client import (
         DEVICE_CLASSES,
+        DEVICE_TAINT_RULES,
         NODES,
         RESOURCE_CLAIMS,
         RESOURCE_SLICES,
@@ -199,6 +230,11 @@ async def _load_from_server(kubeconfig: str, node: str | None, inputs: _Inputs) 
             inputs.others += (await kube.list(RESOURCE_CLAIMS)).get("items") or []
             for item in (await kube.list(NODES)).get("items") or []:
                 inputs.nodes[item["metadata"]["name"]] = item
+            try:
+                inputs.taint_rules += (await kube.list(DEVICE_TAINT_RULES)).get("items") or []
+            except ApiError as exc:
+                if not exc.not_found:  # a cluster without DeviceTaintRules (before 1.37) has none
+                    raise
     except ApiError as exc:
         raise _UsageError(f"API server: {exc}") from None
     except (KubeConfigError, aiohttp.ClientError, OSError) as exc:

@@ -5,13 +5,20 @@ of alternatives (subrequests) tried in order. Both are represented as a :class:`
 :class:`RequestSpec` alternatives, so the allocator treats them alike. Constraints apply to the devices
 of the listed requests (a subrequest is named ``request/subrequest``; naming the parent covers all of its
 alternatives).
+
+Claims are taken as the API server stores them (defaults applied). Only what kube-scheduler itself refuses
+is an :class:`InputError` here (no class name, an unknown allocation mode or constraint, a selector without
+CEL); what only API validation forbids (duplicate request names, say) is accepted, as the scheduler does.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
+
+from driver.allocation.capacity import Quantity
 
 JSON = dict[str, Any]
 AllocationMode = Literal["ExactCount", "All"]
@@ -55,6 +62,7 @@ class RequestSpec:
     count: int
     admin_access: bool
     tolerations: tuple[JSON, ...]
+    capacity: Mapping[str, Quantity] = field(default_factory=dict)  # capacity.requests
 
     @property
     def full_name(self) -> str:
@@ -68,7 +76,8 @@ class RequestSpec:
     def describe(self) -> str:
         amount = "all matching devices" if self.mode == "All" else f"{self.count} device(s)"
         admin = ", admin access" if self.admin_access else ""
-        return f"{amount} of class {self.class_name}{admin}"
+        wants = ", ".join(f"{name} {q.text}" for name, q in self.capacity.items())
+        return f"{amount} of class {self.class_name}{admin}" + (f", capacity {wants}" if wants else "")
 
 
 @dataclass(frozen=True)
@@ -130,9 +139,6 @@ def parse_claim(claim: Mapping[str, Any]) -> ClaimSpec:
         _parse_request(ref, i, raw)
         for i, raw in enumerate(_sequence(devices.get("requests"), f"claim {ref}: spec.devices.requests"))
     ]
-    names = [r.name for r in requests]
-    if len(set(names)) != len(names):
-        raise InputError(f"claim {ref}: spec.devices.requests: request names must be unique: {names}")
     constraints = [
         _parse_constraint(ref, i, raw)
         for i, raw in enumerate(
@@ -179,10 +185,6 @@ def _parse_spec(
     class_name = body.get("deviceClassName")
     if not isinstance(class_name, str) or not class_name:
         raise InputError(f"{where}.deviceClassName is required")
-    if body.get("capacity"):
-        raise InputError(
-            f"{where}.capacity: consumable capacity requests are not supported by this allocator"
-        )
     mode = body.get("allocationMode") or "ExactCount"
     if mode not in ("ExactCount", "All"):
         raise InputError(f"{where}.allocationMode: unsupported value {mode!r} (ExactCount or All)")
@@ -211,7 +213,21 @@ def _parse_spec(
         count,
         bool(admin),
         tolerations,
+        _capacity_requests(where, body.get("capacity")),
     )
+
+
+def _capacity_requests(where: str, raw: Any) -> dict[str, Quantity]:
+    if raw is None:
+        return {}
+    requests = _mapping(raw, f"{where}.capacity").get("requests") or {}
+    out: dict[str, Quantity] = {}
+    for name, value in _mapping(requests, f"{where}.capacity.requests").items():
+        try:
+            out[str(name)] = Quantity.parse(value)
+        except ValueError as exc:
+            raise InputError(f"{where}.capacity.requests[{name}]: {exc}") from None
+    return out
 
 
 def _parse_constraint(ref: str, index: int, raw: Any) -> Constraint:
@@ -244,28 +260,108 @@ def _sequence(value: Any, where: str) -> Sequence[Any]:
 # -- node selection --------------------------------------------------------------------------------------------
 
 
+class NodeSelectorError(InputError):
+    """A core/v1 NodeSelector that cannot be parsed (a bad operator, key or value)."""
+
+
+_NAME_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_DNS_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_INT64_RE = re.compile(r"^[+-]?[0-9]+$")
+_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt")
+
+
 def node_selector_matches(selector: Mapping[str, Any], node: Node) -> bool:
-    """A core/v1 NodeSelector: terms are ORed; inside a term all requirements must hold.
+    """A core/v1 NodeSelector as kube-scheduler evaluates one (component-helpers' ``nodeaffinity``).
 
-    A term without requirements matches nothing; ``matchFields`` knows ``metadata.name`` only (as upstream).
+    Terms are ORed; a term without requirements is skipped (it matches nothing); inside a term every
+    requirement must hold. ``matchExpressions`` test labels (``In``/``NotIn`` need values, ``Exists``/
+    ``DoesNotExist`` none, ``Gt``/``Lt`` one integer; keys and values must be valid label keys and values);
+    ``matchFields`` test ``metadata.name`` (``In``/``NotIn`` with one value). Any requirement that does not
+    parse makes the whole selector an error (:class:`NodeSelectorError`), as upstream.
     """
-    return any(_term_matches(term, node) for term in selector.get("nodeSelectorTerms") or ())
+    terms = [t for t in selector.get("nodeSelectorTerms") or () if isinstance(t, Mapping)]
+    parsed = []
+    problems: list[str] = []
+    for index, term in enumerate(terms):
+        expressions, fields = term.get("matchExpressions") or (), term.get("matchFields") or ()
+        if not expressions and not fields:
+            continue
+        where = f"nodeSelectorTerms[{index}]"
+        problems += _label_problems(expressions, f"{where}.matchExpressions")
+        problems += _field_problems(fields, f"{where}.matchFields")
+        parsed.append((expressions, fields))
+    if problems:
+        raise NodeSelectorError("; ".join(problems))
+    labels, fields_set = node.labels, {"metadata.name": node.name} if node.name else {}
+    for expressions, fields in parsed:
+        if expressions and not all(_label_requirement_holds(r, labels) for r in expressions):
+            continue
+        if fields and fields_set and not all(_field_requirement_holds(r, fields_set) for r in fields):
+            continue
+        return True
+    return False
 
 
-def _term_matches(term: Mapping[str, Any], node: Node) -> bool:
-    expressions = term.get("matchExpressions") or ()
-    fields = term.get("matchFields") or ()
-    if not expressions and not fields:
+def _label_problems(requirements: Sequence[Mapping[str, Any]], where: str) -> list[str]:
+    problems = []
+    for i, requirement in enumerate(requirements):
+        path = f"{where}[{i}]"
+        operator, key = requirement.get("operator"), str(requirement.get("key") or "")
+        values = [str(v) for v in requirement.get("values") or ()]
+        if operator not in _OPERATORS:
+            problems.append(f"{path}.operator: Unsupported value: {operator!r}")
+            continue
+        if not _is_label_key(key):
+            problems.append(f"{path}.key: Invalid value: {key!r}: not a valid label key")
+        if operator in ("In", "NotIn") and not values:
+            problems.append(f"{path}.values: for 'in', 'notin' operators, values set can't be empty")
+        if operator in ("Exists", "DoesNotExist") and values:
+            problems.append(f"{path}.values: values set must be empty for exists and does not exist")
+        if operator in ("Gt", "Lt"):
+            if len(values) != 1:
+                problems.append(f"{path}.values: for 'Gt', 'Lt' operators, exactly one value is required")
+            problems += [
+                f"{path}.values[{j}]: for 'Gt', 'Lt' operators, the value must be an integer"
+                for j, v in enumerate(values)
+                if _int64(v) is None
+            ]
+        problems += [
+            f"{path}.values[{j}]: Invalid value: {v!r}: not a valid label value"
+            for j, v in enumerate(values)
+            if len(v) > 63 or not _NAME_RE.match(v)
+        ]
+    return problems
+
+
+def _field_problems(requirements: Sequence[Mapping[str, Any]], where: str) -> list[str]:
+    problems = []
+    for i, requirement in enumerate(requirements):
+        operator = requirement.get("operator")
+        if operator not in ("In", "NotIn"):
+            problems.append(f"{where}[{i}].operator: Unsupported value: {operator!r}")
+        elif len(requirement.get("values") or ()) != 1:
+            problems.append(f"{where}[{i}].values: must have one element")
+    return problems
+
+
+def _is_label_key(key: str) -> bool:
+    prefix, slash, name = key.rpartition("/")
+    if slash and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN_RE.match(prefix)):
         return False
-    return all(_requirement_holds(r, node.labels) for r in expressions) and all(
-        _requirement_holds(r, {"metadata.name": node.name}) for r in fields
-    )
+    return 0 < len(name) <= 63 and bool(_NAME_RE.match(name))
 
 
-def _requirement_holds(requirement: Mapping[str, Any], values: Mapping[str, str]) -> bool:
-    key, operator = requirement.get("key", ""), requirement.get("operator", "")
+def _int64(text: str) -> int | None:
+    if not _INT64_RE.match(text):
+        return None
+    value = int(text)
+    return value if -(2**63) <= value < 2**63 else None
+
+
+def _label_requirement_holds(requirement: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    key, operator = str(requirement.get("key")), requirement.get("operator")
     wanted = [str(v) for v in requirement.get("values") or ()]
-    present, value = key in values, values.get(key)
+    present, value = key in labels, labels.get(key)
     if operator == "In":
         return present and value in wanted
     if operator == "NotIn":
@@ -274,10 +370,13 @@ def _requirement_holds(requirement: Mapping[str, Any], values: Mapping[str, str]
         return present
     if operator == "DoesNotExist":
         return not present
-    if operator in ("Gt", "Lt") and present and len(wanted) == 1:
-        try:
-            have, bound = int(str(value)), int(wanted[0])
-        except ValueError:
-            return False
-        return have > bound if operator == "Gt" else have < bound
-    return False
+    have, bound = _int64(str(value)) if present else None, _int64(wanted[0])
+    if have is None or bound is None:
+        return False
+    return have > bound if operator == "Gt" else have < bound
+
+
+def _field_requirement_holds(requirement: Mapping[str, Any], fields: Mapping[str, str]) -> bool:
+    value = fields.get(str(requirement.get("key")), "")
+    wanted = str((requirement.get("values") or [""])[0])
+    return value == wanted if requirement.get("operator") == "In" else value != wanted

@@ -1130,6 +1130,30 @@ def validate_device_class(device_class: JSON, old: JSON | None = None) -> Errors
     return out
 
 
+def validate_device_taint_rule(rule: JSON, old: JSON | None = None) -> Errors:
+    """A DeviceTaintRule (``resource.k8s.io/v1`` since 1.37): an optional device selector by driver, pool
+    and device name, and one device taint (required)."""
+    out: Errors = []
+    validate_object_meta(_typed(rule.get("metadata"), dict, Path("metadata"), out), out, namespaced=False)
+    spec = _obj(rule, "spec", Path(""), out) or {}
+    path = Path("spec")
+    selector = _obj(spec, "deviceSelector", path, out)
+    if selector is not None:
+        where = path.child("deviceSelector")
+        if selector.get("driver") is not None:
+            validate_driver_name(_str(selector, "driver", where, out), where.child("driver"), out)
+        if selector.get("pool") is not None:
+            validate_pool_name(_str(selector, "pool", where, out), where.child("pool"), out)
+        if selector.get("device") is not None:
+            _validate_dns_label(_str(selector, "device", where, out), where.child("device"), out)
+    taint = _obj(spec, "taint", path, out)
+    if taint is None:
+        out.append(required(path.child("taint")))
+    else:
+        validate_device_taint(taint, path.child("taint"), out)
+    return out
+
+
 def _validate_selectors(
     selectors: list[Any] | None, path: Path, out: Errors, *, stored: bool = False
 ) -> None:

@@ -1,10 +1,17 @@
 """The sandbox scheduler's DRA step: allocate a pending pod's ResourceClaims on a node and record it.
 
 A thin layer over :mod:`driver.allocation.allocator` (the pure allocator ``accel-dra explain`` uses too):
-read the pod's claims, the ResourceSlices, DeviceClasses, the node and every claim's allocation (to know
-which devices are in use) from the API server; allocate; write ``status.allocation`` and add the pod to
-``status.reservedFor`` through each claim's ``/status`` subresource, guarded by resourceVersion. A 409
-means something changed underneath: everything is read again and the allocation retried.
+read the pod's claims, the ResourceSlices, DeviceClasses, DeviceTaintRules, the node and every claim's
+allocation (which devices, shares and capacity are held) from the API server; allocate; write
+``status.allocation`` and add the pod to ``status.reservedFor`` through each claim's ``/status``
+subresource, guarded by resourceVersion. A 409 means something changed underneath: everything is read again
+and the allocation retried.
+
+Binding conditions (attach-style devices) are honoured as kube-scheduler's PreBind does: an allocation
+with such devices gets ``allocationTimestamp`` and is reserved, but the pod is bound only once every
+binding condition of every device is ``True`` in the claim's ``status.devices``. A binding failure
+condition, or no success within the binding timeout (10 minutes), deallocates the claim so that the next
+attempt may choose other devices.
 
 Pod lifecycle (binding, creating claims from templates, deallocation) is the cluster wiring's job.
 Calls are serialised so two pods never get the same device from one allocator.
@@ -13,30 +20,43 @@ Calls are serialised so two pods never get the same device from one allocator.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+from driver.allocation.allocated import AllocatedState
 from driver.allocation.allocator import allocate
 from driver.allocation.model import InputError, Node, node_selector_matches, object_ref
-from driver.allocation.pools import in_use_from_claims
-from driver.kube.client import DEVICE_CLASSES, NODES, RESOURCE_CLAIMS, RESOURCE_SLICES, ApiError, KubeClient
+from driver.kube.client import (
+    DEVICE_CLASSES,
+    DEVICE_TAINT_RULES,
+    NODES,
+    RESOURCE_CLAIMS,
+    RESOURCE_SLICES,
+    ApiError,
+    KubeClient,
+)
 from driver.log import get_logger
 
 log = get_logger(__name__)
 
 JSON = dict[str, Any]
 DEFAULT_CONFLICT_RETRIES = 5
+BINDING_TIMEOUT = 600.0  # kube-scheduler's DynamicResources bindingTimeout default (seconds)
 
 
 @dataclass(frozen=True)
 class AllocationOutcome:
     """``allocated``: every claim of the pod is allocated and reserved for it (``claims`` as written);
-    otherwise ``reason`` says why not (suitable for a pod's PodScheduled condition message)."""
+    ``waiting``: so is it, but binding conditions are not met yet (the pod must not be bound); otherwise
+    ``reason`` says why not (suitable for a pod's PodScheduled condition message)."""
 
     allocated: bool
     claims: tuple[JSON, ...] = ()
     reason: str = ""
+    waiting: bool = False
 
 
 def pod_claim_names(pod: Mapping[str, Any]) -> list[str] | str:
@@ -65,16 +85,69 @@ def _reservation(pod: Mapping[str, Any]) -> JSON:
     return {"resource": "pods", "name": meta.get("name"), "uid": meta.get("uid")}
 
 
+def _rfc3339(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _seconds(text: str) -> float:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+
+
 class _ConflictError(Exception):
     """A claim changed between reading and writing it."""
+
+
+def binding_state(claim: Mapping[str, Any], now: float, timeout: float = BINDING_TIMEOUT) -> str | None:
+    """None when the claim's devices may be used (no binding conditions, or all of them ``True``);
+    otherwise "waiting: ...", or "failed: ..." for a failure condition or the binding timeout
+    (kube-scheduler's ``isClaimReadyForBinding`` / ``isClaimTimeout``)."""
+    status = claim.get("status") or {}
+    allocation = status.get("allocation") or {}
+    pending: list[str] = []
+    for result in (allocation.get("devices") or {}).get("results") or ():
+        conditions = result.get("bindingConditions") or []
+        if not conditions:
+            continue
+        device = f"{result.get('driver')}/{result.get('pool')}/{result.get('device')}"
+        known = _device_conditions(status, result)
+        for name in result.get("bindingFailureConditions") or ():
+            if known.get(name, {}).get("status") == "True":
+                message = known[name].get("message") or known[name].get("reason") or ""
+                return f"failed: device {device}: binding failure condition {name} is true: {message}".rstrip(
+                    ": "
+                )
+        pending += [f"{device} {name}" for name in conditions if known.get(name, {}).get("status") != "True"]
+    if not pending:
+        return None
+    stamp = allocation.get("allocationTimestamp")
+    if stamp and _seconds(stamp) + timeout < now:
+        return f"failed: binding conditions not met within {int(timeout)}s: {', '.join(pending)}"
+    return f"waiting: binding conditions not met yet: {', '.join(pending)}"
+
+
+def _device_conditions(status: Mapping[str, Any], result: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    for entry in status.get("devices") or ():
+        same = all(entry.get(k) == result.get(k) for k in ("driver", "pool", "device"))
+        if same and entry.get("shareID") == result.get("shareID"):
+            return {str(c.get("type")): c for c in entry.get("conditions") or ()}
+    return {}
 
 
 class SimAllocator:
     """Allocates pods' claims against the API server ``kube`` talks to."""
 
-    def __init__(self, kube: KubeClient, *, conflict_retries: int = DEFAULT_CONFLICT_RETRIES) -> None:
+    def __init__(
+        self,
+        kube: KubeClient,
+        *,
+        conflict_retries: int = DEFAULT_CONFLICT_RETRIES,
+        binding_timeout: float = BINDING_TIMEOUT,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.kube = kube
         self.conflict_retries = conflict_retries
+        self.binding_timeout = binding_timeout
+        self.clock = clock
         self._lock = asyncio.Lock()
 
     async def allocate_for_pod(self, pod: Mapping[str, Any], node: str) -> AllocationOutcome:
@@ -93,6 +166,7 @@ class SimAllocator:
                     pod=object_ref(pod),
                     node=node,
                     claims=",".join(names),
+                    waiting=outcome.waiting,
                     reason=outcome.reason,
                 )
                 return outcome
@@ -111,6 +185,9 @@ class SimAllocator:
                 if exc.not_found:
                     return AllocationOutcome(False, reason=f"resourceclaim {namespace}/{name} not found")
                 raise
+        failed = await self._release_failed_bindings(claims, namespace)
+        if failed:
+            return AllocationOutcome(False, reason=failed)
         target = await self._node(node)
         pending = [c for c in claims if not (c.get("status") or {}).get("allocation")]
         for claim in claims:
@@ -127,7 +204,35 @@ class SimAllocator:
         written = [
             await self._write(claim, allocations.get(object_ref(claim)), pod, namespace) for claim in claims
         ]
+        waiting = [s for c in written if (s := binding_state(c, self.clock(), self.binding_timeout))]
+        if waiting:
+            return AllocationOutcome(True, tuple(written), reason="; ".join(waiting), waiting=True)
         return AllocationOutcome(True, tuple(written))
+
+    async def _release_failed_bindings(self, claims: list[JSON], namespace: str) -> str:
+        """Deallocate claims whose binding failed or timed out (kube-scheduler's PostFilter does), so that
+        this attempt allocates them again; returns why, when one was released."""
+        reasons = []
+        for index, claim in enumerate(claims):
+            state = binding_state(claim, self.clock(), self.binding_timeout)
+            if state is None or not state.startswith("failed"):
+                continue
+            status = {
+                k: v
+                for k, v in (claim.get("status") or {}).items()
+                if k not in ("allocation", "reservedFor", "devices")
+            }
+            try:
+                claims[index] = await self.kube.update(
+                    RESOURCE_CLAIMS, {**claim, "status": status}, namespace, subresource="status"
+                )
+            except ApiError as exc:
+                if exc.conflict:
+                    raise _ConflictError from exc
+                raise
+            log.info("deallocated claim after failed binding", claim=object_ref(claim), reason=state)
+            reasons.append(f"claim {object_ref(claim)} {state}")
+        return "; ".join(reasons)
 
     async def _node(self, name: str) -> Node:
         try:
@@ -140,16 +245,24 @@ class SimAllocator:
     async def _allocate(self, pending: list[JSON], node: Node) -> dict[str, JSON] | str:
         slices = (await self.kube.list(RESOURCE_SLICES)).get("items") or []
         classes = (await self.kube.list(DEVICE_CLASSES)).get("items") or []
+        rules = (await self.kube.list(DEVICE_TAINT_RULES)).get("items") or []
         everyone = (await self.kube.list(RESOURCE_CLAIMS)).get("items") or []
         mine = [str(c["metadata"].get("uid")) for c in pending]
-        in_use = in_use_from_claims(everyone, exclude=mine)
+        allocated = AllocatedState.from_claims(everyone, exclude=mine)
         try:
-            result = allocate(pending, slices, classes, node, in_use)
+            result = allocate(pending, slices, classes, node, allocated, taint_rules=rules)
         except InputError as exc:
             return str(exc)
         if result.failure is not None:
             return result.failure.message
-        return {a.claim.ref: a.allocation for a in result.allocations}
+        stamp = _rfc3339(self.clock())
+        out = {}
+        for claim_allocation in result.allocations:
+            allocation = claim_allocation.allocation
+            if any(r.get("bindingConditions") for r in allocation["devices"]["results"]):
+                allocation["allocationTimestamp"] = stamp  # when the binding timeout starts
+            out[claim_allocation.claim.ref] = allocation
+        return out
 
     async def _write(
         self, claim: JSON, allocation: JSON | None, pod: Mapping[str, Any], namespace: str
@@ -173,4 +286,7 @@ class SimAllocator:
 
 def _allocated_for(claim: Mapping[str, Any], node: Node) -> bool:
     selector = ((claim.get("status") or {}).get("allocation") or {}).get("nodeSelector")
-    return selector is None or node_selector_matches(selector, node)
+    try:
+        return selector is None or node_selector_matches(selector, node)
+    except InputError:
+        return False

@@ -1,7 +1,7 @@
 """The sandbox's in-memory Kubernetes API server: the REST subset the driver, exporter and tests use.
 
 Serves core/v1 nodes, namespaces, pods (+status, +log, +binding), services (+status, +proxy), events and
-resource.k8s.io/v1 resourceslices, deviceclasses, resourceclaims (+status), resourceclaimtemplates, with
+resource.k8s.io/v1 resourceslices, deviceclasses, resourceclaims (+status), resourceclaimtemplates, devicetaintrules, with
 create / get / list / update / patch (merge, strategic, JSON patch, apply) / delete / deletecollection /
 watch, discovery and ``/version``. ``docs/sandbox-apiserver.md`` lists what it does and does not do.
 

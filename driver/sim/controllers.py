@@ -8,10 +8,10 @@ ResourceClaim controller (as in kube-controller-manager, 1.34+):
   nobody reserves any more is deallocated (its ``status.allocation`` cleared). Claims generated for a pod are
   deleted with the pod by owner-reference garbage collection.
 
-Scheduler (the DRA part of kube-scheduler, for node-local devices): a pending pod whose claims can all be
-allocated on a Ready node gets them allocated and reserved (``driver.sim.allocator``) and is bound to that
-node; otherwise its ``PodScheduled`` condition says why, and it is retried whenever pods, claims or slices
-change.
+Scheduler (the DRA part of kube-scheduler): a pending pod whose claims can all be allocated on a Ready node
+gets them allocated and reserved (``driver.sim.allocator``) and is bound to that node, once the binding
+conditions of attach-style devices hold; otherwise its ``PodScheduled`` condition says why, and it is
+retried whenever pods, claims or slices change.
 """
 
 from __future__ import annotations
@@ -264,6 +264,12 @@ class Scheduler:
                 reasons.append(short)
                 continue
             outcome = await self.allocator.allocate_for_pod(pod, node)
+            if outcome.waiting:
+                # Reserved on this node; bound once the binding conditions hold (a claim change retries),
+                # and looked at again when the binding timeout would run out.
+                log.info("pod waits for binding conditions", pod=key, node=node, reason=outcome.reason)
+                asyncio.get_running_loop().call_later(self.allocator.binding_timeout, self._queue.add, key)
+                return
             if outcome.allocated:
                 await self._bind(pod, node)
                 self._pending.discard(key)

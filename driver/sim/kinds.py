@@ -17,6 +17,7 @@ from typing import Any
 
 from driver.kube.client import (
     DEVICE_CLASSES,
+    DEVICE_TAINT_RULES,
     EVENTS,
     NAMESPACES,
     NODES,
@@ -515,6 +516,13 @@ normalize_slice = _normalizer(spec=_SLICE_SPEC)
 normalize_device_class = _normalizer(spec=_CLASS_SPEC)
 normalize_claim = _normalizer(spec=_CLAIM_SPEC, status=_CLAIM_STATUS)
 normalize_claim_template = _normalizer(spec=_struct(metadata=OBJECT_META, spec=_CLAIM_SPEC))
+normalize_taint_rule = _normalizer(
+    spec=_struct(
+        deviceSelector=_struct(driver=VALUE, pool=VALUE, device=VALUE),
+        taint=_struct(key=VALUE, value=VALUE, effect=VALUE, timeAdded=TIME),
+    ),
+    status=_struct(conditions=ListOf(_CONDITION)),
+)
 
 
 _ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
@@ -635,6 +643,15 @@ KIND_SPECS: tuple[KindSpec, ...] = (
         prepare_update=_default_claim,
         normalize=normalize_claim,
         subresources=(_status("ResourceClaim"),),
+    ),
+    KindSpec(
+        DEVICE_TAINT_RULES,
+        "devicetaintrule",
+        v.validate_device_taint_rule,
+        status_subresource=True,
+        tracks_generation=True,
+        normalize=normalize_taint_rule,
+        subresources=(_status("DeviceTaintRule"),),
     ),
     KindSpec(
         RESOURCE_CLAIM_TEMPLATES,

@@ -13,6 +13,7 @@ import yaml
 from driver.devices.backend import open_backend
 from driver.kube.client import (
     DEVICE_CLASSES,
+    DEVICE_TAINT_RULES,
     NAMESPACES,
     NODES,
     PODS,
@@ -197,3 +198,159 @@ async def test_explain_reads_the_cluster(kube: KubeClient, kubeconfig: Path, tmp
     assert node["node"] == NODE
     reasons = [d["reasons"][0] for d in node["claims"][0]["requests"][0]["devices"]]
     assert [r["message"] for r in reasons] == ["already allocated to claim team-a/holder"] * len(devices)
+
+
+# -- consumable capacity, DeviceTaintRules, binding conditions ---------------------------------------------------
+
+
+async def publish(kube: KubeClient, name: str, devices: list[JSON]) -> None:
+    await kube.create(
+        RESOURCE_SLICES,
+        {
+            "metadata": {"name": name},
+            "spec": {
+                "driver": DRIVER,
+                "nodeName": NODE,
+                "pool": {"name": name, "generation": 0, "resourceSliceCount": 1},
+                "devices": devices,
+            },
+        },
+    )
+
+
+def memory_claim(name: str, memory: str) -> JSON:
+    body = claim_body(name)
+    body["spec"]["devices"]["requests"][0]["exactly"]["capacity"] = {"requests": {"memory": memory}}
+    return body
+
+
+async def test_shared_device_capacity_is_accounted_across_pods(kube: KubeClient) -> None:
+    await seed(kube)
+    shared = {
+        "name": "shared-0",
+        "allowMultipleAllocations": True,
+        "capacity": {
+            "memory": {"value": "40Gi", "requestPolicy": {"default": "10Gi", "validValues": ["10Gi", "20Gi"]}}
+        },
+    }
+    await kube.delete(RESOURCE_SLICES, f"{NODE}-{DRIVER}-a")
+    await publish(kube, "shared", [shared])
+    allocator = SimAllocator(kube)
+    results = []
+    for index, memory in enumerate(("20Gi", "15Gi")):  # 15Gi rounds up to the valid value 20Gi
+        await kube.create(RESOURCE_CLAIMS, memory_claim(f"share-{index}", memory), "default")
+        outcome = await allocator.allocate_for_pod(
+            await pod_with_claims(kube, f"pod-{index}", f"share-{index}"), NODE
+        )
+        assert outcome.allocated, outcome.reason
+        results.append(outcome.claims[0]["status"]["allocation"]["devices"]["results"][0])
+    assert [r["consumedCapacity"] for r in results] == [{"memory": "20Gi"}, {"memory": "20Gi"}]
+    assert results[0]["shareID"] != results[1]["shareID"]
+    # 40Gi are taken: a third share does not fit, whatever it asks.
+    await kube.create(RESOURCE_CLAIMS, memory_claim("share-2", "10Gi"), "default")
+    full = await allocator.allocate_for_pod(await pod_with_claims(kube, "pod-2", "share-2"), NODE)
+    assert not full.allocated
+    assert "1 lack the capacity asked for" in full.reason
+
+
+async def test_device_taint_rules_taint_devices(kube: KubeClient) -> None:
+    devices = await seed(kube)
+    rule = {
+        "metadata": {"name": "drain-first"},
+        "spec": {
+            "deviceSelector": {"driver": DRIVER, "pool": NODE, "device": devices[0]},
+            "taint": {"key": "example.com/maintenance", "effect": "NoSchedule"},
+        },
+    }
+    await kube.create(DEVICE_TAINT_RULES, rule)
+    await kube.create(RESOURCE_CLAIMS, claim_body("gpu-a"), "default")
+    outcome = await SimAllocator(kube).allocate_for_pod(await pod_with_claims(kube, "pod-a", "gpu-a"), NODE)
+    assert outcome.allocated, outcome.reason
+    assert outcome.claims[0]["status"]["allocation"]["devices"]["results"][0]["device"] == devices[1]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def attach_style(kube: KubeClient) -> None:
+    """Two devices that must be attached before a pod may use them (binding conditions)."""
+    await seed(kube)
+    await kube.delete(RESOURCE_SLICES, f"{NODE}-{DRIVER}-a")
+    devices = [
+        {
+            "name": f"fabric-{i}",
+            "bindingConditions": ["Attached"],
+            "bindingFailureConditions": ["AttachFailed"],
+        }
+        for i in range(2)
+    ]
+    await publish(kube, "fabric", devices)
+
+
+async def set_condition(kube: KubeClient, claim: str, condition: str) -> None:
+    stored = await kube.get(RESOURCE_CLAIMS, claim, "default")
+    result = stored["status"]["allocation"]["devices"]["results"][0]
+    entry = {
+        "driver": result["driver"],
+        "pool": result["pool"],
+        "device": result["device"],
+        "conditions": [
+            {
+                "type": condition,
+                "status": "True",
+                "reason": "Test",
+                "message": f"{condition} by the test",
+                "lastTransitionTime": "2027-01-01T00:00:00Z",
+            }
+        ],
+    }
+    stored["status"]["devices"] = [entry]
+    await kube.update(RESOURCE_CLAIMS, stored, "default", subresource="status")
+
+
+async def test_binding_conditions_hold_the_pod_until_they_are_met(kube: KubeClient) -> None:
+    await attach_style(kube)
+    clock = FakeClock()
+    allocator = SimAllocator(kube, clock=clock)
+    await kube.create(RESOURCE_CLAIMS, claim_body("attach"), "default")
+    pod = await pod_with_claims(kube, "pod-a", "attach")
+
+    waiting = await allocator.allocate_for_pod(pod, NODE)
+    assert waiting.allocated and waiting.waiting
+    assert "binding conditions not met yet: gpu.accel-dra.dev/fabric/fabric-0 Attached" in waiting.reason
+    allocation = waiting.claims[0]["status"]["allocation"]
+    assert allocation["allocationTimestamp"] == "2027-01-15T08:00:00Z"
+    assert allocation["devices"]["results"][0]["bindingConditions"] == ["Attached"]
+
+    await set_condition(kube, "attach", "Attached")
+    ready = await allocator.allocate_for_pod(pod, NODE)
+    assert ready.allocated and not ready.waiting, ready.reason
+
+
+async def test_failed_binding_deallocates_and_retries(kube: KubeClient) -> None:
+    await attach_style(kube)
+    clock = FakeClock()
+    allocator = SimAllocator(kube, clock=clock)
+    await kube.create(RESOURCE_CLAIMS, claim_body("attach"), "default")
+    pod = await pod_with_claims(kube, "pod-a", "attach")
+    assert (await allocator.allocate_for_pod(pod, NODE)).waiting
+
+    await set_condition(kube, "attach", "AttachFailed")
+    retried = await allocator.allocate_for_pod(pod, NODE)
+    assert not retried.allocated
+    assert "binding failure condition AttachFailed is true: AttachFailed by the test" in retried.reason
+    released = await kube.get(RESOURCE_CLAIMS, "attach", "default")
+    assert not released.get("status", {}).get("allocation")
+
+    again = await allocator.allocate_for_pod(pod, NODE)
+    assert again.waiting  # allocated anew; waits for the new attach
+
+    clock.now += 601  # nothing attached within the binding timeout
+    timed_out = await allocator.allocate_for_pod(pod, NODE)
+    assert not timed_out.allocated
+    assert "binding conditions not met within 600s" in timed_out.reason

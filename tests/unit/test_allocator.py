@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import itertools
+from decimal import Decimal
 from typing import Any
 
 import pytest
 
-from driver.allocation.allocator import ERROR, INVALID_SELECTOR, NO_FIT, AllocationResult, allocate
+from driver.allocation.allocated import AllocatedState
+from driver.allocation.allocator import ERROR, INVALID_SELECTOR, NO_FIT, TIMEOUT, AllocationResult, allocate
 from driver.allocation.model import InputError, Node
-from driver.allocation.pools import in_use_from_claims
 from driver.devices.backend import open_backend
 from driver.resources.attributes import device_entry
 
@@ -181,8 +182,8 @@ def test_devices_in_use_by_other_claims_are_skipped() -> None:
             },
         },
     ]
-    in_use = in_use_from_claims(others)
-    assert in_use == {(DRIVER, "node-1", "gpu-0"): "default/holder"}  # admin access does not hold a device
+    in_use = AllocatedState.from_claims(others)
+    assert in_use.dedicated == {(DRIVER, "node-1", "gpu-0"): "default/holder"}  # admin access holds nothing
     assert results(run(claim(exactly(count=2)), four_gpus(), in_use=in_use)) == [
         ("gpu", "gpu-1"),
         ("gpu", "gpu-2"),
@@ -233,12 +234,16 @@ def test_two_claims_get_different_devices() -> None:
 def test_shareable_devices_stay_available() -> None:
     shared = {**device("shared-0"), "allowMultipleAllocations": True}
     slices = [make_slice("s", [shared])]
-    in_use = {(DRIVER, "node-1", "shared-0"): "default/other"}
+    key = (DRIVER, "node-1", "shared-0")
+    in_use = AllocatedState(shared={key: {"3f1c0b4e-0000-4000-8000-000000000001": "default/other"}})
     result = run([claim(exactly(), name="a"), claim(exactly(), name="b")], slices, in_use=in_use)
     first = result.allocations[0].allocation["devices"]["results"][0]
     second = result.allocations[1].allocation["devices"]["results"][0]
     assert first["device"] == second["device"] == "shared-0"
     assert first["shareID"] != second["shareID"]
+    # Held by a dedicated allocation (before it became shareable), it is in use.
+    dedicated = run(claim(exactly(), name="a"), slices, in_use={key: "default/other"})
+    assert not dedicated.ok
 
 
 # -- constraints --------------------------------------------------------------------------------------------------------
@@ -377,7 +382,10 @@ def test_selector_that_does_not_compile_is_reported() -> None:
 def test_missing_device_class_is_an_error() -> None:
     result = run(claim(exactly(class_name="nope")), four_gpus())
     assert result.failure is not None and result.failure.cause == ERROR
-    assert "DeviceClass 'nope' not found" in result.failure.message
+    assert (
+        'request gpu: could not retrieve device class nope: deviceclasses.resource.k8s.io "nope" not found'
+        in (result.failure.message)
+    )
 
 
 def test_malformed_claim_is_an_input_error() -> None:
@@ -474,7 +482,9 @@ def test_all_refuses_an_incomplete_pool() -> None:
     half = make_slice("half", [device("gpu-0")], pool="split", count=2)
     result = run(claim(exactly(allocationMode="All")), [half, *four_gpus()])
     assert result.failure is not None and result.failure.cause == ERROR
-    assert "asks for all devices, but pool gpu.accel-dra.dev/split is incomplete" in result.failure.message
+    assert "asks for all devices, but resource pool gpu.accel-dra.dev/split is currently being updated" in (
+        result.failure.message
+    )
 
 
 def test_old_generation_is_ignored() -> None:
@@ -492,7 +502,8 @@ def test_other_nodes_slices_are_ignored() -> None:
     assert not run(claim(exactly()), [other]).ok
     result = run(claim(exactly()), [other, *four_gpus()])
     assert results(result) == [("gpu", "gpu-0")]
-    assert [(s.name, s.reason) for s in result.devices.ignored] == [("other", "published for node node-2")]
+    assert result.devices.ignored == []  # another node's slices are not even looked at
+    assert result.devices.other_nodes == 1
 
 
 def test_duplicate_device_names_make_a_pool_invalid() -> None:
@@ -518,14 +529,238 @@ def test_result_does_not_depend_on_slice_listing_order() -> None:
     assert outcomes == {(("gpu", "a-0"), ("gpu", "z-1"))}
 
 
-def test_devices_consuming_shared_counters_are_not_handed_out() -> None:
-    partition = {
-        **device("gpu-0-part"),
-        "consumesCounters": [{"counterSet": "gpu-0", "counters": {"mem": {"value": "1"}}}],
+# -- partitionable devices (shared counters) ----------------------------------------------------------------------
+
+
+def mig_pool(*profiles: tuple[str, int, int]) -> list[JSON]:
+    """What dynamic MIG publishes for one 80 GB GPU on node-1: a counter set for the GPU (7 compute slices,
+    8 memory slices) in one slice, and one device per placement consuming from it in another."""
+    counters = {
+        "metadata": {"name": "gpu-0-counters"},
+        "spec": {
+            "driver": DRIVER,
+            "pool": {"name": "node-1", "generation": 1, "resourceSliceCount": 2},
+            "nodeName": "node-1",
+            "sharedCounters": [
+                {"name": "gpu-0", "counters": {"compute": {"value": "7"}, "memory": {"value": "8"}}}
+            ],
+        },
     }
-    result = run(claim(exactly()), [make_slice("s", [partition, device("gpu-1")])])
-    assert results(result) == [("gpu", "gpu-1")]
-    alone = run(claim(exactly()), [make_slice("s", [partition])])
-    assert (
-        alone.failure is not None and "use features this allocator does not support" in alone.failure.message
+    placements = []
+    for name, compute, memory in profiles:
+        placement = device(name, profile=name.rsplit("-", 1)[0])
+        placement["consumesCounters"] = [
+            {
+                "counterSet": "gpu-0",
+                "counters": {"compute": {"value": str(compute)}, "memory": {"value": str(memory)}},
+            }
+        ]
+        placements.append(placement)
+    return [counters, make_slice("gpu-0-placements", placements, generation=1, count=2)]
+
+
+MIG = mig_pool(("7g-0", 7, 8), ("3g-0", 3, 4), ("3g-4", 3, 4), ("1g-0", 1, 1), ("1g-6", 1, 1))
+
+
+def profile(name: str, count: int = 1) -> JSON:
+    return exactly(name, selectors=(f'device.attributes["{DRIVER}"].profile == "{name}"',), count=count)
+
+
+def test_placements_share_the_gpu_counters() -> None:
+    assert results(run(claim(profile("7g")), MIG)) == [("7g", "7g-0")]
+    assert results(run(claim(profile("3g", count=2)), MIG)) == [("3g", "3g-0"), ("3g", "3g-4")]
+    assert results(run(claim(profile("3g"), profile("1g", count=2)), MIG)) == [
+        ("3g", "3g-0"),
+        ("1g", "1g-0"),
+        ("1g", "1g-6"),
+    ]
+    # The whole GPU and anything else exceed 7 compute slices; two halves and more exceed 8 memory slices.
+    assert not run(claim(profile("7g"), profile("1g")), MIG).ok
+    assert not run(claim(profile("3g", count=2), profile("1g")), MIG).ok
+
+
+def test_allocated_placements_use_up_counters() -> None:
+    taken = {(DRIVER, "node-1", "3g-0"): "default/a"}  # 3 of 7 compute, 4 of 8 memory slices
+    assert results(run(claim(profile("1g", count=2)), MIG, in_use=taken)) == [("1g", "1g-0"), ("1g", "1g-6")]
+    assert results(run(claim(profile("3g")), MIG, in_use=taken)) == [("3g", "3g-4")]
+    assert not run(claim(profile("3g"), profile("1g")), MIG, in_use=taken).ok
+    whole = run(claim(profile("7g")), MIG, in_use=taken)
+    assert whole.failure is not None
+    assert "1 lack shared counters" in whole.failure.message
+
+
+def test_a_device_consuming_an_unknown_counter_set_makes_its_pool_invalid() -> None:
+    broken = mig_pool(("1g-0", 1, 1))
+    broken[1]["spec"]["devices"][0]["consumesCounters"][0]["counterSet"] = "gpu-9"
+    result = run(claim(profile("1g")), broken)
+    assert not result.ok and result.failure is not None
+    assert "pool gpu.accel-dra.dev/node-1 is invalid: counter set gpu-9 not found" in result.failure.message
+
+
+# -- what kube-scheduler 1.37 does that older allocators did not -------------------------------------------------
+
+
+def test_a_subrequest_never_reached_does_not_fail_the_claim() -> None:
+    broken = "device.attributes["  # does not compile
+    claim_ = claim(
+        {
+            "name": "gpu",
+            "firstAvailable": [
+                {"name": "any", "deviceClassName": "gpu"},
+                {"name": "odd", "deviceClassName": "gpu", "selectors": [{"cel": {"expression": broken}}]},
+            ],
+        }
     )
+    assert results(run(claim_, four_gpus())) == [("gpu/any", "gpu-0")]
+    # Reached (the first alternative wants too many devices), it fails the claim.
+    claim_["spec"]["devices"]["requests"][0]["firstAvailable"][0]["count"] = 9
+    reached = run(claim_, four_gpus())
+    assert reached.failure is not None and reached.failure.cause == INVALID_SELECTOR
+
+
+def test_the_filter_timeout_stops_a_long_search() -> None:
+    ticks = itertools.count()
+    slices = [make_slice("s", [device(f"gpu-{i}", rack=str(i % 5)) for i in range(12)])]
+    # Six devices on distinct racks of five: the search tries hundreds of combinations before giving up.
+    impossible = claim(exactly(count=6), constraints=({"distinctAttribute": f"{DRIVER}/rack"},))
+    result = allocate([impossible], slices, [device_class()], "node-1", timeout=50, clock=lambda: next(ticks))
+    assert result.failure is not None and result.failure.cause == TIMEOUT
+    assert result.failure.message == "node node-1: timed out trying to allocate devices"
+    assert not allocate([impossible], slices, [device_class()], "node-1").ok  # without: a plain "no"
+
+
+def test_per_device_node_selection() -> None:
+    here = {**device("here"), "nodeName": "node-1"}
+    there = {**device("there"), "nodeName": "node-2"}
+    everywhere = {**device("everywhere"), "allNodes": True}
+    shared = make_slice("s", [there, here, everywhere], node=None, pool="fabric", perDeviceNodeSelection=True)
+    result = run(claim(exactly(count=2)), [shared])
+    assert results(result) == [("gpu", "here"), ("gpu", "everywhere")]
+    assert result.allocations[0].allocation["nodeSelector"] == {
+        "nodeSelectorTerms": [
+            {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["node-1"]}]}
+        ]
+    }
+    assert results(run(claim(exactly()), [shared], node="node-3")) == [("gpu", "everywhere")]
+
+
+def test_node_selectors_of_the_devices_are_merged() -> None:
+    def zone(values: list[str]) -> JSON:
+        term = {"matchExpressions": [{"key": "zone", "operator": "In", "values": values}]}
+        return {"nodeSelectorTerms": [term]}
+
+    slices = [
+        make_slice("a", [device("a")], node=None, pool="a", nodeSelector=zone(["x", "y"])),
+        make_slice("b", [device("b")], node=None, pool="b", nodeSelector=zone(["y", "x"])),
+    ]
+    result = run(claim(exactly(count=2)), slices, node=Node("node-1", {"zone": "x"}))
+    assert result.allocations[0].allocation["nodeSelector"] == zone(["x", "y"])  # equal sets count once
+    assert not run(claim(exactly()), slices, node=Node("node-1", {"zone": "z"})).ok
+
+
+def test_pools_with_binding_conditions_are_tried_last() -> None:
+    attach = {**device("attach-0"), "bindingConditions": ["Attached"], "bindingFailureConditions": ["Failed"]}
+    slices = [
+        make_slice("a", [attach], pool="a-fabric"),
+        make_slice("z", [device("local-0")], pool="z-local"),
+    ]
+    assert results(run(claim(exactly()), slices)) == [("gpu", "local-0")]
+    both = run(claim(exactly(count=2)), slices)
+    entry = both.allocations[0].allocation["devices"]["results"][1]
+    assert entry["device"] == "attach-0"
+    assert (entry["bindingConditions"], entry["bindingFailureConditions"]) == (["Attached"], ["Failed"])
+
+
+def test_device_taint_rules_taint_the_devices_they_select() -> None:
+    rule = {
+        "metadata": {"name": "maintenance"},
+        "spec": {
+            "deviceSelector": {"driver": DRIVER, "device": "gpu-0"},
+            "taint": {"key": "example.com/maintenance", "effect": "NoExecute"},
+        },
+    }
+    slices = four_gpus()
+    result = allocate([claim(exactly())], slices, [device_class()], "node-1", taint_rules=[rule])
+    assert results(result) == [("gpu", "gpu-1")]
+    tolerant = exactly(tolerations=[{"key": "example.com/maintenance", "operator": "Exists"}])
+    assert results(allocate([claim(tolerant)], slices, [device_class()], "node-1", taint_rules=[rule])) == [
+        ("gpu", "gpu-0")
+    ]
+    no_selector = {**rule, "spec": {"taint": rule["spec"]["taint"]}}  # selects nothing
+    assert results(
+        allocate([claim(exactly())], slices, [device_class()], "node-1", taint_rules=[no_selector])
+    ) == [("gpu", "gpu-0")]
+
+
+def test_consumable_capacity_rounds_requests_up_to_the_policy() -> None:
+    shared = {
+        **device("shared-0"),
+        "allowMultipleAllocations": True,
+        "capacity": {
+            "memory": {
+                "value": "80Gi",
+                "requestPolicy": {
+                    "default": "8Gi",
+                    "validRange": {"min": "8Gi", "max": "40Gi", "step": "8Gi"},
+                },
+            }
+        },
+    }
+    slices = [make_slice("s", [shared])]
+
+    def asking(memory: str | None) -> AllocationResult:
+        fields = {"capacity": {"requests": {"memory": memory}}} if memory else {}
+        return run(claim(exactly(**fields)), slices)
+
+    def consumed(result: AllocationResult) -> Any:
+        return result.allocations[0].allocation["devices"]["results"][0]["consumedCapacity"]
+
+    assert consumed(asking(None)) == {"memory": "8Gi"}  # the default
+    assert consumed(asking("1Gi")) == {"memory": "8Gi"}  # raised to the minimum
+    assert consumed(asking("20Gi")) == {"memory": "24Gi"}  # up to the next step
+    too_big = asking("48Gi")  # fits in 80Gi, but the policy allows 40Gi at most
+    assert too_big.failure is not None and "lack the capacity asked for" in too_big.failure.message
+    held = AllocatedState(capacity={(DRIVER, "node-1", "shared-0"): {"memory": Decimal(64 * 2**30)}})
+    assert not run(claim(exactly(capacity={"requests": {"memory": "20Gi"}})), slices, in_use=held).ok
+
+
+def test_a_pool_is_complete_when_all_its_slices_exist_on_any_node() -> None:
+    mine = make_slice("mine", [device("gpu-0")], pool="shared-pool", count=2)
+    theirs = make_slice("theirs", [device("gpu-9")], node="node-2", pool="shared-pool", count=2)
+    assert results(run(claim(exactly()), [mine, theirs])) == [("gpu", "gpu-0")]
+    assert not run(claim(exactly()), [mine]).ok  # incomplete
+    newer = make_slice("newer", [device("gpu-9")], node="node-2", pool="shared-pool", generation=1, count=2)
+    replacing = run(claim(exactly()), [mine, newer])
+    assert not replacing.ok  # a newer generation is on its way: the pool is left alone until it arrives
+    assert [s.reason for s in replacing.devices.ignored] == [
+        "a newer generation of its pool is being published for other nodes"
+    ]
+
+
+def test_allocated_state_from_claims_as_the_scheduler_gathers_it() -> None:
+    def result(device_name: str, **extra: Any) -> JSON:
+        return {"request": "r", "driver": DRIVER, "pool": "p", "device": device_name, **extra}
+
+    holder = {
+        "metadata": {"name": "holder", "namespace": "ns", "uid": "u1"},
+        "status": {
+            "allocation": {
+                "devices": {
+                    "results": [
+                        result("dedicated"),
+                        result("admin", adminAccess=True),
+                        result("shared", shareID="s1", consumedCapacity={"memory": "8Gi"}),
+                        result("shared", shareID="s2", consumedCapacity={"memory": "16Gi"}),
+                        result("shared-no-capacity", shareID="s3"),
+                    ]
+                }
+            }
+        },
+    }
+    state = AllocatedState.from_claims([holder])
+    assert state.dedicated == {(DRIVER, "p", "dedicated"): "ns/holder"}
+    assert state.shared[(DRIVER, "p", "shared")] == {"s1": "ns/holder", "s2": "ns/holder"}
+    assert state.capacity == {(DRIVER, "p", "shared"): {"memory": Decimal(24 * 2**30)}}
+    assert state.capacity_in_use((DRIVER, "p", "shared-no-capacity"))
+    assert not state.is_allocated((DRIVER, "p", "admin"))
+    assert AllocatedState.from_claims([holder], exclude=["u1"]) == AllocatedState()

@@ -203,17 +203,26 @@ def test_incomplete_pool_and_other_nodes_are_explained() -> None:
     partial = node_slice("pcie-l4x4")
     partial["spec"]["pool"]["resourceSliceCount"] = 2
     other = node_slice("dgx-h100", node="node-2")
-    report = explain([gpu_claim()], [partial, other], [GPU_CLASS], "node-1")
+    east = node_slice("dgx-h100", node="rack")
+    del east["spec"]["nodeName"]
+    east["spec"]["nodeSelector"] = {
+        "nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "In", "values": ["east"]}]}]
+    }
+    report = explain([gpu_claim()], [partial, other, east], [GPU_CLASS], "node-1")
     body = report_json(report)
     assert (
         body["pools"][0]["problem"]
         == f"pool {DRIVER}/node-1 is incomplete: 1 of 2 slices of generation 0 published"
     )
+    assert body["slicesForOtherNodes"] == 1  # counted, not listed device by device
     kinds = {d["reasons"][0]["kind"] for d in devices_of(report)}
     assert kinds == {"pool", "wrong-node"}
     wrong = [d for d in devices_of(report) if d["reasons"][0]["kind"] == "wrong-node"]
     assert len(wrong) == 8
-    assert wrong[0]["reasons"][0]["message"] == f"slice node-2-{DRIVER}-x1: published for node node-2"
+    assert (
+        wrong[0]["reasons"][0]["message"]
+        == f"slice rack-{DRIVER}-x1: its nodeSelector does not match node node-1"
+    )
 
 
 def test_first_available_marks_the_chosen_subrequest() -> None:
@@ -246,7 +255,16 @@ def test_json_shape() -> None:
     assert set(body) == {"claims", "allocatable", "allocatableOn", "nodes"}
     assert body["allocatableOn"] == ["node-1"]
     node = body["nodes"][0]
-    assert set(node) == {"node", "allocatable", "verdict", "failure", "pools", "ignoredSlices", "claims"}
+    assert set(node) == {
+        "node",
+        "allocatable",
+        "verdict",
+        "failure",
+        "pools",
+        "ignoredSlices",
+        "slicesForOtherNodes",
+        "claims",
+    }
     claim = node["claims"][0]
     assert set(claim) == {"claim", "allocatable", "allocation", "constraints", "requests"}
     request = claim["requests"][0]

@@ -22,6 +22,7 @@ from driver.resources.validation import (
     is_quantity,
     is_semver,
     validate_device_class,
+    validate_device_taint_rule,
     validate_resource_claim,
     validate_resource_claim_status,
     validate_resource_claim_template,
@@ -795,3 +796,29 @@ def test_nano_and_micro_quantity_suffixes_are_valid() -> None:
 
     assert is_quantity("5n") and is_quantity("10u") and is_quantity("1500m")
     assert not is_quantity("5x") and not is_quantity("80GB")
+
+
+# -- DeviceTaintRule ------------------------------------------------------------------------------
+
+
+def taint_rule(**spec: Any) -> JSON:
+    return {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "DeviceTaintRule",
+        "metadata": {"name": "drain"},
+        "spec": spec,
+    }
+
+
+def test_device_taint_rule() -> None:
+    taint = {"key": "example.com/maintenance", "effect": "NoExecute"}
+    selector = {"driver": "gpu.example.com", "pool": "node-1", "device": "gpu-0"}
+    assert validate_device_taint_rule(taint_rule(deviceSelector=selector, taint=taint)) == []
+    assert validate_device_taint_rule(taint_rule(taint=taint)) == []  # no selector: selects nothing
+    rejected(
+        validate_device_taint_rule(taint_rule(deviceSelector=selector)), ErrorType.REQUIRED, "spec.taint"
+    )
+    bad_effect = taint_rule(taint={**taint, "effect": "PreferNoSchedule"})
+    rejected(validate_device_taint_rule(bad_effect), ErrorType.NOT_SUPPORTED, "spec.taint.effect")
+    bad_device = taint_rule(deviceSelector={"device": "GPU_0"}, taint=taint)
+    rejected(validate_device_taint_rule(bad_device), ErrorType.INVALID, "spec.deviceSelector.device")
