@@ -45,6 +45,12 @@ class Quantity:
 
     @classmethod
     def parse(cls, raw: Any) -> Quantity:
+        """``ValueError`` when ``raw`` is not a quantity; texts already seen are remembered."""
+        if isinstance(raw, str):
+            found = _parsed.get(raw)
+            if found is None:
+                found = _parsed[raw] = cls(*stored(raw), canonical(raw))
+            return found
         value, fmt = stored(raw)
         return cls(value, fmt, canonical(raw))
 
@@ -66,6 +72,9 @@ class Quantity:
         if milli != milli.to_integral_value() or abs(milli) > MAX_INT64:
             return None
         return int(milli)
+
+
+_parsed: dict[str, Quantity] = {}
 
 
 def _away_from_zero(value: Decimal) -> int:

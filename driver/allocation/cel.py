@@ -263,10 +263,18 @@ def device_activation(
 class CompiledExpression:
     """One selector, compiled and checked once; evaluate it against any number of devices."""
 
-    def __init__(self, expression: str, program: Any, max_cost: float) -> None:
+    def __init__(
+        self,
+        expression: str,
+        program: Any,
+        max_cost: float,
+        reads: frozenset[celast.DeviceRead] | None = None,
+    ) -> None:
         self.expression = expression
         self._program = program
         self.max_cost = max_cost
+        self.reads = reads  # the parts of `device` it reads, when known (see celast.device_reads)
+        self.ordered_reads = tuple(sorted(reads)) if reads is not None else ()
 
     def evaluate(self, device: DeviceActivation) -> bool:
         """True when the device matches; :class:`CelRuntimeError` when evaluation fails."""
@@ -354,10 +362,11 @@ def _compile(expression: str, kind: str) -> CompiledExpression | CelCompileError
     if problem_text:
         return CelCompileError(expression, f"program instantiation failed: {problem_text}")
     max_cost = celast.estimated_cost(checked)
+    reads = celast.device_reads(checked)
     program = None
     if env.runtime is not None:
         program = env.runtime.deserialize(celast.redirect_domain_lookups(checked))
-    return CompiledExpression(expression, program, max_cost)
+    return CompiledExpression(expression, program, max_cost, reads)
 
 
 _CONVERSIONS = frozenset({"int", "uint", "double", "string", "bytes", "bool", "timestamp", "duration"})
@@ -419,18 +428,133 @@ def _line_column(expression: str, offset: int) -> tuple[int, int]:
 
 
 class SelectorCache:
-    """Evaluates selectors against devices, building each device's ``device`` variable once."""
+    """Evaluates selectors against devices, with two caches that make a cluster of similar devices cheap.
+
+    - A selector whose reads are known (:func:`driver.allocation.celast.device_reads`: constant domains and
+      names) gives the same answer for every well-formed device with the same values there; its results
+      are kept per (expression, those values), so 40,000 GPUs of a handful of models cost a handful of
+      evaluations. A device with any malformed attribute or capacity fails every selector, so those are
+      evaluated one by one.
+    - Otherwise each device's ``device`` variable is built once and the selector evaluated on it.
+    """
 
     def __init__(self) -> None:
         self._activations: dict[str, DeviceActivation] = {}
+        self._well_formed: dict[str, bool] = {}
+        self._results: dict[tuple[Any, ...], bool | CelRuntimeError] = {}
 
     def matches(self, expression: str, driver: str, device: Mapping[str, Any], device_id: str) -> bool:
         """Compile (cached) and evaluate; :class:`CelCompileError` or :class:`CelRuntimeError` when it fails."""
         compiled = compile_expression(expression)
+        if compiled.reads is not None and self._is_well_formed(driver, device, device_id):
+            key = (expression, *[_projection(read, driver, device) for read in compiled.ordered_reads])
+            found = self._results.get(key)
+            if found is None:
+                try:
+                    found = self._evaluate(compiled, driver, device, device_id)
+                except CelRuntimeError as exc:
+                    found = exc
+                self._results[key] = found
+            if isinstance(found, CelRuntimeError):  # the same failure, told for this device
+                raise CelRuntimeError(expression, device_id, found.detail)
+            return found
+        return self._evaluate(compiled, driver, device, device_id)
+
+    def _evaluate(
+        self, compiled: CompiledExpression, driver: str, device: Mapping[str, Any], device_id: str
+    ) -> bool:
         activation = self._activations.get(device_id)
         if activation is None:
             activation = self._activations[device_id] = device_activation(driver, device, device_id)
         return compiled.evaluate(activation)
+
+    def _is_well_formed(self, driver: str, device: Mapping[str, Any], device_id: str) -> bool:
+        known = self._well_formed.get(device_id)
+        if known is None:
+            known = self._well_formed[device_id] = well_formed(device)
+        return known
+
+
+def _projection(read: celast.DeviceRead, driver: str, device: Mapping[str, Any]) -> Any:
+    """The part of a device one read of a selector depends on, as a hashable value."""
+    if read == ("driver",):
+        return driver
+    if read == ("allowMultipleAllocations",):
+        return device.get("allowMultipleAllocations") is True
+    if read[0] == "has":
+        names = device.get(read[1]) or {}
+        return any(split_qualified_name(name, driver)[0] == read[2] for name in names)
+    kind, domain, name = read
+    values = device.get(kind) or {}
+    return (_frozen(values.get(f"{domain}/{name}")), _frozen(values.get(name)) if domain == driver else None)
+
+
+def _frozen(value: Any) -> Any:
+    if isinstance(value, dict | Mapping):
+        if len(value) == 1:  # the usual attribute: {"string": "H100"}
+            ((key, inner),) = value.items()
+            return key, _frozen(inner)
+        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    return type(value), value
+
+
+_version_ok: dict[str, bool] = {}
+_quantity_ok: dict[str, bool] = {}
+
+
+def well_formed(device: Mapping[str, Any]) -> bool:
+    """Whether :func:`device_activation` builds the device without error (every attribute and capacity
+    readable), checked without building it; version and quantity texts are remembered."""
+    for attribute in (device.get("attributes") or {}).values():
+        if not _attribute_ok(attribute):
+            return False
+    for entry in (device.get("capacity") or {}).values():
+        raw = str(entry.get("value")) if isinstance(entry, dict | Mapping) else "None"
+        if raw not in _quantity_ok:
+            _quantity_ok[raw] = _parses(cellib.quantity_value, raw)
+        if not _quantity_ok[raw]:
+            return False
+    return True
+
+
+_SINGLE_KINDS: dict[str, type] = {"int": int, "bool": bool, "string": str}
+
+
+def _attribute_ok(attribute: Any) -> bool:
+    if not isinstance(attribute, dict | Mapping):
+        return False
+    if len(attribute) == 1:  # the usual case: one value, checked by its key alone
+        ((key, value),) = attribute.items()
+        kind = _SINGLE_KINDS.get(key)
+        if kind is not None:
+            return _is_kind(value, kind)
+        if key == "version":
+            return isinstance(value, str) and _version_text_ok(value)
+    for key, kind in _LIST_KINDS:
+        values = attribute.get(key)
+        if isinstance(values, list) and all(_is_kind(v, kind) for v in values):
+            return key != "versions" or all(_version_text_ok(v) for v in values)
+    for key, kind in _SINGLE_KINDS.items():
+        if _is_kind(attribute.get(key), kind):
+            return True
+    version = attribute.get("version")
+    return isinstance(version, str) and _version_text_ok(version)
+
+
+def _version_text_ok(text: str) -> bool:
+    if text not in _version_ok:
+        _version_ok[text] = _parses(cellib.semver_value, text)
+    return _version_ok[text]
+
+
+def _parses(parse: Any, text: str) -> bool:
+    try:
+        parse(text)
+    except ValueError:
+        return False
+    return True
 
 
 # -- what a selector saw (for explanations) --------------------------------------------------------------------

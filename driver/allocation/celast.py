@@ -9,7 +9,9 @@ with the messages of ``proto/cel/v1/ast.proto``. From it:
 - :func:`domain_lookups`: the ``device.attributes`` / ``device.capacity`` domains an expression looks up by
   a constant name (an unknown domain reads as an empty map upstream);
 - :func:`estimated_cost`: a worst-case cost in CEL's cost units, for the scheduler's runtime limit and the
-  API server's "too complex" check.
+  API server's "too complex" check;
+- :func:`device_reads`: which parts of ``device`` an expression reads, when the tree tells, so results can be
+  shared between devices with the same values there.
 """
 
 from __future__ import annotations
@@ -226,6 +228,63 @@ def redirect_domain_lookups(checked: ast_pb2.CheckedExpr) -> bytes:
     )
     serialized: bytes = wrapper.SerializeToString()
     return serialized
+
+
+DeviceRead = tuple[str, ...]
+"""What part of ``device`` an expression reads: ``("driver",)``, ``("allowMultipleAllocations",)``,
+``("attributes", DOMAIN, NAME)``, ``("capacity", DOMAIN, NAME)`` or ``("has", "attributes", DOMAIN)``."""
+
+
+def device_reads(checked: ast_pb2.CheckedExpr) -> frozenset[DeviceRead] | None:
+    """Every part of ``device`` the expression can read, when that is known from the tree: each use of
+    ``device.attributes`` / ``device.capacity`` names a constant domain and then a constant name (or asks
+    whether the domain exists). None when the expression looks at them any other way (iterates a domain,
+    ``in``, ``size()``, a computed key), so its result may depend on the whole device."""
+    parents: dict[int, Expr] = {}
+    for node in walk(checked.expr):
+        for child in children(node):
+            parents[child.id] = node
+    reads: set[DeviceRead] = set()
+    for node in walk(checked.expr):
+        if node.WhichOneof("expr_kind") != "ident_expr" or not node.ident_expr.name.startswith("device."):
+            continue
+        field = node.ident_expr.name.removeprefix("device.")
+        if field not in ("attributes", "capacity"):
+            reads.add((field,))
+            continue
+        domain_node = parents.get(node.id)
+        domain = _constant_key(domain_node, node) if domain_node is not None else None
+        if domain_node is None or domain is None:
+            return None
+        if domain_node.WhichOneof("expr_kind") == "select_expr" and domain_node.select_expr.test_only:
+            reads.add(("has", field, domain))
+            continue
+        name_node = parents.get(domain_node.id)
+        name = _constant_key(name_node, domain_node) if name_node is not None else None
+        if name is None:
+            return None
+        reads.add((field, domain, name))
+    return frozenset(reads)
+
+
+def _constant_key(parent: Expr, operand: Expr) -> str | None:
+    """The constant key ``parent`` reads from ``operand`` (``operand.key``, ``has(operand.key)`` or
+    ``operand["key"]``), None for any other use of ``operand``."""
+    kind = parent.WhichOneof("expr_kind")
+    if kind == "select_expr" and parent.select_expr.operand.id == operand.id:
+        return str(parent.select_expr.field)
+    if (
+        kind == "call_expr"
+        and parent.call_expr.function == "_[_]"
+        and parent.call_expr.args[0].id == operand.id
+    ):
+        key = parent.call_expr.args[1]
+        if (
+            key.WhichOneof("expr_kind") == "const_expr"
+            and key.const_expr.WhichOneof("constant_kind") == "string_value"
+        ):
+            return str(key.const_expr.string_value)
+    return None
 
 
 def constant_text(node: Expr) -> str | None:

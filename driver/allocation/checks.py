@@ -133,6 +133,7 @@ class Checker:
         self._first_failure: dict[tuple[str, tuple[str, ...], DeviceKey], Reason | None] = {}
         self._capacities: dict[DeviceKey, dict[str, DeviceCapacity] | str] = {}
         self._available: dict[tuple[str, str], Counters] = {}
+        self._class_selectors: dict[str, list[str]] = {}
 
     # -- classes ---------------------------------------------------------------------------------------------
 
@@ -143,8 +144,14 @@ class Checker:
         return device_class
 
     def class_selectors(self, spec: RequestSpec) -> list[str]:
-        selectors = (self.device_class(spec).get("spec") or {}).get("selectors") or ()
-        return [str((s.get("cel") or {}).get("expression", "")) for s in selectors if isinstance(s, Mapping)]
+        found = self._class_selectors.get(spec.class_name)
+        if found is None:
+            selectors = (self.device_class(spec).get("spec") or {}).get("selectors") or ()
+            found = [
+                str((s.get("cel") or {}).get("expression", "")) for s in selectors if isinstance(s, Mapping)
+            ]
+            self._class_selectors[spec.class_name] = found
+        return found
 
     def class_configs(self, spec: RequestSpec) -> list[JSON]:
         device_class = self.classes.get(spec.class_name) or {}

@@ -49,7 +49,7 @@ class TaintRuleTaint:
     taint: JSON
 
 
-@dataclass
+@dataclass(slots=True)
 class Slice:
     """One ResourceSlice, read once."""
 
@@ -59,6 +59,23 @@ class Slice:
     generation: int
     slice_count: int
     spec: Mapping[str, Any]
+    node_name: str = field(init=False)
+    devices: list[Mapping[str, Any]] = field(init=False)
+    counter_sets: list[Mapping[str, Any]] = field(init=False)
+    uses_compatibility_groups: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        spec = self.spec
+        self.node_name = str(spec.get("nodeName") or "")
+        self.devices = [d for d in spec.get("devices") or () if isinstance(d, dict | Mapping)]
+        self.counter_sets = [c for c in spec.get("sharedCounters") or () if isinstance(c, dict | Mapping)]
+        self.uses_compatibility_groups = any(
+            c.get("compatibilityGroups")
+            for d in self.devices
+            if d.get("consumesCounters")
+            for c in d["consumesCounters"]
+            if isinstance(c, Mapping)
+        )
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> Slice:
@@ -74,32 +91,11 @@ class Slice:
         )
 
     @property
-    def node_name(self) -> str:
-        return str(self.spec.get("nodeName") or "")
-
-    @property
-    def devices(self) -> list[Mapping[str, Any]]:
-        return [d for d in self.spec.get("devices") or () if isinstance(d, Mapping)]
-
-    @property
-    def counter_sets(self) -> list[Mapping[str, Any]]:
-        return [c for c in self.spec.get("sharedCounters") or () if isinstance(c, Mapping)]
-
-    @property
     def per_device_node_selection(self) -> bool:
         return self.spec.get("perDeviceNodeSelection") is True
 
-    @property
-    def uses_compatibility_groups(self) -> bool:
-        return any(
-            c.get("compatibilityGroups")
-            for d in self.devices
-            for c in d.get("consumesCounters") or ()
-            if isinstance(c, Mapping)
-        )
 
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Candidate:
     """One device offered by a slice, with what the allocator needs from its slice."""
 
@@ -109,18 +105,15 @@ class Candidate:
     spec: Mapping[str, Any]
     slice_spec: Mapping[str, Any]
     rule_taints: tuple[TaintRuleTaint, ...] = ()
+    name: str = field(init=False)
+    key: DeviceKey = field(init=False)  # (driver, pool, device)
+    id: str = field(init=False)  # driver/pool/device
 
-    @property
-    def name(self) -> str:
-        return str(self.spec.get("name", ""))
-
-    @property
-    def key(self) -> DeviceKey:
-        return (self.driver, self.pool, self.name)
-
-    @property
-    def id(self) -> str:
-        return device_id(self.key)
+    def __post_init__(self) -> None:
+        name = str(self.spec.get("name", ""))
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "key", (self.driver, self.pool, name))
+        object.__setattr__(self, "id", f"{self.driver}/{self.pool}/{name}")
 
     @property
     def taints(self) -> list[JSON]:
@@ -386,7 +379,7 @@ def gather_pools(index: SliceIndex, node: Node) -> NodeDevices:
         if pool is not None:
             pools.append(pool)
     pools.sort(key=lambda p: (p.has_binding_conditions, p.driver, p.name))
-    other_nodes = sum(len(s) for name, s in index.on_node.items() if name != node.name)
+    other_nodes = len(index.slices) - len(index.not_on_a_node) - len(index.on_node.get(node.name, ()))
     return NodeDevices(node, pools, ignored, other_nodes)
 
 

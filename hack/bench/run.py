@@ -35,7 +35,9 @@ SCENARIOS = (
     "start_to_slice",
     "steady_state",
     "health_change",
+    "explain_scale",
 )
+CLUSTER_FREE = {"explain_scale"}  # scenarios that need no plugin or exporter processes
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -92,12 +94,23 @@ async def _health_change(cluster: h.Cluster, dirs: h.Dirs, sizes: sc.Sizes) -> J
     return result
 
 
+async def _explain_scale(dirs: h.Dirs, sizes: sc.Sizes) -> JSON:
+    from benchlib.explain import cel_domain_lookup, explain_scale
+
+    directory = dirs.root / "explain"
+    directory.mkdir()
+    result = await asyncio.to_thread(explain_scale, directory, sizes.explain_nodes, sizes.explain_runs)
+    result["cel_us_per_evaluation"] = cel_domain_lookup()
+    return result
+
+
 async def run(args: argparse.Namespace) -> JSON:
     sizes = sc.Sizes.smoke() if args.smoke else sc.Sizes.quick() if args.quick else sc.Sizes.full()
     dirs = h.make_dirs(args.cdi_on_disk)
     cluster = h.Cluster(dirs)
-    cluster.start()
     chosen = args.only or SCENARIOS
+    if set(chosen) - CLUSTER_FREE:
+        cluster.start()
     steps: dict[str, Callable[[], Awaitable[JSON]]] = {
         "prepare_1gpu": lambda: sc.prepare_latency(cluster, dirs, 1, sizes.latency_calls, sizes),
         "prepare_8gpu": lambda: sc.prepare_latency(cluster, dirs, 8, sizes.latency_calls_8, sizes),
@@ -106,6 +119,7 @@ async def run(args: argparse.Namespace) -> JSON:
         "start_to_slice": lambda: sc.start_to_slice(cluster, dirs, sizes.start_runs),
         "steady_state": lambda: sc.steady_state(cluster, dirs, sizes),
         "health_change": lambda: _health_change(cluster, dirs, sizes),
+        "explain_scale": lambda: _explain_scale(dirs, sizes),
     }
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     results: JSON = {}

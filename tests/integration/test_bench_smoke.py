@@ -21,6 +21,7 @@ SCENARIOS = {
     "start_to_slice",
     "steady_state",
     "health_change",
+    "explain_scale",
 }
 TARGETS = {
     "prepare_1gpu_p50_ms",
@@ -34,6 +35,8 @@ TARGETS = {
     "exporter_rss_mb",
     "api_writes_idle",
     "health_change_slice_updates",
+    "explain_all_nodes_s",
+    "explain_one_node_s",
 }
 
 
@@ -80,6 +83,23 @@ def test_smoke_run_writes_every_metric(tmp_path: Path) -> None:
     _distribution(steady["scrape_fresh_ms"])
     health = results["health_change"]
     assert health["measurable"] is False or health["slice_updates"] >= 1
+    explained = results["explain_scale"]
+    assert explained["nodes"] == 20 and explained["gpus"] == 160
+    assert set(explained["seconds"]) == {
+        "all_nodes_json",
+        "one_node_json",
+        "all_nodes_verbose_json",
+        "all_nodes_json_output",
+        "all_nodes_yaml",
+        "one_node_yaml",
+    }
+    assert explained["summary"][:2] == ["Claims: default/two-big-gpus", "Nodes tried: 20"]
+    assert set(explained["cel_us_per_evaluation"]) == {
+        "no_lookup",
+        "one_lookup",
+        "four_lookups",
+        "four_reads_one_lookup",
+    }
 
     judged = {t["id"]: t for t in document["targets"]}
     assert set(judged) == TARGETS

@@ -408,3 +408,46 @@ def test_cli_input_errors_exit_2(files: dict[str, Path], tmp_path: Path, setup: 
     done = explain_cli(target, "--slices", files["slices"], "--class", files["class"], "--node", "node-1")
     assert done.returncode == 2
     assert message in done.stderr
+
+
+def test_cli_summarises_many_nodes_and_details_on_request(files: dict[str, Path]) -> None:
+    args = (files["big"], "--slices", files["slices"], "--class", files["class"])
+    summary = explain_cli(*args)
+    assert summary.returncode == 0, summary.stderr
+    assert summary.stdout.splitlines()[:3] == [
+        "Claims: default/big",
+        "Nodes tried: 2",
+        "Allocatable on 1 node(s): node-2",
+    ]
+    assert (
+        f"  1 node(s)  claim default/big, request gpu: devices fail request gpu selector #0 `{BIG_MEMORY}`"
+        "  (e.g. node-1)"
+    ) in summary.stdout
+    assert "selected" not in summary.stdout  # no per-device lines
+    detailed = explain_cli(*args, "-v")
+    assert "Node node-1: NOT ALLOCATABLE" in detailed.stdout and "Node node-2: ALLOCATABLE" in detailed.stdout
+    assert "was false: memory=23034Mi" in detailed.stdout
+
+
+def test_cli_reads_json_dumps_and_device_taint_rules(files: dict[str, Path], tmp_path: Path) -> None:
+    dump = tmp_path / "slices.json"
+    dump.write_text(json.dumps(yaml.safe_load(files["slices"].read_text()), indent=4))
+    rule = {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "DeviceTaintRule",
+        "metadata": {"name": "drain-node-2"},
+        "spec": {"deviceSelector": {"pool": "node-2"}, "taint": {"key": "drain", "effect": "NoExecute"}},
+    }
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump(rule))
+    done = explain_cli(
+        files["big"], "--slices", dump, "--class", files["class"], "--class", rules, "-o", "json"
+    )
+    assert done.returncode == 1, done.stderr
+    node = json.loads(done.stdout)["nodes"][1]
+    reason = node["claims"][0]["requests"][0]["devices"][0]["reasons"][0]
+    assert reason["kind"] == "taint"
+    assert (
+        reason["message"]
+        == "tainted drain:NoExecute (DeviceTaintRule drain-node-2), not tolerated by request gpu"
+    )

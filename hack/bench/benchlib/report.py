@@ -121,6 +121,22 @@ TARGETS: tuple[Target, ...] = (
         lambda r: _get(r, "steady_state", "api_writes_idle"),
     ),
     Target(
+        "explain_all_nodes_s",
+        "accel-dra explain, whole dump (5,000 nodes x 8 GPUs, kubectl -o json) explained for every node, summary",
+        "s",
+        "<=",
+        3.0,
+        lambda r: _get(r, "explain_scale", "seconds", "all_nodes_json"),
+    ),
+    Target(
+        "explain_one_node_s",
+        "accel-dra explain --node, the same dump",
+        "s",
+        "<=",
+        1.0,
+        lambda r: _get(r, "explain_scale", "seconds", "one_node_json"),
+    ),
+    Target(
         "health_change_slice_updates",
         "slice updates after one device health change",
         "updates",

@@ -54,19 +54,21 @@ class Sizes:
     fresh_scrapes: int
     scrape_runs: int
     health_settle: float  # seconds watched for further slice writes after a health change
+    explain_nodes: int  # nodes (8 GPUs each) in the `accel-dra explain` dump
+    explain_runs: int  # runs of each explain command (the best is kept)
 
     @classmethod
     def full(cls) -> Sizes:
-        return cls(5, 400, 200, 30, 10_000, 7, 60.0, 60, 1, 12.0)
+        return cls(5, 400, 200, 30, 10_000, 7, 60.0, 60, 1, 12.0, 5000, 3)
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(2, 40, 20, 5, 300, 2, 4.0, 6, 1, 3.0)
+        return cls(2, 40, 20, 5, 300, 2, 4.0, 6, 1, 3.0, 1000, 1)
 
     @classmethod
     def smoke(cls) -> Sizes:
         """Every measurement once, tiny: keeps the harness from rotting (tests/integration/test_bench_smoke.py)."""
-        return cls(1, 4, 2, 2, 16, 1, 0.5, 2, 1, 0.5)
+        return cls(1, 4, 2, 2, 16, 1, 0.5, 2, 1, 0.5, 20, 1)
 
 
 # -- the kubelet side ---------------------------------------------------------------------------------
