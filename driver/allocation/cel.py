@@ -442,6 +442,7 @@ class SelectorCache:
         self._activations: dict[str, DeviceActivation] = {}
         self._well_formed: dict[str, bool] = {}
         self._results: dict[tuple[Any, ...], bool | CelRuntimeError] = {}
+        self._group_reads: dict[tuple[str, ...], tuple[celast.DeviceRead, ...] | None] = {}
 
     def matches(self, expression: str, driver: str, device: Mapping[str, Any], device_id: str) -> bool:
         """Compile (cached) and evaluate; :class:`CelCompileError` or :class:`CelRuntimeError` when it fails."""
@@ -460,6 +461,19 @@ class SelectorCache:
             return found
         return self._evaluate(compiled, driver, device, device_id)
 
+    def signature(
+        self, expressions: tuple[str, ...], driver: str, device: Mapping[str, Any], device_id: str
+    ) -> tuple[Any, ...] | None:
+        """What every one of ``expressions`` reads of a well-formed device; devices with the same signature
+        get the same results from all of them. None when that cannot be known (an expression that does not
+        compile or reads the device in ways the tree does not tell, a malformed device)."""
+        if expressions not in self._group_reads:
+            self._group_reads[expressions] = _union_of_reads(expressions)
+        reads = self._group_reads[expressions]
+        if reads is None or not self._is_well_formed(driver, device, device_id):
+            return None
+        return tuple([_projection(read, driver, device) for read in reads])
+
     def _evaluate(
         self, compiled: CompiledExpression, driver: str, device: Mapping[str, Any], device_id: str
     ) -> bool:
@@ -473,6 +487,19 @@ class SelectorCache:
         if known is None:
             known = self._well_formed[device_id] = well_formed(device)
         return known
+
+
+def _union_of_reads(expressions: tuple[str, ...]) -> tuple[celast.DeviceRead, ...] | None:
+    reads: set[celast.DeviceRead] = set()
+    for expression in expressions:
+        try:
+            compiled = compile_expression(expression)
+        except CelCompileError:
+            return None
+        if compiled.reads is None:
+            return None
+        reads |= compiled.reads
+    return tuple(sorted(reads))
 
 
 def _projection(read: celast.DeviceRead, driver: str, device: Mapping[str, Any]) -> Any:
@@ -508,6 +535,13 @@ def well_formed(device: Mapping[str, Any]) -> bool:
     """Whether :func:`device_activation` builds the device without error (every attribute and capacity
     readable), checked without building it; version and quantity texts are remembered."""
     for attribute in (device.get("attributes") or {}).values():
+        if type(attribute) is dict and len(attribute) == 1:  # the usual case, checked inline (it is hot)
+            ((key, value),) = attribute.items()
+            kind = _EXACT_KINDS.get(key)
+            if kind is not None and type(value) is kind:
+                continue
+            if key == "version" and type(value) is str and _version_text_ok(value):
+                continue
         if not _attribute_ok(attribute):
             return False
     for entry in (device.get("capacity") or {}).values():
@@ -520,6 +554,7 @@ def well_formed(device: Mapping[str, Any]) -> bool:
 
 
 _SINGLE_KINDS: dict[str, type] = {"int": int, "bool": bool, "string": str}
+_EXACT_KINDS = dict(_SINGLE_KINDS)  # JSON and YAML give exactly these types
 
 
 def _attribute_ok(attribute: Any) -> bool:

@@ -52,6 +52,7 @@ POOL = "pool"
 NOT_CHOSEN = "not-needed"
 
 TAINT_EFFECTS_BLOCKING = ("NoSchedule", "NoExecute")
+_UNKNOWN: Any = object()
 
 
 @dataclass(frozen=True)
@@ -129,8 +130,9 @@ class Checker:
         self.classes = classes
         self.allocated = allocated
         self.selectors = SelectorCache()
-        # Keyed by what decides the outcome: the class, the request's selectors and the device.
-        self._first_failure: dict[tuple[str, tuple[str, ...], DeviceKey], Reason | None] = {}
+        # Keyed by what decides the outcome: the request, its class and selectors, and the device (or what
+        # the selectors read of it).
+        self._first_failure: dict[tuple[Any, ...], Reason | None] = {}
         self._capacities: dict[DeviceKey, dict[str, DeviceCapacity] | str] = {}
         self._available: dict[tuple[str, str], Counters] = {}
         self._class_selectors: dict[str, list[str]] = {}
@@ -181,11 +183,16 @@ class Checker:
         """The first selector that rejects the device (class selectors first), None when all accept it.
         A CEL error ends the allocation: :class:`InvalidSelectorError` (compile) or
         :class:`SelectorFailedError` (runtime), as the scheduler does."""
-        key = (spec.class_name, spec.selectors, device.key)
-        if key not in self._first_failure:
+        expressions = (*self.class_selectors(spec), *spec.selectors)
+        signature = self.selectors.signature(expressions, device.driver, device.spec, device.id)
+        # Devices that look the same to every selector share the outcome (unless it is an error, which
+        # names the device); otherwise each device is judged on its own.
+        shared = signature is not None
+        key = (claim, spec.full_name, spec.class_name, spec.selectors, signature if shared else device.key)
+        reason: Reason | None = self._first_failure.get(key, _UNKNOWN)
+        if reason is _UNKNOWN or (shared and reason is not None and reason.kind == CEL_ERROR):
             found = self._selector_reasons(claim, spec, device, first_only=True)
-            self._first_failure[key] = found[0] if found else None
-        reason = self._first_failure[key]
+            reason = self._first_failure[key] = found[0] if found else None
         if reason is not None and reason.kind == CEL_ERROR:
             error = SelectorFailedError if reason.detail.get("runtime") else InvalidSelectorError
             raise error(reason.detail["scheduler"])

@@ -11,6 +11,7 @@ asks for two GPUs with at least 40 GiB on one NVLink domain; a second DeviceClas
 from __future__ import annotations
 
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -172,12 +173,15 @@ def _explain(
         str(paths[f"claims.{form}"]),
         *extra,
     ]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False, timeout=600)
     elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if done.returncode not in (0, 1):
         raise RuntimeError(f"accel-dra explain failed ({done.returncode}): {done.stderr}")
-    return elapsed, done
+    return elapsed, cpu, done
 
 
 def cel_domain_lookup(evaluations: int = 20_000) -> JSON:
@@ -212,6 +216,7 @@ def explain_scale(directory: Path, nodes: int, runs: int) -> JSON:
     """Seconds (best of ``runs``) for the whole cluster and for one node, from YAML and from JSON."""
     paths = write_dump(directory, nodes)
     timings: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
     outputs: dict[str, str] = {}
     one = f"node-{nodes // 2:05d}"
     cases = {
@@ -224,8 +229,9 @@ def explain_scale(directory: Path, nodes: int, runs: int) -> JSON:
     }
     for _ in range(runs):
         for name, (source, *extra) in cases.items():
-            elapsed, done = _explain(paths, source, *extra)
+            elapsed, used, done = _explain(paths, source, *extra)
             timings.setdefault(name, []).append(round(elapsed, 3))
+            cpu.setdefault(name, []).append(round(used, 3))
             outputs[name] = done.stdout
     summary = outputs["all_nodes_json"].splitlines()
     return {
@@ -236,6 +242,7 @@ def explain_scale(directory: Path, nodes: int, runs: int) -> JSON:
             "json": round(paths["slices.json"].stat().st_size / 2**20, 1),
         },
         "seconds": {name: min(values) for name, values in timings.items()},
+        "cpu_seconds": {name: min(values) for name, values in cpu.items()},
         "all_runs": timings,
         "summary_lines": len(summary),
         "summary": summary[:16],
