@@ -44,9 +44,10 @@ POLL_FIRST, POLL_MAX = 0.05, 1.0
 _STUCK_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError")
 #: Scheduler verdicts no waiting can change: the scheduler's words for a class or selector it cannot use
 #: (kube-scheduler: "request gpu: device class X does not exist", "CEL runtime error"; the sandbox's
-#: allocator: "DeviceClass 'X' not found").
+#: allocator, like the structured allocator: "could not retrieve device class X: ... not found").
 _UNRESOLVABLE = re.compile(
-    r"device ?class \S+ does not exist|DeviceClass \S+ not found|CEL (runtime|compile) error|"
+    r"device ?class \S+ does not exist|DeviceClass \S+ not found|could not retrieve device class|"
+    r"CEL (runtime|compile) error|"
     r"failed to compile|cannot be evaluated",
     re.IGNORECASE,
 )
