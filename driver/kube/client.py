@@ -74,6 +74,8 @@ RESOURCE_CLAIMS = ResourceType("resource.k8s.io", "v1", "resourceclaims", "Resou
 RESOURCE_CLAIM_TEMPLATES = ResourceType(
     "resource.k8s.io", "v1", "resourceclaimtemplates", "ResourceClaimTemplate", namespaced=True
 )
+# Served at resource.k8s.io/v1 since 1.37 but at v1beta2 only in 1.36 (behind DRADeviceTaintRules): ask the
+# server with driver.kube.discovery.served_type rather than use this version as is.
 DEVICE_TAINT_RULES = ResourceType("resource.k8s.io", "v1", "devicetaintrules", "DeviceTaintRule", False)
 
 KNOWN_TYPES: tuple[ResourceType, ...] = (
