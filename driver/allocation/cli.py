@@ -158,7 +158,10 @@ def _node_names(wanted: str | None, index: Any, known: Mapping[str, Any]) -> lis
 
 
 def _documents(path: str) -> list[dict[str, Any]]:
-    """Every object in a YAML/JSON file; ``List`` objects (kubectl output) are flattened."""
+    """Every object in a YAML/JSON file; lists are flattened: kubectl's ``List`` and the API's own typed
+    lists (``ResourceSliceList``: their items carry no kind)."""
+    from driver.kube.lists import objects
+
     loaded = _parse(path, Path(path).read_text())
     out: list[dict[str, Any]] = []
     for doc in loaded:
@@ -166,8 +169,7 @@ def _documents(path: str) -> list[dict[str, Any]]:
             continue
         if not isinstance(doc, dict):
             raise _UsageError(f"{path}: expected Kubernetes objects, found {type(doc).__name__}")
-        items = doc.get("items")
-        out += [i for i in items if isinstance(i, dict)] if isinstance(items, list) else [doc]
+        out += objects(doc)
     return out
 
 

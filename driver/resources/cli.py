@@ -128,13 +128,11 @@ def _documents(path: str) -> Iterator[Any]:
 
 
 def resource_slices(doc: Any) -> Iterator[Mapping[str, Any]]:
-    """ResourceSlices in a document: the object itself or the items of a (ResourceSlice)List."""
-    if not isinstance(doc, Mapping):
-        return
-    if doc.get("kind") == "ResourceSlice":
-        yield doc
-    for item in doc.get("items") or []:
-        yield from resource_slices(item)
+    """ResourceSlices in a document: the object itself or the items of a list -- kubectl's ``List`` or a
+    ``ResourceSliceList`` straight from the API, whose items carry no kind."""
+    from driver.kube.lists import objects
+
+    return (obj for obj in objects(doc) if obj.get("kind") == "ResourceSlice")
 
 
 def as_v1(slice_obj: Mapping[str, Any]) -> JSON:

@@ -63,6 +63,19 @@ def test_discover_output_passes_validate(tmp_path: Path) -> None:
     assert check.stdout.strip() == "1 ResourceSlice(s), 8 device(s) checked: OK"
 
 
+def test_validate_reads_the_items_of_a_list_from_the_api(tmp_path: Path) -> None:
+    """``GET /apis/resource.k8s.io/v1/resourceslices`` answers a ResourceSliceList whose items carry no kind."""
+    listing = json.loads(accel_dra("discover", "--backend", "fake:pcie-l4x4", "-o", "json").stdout)
+    items = [{k: v for k, v in s.items() if k not in ("kind", "apiVersion")} for s in listing["items"]]
+    dump = tmp_path / "slices.json"
+    dump.write_text(
+        json.dumps({"apiVersion": "resource.k8s.io/v1", "kind": "ResourceSliceList", "items": items})
+    )
+    check = accel_dra("validate", str(dump))
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert check.stdout.strip() == "1 ResourceSlice(s), 4 device(s) checked: OK"
+
+
 def vendor_slice() -> dict[str, object]:
     """Another vendor's v1beta1 slice with typical mistakes."""
     return {

@@ -451,3 +451,20 @@ def test_cli_reads_json_dumps_and_device_taint_rules(files: dict[str, Path], tmp
         reason["message"]
         == "tainted drain:NoExecute (DeviceTaintRule drain-node-2), not tolerated by request gpu"
     )
+
+
+def api_list(kind: str, objects: list[JSON]) -> JSON:
+    """A list as the API server sends it (``GET /apis/...``): typed, and its items carry no kind."""
+    items = [{k: v for k, v in o.items() if k not in ("kind", "apiVersion")} for o in objects]
+    return {"apiVersion": "resource.k8s.io/v1", "kind": f"{kind}List", "metadata": {}, "items": items}
+
+
+def test_cli_reads_lists_straight_from_the_api(tmp_path: Path) -> None:
+    slices, classes, claims = tmp_path / "slices.json", tmp_path / "classes.json", tmp_path / "claims.json"
+    slices.write_text(json.dumps(api_list("ResourceSlice", [node_slice("pcie-l4x4")])))
+    classes.write_text(json.dumps(api_list("DeviceClass", [GPU_CLASS])))
+    claims.write_text(json.dumps(api_list("ResourceClaim", [gpu_claim("wanted", count=2)])))
+    done = explain_cli(claims, "--slices", slices, "--class", classes, "-o", "json")
+    assert done.returncode == 0, done.stderr
+    assert "ignoring" not in done.stderr
+    assert json.loads(done.stdout)["allocatableOn"] == ["node-1"]
