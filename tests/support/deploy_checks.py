@@ -15,6 +15,7 @@ from typing import Any
 
 from cel_expr_python import cel
 
+from driver import DEFAULT_DRIVER_NAME
 from driver.plugin.paths import dra_socket_path, registration_socket_path
 from tests.support.chart import JSON, find
 from tests.support.rbac import Permission, component_permissions, permissions_of_rules
@@ -54,7 +55,9 @@ def schema_errors(
 def role_permissions(objects: Sequence[Mapping[str, Any]], role: str) -> set[Permission]:
     cluster_role = find(objects, "ClusterRole", role)
     for rule in cluster_role["rules"]:
-        assert "resourceNames" not in rule and "nonResourceURLs" not in rule, rule
+        assert "nonResourceURLs" not in rule, rule
+        # Only the granular status permission is limited to names (the driver's).
+        assert "resourceNames" not in rule or rule["resources"] == ["resourceclaims/driver"], rule
         assert "*" not in [*rule["verbs"], *rule["resources"], *rule["apiGroups"]], (
             f"wildcard in {role}: {rule}"
         )
@@ -68,9 +71,11 @@ def check_rbac(
     namespace: str,
     service_account: str,
     exporter_api: bool,
+    driver: str = DEFAULT_DRIVER_NAME,
 ) -> None:
-    """Each component's ClusterRole holds exactly what its code calls, bound to the pod's service account."""
-    needed = component_permissions()
+    """Each component's ClusterRole holds exactly what its code calls (and what the API server checks
+    besides for ``driver``), bound to the pod's service account."""
+    needed = component_permissions(driver)
     assert role_permissions(objects, f"{prefix}-plugin") == needed["plugin"]
     roles = {o["metadata"]["name"] for o in objects if o["kind"] == "ClusterRole"}
     if exporter_api:

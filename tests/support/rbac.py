@@ -9,6 +9,11 @@ A resource type passed through a variable is followed to where it comes from: a 
 on ``self`` (``ListWatch(kube, PODS, ...)``) or a function parameter, resolved at every call site. A kube call
 whose resource type cannot be resolved is an error rather than a silent gap, so the chart's ClusterRoles can be
 compared with the result exactly. ``python -m tests.support.rbac`` prints the rules.
+
+One permission is checked by the API server although the code makes no call for it: since Kubernetes 1.36
+(DRAResourceClaimGranularStatusAuthorization) a write of a claim's ``status.devices`` also needs
+``resourceclaims/driver`` with ``associated-node:patch`` / ``associated-node:update`` on the driver's name
+(:data:`GRANULAR_STATUS`), which is derived from the code's writes of ``resourceclaims/status``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from driver import DEFAULT_DRIVER_NAME
 from driver.kube import client as kube_client
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,9 +63,29 @@ class Permission:
     group: str
     resource: str  # plural, or plural/subresource
     verb: str
+    name: str = ""  # a resourceNames entry; "" for every object
 
     def __str__(self) -> str:
-        return f"{self.group or 'core'}/{self.resource}:{self.verb}"
+        named = f"[{self.name}]" if self.name else ""
+        return f"{self.group or 'core'}/{self.resource}{named}:{self.verb}"
+
+
+#: Writing a claim's ``status.devices`` (a patch or update of ``resourceclaims/status``) needs these on
+#: ``resourceclaims/driver`` for the driver's own name -- both verbs, as upstream's example driver grants
+#: them, for claims allocated on the node the writer's token is bound to (associated-node).
+GRANULAR_STATUS = ("associated-node:patch", "associated-node:update")
+
+
+def granular_status_permissions(permissions: Iterable[Permission], driver: str) -> set[Permission]:
+    writes_status = any(
+        p.group == "resource.k8s.io"
+        and p.resource == "resourceclaims/status"
+        and p.verb in ("patch", "update")
+        for p in permissions
+    )
+    if not writes_status:
+        return set()
+    return {Permission("resource.k8s.io", "resourceclaims/driver", verb, driver) for verb in GRANULAR_STATUS}
 
 
 def resource_types() -> dict[str, kube_client.ResourceType]:
@@ -312,29 +338,39 @@ def scan(packages: Iterable[str], root: Path = ROOT) -> set[Permission]:
     return found
 
 
-def component_permissions() -> dict[str, set[Permission]]:
-    return {name: scan(packages) for name, packages in COMPONENTS.items()}
+def component_permissions(driver: str = DEFAULT_DRIVER_NAME) -> dict[str, set[Permission]]:
+    """What each component's identity needs: its code's calls, plus the granular status permission for
+    the driver named ``driver`` where the code writes claim status."""
+    out = {}
+    for name, packages in COMPONENTS.items():
+        found = scan(packages)
+        out[name] = found | granular_status_permissions(found, driver)
+    return out
 
 
 def permissions_of_rules(rules: Iterable[Mapping[str, Any]]) -> set[Permission]:
-    """Expand RBAC ``rules`` (apiGroups x resources x verbs) into permissions."""
+    """Expand RBAC ``rules`` (apiGroups x resources x verbs [x resourceNames]) into permissions."""
     out: set[Permission] = set()
     for rule in rules:
         for group in rule.get("apiGroups", []):
             for resource in rule.get("resources", []):
-                out |= {Permission(group, resource, verb) for verb in rule.get("verbs", [])}
+                for name in rule.get("resourceNames") or [""]:
+                    out |= {Permission(group, resource, verb, name) for verb in rule.get("verbs", [])}
     return out
 
 
 def rules_of(permissions: Iterable[Permission]) -> list[dict[str, Any]]:
-    """Compact RBAC rules: one per (group, resource), verbs sorted."""
-    by_resource: dict[tuple[str, str], set[str]] = {}
+    """Compact RBAC rules: one per (group, resource, name), verbs sorted."""
+    by_resource: dict[tuple[str, str, str], set[str]] = {}
     for p in permissions:
-        by_resource.setdefault((p.group, p.resource), set()).add(p.verb)
-    return [
-        {"apiGroups": [group], "resources": [resource], "verbs": sorted(verbs)}
-        for (group, resource), verbs in sorted(by_resource.items())
-    ]
+        by_resource.setdefault((p.group, p.resource, p.name), set()).add(p.verb)
+    rules: list[dict[str, Any]] = []
+    for (group, resource, name), verbs in sorted(by_resource.items()):
+        rule: dict[str, Any] = {"apiGroups": [group], "resources": [resource]}
+        if name:
+            rule["resourceNames"] = [name]
+        rules.append({**rule, "verbs": sorted(verbs)})
+    return rules
 
 
 def main() -> int:

@@ -530,14 +530,12 @@ class Cluster:
                 interval=0.2,
             )
 
-    def restart_kubelet(self, name: str) -> int:
+    def restart_kubelet(self, name: str) -> None:
         """Stop and start a node's kubelet (its in-process fake runtime loses its pods, as kubemark's
-        does); returns the log offset where the new process starts."""
+        does)."""
         node = self.nodes[name]
         node.component.stop(grace=10)
-        since = node.component.log_size()
         node.component.start()
-        return since
 
     # -- stop -------------------------------------------------------------------------------------
 

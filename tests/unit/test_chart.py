@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from driver import DEFAULT_DRIVER_NAME
 from tests.support.chart import CHART, find, helm_missing, load_values, render, render_templates
 from tests.support.deploy_checks import (
     allocate_all,
@@ -125,6 +126,7 @@ def test_rbac_is_exactly_what_the_code_calls(renders: dict[str, list[dict[str, A
         namespace="accel-dra",
         service_account="accel-dra",
         exporter_api=exporter_api,
+        driver=VALUE_SETS[values].get("driverName", DEFAULT_DRIVER_NAME),
     )
 
 
