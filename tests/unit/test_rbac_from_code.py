@@ -158,3 +158,36 @@ def test_the_driver_code_scans_without_unresolved_calls() -> None:
     assert Permission("resource.k8s.io", "resourceslices", "create") in perms["plugin"]
     assert Permission("resource.k8s.io", "resourceclaims", "get") in perms["plugin"]
     assert {p.verb for p in perms["exporter"]} <= {"get", "list", "watch"}, "the exporter must never write"
+
+
+def test_writing_claim_status_needs_the_granular_permission_for_the_driver() -> None:
+    from tests.support.rbac import GRANULAR_STATUS, component_permissions, granular_status_permissions
+
+    status = Permission("resource.k8s.io", "resourceclaims/status", "patch")
+    expected = {
+        Permission("resource.k8s.io", "resourceclaims/driver", v, "gpu.example.com") for v in GRANULAR_STATUS
+    }
+    assert granular_status_permissions({status}, "gpu.example.com") == expected
+    assert granular_status_permissions({Permission("resource.k8s.io", "resourceclaims", "get")}, "x") == set()
+    perms = component_permissions("gpu.example.com")
+    assert expected <= perms["plugin"]
+    assert not any(p.resource == "resourceclaims/driver" for p in perms["exporter"])
+
+
+def test_rules_with_resource_names_round_trip() -> None:
+    perms = {
+        Permission("resource.k8s.io", "resourceclaims/driver", "associated-node:patch", "d"),
+        Permission("resource.k8s.io", "resourceclaims/driver", "associated-node:update", "d"),
+        Permission("resource.k8s.io", "resourceclaims/status", "patch"),
+    }
+    rules = rules_of(perms)
+    assert rules == [
+        {
+            "apiGroups": ["resource.k8s.io"],
+            "resources": ["resourceclaims/driver"],
+            "resourceNames": ["d"],
+            "verbs": ["associated-node:patch", "associated-node:update"],
+        },
+        {"apiGroups": ["resource.k8s.io"], "resources": ["resourceclaims/status"], "verbs": ["patch"]},
+    ]
+    assert permissions_of_rules(rules) == perms
