@@ -23,8 +23,18 @@ settings.load_profile("accel-dra")
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Run the real-cluster tests last: their cluster then stops right after them (its teardown is the
-    session's) instead of idling beside every other test, and a broken build shows after the fast tests."""
-    items.sort(key=lambda item: item.get_closest_marker("realk8s") is not None)
+    session's) instead of idling beside every other test, and a broken build shows after the fast tests.
+    Among them, tests/realk8s runs its modules in its own order (tests/realk8s/__init__.py)."""
+    from tests.realk8s import MODULE_ORDER
+
+    def order(item: pytest.Item) -> tuple[int, int]:
+        if item.get_closest_marker("realk8s") is None:
+            return (0, 0)
+        module = getattr(item, "module", None)
+        name = module.__name__.rpartition(".")[2] if module is not None else ""
+        return (1, MODULE_ORDER.index(name) if name in MODULE_ORDER else len(MODULE_ORDER))
+
+    items.sort(key=order)
 
 
 @pytest.fixture(scope="session")

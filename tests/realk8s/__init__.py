@@ -1,0 +1,16 @@
+"""The real-cluster tier (docs/testing.md).
+
+Its modules run in this order (tests/conftest.py sorts them, after every other test): those that leave
+node-2 alone first, so that node-2's plugin is idle for its minute while they run (conftest.py).
+"""
+
+MODULE_ORDER = (
+    "test_api",
+    "test_cluster",
+    "test_plugin",
+    "test_exporter",
+    "test_recovery",
+    "test_examples",
+    "test_explain",
+    "test_idle",
+)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from driver.kube.client import NODES, RESOURCE_SLICES, KubeClient
-from tests.support.realk8s import Cluster, run_async, wait_until
+from tests.support.realk8s import START_TIMEOUT, Cluster, run_async, wait_until
 from tests.support.realk8s_driver import DRIVER, Driver, audit_time, plugin_requests
 
 IDLE_NODE = "node-2"
@@ -74,7 +74,9 @@ def accel_dra(request: pytest.FixtureRequest, realk8s: Cluster) -> Iterator[Driv
     for node in realk8s.nodes:
         driver.wait_registered(node)
         driver.plugins[node].wait(lambda n=node: published(realk8s, n), f"the slices of {node}", interval=0.2)  # type: ignore[misc]
-    start = wait_until(lambda: settled(realk8s, IDLE_NODE), 60, "the plugin's watches", interval=0.2)
+    start = wait_until(
+        lambda: settled(realk8s, IDLE_NODE), START_TIMEOUT, "the plugin's watches", interval=0.2
+    )
     request.config.stash[IDLE] = IdleWindow(IDLE_NODE, start + datetime.timedelta(microseconds=1))
     yield driver
     driver.stop()

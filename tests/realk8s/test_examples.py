@@ -21,10 +21,10 @@ from tests.support.realk8s_driver import (
     apply_manifest,
     condition,
     delete_and_wait,
+    expected_nodes,
     explain,
     explained_devices,
     running,
-    schedulable_nodes,
     scheduling_decided,
     wait_for,
 )
@@ -91,12 +91,7 @@ async def test_the_example_runs_as_explain_says(
 ) -> None:
     path = manifest(name)
     report = explain(realk8s, path)
-    schedulable = await schedulable_nodes(admin)
-    if report["allocatable"] and not set(report["allocatableOn"]) & schedulable:
-        # Only a node kept out of service for now (node-2 during the idle window) could run it.
-        request.getfixturevalue("node2_in_service")
-        schedulable = await schedulable_nodes(admin)
-    expected = set(report["allocatableOn"]) & schedulable
+    expected = await expected_nodes(request, admin, report)
     objects = [o for o in yaml.safe_load_all(path.read_text()) if o]
     (namespace,) = [o["metadata"]["name"] for o in objects if o["kind"] == "Namespace"]
     pod_names = [o["metadata"]["name"] for o in objects if o["kind"] == "Pod"]

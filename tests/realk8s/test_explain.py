@@ -19,9 +19,10 @@ from tests.support.realk8s_driver import (
     apply_manifest,
     claim_and_pod,
     condition,
+    delete_and_wait,
+    expected_nodes,
     explain,
     explained_devices,
-    schedulable_nodes,
     scheduling_decided,
     wait_for,
 )
@@ -106,27 +107,26 @@ async def admin(realk8s: Cluster) -> AsyncIterator[KubeClient]:
 _names = (f"c{i}" for i in itertools.count())
 
 
-@pytest.mark.usefixtures("accel_dra", "node2_in_service")
+@pytest.mark.usefixtures("accel_dra", "namespace")
 @pytest.mark.parametrize("case", sorted(CASES))
 async def test_explain_and_the_scheduler_agree(
+    request: pytest.FixtureRequest,
     realk8s: Cluster,
-    namespace: str,
     admin: KubeClient,
     tmp_path: Path,
     case: str,
 ) -> None:
     name = next(_names)
-    claim, pod = claim_and_pod(namespace, name, CASES[case])
+    claim, pod = claim_and_pod(NAMESPACE, name, CASES[case])
     path = tmp_path / "claim.yaml"
     path.write_text(yaml.safe_dump(claim))
     report = explain(realk8s, path)
-    expected = set(report["allocatableOn"]) & await schedulable_nodes(admin)
-    assert expected == set(report["allocatableOn"]), "a node is out of service: the verdicts cannot compare"
-    await admin.create(RESOURCE_CLAIMS, claim, namespace)
-    await admin.create(PODS, pod, namespace)
+    expected = await expected_nodes(request, admin, report)
+    await admin.create(RESOURCE_CLAIMS, claim, NAMESPACE)
+    await admin.create(PODS, pod, NAMESPACE)
     try:
         decided = await wait_for(
-            admin, PODS, name, namespace, scheduling_decided, what="the scheduler's decision"
+            admin, PODS, name, NAMESPACE, scheduling_decided, what="the scheduler's decision"
         )
         assert decided is not None
         node = decided["spec"].get("nodeName")
@@ -137,8 +137,8 @@ async def test_explain_and_the_scheduler_agree(
             )
             return
         assert node in expected, f"scheduled on {node}; explain: allocatable on {sorted(expected)}"
-        allocated = await admin.get(RESOURCE_CLAIMS, name, namespace)
-        verdicts = explained_devices(report, node, f"{namespace}/{name}")
+        allocated = await admin.get(RESOURCE_CLAIMS, name, NAMESPACE)
+        verdicts = explained_devices(report, node, f"{NAMESPACE}/{name}")
         for result in allocated["status"]["allocation"]["devices"]["results"]:
             device = f"{result['driver']}/{result['pool']}/{result['device']}"
             verdict = verdicts.get((result["request"], device))
@@ -146,9 +146,5 @@ async def test_explain_and_the_scheduler_agree(
                 f"the scheduler chose {device} for {result['request']}: {verdict}"
             )
     finally:
-        await admin.delete(PODS, name, namespace)
-        await wait_for(admin, PODS, name, namespace, lambda o: o is None, what=f"pod {name} gone")
-        await admin.delete(RESOURCE_CLAIMS, name, namespace)
-        await wait_for(
-            admin, RESOURCE_CLAIMS, name, namespace, lambda o: o is None, what=f"claim {name} gone"
-        )
+        await delete_and_wait(admin, PODS, name, NAMESPACE)
+        await delete_and_wait(admin, RESOURCE_CLAIMS, name, NAMESPACE)

@@ -3,6 +3,7 @@ the permissions of its ServiceAccount."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shlex
 import shutil
@@ -24,6 +25,7 @@ from tests.support.realk8s_driver import (
     PROFILES,
     SERVICE_ACCOUNT,
     SERVICE_ACCOUNT_GROUPS,
+    Answer,
     Driver,
     send,
     subject_access,
@@ -102,8 +104,19 @@ def foreign_slice(node: str) -> dict[str, Any]:
     return item
 
 
+async def create_until_refused(kube: KubeClient, body: dict[str, Any], timeout: float = 30) -> Answer:
+    """A dry-run create, repeated while it succeeds: a new admission policy takes effect moments after it
+    is created, once the API server's policy informer has it."""
+    async with asyncio.timeout(timeout):
+        while True:
+            answer = await send(kube, "POST", RESOURCE_SLICES.path(), body, params=DRY_RUN)
+            if answer.status != 201:
+                return answer
+            await asyncio.sleep(0.2)
+
+
 async def test_the_admission_policy_refuses_a_slice_of_another_node(as_plugin: KubeClient) -> None:
-    answer = await send(as_plugin, "POST", RESOURCE_SLICES.path(), foreign_slice("node-2"), params=DRY_RUN)
+    answer = await create_until_refused(as_plugin, foreign_slice("node-2"))
     assert answer.status == 403, answer.body
     assert "may write ResourceSlices only of node node-1, not of node node-2" in answer.body["message"]
     # The same slice for its own node passes: the policy, not RBAC, refused it.
@@ -112,6 +125,7 @@ async def test_the_admission_policy_refuses_a_slice_of_another_node(as_plugin: K
     ).status == 201
 
 
+@pytest.mark.usefixtures("accel_dra")
 async def test_a_token_bound_to_no_node_cannot_write_slices(realk8s: Cluster, admin: KubeClient) -> None:
     answer = await admin.request(
         "POST",
@@ -126,14 +140,9 @@ async def test_a_token_bound_to_no_node_cannot_write_slices(realk8s: Cluster, ad
         realk8s.dir / "unbound.kubeconfig", "unbound", token=answer["status"]["token"]
     )
     async with await KubeClient.connect(str(path)) as unbound:
-        refused = await send(unbound, "POST", RESOURCE_SLICES.path(), foreign_slice("node-1"), params=DRY_RUN)
+        refused = await create_until_refused(unbound, foreign_slice("node-1"))
     assert refused.status == 403, refused.body
     assert "only with a token bound to a node" in refused.body["message"]
-
-
-def chart_permissions() -> set[rbac.Permission]:
-    rules = chart.find(chart.render(), "ClusterRole", f"{chart.RELEASE}-plugin")["rules"]
-    return rbac.permissions_of_rules(rules)
 
 
 async def test_the_service_account_may_do_what_the_plugin_does_and_no_more(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import ctypes
 import ipaddress
 import json
 import os
@@ -29,6 +30,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -104,6 +106,12 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: 
         time.sleep(interval)
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL when the test process dies, however it dies (PR_SET_PDEATHSIG), so that
+    no cluster outlives a killed test run on a shared machine."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+
+
 class Component:
     """One process of the cluster; its output goes to ``<log>``, kept after the run for debugging."""
 
@@ -125,6 +133,7 @@ class Component:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **(self.env or {})},
                 start_new_session=True,  # a Ctrl-C of pytest does not reach it; teardown stops it
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 -- one prctl call, safe after fork
             )
         return self
 
@@ -624,3 +633,39 @@ def foreign_sockets(pids: Sequence[int]) -> list[str]:
                 if not local.is_loopback or not (listening or remote.is_loopback):
                     found.append(f"pid {inodes[fields[9]]} {table} {local}:{lport} -> {remote}:{rport}")
     return found
+
+
+# -- by hand ----------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str]) -> int:
+    """``python -m tests.support.realk8s [--driver]``: start a cluster (and the driver) and keep it until
+    Ctrl-C, to look around with kubectl or run a command against it."""
+    binary, reason = locate_binary()
+    if binary is None:
+        print(reason, file=sys.stderr)
+        return 1
+    with running_cluster(binary) as cluster:
+        driver = None
+        if "--driver" in argv:
+            from tests.support.realk8s_driver import Driver
+
+            driver = Driver(cluster)
+            driver.install()
+            for node in cluster.nodes:
+                driver.start_plugin(node)
+        print(f"Kubernetes {cluster.version} on {cluster.ip}; logs and audit log in {cluster.dir}")
+        print(f"export KUBECONFIG={cluster.kubeconfig}")
+        print("Ctrl-C stops it.", flush=True)
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            if driver is not None:
+                driver.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -352,6 +352,17 @@ def explain(cluster: Cluster, claims: Path) -> JSON:
     return report
 
 
+async def expected_nodes(request: Any, kube: KubeClient, report: JSON) -> set[str]:
+    r"""The nodes the scheduler may use for what explain ``report``\ s on: those explain finds allocatable
+    that are in service. When only a node kept out of service (node-2 during its idle window) would do,
+    it is brought into service first (the ``node2_in_service`` fixture of tests/realk8s)."""
+    schedulable = await schedulable_nodes(kube)
+    if report["allocatable"] and not set(report["allocatableOn"]) & schedulable:
+        request.getfixturevalue("node2_in_service")
+        schedulable = await schedulable_nodes(kube)
+    return set(report["allocatableOn"]) & schedulable
+
+
 async def schedulable_nodes(kube: KubeClient) -> set[str]:
     return {
         n["metadata"]["name"] for n in (await kube.list(NODES))["items"] if not n["spec"].get("unschedulable")
