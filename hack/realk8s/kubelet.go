@@ -15,7 +15,6 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	cliflag "k8s.io/component-base/cli/flag"
 	"k8s.io/component-base/version"
-	remote "k8s.io/cri-client/pkg"
 	fakeremote "k8s.io/cri-client/pkg/fake"
 	"k8s.io/klog/v2"
 	kubeletapp "k8s.io/kubernetes/cmd/kubelet/app"
@@ -103,8 +102,7 @@ func runHollowKubelet(ctx context.Context, opts hollowKubeletOptions) error {
 		return fmt.Errorf("fake runtime on %s: %w", endpoint, err)
 	}
 	defer runtime.Stop()
-	runtimeService, err := remote.NewRemoteRuntimeServiceBuilder().WithEndpoint(endpoint).
-		WithConnectionTimeout(15 * time.Second).Build(ctx)
+	runtimeService, err := newRuntimeService(ctx, endpoint)
 	if err != nil {
 		return fmt.Errorf("runtime service: %w", err)
 	}
