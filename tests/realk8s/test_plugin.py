@@ -18,7 +18,7 @@ from driver.devices.fake import named_profiles
 from driver.kube.client import NODES, RESOURCE_SLICES, KubeClient
 from driver.resources.cli import discovered_slices
 from tests.support import chart, rbac
-from tests.support.realk8s import ROOT, Cluster
+from tests.support.realk8s import ROOT, Cluster, foreign_sockets
 from tests.support.realk8s_driver import (
     DRIVER,
     NAMESPACE,
@@ -256,3 +256,9 @@ def test_the_plugin_is_not_told_about_anything_it_cannot_do(accel_dra: Driver) -
     """No 403/422 from the API server in the plugins' logs so far."""
     for node, component in accel_dra.plugins.items():
         assert not re.search(r"\b(403|422)\b", component.output()), f"plugin on {node}:\n{component.tail()}"
+
+
+def test_the_plugins_talk_over_loopback_only(realk8s: Cluster, accel_dra: Driver) -> None:
+    pids = [c.pid for c in [*realk8s.components.values(), *accel_dra.plugins.values()] if c.pid is not None]
+    assert len(pids) == len(realk8s.components) + len(accel_dra.plugins), "a process is not running"
+    assert foreign_sockets(pids) == []
