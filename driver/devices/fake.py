@@ -13,7 +13,12 @@ derives every telemetry reading from those files, deterministically: utilization
 processes' shares (at most 1), memory the driver's reserve plus their memory, power moves linearly between
 idle and the product's board power with utilization, temperature and SM clock follow power, and the
 cumulative counters (energy, PCIe and NVLink bytes) integrate the current rates over the backend's clock.
-Without a state directory the GPUs idle. A MIG device's processes count towards its parent GPU.
+GPM activity (Hopper and newer) follows utilization unless a procs file gives it (``"tensor"``, ``"dram"``,
+...). Without a state directory the GPUs idle.
+
+A MIG-enabled GPU reads as NVML reads one: no GPU-wide utilization and no per-process SM share; each MIG
+device reports its memory (a reserve plus its processes') and, with GPM, its own activity; the parent's
+memory is the sum and its power follows its instances' load.
 """
 
 from __future__ import annotations
@@ -25,12 +30,13 @@ import re
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cache
 from importlib import resources
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import yaml
@@ -41,7 +47,7 @@ if TYPE_CHECKING:
 
 from driver.devices.backend import BackendError
 from driver.devices.model import FabricInfo, Gpu, Inventory, MigDevice, MigPlacement, NvLink
-from driver.devices.telemetry import GpuTelemetry, ProcessSample, TelemetryError
+from driver.devices.telemetry import ACTIVITIES, GpuTelemetry, MigTelemetry, ProcessSample, TelemetryError
 from driver.health.fake import LOST_REASON, gpu_lost
 from driver.log import get_logger
 from driver.quantity import parse_quantity
@@ -133,6 +139,7 @@ class FakeBackend:
 #: Environment variable naming the fake state directory (``--fake-state-dir`` defaults to it).
 STATE_ENV = "ACCEL_DRA_FAKE_STATE"
 _IDLE_SM_MHZ = 345.0
+_GPU_IDLE = 0x1  # the clocks event reason of an idle GPU
 
 
 @dataclass(frozen=True)
@@ -180,6 +187,26 @@ class SimulatedProcess:
     memory_bytes: int
     encoder: float = 0.0
     decoder: float = 0.0
+    #: Overrides of the GPM activity derived from ``utilization`` (keys from ACTIVITIES).
+    activity: Mapping[str, float] = field(default_factory=dict)
+
+    def activity_of(self, name: str) -> float:
+        return self.activity.get(name, self.utilization * _ACTIVITY_SHARE[name])
+
+
+# GPM activity a process shows per unit of utilization, unless its procs file says otherwise.
+_ACTIVITY_SHARE = {
+    "graphics": 1.0,
+    "sm": 1.0,
+    "sm_occupancy": 0.5,
+    "tensor": 0.5,
+    "dram": 0.3,
+    "fp64": 0.0,
+    "fp32": 0.2,
+    "fp16": 0.1,
+}
+# GPUs with GPU Performance Monitoring (NVML GPM): Hopper and newer.
+_GPM_ARCHITECTURES = frozenset({"Hopper", "Blackwell", "Rubin"})
 
 
 @dataclass
@@ -221,11 +248,34 @@ def read_procs_file(path: Path) -> SimulatedProcess | None:
         memory_bytes=max(0, memory),
         encoder=_share(data.get("encoder")),
         decoder=_share(data.get("decoder")),
+        activity={k: _share(data[k]) for k in ACTIVITIES if k != "graphics" and k in data},
+    )
+
+
+def _sum(values: Iterable[float]) -> float:
+    return min(1.0, sum(values))
+
+
+def _activity(procs: Sequence[SimulatedProcess]) -> dict[str, float]:
+    return {name: _sum(p.activity_of(name) for p in procs) for name in ACTIVITIES}
+
+
+def _listed(procs: Sequence[SimulatedProcess], sm_share: bool) -> tuple[ProcessSample, ...]:
+    return tuple(
+        ProcessSample(
+            pid=p.pid, memory_bytes=p.memory_bytes, sm_utilization=p.utilization if sm_share else None
+        )
+        for p in procs
     )
 
 
 class LoadSimulator:
-    """Telemetry of fake GPUs, derived from the procs files under the state directory."""
+    """Telemetry of fake GPUs, derived from the procs files under the state directory.
+
+    Like NVML: a MIG-enabled GPU reports no GPU-wide utilization (nor encoder, decoder or memory-copy
+    utilization) and no per-process SM share; each MIG device reports its memory and, on GPUs with GPM
+    (Hopper and newer), its activity. GDDR boards have no row remapper and no memory temperature.
+    """
 
     def __init__(self, inventory: Inventory, state_dir: Path | None, clock: Callable[[], float]) -> None:
         self._gpus = {gpu.uuid: gpu for gpu in inventory.gpus}
@@ -238,50 +288,108 @@ class LoadSimulator:
                 for uuid in (gpu.uuid, *(m.uuid for m in gpu.mig_devices)):
                     (state_dir / "gpus" / uuid / "procs").mkdir(parents=True, exist_ok=True)
 
-    def processes(self, gpu: Gpu) -> list[SimulatedProcess]:
-        """Live processes on the GPU and its MIG devices; files of processes that ended are removed."""
+    def _device_processes(self, uuid: str) -> list[SimulatedProcess]:
         if self._state_dir is None:
             return []
         found: list[SimulatedProcess] = []
-        for uuid in (gpu.uuid, *(m.uuid for m in gpu.mig_devices)):
-            for path in sorted((self._state_dir / "gpus" / uuid / "procs").glob("*.json")):
-                proc = read_procs_file(path)
-                if proc is None:
-                    continue
-                if not _pid_alive(proc.pid):
-                    with contextlib.suppress(OSError):
-                        path.unlink()
-                    continue
-                found.append(proc)
+        for path in sorted((self._state_dir / "gpus" / uuid / "procs").glob("*.json")):
+            proc = read_procs_file(path)
+            if proc is None:
+                continue
+            if not _pid_alive(proc.pid):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                continue
+            found.append(proc)
         return found
+
+    def processes(self, gpu: Gpu) -> list[SimulatedProcess]:
+        """Live processes on the GPU and its MIG devices; files of processes that ended are removed."""
+        return [
+            p for uuid in (gpu.uuid, *(m.uuid for m in gpu.mig_devices)) for p in self._device_processes(uuid)
+        ]
 
     def sample(self, uuid: str) -> GpuTelemetry:
         gpu = self._gpus.get(uuid)
         if gpu is None:
             raise TelemetryError(f"no fake GPU with UUID {uuid}")
+        if gpu.mig_enabled:
+            return self._sample_mig_gpu(gpu)
         procs = self.processes(gpu)
-        board = board_model(gpu)
+        util = _sum(p.utilization for p in procs)
         total = gpu.memory_bytes or 0
-        util = min(1.0, sum(p.utilization for p in procs))
-        power = board.idle_watts + util * (board.board_power_watts - board.idle_watts)
+        used = min(total, total // 200 + sum(p.memory_bytes for p in procs))
+        gpm = gpu.architecture in _GPM_ARCHITECTURES
+        activity = _activity(procs)
+        return self._board(
+            gpu,
+            util,
+            utilization=util,
+            encoder_utilization=_sum(p.encoder for p in procs),
+            decoder_utilization=_sum(p.decoder for p in procs),
+            memory_copy_utilization=activity["dram"],
+            memory_used_bytes=used,
+            processes=_listed(procs, sm_share=True),
+            activity=MappingProxyType(activity) if gpm else MappingProxyType({}),
+            gpm=gpm,
+        )
+
+    def _sample_mig_gpu(self, gpu: Gpu) -> GpuTelemetry:
+        gpm = gpu.architecture in _GPM_ARCHITECTURES
+        total = gpu.memory_bytes or 0
+        migs: list[MigTelemetry] = []
+        every: list[SimulatedProcess] = []
+        load = 0.0
+        for mig in gpu.mig_devices:
+            procs = self._device_processes(mig.uuid)
+            every += procs
+            size = mig.memory_bytes or 0
+            activity = _activity(procs)
+            # The GPU's busy share: each instance's activity weighted by its share of the GPU.
+            load += activity["graphics"] * (size / total if total else 0.0)
+            migs.append(
+                MigTelemetry(
+                    uuid=mig.uuid,
+                    memory_used_bytes=min(size, size // 200 + sum(p.memory_bytes for p in procs)),
+                    memory_total_bytes=size,
+                    activity=MappingProxyType(activity) if gpm else MappingProxyType({}),
+                    processes=_listed(procs, sm_share=False),
+                )
+            )
+        used = min(total, total // 200 + sum(m.memory_used_bytes or 0 for m in migs))
+        return self._board(
+            gpu,
+            min(1.0, load),
+            memory_used_bytes=used,
+            processes=_listed(every, sm_share=False),
+            mig=tuple(migs),
+            gpm=gpm,
+        )
+
+    def _board(self, gpu: Gpu, load: float, *, gpm: bool, **readings: Any) -> GpuTelemetry:
+        """The readings that follow the GPU's load: power, heat, clocks, counters, health registers."""
+        board = board_model(gpu)
+        power = board.idle_watts + load * (board.board_power_watts - board.idle_watts)
         heat = (power - board.idle_watts) / (board.board_power_watts - board.idle_watts)
         temperature = round(30.0 + 55.0 * heat, 1)
-        pcie_rate = _IDLE_IO + util * _IO_SHARE * board.pcie_bytes_per_second
+        pcie_rate = _IDLE_IO + load * _IO_SHARE * board.pcie_bytes_per_second
         linked = (gpu.active_links or 0) > 0
-        nvlink_rate = (_IDLE_IO + util * _IO_SHARE * board.nvlink_bytes_per_second) if linked else 0.0
-        counters = self._advance(uuid, power, pcie_rate, nvlink_rate)
+        nvlink_rate = (_IDLE_IO + load * _IO_SHARE * board.nvlink_bytes_per_second) if linked else 0.0
+        counters = self._advance(gpu.uuid, power, pcie_rate, nvlink_rate)
+        throughput: dict[tuple[str, str], float] = {}
+        if gpm and not gpu.mig_enabled:
+            throughput = {("pcie", "receive"): pcie_rate, ("pcie", "transmit"): pcie_rate / 2}
+            if linked:
+                throughput |= {("nvlink", "receive"): nvlink_rate, ("nvlink", "transmit"): nvlink_rate}
+        hbm = board.memory_sensor
         return GpuTelemetry(
-            uuid=uuid,
-            utilization=util,
-            encoder_utilization=min(1.0, sum(p.encoder for p in procs)),
-            decoder_utilization=min(1.0, sum(p.decoder for p in procs)),
-            memory_used_bytes=min(total, total // 200 + sum(p.memory_bytes for p in procs)),
-            memory_total_bytes=total,
+            uuid=gpu.uuid,
+            memory_total_bytes=gpu.memory_bytes or 0,
             power_watts=round(power, 3),
             energy_joules=counters.energy_joules,
             temperature_celsius=temperature,
-            memory_temperature_celsius=temperature + 4.0 if board.memory_sensor else None,
-            sm_clock_hertz=(_IDLE_SM_MHZ + util * (board.max_sm_mhz - _IDLE_SM_MHZ)) * 1e6,
+            memory_temperature_celsius=temperature + 4.0 if hbm else None,
+            sm_clock_hertz=(_IDLE_SM_MHZ + load * (board.max_sm_mhz - _IDLE_SM_MHZ)) * 1e6,
             memory_clock_hertz=board.memory_mhz * 1e6,
             pcie_rx_bytes=int(counters.pcie_rx),
             pcie_tx_bytes=int(counters.pcie_tx),
@@ -289,10 +397,14 @@ class LoadSimulator:
             nvlink_tx_bytes=int(counters.nvlink_tx) if linked else None,
             ecc_corrected=0,
             ecc_uncorrected=0,
-            processes=tuple(
-                ProcessSample(pid=p.pid, memory_bytes=p.memory_bytes, sm_utilization=p.utilization)
-                for p in procs
-            ),
+            remapped_rows_correctable=0 if hbm else None,
+            remapped_rows_uncorrectable=0 if hbm else None,
+            row_remap_pending=False if hbm else None,
+            row_remap_failure=False if hbm else None,
+            pcie_replays=0,
+            clock_event_reasons=_GPU_IDLE if load == 0 else 0,
+            io_throughput=MappingProxyType(throughput),
+            **readings,
         )
 
     def _advance(self, uuid: str, power: float, pcie_rate: float, nvlink_rate: float) -> _Counters:

@@ -21,6 +21,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from driver.devices.backend import BackendError
+from driver.devices.gpm import GpmReader, GpmReadings
 from driver.devices.layout import find_library
 from driver.devices.model import (
     PCIE_ROOT_RE,
@@ -33,7 +34,7 @@ from driver.devices.model import (
     RemoteType,
     normalize_pci_bus_id,
 )
-from driver.devices.telemetry import GpuTelemetry, ProcessSample, TelemetryError
+from driver.devices.telemetry import GpuTelemetry, MigTelemetry, ProcessSample, TelemetryError
 from driver.log import get_logger
 
 if TYPE_CHECKING:
@@ -200,6 +201,9 @@ class NvmlBackend:
         self._pcie_integrals: dict[str, tuple[float, float, float]] = {}
         self._unsupported_seen: set[tuple[str, str]] = set()
         self._clock = clock  # integrates PCIe throughput where NVML has no byte counters
+        #: MIG devices of each MIG-enabled GPU, from the last discovery (read per instance).
+        self._migs: dict[str, tuple[MigDevice, ...]] = {}
+        self.gpm = GpmReader(nvml, self._unsupported, self._gpm_unsupported)
         try:
             nvml.nvmlInit()
         except nvml.NVMLError as exc:
@@ -210,6 +214,7 @@ class NvmlBackend:
         if not self._open:
             return
         self._open = False
+        self.gpm.close()
         try:
             self._nvml.nvmlShutdown()
         except self._nvml.NVMLError as exc:
@@ -232,6 +237,7 @@ class NvmlBackend:
         except self._nvml.NVMLError as exc:
             raise BackendError(f"NVML cannot enumerate GPUs: {exc} ({_NVML_HINT})") from exc
         gpus = [gpu for index in range(count) if (gpu := self._gpu(index)) is not None]
+        self._migs = {g.uuid: g.mig_devices for g in gpus if g.mig_enabled}
         cuda = self._call("nvmlSystemGetCudaDriverVersion")
         return Inventory(
             gpus=tuple(gpus),
@@ -248,7 +254,7 @@ class NvmlBackend:
         """
         if not self._open:
             raise TelemetryError(f"NVML backend is closed (GPU {uuid})")
-        return _sample_gpu(self, self._handle(uuid), uuid)
+        return _sample_gpu(self, self._handle(uuid), uuid, self._migs.get(uuid, ()))
 
     def _handle(self, uuid: str) -> Any:
         handle = self._handles.get(uuid)
@@ -259,6 +265,11 @@ class NvmlBackend:
                 raise TelemetryError(f"GPU {uuid}: NVML has no handle for it: {exc}") from exc
             self._handles[uuid] = handle
         return handle
+
+    def _gpm_unsupported(self, call: str, exc: BaseException) -> None:
+        if self._is(exc, "NVMLError_FunctionNotFound"):
+            self._missing.add(call)
+        log.debug("nvml gpm unsupported", call=call, error=str(exc))
 
     # -- NVML call helpers --------------------------------------------------------------------------
 
@@ -544,7 +555,9 @@ def _percent(value: Any) -> float | None:
     return None if value is None else min(1.0, max(0.0, float(value) / 100.0))
 
 
-def _sample_gpu(backend: NvmlBackend, handle: Any, uuid: str) -> GpuTelemetry:
+def _sample_gpu(
+    backend: NvmlBackend, handle: Any, uuid: str, migs: tuple[MigDevice, ...] = ()
+) -> GpuTelemetry:
     reads = _Reads(backend, uuid)
     util = reads.call("utilization", "nvmlDeviceGetUtilizationRates", handle)
     encoder = reads.call("encoder_utilization", "nvmlDeviceGetEncoderUtilization", handle)
@@ -572,6 +585,8 @@ def _sample_gpu(backend: NvmlBackend, handle: Any, uuid: str) -> GpuTelemetry:
         reads.const("NVML_MEMORY_ERROR_TYPE_UNCORRECTED", 1),
         volatile,
     )
+    remapped = reads.call("remapped_rows", "nvmlDeviceGetRemappedRows", handle)
+    replays = reads.call("pcie_replays", "nvmlDeviceGetPcieReplayCounter", handle)
     fields = _field_values(reads, handle)
     pcie_rx, pcie_tx = (
         fields.get("NVML_FI_DEV_PCIE_COUNT_RX_BYTES"),
@@ -581,6 +596,7 @@ def _sample_gpu(backend: NvmlBackend, handle: Any, uuid: str) -> GpuTelemetry:
         pcie_rx, pcie_tx = _pcie_from_throughput(backend, reads, handle)
     nvlink_rx = fields.get("NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX")
     nvlink_tx = fields.get("NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX")
+    gpm = _gpm(backend, reads, handle) if not migs else None
     return GpuTelemetry(
         uuid=uuid,
         utilization=_percent(getattr(util, "gpu", None)),
@@ -602,7 +618,60 @@ def _sample_gpu(backend: NvmlBackend, handle: Any, uuid: str) -> GpuTelemetry:
         ecc_corrected=int(corrected) if corrected is not None else None,
         ecc_uncorrected=int(uncorrected) if uncorrected is not None else None,
         processes=_processes(backend, reads, handle),
+        memory_copy_utilization=_percent(getattr(util, "memory", None)),
+        remapped_rows_correctable=int(remapped[0]) if remapped is not None else None,
+        remapped_rows_uncorrectable=int(remapped[1]) if remapped is not None else None,
+        row_remap_pending=bool(remapped[2]) if remapped is not None else None,
+        row_remap_failure=bool(remapped[3]) if remapped is not None else None,
+        pcie_replays=int(replays) if replays is not None else None,
+        clock_event_reasons=_clock_event_reasons(reads, handle),
+        activity=MappingProxyType(dict(gpm.activity)) if gpm else MappingProxyType({}),
+        io_throughput=MappingProxyType(dict(gpm.throughput)) if gpm else MappingProxyType({}),
+        mig=tuple(_sample_mig(backend, reads, handle, mig) for mig in migs),
         errors=MappingProxyType(dict(reads.errors)),
+    )
+
+
+def _clock_event_reasons(reads: _Reads, handle: Any) -> int | None:
+    """The clocks event reasons bitmask; the older "throttle reasons" call where the new one is missing."""
+    for call in ("nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons"):
+        if getattr(reads.nvml, call, None) is None or call in reads.backend._missing:
+            continue
+        value = reads.call("clock_events", call, handle)
+        if value is not None:
+            return int(value)
+        if call not in reads.backend._missing:
+            return None  # unsupported or failed: the older call would say the same
+    return None
+
+
+def _gpm(
+    backend: NvmlBackend, reads: _Reads, handle: Any, gpu_instance: int | None = None
+) -> GpmReadings | None:
+    try:
+        return backend.gpm.read(reads.uuid, handle, gpu_instance)
+    except reads.nvml.NVMLError as exc:
+        reads.failed("gpm", "nvmlGpmMetricsGet", exc)
+        return None
+
+
+def _sample_mig(backend: NvmlBackend, reads: _Reads, parent: Any, mig: MigDevice) -> MigTelemetry:
+    """Memory and processes through the MIG device's own handle; activity through GPM of its GPU instance."""
+    try:
+        handle = backend._handle(mig.uuid)
+    except TelemetryError as exc:
+        reads.errors.setdefault("mig", str(exc))
+        return MigTelemetry(uuid=mig.uuid)
+    memory = reads.call("mig", "nvmlDeviceGetMemoryInfo", handle)
+    running = reads.call("mig", "nvmlDeviceGetComputeRunningProcesses", handle)
+    gpm = _gpm(backend, reads, parent, mig.gpu_instance_id) if mig.gpu_instance_id is not None else None
+    return MigTelemetry(
+        uuid=mig.uuid,
+        memory_used_bytes=int(memory.used) if memory is not None else None,
+        memory_total_bytes=int(memory.total) if memory is not None else None,
+        activity=MappingProxyType(dict(gpm.activity)) if gpm else MappingProxyType({}),
+        # NVML keeps no per-process SM share of MIG devices.
+        processes=None if running is None else tuple(_process(p, None) for p in running),
     )
 
 
@@ -666,18 +735,14 @@ def _processes(backend: NvmlBackend, reads: _Reads, handle: Any) -> tuple[Proces
     if running is None:
         return None
     shares = _process_utilization(backend, reads, handle)
-    out: list[ProcessSample] = []
-    for proc in running:
-        pid = int(proc.pid)
-        used = getattr(proc, "usedGpuMemory", None)
-        out.append(
-            ProcessSample(
-                pid=pid,
-                memory_bytes=int(used) if used is not None else None,
-                sm_utilization=None if shares is None else shares.get(pid, 0.0),
-            )
-        )
-    return tuple(out)
+    return tuple(_process(p, None if shares is None else shares.get(int(p.pid), 0.0)) for p in running)
+
+
+def _process(proc: Any, sm_utilization: float | None) -> ProcessSample:
+    used = getattr(proc, "usedGpuMemory", None)
+    return ProcessSample(
+        pid=int(proc.pid), memory_bytes=int(used) if used is not None else None, sm_utilization=sm_utilization
+    )
 
 
 def _process_utilization(backend: NvmlBackend, reads: _Reads, handle: Any) -> dict[int, float] | None:

@@ -5,9 +5,13 @@ A backend that can sample implements :class:`TelemetrySource` next to
 physical GPU, so a GPU whose reads hang or fail cannot hold up the others.
 
 Every reading is optional: ``None`` means "this GPU, driver or library cannot say" (the field is left out
-of the metrics). A read that *failed* (as opposed to being unsupported) is listed in
+of the metrics, never shown as 0). A read that *failed* (as opposed to being unsupported) is listed in
 :attr:`GpuTelemetry.errors` with the field's name, so the exporter can count it and mark the GPU degraded.
-Cumulative readings (energy, I/O bytes, ECC errors) only go up while the driver stays loaded.
+Cumulative readings (energy, I/O bytes, ECC errors, PCIe replays) only go up while the driver stays loaded.
+
+A MIG-enabled GPU is read as NVML answers for one: no GPU-wide utilization (NVML does not support it in MIG
+mode) and no per-process SM share; each MIG device has its own :class:`MigTelemetry` (memory always, activity
+where the GPU has GPM: Hopper and newer).
 """
 
 from __future__ import annotations
@@ -33,6 +37,28 @@ FIELDS = (
     "nvlink_io",
     "ecc",
     "processes",
+    "remapped_rows",
+    "pcie_replays",
+    "clock_events",
+    "gpm",
+    "mig",
+)
+
+#: GPM activity readings (fractions 0..1 of the sampling window), the keys of ``activity`` mappings.
+ACTIVITIES = ("graphics", "sm", "sm_occupancy", "tensor", "dram", "fp64", "fp32", "fp16")
+#: GPM throughput readings, the keys of ``io_throughput`` mappings: (interconnect, direction).
+THROUGHPUTS = (("pcie", "receive"), ("pcie", "transmit"), ("nvlink", "receive"), ("nvlink", "transmit"))
+#: NVML clocks event ("throttle") reasons by bit, as ``nvmlDeviceGetCurrentClocksEventReasons`` reports them.
+CLOCK_EVENT_REASONS: tuple[tuple[int, str], ...] = (
+    (0x1, "gpu_idle"),
+    (0x2, "applications_clocks_setting"),
+    (0x4, "sw_power_cap"),
+    (0x8, "hw_slowdown"),
+    (0x10, "sync_boost"),
+    (0x20, "sw_thermal_slowdown"),
+    (0x40, "hw_thermal_slowdown"),
+    (0x80, "hw_power_brake_slowdown"),
+    (0x100, "display_clock_setting"),
 )
 
 
@@ -44,6 +70,30 @@ class ProcessSample:
     memory_bytes: int | None = None
     #: Fraction (0..1) of the sampling window the GPU's SMs ran this process's kernels.
     sm_utilization: float | None = None
+
+
+def _empty() -> Mapping[str, float]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class MigTelemetry:
+    """One reading of one MIG device (a GPU instance + compute instance) of a MIG-enabled GPU."""
+
+    uuid: str
+    memory_used_bytes: int | None = None
+    memory_total_bytes: int | None = None
+    #: GPM activity of the instance (keys from :data:`ACTIVITIES`), relative to the instance; empty when the
+    #: GPU has no GPM (before Hopper).
+    activity: Mapping[str, float] = field(default_factory=_empty)
+    #: ``None``: the processes cannot be listed; ``()``: none.
+    processes: tuple[ProcessSample, ...] | None = None
+
+    @property
+    def utilization(self) -> float | None:
+        """Fraction of time the instance ran work (GPM graphics activity), the instance's analogue of
+        NVML's GPU utilization; ``None`` without GPM."""
+        return self.activity.get("graphics")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +124,24 @@ class GpuTelemetry:
     ecc_uncorrected: int | None = None
     #: ``None``: the backend cannot list processes; ``()``: no process uses the GPU.
     processes: tuple[ProcessSample, ...] | None = None
+    #: Fraction of the sampling window device memory was read or written (NVML ``utilization.memory``).
+    memory_copy_utilization: float | None = None
+    #: Rows remapped since manufacture because of correctable / uncorrectable errors; a remap waiting for
+    #: the next GPU reset; a remap that failed (the GPU must be serviced).
+    remapped_rows_correctable: int | None = None
+    remapped_rows_uncorrectable: int | None = None
+    row_remap_pending: bool | None = None
+    row_remap_failure: bool | None = None
+    #: PCIe link-level retries since the driver was loaded.
+    pcie_replays: int | None = None
+    #: Bitmask of the active clocks event reasons (see :data:`CLOCK_EVENT_REASONS`).
+    clock_event_reasons: int | None = None
+    #: GPM activity of the whole GPU (keys from :data:`ACTIVITIES`); empty without GPM or in MIG mode.
+    activity: Mapping[str, float] = field(default_factory=_empty)
+    #: GPM throughput in bytes per second, by (interconnect, direction) from :data:`THROUGHPUTS`.
+    io_throughput: Mapping[tuple[str, str], float] = field(default_factory=lambda: MappingProxyType({}))
+    #: One reading per MIG device of a MIG-enabled GPU.
+    mig: tuple[MigTelemetry, ...] = ()
     #: Field name (see :data:`FIELDS`) -> error text, for reads that failed in this sample.
     errors: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 

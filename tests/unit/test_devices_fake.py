@@ -30,6 +30,7 @@ def discover(spec: str, **options: str) -> Inventory:
 def test_named_profiles_are_listed() -> None:
     assert named_profiles() == [
         "dgx-h100",
+        "dgx-h100-mig",
         "flex170-2",
         "mi300x-4",
         "mig-a100",
@@ -129,6 +130,21 @@ def test_mig_a100_publishes_mig_devices_only() -> None:
     assert all(d.uuid.startswith("MIG-") for d in inventory.devices)
 
 
+def test_dgx_h100_mig_mixes_whole_gpus_and_mig_devices() -> None:
+    inventory = discover("fake:dgx-h100-mig")
+    assert [g.mig_enabled for g in inventory.gpus] == [False] * 6 + [True, True]
+    kinds = [d.kind for d in inventory.devices]
+    assert (kinds.count("gpu"), kinds.count("mig")) == (6, 11)
+    assert sorted(m.profile or "" for m in inventory.gpus[7].mig_devices) == [
+        "1g.10gb",
+        "1g.10gb",
+        "2g.20gb",
+        "3g.40gb",
+    ]
+    (domain,) = inventory.topology.domains  # MIG mode does not change the NVLink topology
+    assert len(domain.members) == 8
+
+
 def test_generated_uuids_are_deterministic_and_per_node() -> None:
     a1 = discover("fake:dgx-h100", node_name="node-a")
     a2 = discover("fake:dgx-h100", node_name="node-a")
@@ -139,7 +155,9 @@ def test_generated_uuids_are_deterministic_and_per_node() -> None:
     assert all(re.match(r"^GPU-[0-9a-f-]{36}$", g.uuid) for g in a1.gpus)
 
 
-@pytest.mark.parametrize("profile", ["dgx-h100", "nvlink-pairs", "nvl72-tray", "mig-a100", "pcie-l4x4"])
+@pytest.mark.parametrize(
+    "profile", ["dgx-h100", "dgx-h100-mig", "nvlink-pairs", "nvl72-tray", "mig-a100", "pcie-l4x4"]
+)
 def test_enumeration_order_does_not_change_names_or_attributes(profile: str, tmp_path: Path) -> None:
     """NVML index order may change across boots: a shuffled profile must publish the same devices."""
     data = yaml.safe_load((PROFILES / f"{profile}.yaml").read_text())

@@ -130,16 +130,73 @@ def test_counters_only_go_up(tmp_path: Path) -> None:
         previous = current
 
 
-def test_mig_processes_count_towards_the_parent(tmp_path: Path) -> None:
+def test_a_mig_enabled_gpu_reads_like_nvml_reads_it(tmp_path: Path) -> None:
+    """No GPU-wide utilization and no per-process SM share in MIG mode; memory per MIG device; no GPM on
+    an A100 (Ampere)."""
     profile = load_named_profile("mig-a100")
     backend = FakeBackend(profile, state_dir=tmp_path)
     gpu = profile.inventory.gpus[0]
-    write_proc(tmp_path, gpu.mig_devices[0].uuid, os.getpid(), 0.3, GiB)
+    mig = gpu.mig_devices[0]
+    write_proc(tmp_path, mig.uuid, os.getpid(), 0.3, GiB)
     t = backend.sample(gpu.uuid)
-    assert t.utilization == 0.3
-    assert [p.pid for p in t.processes or ()] == [os.getpid()]
+    assert (t.utilization, t.encoder_utilization, t.decoder_utilization, t.memory_copy_utilization) == (
+        None,
+        None,
+        None,
+        None,
+    )
+    assert t.processes == (ProcessSample(os.getpid(), GiB, None),)
+    assert t.activity == {} and t.io_throughput == {}
+    readings = {m.uuid: m for m in t.mig}
+    assert list(readings) == [m.uuid for m in gpu.mig_devices]
+    first = readings[mig.uuid]
+    assert (first.memory_total_bytes, first.memory_used_bytes) == (
+        mig.memory_bytes,
+        (mig.memory_bytes or 0) // 200 + GiB,
+    )
+    assert first.processes == (ProcessSample(os.getpid(), GiB, None),)
+    assert first.utilization is None and first.activity == {}  # Ampere: no GPM
+    # The parent's memory is what its instances use; its power follows their load.
+    assert t.memory_used_bytes == (gpu.memory_bytes or 0) // 200 + sum(
+        m.memory_used_bytes or 0 for m in t.mig
+    )
+    assert t.power_watts is not None and t.power_watts > board_model(gpu).idle_watts
     with pytest.raises(TelemetryError, match="no fake GPU"):
-        backend.sample(gpu.mig_devices[0].uuid)
+        backend.sample(mig.uuid)
+
+
+def test_hopper_mig_devices_report_their_own_activity(tmp_path: Path) -> None:
+    profile = load_named_profile("dgx-h100-mig")
+    backend = FakeBackend(profile, state_dir=tmp_path)
+    whole, mig_gpu = profile.inventory.gpus[0], profile.inventory.gpus[7]
+    busy = next(m for m in mig_gpu.mig_devices if m.profile == "3g.40gb")
+    write_proc(tmp_path, busy.uuid, os.getpid(), 0.5, GiB, tensor=0.25)
+    write_proc(tmp_path, whole.uuid, os.getpid(), 0.8, GiB)
+    t = backend.sample(mig_gpu.uuid)
+    assert t.utilization is None and t.activity == {} and t.io_throughput == {}
+    activity = {m.uuid: dict(m.activity) for m in t.mig}
+    assert activity[busy.uuid]["graphics"] == 0.5 and activity[busy.uuid]["tensor"] == 0.25
+    assert {m.uuid: m.utilization for m in t.mig}[busy.uuid] == 0.5
+    idle = next(m for m in mig_gpu.mig_devices if m.uuid != busy.uuid)
+    assert set(activity[idle.uuid].values()) == {0.0}
+    w = backend.sample(whole.uuid)
+    assert w.utilization == 0.8 and w.activity["graphics"] == 0.8 and w.activity["sm_occupancy"] == 0.4
+    assert set(w.io_throughput) == {
+        ("pcie", "receive"),
+        ("pcie", "transmit"),
+        ("nvlink", "receive"),
+        ("nvlink", "transmit"),
+    }
+    assert w.mig == () and w.clock_event_reasons == 0
+    assert (w.remapped_rows_correctable, w.row_remap_failure, w.pcie_replays) == (0, False, 0)
+
+
+def test_health_registers_follow_the_board(tmp_path: Path) -> None:
+    l4 = open_backend("fake:pcie-l4x4")
+    t = l4.sample(l4.discover().gpus[0].uuid)
+    # GDDR: no row remapper; Ada: no GPM; idle: the GPU-idle clocks event reason.
+    assert (t.remapped_rows_correctable, t.row_remap_pending, t.activity) == (None, None, {})
+    assert (t.clock_event_reasons, t.pcie_replays, t.memory_copy_utilization) == (0x1, 0, 0.0)
 
 
 def test_state_dir_layout_and_container_edits(tmp_path: Path) -> None:
