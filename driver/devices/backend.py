@@ -53,8 +53,10 @@ class ContainerEditsSource(Protocol):
 class HealthCapable(Protocol):
     """A backend that reports device health: hardware error events and probes of its GPUs."""
 
-    def health_source(self, inventory: Inventory) -> HealthSource:
-        """A new, not yet started :class:`~driver.health.events.HealthSource` for these GPUs."""
+    def health_source(self, inventory: Inventory, *, read_only: bool = False) -> HealthSource:
+        """A new, not yet started :class:`~driver.health.events.HealthSource` for these GPUs.
+
+        ``read_only``: the source only watches (the exporter's XID counter) and writes nothing."""
         ...
 
 

@@ -112,14 +112,14 @@ class FakeBackend:
             raise TelemetryError(f"GPU {uuid} cannot be read: {LOST_REASON}")
         return self._simulator.sample(uuid)
 
-    def health_source(self, inventory: Inventory) -> HealthSource:
+    def health_source(self, inventory: Inventory, *, read_only: bool = False) -> HealthSource:
         """Faults injected under the state dir (``driver.health.fake``); none without a state dir."""
         from driver.health.events import QuietSource
         from driver.health.fake import FakeHealthSource
 
         if self.state_dir is None:
             return QuietSource()
-        return FakeHealthSource(self.state_dir, inventory)
+        return FakeHealthSource(self.state_dir, inventory, write_index=not read_only)
 
     def container_edits(self) -> dict[str, Any]:
         """CDI containerEdits that let workloads in containers report load: the state dir, read-write."""
@@ -585,7 +585,7 @@ def _gpu(raw: dict[str, Any], index: int, seed: str, source: str) -> Gpu:
         minor=raw.get("minor", index),
         mig_enabled=None if mig is None else bool(mig["enabled"]),
         mig_devices=tuple(
-            _mig(m, gpu_uuid, source, f"{where}.mig.devices[{i}]")
+            _mig(m, gpu_uuid, source, f"{where}.mig.devices[{i}]", i)
             for i, m in enumerate((mig or {}).get("devices", []))
         ),
         nvlinks=None if raw.get("nvlinks", []) is None else _links(raw.get("nvlinks", [])),
@@ -610,7 +610,7 @@ def _links(groups: list[dict[str, Any]]) -> tuple[NvLink, ...]:
     return tuple(links)
 
 
-def _mig(raw: dict[str, Any], parent_uuid: str, source: str, where: str) -> MigDevice:
+def _mig(raw: dict[str, Any], parent_uuid: str, source: str, where: str, slot: int) -> MigDevice:
     gi, ci = raw["gpuInstance"], raw["computeInstance"]
     return MigDevice(
         uuid=raw.get("uuid") or _derived_uuid("MIG", parent_uuid, str(gi), str(ci)),
@@ -619,4 +619,5 @@ def _mig(raw: dict[str, Any], parent_uuid: str, source: str, where: str) -> MigD
         gpu_instance_id=gi,
         compute_instance_id=ci,
         placement=MigPlacement(start=raw["placement"]["start"], size=raw["placement"]["size"]),
+        slot=slot,
     )

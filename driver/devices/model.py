@@ -50,6 +50,12 @@ def normalize_pci_bus_id(raw: str | bytes | None) -> str | None:
     return f"{domain:04x}:{bus:02x}:{dev:02x}.{func}"
 
 
+def nvml_pci_bus_id(bus_id: str) -> str:
+    """``0000:1b:00.0`` -> ``00000000:1B:00.0``, the form NVML (and tools built on it) write."""
+    domain, bus, rest = bus_id.split(":", 2)
+    return f"{int(domain, 16):08X}:{bus.upper()}:{rest.upper()}"
+
+
 def is_dns_label(name: str) -> bool:
     return bool(_DNS_LABEL_RE.match(name))
 
@@ -101,6 +107,9 @@ class MigDevice:
     gpu_instance_id: int | None = None
     compute_instance_id: int | None = None
     placement: MigPlacement | None = None
+    #: NVML's MIG device index on its GPU (``nvmlDeviceGetMigDeviceHandleByIndex``; slots can be empty).
+    #: Enumeration order, not identity: device plugins name MIG devices by it, so attribution needs it.
+    slot: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ with a pure-Python stand-in. PCIe root and NUMA node come from sysfs (root overr
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import math
 import time
 import uuid as uuidlib
@@ -223,7 +224,7 @@ class NvmlBackend:
     def container_edits(self) -> dict[str, Any]:
         return {}
 
-    def health_source(self, inventory: Inventory) -> HealthSource:
+    def health_source(self, inventory: Inventory, *, read_only: bool = False) -> HealthSource:
         """XID and double-bit ECC events and probes through this backend's NVML (``driver.health.nvml``)."""
         from driver.health.nvml import NvmlHealthSource
 
@@ -447,7 +448,7 @@ class NvmlBackend:
                 continue
             mig = self._mig_device(handle, mig_handle, profiles, ref)
             if mig is not None:
-                devices.append(mig)
+                devices.append(dataclasses.replace(mig, slot=index))
         return True, tuple(devices)
 
     def _gi_profiles(self, handle: Any) -> dict[int, tuple[str, int]]:

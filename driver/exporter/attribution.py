@@ -1,22 +1,25 @@
 """Who uses a GPU, and how much of it: pure functions over allocations and process samples.
 
-Rules (docs/metrics.md, "Attribution"):
+Values are split per *device*: a whole GPU, or one MIG device of a MIG-enabled GPU (whose memory, processes
+and, with GPM, utilization NVML reports per instance). Rules (docs/metrics.md, "Attribution"):
 
-- A GPU held by one container (through one or more claims or a device plugin) is that container's:
-  its per-container series carry the whole GPU's utilization and memory (``attribution="exclusive"``).
-- A GPU held by several containers (a shared claim, several MIG devices, time-slicing replicas) is split
+- A device held by one container (through one or more claims or a device plugin) is that container's:
+  its per-container series carry the whole device's utilization and memory (``attribution="exclusive"``),
+  unless NVML lists processes that are all traced and some belong to someone else (another container or
+  the host): then the holder gets the sum over its own processes (``attribution="process"``).
+- A device held by several containers (a shared claim, several MIG devices, time-slicing replicas) is split
   by NVML's per-process samples only when NVML lists at least one process and every listed process is
   traced (``/proc/<pid>/cgroup`` plus the node's pods from the API server) either to a container or to no
   container at all (a host process): each container gets the sum over its processes
   (``attribution="process"``); processes of other containers or outside Kubernetes count for no consumer.
-- Otherwise every consumer is shown the whole GPU's values (``attribution="shared"``): correct per
-  container as an upper bound, never to be summed. One untraced process is enough: its usage could be any
+- Otherwise every consumer is shown the whole device's values (``attribution="shared"``): correct per
+  container as an upper bound, never to be summed (a single holder whose foreign processes are known but
+  whose own share cannot be measured is shown the same way). One untraced process is enough: its usage could be any
   consumer's, so a split would show that consumer a false low value. An empty process list is no proof
   of idleness either (NVML may not show processes to the exporter), so it falls back too.
 
-A container that holds the same GPU through several rows (claims or MIG devices of that GPU) has its
-``exclusive`` or ``process`` value divided evenly among those rows, so that summing rows never counts a
-container twice. ``shared`` rows keep the whole value on each row: they are upper bounds, read with ``max``.
+A container that holds the same device through several rows (claims) has its ``exclusive`` or ``process``
+value divided evenly among those rows, so that summing rows never counts a container twice. ``shared`` rows keep the whole value on each row: they are upper bounds, read with ``max``.
 
 Whole-GPU series (power, energy, temperature, ...) are never split: ``accel_dra_gpu_allocation_info``
 joins them to consumers.
@@ -27,7 +30,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from driver.devices.telemetry import GpuTelemetry, ProcessSample
 
@@ -55,6 +58,10 @@ class Consumer:
     dra_driver: str = ""
     dra_pool: str = ""
     dra_device: str = ""
+    #: The MIG device held ("" for a whole GPU).
+    mig_uuid: str = ""
+    #: The DeviceClass the claim requested the device through, or the device plugin's resource name.
+    device_class: str = ""
 
     @property
     def key(self) -> ContainerKey:
@@ -91,6 +98,19 @@ class ConsumerShare:
 OwnerOf = Callable[[int], ContainerKey | None]
 
 
+class Usage(Protocol):
+    """What a split needs of one device's reading (:class:`GpuTelemetry` or a MIG device's)."""
+
+    @property
+    def utilization(self) -> float | None: ...
+
+    @property
+    def memory_used_bytes(self) -> int | None: ...
+
+    @property
+    def processes(self) -> tuple[ProcessSample, ...] | None: ...
+
+
 def _by_process(
     containers: Sequence[ContainerKey],
     processes: Sequence[ProcessSample],
@@ -109,13 +129,11 @@ def _by_process(
     return totals
 
 
-def _traced_owners(
-    telemetry: GpuTelemetry | None, owner_of: OwnerOf | None
-) -> dict[int, ContainerKey | None] | None:
+def _traced_owners(usage: Usage | None, owner_of: OwnerOf | None) -> dict[int, ContainerKey | None] | None:
     """Every listed process's owner, or ``None`` unless a per-process split is safe (module docstring)."""
-    if telemetry is None or not telemetry.processes or owner_of is None:
+    if usage is None or not usage.processes or owner_of is None:
         return None
-    owners = {p.pid: owner_of(p.pid) for p in telemetry.processes}
+    owners = {p.pid: owner_of(p.pid) for p in usage.processes}
     return owners if all(owner is not None for owner in owners.values()) else None
 
 
@@ -126,34 +144,40 @@ def _memory_parts(total: int, parts: int, index: int) -> int:
 
 
 def split(
-    telemetry: GpuTelemetry | None,
+    usage: Usage | None,
     consumers: Sequence[Consumer],
     owner_of: OwnerOf | None,
 ) -> tuple[ConsumerShare, ...]:
-    """Per-consumer utilization and memory of one GPU (see the module docstring for the rules)."""
+    """Per-consumer utilization and memory of one device (see the module docstring for the rules)."""
     if not consumers:
         return ()
     containers = sorted({c.key for c in consumers})
-    whole_util = telemetry.utilization if telemetry else None
-    whole_mem = telemetry.memory_used_bytes if telemetry else None
+    whole_util = usage.utilization if usage else None
+    whole_mem = usage.memory_used_bytes if usage else None
     util: dict[ContainerKey, float | None] = dict.fromkeys(containers, whole_util)
     mem: dict[ContainerKey, float | None] = dict.fromkeys(containers, whole_mem)
     util_mode = mem_mode = "exclusive" if len(containers) == 1 else "shared"
-    owners = _traced_owners(telemetry, owner_of) if len(containers) > 1 else None
-    if telemetry is not None and telemetry.processes and owners is not None:
-        util_split = _by_process(containers, telemetry.processes, owners, lambda p: p.sm_utilization)
+    owners = _traced_owners(usage, owner_of)
+    if len(containers) == 1 and owners is not None and set(owners.values()) <= set(containers):
+        owners = None  # every process is the holder's: the whole device is exactly its use
+    if usage is not None and usage.processes and owners is not None:
+        util_split = _by_process(containers, usage.processes, owners, lambda p: p.sm_utilization)
         mem_split = _by_process(
             containers,
-            telemetry.processes,
+            usage.processes,
             owners,
             lambda p: None if p.memory_bytes is None else float(p.memory_bytes),
         )
         if util_split is not None:
             util, util_mode = {k: min(1.0, v) for k, v in util_split.items()}, "process"
+        elif len(containers) == 1:
+            util_mode = "shared"  # others' processes run here too: the whole value is only an upper bound
         if mem_split is not None:
             mem, mem_mode = dict(mem_split), "process"
-    # A container's rows for this GPU (several claims, several MIG devices) share its value, so a sum
-    # over rows counts it once. Shared values are upper bounds and stay whole on every row.
+        elif len(containers) == 1:
+            mem_mode = "shared"
+    # A container's rows for this device (several claims) share its value, so a sum over rows counts it
+    # once. Shared values are upper bounds and stay whole on every row.
     rows = Counter(c.key for c in consumers)
     seen: Counter[ContainerKey] = Counter()
     shares: list[ConsumerShare] = []
@@ -168,4 +192,20 @@ def split(
         if mem_mode != "shared" and memory is not None:
             memory = _memory_parts(memory, n, index)
         shares.append(ConsumerShare(consumer, u, util_mode, memory, mem_mode))
+    return tuple(shares)
+
+
+def split_gpu(
+    telemetry: GpuTelemetry | None, consumers: Sequence[Consumer], owner_of: OwnerOf | None
+) -> tuple[ConsumerShare, ...]:
+    """:func:`split` for each device of one GPU: the whole GPU, and each of its MIG devices with that
+    device's own reading (memory, processes, utilization where NVML has it)."""
+    devices: dict[str, list[Consumer]] = {}
+    for consumer in consumers:
+        devices.setdefault(consumer.mig_uuid, []).append(consumer)
+    migs = {m.uuid: m for m in telemetry.mig} if telemetry is not None else {}
+    shares: list[ConsumerShare] = []
+    for mig_uuid, held in devices.items():
+        usage: Usage | None = telemetry if not mig_uuid else migs.get(mig_uuid)
+        shares += split(usage, held, owner_of)
     return tuple(shares)

@@ -19,18 +19,23 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal, Protocol, cast
+from typing import TYPE_CHECKING, Literal, Protocol, cast
 
 from driver import __version__
 from driver.devices.model import Gpu, Inventory
 from driver.devices.telemetry import GpuTelemetry, TelemetryError, TelemetrySource
-from driver.exporter.attribution import OUTSIDE_PODS, ConsumerShare, ContainerKey, OwnerOf, split
+from driver.exporter.attribution import OUTSIDE_PODS, ConsumerShare, ContainerKey, OwnerOf, split_gpu
 from driver.exporter.cgroups import read_cgroup
+from driver.exporter.chargeback import Charge, Chargeback, device_shares
+from driver.exporter.holders import ClaimIndex, holders
 from driver.exporter.podresources import ContainerResources, DeviceResolver, PodResourcesError
 from driver.health.state import GpuHealth, gpu_health
 from driver.health.store import StateFileReader
 from driver.log import get_logger
 from driver.threads import CallThread, when_done
+
+if TYPE_CHECKING:
+    from driver.exporter.xids import XidCounter
 
 log = get_logger(__name__)
 
@@ -65,6 +70,10 @@ class GpuSnapshot:
     shares: tuple[ConsumerShare, ...] = ()
     #: What the plugin's health monitor recorded (``None`` without a health state file).
     health: GpuHealth | None = None
+    #: XID code -> events since the exporter started; ``None`` while XID events are not watched.
+    xids: Mapping[int, int] | None = None
+    #: The last XID code (0: none yet); ``None`` while XID events are not watched.
+    last_xid: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +93,8 @@ class Snapshot:
     pod_resources_up: bool | None = None
     attribution_errors: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     version: str = __version__
+    #: GPU-seconds allocated and used per charge key (``driver.exporter.chargeback``).
+    charges: tuple[Charge, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -93,6 +104,8 @@ class Settings:
     proc_root: str = "/proc"
     #: The plugin's health state file (``<plugin-dir>/health.json``); "" when not shared with us.
     health_state_file: str = ""
+    #: Seconds a chargeback key is kept after its last holder is gone.
+    chargeback_retention: float = 900.0
 
 
 class _Worker:
@@ -148,6 +161,9 @@ class Collector:
         pod_resources: AllocationSource | None = None,
         containers: Callable[[str], ContainerKey | None] | None = None,
         containers_ready: Callable[[], bool] = lambda: True,
+        pod_phase: Callable[[str, str], str | None] | None = None,
+        claims: ClaimIndex | None = None,
+        xids: XidCounter | None = None,
         node_name: str = "",
         backend_name: str = "",
         clock: Callable[[], float] = time.monotonic,
@@ -159,6 +175,13 @@ class Collector:
         self._pod_resources = pod_resources
         self._containers = containers
         self._containers_ready = containers_ready
+        self._pod_phase = pod_phase
+        self._claims = claims
+        self._xids = xids
+        self._xid_poller = CallThread(xids.poll, name="xid-events") if xids is not None else None
+        self._xid_poll: concurrent.futures.Future[None] | None = None
+        self._chargeback = Chargeback(device_shares(inventory), self.settings.chargeback_retention)
+        self._charged_at: float | None = None
         self._clock = clock
         self._wall_clock = wall_clock
         self._records = {gpu.uuid: _GpuRecord(gpu) for gpu in inventory.gpus}
@@ -205,6 +228,13 @@ class Collector:
                 await self._task
         for worker in self._workers.values():
             worker.stop()
+        if self._xid_poller is not None:
+            self._xid_poller.stop()
+        if self._xids is not None:
+            with contextlib.suppress(Exception):
+                self._xids.close()
+        if self._claims is not None:
+            await self._claims.close()
         if self._pod_resources is not None:
             await self._pod_resources.close()
 
@@ -231,6 +261,7 @@ class Collector:
         health = self._read_health()
         self._samples += 1
         self._last_round = self._clock()
+        self._charge(shares)
         previous = self._snapshot
         self._snapshot = Snapshot(
             seq=previous.seq + 1,
@@ -247,20 +278,38 @@ class Collector:
                     MappingProxyType(dict(r.read_errors)),
                     shares.get(uuid, ()),
                     health.get(uuid),
+                    self._xids.counts(uuid) if self._xids is not None else None,
+                    self._xids.last(uuid) if self._xids is not None else None,
                 )
                 for uuid, r in self._records.items()
             ),
             samples_total=self._samples,
             pod_resources_up=self._pod_resources_up,
             attribution_errors=MappingProxyType(dict(self._attribution_errors)),
+            charges=self._chargeback.charges(),
         )
         return self._snapshot
+
+    def _charge(self, shares: Mapping[str, tuple[ConsumerShare, ...]]) -> None:
+        """Count the time since the previous round for this round's holders (at most a few intervals: after a
+        stall the holders of the gap are not known)."""
+        now = self._clock()
+        elapsed = 0.0 if self._charged_at is None else min(now - self._charged_at, 5 * self.settings.interval)
+        self._charged_at = now
+        self._chargeback.advance(
+            now,
+            max(0.0, elapsed),
+            ((uuid, r.gpu.product_name or "", shares.get(uuid, ())) for uuid, r in self._records.items()),
+        )
 
     async def _read_gpus(self) -> None:
         now = self._clock()
         for worker in self._workers.values():
             worker.request(now)
         waiting = [w.waiter for w in self._workers.values() if w.waiter is not None and not w.waiter.done()]
+        if self._xid_poller is not None and (self._xid_poll is None or self._xid_poll.done()):
+            self._xid_poll = self._xid_poller.submit()
+            waiting.append(when_done(self._xid_poll))
         if waiting:
             await asyncio.wait(waiting, timeout=min(self.settings.interval, self.settings.sample_timeout))
         now = self._clock()
@@ -335,13 +384,26 @@ class Collector:
                 if self._pod_resources_up is not False:
                     log.warning("kubelet PodResources unavailable; keeping the last answer", error=str(err))
                 self._pod_resources_up = False
-        consumers = self._resolver.consumers(self._allocations)
+        consumers = self._resolver.consumers(self._holders())
         owner_of = self._owner_lookup()
         return {
-            uuid: split(self._records[uuid].telemetry, found, owner_of)
+            uuid: split_gpu(self._records[uuid].telemetry, found, owner_of)
             for uuid, found in consumers.items()
             if uuid in self._records
         }
+
+    def _holders(self) -> list[ContainerResources]:
+        """The kubelet's allocations less finished pods and admin-access devices (``driver.exporter.holders``)."""
+        claims = self._claims
+        if claims is not None:
+            claims.want(
+                {(d.claim_namespace, d.claim_name) for c in self._allocations for d in c.claim_devices}
+            )
+        return holders(
+            self._allocations,
+            self._pod_phase,
+            claims.facts if claims is not None else lambda _ns, _name: None,
+        )
 
     def _owner_lookup(self) -> OwnerOf | None:
         """pid -> container, through ``<proc_root>/<pid>/cgroup`` and the node's pods; ``None`` if unknown."""

@@ -129,6 +129,18 @@ class PodIndex:
             self._built_at = self.watch.version
         return self._containers.get(container_id)
 
+    def phase(self, namespace: str, name: str) -> str | None:
+        """The pod's ``status.phase``; ``"Gone"`` when the synced index does not have the pod (deleted);
+        ``None`` before the index is synced or when the pod reports no phase."""
+        if not self.ready:
+            return None
+        pod = self.watch.objects.get((namespace, name))
+        if pod is None:
+            return "Gone"
+        status = pod.get("status")
+        phase = status.get("phase") if isinstance(status, Mapping) else None
+        return phase if isinstance(phase, str) else None
+
     def _build(self) -> dict[str, ContainerKey]:
         out: dict[str, ContainerKey] = {}
         for pod in self.watch.objects.values():

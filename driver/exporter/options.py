@@ -62,6 +62,13 @@ def add_exporter_arguments(parser: argparse.ArgumentParser) -> None:
         help="the plugin's health state file (<plugin-dir>/health.json), so hw_status and hw_errors_total "
         "show the plugin's XID and lost-GPU findings; empty: off (env HEALTH_STATE_FILE)",
     )
+    parser.add_argument(
+        "--chargeback-retention",
+        type=float,
+        default=float(_env("EXPORTER_CHARGEBACK_RETENTION", "900")),
+        help="seconds the GPU-time counters of a pod are still served after it released its devices, so "
+        "Prometheus scrapes their final value (default 900)",
+    )
     config.add_common_arguments(parser)
 
 
@@ -82,6 +89,7 @@ class ExporterConfig:
     log_level: str
     log_format: str
     health_state_file: str = ""
+    chargeback_retention: float = 900.0
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ExporterConfig:
@@ -89,6 +97,10 @@ class ExporterConfig:
             raise config.ConfigError(f"--interval must be positive, got {args.interval}")
         if args.sample_timeout <= 0:
             raise config.ConfigError(f"--sample-timeout must be positive, got {args.sample_timeout}")
+        if args.chargeback_retention < 0:
+            raise config.ConfigError(
+                f"--chargeback-retention must not be negative, got {args.chargeback_retention}"
+            )
         return cls(
             listen=args.listen,
             backend=args.backend,
@@ -105,6 +117,7 @@ class ExporterConfig:
             log_level=args.log_level,
             log_format=args.log_format,
             health_state_file=args.health_state_file,
+            chargeback_retention=args.chargeback_retention,
         )
 
     @property

@@ -9,7 +9,12 @@
 - DRA devices of other drivers through the node's ResourceSlices (optional, :class:`SliceLookup`): the
   device's ``uuid`` / ``parentUUID`` or ``resource.kubernetes.io/pciBusID`` attribute names the GPU;
 - device-plugin devices by id: a GPU or MIG UUID (``::N`` time-slicing replica suffixes are dropped), a
-  device name or a PCI address.
+  device name, a PCI address, an NVML index (``0``; ``0:3`` for the MIG device in slot 3, NVIDIA's device
+  plugin with ``DEVICE_ID_STRATEGY=index``) or GKE's device-node names (``nvidia0``, ``nvidia0/gi2`` for GPU
+  instance 2 of the GPU at ``/dev/nvidia0``, ``nvidia0/vgpu1`` for a time-shared replica).
+
+A device resolves to its GPU and, for a MIG device, the MIG device's UUID, so that its usage is read from
+the MIG device itself.
 
 Devices that resolve to no GPU of this node (NICs, other vendors' accelerators) are ignored.
 """
@@ -33,6 +38,8 @@ DEFAULT_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
 # The kubelet's own limit for this API's messages.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 _REPLICA_SUFFIX = re.compile(r"::\d+$")
+_INDEX_ID = re.compile(r"^(\d+)(?::(\d+))?$")
+_GKE_ID = re.compile(r"^nvidia(\d+)(?:/gi(\d+))?(?:/vgpu\d+)?$")
 
 
 class PodResourcesError(Exception):
@@ -48,6 +55,8 @@ class ClaimDevice:
     driver: str
     pool: str
     device: str
+    #: The DeviceClass its request named ("" until looked up, see ``driver.exporter.holders``).
+    device_class: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,11 +148,14 @@ class SliceLookup(Protocol):
     def device(self, driver: str, pool: str, name: str) -> Mapping[str, Any] | None: ...
 
 
-def _attribute(attributes: Mapping[str, Any], name: str) -> str | None:
+def _attribute(attributes: Any, name: str) -> str | None:
     """A string attribute by its unqualified name, whatever its domain (``uuid`` or ``gpu.x.com/uuid``)."""
+    if not isinstance(attributes, Mapping):
+        return None
     for key, value in attributes.items():
         if (
-            key.rsplit("/", 1)[-1] == name
+            isinstance(key, str)
+            and key.rsplit("/", 1)[-1] == name
             and isinstance(value, Mapping)
             and isinstance(value.get("string"), str)
         ):
@@ -151,8 +163,12 @@ def _attribute(attributes: Mapping[str, Any], name: str) -> str | None:
     return None
 
 
+#: A device of this node: (GPU UUID, MIG device UUID or "" for the whole GPU).
+DeviceRef = tuple[str, str]
+
+
 class DeviceResolver:
-    """Maps allocated devices to GPU UUIDs of this node's inventory."""
+    """Maps allocated devices to GPUs (and MIG devices) of this node's inventory."""
 
     def __init__(
         self,
@@ -164,22 +180,53 @@ class DeviceResolver:
         self.driver_name = driver_name
         self.pool_name = pool_name
         self.slices = slices
-        self._by_name = {d.name: d.gpu.uuid for d in inventory.devices}
-        self._by_name.update({g.name: g.uuid for g in inventory.gpus})
-        self._by_uuid = {g.uuid.lower(): g.uuid for g in inventory.gpus}
-        self._by_uuid.update({m.uuid.lower(): g.uuid for g in inventory.gpus for m in g.mig_devices})
-        self._by_pci = {g.pci_bus_id: g.uuid for g in inventory.gpus if g.pci_bus_id}
+        self._by_name: dict[str, DeviceRef] = {
+            d.name: (d.gpu.uuid, d.mig.uuid if d.mig else "") for d in inventory.devices
+        }
+        self._by_name.update({g.name: (g.uuid, "") for g in inventory.gpus})
+        self._by_uuid: dict[str, DeviceRef] = {g.uuid.lower(): (g.uuid, "") for g in inventory.gpus}
+        self._by_uuid.update(
+            {m.uuid.lower(): (g.uuid, m.uuid) for g in inventory.gpus for m in g.mig_devices}
+        )
+        self._by_pci: dict[str, DeviceRef] = {
+            g.pci_bus_id: (g.uuid, "") for g in inventory.gpus if g.pci_bus_id
+        }
+        # NVML index = enumeration order; MIG devices by their NVML slot (NVIDIA's device plugin ids).
+        self._by_index: dict[str, DeviceRef] = {str(i): (g.uuid, "") for i, g in enumerate(inventory.gpus)}
+        self._by_index.update(
+            {
+                f"{i}:{m.slot}": (g.uuid, m.uuid)
+                for i, g in enumerate(inventory.gpus)
+                for m in g.mig_devices
+                if m.slot is not None
+            }
+        )
+        # GKE names GPUs after their device node and MIG devices after their GPU instance.
+        self._by_minor: dict[tuple[int, int | None], DeviceRef] = {
+            (g.minor, None): (g.uuid, "") for g in inventory.gpus if g.minor is not None
+        }
+        self._by_minor.update(
+            {
+                (g.minor, m.gpu_instance_id): (g.uuid, m.uuid)
+                for g in inventory.gpus
+                for m in reversed(g.mig_devices)  # the first compute instance of a GPU instance wins
+                if g.minor is not None and m.gpu_instance_id is not None
+            }
+        )
 
-    def gpu_for_id(self, device_id: str) -> str | None:
-        """A device-plugin id, UUID, device name or PCI address -> GPU UUID."""
+    def device_for_id(self, device_id: str) -> DeviceRef | None:
+        """A device-plugin id, UUID, device name, PCI address, NVML index or GKE name -> the device."""
         text = _REPLICA_SUFFIX.sub("", device_id.strip())
-        found = self._by_uuid.get(text.lower()) or self._by_name.get(text)
-        if found is None:
+        found = self._by_uuid.get(text.lower()) or self._by_name.get(text) or self._by_index.get(text)
+        if found is None and (gke := _GKE_ID.match(text)):
+            instance = gke.group(2)
+            found = self._by_minor.get((int(gke.group(1)), int(instance) if instance else None))
+        if found is None and _INDEX_ID.match(text) is None:
             pci = normalize_pci_bus_id(text)
             found = self._by_pci.get(pci) if pci else None
         return found
 
-    def gpu_for_claim_device(self, driver: str, pool: str, device: str) -> str | None:
+    def device_for_claim_device(self, driver: str, pool: str, device: str) -> DeviceRef | None:
         if driver == self.driver_name and (self.pool_name is None or pool == self.pool_name):
             found = self._by_name.get(device)
             if found is not None:
@@ -187,26 +234,28 @@ class DeviceResolver:
         entry = self.slices.device(driver, pool, device) if self.slices is not None else None
         if entry is None:
             return None
-        attributes = entry.get("attributes") or {}
+        attributes = entry.get("attributes")
         for name in ("uuid", "parentUUID", "pciBusID"):
             value = _attribute(attributes, name)
-            found = self.gpu_for_id(value) if value else None
+            found = self.device_for_id(value) if value else None
             if found is not None:
                 return found
         return None
 
     def consumers(self, containers: Iterable[ContainerResources]) -> dict[str, tuple[Consumer, ...]]:
-        """GPU UUID -> its consumers (sorted, without duplicates)."""
+        """GPU UUID -> its consumers (sorted, without duplicates), each naming the MIG device it holds."""
         found: dict[str, set[Consumer]] = {}
         for c in containers:
-            for _resource, device_id in c.device_ids:
-                gpu = self.gpu_for_id(device_id)
-                if gpu is not None:
-                    found.setdefault(gpu, set()).add(Consumer(c.namespace, c.pod, c.container))
+            for resource, device_id in c.device_ids:
+                ref = self.device_for_id(device_id)
+                if ref is not None:
+                    found.setdefault(ref[0], set()).add(
+                        Consumer(c.namespace, c.pod, c.container, mig_uuid=ref[1], device_class=resource)
+                    )
             for d in c.claim_devices:
-                gpu = self.gpu_for_claim_device(d.driver, d.pool, d.device)
-                if gpu is not None:
-                    found.setdefault(gpu, set()).add(
+                ref = self.device_for_claim_device(d.driver, d.pool, d.device)
+                if ref is not None:
+                    found.setdefault(ref[0], set()).add(
                         Consumer(
                             c.namespace,
                             c.pod,
@@ -216,6 +265,8 @@ class DeviceResolver:
                             d.driver,
                             d.pool,
                             d.device,
+                            mig_uuid=ref[1],
+                            device_class=d.device_class,
                         )
                     )
         return {gpu: tuple(sorted(consumers)) for gpu, consumers in found.items()}

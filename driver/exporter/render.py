@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client.exposition import choose_encoder
 
-from driver.devices.model import Gpu
-from driver.devices.telemetry import GpuTelemetry
+from driver.devices.model import Gpu, MigDevice, mig_device_name, nvml_pci_bus_id
+from driver.devices.telemetry import CLOCK_EVENT_REASONS, GpuTelemetry, MigTelemetry
 from driver.exporter import names as n
 from driver.exporter.collector import GpuSnapshot, Snapshot
 
@@ -111,6 +111,19 @@ def identity(gpu: Gpu) -> dict[str, str | None]:
     }
 
 
+def mig_identity(gpu: Gpu, mig: MigDevice) -> dict[str, str | None]:
+    return {
+        "hw_id": mig_device_name(gpu, mig),
+        "uuid": gpu.uuid,
+        "pci_bus_id": gpu.pci_bus_id,
+        "hw_model": gpu.product_name,
+        "hw_vendor": GPU_VENDOR,
+        "hw_parent": gpu.name,
+        "mig_uuid": mig.uuid,
+        "mig_profile": mig.profile,
+    }
+
+
 def _mig_mode(gpu: Gpu) -> str:
     return "unsupported" if gpu.mig_enabled is None else "enabled" if gpu.mig_enabled else "disabled"
 
@@ -141,9 +154,59 @@ def _telemetry(f: Families, ident: dict[str, str | None], t: GpuTelemetry) -> No
     f.add(n.ERRORS, t.ecc_uncorrected, {**typed, "error_type": "uncorrected"})
     f.add(n.CLOCK, t.sm_clock_hertz, {**ident, "clock": "sm"})
     f.add(n.CLOCK, t.memory_clock_hertz, {**ident, "clock": "memory"})
+    _health(f, ident, t)
 
 
-def _gpu(f: Families, snap: Snapshot, g: GpuSnapshot) -> None:
+def _flag(value: bool | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _health(f: Families, ident: dict[str, str | None], t: GpuTelemetry) -> None:
+    f.add(n.MEMORY_COPY_UTILIZATION, t.memory_copy_utilization, ident)
+    for name, value in t.activity.items():
+        f.add(n.ACTIVITY, value, {**ident, "activity": name})
+    for (link, direction), rate in t.io_throughput.items():
+        f.add(n.IO_THROUGHPUT, rate, {**ident, "network_io_direction": direction, "interconnect": link})
+    f.add(n.REMAPPED_ROWS, t.remapped_rows_correctable, {**ident, "cause": "correctable"})
+    f.add(n.REMAPPED_ROWS, t.remapped_rows_uncorrectable, {**ident, "cause": "uncorrectable"})
+    f.add(n.ROW_REMAP_PENDING, _flag(t.row_remap_pending), ident)
+    f.add(n.ROW_REMAP_FAILED, _flag(t.row_remap_failure), ident)
+    f.add(n.PCIE_REPLAYS, t.pcie_replays, ident)
+    if t.clock_event_reasons is not None:
+        for bit, reason in CLOCK_EVENT_REASONS:
+            f.add(n.CLOCK_EVENTS, 1 if t.clock_event_reasons & bit else 0, {**ident, "reason": reason})
+
+
+def _mig(f: Families, snap: Snapshot, gpu: Gpu, readings: dict[str, MigTelemetry]) -> None:
+    for mig in gpu.mig_devices:
+        ident = mig_identity(gpu, mig)
+        placement = mig.placement
+        f.add(
+            n.MIG_INFO,
+            1,
+            {
+                **ident,
+                "gpu_instance_id": _text(mig.gpu_instance_id),
+                "compute_instance_id": _text(mig.compute_instance_id),
+                "placement_start": _text(placement.start if placement else None),
+                "placement_size": _text(placement.size if placement else None),
+                "k8s_node_name": snap.node_name,
+            },
+        )
+        t = readings.get(mig.uuid)
+        if t is None:
+            continue
+        f.add(n.MIG_MEMORY_USAGE, t.memory_used_bytes, ident)
+        f.add(n.MIG_MEMORY_LIMIT, t.memory_total_bytes, ident)
+        for name, value in t.activity.items():
+            f.add(n.MIG_ACTIVITY, value, {**ident, "activity": name})
+
+
+def _text(value: int | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _gpu(f: Families, snap: Snapshot, g: GpuSnapshot, index: int) -> None:
     ident = identity(g.gpu)
     f.add(
         n.GPU_INFO,
@@ -157,6 +220,8 @@ def _gpu(f: Families, snap: Snapshot, g: GpuSnapshot) -> None:
             "compute_capability": g.gpu.compute_capability,
             "mig_mode": _mig_mode(g.gpu),
             "k8s_node_name": snap.node_name,
+            "nvml_index": str(index),
+            "nvml_pci_bus_id": nvml_pci_bus_id(g.gpu.pci_bus_id) if g.gpu.pci_bus_id else None,
         },
     )
     for state in n.HW_STATES:
@@ -165,10 +230,17 @@ def _gpu(f: Families, snap: Snapshot, g: GpuSnapshot) -> None:
         f.add(n.READ_ERRORS, count, {**ident, "field": name, "reason": reason})
     if g.health is not None:
         f.add(n.ERRORS, g.health.xid_events, {**ident, "hw_type": "gpu", "error_type": "xid"})
+    for xid, count in sorted((g.xids or {}).items()):
+        f.add(n.XID_ERRORS, count, {**ident, "xid": str(xid)})
+    f.add(n.LAST_XID, g.last_xid, ident)
     if g.telemetry is not None:
         _telemetry(f, ident, g.telemetry)
+    _mig(f, snap, g.gpu, {m.uuid: m for m in g.telemetry.mig} if g.telemetry is not None else {})
+    profiles = {m.uuid: m.profile for m in g.gpu.mig_devices}
     for share in g.shares:
         who = {**ident, **dict(zip(n.ATTRIBUTION_LABELS, share.consumer.label_values(), strict=True))}
+        if share.consumer.mig_uuid:
+            who |= {"mig_uuid": share.consumer.mig_uuid, "mig_profile": profiles.get(share.consumer.mig_uuid)}
         f.add(n.ALLOCATION_INFO, 1, who)
         f.add(n.CONTAINER_UTILIZATION, share.utilization, {**who, "attribution": share.utilization_mode})
         f.add(n.CONTAINER_MEMORY, share.memory_bytes, {**who, "attribution": share.memory_mode})
@@ -189,8 +261,12 @@ def families(snap: Snapshot) -> list[Family]:
         f.add(n.EXPORTER_POD_RESOURCES_UP, 1 if snap.pod_resources_up else 0, {})
     for source, count in sorted(snap.attribution_errors.items()):
         f.add(n.EXPORTER_ATTRIBUTION_ERRORS, count, {"source": source})
-    for g in snap.gpus:
-        _gpu(f, snap, g)
+    for index, g in enumerate(snap.gpus):
+        _gpu(f, snap, g, index)
+    for charge in snap.charges:
+        labels = dict(zip(n.CHARGEBACK_LABELS, charge.key, strict=True))
+        f.add(n.GPU_ALLOCATED_SECONDS, charge.allocated_seconds, labels)
+        f.add(n.GPU_USED_SECONDS, charge.used_seconds, labels)
     return list(f)
 
 

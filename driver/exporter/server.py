@@ -15,14 +15,16 @@ import signal
 from collections.abc import Sequence
 
 from driver.config import ConfigError
-from driver.devices.backend import BackendError, DeviceBackend, backend_options, open_backend
+from driver.devices.backend import BackendError, DeviceBackend, HealthCapable, backend_options, open_backend
 from driver.devices.telemetry import TelemetrySource
 from driver.exporter.collector import Collector, Settings
 from driver.exporter.endpoint import MetricsServer
+from driver.exporter.holders import ClaimIndex
 from driver.exporter.kubeindex import PodIndex, SliceIndex
 from driver.exporter.options import ExporterConfig, add_exporter_arguments
 from driver.exporter.podresources import DeviceResolver, PodResourcesClient
 from driver.exporter.render import Renderer
+from driver.exporter.xids import XidCounter
 from driver.kube.client import KubeClient
 from driver.kube.connection import KubeConfigError
 from driver.log import get_logger, setup
@@ -44,6 +46,7 @@ class Exporter:
         self.kube: KubeClient | None = None
         self.pods: PodIndex | None = None
         self.slices: SliceIndex | None = None
+        self.claims: ClaimIndex | None = None
         self.collector: Collector | None = None
         self.server: MetricsServer | None = None
 
@@ -63,6 +66,7 @@ class Exporter:
             return
         self.pods = PodIndex.for_node(self.kube, cfg.node_name, lambda _e: self._api_error())
         self.slices = SliceIndex.for_node(self.kube, cfg.node_name, lambda _e: self._api_error())
+        self.claims = ClaimIndex(self.kube, lambda _e: self._api_error())
         self.pods.watch.start()
         self.slices.watch.start()
 
@@ -83,10 +87,14 @@ class Exporter:
                 sample_timeout=cfg.sample_timeout,
                 proc_root=cfg.proc_root,
                 health_state_file=cfg.health_state_file,
+                chargeback_retention=cfg.chargeback_retention,
             ),
             pod_resources=PodResourcesClient(cfg.pod_resources_socket) if cfg.pod_resources_socket else None,
             containers=pods.container if pods is not None else None,
             containers_ready=(lambda: pods.ready) if pods is not None else (lambda: False),
+            pod_phase=pods.phase if pods is not None else None,
+            claims=self.claims,
+            xids=self._xid_counter(),
             node_name=cfg.node_name,
             backend_name=cfg.backend,
         )
@@ -94,6 +102,12 @@ class Exporter:
         collector = self.collector
         self.server = MetricsServer(Renderer(lambda: collector.snapshot).render, collector.healthy)
         await self.server.start(cfg.listen)
+
+    def _xid_counter(self) -> XidCounter | None:
+        """XID events through the backend's own health source, read-only (no plugin needed)."""
+        if not isinstance(self.backend, HealthCapable):
+            return None
+        return XidCounter(self.backend.health_source(self.inventory, read_only=True), self.inventory)
 
     async def stop(self) -> None:
         if self.server is not None:

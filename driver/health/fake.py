@@ -153,8 +153,16 @@ def resolve(state_dir: str | os.PathLike[str], name: str) -> tuple[str, str]:
 class FakeHealthSource:
     """:class:`~driver.health.events.HealthSource` over the faults files of one simulated node."""
 
-    def __init__(self, state_dir: str | os.PathLike[str], inventory: Inventory, poll_interval: float = 0.1):
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str],
+        inventory: Inventory,
+        poll_interval: float = 0.1,
+        *,
+        write_index: bool = True,
+    ):
         self._root = Path(state_dir)
+        self._write_index = write_index
         self._inventory = inventory
         self._poll = poll_interval
         self._uuids = [u for g in inventory.gpus for u in (g.uuid, *(m.uuid for m in g.mig_devices))]
@@ -165,7 +173,8 @@ class FakeHealthSource:
         self._closed = threading.Event()
 
     def start(self) -> Mapping[str, str]:
-        write_index(self._root, self._inventory)
+        if self._write_index:
+            write_index(self._root, self._inventory)
         for uuid in self._uuids:
             self._seen[uuid] = read_faults(faults_path(self._root, uuid)).last_seq
             self._lost[uuid] = False  # a GPU lost before the start is reported by the first scan

@@ -2,7 +2,8 @@
 over HTTP, fake GPUs loaded by real processes, and the exporter's HTTP endpoint.
 
 Scenarios: a DRA claim of this driver, a device-plugin allocation, one GPU shared by two pods (split by
-process), another driver's DRA device (through its ResourceSlice), and the PodResources API itself.
+process), another driver's DRA device (through its ResourceSlice), pods the kubelet still lists after they
+finished, admin-access claims, GPU time per claim, and the PodResources API itself.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from driver.exporter.podresources import (
     PodResourcesError,
 )
 from driver.exporter.server import Exporter, exporter_backend_options
-from driver.kube.client import NAMESPACES, PODS, RESOURCE_SLICES, KubeClient
+from driver.kube.client import NAMESPACES, PODS, RESOURCE_CLAIMS, RESOURCE_SLICES, KubeClient
 from driver.sim.podresources import ClaimDevice as SimClaimDevice
 from driver.sim.podresources import ClaimResources, PodResourcesServer, PodResourcesState
 from driver.state.api import PreparedDevice
@@ -189,6 +190,31 @@ def sleepers() -> Iterator[Callable[[], int]]:
         proc.wait()
 
 
+async def running_pod(kube: KubeClient, namespace: str, name: str) -> tuple[str, str]:
+    """A Running pod on this node in the API server: (pod UID, container id)."""
+    pod = await kube.create(
+        PODS,
+        {
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"nodeName": NODE, "containers": [{"name": "main", "image": "sim"}]},
+        },
+        namespace,
+    )
+    container_id = secrets.token_hex(32)
+    pod["status"] = {
+        "phase": "Running",
+        "containerStatuses": [{"name": "main", "containerID": f"containerd://{container_id}", "ready": True}],
+    }
+    await kube.update(PODS, pod, namespace, subresource="status")
+    return pod["metadata"]["uid"], container_id
+
+
+async def set_phase(kube: KubeClient, namespace: str, name: str, phase: str) -> None:
+    pod = await kube.get(PODS, name, namespace)
+    pod["status"]["phase"] = phase
+    await kube.update(PODS, pod, namespace, subresource="status")
+
+
 def prepared(gpu: Gpu) -> PreparedDevice:
     return PreparedDevice(("gpu",), NODE, gpu.name, (f"k8s.{DRIVER}/gpu=uid-1-{gpu.name}",))
 
@@ -257,24 +283,9 @@ async def test_gpu_shared_by_two_pods_is_split_by_process(
     await kube.create(NAMESPACES, {"metadata": {"name": "ml"}})
     pods: dict[str, tuple[int, str]] = {}
     for name in ("trainer-a", "trainer-b"):
-        pod = await kube.create(
-            PODS,
-            {
-                "metadata": {"name": name, "namespace": "ml"},
-                "spec": {"nodeName": NODE, "containers": [{"name": "main", "image": "sim"}]},
-            },
-            "ml",
-        )
-        container_id = secrets.token_hex(32)
-        pod["status"] = {
-            "phase": "Running",
-            "containerStatuses": [
-                {"name": "main", "containerID": f"containerd://{container_id}", "ready": True}
-            ],
-        }
-        await kube.update(PODS, pod, "ml", subresource="status")
+        uid, container_id = await running_pod(kube, "ml", name)
         pid = sleepers()
-        sandbox.cgroup(pid, pod["metadata"]["uid"], container_id)
+        sandbox.cgroup(pid, uid, container_id)
         pods[name] = (pid, container_id)
 
     running = await start_exporter(kube_api="on", kubeconfig=str(kubeconfig))
@@ -343,6 +354,8 @@ async def test_other_drivers_device_through_its_resource_slice(
 ) -> None:
     running = await start_exporter(kube_api="on", kubeconfig=str(kubeconfig))
     gpu = running.inventory.gpus[4]
+    await kube.create(NAMESPACES, {"metadata": {"name": "vendor"}})
+    await running_pod(kube, "vendor", "job")
     await kube.create(
         RESOURCE_SLICES,
         {
@@ -369,6 +382,81 @@ async def test_other_drivers_device_through_its_resource_slice(
         "gpu-0",
         "job",
     )
+
+
+async def test_pods_the_kubelet_still_lists_after_they_finished_hold_nothing(
+    sandbox: Sandbox, start_exporter: StartExporter, kube: KubeClient, kubeconfig: Path
+) -> None:
+    await kube.create(NAMESPACES, {"metadata": {"name": "batch"}})
+    for name in ("done", "crashed", "deleted", "running"):
+        await running_pod(kube, "batch", name)
+    running = await start_exporter(kube_api="on", kubeconfig=str(kubeconfig))
+    gpus = running.inventory.gpus
+    for gpu, name in zip(gpus, ("done", "crashed", "deleted", "running"), strict=False):
+        sandbox.state.set_container("batch", name, "main", devices={"nvidia.com/gpu": [gpu.uuid]})
+
+    def held(pods: set[str]) -> Callable[[str], bool]:
+        return lambda text: {k[0] for k in rows(text, "accel_dra_gpu_allocation_info", "pod")} == pods
+
+    await running.scrape_until(held({"done", "crashed", "deleted", "running"}))
+    # The kubelet keeps listing them (PodResources is unchanged); the API server knows better.
+    await set_phase(kube, "batch", "done", "Succeeded")
+    await set_phase(kube, "batch", "crashed", "Failed")
+    await kube.delete(PODS, "deleted", "batch")
+    text = await running.scrape_until(held({"running"}))
+    assert {k[1] for k in rows(text, "accel_dra_gpu_allocated_seconds_total", "namespace", "pod")} >= {
+        "running"
+    }
+
+
+async def test_admin_access_claims_are_not_holders(
+    sandbox: Sandbox, start_exporter: StartExporter, kube: KubeClient, kubeconfig: Path
+) -> None:
+    """A monitoring pod's admin-access claim on a GPU another pod holds gets none of its usage or cost."""
+    await kube.create(
+        NAMESPACES, {"metadata": {"name": "ops", "labels": {"resource.kubernetes.io/admin-access": "true"}}}
+    )
+    await kube.create(NAMESPACES, {"metadata": {"name": "ml"}})
+    await running_pod(kube, "ops", "watcher")
+    await running_pod(kube, "ml", "trainer")
+    running = await start_exporter(kube_api="on", kubeconfig=str(kubeconfig))
+    gpu = running.inventory.gpus[2]
+    for namespace, name, admin in (("ops", "watch", True), ("ml", "train", False)):
+        await allocated_claim(kube, namespace, name, gpu, admin=admin)
+    sandbox.state.set_container(
+        "ops",
+        "watcher",
+        "main",
+        claims=[ClaimResources.from_prepared("ops", "watch", DRIVER, [prepared(gpu)])],
+    )
+    sandbox.state.set_container(
+        "ml", "trainer", "main", claims=[ClaimResources.from_prepared("ml", "train", DRIVER, [prepared(gpu)])]
+    )
+
+    def only_trainer(text: str) -> bool:
+        found = rows(text, "accel_dra_container_gpu_utilization_ratio", "pod", "attribution")
+        charged = rows(text, "accel_dra_gpu_allocated_seconds_total", "pod", "device_class")
+        return set(found) == {("trainer", "exclusive")} and set(charged) == {("trainer", DRIVER)}
+
+    # The trainer is the GPU's only holder: exclusive, charged under the claim's DeviceClass.
+    await running.scrape_until(only_trainer)
+
+
+async def allocated_claim(kube: KubeClient, namespace: str, name: str, gpu: Gpu, *, admin: bool) -> None:
+    request: dict[str, Any] = {"deviceClassName": DRIVER, **({"adminAccess": True} if admin else {})}
+    claim = await kube.create(
+        RESOURCE_CLAIMS,
+        {
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"devices": {"requests": [{"name": "gpu", "exactly": request}]}},
+        },
+        namespace,
+    )
+    result: dict[str, Any] = {"request": "gpu", "driver": DRIVER, "pool": NODE, "device": gpu.name}
+    if admin:
+        result["adminAccess"] = True
+    claim["status"] = {"allocation": {"devices": {"results": [result]}}}
+    await kube.update(RESOURCE_CLAIMS, claim, namespace, subresource="status")
 
 
 async def test_kubelet_restart(sandbox: Sandbox, start_exporter: StartExporter) -> None:

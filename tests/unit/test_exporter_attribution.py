@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from driver.devices.fake import load_named_profile
-from driver.devices.telemetry import GpuTelemetry, ProcessSample
-from driver.exporter.attribution import OUTSIDE_PODS, Consumer, ContainerKey, split
+from driver.devices.telemetry import GpuTelemetry, MigTelemetry, ProcessSample
+from driver.exporter.attribution import OUTSIDE_PODS, Consumer, ContainerKey, split, split_gpu
 from driver.exporter.cgroups import CgroupRef, parse_cgroup
 from driver.exporter.podresources import ClaimDevice, ContainerResources, DeviceResolver
 
@@ -68,34 +68,66 @@ def test_own_claim_devices_map_through_device_names() -> None:
     inventory = load_named_profile("dgx-h100", node_name="node-1").inventory
     gpu = inventory.gpus[3]
     resolver = DeviceResolver(inventory, DRIVER, "node-1")
-    assert resolver.gpu_for_claim_device(DRIVER, "node-1", gpu.name) == gpu.uuid
-    assert resolver.gpu_for_claim_device(DRIVER, "node-2", gpu.name) is None  # another node's pool
-    assert resolver.gpu_for_claim_device("other.example.com", "node-1", gpu.name) is None
+    assert resolver.device_for_claim_device(DRIVER, "node-1", gpu.name) == (gpu.uuid, "")
+    assert resolver.device_for_claim_device(DRIVER, "node-2", gpu.name) is None  # another node's pool
+    assert resolver.device_for_claim_device("other.example.com", "node-1", gpu.name) is None
 
 
-def test_mig_devices_map_to_their_parent() -> None:
+def test_mig_devices_map_to_themselves_on_their_parent() -> None:
     inventory = load_named_profile("mig-a100").inventory
     gpu = inventory.gpus[0]
     resolver = DeviceResolver(inventory, DRIVER)
     for device in inventory.devices:
-        assert resolver.gpu_for_claim_device(DRIVER, "any-pool", device.name) == gpu.uuid
-        assert resolver.gpu_for_id(device.uuid) == gpu.uuid
+        assert device.mig is not None
+        ref = (gpu.uuid, device.mig.uuid)
+        assert resolver.device_for_claim_device(DRIVER, "any-pool", device.name) == ref
+        assert resolver.device_for_id(device.uuid) == ref
 
 
 def test_device_plugin_ids() -> None:
     inventory = load_named_profile("pcie-l4x4").inventory
     gpu = inventory.gpus[1]
     resolver = DeviceResolver(inventory, DRIVER)
-    assert gpu.pci_bus_id is not None
+    assert gpu.pci_bus_id is not None and gpu.minor == 1
     for device_id in (gpu.uuid, gpu.uuid.upper(), f"{gpu.uuid}::3", gpu.name, gpu.pci_bus_id):
-        assert resolver.gpu_for_id(device_id) == gpu.uuid, device_id
-    assert resolver.gpu_for_id("GPU-00000000-0000-0000-0000-000000000000") is None
-    assert resolver.gpu_for_id("nvidia0") is None
+        assert resolver.device_for_id(device_id) == (gpu.uuid, ""), device_id
+    assert resolver.device_for_id("GPU-00000000-0000-0000-0000-000000000000") is None
+
+
+@pytest.mark.parametrize(
+    ("device_id", "gpu", "mig"),
+    [
+        # NVIDIA's device plugin with DEVICE_ID_STRATEGY=index: the NVML index, "<gpu>:<MIG slot>".
+        ("0", 0, None),
+        ("5", 5, None),
+        ("6:3", 6, 3),
+        ("7:0", 7, 0),
+        # GKE: the GPU's device node, "/gi<GPU instance>" for a MIG device, "/vgpu<n>" for time-sharing.
+        ("nvidia0", 0, None),
+        ("nvidia3/vgpu2", 3, None),
+        ("nvidia6/gi9", 6, 2),
+        ("nvidia7/gi2", 7, 0),
+        ("nvidia7/gi10/vgpu1", 7, 3),
+    ],
+)
+def test_device_plugin_index_and_gke_ids(device_id: str, gpu: int, mig: int | None) -> None:
+    inventory = load_named_profile("dgx-h100-mig").inventory
+    resolver = DeviceResolver(inventory, DRIVER)
+    parent = inventory.gpus[gpu]
+    expected = (parent.uuid, parent.mig_devices[mig].uuid if mig is not None else "")
+    assert resolver.device_for_id(device_id) == expected
+
+
+def test_unknown_index_and_gke_ids_resolve_to_nothing() -> None:
+    resolver = DeviceResolver(load_named_profile("dgx-h100-mig").inventory, DRIVER)
+    for device_id in ("8", "6:7", "nvidia8", "nvidia6/gi99", "nvidia0/gi1", "nvidiaX"):
+        assert resolver.device_for_id(device_id) is None, device_id
 
 
 def test_other_drivers_devices_map_through_resource_slices() -> None:
     inventory = load_named_profile("mig-a100").inventory
     gpu = inventory.gpus[0]
+    mig = gpu.mig_devices[1]
     slices = Slices(
         {
             ("gpu.nvidia.com", "node-1", "gpu-0"): {
@@ -105,6 +137,10 @@ def test_other_drivers_devices_map_through_resource_slices() -> None:
             ("gpu.nvidia.com", "node-1", "gpu-0-mig-1"): {
                 "name": "gpu-0-mig-1",
                 "attributes": {"gpu.nvidia.com/parentUUID": {"string": gpu.uuid}, "type": {"string": "mig"}},
+            },
+            ("gpu.nvidia.com", "node-1", "mig-by-uuid"): {
+                "name": "mig-by-uuid",
+                "attributes": {"uuid": {"string": mig.uuid}, "parentUUID": {"string": gpu.uuid}},
             },
             ("other.example.com", "node-1", "dev"): {
                 "name": "dev",
@@ -118,12 +154,15 @@ def test_other_drivers_devices_map_through_resource_slices() -> None:
     )
     resolver = DeviceResolver(inventory, DRIVER, "node-1", slices)
     for key in (("gpu.nvidia.com", "node-1", "gpu-0"), ("gpu.nvidia.com", "node-1", "gpu-0-mig-1")):
-        assert resolver.gpu_for_claim_device(*key) == gpu.uuid
-    assert resolver.gpu_for_claim_device("other.example.com", "node-1", "dev") == gpu.uuid
-    assert resolver.gpu_for_claim_device("nic.example.com", "node-1", "eth0") is None
-    assert resolver.gpu_for_claim_device("gpu.nvidia.com", "node-1", "unknown") is None
+        assert resolver.device_for_claim_device(*key) == (gpu.uuid, "")
+    assert resolver.device_for_claim_device("gpu.nvidia.com", "node-1", "mig-by-uuid") == (gpu.uuid, mig.uuid)
+    assert resolver.device_for_claim_device("other.example.com", "node-1", "dev") == (gpu.uuid, "")
+    assert resolver.device_for_claim_device("nic.example.com", "node-1", "eth0") is None
+    assert resolver.device_for_claim_device("gpu.nvidia.com", "node-1", "unknown") is None
     assert (
-        DeviceResolver(inventory, DRIVER, "node-1").gpu_for_claim_device("gpu.nvidia.com", "node-1", "gpu-0")
+        DeviceResolver(inventory, DRIVER, "node-1").device_for_claim_device(
+            "gpu.nvidia.com", "node-1", "gpu-0"
+        )
         is None
     )
 
@@ -145,7 +184,27 @@ def test_consumers_per_gpu() -> None:
     ]
     assert resolver.consumers(containers) == {
         g0.uuid: (Consumer("team-a", "train", "main", "team-a", "gpus", DRIVER, "node-1", g0.name),),
-        g1.uuid: (Consumer("team-b", "legacy", "app"),),
+        g1.uuid: (Consumer("team-b", "legacy", "app", device_class="nvidia.com/gpu"),),
+    }
+
+
+def test_consumers_of_mig_devices_name_the_device() -> None:
+    inventory = load_named_profile("mig-a100", node_name="node-1").inventory
+    gpu = inventory.gpus[0]
+    first, second = inventory.devices[0], inventory.devices[1]
+    assert first.mig is not None and second.mig is not None
+    resolver = DeviceResolver(inventory, DRIVER, "node-1")
+    containers = [
+        ContainerResources(
+            "ns", "a", "main", claim_devices=(ClaimDevice("ns", "c", DRIVER, "node-1", first.name, "mig"),)
+        ),
+        ContainerResources("ns", "b", "main", device_ids=(("nvidia.com/mig-1g.5gb", second.uuid),)),
+    ]
+    assert resolver.consumers(containers) == {
+        gpu.uuid: (
+            Consumer("ns", "a", "main", "ns", "c", DRIVER, "node-1", first.name, first.mig.uuid, "mig"),
+            Consumer("ns", "b", "main", mig_uuid=second.mig.uuid, device_class="nvidia.com/mig-1g.5gb"),
+        )
     }
 
 
@@ -170,6 +229,69 @@ def test_single_container_gets_the_whole_gpu() -> None:
     assert [(s.utilization, s.utilization_mode, s.memory_bytes, s.memory_mode) for s in shares] == [
         (0.9, "exclusive", 10 * GiB, "exclusive")
     ]
+
+
+def test_single_holder_with_known_foreign_processes_gets_only_its_share() -> None:
+    procs = (ProcessSample(10, 3 * GiB, 0.3), ProcessSample(30, 5 * GiB, 0.5), ProcessSample(40, GiB, 0.1))
+    foreign = {30: ContainerKey("other", "intruder", "main"), 40: OUTSIDE_PODS}
+    shares = split(telemetry(processes=procs), [A], lambda pid: A.key if pid == 10 else foreign.get(pid))
+    assert [(s.utilization, s.utilization_mode, s.memory_bytes, s.memory_mode) for s in shares] == [
+        (0.3, "process", 3 * GiB, "process")
+    ]
+
+
+def test_single_holder_keeps_the_whole_gpu_unless_foreign_processes_are_known() -> None:
+    procs = (ProcessSample(10, 3 * GiB, 0.3), ProcessSample(11, GiB, 0.2))
+    for owner_of in (
+        lambda pid: A.key,  # every process is its own: the whole GPU, driver reserve included
+        lambda pid: A.key if pid == 10 else None,  # an untraced process could be its own
+        None,  # processes cannot be traced
+    ):
+        shares = split(telemetry(processes=procs), [A], owner_of)
+        assert [(s.utilization, s.utilization_mode, s.memory_bytes, s.memory_mode) for s in shares] == [
+            (0.9, "exclusive", 10 * GiB, "exclusive")
+        ]
+
+
+def test_single_holder_with_foreign_processes_but_no_per_process_share_is_an_upper_bound() -> None:
+    procs = (ProcessSample(10, 3 * GiB, None), ProcessSample(30, 5 * GiB, None))
+    shares = split(telemetry(processes=procs), [A], lambda pid: A.key if pid == 10 else OUTSIDE_PODS)
+    assert [(s.utilization, s.utilization_mode, s.memory_bytes, s.memory_mode) for s in shares] == [
+        (0.9, "shared", 3 * GiB, "process")
+    ]
+
+
+def test_mig_devices_are_split_with_their_own_readings() -> None:
+    inventory = load_named_profile("dgx-h100-mig").inventory
+    gpu = inventory.gpus[7]
+    big, small = gpu.mig_devices[0], gpu.mig_devices[2]
+    a = Consumer("ns", "pod-a", "main", "ns", "a", DRIVER, "node-1", "big", mig_uuid=big.uuid)
+    b = Consumer("ns", "pod-b", "main", "ns", "b", DRIVER, "node-1", "small", mig_uuid=small.uuid)
+    c = Consumer("ns", "pod-c", "main", "ns", "c", DRIVER, "node-1", "small", mig_uuid=small.uuid)
+    reading = GpuTelemetry(
+        gpu.uuid,
+        memory_used_bytes=30 * GiB,
+        mig=(
+            MigTelemetry(big.uuid, 20 * GiB, 40 * GiB, {"graphics": 0.7}, (ProcessSample(10, 19 * GiB),)),
+            MigTelemetry(
+                small.uuid, 6 * GiB, 10 * GiB, {}, (ProcessSample(20, 2 * GiB), ProcessSample(21, 3 * GiB))
+            ),
+        ),
+    )
+    owners_ = {10: a.key, 20: b.key, 21: c.key}
+    shares = {s.consumer.pod: s for s in split_gpu(reading, [a, b, c], owners_.get)}
+    # The big instance is pod-a's: its own memory and GPM activity, not the GPU's.
+    assert (shares["pod-a"].utilization, shares["pod-a"].memory_bytes) == (0.7, 20 * GiB)
+    assert shares["pod-a"].utilization_mode == "exclusive"
+    # The small instance (no activity reading) is shared by two pods: memory by process, no utilization.
+    assert [
+        (shares[p].utilization, shares[p].memory_bytes, shares[p].memory_mode) for p in ("pod-b", "pod-c")
+    ] == [
+        (None, 2 * GiB, "process"),
+        (None, 3 * GiB, "process"),
+    ]
+    # A MIG device without a reading (its GPU could not be read) keeps its consumers without values.
+    assert [(s.utilization, s.memory_bytes) for s in split_gpu(None, [a], None)] == [(None, None)]
 
 
 def test_a_container_holding_the_gpu_through_two_claims_is_counted_once() -> None:

@@ -1,10 +1,10 @@
 """The metric spec against what is rendered: names, types, units, help, labels, promtool, the docs and
 the AI-conformance test's auto-detection.
 
-The snapshot comes from the real collector over fake GPUs with simulated load, a kubelet answer with a
-shared GPU, an exclusive GPU and a device-plugin GPU, traced processes (one outside Kubernetes), a second
-shared GPU with an untraceable process, and one GPU with a failed read, so every family of the spec has
-samples.
+The snapshot comes from the real collector over fake GPUs (a DGX H100 with two GPUs in MIG mode) with
+simulated load, a kubelet answer with a shared GPU, an exclusive GPU and a device-plugin GPU, traced processes
+(one outside Kubernetes), a second shared GPU with an untraceable process, a MIG device held through a claim,
+one GPU with a failed read and an injected XID, so every family of the spec has samples.
 """
 
 from __future__ import annotations
@@ -25,13 +25,15 @@ from prometheus_client.openmetrics import parser as openmetrics_parser
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from driver.devices.fake import FakeBackend, load_named_profile
-from driver.devices.model import Gpu
+from driver.devices.model import Gpu, mig_device_name
 from driver.devices.telemetry import GpuTelemetry
 from driver.exporter import names as n
 from driver.exporter.attribution import ContainerKey
 from driver.exporter.collector import Collector, GpuSnapshot, Settings, Snapshot
 from driver.exporter.podresources import ClaimDevice, ContainerResources, DeviceResolver
 from driver.exporter.render import Renderer
+from driver.exporter.xids import XidCounter
+from driver.health.fake import inject_xid
 
 parse_openmetrics: Callable[[str], Iterable[Metric]] = openmetrics_parser.text_string_to_metric_families
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
@@ -117,7 +119,7 @@ def write_cgroup(proc_root: Path, pid: int, pod_uid: str, container_id: str) -> 
 
 
 async def full_snapshot(tmp_path: Path) -> AsyncIterator[Snapshot]:
-    profile = load_named_profile("dgx-h100", node_name=NODE)
+    profile = load_named_profile("dgx-h100-mig", node_name=NODE)
     inventory = profile.inventory
     state, proc_root = tmp_path / "state", tmp_path / "proc"
     backend = FakeBackend(profile, state_dir=state)
@@ -142,6 +144,14 @@ async def full_snapshot(tmp_path: Path) -> AsyncIterator[Snapshot]:
     (proc_root / "1" / "cgroup").mkdir(parents=True)
     claim = ClaimDevice("team-a", "shared-gpu", DRIVER, NODE, shared.name)
     claim2 = ClaimDevice("team-d", "shared-gpu", DRIVER, NODE, untraced.name)
+    mig_gpu = inventory.gpus[7]
+    mig = inventory.device(f"{mig_gpu.name}-mig-3g-40gb-4")
+    assert mig is not None and mig.mig is not None
+    tuner = subprocess.Popen(["sleep", "600"])  # the MIG device's workload, traced to its holder
+    (state / "gpus" / mig.mig.uuid / "procs" / f"{tuner.pid}.json").write_text(
+        f'{{"pid": {tuner.pid}, "utilization": 0.75, "memory_bytes": {4 * GiB}}}'
+    )
+    write_cgroup(proc_root, tuner.pid, "0b7e5e1c-3d55-4c1d-9a0e-6f0d6a7c2b10", "e" * 64)
     allocations = Allocations(
         [
             ContainerResources("team-a", "trainer-0", "main", claim_devices=(claim,)),
@@ -155,9 +165,18 @@ async def full_snapshot(tmp_path: Path) -> AsyncIterator[Snapshot]:
             ContainerResources("team-c", "legacy", "app", device_ids=(("nvidia.com/gpu", plugin_gpu.uuid),)),
             ContainerResources("team-d", "worker-0", "main", claim_devices=(claim2,)),
             ContainerResources("team-d", "worker-1", "main", claim_devices=(claim2,)),
+            ContainerResources(
+                "team-e",
+                "tuner",
+                "main",
+                claim_devices=(ClaimDevice("team-e", "slice", DRIVER, NODE, mig.name, "mig.accel-dra.dev"),),
+            ),
         ]
     )
-    containers = {"c" * 64: ContainerKey("team-a", "trainer-0", "main")}
+    containers = {
+        "c" * 64: ContainerKey("team-a", "trainer-0", "main"),
+        "e" * 64: ContainerKey("team-e", "tuner", "main"),
+    }
     collector = Collector(
         inventory,
         FailingPower(backend, faulty.uuid),
@@ -166,13 +185,18 @@ async def full_snapshot(tmp_path: Path) -> AsyncIterator[Snapshot]:
         pod_resources=allocations,
         containers=containers.get,
         node_name=NODE,
-        backend_name="fake:dgx-h100",
+        backend_name="fake:dgx-h100-mig",
+        xids=XidCounter(backend.health_source(inventory, read_only=True), inventory),
     )
     await collector.start()
+    inject_xid(state, exclusive.uuid, 13)
+    await collector.tick()  # the XID, and the GPU time held since the first round
     try:
         yield collector.snapshot
     finally:
         await collector.stop()
+        tuner.kill()
+        tuner.wait()
 
 
 @pytest.fixture
@@ -209,10 +233,18 @@ def test_spec_entries_follow_the_naming_rules(spec: n.MetricSpec) -> None:
     assert set(spec.values) <= set(spec.labels)
     assert spec.help.endswith(".") and (spec.help[0].isupper() or spec.help[0].isdigit())
     assert spec.name.startswith(("hw_", "accel_dra_")) and (bool(spec.otel) == spec.name.startswith("hw_"))
+    if spec in n.HEALTH_METRICS + n.MIG_METRICS + n.CHARGEBACK_METRICS:
+        # Beyond the convention: each reading says what an OTel instrument would be called and where it is read.
+        assert spec.otel_style.startswith("accel_dra.") and spec.source
+        assert spec.family.startswith(spec.otel_style.replace(".", "_")) or spec.type == "info"
     if spec.group in ("gpu", "container"):
         assert spec.labels[: len(n.IDENTITY_LABELS)] == n.IDENTITY_LABELS
+    if spec.group == "mig":
+        assert spec.labels[: len(n.MIG_IDENTITY_LABELS)] == n.MIG_IDENTITY_LABELS
     if spec.group == "container":
         assert set(n.ATTRIBUTION_LABELS) <= set(spec.labels)
+    elif spec.group == "chargeback":
+        assert spec.labels == n.CHARGEBACK_LABELS and spec.unit == "seconds" and spec.type == "counter"
     else:
         assert not {"namespace", "pod", "container", "resource_claim"} & set(spec.labels)
     if spec.otel in ("hw.power", "hw.energy", "hw.errors", "hw.status", "hw.temperature"):
@@ -276,13 +308,20 @@ def test_openmetrics_output_matches_the_spec(openmetrics: str) -> None:
 
 def test_every_gpu_series_is_identified(text: str, snapshot: Snapshot) -> None:
     gpus = {g.gpu.uuid: g.gpu for g in snapshot.gpus}
+    migs = {m.uuid: (g.gpu, m) for g in snapshot.gpus for m in g.gpu.mig_devices}
     for family in parse_text(text):
         for sample in family.samples:
             if "uuid" not in sample.labels:
                 continue
             gpu = gpus[sample.labels["uuid"]]
+            hw_id = gpu.name
+            if family.name.startswith("accel_dra_mig_"):
+                parent, mig = migs[sample.labels["mig_uuid"]]
+                assert parent == gpu and sample.labels["hw_parent"] == gpu.name
+                assert sample.labels["mig_profile"] == mig.profile
+                hw_id = mig_device_name(gpu, mig)
             assert (sample.labels["hw_id"], sample.labels["pci_bus_id"], sample.labels["hw_model"]) == (
-                gpu.name,
+                hw_id,
                 gpu.pci_bus_id,
                 gpu.product_name,
             )
@@ -312,7 +351,7 @@ def test_status_and_read_errors_show_the_failing_read(text: str, snapshot: Snaps
     assert sum(status.values()) == len(snapshot.gpus)
     errors = [s for f in parse_text(text) if f.name == "accel_dra_gpu_read_errors" for s in f.samples]
     assert [(s.labels["uuid"], s.labels["field"], s.labels["reason"], s.value) for s in errors] == [
-        (faulty, "power", "error", 1)
+        (faulty, "power", "error", snapshot.samples_total)  # once per round
     ]
     power = {s.labels["uuid"] for f in parse_text(text) if f.name == "hw_power_watts" for s in f.samples}
     assert faulty not in power and len(power) == len(snapshot.gpus) - 1
@@ -351,7 +390,9 @@ def test_ai_conformance_auto_detection_finds_utilization_and_memory(text: str) -
 def test_ai_conformance_explicit_names_are_per_accelerator(text: str, snapshot: Snapshot) -> None:
     families = per_accelerator_families(text)
     gpus = len(snapshot.gpus)
-    assert families[n.CONFORMANCE_UTILIZATION_METRIC] == 3 * gpus  # general, encoder, decoder
+    whole = len([g for g in snapshot.gpus if not g.gpu.mig_enabled])
+    # general, encoder, decoder; none for a MIG-enabled GPU (NVML has no utilization for it).
+    assert families[n.CONFORMANCE_UTILIZATION_METRIC] == 3 * whole
     assert families[n.CONFORMANCE_MEMORY_METRIC] == gpus
 
 
@@ -405,8 +446,40 @@ def test_attributed_series(text: str, snapshot: Snapshot) -> None:
         assert rows[(util, untraced, pod)][0] == whole.utilization
         assert rows[(mem, untraced, pod)][0] == whole.memory_used_bytes
         assert rows[(util, untraced, pod)][1]["attribution"] == "shared"
-    assert {k[1] for k in rows} == {shared, exclusive, plugin_gpu, untraced}
-    assert snapshot.attribution_errors == {"cgroup": 1}
+    mig_gpu = snapshot.gpus[7]
+    assert mig_gpu.telemetry is not None
+    (mig_reading,) = [
+        m for m in mig_gpu.telemetry.mig if m.memory_used_bytes and m.memory_used_bytes > 4 * GiB
+    ]
+    tuner = rows[(util, mig_gpu.gpu.uuid, "tuner")]
+    # The MIG device's own readings (GPM activity, its memory), not the GPU's.
+    assert tuner[0] == 0.75 and rows[(mem, mig_gpu.gpu.uuid, "tuner")][0] == mig_reading.memory_used_bytes
+    assert (tuner[1]["mig_uuid"], tuner[1]["mig_profile"], tuner[1]["attribution"]) == (
+        mig_reading.uuid,
+        "3g.40gb",
+        "exclusive",
+    )
+    assert {k[1] for k in rows} == {shared, exclusive, plugin_gpu, untraced, mig_gpu.gpu.uuid}
+    assert snapshot.attribution_errors == {"cgroup": snapshot.samples_total}  # once per round
+
+
+def test_xids_are_counted_by_code(text: str, snapshot: Snapshot) -> None:
+    exclusive = snapshot.gpus[1].gpu.uuid
+    xids = {
+        (s.labels["uuid"], s.labels["xid"]): s.value
+        for f in parse_text(text)
+        if f.name == "accel_dra_gpu_xid_errors"
+        for s in f.samples
+    }
+    assert xids == {(exclusive, "13"): 1}
+    last = {
+        s.labels["uuid"]: s.value
+        for f in parse_text(text)
+        if f.name == "accel_dra_gpu_last_xid_code"
+        for s in f.samples
+    }
+    assert last[exclusive] == 13 and {v for k, v in last.items() if k != exclusive} == {0}
+    assert len(last) == len(snapshot.gpus)
 
 
 @pytest.mark.parametrize("accept", ["", OPENMETRICS])
