@@ -23,6 +23,7 @@ from types import MappingProxyType
 from typing import Literal
 
 from driver.devices.telemetry import ACTIVITIES, CLOCK_EVENT_REASONS, FIELDS
+from driver.exporter import dcgm
 
 MetricType = Literal["gauge", "counter", "info", "histogram"]
 
@@ -56,6 +57,7 @@ CHARGEBACK_LABELS = (
     "resource_claim",
     "device_class",
     "hw_model",
+    "k8s_node_name",
 )
 
 Group = Literal["gpu", "mig", "container", "chargeback", "exporter", "plugin"]
@@ -688,6 +690,7 @@ def generated_blocks() -> dict[str, str]:
         "mig-metrics": spec_table(MIG_METRICS, calls=True),
         "container-metrics": spec_table(CONTAINER_METRICS, sources=False),
         "chargeback-metrics": spec_table(CHARGEBACK_METRICS, sources=False),
+        "dcgm-migration": dcgm.doc_table(),
         "exporter-metrics": spec_table(EXPORTER_METRICS, sources=False),
         "plugin-metrics": spec_table(PLUGIN_METRICS, sources=False),
     }

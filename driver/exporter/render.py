@@ -264,7 +264,7 @@ def families(snap: Snapshot) -> list[Family]:
     for index, g in enumerate(snap.gpus):
         _gpu(f, snap, g, index)
     for charge in snap.charges:
-        labels = dict(zip(n.CHARGEBACK_LABELS, charge.key, strict=True))
+        labels = dict(zip(n.CHARGEBACK_LABELS, (*charge.key, snap.node_name), strict=True))
         f.add(n.GPU_ALLOCATED_SECONDS, charge.allocated_seconds, labels)
         f.add(n.GPU_USED_SECONDS, charge.used_seconds, labels)
     return list(f)
