@@ -22,7 +22,7 @@ from tests.support.rbac import Permission, component_permissions, permissions_of
 
 KUBERNETES_VERSIONS = ("1.34.0", "1.35.0")
 #: Kinds from CRDs, which the built-in schemas do not know (checked structurally by the tests).
-CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
 NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name"
 
 
@@ -72,17 +72,20 @@ def check_rbac(
     service_account: str,
     exporter_api: bool,
     driver: str = DEFAULT_DRIVER_NAME,
+    plugin: bool = True,
 ) -> None:
     """Each component's ClusterRole holds exactly what its code calls (and what the API server checks
     besides for ``driver``), bound to the pod's service account."""
     needed = component_permissions(driver)
-    assert role_permissions(objects, f"{prefix}-plugin") == needed["plugin"]
-    roles = {o["metadata"]["name"] for o in objects if o["kind"] == "ClusterRole"}
+    expected = set()
+    if plugin:
+        assert role_permissions(objects, f"{prefix}-plugin") == needed["plugin"]
+        expected.add(f"{prefix}-plugin")
     if exporter_api:
         assert role_permissions(objects, f"{prefix}-exporter") == needed["exporter"]
-        assert roles == {f"{prefix}-plugin", f"{prefix}-exporter"}
-    else:
-        assert roles == {f"{prefix}-plugin"}
+        expected.add(f"{prefix}-exporter")
+    roles = {o["metadata"]["name"] for o in objects if o["kind"] == "ClusterRole"}
+    assert roles == expected
     assert not [o for o in objects if o["kind"] in ("Role", "RoleBinding")]
     for binding in (o for o in objects if o["kind"] == "ClusterRoleBinding"):
         assert binding["roleRef"] == {
@@ -265,6 +268,7 @@ def check_daemonset(
     image: str,
     fake: bool,
     exporter: bool = True,
+    plugin: bool = True,
 ) -> JSON:
     """The DaemonSet invariants; returns the DaemonSet for further checks."""
     ds = find(objects, "DaemonSet")
@@ -278,11 +282,18 @@ def check_daemonset(
     assert pod["automountServiceAccountToken"] is False
     assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
     ctrs = containers(ds)
-    assert set(ctrs) == ({"plugin", "exporter"} if exporter else {"plugin"})
+    assert set(ctrs) == {name for name, on in (("plugin", plugin), ("exporter", exporter)) if on}
     for c in ctrs.values():
         assert c["image"] == image
         assert c["securityContext"]["readOnlyRootFilesystem"] is True
         assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
+    volumes = host_paths(ds)
+    if not plugin:
+        # The exporter alone: nothing of the plugin's (sockets, CDI, its state) is mounted or needed.
+        assert not {"plugins-registry", "plugin-dir", "cdi"} & set(volumes)
+        assert "--health-state-file" not in " ".join(ctrs["exporter"]["args"])
+        check_exporter(ctrs["exporter"], volumes, driver=driver, kubelet_dir=kubelet_dir)
+        return ds
 
     plugin = ctrs["plugin"]
     assert downward_env(plugin) == {"NODE_NAME": "spec.nodeName", "POD_UID": "metadata.uid"}
@@ -294,7 +305,6 @@ def check_daemonset(
 
     # hostPath volumes are mounted where they are on the host: the kubelet dials the socket paths the plugin
     # advertises, and CDI specs name host paths. The driver root "/" is the one exception (see below).
-    volumes = host_paths(ds)
     for container in ctrs.values():
         for name, mount in mounts(container).items():
             if name in volumes and name not in ("driver-root", "host-proc"):

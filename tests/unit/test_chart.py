@@ -39,12 +39,20 @@ MINIMAL: dict[str, Any] = {
 NO_API_EXPORTER: dict[str, Any] = {
     "exporter": {"kubeApi": False, "podResources": False, "processAttribution": False}
 }
+EXPORTER_ONLY: dict[str, Any] = {
+    "plugin": {"enabled": False},
+    "metrics": {
+        "serviceMonitor": {"enabled": True},
+        "prometheusRule": {"enabled": True, "dcgmCompatibility": {"enabled": True}},
+    },
+}
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "default": {},
     "fake": FAKE,
     "full": FULL,
     "minimal": MINIMAL,
     "exporter-without-api": NO_API_EXPORTER,
+    "exporter-only": EXPORTER_ONLY,
 }
 
 
@@ -127,6 +135,7 @@ def test_rbac_is_exactly_what_the_code_calls(renders: dict[str, list[dict[str, A
         service_account="accel-dra",
         exporter_api=exporter_api,
         driver=VALUE_SETS[values].get("driverName", DEFAULT_DRIVER_NAME),
+        plugin=VALUE_SETS[values].get("plugin", {}).get("enabled", True),
     )
 
 
@@ -146,6 +155,9 @@ def test_rbac_follows_release_name_and_namespace() -> None:
 def test_the_admission_policy_confines_the_plugin_to_its_own_node(
     renders: dict[str, list[dict[str, Any]]], values: str
 ) -> None:
+    if not VALUE_SETS[values].get("plugin", {}).get("enabled", True):
+        assert not [o for o in renders[values] if o["kind"].startswith("ValidatingAdmissionPolicy")]
+        return
     check_admission_policy(renders[values], namespace="accel-dra", service_account="accel-dra")
 
 
@@ -169,6 +181,7 @@ def test_daemonset_invariants(renders: dict[str, list[dict[str, Any]]], values: 
         image=f"{image.get('repository', 'accel-dra')}:{image.get('tag', '0.1.0')}",
         fake=values == "fake",
         exporter=settings.get("exporter", {}).get("enabled", True),
+        plugin=settings.get("plugin", {}).get("enabled", True),
     )
 
 
@@ -304,7 +317,74 @@ def test_dashboard_queries_only_metrics_and_labels_the_code_serves() -> None:
 def test_notes_render_for_every_value_set() -> None:
     for values in VALUE_SETS.values():
         notes = render_templates(values)["accel-dra/templates/NOTES.txt"]
-        assert "kubectl get resourceslices --field-selector spec.driver=" in notes
+        if values.get("plugin", {}).get("enabled", True):
+            assert "kubectl get resourceslices --field-selector spec.driver=" in notes
+        else:
+            assert "only the GPU exporter runs" in notes and "resourceslices" not in notes
+
+
+def test_the_exporter_runs_alone_with_the_plugin_off(renders: dict[str, list[dict[str, Any]]]) -> None:
+    objects = renders["exporter-only"]
+    kinds = sorted({o["kind"] for o in objects})
+    assert kinds == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "DaemonSet",
+        "PrometheusRule",
+        "Service",
+        "ServiceAccount",
+        "ServiceMonitor",
+    ]
+    service = find(objects, "Service")
+    assert [p["name"] for p in service["spec"]["ports"]] == ["metrics"]
+    monitor = find(objects, "ServiceMonitor")
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
+    with pytest.raises(Exception, match="nothing to deploy"):
+        render({"plugin": {"enabled": False}, "exporter": {"enabled": False}})
+
+
+def test_service_monitor_keeps_gpu_series_free_of_the_targets_pod_labels(
+    renders: dict[str, list[dict[str, Any]]],
+) -> None:
+    """The Operator labels targets with the scraped pod's namespace/pod/container: dropped for the exporter,
+    whose series carry their own (tests/integration/test_dashboards.py scrapes with the Operator's labels)."""
+    (exporter, plugin) = find(renders["full"], "ServiceMonitor")["spec"]["endpoints"]
+    assert (exporter["port"], exporter["honorLabels"]) == ("metrics", False)
+    assert {"action": "labeldrop", "regex": "namespace|pod|container"} in exporter["relabelings"]
+    assert plugin["port"] == "plugin-metrics" and "honorLabels" not in plugin
+
+
+def _rule_groups(values: dict[str, Any]) -> list[dict[str, Any]]:
+    rule = find(render({"metrics": {"prometheusRule": values}}), "PrometheusRule")
+    groups: list[dict[str, Any]] = rule["spec"]["groups"]
+    return groups
+
+
+def test_prometheus_rule_groups_follow_the_values() -> None:
+    assert [g["name"] for g in _rule_groups({"enabled": True})] == ["accel-dra-gpus"]
+    both = _rule_groups({"enabled": True, "dcgmCompatibility": {"enabled": True}})
+    assert [g["name"] for g in both] == ["accel-dra-gpus", "accel-dra-dcgm-compatibility"]
+    exported = _rule_groups(
+        {
+            "enabled": True,
+            "alerts": {"enabled": False},
+            "dcgmCompatibility": {"enabled": True, "exportedLabels": True},
+        }
+    )
+    assert [g["name"] for g in exported] == ["accel-dra-dcgm-compatibility"]
+    assert (
+        "exported_pod" in exported[0]["rules"][1]["expr"]
+        and "exported_pod" not in both[1]["rules"][1]["expr"]
+    )
+    thresholds = _rule_groups({"enabled": True, "alerts": {"temperatureCelsius": 77, "xidEvents": 3}})[0]
+    exprs = {r["alert"]: r["expr"] for r in thresholds["rules"]}
+    assert exprs["AccelDraGPUTemperatureHigh"].endswith("> 77")
+    assert exprs["AccelDraGPUXidErrors"].endswith("> 3")
+    assert not [
+        o
+        for o in render({"metrics": {"prometheusRule": {"enabled": True, "alerts": {"enabled": False}}}})
+        if o["kind"] == "PrometheusRule"
+    ]
 
 
 def test_every_top_level_value_is_documented() -> None:
