@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import secrets
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -36,11 +35,12 @@ from driver.exporter.podresources import (
     PodResourcesError,
 )
 from driver.exporter.server import Exporter, exporter_backend_options
-from driver.kube.client import NAMESPACES, PODS, RESOURCE_CLAIMS, RESOURCE_SLICES, KubeClient
+from driver.kube.client import NAMESPACES, PODS, RESOURCE_SLICES, KubeClient
 from driver.sim.podresources import ClaimDevice as SimClaimDevice
 from driver.sim.podresources import ClaimResources, PodResourcesServer, PodResourcesState
 from driver.state.api import PreparedDevice
 from tests.integration.conftest import NodeDirs
+from tests.support.pods import allocated_claim, running_pod, set_phase
 
 DRIVER = "gpu.accel-dra.dev"
 NODE = "node-1"
@@ -190,31 +190,6 @@ def sleepers() -> Iterator[Callable[[], int]]:
         proc.wait()
 
 
-async def running_pod(kube: KubeClient, namespace: str, name: str) -> tuple[str, str]:
-    """A Running pod on this node in the API server: (pod UID, container id)."""
-    pod = await kube.create(
-        PODS,
-        {
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"nodeName": NODE, "containers": [{"name": "main", "image": "sim"}]},
-        },
-        namespace,
-    )
-    container_id = secrets.token_hex(32)
-    pod["status"] = {
-        "phase": "Running",
-        "containerStatuses": [{"name": "main", "containerID": f"containerd://{container_id}", "ready": True}],
-    }
-    await kube.update(PODS, pod, namespace, subresource="status")
-    return pod["metadata"]["uid"], container_id
-
-
-async def set_phase(kube: KubeClient, namespace: str, name: str, phase: str) -> None:
-    pod = await kube.get(PODS, name, namespace)
-    pod["status"]["phase"] = phase
-    await kube.update(PODS, pod, namespace, subresource="status")
-
-
 def prepared(gpu: Gpu) -> PreparedDevice:
     return PreparedDevice(("gpu",), NODE, gpu.name, (f"k8s.{DRIVER}/gpu=uid-1-{gpu.name}",))
 
@@ -283,7 +258,7 @@ async def test_gpu_shared_by_two_pods_is_split_by_process(
     await kube.create(NAMESPACES, {"metadata": {"name": "ml"}})
     pods: dict[str, tuple[int, str]] = {}
     for name in ("trainer-a", "trainer-b"):
-        uid, container_id = await running_pod(kube, "ml", name)
+        uid, container_id = await running_pod(kube, "ml", name, NODE)
         pid = sleepers()
         sandbox.cgroup(pid, uid, container_id)
         pods[name] = (pid, container_id)
@@ -355,7 +330,7 @@ async def test_other_drivers_device_through_its_resource_slice(
     running = await start_exporter(kube_api="on", kubeconfig=str(kubeconfig))
     gpu = running.inventory.gpus[4]
     await kube.create(NAMESPACES, {"metadata": {"name": "vendor"}})
-    await running_pod(kube, "vendor", "job")
+    await running_pod(kube, "vendor", "job", NODE)
     await kube.create(
         RESOURCE_SLICES,
         {
@@ -389,7 +364,7 @@ async def test_pods_the_kubelet_still_lists_after_they_finished_hold_nothing(
 ) -> None:
     await kube.create(NAMESPACES, {"metadata": {"name": "batch"}})
     for name in ("done", "crashed", "deleted", "running"):
-        await running_pod(kube, "batch", name)
+        await running_pod(kube, "batch", name, NODE)
     running = await start_exporter(kube_api="on", kubeconfig=str(kubeconfig))
     gpus = running.inventory.gpus
     for gpu, name in zip(gpus, ("done", "crashed", "deleted", "running"), strict=False):
@@ -417,12 +392,12 @@ async def test_admin_access_claims_are_not_holders(
         NAMESPACES, {"metadata": {"name": "ops", "labels": {"resource.kubernetes.io/admin-access": "true"}}}
     )
     await kube.create(NAMESPACES, {"metadata": {"name": "ml"}})
-    await running_pod(kube, "ops", "watcher")
-    await running_pod(kube, "ml", "trainer")
+    await running_pod(kube, "ops", "watcher", NODE)
+    await running_pod(kube, "ml", "trainer", NODE)
     running = await start_exporter(kube_api="on", kubeconfig=str(kubeconfig))
     gpu = running.inventory.gpus[2]
     for namespace, name, admin in (("ops", "watch", True), ("ml", "train", False)):
-        await allocated_claim(kube, namespace, name, gpu, admin=admin)
+        await allocated_claim(kube, namespace, name, DRIVER, [(DRIVER, NODE, gpu.name)], admin=admin)
     sandbox.state.set_container(
         "ops",
         "watcher",
@@ -440,23 +415,6 @@ async def test_admin_access_claims_are_not_holders(
 
     # The trainer is the GPU's only holder: exclusive, charged under the claim's DeviceClass.
     await running.scrape_until(only_trainer)
-
-
-async def allocated_claim(kube: KubeClient, namespace: str, name: str, gpu: Gpu, *, admin: bool) -> None:
-    request: dict[str, Any] = {"deviceClassName": DRIVER, **({"adminAccess": True} if admin else {})}
-    claim = await kube.create(
-        RESOURCE_CLAIMS,
-        {
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"devices": {"requests": [{"name": "gpu", "exactly": request}]}},
-        },
-        namespace,
-    )
-    result: dict[str, Any] = {"request": "gpu", "driver": DRIVER, "pool": NODE, "device": gpu.name}
-    if admin:
-        result["adminAccess"] = True
-    claim["status"] = {"allocation": {"devices": {"results": [result]}}}
-    await kube.update(RESOURCE_CLAIMS, claim, namespace, subresource="status")
 
 
 async def test_kubelet_restart(sandbox: Sandbox, start_exporter: StartExporter) -> None:

@@ -84,6 +84,7 @@ def healthy(minutes: int = 70) -> list[dict[str, str]]:
         )
     )
     out.append(series("accel_dra_exporter_last_sample_timestamp_seconds", {}, f"0+60x{minutes}"))
+    out.append(series("accel_dra_exporter_samples_total", {}, f"0+60x{minutes}"))
     out.append(series("accel_dra_exporter_pod_resources_up", {}, f"1x{minutes}"))
     out.append(series("up", {}, f"1x{minutes}"))
     return out
@@ -226,10 +227,10 @@ def test_xids_uncorrected_errors_and_row_remapping(tmp_path: Path) -> None:
                 "exp_alerts": [alert("AccelDraGPUXidErrors", "warning", {**ALERT_LABELS, "xid": "13"})],
             },
             {
-                # The first event of a new code: its series appears at 1 (a counter starting after an event).
+                # The first event of a new code: its series appears at 1, which increase() cannot see.
                 "eval_time": "25m",
                 "alertname": "AccelDraGPUXidErrors",
-                "exp_alerts": [],
+                "exp_alerts": [alert("AccelDraGPUXidErrors", "warning", {**ALERT_LABELS, "xid": "79"})],
             },
             {"eval_time": "35m", "alertname": "AccelDraGPUXidErrors", "exp_alerts": []},
             {
@@ -249,6 +250,17 @@ def test_xids_uncorrected_errors_and_row_remapping(tmp_path: Path) -> None:
                 "exp_alerts": [alert("AccelDraGPURowRemapPending", "warning", ALERT_LABELS)],
             },
         ],
+    )
+
+
+def test_xids_counted_before_prometheus_started_raise_nothing(tmp_path: Path) -> None:
+    """Series that exist from Prometheus' first scrape on are not new events (the exporter was not scraped
+    ten minutes earlier)."""
+    inputs = replace(healthy(), "accel_dra_gpu_xid_errors_total", {**GPU, "xid": "13"}, "4x70")
+    run(
+        tmp_path,
+        inputs,
+        [{"eval_time": f"{m}m", "alertname": "AccelDraGPUXidErrors", "exp_alerts": []} for m in (1, 5, 12)],
     )
 
 
