@@ -36,9 +36,9 @@ GiB = 1 << 30
 
 def doc_query(comment_prefix: str) -> str:
     """The PromQL example under the comment starting with ``comment_prefix`` (up to the next blank line)."""
-    block = re.search(r"```promql\n(.*?)```", DOCS.read_text(encoding="utf-8"), re.S)
-    assert block is not None, "docs/metrics.md has no promql block"
-    for example in re.split(r"\n\s*\n", block.group(1)):
+    blocks = re.findall(r"```promql\n(.*?)```", DOCS.read_text(encoding="utf-8"), re.S)
+    assert blocks, "docs/metrics.md has no promql block"
+    for example in (e for block in blocks for e in re.split(r"\n\s*\n", block)):
         lines = example.strip().splitlines()
         if lines and lines[0].startswith(comment_prefix):
             return " ".join(line.strip() for line in lines if not line.lstrip().startswith("#"))
@@ -158,3 +158,50 @@ def test_memory_per_claim_counts_each_container_once(tmp_path: Path) -> None:
         '{resource_claim_namespace="team-b", resource_claim="c2"}': 3 * GiB,
     }
     evaluate(tmp_path, scrape(), expr, expected)
+
+
+def test_monthly_chargeback_recipe_survives_exporter_restarts(tmp_path: Path) -> None:
+    """The month's GPU-hours per namespace from the chargeback counters, through an exporter restart."""
+    recipe = doc_query("# GPU-hours held per namespace").replace("@ 1796083200", "@ 2592000")  # 30 days
+    expr = f"round({recipe}, 0.001)"
+    labels = 'device_class="gpu.accel-dra.dev", hw_model="H100", k8s_node_name="node-1"'
+    series = [
+        # A whole GPU all month; the exporter restarted on day 10 and was down for an hour (a reset).
+        {
+            "series": f'accel_dra_gpu_allocated_seconds_total{{namespace="ml", pod="train", {labels}}}',
+            "values": "0+3600x240 0+3600x479",
+        },
+        # Half a GPU (shared with another namespace's pod) for 100 hours, then released.
+        {
+            "series": f'accel_dra_gpu_allocated_seconds_total{{namespace="web", pod="serve", {labels}}}',
+            "values": "0+1800x100",
+        },
+    ]
+    spec = {
+        "rule_files": [],
+        "tests": [
+            {
+                "interval": "1h",
+                "input_series": series,
+                "promql_expr_test": [
+                    {
+                        "expr": expr,
+                        "eval_time": "720h",
+                        "exp_samples": [
+                            # 720 hours less the hour the exporter was down; nothing counted twice.
+                            {"labels": '{namespace="ml", hw_model="H100"}', "value": 719},
+                            # 50 hours; increase() extrapolates half a scrape interval past the series'
+                            # last sample at the rate it grew: 50 / 100 h * 0.5 h (with 30 s scrapes: 15 s).
+                            {"labels": '{namespace="web", hw_model="H100"}', "value": 50.25},
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "chargeback.yml"
+    path.write_text(json.dumps(spec), encoding="utf-8")
+    result = subprocess.run(
+        ["promtool", "test", "rules", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, f"{expr}\n{result.stdout}{result.stderr}"
