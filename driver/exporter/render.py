@@ -60,6 +60,9 @@ class Family:
         names = self.spec.labels
         self.samples.append((_label_block(names, tuple(labels.get(name) or "" for name in names)), value))
 
+    def add_row(self, values: tuple[str, ...], value: float) -> None:
+        self.samples.append((_label_block(self.spec.labels, values), value))
+
     def encode(self, openmetrics: bool) -> Iterator[str]:
         spec = self.spec
         exposed = spec.family if openmetrics else spec.name
@@ -89,6 +92,14 @@ class Families:
             raise ValueError(f"{spec.name}: labels {sorted(unknown)} are not in the spec")
         self._families[spec.name].add(labels, float(value))
 
+    def row(self, spec: n.MetricSpec, value: float | None, values: tuple[str, ...]) -> None:
+        """A sample given by its label values in the spec's order (the fast path of the per-GPU series)."""
+        if value is None:
+            return
+        if len(values) != len(spec.labels):
+            raise ValueError(f"{spec.name}: {len(values)} label values for labels {spec.labels}")
+        self._families[spec.name].add_row(values, float(value))
+
     def __iter__(self) -> Iterator[Family]:
         return iter(self._families.values())
 
@@ -101,59 +112,53 @@ def encode(families: Iterable[Family], openmetrics: bool) -> bytes:
     return "".join(chunks).encode()
 
 
-def identity(gpu: Gpu) -> dict[str, str | None]:
-    return {
-        "hw_id": gpu.name,
-        "uuid": gpu.uuid,
-        "pci_bus_id": gpu.pci_bus_id,
-        "hw_model": gpu.product_name,
-        "hw_vendor": GPU_VENDOR,
-    }
+Row = tuple[str, ...]
 
 
-def mig_identity(gpu: Gpu, mig: MigDevice) -> dict[str, str | None]:
-    return {
-        "hw_id": mig_device_name(gpu, mig),
-        "uuid": gpu.uuid,
-        "pci_bus_id": gpu.pci_bus_id,
-        "hw_model": gpu.product_name,
-        "hw_vendor": GPU_VENDOR,
-        "hw_parent": gpu.name,
-        "mig_uuid": mig.uuid,
-        "mig_profile": mig.profile,
-    }
+def identity(gpu: Gpu) -> Row:
+    """Values of :data:`driver.exporter.names.IDENTITY_LABELS`: every per-GPU row starts with them."""
+    return (gpu.name, gpu.uuid, gpu.pci_bus_id or "", gpu.product_name or "", GPU_VENDOR)
+
+
+def mig_identity(gpu: Gpu, mig: MigDevice) -> Row:
+    """Values of :data:`driver.exporter.names.MIG_IDENTITY_LABELS`."""
+    return (
+        mig_device_name(gpu, mig),
+        gpu.uuid,
+        gpu.pci_bus_id or "",
+        gpu.product_name or "",
+        GPU_VENDOR,
+        gpu.name,
+        mig.uuid,
+        mig.profile or "",
+    )
 
 
 def _mig_mode(gpu: Gpu) -> str:
     return "unsupported" if gpu.mig_enabled is None else "enabled" if gpu.mig_enabled else "disabled"
 
 
-def _telemetry(f: Families, ident: dict[str, str | None], t: GpuTelemetry) -> None:
-    for task, value in (
-        ("general", t.utilization),
-        ("encoder", t.encoder_utilization),
-        ("decoder", t.decoder_utilization),
-    ):
-        f.add(n.GPU_UTILIZATION, value, {**ident, "hw_gpu_task": task})
-    f.add(n.GPU_MEMORY_USAGE, t.memory_used_bytes, ident)
-    f.add(n.MEMORY_USED_ALIAS, t.memory_used_bytes, ident)
-    f.add(n.GPU_MEMORY_LIMIT, t.memory_total_bytes, ident)
-    f.add(n.GPU_MEMORY_UTILIZATION, t.memory_utilization, ident)
-    for link, rx, tx in (
-        ("pcie", t.pcie_rx_bytes, t.pcie_tx_bytes),
-        ("nvlink", t.nvlink_rx_bytes, t.nvlink_tx_bytes),
-    ):
-        f.add(n.GPU_IO, rx, {**ident, "network_io_direction": "receive", "interconnect": link})
-        f.add(n.GPU_IO, tx, {**ident, "network_io_direction": "transmit", "interconnect": link})
-    typed = {**ident, "hw_type": "gpu"}
-    f.add(n.POWER, t.power_watts, typed)
-    f.add(n.ENERGY, t.energy_joules, typed)
-    f.add(n.TEMPERATURE, t.temperature_celsius, {**typed, "hw_sensor_location": "gpu"})
-    f.add(n.TEMPERATURE, t.memory_temperature_celsius, {**typed, "hw_sensor_location": "memory"})
-    f.add(n.ERRORS, t.ecc_corrected, {**typed, "error_type": "corrected"})
-    f.add(n.ERRORS, t.ecc_uncorrected, {**typed, "error_type": "uncorrected"})
-    f.add(n.CLOCK, t.sm_clock_hertz, {**ident, "clock": "sm"})
-    f.add(n.CLOCK, t.memory_clock_hertz, {**ident, "clock": "memory"})
+def _telemetry(f: Families, ident: Row, t: GpuTelemetry) -> None:
+    f.row(n.GPU_UTILIZATION, t.utilization, (*ident, "general"))
+    f.row(n.GPU_UTILIZATION, t.encoder_utilization, (*ident, "encoder"))
+    f.row(n.GPU_UTILIZATION, t.decoder_utilization, (*ident, "decoder"))
+    f.row(n.GPU_MEMORY_USAGE, t.memory_used_bytes, ident)
+    f.row(n.MEMORY_USED_ALIAS, t.memory_used_bytes, ident)
+    f.row(n.GPU_MEMORY_LIMIT, t.memory_total_bytes, ident)
+    f.row(n.GPU_MEMORY_UTILIZATION, t.memory_utilization, ident)
+    f.row(n.GPU_IO, t.pcie_rx_bytes, (*ident, "receive", "pcie"))
+    f.row(n.GPU_IO, t.pcie_tx_bytes, (*ident, "transmit", "pcie"))
+    f.row(n.GPU_IO, t.nvlink_rx_bytes, (*ident, "receive", "nvlink"))
+    f.row(n.GPU_IO, t.nvlink_tx_bytes, (*ident, "transmit", "nvlink"))
+    typed = (*ident, "gpu")
+    f.row(n.POWER, t.power_watts, typed)
+    f.row(n.ENERGY, t.energy_joules, typed)
+    f.row(n.TEMPERATURE, t.temperature_celsius, (*typed, "gpu"))
+    f.row(n.TEMPERATURE, t.memory_temperature_celsius, (*typed, "memory"))
+    f.row(n.ERRORS, t.ecc_corrected, (*typed, "corrected"))
+    f.row(n.ERRORS, t.ecc_uncorrected, (*typed, "uncorrected"))
+    f.row(n.CLOCK, t.sm_clock_hertz, (*ident, "sm"))
+    f.row(n.CLOCK, t.memory_clock_hertz, (*ident, "memory"))
     _health(f, ident, t)
 
 
@@ -161,89 +166,85 @@ def _flag(value: bool | None) -> int | None:
     return None if value is None else int(value)
 
 
-def _health(f: Families, ident: dict[str, str | None], t: GpuTelemetry) -> None:
-    f.add(n.MEMORY_COPY_UTILIZATION, t.memory_copy_utilization, ident)
+def _health(f: Families, ident: Row, t: GpuTelemetry) -> None:
+    f.row(n.MEMORY_COPY_UTILIZATION, t.memory_copy_utilization, ident)
     for name, value in t.activity.items():
-        f.add(n.ACTIVITY, value, {**ident, "activity": name})
+        f.row(n.ACTIVITY, value, (*ident, name))
     for (link, direction), rate in t.io_throughput.items():
-        f.add(n.IO_THROUGHPUT, rate, {**ident, "network_io_direction": direction, "interconnect": link})
-    f.add(n.REMAPPED_ROWS, t.remapped_rows_correctable, {**ident, "cause": "correctable"})
-    f.add(n.REMAPPED_ROWS, t.remapped_rows_uncorrectable, {**ident, "cause": "uncorrectable"})
-    f.add(n.ROW_REMAP_PENDING, _flag(t.row_remap_pending), ident)
-    f.add(n.ROW_REMAP_FAILED, _flag(t.row_remap_failure), ident)
-    f.add(n.PCIE_REPLAYS, t.pcie_replays, ident)
+        f.row(n.IO_THROUGHPUT, rate, (*ident, direction, link))
+    f.row(n.REMAPPED_ROWS, t.remapped_rows_correctable, (*ident, "correctable"))
+    f.row(n.REMAPPED_ROWS, t.remapped_rows_uncorrectable, (*ident, "uncorrectable"))
+    f.row(n.ROW_REMAP_PENDING, _flag(t.row_remap_pending), ident)
+    f.row(n.ROW_REMAP_FAILED, _flag(t.row_remap_failure), ident)
+    f.row(n.PCIE_REPLAYS, t.pcie_replays, ident)
     if t.clock_event_reasons is not None:
         for bit, reason in CLOCK_EVENT_REASONS:
-            f.add(n.CLOCK_EVENTS, 1 if t.clock_event_reasons & bit else 0, {**ident, "reason": reason})
+            f.row(n.CLOCK_EVENTS, 1 if t.clock_event_reasons & bit else 0, (*ident, reason))
+
+
+def _text(value: int | None) -> str:
+    return "" if value is None else str(value)
 
 
 def _mig(f: Families, snap: Snapshot, gpu: Gpu, readings: dict[str, MigTelemetry]) -> None:
     for mig in gpu.mig_devices:
         ident = mig_identity(gpu, mig)
         placement = mig.placement
-        f.add(
-            n.MIG_INFO,
-            1,
-            {
-                **ident,
-                "gpu_instance_id": _text(mig.gpu_instance_id),
-                "compute_instance_id": _text(mig.compute_instance_id),
-                "placement_start": _text(placement.start if placement else None),
-                "placement_size": _text(placement.size if placement else None),
-                "k8s_node_name": snap.node_name,
-            },
+        info = (
+            _text(mig.gpu_instance_id),
+            _text(mig.compute_instance_id),
+            _text(placement.start if placement else None),
+            _text(placement.size if placement else None),
+            snap.node_name,
         )
+        f.row(n.MIG_INFO, 1, (*ident, *info))
         t = readings.get(mig.uuid)
         if t is None:
             continue
-        f.add(n.MIG_MEMORY_USAGE, t.memory_used_bytes, ident)
-        f.add(n.MIG_MEMORY_LIMIT, t.memory_total_bytes, ident)
+        f.row(n.MIG_MEMORY_USAGE, t.memory_used_bytes, ident)
+        f.row(n.MIG_MEMORY_LIMIT, t.memory_total_bytes, ident)
         for name, value in t.activity.items():
-            f.add(n.MIG_ACTIVITY, value, {**ident, "activity": name})
-
-
-def _text(value: int | None) -> str | None:
-    return None if value is None else str(value)
+            f.row(n.MIG_ACTIVITY, value, (*ident, name))
 
 
 def _gpu(f: Families, snap: Snapshot, g: GpuSnapshot, index: int) -> None:
-    ident = identity(g.gpu)
-    f.add(
+    gpu = g.gpu
+    ident = identity(gpu)
+    f.row(
         n.GPU_INFO,
         1,
-        {
-            **ident,
-            "hw_type": "gpu",
-            "hw_driver_version": snap.driver_version,
-            "cuda_driver_version": snap.cuda_driver_version,
-            "architecture": g.gpu.architecture,
-            "compute_capability": g.gpu.compute_capability,
-            "mig_mode": _mig_mode(g.gpu),
-            "k8s_node_name": snap.node_name,
-            "nvml_index": str(index),
-            "nvml_pci_bus_id": nvml_pci_bus_id(g.gpu.pci_bus_id) if g.gpu.pci_bus_id else None,
-        },
+        (
+            *ident,
+            "gpu",
+            snap.driver_version,
+            snap.cuda_driver_version,
+            gpu.architecture or "",
+            gpu.compute_capability or "",
+            _mig_mode(gpu),
+            snap.node_name,
+            str(index),
+            nvml_pci_bus_id(gpu.pci_bus_id) if gpu.pci_bus_id else "",
+        ),
     )
     for state in n.HW_STATES:
-        f.add(n.STATUS, 1 if state == g.state else 0, {**ident, "hw_type": "gpu", "hw_state": state})
+        f.row(n.STATUS, 1 if state == g.state else 0, (*ident, "gpu", state))
     for (name, reason), count in sorted(g.read_errors.items()):
-        f.add(n.READ_ERRORS, count, {**ident, "field": name, "reason": reason})
+        f.row(n.READ_ERRORS, count, (*ident, name, reason))
     if g.health is not None:
-        f.add(n.ERRORS, g.health.xid_events, {**ident, "hw_type": "gpu", "error_type": "xid"})
+        f.row(n.ERRORS, g.health.xid_events, (*ident, "gpu", "xid"))
     for xid, count in sorted((g.xids or {}).items()):
-        f.add(n.XID_ERRORS, count, {**ident, "xid": str(xid)})
-    f.add(n.LAST_XID, g.last_xid, ident)
+        f.row(n.XID_ERRORS, count, (*ident, str(xid)))
+    f.row(n.LAST_XID, g.last_xid, ident)
     if g.telemetry is not None:
         _telemetry(f, ident, g.telemetry)
-    _mig(f, snap, g.gpu, {m.uuid: m for m in g.telemetry.mig} if g.telemetry is not None else {})
-    profiles = {m.uuid: m.profile for m in g.gpu.mig_devices}
+    _mig(f, snap, gpu, {m.uuid: m for m in g.telemetry.mig} if g.telemetry is not None else {})
+    profiles = {m.uuid: m.profile or "" for m in gpu.mig_devices}
     for share in g.shares:
-        who = {**ident, **dict(zip(n.ATTRIBUTION_LABELS, share.consumer.label_values(), strict=True))}
-        if share.consumer.mig_uuid:
-            who |= {"mig_uuid": share.consumer.mig_uuid, "mig_profile": profiles.get(share.consumer.mig_uuid)}
-        f.add(n.ALLOCATION_INFO, 1, who)
-        f.add(n.CONTAINER_UTILIZATION, share.utilization, {**who, "attribution": share.utilization_mode})
-        f.add(n.CONTAINER_MEMORY, share.memory_bytes, {**who, "attribution": share.memory_mode})
+        c = share.consumer
+        who = (*ident, *c.label_values(), c.mig_uuid, profiles.get(c.mig_uuid, ""))
+        f.row(n.ALLOCATION_INFO, 1, who)
+        f.row(n.CONTAINER_UTILIZATION, share.utilization, (*who, share.utilization_mode))
+        f.row(n.CONTAINER_MEMORY, share.memory_bytes, (*who, share.memory_mode))
 
 
 def families(snap: Snapshot) -> list[Family]:
@@ -264,9 +265,9 @@ def families(snap: Snapshot) -> list[Family]:
     for index, g in enumerate(snap.gpus):
         _gpu(f, snap, g, index)
     for charge in snap.charges:
-        labels = dict(zip(n.CHARGEBACK_LABELS, (*charge.key, snap.node_name), strict=True))
-        f.add(n.GPU_ALLOCATED_SECONDS, charge.allocated_seconds, labels)
-        f.add(n.GPU_USED_SECONDS, charge.used_seconds, labels)
+        key = (*charge.key, snap.node_name)
+        f.row(n.GPU_ALLOCATED_SECONDS, charge.allocated_seconds, key)
+        f.row(n.GPU_USED_SECONDS, charge.used_seconds, key)
     return list(f)
 
 

@@ -32,6 +32,8 @@ from driver.state.api import ClaimRef
 DRIVER = "gpu.accel-dra.dev"
 NODE = "bench-node"
 PROFILE = "dgx-h100"  # 8 GPUs
+#: The steady-state node (plugin and exporter side by side): the same 8 GPUs, two of them in MIG mode.
+STEADY_PROFILE = "dgx-h100-mig"
 NAMESPACE = "default"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 #: When set (``run.py --profile DIR``), every started process is sampled by py-spy into DIR/<name>.txt.
@@ -246,13 +248,13 @@ async def start_process(name: str, args: Sequence[str], log_path: Path) -> Proc:
     return proc
 
 
-def plugin_args(dirs: Dirs, *extra: str) -> list[str]:
+def plugin_args(dirs: Dirs, *extra: str, profile: str = PROFILE) -> list[str]:
     """The plugin as the Helm chart runs it: operation metrics on, info logging, fake 8-GPU node."""
     return [
         "plugin",
         "--driver-name", DRIVER,
         "--node-name", NODE,
-        "--backend", f"fake:{PROFILE}",
+        "--backend", f"fake:{profile}",
         "--kubeconfig", str(dirs.kubeconfig),
         "--plugin-dir", str(dirs.plugin),
         "--registry-dir", str(dirs.registry),
@@ -263,14 +265,15 @@ def plugin_args(dirs: Dirs, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def exporter_args(dirs: Dirs, interval: float, *extra: str) -> list[str]:
-    """The exporter as the chart runs it: PodResources, API server (pods, slices), process attribution."""
+def exporter_args(dirs: Dirs, interval: float, *extra: str, profile: str = PROFILE) -> list[str]:
+    """The exporter as the chart runs it: PodResources, API server (pods, slices, claims), process
+    attribution, its own XID events."""
     return [
         "exporter",
         "--listen", "127.0.0.1:0",
         "--driver-name", DRIVER,
         "--node-name", NODE,
-        "--backend", f"fake:{PROFILE}",
+        "--backend", f"fake:{profile}",
         "--kubeconfig", str(dirs.kubeconfig),
         "--kube-api", "on",
         "--pod-resources-socket", str(dirs.pod_resources),

@@ -89,7 +89,7 @@ TARGETS: tuple[Target, ...] = (
     ),
     Target(
         "metrics_scrape_p50_ms",
-        "/metrics, 8 GPUs, 16 attributed pods, freshly rendered, p50",
+        "/metrics, 8 GPUs (2 in MIG mode, 11 MIG devices), 23 attributed pods, freshly rendered, p50",
         "ms",
         "<=",
         5.0,

@@ -112,8 +112,12 @@ class DraClient:
         await self.channel.close()
 
 
-async def start_plugin(dirs: h.Dirs, name: str = "plugin") -> tuple[h.Proc, DraClient]:
-    proc = await h.start_process(name, h.plugin_args(dirs), dirs.root / "logs" / f"{name}.log")
+async def start_plugin(
+    dirs: h.Dirs, name: str = "plugin", profile: str = h.PROFILE
+) -> tuple[h.Proc, DraClient]:
+    proc = await h.start_process(
+        name, h.plugin_args(dirs, profile=profile), dirs.root / "logs" / f"{name}.log"
+    )
     await proc.wait_log(r'event="plugin running"', timeout=60)
     client = DraClient(dirs.plugin / "dra.sock")
     await client.ready()
@@ -321,11 +325,16 @@ async def _import_seconds(statement: str, repeats: int = 3) -> JSON:
 
 @dataclass
 class Workload:
-    """16 pods on 8 GPUs (two per GPU), each with a live process the exporter can trace to its container."""
+    """Pods on the MIG node: two per whole GPU (sharing it) and one per MIG device, each with a live process
+    the exporter can trace to its container."""
 
     state: PodResourcesState
     server: PodResourcesServer
     sleepers: list[asyncio.subprocess.Process]
+
+    @property
+    def pods(self) -> int:
+        return len(self.sleepers)
 
     async def stop(self) -> None:
         for proc in self.sleepers:
@@ -335,16 +344,16 @@ class Workload:
         await self.server.stop()
 
 
-async def start_workload(cluster: h.Cluster, dirs: h.Dirs, pods: int = 16) -> Workload:
+async def start_workload(cluster: h.Cluster, dirs: h.Dirs) -> Workload:
     from driver.devices.fake import load_named_profile
 
-    gpus = load_named_profile(h.PROFILE, node_name=h.NODE).inventory.gpus
+    devices = load_named_profile(h.STEADY_PROFILE, node_name=h.NODE).inventory.devices
     state = PodResourcesState()
     server = PodResourcesServer(state, str(dirs.pod_resources))
     await server.start()
     sleepers: list[asyncio.subprocess.Process] = []
-    for i in range(pods):
-        gpu = gpus[i * len(gpus) // pods]
+    holders = [(d, copy) for d in devices for copy in range(1 if d.mig else 2)]
+    for i, (device, _) in enumerate(holders):
         pod, pod_uid, container_id = f"train-{i}", str(uuid.uuid4()), secrets.token_hex(32)
         sleeper = await asyncio.create_subprocess_exec("sleep", "3600")
         sleepers.append(sleeper)
@@ -355,15 +364,16 @@ async def start_workload(cluster: h.Cluster, dirs: h.Dirs, pods: int = 16) -> Wo
             "0::/kubepods.slice/kubepods-besteffort.slice/"
             f"kubepods-besteffort-pod{pod_uid.replace('-', '_')}.slice/cri-containerd-{container_id}.scope\n"
         )
-        procs = dirs.fake_state / "gpus" / gpu.uuid / "procs"
+        procs = dirs.fake_state / "gpus" / device.uuid / "procs"
         procs.mkdir(parents=True, exist_ok=True)
+        memory = (5 if device.mig else 20) * 2**30
         (procs / f"{sleeper.pid}.json").write_text(
-            json.dumps({"pid": sleeper.pid, "utilization": 0.4, "memory_bytes": 20 * 2**30})
+            json.dumps({"pid": sleeper.pid, "utilization": 0.4, "memory_bytes": memory})
         )
         claim = ClaimResources(
             f"{pod}-gpu",
             h.NAMESPACE,
-            (ClaimDevice(h.DRIVER, h.NODE, gpu.name, (f"k8s.{h.DRIVER}/gpu={pod_uid}-{gpu.name}",)),),
+            (ClaimDevice(h.DRIVER, h.NODE, device.name, (f"k8s.{h.DRIVER}/gpu={pod_uid}-{device.name}",)),),
         )
         state.set_container(h.NAMESPACE, pod, "main", claims=[claim])
     return Workload(state, server, sleepers)
@@ -397,14 +407,14 @@ _POD_RE = re.compile(rb'pod="(train-\d+)"')
 
 
 async def steady_state(cluster: h.Cluster, dirs: h.Dirs, sizes: Sizes) -> JSON:
-    """Plugin and exporter side by side on an 8-GPU node with 16 attributed pods: idle CPU, API writes,
-    ``/metrics`` latency and both processes' RSS."""
+    """Plugin and exporter side by side on an 8-GPU node, two GPUs in MIG mode (11 MIG devices), 23 attributed
+    pods: idle CPU, API writes, ``/metrics`` latency and both processes' RSS."""
     cluster.delete_slices()
     dirs.fresh_node_state()
     workload = await start_workload(cluster, dirs)
-    plugin, client = await start_plugin(dirs, "plugin-steady")
+    plugin, client = await start_plugin(dirs, "plugin-steady", h.STEADY_PROFILE)
     exporter = await h.start_process(
-        "exporter", h.exporter_args(dirs, 1.0), dirs.root / "logs" / "exporter.log"
+        "exporter", h.exporter_args(dirs, 1.0, profile=h.STEADY_PROFILE), dirs.root / "logs" / "exporter.log"
     )
     try:
         line = await exporter.wait_log(r'event="exporter running"', timeout=60)
@@ -412,7 +422,7 @@ async def steady_state(cluster: h.Cluster, dirs: h.Dirs, sizes: Sizes) -> JSON:
         url = f"http://127.0.0.1:{port}"
         await cluster.wait_for(lambda store: len(h_slices(store)) > 0, timeout=30)
         async with aiohttp.ClientSession() as session:
-            await _wait_attributed(session, f"{url}/metrics")
+            await _wait_attributed(session, f"{url}/metrics", workload.pods)
             # Idle: nothing changes; count API writes and CPU of both processes.
             await asyncio.sleep(2.0)  # let start-up writes (slice publish echoes) settle
             mark = cluster.write_marks()
@@ -447,6 +457,7 @@ async def steady_state(cluster: h.Cluster, dirs: h.Dirs, sizes: Sizes) -> JSON:
         "metrics_body_bytes": len(body),
         "metrics_series": sum(1 for line in body.splitlines() if line and not line.startswith(b"#")),
         "attributed_pods": len(set(_POD_RE.findall(body))),
+        "profile": h.STEADY_PROFILE,
         "rss_mb": {k: round(v, 1) for k, v in rss.items()},
         "peak_rss_mb": {k: round(v, 1) for k, v in peak.items()},
     }
@@ -458,15 +469,17 @@ def h_slices(store: Any) -> list[JSON]:
     ]
 
 
-async def _wait_attributed(session: aiohttp.ClientSession, url: str, timeout: float = 30.0) -> None:
+async def _wait_attributed(
+    session: aiohttp.ClientSession, url: str, pods: int, timeout: float = 30.0
+) -> None:
     """Until a scrape shows the pods (PodResources, pods from the API and cgroups all joined)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         _, body = await _scrape(session, url)
-        if len(set(_POD_RE.findall(body))) >= 16:
+        if len(set(_POD_RE.findall(body))) >= pods:
             return
         await asyncio.sleep(0.2)
-    raise TimeoutError(f"{url}: the 16 pods never showed up in the metrics")
+    raise TimeoutError(f"{url}: the {pods} pods never showed up in the metrics")
 
 
 async def _scrape_series(
