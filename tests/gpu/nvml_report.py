@@ -26,7 +26,7 @@ from driver.devices.backend import BackendError, open_backend
 from driver.devices.telemetry import GpuTelemetry, TelemetryError, TelemetrySource
 from driver.log import setup
 
-UNSUPPORTED_EVENTS = ("nvml call unsupported", "nvml telemetry unsupported")
+UNSUPPORTED_EVENTS = ("nvml call unsupported", "nvml telemetry unsupported", "nvml gpm unsupported")
 #: Telemetry fields that are readings (``errors`` and ``uuid`` are not).
 _READINGS = tuple(f.name for f in dataclasses.fields(GpuTelemetry) if f.name not in ("uuid", "errors"))
 #: Logged when NVML answers "not supported" for some NVLink indices (beyond the GPU's links, or no NVLink).
@@ -91,7 +91,13 @@ def collect(samples: int = 2) -> dict[str, Any]:
         "driver_version": inventory.driver_version,
         "cuda_driver_version": inventory.cuda_driver_version,
         "gpus": [
-            {"uuid": g.uuid, "name": g.name, "product": g.product_name, "mig_enabled": g.mig_enabled}
+            {
+                "uuid": g.uuid,
+                "name": g.name,
+                "product": g.product_name,
+                "architecture": g.architecture,
+                "mig_enabled": g.mig_enabled,
+            }
             for g in inventory.gpus
         ],
         "unsupported": unsupported,
@@ -99,6 +105,16 @@ def collect(samples: int = 2) -> dict[str, Any]:
         "unknown_telemetry": {
             uuid: (t if isinstance(t, str) else [f for f in _READINGS if getattr(t, f) is None])
             for uuid, t in telemetry.items()
+        },
+        # GPM readings of the last sample (there is none in the first: GPM needs two samples).
+        "activity": {
+            uuid: {
+                "gpu": sorted(t.activity),
+                "throughput": sorted("/".join(k) for k in t.io_throughput),
+                "mig": {m.uuid: sorted(m.activity) for m in t.mig},
+            }
+            for uuid, t in telemetry.items()
+            if not isinstance(t, str)
         },
         "telemetry_errors": {
             uuid: dict(t.errors) for uuid, t in telemetry.items() if not isinstance(t, str) and t.errors

@@ -39,3 +39,30 @@ def test_nvml_reads_do_not_fail_and_essential_readings_exist() -> None:
         unknown = report["unknown_telemetry"][gpu["uuid"]]
         assert isinstance(unknown, list), f"{gpu['uuid']} could not be sampled: {unknown}"
         assert not set(ESSENTIAL) & set(unknown), (gpu["uuid"], unknown)
+
+
+#: GPUs with GPU Performance Monitoring (NVML GPM): the profiling readings dcgm-exporter needs DCGM for.
+GPM_ARCHITECTURES = ("Hopper", "Blackwell", "Rubin")
+
+
+def test_gpm_activity_on_gpus_that_have_it() -> None:
+    """After two samples a Hopper-or-newer GPU reports SM and tensor activity (per MIG device in MIG mode);
+    older GPUs report none, and nothing is shown as 0 instead."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.gpu.nvml_report", "--samples", "3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    for gpu in report["gpus"]:
+        activity = report["activity"][gpu["uuid"]]
+        if gpu["architecture"] not in GPM_ARCHITECTURES:
+            assert activity["gpu"] == [] and all(v == [] for v in activity["mig"].values()), gpu
+        elif gpu["mig_enabled"]:
+            assert activity["gpu"] == [] and all("graphics" in v for v in activity["mig"].values()), gpu
+        else:
+            assert {"graphics", "sm", "tensor", "dram"} <= set(activity["gpu"]), gpu
+            assert {"pcie/receive", "pcie/transmit"} <= set(activity["throughput"]), gpu

@@ -39,13 +39,7 @@ MINIMAL: dict[str, Any] = {
 NO_API_EXPORTER: dict[str, Any] = {
     "exporter": {"kubeApi": False, "podResources": False, "processAttribution": False}
 }
-EXPORTER_ONLY: dict[str, Any] = {
-    "plugin": {"enabled": False},
-    "metrics": {
-        "serviceMonitor": {"enabled": True},
-        "prometheusRule": {"enabled": True, "dcgmCompatibility": {"enabled": True}},
-    },
-}
+EXPORTER_ONLY = load_values(CHART / "ci" / "exporter-only-values.yaml")
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "default": {},
     "fake": FAKE,
