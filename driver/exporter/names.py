@@ -23,7 +23,6 @@ from types import MappingProxyType
 from typing import Literal
 
 from driver.devices.telemetry import ACTIVITIES, CLOCK_EVENT_REASONS, FIELDS
-from driver.exporter import dcgm
 
 MetricType = Literal["gauge", "counter", "info", "histogram"]
 
@@ -684,6 +683,8 @@ def spec_table(specs: Sequence[MetricSpec], *, sources: bool = True, calls: bool
 
 def generated_blocks() -> dict[str, str]:
     """Marker name -> generated Markdown, for the ``<!-- BEGIN GENERATED: name -->`` blocks of the docs."""
+    from driver.exporter import dcgm  # the docs only; the exporter and the plugin never load it
+
     return {
         "gpu-metrics": spec_table(GPU_METRICS),
         "health-metrics": spec_table(HEALTH_METRICS, calls=True),
