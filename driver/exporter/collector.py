@@ -180,6 +180,7 @@ class Collector:
         self._xids = xids
         self._xid_poller = CallThread(xids.poll, name="xid-events") if xids is not None else None
         self._xid_poll: concurrent.futures.Future[None] | None = None
+        self._xid_waiter: asyncio.Future[None] | None = None
         self._chargeback = Chargeback(device_shares(inventory), self.settings.chargeback_retention)
         self._charged_at: float | None = None
         self._clock = clock
@@ -229,6 +230,8 @@ class Collector:
         for worker in self._workers.values():
             worker.stop()
         if self._xid_poller is not None:
+            if self._xid_waiter is not None:
+                self._xid_waiter.cancel()  # a poll still in NVML must not call back into a closed loop
             self._xid_poller.stop()
         if self._xids is not None:
             with contextlib.suppress(Exception):
@@ -309,7 +312,8 @@ class Collector:
         waiting = [w.waiter for w in self._workers.values() if w.waiter is not None and not w.waiter.done()]
         if self._xid_poller is not None and (self._xid_poll is None or self._xid_poll.done()):
             self._xid_poll = self._xid_poller.submit()
-            waiting.append(when_done(self._xid_poll))
+            self._xid_waiter = when_done(self._xid_poll)
+            waiting.append(self._xid_waiter)
         if waiting:
             await asyncio.wait(waiting, timeout=min(self.settings.interval, self.settings.sample_timeout))
         now = self._clock()
