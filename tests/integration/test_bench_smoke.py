@@ -77,7 +77,8 @@ def test_smoke_run_writes_every_metric(tmp_path: Path) -> None:
     assert churn["claims"] == 16 and churn["claims_per_s"] > 0 and churn["rss_series"]
     assert results["start_to_slice"]["gpus"] == 8 and results["start_to_slice"]["seconds"]["values"]
     steady = results["steady_state"]
-    assert steady["attributed_pods"] == 23 and steady["profile"] == "dgx-h100-mig"  # 2 per GPU, 1 per MIG device
+    # Two pods per whole GPU, one per MIG device.
+    assert steady["attributed_pods"] == 23 and steady["profile"] == "dgx-h100-mig"
     assert steady["rss_mb"]["plugin"] > 0 and steady["rss_mb"]["exporter"] > 0
     assert isinstance(steady["api_writes_idle"], int)
     _distribution(steady["scrape_fresh_ms"])
