@@ -92,17 +92,28 @@ KNOWN_TYPES: tuple[ResourceType, ...] = (
 
 
 class ApiError(Exception):
-    """A non-2xx answer from the API server, carrying its ``Status`` object when it sent one."""
+    """A failed API call: a non-2xx answer (with its ``Status`` object when the server sent one), or an answer
+    that is not what the request must get (:class:`MalformedAnswerError`).
 
-    def __init__(self, status: int, reason: str, message: str, body: JSON | None = None) -> None:
-        super().__init__(f"{status} {reason}: {message}")
+    ``about`` names the request's object (``GET resourceclaims default/gpu-claim``) and leads the message.
+    """
+
+    def __init__(
+        self, status: int, reason: str, message: str, body: JSON | None = None, *, about: str = ""
+    ) -> None:
+        text = f"{status} {reason}: {message}"
+        super().__init__(f"{about}: {text}" if about else text)
+        #: The error without the object's name, for callers that name it themselves.
+        self.detail = text
         self.status = status
         self.reason = reason
         self.message = message
         self.body = body or {}
+        self.about = about
 
     @property
     def not_found(self) -> bool:
+        """Any 404: the object, or the whole API (a server without the group), or a proxy's error page."""
         return self.status == 404
 
     @property
@@ -112,6 +123,43 @@ class ApiError(Exception):
     @property
     def invalid(self) -> bool:
         return self.status == 422
+
+    @property
+    def kind(self) -> str:
+        """A low-cardinality label for metrics: the HTTP status, or ``malformed``."""
+        return str(self.status)
+
+    def proves_missing(self, rt: ResourceType, name: str) -> bool:
+        """Whether the API server said that this very object does not exist.
+
+        Only a 404 ``Status`` with reason ``NotFound`` whose ``details`` name the object (name, group and
+        resource) says so. A bare 404 also comes from a server that does not serve the API group ("404 page
+        not found"), from a proxy or load balancer in front of it, or from a wrong path: none of them proves
+        anything about the object.
+        """
+        if self.status != 404 or self.body.get("kind") != "Status" or self.reason != "NotFound":
+            return False
+        details = self.body.get("details")
+        return (
+            isinstance(details, dict)
+            and details.get("name") == name
+            and details.get("kind") == rt.plural
+            and (details.get("group") or "") == rt.group
+        )
+
+
+class MalformedAnswerError(ApiError):
+    """A 2xx answer that is not what the request must get: not JSON, not an object, another kind or object.
+
+    Callers treat it like a server error: retry later, never act on the content.
+    """
+
+    def __init__(self, status: int, problem: str, *, about: str) -> None:
+        super().__init__(status, "MalformedAnswer", problem, about=about)
+
+    @property
+    def kind(self) -> str:
+        return "malformed"
 
 
 @dataclass(frozen=True)
@@ -209,8 +257,14 @@ class KubeClient:
         body: Any = None,
         content_type: str = "application/json",
         timeout: float = 30.0,
+        about: str = "",
     ) -> JSON:
-        """Send one request and return the decoded JSON body; raise :class:`ApiError` on non-2xx."""
+        """Send one request and return the decoded JSON object.
+
+        Raises :class:`ApiError` on a non-2xx answer and :class:`MalformedAnswerError` when a 2xx answer is
+        not a JSON object; ``about`` names the object in both (default: method and path).
+        """
+        about = about or f"{method} {path}"
         async with self._send(
             method,
             path,
@@ -221,8 +275,8 @@ class KubeClient:
         ) as response:
             raw = await response.read()
         if response.status >= 300:
-            raise _api_error(response.status, response.reason or "", raw)
-        return json.loads(raw) if raw else {}
+            raise _api_error(response.status, response.reason or "", raw, about)
+        return _json_object(response.status, response.content_type, raw, about)
 
     async def request_text(self, method: str, path: str, *, timeout: float = 30.0) -> str:
         """Like :meth:`request` for endpoints that answer plain text (pod logs, service proxy)."""
@@ -231,7 +285,7 @@ class KubeClient:
         ) as response:
             raw = await response.read()
         if response.status >= 300:
-            raise _api_error(response.status, response.reason or "", raw)
+            raise _api_error(response.status, response.reason or "", raw, f"{method} {path}")
         return raw.decode("utf-8", errors="replace")
 
     async def server_version(self) -> JSON:
@@ -239,9 +293,13 @@ class KubeClient:
         return await self.request("GET", "/version")
 
     # -- verbs -----------------------------------------------------------------------------------
+    # Each verb checks that the answer is what it asked for (the kind, the object), so no caller ever
+    # acts on a proxy's error page, an empty object or another object.
 
     async def get(self, rt: ResourceType, name: str, namespace: str | None = None) -> JSON:
-        return await self.request("GET", rt.path(namespace, name))
+        about = describe("GET", rt, name, namespace)
+        answer = await self.request("GET", rt.path(namespace, name), about=about)
+        return _checked_object(answer, rt, about, name, namespace)
 
     async def list(
         self,
@@ -251,12 +309,17 @@ class KubeClient:
         label_selector: str | None = None,
         field_selector: str | None = None,
     ) -> JSON:
-        return await self.request(
-            "GET", rt.path(namespace), params=_selector_params(label_selector, field_selector)
+        about = describe("LIST", rt, None, namespace)
+        answer = await self.request(
+            "GET", rt.path(namespace), params=_selector_params(label_selector, field_selector), about=about
         )
+        return _checked_list(answer, rt, about)
 
     async def create(self, rt: ResourceType, body: Mapping[str, Any], namespace: str | None = None) -> JSON:
-        return await self.request("POST", rt.path(namespace), body=_with_type(rt, body))
+        meta = body.get("metadata") or {}
+        about = describe("POST", rt, meta.get("name") or meta.get("generateName"), namespace)
+        answer = await self.request("POST", rt.path(namespace), body=_with_type(rt, body), about=about)
+        return _checked_object(answer, rt, about, meta.get("name"), namespace)
 
     async def update(
         self,
@@ -267,7 +330,11 @@ class KubeClient:
     ) -> JSON:
         """PUT the object; the API server answers 409 when ``metadata.resourceVersion`` is stale."""
         name = body["metadata"]["name"]
-        return await self.request("PUT", rt.path(namespace, name, subresource), body=_with_type(rt, body))
+        about = describe("PUT", rt, name, namespace, subresource)
+        answer = await self.request(
+            "PUT", rt.path(namespace, name, subresource), body=_with_type(rt, body), about=about
+        )
+        return _checked_object(answer, rt, about, name, namespace)
 
     async def patch(
         self,
@@ -286,13 +353,16 @@ class KubeClient:
             params.append(("fieldManager", field_manager))
         if force:
             params.append(("force", "true"))
-        return await self.request(
+        about = describe("PATCH", rt, name, namespace, subresource)
+        answer = await self.request(
             "PATCH",
             rt.path(namespace, name, subresource),
             params=params,
             body=patch,
             content_type=_PATCH_CONTENT_TYPES[patch_type],
+            about=about,
         )
+        return _checked_object(answer, rt, about, name, namespace)
 
     async def delete(
         self,
@@ -304,13 +374,15 @@ class KubeClient:
         resource_version: str | None = None,
         grace_period_seconds: int | None = None,
     ) -> JSON:
+        """DELETE the object; the answer is the object (being deleted) or a success ``Status``."""
         body: JSON = {"kind": "DeleteOptions", "apiVersion": "v1"}
         if grace_period_seconds is not None:
             body["gracePeriodSeconds"] = grace_period_seconds
         preconditions = {k: v for k, v in (("uid", uid), ("resourceVersion", resource_version)) if v}
         if preconditions:
             body["preconditions"] = preconditions
-        return await self.request("DELETE", rt.path(namespace, name), body=body)
+        about = describe("DELETE", rt, name, namespace)
+        return await self.request("DELETE", rt.path(namespace, name), body=body, about=about)
 
     async def delete_collection(
         self,
@@ -321,7 +393,10 @@ class KubeClient:
         field_selector: str | None = None,
     ) -> JSON:
         return await self.request(
-            "DELETE", rt.path(namespace), params=_selector_params(label_selector, field_selector)
+            "DELETE",
+            rt.path(namespace),
+            params=_selector_params(label_selector, field_selector),
+            about=describe("DELETE", rt, None, namespace),
         )
 
     async def watch(
@@ -337,34 +412,163 @@ class KubeClient:
         """Yield watch events until the server closes the stream (after ``timeout_seconds``).
 
         An ``ERROR`` event (for example 410 Gone for a too-old resourceVersion) is raised as
-        :class:`ApiError` so callers re-list.
+        :class:`ApiError`, a line that is not a watch event as :class:`MalformedAnswerError`, so callers
+        re-list. A server that does not answer the request within :data:`WATCH_ANSWER_SECONDS` is given up
+        on (:class:`TimeoutError`); a stream that stays silent longer than its timeout too.
         """
         params = [("watch", "true"), ("timeoutSeconds", str(timeout_seconds))]
         params += _selector_params(label_selector, field_selector)
         if resource_version:
             params.append(("resourceVersion", resource_version))
             params.append(("allowWatchBookmarks", "true"))
-        async with self._send(
-            "GET",
-            rt.path(namespace),
-            params=params,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=timeout_seconds + 30),
-        ) as response:
-            if response.status >= 300:
-                raise _api_error(response.status, response.reason or "", await response.read())
-            async for line in response.content:
-                if not line.strip():
-                    continue
-                event = json.loads(line)
-                if event.get("type") == "ERROR":
-                    status = event.get("object", {})
-                    raise ApiError(
-                        int(status.get("code", 500)),
-                        status.get("reason", ""),
-                        status.get("message", ""),
-                        status,
+        about = describe("WATCH", rt, None, namespace)
+        async with contextlib.AsyncExitStack() as stack:
+            async with asyncio.timeout(WATCH_ANSWER_SECONDS):
+                response = await stack.enter_async_context(
+                    self._send(
+                        "GET",
+                        rt.path(namespace),
+                        params=params,
+                        timeout=aiohttp.ClientTimeout(
+                            total=None, sock_connect=30, sock_read=timeout_seconds + 30
+                        ),
                     )
-                yield WatchEvent(event["type"], event["object"])
+                )
+            if response.status >= 300:
+                raise _api_error(response.status, response.reason or "", await response.read(), about)
+            async for line in response.content:
+                if line.strip():
+                    yield _watch_event(line, response.status, rt, about)
+
+
+#: How long a watch request may wait for the server's answer (the stream itself may then run for minutes).
+WATCH_ANSWER_SECONDS = 30.0
+#: How much of a malformed answer an error message quotes.
+QUOTE_BYTES = 200
+
+
+def describe(
+    verb: str,
+    rt: ResourceType,
+    name: str | None,
+    namespace: str | None,
+    subresource: str | None = None,
+) -> str:
+    """How errors name a request's object: ``GET resourceclaims default/gpu-claim`` (names capped)."""
+    resource = rt.plural + (f"/{subresource}" if subresource else "")
+    name, namespace = _capped(name), _capped(namespace)
+    if name is None:
+        return f"{verb} {resource}" + (f" in {namespace}" if rt.namespaced and namespace else "")
+    shown = f"{namespace}/{name}" if rt.namespaced and namespace else name
+    return f"{verb} {resource} {shown}"
+
+
+def _capped(value: str | None, limit: int = 253) -> str | None:
+    """Names longer than any valid name are cut, so an error message stays small."""
+    return value if value is None or len(value) <= limit else f"{value[:limit]}..."
+
+
+def _quote(raw: bytes) -> str:
+    text = raw[:QUOTE_BYTES].decode("utf-8", errors="replace")
+    return repr(text) + ("..." if len(raw) > QUOTE_BYTES else "")
+
+
+def _json_object(status: int, content_type: str, raw: bytes, about: str) -> JSON:
+    """The answer's JSON object, or :class:`MalformedAnswerError` saying what it was instead."""
+    if not raw:
+        raise MalformedAnswerError(status, "empty answer", about=about)
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise MalformedAnswerError(
+            status, f"answer is {content_type or 'untyped'}, not JSON: {_quote(raw)}", about=about
+        )
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedAnswerError(
+            status, f"answer is not JSON ({exc}): {_quote(raw)}", about=about
+        ) from None
+    if not isinstance(value, dict):
+        raise MalformedAnswerError(
+            status, f"answer is a JSON {type(value).__name__}, not an object: {_quote(raw)}", about=about
+        )
+    return value
+
+
+def _problem_with_object(
+    obj: JSON, rt: ResourceType, name: str | None, namespace: str | None, kind: str
+) -> str | None:
+    if obj.get("kind") != kind or obj.get("apiVersion") != rt.api_version:
+        return f"answer is {obj.get('apiVersion')!r} {obj.get('kind')!r}, not {rt.api_version} {kind}"
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict):
+        return "answer has no metadata"
+    if kind.endswith("List"):
+        return None
+    if not isinstance(meta.get("name"), str) or not meta["name"]:
+        return "answer has no metadata.name"
+    if name is not None and meta["name"] != name:
+        return f"answer is the object {meta['name']!r}"
+    if rt.namespaced and namespace is not None and meta.get("namespace") != namespace:
+        return f"answer is an object in namespace {meta.get('namespace')!r}"
+    if not isinstance(meta.get("uid"), str) or not meta["uid"]:
+        return "answer has no metadata.uid"
+    return None
+
+
+def _checked_object(obj: JSON, rt: ResourceType, about: str, name: str | None, namespace: str | None) -> JSON:
+    problem = _problem_with_object(obj, rt, name, namespace, rt.kind)
+    if problem:
+        raise MalformedAnswerError(200, problem, about=about)
+    return obj
+
+
+def _problem_with_items(items: Any) -> str | None:
+    if items is None:
+        return None  # an empty list is sent as null by some servers
+    if not isinstance(items, list):
+        return "answer's items are not a list"
+    for i, item in enumerate(items):
+        meta = item.get("metadata") if isinstance(item, dict) else None
+        if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
+            return f"answer's items[{i}] is not an object with metadata.name"
+    return None
+
+
+def _checked_list(obj: JSON, rt: ResourceType, about: str) -> JSON:
+    problem = _problem_with_object(obj, rt, None, None, f"{rt.kind}List") or _problem_with_items(
+        obj.get("items")
+    )
+    if problem:
+        raise MalformedAnswerError(200, problem, about=about)
+    return obj
+
+
+_WATCH_TYPES = frozenset({"ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR"})
+
+
+def _watch_event(line: bytes, status: int, rt: ResourceType, about: str) -> WatchEvent:
+    try:
+        event = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        raise MalformedAnswerError(status, f"watch event is not JSON: {_quote(line)}", about=about) from None
+    kind = event.get("type") if isinstance(event, dict) else None
+    obj = event.get("object") if isinstance(event, dict) else None
+    if kind not in _WATCH_TYPES or not isinstance(obj, dict):
+        raise MalformedAnswerError(status, f"not a watch event: {_quote(line)}", about=about)
+    if kind == "ERROR":
+        code = obj.get("code")
+        raise ApiError(
+            code if isinstance(code, int) else 500,
+            str(obj.get("reason", "")),
+            str(obj.get("message", "")),
+            obj,
+            about=about,
+        )
+    if not isinstance(obj.get("metadata"), dict):
+        raise MalformedAnswerError(
+            status, f"watch event without object metadata: {_quote(line)}", about=about
+        )
+    return WatchEvent(kind, obj)
 
 
 def _proxy_for(connection: Connection) -> tuple[str | None, dict[str, str] | None]:
@@ -389,15 +593,17 @@ def _with_type(rt: ResourceType, body: Mapping[str, Any]) -> JSON:
     return out
 
 
-def _api_error(status: int, reason: str, raw: bytes) -> ApiError:
+def _api_error(status: int, reason: str, raw: bytes, about: str) -> ApiError:
     try:
         body = json.loads(raw)
     except (ValueError, TypeError):
         body = None
     if isinstance(body, dict) and body.get("kind") == "Status":
-        return ApiError(status, body.get("reason", reason), body.get("message", ""), body)
+        return ApiError(
+            status, str(body.get("reason") or reason), str(body.get("message", "")), body, about=about
+        )
     text = bytes(raw or b"").decode("utf-8", errors="replace")[:500]
-    return ApiError(status, reason, text)
+    return ApiError(status, reason, text, about=about)
 
 
 async def retry_backoff(attempt: int, base: float = 0.2, cap: float = 10.0) -> None:

@@ -112,15 +112,25 @@ class Plugin:
             await self.health.stop()
         for task in (self._sweeping, self._publishing):
             if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await _cancelled(task)
         # Calls cut off by the stop are still finishing their node-state work: let them, so no thread is
         # left writing the checkpoint after the lock's owner is gone.
         await self.lock.wait_idle()
         await self.preparer.close()
         if self.metrics is not None:
             await self.metrics.stop()
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    """Cancel a background loop and wait for it; a loop that died of an error is logged, not re-raised,
+    so a clean stop still exits 0."""
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    except Exception:
+        log.exception("background task had failed", task=task.get_name())
 
 
 class _PreparedDevicesGauge:

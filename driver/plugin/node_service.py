@@ -9,19 +9,35 @@ This mirrors what a plugin built on the upstream Go helper does around the drive
   released, so a device is never prepared for a second claim while the first one's work is in flight;
 * the answer holds exactly one entry per requested claim UID; a preparer that forgets one gets an error
   entry rather than a silently short map (the kubelet would report "skipped N ResourceClaims");
-* request names are reported as base names (``gpu/sub`` -> ``gpu``), or the kubelet injects nothing.
+* request names are reported as base names (``gpu/sub`` -> ``gpu``), or the kubelet injects nothing;
+* what the kubelet sends is checked before use: a claim whose UID, namespace or name could not be a
+  Kubernetes one (they end up in file names and API paths) gets an error of its own at prepare, and is
+  unknown -- so unprepared successfully -- at unprepare. Errors repeat at most a few dozen characters of
+  a name, so an answer stays well under the gRPC clients' 8 KiB limit on status messages.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Protocol
 
+import aiohttp
+
 from driver.kube.client import RESOURCE_CLAIMS, ApiError, KubeClient
 from driver.log import get_logger
-from driver.state.api import Claim, ClaimRef, PreparedDevice, Preparer, PrepareResult, is_allocated
+from driver.state.api import (
+    Claim,
+    ClaimRef,
+    PreparedDevice,
+    Preparer,
+    PrepareResult,
+    echo,
+    is_allocated,
+    uid_problem,
+)
 from driver.state.lock import NodeLock
 
 log = get_logger(__name__)
@@ -55,32 +71,54 @@ class NodeService:
     async def prepare(self, refs: Sequence[ClaimRef]) -> dict[str, PrepareResult]:
         if not refs:
             return {}
-        claims = await asyncio.gather(*(self._fetch_checked(ref) for ref in refs))
-        results = await self._lock.run(lambda: self._preparer.prepare(claims))
-        return {ref.uid: _base_names(_result_for(ref, results)) for ref in refs}
+        refused = {ref.uid: PrepareResult(error=problem) for ref in refs if (problem := ref_problem(ref))}
+        valid = [ref for ref in refs if ref.uid not in refused]
+        results: dict[str, PrepareResult] = {}
+        if valid:
+            claims = await asyncio.gather(*(self._fetch_checked(ref) for ref in valid))
+            results = await self._lock.run(lambda: self._preparer.prepare(claims))
+        return {ref.uid: refused.get(ref.uid) or _base_names(_result_for(ref, results)) for ref in refs}
 
     async def unprepare(self, refs: Sequence[ClaimRef]) -> dict[str, str]:
-        if not refs:
-            return {}
-        errors = await self._lock.run(lambda: self._preparer.unprepare(refs))
-        return {
-            ref.uid: errors.get(ref.uid, f"internal error: no unprepare result for claim {ref}")
-            for ref in refs
-        }
+        # A claim that could not be prepared here is unknown: nothing to undo.
+        valid = [ref for ref in refs if not ref_problem(ref)]
+        errors: dict[str, str] = {ref.uid: "" for ref in refs}
+        if valid:
+            done = await self._lock.run(lambda: self._preparer.unprepare(valid))
+            for ref in valid:
+                errors[ref.uid] = done.get(ref.uid, f"internal error: no unprepare result for claim {ref}")
+        return errors
 
     async def _fetch_checked(self, ref: ClaimRef) -> Claim:
+        shown = f"{ref.namespace}/{ref.name}"
         try:
             claim = await self._claims.get_claim(ref.namespace, ref.name)
         except ApiError as err:
-            raise ClaimCheckError(f"get ResourceClaim {ref.namespace}/{ref.name}: {err}") from err
+            raise ClaimCheckError(f"get ResourceClaim {shown}: {err.detail}") from err
+        except (aiohttp.ClientError, OSError, TimeoutError) as err:
+            raise ClaimCheckError(f"get ResourceClaim {shown}: API server unreachable: {err!r}") from err
         uid = claim.get("metadata", {}).get("uid")
         if uid != ref.uid:
             raise ClaimCheckError(
-                f"ResourceClaim {ref.namespace}/{ref.name} got replaced: UID is {uid}, kubelet asked for {ref.uid}"
+                f"ResourceClaim {shown} got replaced: UID is {echo(str(uid))}, kubelet asked for {ref.uid}"
             )
         if not is_allocated(claim):
-            raise ClaimCheckError(f"ResourceClaim {ref.namespace}/{ref.name} ({ref.uid}) is not allocated")
+            raise ClaimCheckError(f"ResourceClaim {shown} ({ref.uid}) is not allocated")
         return claim
+
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def ref_problem(ref: ClaimRef) -> str | None:
+    """Why the kubelet's claim reference cannot name a ResourceClaim, as an error naming it; or None."""
+    problem = uid_problem(ref.uid)
+    if problem is None and (len(ref.namespace) > 63 or not _DNS_LABEL.match(ref.namespace)):
+        problem = "the namespace is not a valid namespace name"
+    if problem is None and (len(ref.name) > 253 or not _DNS_SUBDOMAIN.match(ref.name)):
+        problem = "the name is not a valid ResourceClaim name"
+    return f"claim {ref}: {problem}" if problem else None
 
 
 def _result_for(ref: ClaimRef, results: dict[str, PrepareResult]) -> PrepareResult:

@@ -5,6 +5,10 @@ applies it (deletes, then updates, then creates). It watches the slices so that 
 else -- the kubelet wipes all of a node's slices when it starts, and 30 s after a driver's socket goes
 away -- comes back within moments. API errors and 409 conflicts are retried with exponential backoff; when
 nothing changed, a sync writes nothing.
+
+Neither loop ever ends on its own: an answer the client rejects (:class:`~driver.kube.client.ApiError`,
+malformed answers included), a transport error or any unexpected error is logged and retried with
+backoff, so one bad answer never stops publishing.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 
 import aiohttp
 
-from driver.kube.client import NODES, RESOURCE_SLICES, ApiError, KubeClient
+from driver.kube.client import NODES, RESOURCE_SLICES, ApiError, KubeClient, MalformedAnswerError
 from driver.log import get_logger
 from driver.resources.slices import JSON, Owner, SyncPlan, plan_sync, split_devices
 
@@ -26,6 +30,20 @@ log = get_logger(__name__)
 # Network-level failures talking to the API server; retried like API errors.
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (OSError, TimeoutError, aiohttp.ClientError)
 RETRIED_ERRORS: tuple[type[Exception], ...] = (ApiError, *TRANSIENT_ERRORS)
+
+
+def error_kind(err: BaseException) -> str:
+    """The ``kind`` label of a failed API call: HTTP status, ``malformed``, or the error's class."""
+    return err.kind if isinstance(err, ApiError) else type(err).__name__
+
+
+def _log_failure(event: str, err: Exception, **fields: object) -> None:
+    """An expected failure (API or transport) as a warning; anything else with its traceback."""
+    if isinstance(err, RETRIED_ERRORS):
+        log.warning(event, error=str(err) or repr(err), **fields)
+    else:
+        log.exception(event, **fields)
+
 
 WATCH_TIMEOUT_SECONDS = 300
 EVENT_DEBOUNCE_SECONDS = 0.2
@@ -98,13 +116,13 @@ class SlicePublisher:
                 continue
             try:
                 plan = await self.sync_once()
-            except RETRIED_ERRORS as err:
+            except Exception as err:  # whatever the API server answered, try again later
                 failures += 1
                 delay = min(self._max_backoff, 0.2 * 2 ** (failures - 1))
                 self.stats.api_errors += 1
                 if self._on_error:
-                    self._on_error(type(err).__name__ if not isinstance(err, ApiError) else str(err.status))
-                log.warning("slice sync failed; retrying", error=str(err), retry_in_s=delay, node=self.node)
+                    self._on_error(error_kind(err))
+                _log_failure("slice sync failed; retrying", err, retry_in_s=delay, node=self.node)
                 await asyncio.sleep(delay)
                 self._dirty.set()
                 continue
@@ -131,13 +149,14 @@ class SlicePublisher:
         """One reconcile pass; raises on API errors (the loop retries with backoff)."""
         assert self._desired is not None
         owner = await self._node_owner()
-        existing = await self._kube.list(RESOURCE_SLICES, field_selector=self.field_selector)
-        plan = plan_sync(existing.get("items", []), self._desired, driver=self.driver, owner=owner)
+        listed = await self._kube.list(RESOURCE_SLICES, field_selector=self.field_selector)
+        existing = _checked_slices(listed.get("items") or [])
+        plan = plan_sync(existing, self._desired, driver=self.driver, owner=owner)
         if plan.creates:
             # A re-registered Node has a new UID; slices owned by the old one would be garbage collected.
             fresh = await self._node_owner(refresh=True)
             if fresh != owner:
-                plan = plan_sync(existing.get("items", []), self._desired, driver=self.driver, owner=fresh)
+                plan = plan_sync(existing, self._desired, driver=self.driver, owner=fresh)
         self.stats.syncs += 1
         self.stats.generation = plan.generation
         for obj in plan.deletes:
@@ -181,35 +200,64 @@ class SlicePublisher:
         asyncio.get_running_loop().call_later(EVENT_DEBOUNCE_SECONDS, fire)
 
     async def _watch_loop(self) -> None:
-        """Trigger a sync whenever someone else touches our slices (debounced)."""
+        """Trigger a sync whenever someone else touches our slices (debounced).
+
+        After any failure the watch re-lists, and the re-list triggers a sync: deletions made while the
+        watch was down produce no event.
+        """
         failures = 0
         resource_version: str | None = None
         while True:
             try:
                 if resource_version is None:
                     listed = await self._kube.list(RESOURCE_SLICES, field_selector=self.field_selector)
-                    resource_version = listed["metadata"].get("resourceVersion")
+                    resource_version = str(listed["metadata"].get("resourceVersion") or "") or None
+                    if failures:
+                        self._schedule_resync()
                 async for event in self._kube.watch(
                     RESOURCE_SLICES,
                     field_selector=self.field_selector,
                     resource_version=resource_version,
                     timeout_seconds=WATCH_TIMEOUT_SECONDS,
                 ):
-                    resource_version = event.object.get("metadata", {}).get(
-                        "resourceVersion", resource_version
+                    resource_version = str(
+                        event.object["metadata"].get("resourceVersion") or resource_version
                     )
                     failures = 0
                     if event.type in ("DELETED", "MODIFIED", "ADDED"):
                         self._schedule_resync()
             except ApiError as err:
-                if err.status == 410:
-                    resource_version = None  # too old: re-list
+                resource_version = None
+                if err.status == 410:  # too old: re-list at once
                     self._dirty.set()
                     continue
                 failures += 1
                 log.warning("slice watch failed", error=str(err))
                 await asyncio.sleep(min(self._max_backoff, 0.2 * 2**failures))
-            except TRANSIENT_ERRORS as err:
+            except Exception as err:  # transport errors, timeouts, anything unexpected: re-list later
                 failures += 1
-                log.warning("slice watch interrupted", error=str(err))
+                resource_version = None
+                _log_failure("slice watch interrupted", err)
                 await asyncio.sleep(min(self._max_backoff, 0.2 * 2**failures))
+
+
+def _checked_slices(items: Sequence[Any]) -> list[JSON]:
+    """The listed slices, each with the fields a sync plan reads; a slice without them is an answer no
+    API server sends (it validates slices), so the whole list is distrusted and the sync retried."""
+    for item in items:
+        spec = item.get("spec")
+        pool = spec.get("pool") if isinstance(spec, dict) else None
+        generation = pool.get("generation", 0) if isinstance(pool, dict) else None
+        devices = spec.get("devices", []) if isinstance(spec, dict) else None
+        if (
+            not isinstance(generation, int)
+            or isinstance(generation, bool)
+            or not isinstance(devices, list)
+            or not all(isinstance(d, dict) for d in devices)
+        ):
+            raise MalformedAnswerError(
+                200,
+                f"ResourceSlice {item['metadata']['name']} has no valid spec.pool or spec.devices",
+                about=f"LIST {RESOURCE_SLICES.plural}",
+            )
+    return [dict(item) for item in items]

@@ -7,6 +7,7 @@ types lets the node state be tested without sockets.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
@@ -23,7 +24,8 @@ class ClaimRef(NamedTuple):
     name: str
 
     def __str__(self) -> str:
-        return f"{self.namespace}/{self.name} ({self.uid})"
+        # Names and UIDs come from the caller unchecked: capped, so an error message stays small.
+        return f"{echo(self.namespace)}/{echo(self.name)} ({echo(self.uid)})"
 
 
 @dataclass(frozen=True)
@@ -80,24 +82,77 @@ def claim_ref(claim: Claim) -> ClaimRef:
     return ClaimRef(meta.get("namespace", ""), meta.get("uid", ""), meta.get("name", ""))
 
 
-def allocation_results(claim: Claim, driver_name: str) -> list[AllocationResult]:
-    """This driver's allocation results of ``claim``; results of other drivers are ignored."""
-    allocation = (claim.get("status") or {}).get("allocation") or {}
-    results = (allocation.get("devices") or {}).get("results") or []
-    known = {"request", "driver", "pool", "device", "adminAccess", "shareID"}
-    return [
-        AllocationResult(
-            request=r.get("request", ""),
-            driver=r.get("driver", ""),
-            pool=r.get("pool", ""),
-            device=r.get("device", ""),
-            admin_access=bool(r.get("adminAccess", False)),
-            share_id=r.get("shareID"),
-            extra={k: v for k, v in r.items() if k not in known},
+#: Longest claim UID accepted: Kubernetes UIDs are 36-character UUIDs, and the UID ends up in file names
+#: (``k8s.<driver>-gpu_<uid>.json``, at most 255 bytes) and CDI device names.
+MAX_UID_LENGTH = 128
+_UID_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.:-]*[A-Za-z0-9])?$")
+#: How much of a name or UID an error message repeats (gRPC clients cap status messages near 8 KiB).
+MAX_ECHO = 80
+
+
+def echo(value: str, limit: int = MAX_ECHO) -> str:
+    """``value`` for an error message: cut to ``limit`` characters, saying how long it was."""
+    return value if len(value) <= limit else f"{value[:limit]}... ({len(value)} characters)"
+
+
+def uid_problem(uid: str) -> str | None:
+    """Why ``uid`` cannot be a claim UID on this node (file and CDI names are made of it), or None."""
+    if not uid:
+        return "the UID is empty"
+    if len(uid) > MAX_UID_LENGTH:
+        return f"the UID has {len(uid)} characters, more than {MAX_UID_LENGTH}"
+    if not _UID_RE.match(uid):
+        return (
+            "the UID may only hold letters, digits and '-', '_', '.', ':' (starting and ending alphanumeric)"
         )
-        for r in results
-        if r.get("driver") == driver_name
-    ]
+    return None
+
+
+class MalformedClaimError(ValueError):
+    """The claim's allocation is not what the API server's validation allows; names the claim and field."""
+
+
+def _field(entry: Mapping[str, Any], key: str, kind: type, where: str, default: Any) -> Any:
+    value = entry.get(key, default)
+    if value is not default and (
+        not isinstance(value, kind) or (kind is not bool and isinstance(value, bool))
+    ):
+        raise MalformedClaimError(f"{where}.{key}: expected {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def allocation_results(claim: Claim, driver_name: str) -> list[AllocationResult]:
+    """This driver's allocation results of ``claim``; results of other drivers are ignored.
+
+    Decoded strictly (:class:`MalformedClaimError`): an ``adminAccess`` of ``"false"`` must not turn into
+    admin access, which would let the overlap guard hand the device to a second claim.
+    """
+    ref = claim_ref(claim)
+    status = claim.get("status") or {}
+    allocation = (status.get("allocation") if isinstance(status, Mapping) else None) or {}
+    devices = (allocation.get("devices") if isinstance(allocation, Mapping) else None) or {}
+    results = (devices.get("results") if isinstance(devices, Mapping) else None) or []
+    where = f"claim {ref}: status.allocation.devices.results"
+    if not isinstance(results, list) or not all(isinstance(r, Mapping) for r in results):
+        raise MalformedClaimError(f"{where}: expected a list of objects")
+    known = {"request", "driver", "pool", "device", "adminAccess", "shareID"}
+    out: list[AllocationResult] = []
+    for i, r in enumerate(results):
+        if r.get("driver") != driver_name:
+            continue
+        at = f"{where}[{i}]"
+        out.append(
+            AllocationResult(
+                request=_field(r, "request", str, at, ""),
+                driver=driver_name,
+                pool=_field(r, "pool", str, at, ""),
+                device=_field(r, "device", str, at, ""),
+                admin_access=_field(r, "adminAccess", bool, at, False),
+                share_id=_field(r, "shareID", str, at, None),
+                extra={k: v for k, v in r.items() if k not in known},
+            )
+        )
+    return out
 
 
 def is_allocated(claim: Claim) -> bool:

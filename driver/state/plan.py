@@ -16,7 +16,16 @@ from typing import Any
 
 from driver.devices.model import Device, Inventory
 from driver.state import cdi
-from driver.state.api import AllocationResult, Claim, ClaimRef, PreparedDevice, allocation_results, claim_ref
+from driver.state.api import (
+    AllocationResult,
+    Claim,
+    ClaimRef,
+    MalformedClaimError,
+    PreparedDevice,
+    allocation_results,
+    claim_ref,
+    echo,
+)
 from driver.state.checkpoint import ClaimRecord, ClaimState, DeviceRecord, canonical_json
 from driver.state.devnodes import DeviceNodes
 from driver.state.opaque import GpuConfig, config_for, resolve_configs
@@ -144,9 +153,9 @@ class ClaimPlan:
 
 
 def _lookup(result: AllocationResult, ref: ClaimRef, pool: str, inventory: Inventory) -> Device:
-    where = f"claim {ref}: request {result.request!r} was allocated device {result.device!r}"
+    where = f"claim {ref}: request {echo(result.request)!r} was allocated device {echo(result.device)!r}"
     if result.pool != pool:
-        raise PlanError(f"{where} in pool {result.pool!r}, but this node's pool is {pool!r}")
+        raise PlanError(f"{where} in pool {echo(result.pool)!r}, but this node's pool is {pool!r}")
     device = inventory.device(result.device)
     if device is None:
         known = ", ".join(d.name for d in inventory.devices) or "none"
@@ -162,7 +171,10 @@ def digest(configs: Sequence[tuple[str, GpuConfig | None]]) -> str:
 def plan_claim(claim: Claim, *, driver: str, pool: str, inventory: Inventory) -> ClaimPlan:
     """Raises :class:`PlanError` or :class:`~driver.state.opaque.ConfigError` with the claim named."""
     ref = claim_ref(claim)
-    results = allocation_results(claim, driver)
+    try:
+        results = allocation_results(claim, driver)
+    except MalformedClaimError as err:
+        raise PlanError(str(err)) from None
     entries = resolve_configs(claim, driver)
     planned = []
     for result in results:

@@ -5,7 +5,12 @@ restart at the wrong moment can leave an entry behind (and with it a CDI spec, a
 keeps refusing). At start and then every ``interval`` seconds the sweeper reads the checkpoint and asks the
 API server for each claim: a claim that no longer exists, or exists under another UID (deleted and
 re-created), is unprepared. A claim cannot be deleted while pods use it, so this never takes a GPU away from
-a running pod. API errors other than "not found" leave the entry alone until the next pass.
+a running pod.
+
+When in doubt, keep: "no longer exists" needs a 404 ``Status`` that names this claim
+(:meth:`~driver.kube.client.ApiError.proves_missing`). A bare 404 ("404 page not found" from a server that
+does not serve resource.k8s.io/v1, or from a proxy), any other error and any answer that is not this
+ResourceClaim (the client rejects those) leave the entry alone until the next pass.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import asyncio
 import functools
 from typing import Any, Protocol
 
-from driver.kube.client import ApiError
+from driver.kube.client import RESOURCE_CLAIMS, ApiError
 from driver.log import get_logger
 from driver.state.api import ClaimRef
 from driver.state.prepare import NodePreparer
@@ -69,11 +74,15 @@ class ClaimSweeper:
         try:
             claim = await self.claims.get_claim(namespace, name)
         except ApiError as err:
-            if err.not_found:
+            if err.proves_missing(RESOURCE_CLAIMS, name):
                 return ref
-            log.warning("claim sweep: cannot check claim", claim=str(ref), error=str(err))
+            log.warning("claim sweep: cannot check claim; kept", claim=str(ref), error=str(err))
             return None
         except Exception as err:
-            log.warning("claim sweep: cannot check claim", claim=str(ref), error=repr(err))
+            log.warning("claim sweep: cannot check claim; kept", claim=str(ref), error=repr(err))
             return None
-        return ref if (claim.get("metadata") or {}).get("uid") != uid else None
+        current = (claim.get("metadata") or {}).get("uid")
+        if not isinstance(current, str) or not current:  # not a claim at all: proves nothing
+            log.warning("claim sweep: answer has no UID; kept", claim=str(ref))
+            return None
+        return ref if current != uid else None

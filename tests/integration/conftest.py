@@ -85,7 +85,7 @@ async def start_plugin(kubeconfig: Path, node_dirs: NodeDirs) -> AsyncIterator[S
         **kw: Any,
     ) -> Process:
         args = plugin_args(
-            kubeconfig=kubeconfig,
+            kubeconfig=kw.pop("kubeconfig", kubeconfig),
             node=NODE,
             plugin_dir=kw.pop("plugin_dir", node_dirs.plugin_dir(driver)),
             registry_dir=node_dirs.registry,

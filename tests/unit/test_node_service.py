@@ -175,3 +175,52 @@ def test_prepared_device_is_immutable() -> None:
     device = PreparedDevice(("gpu",), "pool", "gpu-0", ("k8s.x/gpu=a",))
     with pytest.raises(AttributeError):
         device.pool_name = "other"  # type: ignore[misc]
+
+
+HOSTILE_REFS = [
+    ClaimRef("default", "a\x00b", "c"),  # "embedded null byte" in a file name
+    ClaimRef("default", "u" * 300, "c"),  # "File name too long"
+    ClaimRef("default", "../../etc/x", "c"),
+    ClaimRef("default", "", "c"),
+    ClaimRef("Not_A_Namespace", "uid-x", "c"),
+    ClaimRef("default", "uid-y", "n" * 10_000),
+]
+
+
+@pytest.mark.parametrize("bad", HOSTILE_REFS, ids=["nul", "long-uid", "path", "empty-uid", "ns", "long-name"])
+async def test_unprepare_of_a_claim_that_cannot_exist_succeeds_untouched(
+    lock: NodeLock, preparer: NodePreparer, tmp_path: Path, bad: ClaimRef
+) -> None:
+    good = claim("uid-g", "g", [result("gpu", GPU0)])
+    node = NodeService(Claims(good), preparer, lock, DRIVER)
+    await node.prepare([ref(good)])
+    assert await node.unprepare([bad, ref(good)]) == {bad.uid: "", "uid-g": ""}
+    assert not list((tmp_path / "cdi").iterdir())
+
+
+@pytest.mark.parametrize("bad", HOSTILE_REFS, ids=["nul", "long-uid", "path", "empty-uid", "ns", "long-name"])
+async def test_prepare_of_a_claim_that_cannot_exist_fails_alone_with_a_short_error(
+    lock: NodeLock, preparer: NodePreparer, bad: ClaimRef
+) -> None:
+    good = claim("uid-g", "g", [result("gpu", GPU0)])
+    claims = Claims(good)
+    node = NodeService(claims, preparer, lock, DRIVER)
+    out = await node.prepare([bad, ref(good)])
+    assert out["uid-g"].error == ""
+    error = out[bad.uid].error
+    assert error.startswith("claim "), error
+    assert len(error.encode()) < 600, "error messages must stay far below gRPC's 8 KiB status limit"
+    assert claims.gets == [("default", "g")], "a reference that cannot be a claim is not fetched"
+
+
+class Unreachable:
+    async def get_claim(self, namespace: str, name: str) -> Claim:
+        raise OSError(111, "Connection refused")
+
+
+async def test_an_unreachable_api_server_fails_prepare_naming_the_claim(
+    lock: NodeLock, preparer: NodePreparer
+) -> None:
+    node = NodeService(Unreachable(), preparer, lock, DRIVER)
+    with pytest.raises(ClaimCheckError, match=r"get ResourceClaim default/a: API server unreachable"):
+        await node.prepare([ClaimRef("default", "uid-a", "a")])

@@ -13,7 +13,7 @@ import pytest
 
 from driver.devices.fake import load_named_profile
 from driver.devices.model import Device
-from driver.kube.client import ApiError
+from driver.kube.client import RESOURCE_CLAIMS, ApiError, MalformedAnswerError
 from driver.state import crash
 from driver.state.api import ClaimRef
 from driver.state.cdi import CdiStore, env_name
@@ -25,6 +25,7 @@ from driver.state.opaque import API_VERSION
 from driver.state.prepare import NodePreparer
 from driver.state.sharing import Outcome
 from driver.state.sweeper import ClaimSweeper
+from tests.support.apierrors import not_found, page_not_found
 from tests.support.cdi_rules import assert_valid_cdi
 
 DRIVER = "gpu.accel-dra.dev"
@@ -369,7 +370,7 @@ class ClaimGetter:
         if isinstance(found, ApiError):
             raise found
         if found is None:
-            raise ApiError(404, "NotFound", f"{name} not found")
+            raise not_found(RESOURCE_CLAIMS, name)
         return found
 
 
@@ -388,3 +389,25 @@ async def test_sweeper_unprepares_claims_that_are_gone_or_replaced(node: Node) -
     assert sorted(r.uid for r in swept) == ["g1", "r1"]
     assert set(node.records()) == {"k1", "e1"}
     assert set(node.specs()) == {"k1", "e1"}
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        page_not_found(),  # an API server without resource.k8s.io/v1, or a proxy's error page
+        ApiError(404, "NotFound", "not found"),  # a 404 Status without details
+        not_found(RESOURCE_CLAIMS, "another-claim"),  # a Status naming something else
+        MalformedAnswerError(200, "answer is text/html, not JSON", about="GET resourceclaims default/x"),
+        {"metadata": {}},  # an answer without a UID proves nothing
+    ],
+    ids=["page-not-found", "404-without-details", "404-naming-another-object", "malformed", "no-uid"],
+)
+async def test_sweeper_keeps_claims_unless_the_api_server_says_they_are_gone(node: Node, answer: Any) -> None:
+    p = node.preparer()
+    prepare(p, claim("k1", GPU0))
+    swept = await ClaimSweeper(p, ClaimGetter({("default", "claim-k1"): answer}), interval=600).sweep()
+    assert swept == []
+    assert node.records() == {"k1": ClaimState.PREPARE_COMPLETED}
+    assert set(node.specs()) == {"k1"}
+    # The device stays guarded.
+    assert "already prepared for claim default/claim-k1" in prepare(p, claim("b1", GPU0))["b1"].error
