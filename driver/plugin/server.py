@@ -3,12 +3,18 @@
 The kubelet dials the DRA endpoint as soon as it sees the registration socket, so the DRA socket must
 already answer by then. On stop the registration socket goes first (the kubelet deregisters us) and both
 socket files are removed; sockets of other plugins in the same directories are never touched.
+
+A socket appears at its public path only with its final mode (0600): it is bound inside a private (0700)
+directory next to it, restricted there, and renamed into place. Binding at the public path and changing
+the mode afterwards would leave a window in which, under a permissive umask, any local user could connect
+and unprepare claims. Something other than a socket at our path is renamed aside, not deleted.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +31,7 @@ from driver.log import get_logger
 from driver.plugin.node_service import NodeService
 from driver.plugin.registration import DRA_V1, DRA_V1BETA1, RegistrationServicer
 from driver.plugin.service import DraServicer, OperationMetrics
+from driver.state.fsutil import set_aside
 
 log = get_logger(__name__)
 
@@ -56,20 +63,46 @@ def remove_stale_socket(path: str) -> None:
     os.unlink(path)
 
 
+def _clear_socket_path(path: str) -> None:
+    """Make room at our socket path: a stale socket is removed, anything else is moved aside."""
+    try:
+        remove_stale_socket(path)
+    except SocketInUseError as err:
+        aside = set_aside(path)
+        log.warning(
+            "moved aside what is not a socket at the socket path",
+            path=path,
+            moved_to=str(aside),
+            error=str(err),
+        )
+
+
 def _remove_if_socket(path: str) -> None:
     with contextlib.suppress(FileNotFoundError, SocketInUseError):
         remove_stale_socket(path)
 
 
 async def _serve(path: str, add: Callable[[grpc.aio.Server], None]) -> grpc.aio.Server:
-    os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)
-    remove_stale_socket(path)
-    server = grpc.aio.server()
-    add(server)
-    if server.add_insecure_port(f"unix://{path}") == 0:
-        raise OSError(f"cannot listen on unix socket {path}")
-    await server.start()
-    os.chmod(path, SOCKET_MODE)
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o750, exist_ok=True)
+    _clear_socket_path(path)
+    # Short name: unix socket paths are limited to 107 bytes, and the private one must fit too.
+    private = os.path.join(directory, f".s{secrets.token_hex(4)}")
+    os.mkdir(private, 0o700)
+    try:
+        bound = os.path.join(private, "s")
+        server = grpc.aio.server()
+        add(server)
+        if server.add_insecure_port(f"unix://{bound}") == 0:
+            raise OSError(f"cannot listen on unix socket {path}")
+        os.chmod(bound, SOCKET_MODE)
+        os.rename(bound, path)
+        await server.start()
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(private, "s"))
+        with contextlib.suppress(OSError):
+            os.rmdir(private)
     return server
 
 
