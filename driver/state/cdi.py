@@ -30,12 +30,23 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from driver.state.fsutil import atomic_write, remove_durably, remove_stale_temporaries
+from driver.log import get_logger
+from driver.state.fsutil import (
+    NotRegularFileError,
+    atomic_write,
+    check_regular,
+    read_regular,
+    remove_durably,
+    remove_stale_temporaries,
+    set_aside,
+)
 
 if TYPE_CHECKING:
     from jsonschema import Draft202012Validator
 
 JSON = dict[str, Any]
+
+log = get_logger(__name__)
 
 CDI_CLASS = "gpu"
 ENV_PREFIX = "ACCEL_DRA_DEVICE_"
@@ -224,7 +235,12 @@ def encode_spec(spec: Mapping[str, Any]) -> bytes:
 
 
 class CdiStore:
-    """This driver's per-claim spec files in one CDI directory."""
+    """This driver's per-claim spec files in one CDI directory.
+
+    Only regular files count as specs. Anything else under a spec's name (a directory, FIFO, symbolic link,
+    socket) is renamed aside to ``<name>.aside-<time>`` -- which no runtime loads and no listing here
+    returns -- when it is found, so it can neither block start-up nor stand in for a spec.
+    """
 
     def __init__(self, directory: str | os.PathLike[str], driver: str) -> None:
         self.directory = Path(directory)
@@ -235,36 +251,66 @@ class CdiStore:
         return self.directory / spec_file_name(self.driver, claim_uid)
 
     def exists(self, claim_uid: str) -> bool:
-        return self.path(claim_uid).is_file()
+        return self._regular(self.path(claim_uid))
 
     def write(self, claim_uid: str, spec: Mapping[str, Any]) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.path(claim_uid)
+        self._regular(path)
         # Specs hold no secrets and the container runtime reads them: world-readable like the CDI library's.
         atomic_write(path, encode_spec(spec), mode=0o644, what="cdi")
         return path
 
     def remove(self, claim_uid: str) -> bool:
-        return remove_durably(self.path(claim_uid))
+        path = self.path(claim_uid)
+        return self._regular(path) and remove_durably(path)
 
     def claim_uids(self) -> list[str]:
-        """UIDs of the claims that have a spec file here."""
-        try:
-            names = os.listdir(self.directory)
-        except FileNotFoundError:
-            return []
-        return sorted(
-            n[len(self._prefix) : -len(".json")]
-            for n in names
-            if n.startswith(self._prefix) and n.endswith(".json")
-        )
+        """UIDs of the claims that have a spec file here (regular files only)."""
+        return sorted(uid for uid, regular in self._named_entries() if regular)
+
+    def set_aside_junk(self) -> list[str]:
+        """Move everything named like a spec that is not a regular file aside; return the claim UIDs."""
+        junk = [uid for uid, regular in self._named_entries() if not regular]
+        for uid in junk:
+            self._regular(self.path(uid))
+        return junk
 
     def read(self, claim_uid: str) -> JSON | None:
+        path = self.path(claim_uid)
+        if not self._regular(path):
+            return None
         with contextlib.suppress(OSError, ValueError):
-            data = json.loads(self.path(claim_uid).read_bytes())
+            data = json.loads(read_regular(path)[0])
             if isinstance(data, dict):
                 return data
         return None
 
     def remove_temporaries(self) -> list[str]:
         return remove_stale_temporaries(self.directory, self._prefix)
+
+    def _named_entries(self) -> list[tuple[str, bool]]:
+        """(claim UID, is a regular file) for every entry named like one of our specs."""
+        try:
+            entries = list(os.scandir(self.directory))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            log.error("cannot list the CDI directory", directory=str(self.directory), error=str(exc))
+            return []
+        return [
+            (e.name[len(self._prefix) : -len(".json")], e.is_file(follow_symlinks=False))
+            for e in entries
+            if e.name.startswith(self._prefix) and e.name.endswith(".json")
+        ]
+
+    def _regular(self, path: Path) -> bool:
+        """Whether a regular file is at ``path``; anything else there is moved aside first."""
+        try:
+            return check_regular(path) is not None
+        except NotRegularFileError as exc:
+            aside = set_aside(path)
+            log.warning(
+                "moved aside what is not a CDI spec file", path=str(path), kind=exc.kind, moved_to=str(aside)
+            )
+            return False

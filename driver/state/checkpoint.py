@@ -19,7 +19,14 @@ Design points (docs/node-state.md has the operator's view):
 * A file that cannot be read, parsed or verified is *corrupt*: a copy is kept aside (``checkpoint.json.corrupt-
   <time>``) and the caller gets an empty checkpoint to rebuild. The corrupt file itself stays in place until
   the rebuilt checkpoint atomically replaces it, so a crash before that finds it corrupt again and rebuilds
-  again -- never "no checkpoint", which would mean a fresh node. Nothing here raises on bad content.
+  again. Nothing here raises on bad content.
+* Something other than a regular file at the path (a directory, FIFO, symbolic link, socket, device) is never
+  opened for reading -- a FIFO would block forever -- and cannot be replaced atomically: it is renamed aside
+  (``checkpoint.json.corrupt-<time>``) and reported corrupt.
+* A *missing* file is reported as such; the caller must not take it for a fresh node while CDI specs exist
+  (:meth:`driver.state.prepare.NodePreparer.checkpoint` rebuilds from them).
+* Fields are decoded strictly: a value of the wrong type (``"adminAccess": "false"``) makes the document
+  corrupt, even under a valid checksum, rather than being coerced into something it does not say.
 * ``nodeBootID`` differing from the running boot id means the node rebooted: prepared state is void.
 """
 
@@ -31,14 +38,14 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from driver.log import get_logger
-from driver.state.fsutil import atomic_write
+from driver.state.fsutil import NotRegularFileError, atomic_write, read_regular, set_aside
 
 log = get_logger(__name__)
 
@@ -115,10 +122,17 @@ class Checkpoint:
     extra_top: Mapping[str, Any] = field(default_factory=_empty, compare=False)
 
     def with_claim(self, record: ClaimRecord) -> Checkpoint:
-        return replace(self, claims=MappingProxyType({**self.claims, record.uid: record}))
+        return self.with_claims([record])
 
-    def without(self, uid: str) -> Checkpoint:
-        return replace(self, claims=MappingProxyType({k: v for k, v in self.claims.items() if k != uid}))
+    def with_claims(self, records: Iterable[ClaimRecord]) -> Checkpoint:
+        added = {r.uid: r for r in records}
+        return replace(self, claims=MappingProxyType({**self.claims, **added})) if added else self
+
+    def without(self, *uids: str) -> Checkpoint:
+        gone = set(uids)
+        if not gone & self.claims.keys():
+            return self
+        return replace(self, claims=MappingProxyType({k: v for k, v in self.claims.items() if k not in gone}))
 
 
 # -- serialization (pure) -----------------------------------------------------------------------------
@@ -208,20 +222,32 @@ _DEVICE_KEYS = {
 _CLAIM_KEYS = {"uid", "namespace", "name", "state", "configDigest", "devices"}
 
 
+def _flag(raw: Mapping[str, Any], key: str, where: str) -> bool:
+    """A boolean field: absent is false, anything but ``true``/``false`` is corruption."""
+    value = raw.get(key, False)
+    if not isinstance(value, bool):
+        raise CorruptCheckpointError(f"{where}.{key}: expected bool, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _optional_str(raw: Mapping[str, Any], key: str, where: str) -> str | None:
+    value = raw.get(key)
+    return None if value is None else str(_expect(value, str, f"{where}.{key}"))
+
+
 def _device_from(raw: Any, where: str) -> DeviceRecord:
     _expect(raw, dict, where)
     ids = _expect(raw.get("cdiDeviceIDs", []), list, f"{where}.cdiDeviceIDs")
-    sharing = raw.get("sharing")
     return DeviceRecord(
         request=_expect(raw.get("request", ""), str, f"{where}.request"),
         pool=_expect(raw.get("pool"), str, f"{where}.pool"),
         device=_expect(raw.get("device"), str, f"{where}.device"),
         uuid=_expect(raw.get("uuid", ""), str, f"{where}.uuid"),
-        admin_access=bool(raw.get("adminAccess", False)),
-        share_id=raw.get("shareID") if isinstance(raw.get("shareID"), str) else None,
+        admin_access=_flag(raw, "adminAccess", where),
+        share_id=_optional_str(raw, "shareID", where),
         cdi_ids=tuple(_expect(i, str, f"{where}.cdiDeviceIDs[]") for i in ids),
-        sharing=sharing if isinstance(sharing, str) else None,
-        sharing_applied=bool(raw.get("sharingApplied", False)),
+        sharing=_optional_str(raw, "sharing", where),
+        sharing_applied=_flag(raw, "sharingApplied", where),
         extra=MappingProxyType({k: v for k, v in raw.items() if k not in _DEVICE_KEYS}),
     )
 
@@ -357,12 +383,16 @@ class CheckpointStore:
 
     def _load(self) -> tuple[Checkpoint, LoadEvent]:
         try:
-            raw = self.path.read_bytes()
+            raw, st = read_regular(self.path)
         except FileNotFoundError:
             self._cached = None
             return self.empty(), LoadEvent.MISSING
+        except NotRegularFileError as exc:
+            return self._not_a_file(exc)
         except OSError as exc:
             return self._corrupt(f"cannot read: {exc}", None)
+        if st.st_mode & 0o077:
+            self._tighten(st.st_mode)
         if self._cached is not None and self._cached[0] == raw:
             return self._cached[1], LoadEvent.LOADED
         try:
@@ -398,6 +428,37 @@ class CheckpointStore:
         atomic_write(self.path, raw, mode=0o600, what="checkpoint")
         self._cached = (raw, cp)
         self.last = cp
+
+    def _tighten(self, mode: int) -> None:
+        """Other users must not read or change the node's record of prepared claims."""
+        try:
+            os.chmod(self.path, 0o600, follow_symlinks=False)
+        except OSError as exc:
+            log.error("cannot restrict the checkpoint's mode", path=str(self.path), error=str(exc))
+            return
+        log.warning(
+            "checkpoint was open to other users; mode set to 0600",
+            path=str(self.path),
+            mode=oct(mode & 0o777),
+        )
+
+    def _not_a_file(self, exc: NotRegularFileError) -> tuple[Checkpoint, LoadEvent]:
+        """Move the intruder aside so the rebuilt checkpoint can take its place."""
+        self._cached = None
+        try:
+            aside = set_aside(self.path, "corrupt")
+        except OSError as err:
+            log.error(
+                "cannot move the checkpoint path aside", path=str(self.path), kind=exc.kind, error=str(err)
+            )
+            aside = None
+        log.error(
+            "checkpoint is not a regular file; moved aside, continuing from an empty state",
+            path=str(self.path),
+            kind=exc.kind,
+            moved_to=str(aside) if aside else None,
+        )
+        return self.empty(), LoadEvent.CORRUPT
 
     def _corrupt(self, reason: str, raw: bytes | None) -> tuple[Checkpoint, LoadEvent]:
         """Keep a copy of the corrupt bytes for inspection; the file itself stays until a save replaces it."""

@@ -4,13 +4,20 @@ A write goes to a temporary file in the same directory, is fsynced, renamed over
 directory is fsynced, so a crash (or power loss) at any point leaves the old or the new content, never a
 torn file. Temporary names start with ``.`` and end in ``.tmp``: container runtimes only load ``.json`` and
 ``.yaml`` CDI specs, so a half-written spec is never picked up.
+
+Reads open regular files only (:func:`read_regular`): a FIFO would block the reader forever, and a
+directory, link or device is no state file of ours. Whatever else is found where a state file belongs is
+renamed aside (:func:`set_aside`), never deleted: it is evidence, and it may not be ours.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
+import stat
+import time
 from pathlib import Path
 
 from driver.state.crash import crash_point
@@ -58,10 +65,84 @@ def remove_durably(path: str | os.PathLike[str]) -> bool:
 def remove_stale_temporaries(directory: str | os.PathLike[str], prefix: str) -> list[str]:
     """Delete ``.<prefix>*.tmp`` leftovers of writes interrupted by a crash; return their names."""
     removed: list[str] = []
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
         for entry in os.scandir(directory):
-            if entry.name.startswith(f".{prefix}") and entry.name.endswith(".tmp"):
+            # A directory by that name is no temporary of ours (and cannot be unlinked): left alone.
+            if (
+                entry.name.startswith(f".{prefix}")
+                and entry.name.endswith(".tmp")
+                and not entry.is_dir(follow_symlinks=False)
+            ):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
                     removed.append(entry.name)
     return removed
+
+
+class NotRegularFileError(OSError):
+    """A state file's path holds something else: a directory, FIFO, socket, device or symbolic link."""
+
+    def __init__(self, path: str | os.PathLike[str], kind: str) -> None:
+        super().__init__(f"{path} is a {kind}, not a regular file")
+        self.path = str(path)
+        self.kind = kind
+
+
+def file_kind(mode: int) -> str:
+    """What an ``lstat`` mode describes, in words."""
+    kinds = (
+        (stat.S_ISREG, "regular file"),
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISLNK, "symbolic link"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+    )
+    return next((name for test, name in kinds if test(mode)), "special file")
+
+
+def check_regular(path: str | os.PathLike[str]) -> os.stat_result | None:
+    """``lstat`` of ``path``: None when nothing is there; :class:`NotRegularFileError` when it is not a
+    regular file (links are not followed)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        raise NotRegularFileError(path, file_kind(st.st_mode))
+    return st
+
+
+def read_regular(path: str | os.PathLike[str]) -> tuple[bytes, os.stat_result]:
+    """The content and status of the regular file at ``path``, never blocking and never following a link.
+
+    Raises :class:`FileNotFoundError` when nothing is there, :class:`NotRegularFileError` for anything but
+    a regular file, other :class:`OSError` for what the kernel refuses.
+    """
+    if check_regular(path) is None:
+        raise FileNotFoundError(2, "No such file or directory", str(path))
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # replaced by a link since the lstat
+            raise NotRegularFileError(path, "symbolic link") from None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):  # replaced since the lstat
+            raise NotRegularFileError(path, file_kind(st.st_mode))
+        return f.read(), st
+
+
+def set_aside(path: str | os.PathLike[str], tag: str = "aside") -> Path | None:
+    """Rename whatever is at ``path`` to ``<name>.<tag>-<time>`` in the same directory; return the new
+    path, or None when nothing was there any more."""
+    source = Path(path)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    target = source.with_name(f"{source.name}.{tag}-{stamp}-{time.time_ns() % 10**9:09d}")
+    try:
+        os.rename(source, target)
+    except FileNotFoundError:
+        return None
+    return target

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from driver.log import get_logger
+from driver.state.fsutil import NotRegularFileError, check_regular, set_aside
 
 log = get_logger(__name__)
 
@@ -65,7 +66,7 @@ class NodeLock:
         """Acquire both locks; return the descriptor holding the flock."""
         await self._local.acquire()
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = _open_lock_file(self.path)
             await _acquire(fd)
         except BaseException:
             self._local.release()
@@ -79,6 +80,22 @@ class NodeLock:
     def _free(self, fd: int) -> None:
         _release(fd)
         self._local.release()
+
+
+def _open_lock_file(path: Path) -> int:
+    """Open (creating) the lock file. Something else at its path -- a directory, FIFO or link, which would
+    fail every operation or lock somebody else's file -- is moved aside and a lock file created."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    try:
+        check_regular(path)
+        fd = os.open(path, flags, 0o600)
+    except (NotRegularFileError, IsADirectoryError) as err:
+        aside = set_aside(path)
+        log.warning(
+            "moved aside what is not a lock file", path=str(path), moved_to=str(aside), error=str(err)
+        )
+        fd = os.open(path, flags, 0o600)
+    return fd
 
 
 def _report_orphaned(task: asyncio.Task[Any]) -> None:

@@ -1,29 +1,37 @@
 """The node-state preparer: crash-safe prepare and unprepare of claims.
 
-Prepare, per claim (the caller holds the node lock):
+Prepare of one call's claims, in phases (the caller holds the node lock):
 
-1. plan (pure): local devices, opaque config, CDI names -- a bad claim fails here and nothing is touched;
-2. checkpoint ``PrepareStarted`` (intent recorded before any side effect);
-3. overlap guard: a device already prepared for another claim fails this one (admin access aside);
-4. apply the sharing config (time slicing);
-5. write the claim's CDI spec;
-6. checkpoint ``PrepareCompleted``.
+1. plan each claim (pure): local devices, opaque config, CDI names -- a bad claim fails here and nothing is
+   touched; an interrupted earlier attempt (``PrepareStarted``) is rolled back;
+2. overlap guard: a device already prepared for another claim, or taken by an earlier claim of this call,
+   fails this one (admin access aside);
+3. checkpoint ``PrepareStarted`` for every claim that passed (intent recorded before any side effect);
+4. per claim: apply the sharing config (time slicing), write the claim's CDI spec;
+5. checkpoint ``PrepareCompleted`` for every claim that got its spec.
 
-A crash anywhere leaves either no trace, or a ``PrepareStarted`` entry that the kubelet's retry rolls back and
-redoes (or the sweeper removes once the claim is gone). A repeated Prepare of a completed claim answers the
-same CDI ids and re-writes the spec if it is missing (a reboot wipes ``/var/run/cdi``).
+The checkpoint is written once per phase for the whole call, not per claim: a call with 1,000 claims writes
+it twice, well inside the kubelet's deadline. A crash anywhere leaves either no trace, or ``PrepareStarted``
+entries that the kubelet's retry rolls back and redoes (or the sweeper removes once the claim is gone). A
+repeated Prepare of a completed claim answers the same CDI ids and re-writes the spec if it is missing (a
+reboot wipes ``/var/run/cdi``).
 
-Unprepare: reset sharing, remove the spec, drop the entry -- each step idempotent, so a crash in between is
-finished by the kubelet's retry. An unknown claim succeeds (after removing a spec file left for it, if any).
+Unprepare of one call's claims: per claim reset sharing and remove the spec, then drop all their entries in
+one checkpoint write -- each step idempotent, so a crash in between is finished by the kubelet's retry. An
+unknown claim succeeds (after removing a spec file left for it, if any).
 
 The checkpoint is re-read at the start of every operation because another plugin instance sharing the plugin
-directory (rolling update) may have changed it; the node lock makes that safe.
+directory (rolling update) may have changed it; the node lock makes that safe. A missing or corrupt
+checkpoint while this driver's CDI specs exist is rebuilt from them: never a fresh start that would hand
+their devices out again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from driver.devices.model import Inventory
@@ -58,29 +66,74 @@ class OverlapError(ValueError):
     """A device of the claim is already prepared for another claim."""
 
 
-def find_overlap(cp: Checkpoint, plan: ClaimPlan) -> str | None:
-    """Why ``plan`` would hand a device to a second claim, or None.
+class UnprepareError(RuntimeError):
+    """A claim could not be unprepared; the message names it."""
+
+
+@dataclass
+class _PrepareCall:
+    """What one prepare call decided so far, claim by claim."""
+
+    results: dict[str, PrepareResult] = field(default_factory=dict)
+    seen: set[str] = field(default_factory=set)
+    #: Claims to prepare now (passed planning and the overlap guard), in call order.
+    fresh: list[ClaimPlan] = field(default_factory=list)
+    #: Claims already prepared: answered again.
+    repeats: list[tuple[ClaimPlan, ClaimRecord]] = field(default_factory=list)
+    #: Claims answered with their devices, by UID, in call order.
+    completed: dict[str, ClaimPlan] = field(default_factory=dict)
+
+    def fail(self, ref: ClaimRef, error: str) -> None:
+        self.results[ref.uid] = PrepareResult(error=error)
+        self.completed.pop(ref.uid, None)
+
+    def complete(self, plan: ClaimPlan) -> None:
+        self.results[plan.ref.uid] = PrepareResult(devices=plan.prepared_devices())
+        self.completed[plan.ref.uid] = plan
+
+    def succeeded(self) -> list[ClaimPlan]:
+        return list(self.completed.values())
+
+
+class DeviceHolders:
+    """Which claims hold which devices: the completed claims of a checkpoint, plus the claims of the call
+    in progress once they pass the guard. Built once per call, so checking 1,000 claims stays linear.
 
     Only completed claims hold devices (containers start only after a successful prepare). Admin-access
-    results never conflict; two results carrying (different) share ids are separate allocations of a device
-    that allows several.
+    results never conflict; two results carrying (different) share ids are separate allocations of a
+    device that allows several.
     """
-    mine = {(d.result.pool, d.result.device): d for d in plan.devices if not d.result.admin_access}
-    for other in cp.claims.values():
-        if other.uid == plan.ref.uid or not other.completed:
-            continue
-        for held in other.devices:
-            wanted = mine.get((held.pool, held.device))
-            if wanted is None or held.admin_access:
+
+    def __init__(self, cp: Checkpoint) -> None:
+        self._held: dict[tuple[str, str], list[tuple[ClaimRecord, DeviceRecord]]] = {}
+        for record in cp.claims.values():
+            if record.completed:
+                self._add(record)
+
+    def _add(self, record: ClaimRecord) -> None:
+        for held in record.devices:
+            if not held.admin_access:
+                self._held.setdefault((held.pool, held.device), []).append((record, held))
+
+    def add(self, plan: ClaimPlan) -> None:
+        self._add(plan.record(ClaimState.PREPARE_COMPLETED))
+
+    def conflict(self, plan: ClaimPlan) -> str | None:
+        """Why ``plan`` would hand a device to a second claim, or None."""
+        for wanted in plan.devices:
+            if wanted.result.admin_access:
                 continue
-            shares = (wanted.result.share_id, held.share_id)
-            if None not in shares and shares[0] != shares[1]:
-                continue
-            return (
-                f"claim {plan.ref}: device {held.device} (pool {held.pool}) is already prepared for claim "
-                f"{other}; a device is never given to two claims unless one of them has admin access"
-            )
-    return None
+            for other, held in self._held.get((wanted.result.pool, wanted.result.device), ()):
+                if other.uid == plan.ref.uid:
+                    continue
+                shares = (wanted.result.share_id, held.share_id)
+                if None not in shares and shares[0] != shares[1]:
+                    continue
+                return (
+                    f"claim {plan.ref}: device {held.device} (pool {held.pool}) is already prepared for claim "
+                    f"{other}; a device is never given to two claims unless one of them has admin access"
+                )
+        return None
 
 
 def _non_default(sharing: str | None) -> bool:
@@ -196,6 +249,7 @@ class NodePreparer:
             self.store.directory, CHECKPOINT_FILE
         ):
             log.info("removed leftover temporary file", file=name)
+        self.specs.set_aside_junk()
         cp = self.checkpoint()
         for uid in self.specs.claim_uids():
             if uid not in cp.claims:
@@ -219,6 +273,11 @@ class NodePreparer:
         elif event == LoadEvent.CORRUPT:
             cp = self._rebuild(cp)
             self.store.save(cp)
+        elif event == LoadEvent.MISSING and self.specs.claim_uids():
+            # Deleted by hand or lost: the specs prove claims are prepared here, so this is no fresh node.
+            log.warning("checkpoint is missing but CDI specs exist; rebuilding", path=str(self.store.path))
+            cp = self._rebuild(cp)
+            self.store.save(cp)
         elif event == LoadEvent.MIGRATED:
             self.store.save(cp)
         return cp
@@ -235,108 +294,204 @@ class NodePreparer:
         return cp
 
     def prepare_sync(self, claims: Sequence[Claim]) -> tuple[dict[str, PrepareResult], list[ClaimPlan]]:
-        results: dict[str, PrepareResult] = {}
-        plans: list[ClaimPlan] = []
+        """Prepare one call's claims (module docstring: the phases); one result per claim UID."""
+        call = _PrepareCall()
+        try:
+            cp = self.checkpoint()
+        except Exception as err:
+            log.exception("prepare failed: node state unreadable")
+            for claim in claims:
+                call.fail(claim_ref(claim), f"prepare failed: node state: {err}")
+            return call.results, []
+        loaded = cp
+        cp = self._plan_all(cp, claims, call)
+        if cp != loaded:  # new claims recorded as started, interrupted ones rolled back
+            try:
+                self.store.save(cp)
+            except Exception as err:
+                log.exception("prepare failed: checkpoint not written")
+                for plan in call.fresh:
+                    call.fail(plan.ref, f"claim {plan.ref}: prepare failed: checkpoint not written: {err}")
+                call.fresh, cp = [], loaded
+            else:
+                crash_point("prepare:started")
+        done = self._apply_all(cp, call)
+        if done != cp:
+            try:
+                self.store.save(done)
+            except Exception as err:
+                log.exception("prepare failed: checkpoint not written")
+                self._abandon(call, f"prepare failed: checkpoint not written: {err}")
+                return call.results, call.succeeded()
+        crash_point("prepare:completed")
+        for plan in call.fresh:
+            if plan.ref.uid not in call.completed:
+                continue
+            log.info(
+                "claim prepared",
+                claim=str(plan.ref),
+                devices=",".join(d.device.name for d in plan.unique_devices()) or "-",
+                cdi_spec=str(self.specs.path(plan.ref.uid)) if plan.devices else "-",
+            )
+        return call.results, call.succeeded()
+
+    def _plan_all(self, cp: Checkpoint, claims: Sequence[Claim], call: _PrepareCall) -> Checkpoint:
+        """Phases 1 and 2: plan, roll back interrupted attempts, guard overlaps. Returns the checkpoint to
+        write as ``PrepareStarted``."""
+        holders = DeviceHolders(cp)
+        started: list[ClaimRecord] = []
         for claim in claims:
             ref = claim_ref(claim)
+            if ref.uid in call.seen:
+                continue  # the same claim twice in one call: answered once
+            call.seen.add(ref.uid)
             with bind(claim=str(ref)):
                 try:
-                    plan = self._prepare_one(claim)
+                    plan = plan_claim(claim, driver=self.driver, pool=self.pool, inventory=self.inventory)
+                    record = cp.claims.get(ref.uid)
+                    if record is not None and record.completed:
+                        call.repeats.append((self._check_repeat(plan, record), record))
+                        continue
+                    if record is not None:
+                        log.info("rolling back an interrupted prepare")
+                        self._undo(cp, record)
+                        cp = cp.without(ref.uid)
+                    conflict = holders.conflict(plan)
+                    if conflict:
+                        raise OverlapError(conflict)
                 except (PlanError, ConfigError, OverlapError) as err:
                     log.warning("claim rejected", error=str(err))
-                    results[ref.uid] = PrepareResult(error=str(err))
+                    call.fail(ref, str(err))
                     continue
                 except Exception as err:
                     log.exception("prepare failed")
-                    results[ref.uid] = PrepareResult(error=f"claim {ref}: prepare failed: {err}")
+                    call.fail(ref, f"claim {ref}: prepare failed: {err}")
                     continue
-            results[ref.uid] = PrepareResult(devices=plan.prepared_devices())
-            plans.append(plan)
-        return results, plans
+            crash_point("prepare:overlap-checked")
+            holders.add(plan)
+            call.fresh.append(plan)
+            started.append(plan.record(ClaimState.PREPARE_STARTED))
+        return cp.with_claims(started)
 
-    def unprepare_sync(self, refs: Sequence[ClaimRef]) -> dict[str, str]:
-        errors: dict[str, str] = {}
-        for ref in refs:
-            with bind(claim=str(ref)):
+    def _apply_all(self, cp: Checkpoint, call: _PrepareCall) -> Checkpoint:
+        """Phase 4: sharing config and CDI spec per claim. Returns the checkpoint to write as done."""
+        completed: list[ClaimRecord] = []
+        failed: list[str] = []
+        for plan in call.fresh:
+            with bind(claim=str(plan.ref)):
                 try:
-                    self.unprepare_one(ref)
-                    errors[ref.uid] = ""
+                    applied = self._apply_sharing(plan)
+                    crash_point("prepare:config-applied")
+                    spec = plan.spec(self.nodes, self.common_edits)
+                    if spec is not None:
+                        self.specs.write(plan.ref.uid, spec)
+                    crash_point("prepare:cdi-written")
                 except Exception as err:
-                    log.exception("unprepare failed")
-                    errors[ref.uid] = f"claim {ref}: unprepare failed: {err}"
-        return errors
+                    log.exception("prepare failed")
+                    self._undo_quietly(cp, plan.record(ClaimState.PREPARE_STARTED))
+                    failed.append(plan.ref.uid)
+                    call.fail(plan.ref, f"claim {plan.ref}: prepare failed: {err}")
+                    continue
+            completed.append(plan.record(ClaimState.PREPARE_COMPLETED, applied))
+            call.complete(plan)
+        cp = cp.with_claims(completed).without(*failed)
+        for plan, record in call.repeats:
+            with bind(claim=str(plan.ref)):
+                try:
+                    cp = self._repeat(cp, plan, record)
+                except Exception as err:
+                    log.exception("prepare failed")
+                    call.fail(plan.ref, f"claim {plan.ref}: prepare failed: {err}")
+                    continue
+            call.complete(plan)
+        return cp
 
-    def _prepare_one(self, claim: Claim) -> ClaimPlan:
-        plan = plan_claim(claim, driver=self.driver, pool=self.pool, inventory=self.inventory)
-        cp = self.checkpoint()
-        record = cp.claims.get(plan.ref.uid)
-        if record is not None and record.completed:
-            return self._repeat(cp, plan, record)
-        if record is not None:
-            log.info("rolling back an interrupted prepare")
+    def _abandon(self, call: _PrepareCall, error: str) -> None:
+        """The final checkpoint write failed: undo this call's new claims (best effort; their
+        ``PrepareStarted`` entries make the kubelet's retry roll back whatever is left)."""
+        cp = self.store.last
+        for plan in call.fresh:
+            if plan.ref.uid in call.completed:
+                self._undo_quietly(cp, plan.record(ClaimState.PREPARE_STARTED))
+                call.fail(plan.ref, f"claim {plan.ref}: {error}")
+        with contextlib.suppress(Exception):
+            self.store.save(cp.without(*(p.ref.uid for p in call.fresh)))
+
+    def _undo_quietly(self, cp: Checkpoint, record: ClaimRecord) -> None:
+        try:
             self._undo(cp, record)
-        cp = cp.with_claim(plan.record(ClaimState.PREPARE_STARTED))
-        self.store.save(cp)
-        crash_point("prepare:started")
-        try:
-            return self._finish(cp, plan)
-        except OverlapError:
-            self.store.save(cp.without(plan.ref.uid))
-            raise
-        except Exception:
-            self._abandon(cp, plan)
-            raise
-
-    def _finish(self, cp: Checkpoint, plan: ClaimPlan) -> ClaimPlan:
-        conflict = find_overlap(cp, plan)
-        if conflict:
-            raise OverlapError(conflict)
-        crash_point("prepare:overlap-checked")
-        applied = self._apply_sharing(plan)
-        crash_point("prepare:config-applied")
-        spec = plan.spec(self.nodes, self.common_edits)
-        if spec is not None:
-            self.specs.write(plan.ref.uid, spec)
-        crash_point("prepare:cdi-written")
-        self.store.save(cp.with_claim(plan.record(ClaimState.PREPARE_COMPLETED, applied)))
-        crash_point("prepare:completed")
-        log.info(
-            "claim prepared",
-            devices=",".join(d.device.name for d in plan.unique_devices()) or "-",
-            cdi_spec=str(self.specs.path(plan.ref.uid)) if spec is not None else "-",
-        )
-        return plan
-
-    def _abandon(self, cp: Checkpoint, plan: ClaimPlan) -> None:
-        """Best-effort rollback after an unexpected error; if it fails too, the retry rolls back."""
-        try:
-            self._undo(cp, plan.record(ClaimState.PREPARE_STARTED))
-            self.store.save(cp.without(plan.ref.uid))
         except Exception as err:
             log.warning(
-                "rollback after failed prepare incomplete; the next attempt finishes it", error=str(err)
+                "rollback after failed prepare incomplete; the next attempt finishes it",
+                claim=str(record),
+                error=str(err),
             )
 
-    def _repeat(self, cp: Checkpoint, plan: ClaimPlan, record: ClaimRecord) -> ClaimPlan:
+    def unprepare_sync(self, refs: Sequence[ClaimRef]) -> dict[str, str]:
+        return self._unprepare(refs)[0]
+
+    def _check_repeat(self, plan: ClaimPlan, record: ClaimRecord) -> ClaimPlan:
         recorded = sorted({d.device for d in record.devices})
         planned = sorted({d.result.device for d in plan.devices})
         if recorded != planned:
             raise PlanError(
                 f"claim {plan.ref} is prepared with devices {recorded}, but its allocation names {planned}"
             )
+        return plan
+
+    def _repeat(self, cp: Checkpoint, plan: ClaimPlan, record: ClaimRecord) -> Checkpoint:
+        """A completed claim asked for again: fill in what a rebuilt or migrated entry lacked, re-create a
+        missing spec."""
         applied = {d.device: d.sharing_applied for d in record.devices}
         fresh = plan.record(ClaimState.PREPARE_COMPLETED, applied)
-        if fresh != record:  # a rebuilt or migrated entry: fill in what it lacked
-            self.store.save(cp.with_claim(fresh))
         spec = plan.spec(self.nodes, self.common_edits)
         if spec is not None and not self.specs.exists(plan.ref.uid):
             self.specs.write(plan.ref.uid, spec)
             log.info("CDI spec was missing; re-created", cdi_spec=str(self.specs.path(plan.ref.uid)))
-        return plan
+        return cp.with_claim(fresh) if fresh != record else cp
 
     def unprepare_one(self, ref: ClaimRef) -> bool:
-        """Undo ``ref``; return whether it was prepared (a missing claim is fine)."""
-        cp = self.checkpoint()
+        """Undo ``ref``; return whether it was prepared (a missing claim is fine). Raises on failure."""
+        errors, prepared = self._unprepare([ref])
+        if errors[ref.uid]:
+            raise UnprepareError(errors[ref.uid])
+        return ref.uid in prepared
+
+    def _unprepare(self, refs: Sequence[ClaimRef]) -> tuple[dict[str, str], set[str]]:
+        """Per claim: reset sharing, remove the spec; then drop every entry in one checkpoint write.
+        Returns the error per claim UID ("" on success) and the UIDs that were prepared."""
+        errors: dict[str, str] = {}
+        try:
+            cp = self.checkpoint()
+        except Exception as err:
+            log.exception("unprepare failed: node state unreadable")
+            return {ref.uid: f"claim {ref}: unprepare failed: node state: {err}" for ref in refs}, set()
+        dropped: list[ClaimRef] = []
+        for ref in refs:
+            with bind(claim=str(ref)):
+                try:
+                    if self._unprepare_files(cp, ref):
+                        dropped.append(ref)
+                        cp = cp.without(ref.uid)  # later claims of the call must not count it
+                    errors[ref.uid] = ""
+                except Exception as err:
+                    log.exception("unprepare failed")
+                    errors[ref.uid] = f"claim {ref}: unprepare failed: {err}"
+        if dropped:
+            try:
+                self.store.save(cp)
+            except Exception as err:
+                log.exception("unprepare failed: checkpoint not written")
+                for ref in dropped:
+                    errors[ref.uid] = f"claim {ref}: unprepare failed: checkpoint not written: {err}"
+                return errors, set()
+            crash_point("unprepare:completed")
+        for ref in dropped:
+            log.info("claim unprepared", claim=str(ref))
+        return errors, {ref.uid for ref in dropped}
+
+    def _unprepare_files(self, cp: Checkpoint, ref: ClaimRef) -> bool:
+        """Reset sharing and remove the spec of ``ref``; return whether it has a checkpoint entry."""
         record = cp.claims.get(ref.uid)
         if record is None:
             if self.specs.remove(ref.uid):
@@ -346,9 +501,6 @@ class NodePreparer:
         crash_point("unprepare:sharing-reset")
         self.specs.remove(ref.uid)
         crash_point("unprepare:cdi-removed")
-        self.store.save(cp.without(ref.uid))
-        crash_point("unprepare:completed")
-        log.info("claim unprepared", state=str(record.state))
         return True
 
     def _undo(self, cp: Checkpoint, record: ClaimRecord) -> None:

@@ -211,14 +211,23 @@ def test_bad_claims_fail_alone_and_leave_no_trace(node: Node, c: dict[str, Any],
 
 
 @pytest.mark.parametrize(
-    "step", ["prepare:started", "prepare:overlap-checked", "prepare:config-applied", "prepare:cdi-written"]
+    ("step", "recorded"),
+    [
+        # The overlap guard runs before anything is recorded.
+        ("prepare:overlap-checked", {}),
+        ("prepare:started", {"a1": ClaimState.PREPARE_STARTED}),
+        ("prepare:config-applied", {"a1": ClaimState.PREPARE_STARTED}),
+        ("prepare:cdi-written", {"a1": ClaimState.PREPARE_STARTED}),
+    ],
 )
-def test_an_interrupted_prepare_is_rolled_back_and_redone(node: Node, crash_at: set[str], step: str) -> None:
+def test_an_interrupted_prepare_is_rolled_back_and_redone(
+    node: Node, crash_at: set[str], step: str, recorded: dict[str, ClaimState]
+) -> None:
     c = claim("a1", GPU0, config=sharing("Long"))
     crash_at.add(step)
     with pytest.raises(Crash):
         prepare(node.preparer(), c)
-    assert node.records() == {"a1": ClaimState.PREPARE_STARTED}
+    assert node.records() == recorded
     crash_at.clear()
     restarted = node.preparer()
     restarted.recover()

@@ -336,21 +336,26 @@ class Cluster:
         records = self.call(lambda s: s.request_log.since(mark))
         return [(r.method, r.path, r.status, r.time) for r in records]
 
-    def create_claims(self, prefix: str, count: int, devices: Sequence[str]) -> list[ClaimRef]:
-        """``count`` claims allocated to ``devices`` (all of them, one request), created without HTTP."""
+    def create_claims(
+        self, prefix: str, count: int, devices: Sequence[str], admin: bool = False
+    ) -> list[ClaimRef]:
+        """``count`` claims allocated to ``devices`` (all of them, one request), created without HTTP;
+        ``admin``: with admin access, so any number of them can be prepared at once."""
         refs: list[ClaimRef] = []
         batch = 500
         for start in range(0, count, batch):
             names = [f"{prefix}-{i}" for i in range(start, min(count, start + batch))]
-            refs += self.call(functools.partial(_allocated_claims, names=names, devices=devices))
+            refs += self.call(functools.partial(_allocated_claims, names=names, devices=devices, admin=admin))
         return refs
 
 
-def _allocated_claims(server: SimApiServer, names: Sequence[str], devices: Sequence[str]) -> list[ClaimRef]:
-    return [_allocated_claim(server, name, devices) for name in names]
+def _allocated_claims(
+    server: SimApiServer, names: Sequence[str], devices: Sequence[str], admin: bool
+) -> list[ClaimRef]:
+    return [_allocated_claim(server, name, devices, admin) for name in names]
 
 
-def _allocated_claim(server: SimApiServer, name: str, devices: Sequence[str]) -> ClaimRef:
+def _allocated_claim(server: SimApiServer, name: str, devices: Sequence[str], admin: bool) -> ClaimRef:
     request = "gpus"
     body = {
         "metadata": {"name": name, "namespace": NAMESPACE},
@@ -374,7 +379,9 @@ def _allocated_claim(server: SimApiServer, name: str, devices: Sequence[str]) ->
         "allocation": {
             "devices": {
                 "results": [
-                    {"request": request, "driver": DRIVER, "pool": NODE, "device": d} for d in devices
+                    {"request": request, "driver": DRIVER, "pool": NODE, "device": d}
+                    | ({"adminAccess": True} if admin else {})
+                    for d in devices
                 ]
             }
         }

@@ -80,6 +80,22 @@ TARGETS: tuple[Target, ...] = (
         lambda r: _get(r, "churn", "rss_growth_mb_after_first_tenth"),
     ),
     Target(
+        "batch_1000_prepare_s",
+        "1,000 claims in one NodePrepareResources (kubelet deadline 45 s; well inside: a third)",
+        "s",
+        "<=",
+        15.0,
+        lambda r: _get(r, "batch", "prepare_s") if _get(r, "batch", "claims") == 1000 else None,
+    ),
+    Target(
+        "batch_1000_unprepare_s",
+        "the same 1,000 claims in one NodeUnprepareResources",
+        "s",
+        "<=",
+        15.0,
+        lambda r: _get(r, "batch", "unprepare_s") if _get(r, "batch", "claims") == 1000 else None,
+    ),
+    Target(
         "start_to_first_slice_s",
         "process start -> first ResourceSlice published (8 GPUs), median",
         "s",

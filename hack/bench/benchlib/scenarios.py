@@ -56,19 +56,20 @@ class Sizes:
     health_settle: float  # seconds watched for further slice writes after a health change
     explain_nodes: int  # nodes (8 GPUs each) in the `accel-dra explain` dump
     explain_runs: int  # runs of each explain command (the best is kept)
+    batch_claims: int = 1000  # claims in one prepare call and one unprepare call
 
     @classmethod
     def full(cls) -> Sizes:
-        return cls(5, 400, 200, 30, 10_000, 7, 60.0, 60, 1, 12.0, 5000, 3)
+        return cls(5, 400, 200, 30, 10_000, 7, 60.0, 60, 1, 12.0, 5000, 3, 1000)
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(2, 40, 20, 5, 300, 2, 4.0, 6, 1, 3.0, 1000, 1)
+        return cls(2, 40, 20, 5, 300, 2, 4.0, 6, 1, 3.0, 1000, 1, 1000)
 
     @classmethod
     def smoke(cls) -> Sizes:
         """Every measurement once, tiny: keeps the harness from rotting (tests/integration/test_bench_smoke.py)."""
-        return cls(1, 4, 2, 2, 16, 1, 0.5, 2, 1, 0.5, 20, 1)
+        return cls(1, 4, 2, 2, 16, 1, 0.5, 2, 1, 0.5, 20, 1, 8)
 
 
 # -- the kubelet side ---------------------------------------------------------------------------------
@@ -256,6 +257,38 @@ async def churn(cluster: h.Cluster, dirs: h.Dirs, claims: int) -> JSON:
         "rss_growth_mb_after_first_tenth": round(growth, 2),
         "rss_slope_mb_per_1000_claims": round(slope_per_1000(xs, ys), 3),
         "rss_series": [[i, round(rss, 1)] for i, rss in points],
+    }
+
+
+# -- many claims in one call ------------------------------------------------------------------------
+
+
+KUBELET_DEADLINE_S = 45.0
+
+
+async def batch(cluster: h.Cluster, dirs: h.Dirs, claims: int) -> JSON:
+    """One NodePrepareResources with ``claims`` claims, then one NodeUnprepareResources with all of them
+    (the kubelet's deadline for each is 45 s). Admin-access claims, so all fit on the eight GPUs."""
+    devices = h.device_names()
+    dirs.fresh_node_state()
+    refs = cluster.create_claims("batch", claims, devices[:1], admin=True)
+    proc, client = await start_plugin(dirs, "plugin-batch")
+    try:
+        started = time.perf_counter()
+        await client.prepare(refs)
+        prepare_s = time.perf_counter() - started
+        started = time.perf_counter()
+        await client.unprepare(refs)
+        unprepare_s = time.perf_counter() - started
+    finally:
+        await client.close()
+        await proc.stop()
+    return {
+        "claims": claims,
+        "prepare_s": round(prepare_s, 2),
+        "unprepare_s": round(unprepare_s, 2),
+        "prepare_share_of_deadline": round(prepare_s / KUBELET_DEADLINE_S, 3),
+        "unprepare_share_of_deadline": round(unprepare_s / KUBELET_DEADLINE_S, 3),
     }
 
 
