@@ -28,7 +28,7 @@ from driver.exporter.attribution import OUTSIDE_PODS, ConsumerShare, ContainerKe
 from driver.exporter.cgroups import read_cgroup
 from driver.exporter.chargeback import Charge, Chargeback, device_shares
 from driver.exporter.holders import ClaimIndex, holders
-from driver.exporter.podresources import ContainerResources, DeviceResolver, PodResourcesError
+from driver.exporter.podresources import ContainerResources, DeviceResolver
 from driver.health.state import GpuHealth, gpu_health
 from driver.health.store import StateFileReader
 from driver.log import get_logger
@@ -383,12 +383,18 @@ class Collector:
                 if self._pod_resources_up is False:
                     log.info("kubelet PodResources readable again")
                 self._pod_resources_up = True
-            except PodResourcesError as err:
+            except Exception as err:  # PodResourcesError, or anything a broken source throws
                 self.count_attribution_error("pod_resources")
                 if self._pod_resources_up is not False:
                     log.warning("kubelet PodResources unavailable; keeping the last answer", error=str(err))
                 self._pod_resources_up = False
-        consumers = self._resolver.consumers(self._holders())
+        try:
+            consumers = self._resolver.consumers(self._holders())
+        except Exception:
+            # Better no attribution this round than a wrong one, and the round (telemetry) goes on.
+            self.count_attribution_error("resolve")
+            log.exception("attribution failed; GPUs shown without consumers this round")
+            return {}
         owner_of = self._owner_lookup()
         return {
             uuid: split_gpu(self._records[uuid].telemetry, found, owner_of)

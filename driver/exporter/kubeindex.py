@@ -2,7 +2,11 @@
 
 Each index lists its objects once, then watches from the list's resourceVersion; a watch that ends is
 resumed, a 410 Gone (or any other error) relists after a backoff. Lookups read the local copy only, so a
-scrape never waits on the API server. The exporter needs ``list``/``watch`` on ``pods`` and
+scrape never waits on the API server.
+
+What the API server sends is not trusted further than needed: objects of another node (a server that
+ignores the field selector) are dropped, and fields of an unexpected type are skipped, so a lying or broken
+server can at most leave attribution incomplete, never attribute a GPU to another node's pod. The exporter needs ``list``/``watch`` on ``pods`` and
 ``resource.k8s.io/resourceslices``; without them the index stays empty and attribution falls back.
 """
 
@@ -37,11 +41,14 @@ class ListWatch:
         rt: ResourceType,
         field_selector: str | None,
         on_error: Callable[[str], None] | None = None,
+        keep: Callable[[Mapping[str, Any]], bool] = lambda _obj: True,
     ) -> None:
         self._kube = kube
         self._rt = rt
         self._selector = field_selector
         self._on_error = on_error
+        #: Whether an object belongs here (the field selector, checked again on our side).
+        self._keep = keep
         self.objects: dict[tuple[str, str], JSON] = {}
         self.synced = asyncio.Event()
         #: Bumped on every change, so derived lookups know when to rebuild.
@@ -78,7 +85,7 @@ class ListWatch:
 
     async def _list(self) -> str:
         listed = await self._kube.list(self._rt, field_selector=self._selector)
-        self.objects = {_key(obj): obj for obj in listed.get("items", [])}
+        self.objects = {_key(obj): obj for obj in listed.get("items") or [] if self._keep(obj)}
         self.version += 1
         self.synced.set()
         return str(listed.get("metadata", {}).get("resourceVersion", ""))
@@ -92,7 +99,7 @@ class ListWatch:
             timeout_seconds=WATCH_TIMEOUT_SECONDS,
         ):
             version = event.object.get("metadata", {}).get("resourceVersion", version)
-            if event.type in ("ADDED", "MODIFIED"):
+            if event.type in ("ADDED", "MODIFIED") and self._keep(event.object):
                 self.objects[_key(event.object)] = event.object
             elif event.type == "DELETED":
                 self.objects.pop(_key(event.object), None)
@@ -100,6 +107,28 @@ class ListWatch:
                 continue
             self.version += 1
         return version
+
+
+def on_node(node: str) -> Callable[[Mapping[str, Any]], bool]:
+    """Whether an object's ``spec.nodeName`` is ``node`` (pods, ResourceSlices)."""
+
+    def keep(obj: Mapping[str, Any]) -> bool:
+        spec = obj.get("spec")
+        return isinstance(spec, Mapping) and spec.get("nodeName") == node
+
+    return keep
+
+
+def _dict(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
 
 
 def _container_id(raw: str) -> str:
@@ -117,7 +146,7 @@ class PodIndex:
 
     @classmethod
     def for_node(cls, kube: KubeClient, node: str, on_error: Callable[[str], None] | None = None) -> PodIndex:
-        return cls(ListWatch(kube, PODS, f"spec.nodeName={node}", on_error))
+        return cls(ListWatch(kube, PODS, f"spec.nodeName={node}", on_error, on_node(node)))
 
     @property
     def ready(self) -> bool:
@@ -144,12 +173,13 @@ class PodIndex:
     def _build(self) -> dict[str, ContainerKey]:
         out: dict[str, ContainerKey] = {}
         for pod in self.watch.objects.values():
-            meta, status = pod.get("metadata", {}), pod.get("status", {})
+            meta, status = _dict(pod.get("metadata")), _dict(pod.get("status"))
             for kind in ("initContainerStatuses", "containerStatuses", "ephemeralContainerStatuses"):
-                for cs in status.get(kind) or []:
-                    if cs.get("containerID"):
+                for entry in _list(status.get(kind)):
+                    cs = _dict(entry)
+                    if _str(cs.get("containerID")):
                         out[_container_id(cs["containerID"])] = ContainerKey(
-                            meta.get("namespace", ""), meta.get("name", ""), cs.get("name", "")
+                            _str(meta.get("namespace")), _str(meta.get("name")), _str(cs.get("name"))
                         )
         return out
 
@@ -166,7 +196,7 @@ class SliceIndex:
     def for_node(
         cls, kube: KubeClient, node: str, on_error: Callable[[str], None] | None = None
     ) -> SliceIndex:
-        return cls(ListWatch(kube, RESOURCE_SLICES, f"spec.nodeName={node}", on_error))
+        return cls(ListWatch(kube, RESOURCE_SLICES, f"spec.nodeName={node}", on_error, on_node(node)))
 
     def device(self, driver: str, pool: str, name: str) -> Mapping[str, Any] | None:
         if self._built_at != self.watch.version:
@@ -177,8 +207,9 @@ class SliceIndex:
     def _build(self) -> dict[tuple[str, str, str], Mapping[str, Any]]:
         out: dict[tuple[str, str, str], Mapping[str, Any]] = {}
         for obj in self.watch.objects.values():
-            spec = obj.get("spec", {})
-            driver, pool = spec.get("driver", ""), spec.get("pool", {}).get("name", "")
-            for device in spec.get("devices") or []:
-                out[(driver, pool, device.get("name", ""))] = device
+            spec = _dict(obj.get("spec"))
+            driver, pool = _str(spec.get("driver")), _str(_dict(spec.get("pool")).get("name"))
+            for device in _list(spec.get("devices")):
+                if isinstance(device, Mapping) and _str(device.get("name")):
+                    out[(driver, pool, device["name"])] = device
         return out

@@ -121,7 +121,7 @@ class PodResourcesClient:
         return self._stub
 
     async def list(self) -> list[ContainerResources]:
-        """Every container with devices on this node; raises :class:`PodResourcesError`."""
+        """Every container with devices on this node; raises :class:`PodResourcesError`, and only that."""
         try:
             response = await self._connect().List(pb.ListPodResourcesRequest(), timeout=self.timeout)
         except grpc.aio.AioRpcError as err:
@@ -131,6 +131,13 @@ class PodResourcesClient:
             raise PodResourcesError(
                 f"PodResources List on {self.socket_path} failed: {err.code().name}: {err.details()}"
             ) from err
+        except Exception as err:  # whatever the channel does with a broken peer, it is the kubelet's answer
+            await self.close()
+            raise PodResourcesError(f"PodResources List on {self.socket_path} failed: {err!r}") from err
+        # gRPC hands over None when the answer's bytes do not decode as the message.
+        if not isinstance(response, pb.ListPodResourcesResponse):
+            await self.close()
+            raise PodResourcesError(f"PodResources List on {self.socket_path}: the answer does not decode")
         return from_list_response(response)
 
     async def close(self) -> None:
