@@ -29,6 +29,9 @@ from driver.state.sweeper import ClaimSweeper
 log = get_logger(__name__)
 
 STOP_GRACE_SECONDS = 0.5
+#: The plugin's own umask: nothing it creates (the CDI directory and its parents, state files, sockets) is
+#: writable by other users, whatever umask it inherited. Files and sockets get tighter modes of their own.
+UMASK = 0o022
 
 
 class Plugin:
@@ -180,6 +183,7 @@ async def serve(config: PluginConfig, backend: DeviceBackend) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    os.umask(UMASK)
     setup(args.log_level, args.log_format)
     try:
         config = PluginConfig.from_args(args)

@@ -90,7 +90,7 @@ class NodeService:
         return errors
 
     async def _fetch_checked(self, ref: ClaimRef) -> Claim:
-        shown = f"{ref.namespace}/{ref.name}"
+        shown = f"{echo(ref.namespace)}/{echo(ref.name)}"
         try:
             claim = await self._claims.get_claim(ref.namespace, ref.name)
         except ApiError as err:

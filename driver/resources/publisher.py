@@ -150,7 +150,7 @@ class SlicePublisher:
         assert self._desired is not None
         owner = await self._node_owner()
         listed = await self._kube.list(RESOURCE_SLICES, field_selector=self.field_selector)
-        existing = _checked_slices(listed.get("items") or [])
+        existing = self._ours(_checked_slices(listed.get("items") or []))
         plan = plan_sync(existing, self._desired, driver=self.driver, owner=owner)
         if plan.creates:
             # A re-registered Node has a new UID; slices owned by the old one would be garbage collected.
@@ -179,6 +179,15 @@ class SlicePublisher:
             await self._kube.create(RESOURCE_SLICES, obj)
             self._wrote("create")
         return plan
+
+    def _ours(self, slices: list[JSON]) -> list[JSON]:
+        """The field selector, checked again: a server that ignores it must not make us update or delete
+        other nodes' or drivers' slices."""
+        return [
+            s
+            for s in slices
+            if s["spec"].get("driver") == self.driver and s["spec"].get("nodeName") == self.node
+        ]
 
     def _wrote(self, verb: str) -> None:
         self.stats.writes += 1

@@ -245,6 +245,14 @@ class NodePreparer:
     # -- synchronous core (caller holds the node lock) ---------------------------------------------
 
     def recover(self) -> None:
+        """Settle what a crash or reboot left. A failure (a full disk, say) does not stop the plugin: every
+        operation loads -- and, if need be, rebuilds -- the checkpoint again, and fails by claim meanwhile."""
+        try:
+            self._recover()
+        except OSError as err:
+            log.error("node state recovery incomplete; the next operation retries it", error=str(err))
+
+    def _recover(self) -> None:
         for name in self.specs.remove_temporaries() + remove_stale_temporaries(
             self.store.directory, CHECKPOINT_FILE
         ):
@@ -300,8 +308,8 @@ class NodePreparer:
             cp = self.checkpoint()
         except Exception as err:
             log.exception("prepare failed: node state unreadable")
-            for claim in claims:
-                call.fail(claim_ref(claim), f"prepare failed: node state: {err}")
+            for ref in map(claim_ref, claims):
+                call.fail(ref, f"claim {ref}: prepare failed: node state: {err}")
             return call.results, []
         loaded = cp
         cp = self._plan_all(cp, claims, call)

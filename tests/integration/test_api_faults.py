@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from driver.kube.client import RESOURCE_SLICES, KubeClient
+from driver.kube.client import NODES, RESOURCE_SLICES, KubeClient
 from driver.sim.apiserver import SimApiServer
 from driver.sim.kubelet import KubeletError, SimKubelet
 from tests.integration.conftest import NODE, NodeDirs, StartPlugin
@@ -149,3 +149,28 @@ async def test_a_bad_claim_answer_fails_prepare_naming_the_claim(rig: Rig, fault
     rig.proxy.clear()
     assert (await rig.kubelet.prepare(DRIVER, [ref(claim)]))[claim["metadata"]["uid"]]
     assert await process.terminate(signal.SIGTERM) == 0
+
+
+async def test_a_server_that_ignores_the_field_selector_does_not_make_the_plugin_touch_other_slices(
+    rig: Rig,
+) -> None:
+    rig.apiserver.create(NODES, {"metadata": {"name": "node-2"}})
+    foreign = rig.apiserver.create(
+        RESOURCE_SLICES,
+        {
+            "metadata": {"name": "node-2-slice"},
+            "spec": {
+                "driver": DRIVER,
+                "nodeName": "node-2",
+                "pool": {"name": "node-2", "generation": 1, "resourceSliceCount": 1},
+                "devices": [{"name": "gpu-0"}],
+            },
+        },
+    )
+    rig.proxy.inject("ignore-selector", SLICES, remaining=None, watch=None)
+    process = await rig.plugin()
+    await wait_published(rig.apiserver)
+    await rig.kube.delete_collection(RESOURCE_SLICES, field_selector=f"spec.nodeName={NODE}")
+    await wait_published(rig.apiserver)
+    assert rig.apiserver.get_object(RESOURCE_SLICES, "node-2-slice") == foreign
+    assert await process.terminate() == 0

@@ -46,8 +46,9 @@ STATUS: dict[str, tuple[int, str]] = {
     "unavailable": (503, "ServiceUnavailable"),
     "gateway-timeout": (504, "Timeout"),
 }
-# Answers made from the real one.
-MUTATED = ("other-object", "wrong-kind", "no-metadata", "truncated")
+# Answers made from the real one ("ignore-selector": the request goes on without its field selector, as
+# to a server that ignores it, so other nodes' objects come back too).
+MUTATED = ("other-object", "wrong-kind", "no-metadata", "truncated", "ignore-selector")
 # Connection-level and timing faults.
 TRANSPORT = ("reset", "slow")
 # Faults of watch streams (the request itself is answered 200).
@@ -203,27 +204,30 @@ class FaultProxy:
             request.transport.abort()
         return web.Response(status=503, text=why)  # never delivered
 
-    async def _upstream(self, request: web.Request) -> aiohttp.ClientResponse:
+    async def _upstream(self, request: web.Request, drop_selector: bool = False) -> aiohttp.ClientResponse:
         assert self._session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
         body = await request.read() if request.can_read_body else None
+        url = request.rel_url
+        if drop_selector:
+            url = url.with_query({k: v for k, v in url.query.items() if k != "fieldSelector"})
         return await self._session.request(
             request.method,
-            self.upstream + request.path_qs,
+            self.upstream + str(url),
             headers=headers,
             data=body,
             allow_redirects=False,
         )
 
     async def _forward(self, request: web.Request, watch: bool, mutate: str = "") -> web.StreamResponse:
-        async with await self._upstream(request) as answer:
+        async with await self._upstream(request, drop_selector=mutate == "ignore-selector") as answer:
             if watch and answer.status == 200:
                 return await self._stream(request, answer)
             raw = await answer.read()
             content_type = answer.content_type
             if mutate == "truncated" and len(raw) > 1:
                 return await self._truncated(request, answer.status, content_type, raw)
-            if mutate and answer.status < 300:
+            if mutate and mutate != "ignore-selector" and answer.status < 300:
                 raw = _mutated(raw, mutate)
             return web.Response(status=answer.status, body=raw, content_type=content_type)
 
