@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 BASE := $(VENV)/.installed-base
 DEV := $(VENV)/.installed-dev
 
-.PHONY: test lint proto verify demo bench clean oracle realk8s
+.PHONY: test chaos lint proto verify demo bench clean oracle realk8s
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ test: $(DEV) oracle
 # differential tests say so and skip.
 oracle: $(DEV)
 	$(PY) -m tests.support.draoracle
+
+# The chaos suite alone (tests/chaos; `make test` runs it too). CHAOS_SEED=N replays a run, CHAOS_SCALE=K
+# multiplies its cases (a long run: CHAOS_SCALE=40), CHAOS_REPORT=FILE writes the tally as JSON.
+chaos: $(DEV)
+	$(PY) -m pytest tests/chaos $(PYTEST_ARGS)
 
 lint: $(DEV)
 	$(VENV)/bin/ruff check .

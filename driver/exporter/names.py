@@ -559,7 +559,7 @@ PLUGIN_SLICE_WRITES = MetricSpec(
 PLUGIN_API_ERRORS = MetricSpec(
     "accel_dra_plugin_api_errors_total",
     "counter",
-    "Failed API server calls, by HTTP status or error class.",
+    "Failed API server calls (slice publishing, claim reads), by HTTP status, malformed answer or error class.",
     ("kind",),
     group="plugin",
 )

@@ -55,8 +55,9 @@ class Plugin:
         os.makedirs(config.plugin_dir, mode=0o750, exist_ok=True)
         self.lock = NodeLock(os.path.join(config.plugin_dir, LOCK_FILE_NAME))
         self.preparer = self._make_preparer(self.lock)
-        self.sweeper = ClaimSweeper(self.preparer, KubeClaimSource(kube), config.sweep_interval)
-        self.node = NodeService(KubeClaimSource(kube), self.preparer, self.lock, config.driver_name)
+        claims = KubeClaimSource(kube, on_error=self.metrics.api_error if self.metrics else None)
+        self.sweeper = ClaimSweeper(self.preparer, claims, config.sweep_interval)
+        self.node = NodeService(claims, self.preparer, self.lock, config.driver_name)
         self.health = (
             PluginHealth.create(
                 config,

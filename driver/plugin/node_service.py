@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Protocol
 
@@ -48,13 +48,21 @@ class ClaimSource(Protocol):
 
 
 class KubeClaimSource:
-    """Reads ResourceClaims from the API server (resource.k8s.io/v1)."""
+    """Reads ResourceClaims from the API server (resource.k8s.io/v1); ``on_error`` counts failed reads by
+    HTTP status, ``malformed`` or error class (the plugin's ``api_errors_total``)."""
 
-    def __init__(self, kube: KubeClient) -> None:
+    def __init__(self, kube: KubeClient, on_error: Callable[[str], None] | None = None) -> None:
         self._kube = kube
+        self._on_error = on_error
 
     async def get_claim(self, namespace: str, name: str) -> Claim:
-        return await self._kube.get(RESOURCE_CLAIMS, name, namespace)
+        try:
+            return await self._kube.get(RESOURCE_CLAIMS, name, namespace)
+        except Exception as err:
+            gone = isinstance(err, ApiError) and err.proves_missing(RESOURCE_CLAIMS, name)
+            if self._on_error is not None and not gone:
+                self._on_error(err.kind if isinstance(err, ApiError) else type(err).__name__)
+            raise
 
 
 class ClaimCheckError(Exception):

@@ -1,0 +1,349 @@
+"""One simulated node for the chaos cases: the sim API server (optionally behind the fault proxy), real
+plugin processes started and killed at will, a kubelet-side DRA client that reports every answer as is,
+and the checks that follow each case."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from driver._proto.dra.v1 import api_pb2 as dra
+from driver._proto.dra.v1 import api_pb2_grpc as dra_grpc
+from driver.devices.fake import load_named_profile
+from driver.kube.client import NODES, RESOURCE_CLAIMS, RESOURCE_SLICES, KubeClient
+from driver.sim.apiserver import SimApiServer
+from driver.state.api import ClaimRef, echo
+from tests.chaos.invariants import node_problems
+from tests.support.faultproxy import FaultProxy
+from tests.support.processes import Process, plugin_args
+
+DRIVER = "gpu.accel-dra.dev"
+NODE = "node-1"
+PROFILE = "pcie-l4x4"
+DEVICES = tuple(d.name for d in load_named_profile(PROFILE, node_name=NODE).inventory.devices)
+#: How long the plugin may take to serve and to publish again once a fault is over. The publisher's
+#: backoff is capped at 30 s, and the cases keep faults short enough that it stays far below.
+SETTLE_S = 45.0
+CALL_TIMEOUT_S = 45.0  # the kubelet's deadline
+#: The steps ``ACCEL_DRA_CRASH_AT`` can kill at (docs/node-state.md).
+CRASH_STEPS = (
+    "prepare:overlap-checked",
+    "prepare:started",
+    "prepare:config-applied",
+    "prepare:cdi-written",
+    "prepare:completed",
+    "unprepare:sharing-reset",
+    "unprepare:cdi-removed",
+    "unprepare:completed",
+    "checkpoint:tmp-written",
+    "cdi:tmp-written",
+)
+
+
+class ChaosError(AssertionError):
+    """An invariant broke; the message says which, and the test adds the seed to replay it."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    name: str
+    uid: str
+    device: str
+    admin: bool = False
+
+    @property
+    def ref(self) -> ClaimRef:
+        return ClaimRef("default", self.uid, self.name)
+
+
+@dataclass
+class Answer:
+    """One DRA call as the kubelet sees it: a gRPC status, or an error or devices per claim UID."""
+
+    code: grpc.StatusCode
+    details: str = ""
+    errors: dict[str, str] = field(default_factory=dict)
+    devices: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.code == grpc.StatusCode.OK
+
+
+class Dra:
+    """NodePrepareResources / NodeUnprepareResources (v1) over the plugin's socket; answers as they come."""
+
+    def __init__(self, socket_path: Path) -> None:
+        self.channel = grpc.aio.insecure_channel(f"unix://{socket_path}")
+        self.stub = dra_grpc.DRAPluginStub(self.channel)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    @staticmethod
+    def _claims(refs: Sequence[ClaimRef]) -> list[Any]:
+        return [dra.Claim(namespace=r.namespace, uid=r.uid, name=r.name) for r in refs]
+
+    async def prepare(self, refs: Sequence[ClaimRef], timeout: float = CALL_TIMEOUT_S) -> Answer:
+        try:
+            response = await self.stub.NodePrepareResources(
+                dra.NodePrepareResourcesRequest(claims=self._claims(refs)), timeout=timeout
+            )
+        except grpc.aio.AioRpcError as err:
+            return Answer(err.code(), err.details() or "")
+        answer = Answer(grpc.StatusCode.OK)
+        for uid, entry in response.claims.items():
+            if entry.error:
+                answer.errors[uid] = entry.error
+            else:
+                answer.devices[uid] = [d.device_name for d in entry.devices]
+        return answer
+
+    async def unprepare(self, refs: Sequence[ClaimRef], timeout: float = CALL_TIMEOUT_S) -> Answer:
+        try:
+            response = await self.stub.NodeUnprepareResources(
+                dra.NodeUnprepareResourcesRequest(claims=self._claims(refs)), timeout=timeout
+            )
+        except grpc.aio.AioRpcError as err:
+            return Answer(err.code(), err.details() or "")
+        answer = Answer(grpc.StatusCode.OK)
+        for uid, entry in response.claims.items():
+            if entry.error:
+                answer.errors[uid] = entry.error
+            else:
+                answer.devices[uid] = []
+        return answer
+
+
+#: gRPC itself logs a request that does not decode, with a traceback: not the plugin's error.
+_GRPC_DECODE = "Unexpected [DecodeError] raised by servicer method"
+
+
+def unexpected_errors(lines: Sequence[str]) -> list[str]:
+    """Log events (a ``ts=`` line and what follows it) that carry a traceback the plugin did not expect."""
+    events: list[list[str]] = []
+    for line in lines:
+        if line.startswith("ts=") or not events:
+            events.append([line])
+        else:
+            events[-1].append(line)
+    return [
+        event[0]
+        for event in events
+        if any("Traceback" in line or "exception was never retrieved" in line for line in event)
+        and _GRPC_DECODE not in event[0]
+    ]
+
+
+def names(ref: ClaimRef) -> str:
+    """How an error must name the claim (long names are cut, docs/plugin.md)."""
+    return f"{echo(ref.namespace)}/{echo(ref.name)}"
+
+
+def check_answer(answer: Answer, refs: Sequence[ClaimRef], call: str) -> None:
+    """The kubelet's rules, plus ours: one entry per claim, every error naming its claim, short messages."""
+    if answer.ok:
+        asked = {r.uid for r in refs}
+        answered = set(answer.errors) | set(answer.devices)
+        if answered != asked:
+            raise ChaosError(f"{call}: answered {sorted(answered)} for {sorted(asked)}")
+        for ref in refs:
+            error = answer.errors.get(ref.uid)
+            # The answer is keyed by UID: one UID sent twice (under two names) gets one entry, naming one.
+            same_uid = [names(r) for r in refs if r.uid == ref.uid]
+            if error is not None and not any(n in error for n in same_uid):
+                raise ChaosError(f"{call}: the error for {ref} does not name it: {error!r}")
+            if error is not None and len(error.encode()) > 2048:
+                raise ChaosError(f"{call}: error for {ref} is {len(error.encode())} bytes")
+        return
+    if answer.code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+        raise ChaosError(f"{call}: {answer.code.name} (no claim named): {answer.details!r}")
+    if answer.code == grpc.StatusCode.FAILED_PRECONDITION and not any(
+        names(r) in answer.details for r in refs
+    ):
+        raise ChaosError(f"{call}: the call failed naming none of its claims: {answer.details!r}")
+    if len(answer.details.encode()) > 4096:
+        raise ChaosError(f"{call}: status message is {len(answer.details.encode())} bytes")
+
+
+class ChaosNode:
+    """A node directory tree, the API server (optionally behind a fault proxy) and the plugin process."""
+
+    def __init__(
+        self, root: Path, apiserver: SimApiServer, kube: KubeClient, proxy: FaultProxy | None
+    ) -> None:
+        self.root = root
+        self.apiserver = apiserver
+        self.kube = kube
+        self.proxy = proxy
+        self.plugins = root / "plugins"
+        self.plugin_dir = self.plugins / DRIVER
+        self.registry = root / "registry"
+        self.cdi = root / "cdi"
+        for d in (self.plugins, self.registry, self.cdi):
+            d.mkdir(parents=True, exist_ok=True)
+        self.boot_file = root / "boot_id"
+        self.boot_file.write_text("boot-1\n")
+        self.kubeconfig = root / "kubeconfig"
+        if proxy is not None:
+            proxy.write_kubeconfig(self.kubeconfig)
+        else:
+            apiserver.write_kubeconfig(self.kubeconfig)
+        self.process: Process | None = None
+        self.dra: Dra | None = None
+        self.starts = 0
+        self.claims: list[Claim] = []
+
+    # -- the API server side --------------------------------------------------------------------------
+
+    async def register_node(self) -> None:
+        self.apiserver.create(NODES, {"metadata": {"name": NODE}})
+
+    async def create_claims(self, rng: random.Random, count: int, prefix: str = "c") -> list[Claim]:
+        """Claims allocated as a scheduler would not always (two claims may name one device: the plugin
+        must refuse the second); about one in six with admin access."""
+        made = []
+        for _ in range(count):
+            name = f"{prefix}-{len(self.claims) + len(made)}"
+            device = rng.choice(DEVICES)
+            admin = rng.random() < 0.16
+            made.append(await self.create_claim(name, device, admin))
+        self.claims += made
+        return made
+
+    async def create_claim(self, name: str, device: str, admin: bool = False) -> Claim:
+        created = await self.kube.create(
+            RESOURCE_CLAIMS,
+            {
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": DRIVER}}]}},
+            },
+            "default",
+        )
+        result: dict[str, Any] = {"request": "gpu", "driver": DRIVER, "pool": NODE, "device": device}
+        if admin:
+            result["adminAccess"] = True
+        created["status"] = {"allocation": {"devices": {"results": [result]}}}
+        await self.kube.update(RESOURCE_CLAIMS, created, "default", subresource="status")
+        return Claim(name, created["metadata"]["uid"], device, admin)
+
+    def published(self) -> set[str]:
+        return {
+            str(d.get("name"))
+            for s in self.apiserver.objects(RESOURCE_SLICES)
+            if s["spec"].get("nodeName") == NODE and s["spec"].get("driver") == DRIVER
+            for d in s["spec"].get("devices") or []
+        }
+
+    async def wait_published(self, timeout: float = SETTLE_S) -> None:
+        try:
+            await self.apiserver.wait_for(lambda _s: self.published() == set(DEVICES), timeout)
+        except TimeoutError:
+            raise ChaosError(
+                f"slices not published within {timeout}s: {sorted(self.published())}\n{self.log_tail()}"
+            ) from None
+
+    # -- the plugin process ---------------------------------------------------------------------------
+
+    def argv(self, *extra: str) -> list[str]:
+        return plugin_args(
+            kubeconfig=self.kubeconfig,
+            node=NODE,
+            plugin_dir=self.plugin_dir,
+            registry_dir=self.registry,
+            cdi_dir=self.cdi,
+            driver=DRIVER,
+            extra=("--backend", f"fake:{PROFILE}", "--boot-id-file", str(self.boot_file), *extra),
+        )
+
+    async def start(self, *extra: str, crash_at: str | None = None, wait: bool = True) -> Process:
+        """Start a plugin; ``wait``: until it serves (it may also die at a crash step first)."""
+        await self.close_client()
+        env = {"ACCEL_DRA_CRASH_AT": crash_at} if crash_at else None
+        self.process = await Process.start(self.argv(*extra), name=f"plugin#{self.starts}", env=env)
+        self.starts += 1
+        if wait:
+            await self.wait_serving()
+        return self.process
+
+    async def wait_serving(self, timeout: float = SETTLE_S) -> None:
+        """Until the plugin logs that it runs and answers an empty NodePrepareResources."""
+        assert self.process is not None
+        await self.process.wait_log("plugin running", timeout=timeout)
+        self.dra = Dra(self.plugin_dir / "dra.sock")
+        answer = await self.dra.prepare([], timeout=timeout)
+        if not answer.ok:
+            raise ChaosError(f"plugin does not serve: {answer.code.name} {answer.details}\n{self.log_tail()}")
+
+    async def wait_logged(self, predicate: Callable[[], bool], what: str, timeout: float = SETTLE_S) -> None:
+        """Until ``predicate()`` holds, re-checked whenever the plugin logs a line (it logs every sweep,
+        sync and call), so no polling interval is guessed."""
+        process = self.process
+        assert process is not None
+        try:
+            async with asyncio.timeout(timeout), process._changed:
+                await process._changed.wait_for(lambda: predicate() or not self.alive())
+        except TimeoutError:
+            raise ChaosError(f"{what}: not within {timeout}s\n{self.log_tail()}") from None
+        if not predicate():
+            raise ChaosError(f"{what}: the plugin exited first\n{self.log_tail()}")
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.proc.returncode is None
+
+    async def kill(self) -> None:
+        if self.process is not None:
+            await self.process.kill()
+        await self.close_client()
+
+    async def stop(self) -> None:
+        """SIGTERM: a clean stop must exit 0, whatever happened before."""
+        if self.process is not None and self.alive():
+            code = await self.process.terminate(signal.SIGTERM, timeout=20)
+            if code != 0:
+                raise ChaosError(f"plugin exited {code} on SIGTERM\n{self.log_tail()}")
+        await self.close_client()
+
+    async def close_client(self) -> None:
+        if self.dra is not None:
+            await self.dra.close()
+            self.dra = None
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.process.lines[-lines:]) if self.process else ""
+
+    def tracebacks(self) -> list[str]:
+        return unexpected_errors(self.process.lines) if self.process else []
+
+    # -- checks ---------------------------------------------------------------------------------------
+
+    def check(self, *, settled: bool = True) -> None:
+        problems = node_problems(self.plugin_dir, self.cdi, DRIVER, settled=settled)
+        if problems:
+            raise ChaosError("node state broken:\n  " + "\n  ".join(problems) + "\n" + self.log_tail())
+
+    async def call(self, op: str, refs: Sequence[ClaimRef], check: bool = True) -> Answer:
+        """One DRA call; ``check``: judge the answer (not when the caller is killing the plugin)."""
+        assert self.dra is not None, "plugin not serving"
+        answer = await (self.dra.prepare(refs) if op == "prepare" else self.dra.unprepare(refs))
+        if check and self.alive():
+            check_answer(answer, refs, f"{op} {[echo(r.name) for r in refs]}")
+        return answer
+
+
+@contextlib.contextmanager
+def umask(mask: int) -> Any:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
