@@ -10,6 +10,7 @@ import json
 import os
 import random
 import secrets
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,11 +27,15 @@ def _spec_name(uid: str) -> str:
     return f"k8s.{DRIVER}-gpu_{uid}.json"
 
 
-def _replace(path: Path, make: Callable[[Path], None]) -> None:
+def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
-        path.rename(path.with_name(f"{path.name}.old-{secrets.token_hex(3)}"))
+        shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)
+
+
+def _replace(path: Path, make: Callable[[Path], None]) -> None:
+    _remove(path)
     make(path)
 
 
@@ -50,7 +55,7 @@ def spec_named_link(node: ChaosNode, rng: random.Random) -> None:
 
 
 def checkpoint_deleted(node: ChaosNode, rng: random.Random) -> None:
-    (node.plugin_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+    _remove(node.plugin_dir / CHECKPOINT_FILE)
 
 
 def checkpoint_dir(node: ChaosNode, rng: random.Random) -> None:

@@ -18,6 +18,7 @@ SCENARIOS = {
     "prepare_8gpu",
     "claim_get",
     "churn",
+    "batch",
     "start_to_slice",
     "steady_state",
     "health_change",
@@ -28,6 +29,8 @@ TARGETS = {
     "prepare_1gpu_p99_ms",
     "churn_claims_per_s",
     "churn_rss_growth_mb",
+    "batch_1000_prepare_s",
+    "batch_1000_unprepare_s",
     "start_to_first_slice_s",
     "metrics_scrape_p50_ms",
     "exporter_cpu_percent",
@@ -75,6 +78,8 @@ def test_smoke_run_writes_every_metric(tmp_path: Path) -> None:
     _distribution(results["claim_get"])
     churn = results["churn"]
     assert churn["claims"] == 16 and churn["claims_per_s"] > 0 and churn["rss_series"]
+    batch = results["batch"]
+    assert batch["claims"] == 8 and batch["prepare_s"] > 0 and batch["unprepare_s"] > 0
     assert results["start_to_slice"]["gpus"] == 8 and results["start_to_slice"]["seconds"]["values"]
     steady = results["steady_state"]
     # Two pods per whole GPU, one per MIG device.
