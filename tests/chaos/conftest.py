@@ -28,6 +28,9 @@ import pytest
 from driver.kube.client import KubeClient
 from driver.sim.apiserver import SimApiServer
 from tests.chaos.harness import ChaosNode
+from tests.integration.conftest import apiserver
+
+__all__ = ["apiserver"]  # the fixture, shared with the integration tests
 from tests.support.faultproxy import FaultProxy
 
 SEED = int(os.environ.get("CHAOS_SEED") or secrets.randbelow(2**32))
@@ -117,14 +120,6 @@ def node_root() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="adra-chaos-", dir="/tmp") as root:
         os.chmod(root, 0o755)
         yield Path(root)
-
-
-@pytest.fixture
-async def apiserver() -> AsyncIterator[SimApiServer]:
-    server = SimApiServer()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture

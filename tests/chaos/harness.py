@@ -94,34 +94,44 @@ class Dra:
         return [dra.Claim(namespace=r.namespace, uid=r.uid, name=r.name) for r in refs]
 
     async def prepare(self, refs: Sequence[ClaimRef], timeout: float = CALL_TIMEOUT_S) -> Answer:
+        request = dra.NodePrepareResourcesRequest(claims=self._claims(refs))
         try:
-            response = await self.stub.NodePrepareResources(
-                dra.NodePrepareResourcesRequest(claims=self._claims(refs)), timeout=timeout
-            )
+            return answer_of(await self.stub.NodePrepareResources(request, timeout=timeout))
         except grpc.aio.AioRpcError as err:
             return Answer(err.code(), err.details() or "")
-        answer = Answer(grpc.StatusCode.OK)
-        for uid, entry in response.claims.items():
-            if entry.error:
-                answer.errors[uid] = entry.error
-            else:
-                answer.devices[uid] = [d.device_name for d in entry.devices]
-        return answer
 
     async def unprepare(self, refs: Sequence[ClaimRef], timeout: float = CALL_TIMEOUT_S) -> Answer:
+        request = dra.NodeUnprepareResourcesRequest(claims=self._claims(refs))
         try:
-            response = await self.stub.NodeUnprepareResources(
-                dra.NodeUnprepareResourcesRequest(claims=self._claims(refs)), timeout=timeout
-            )
+            return answer_of(await self.stub.NodeUnprepareResources(request, timeout=timeout))
         except grpc.aio.AioRpcError as err:
             return Answer(err.code(), err.details() or "")
-        answer = Answer(grpc.StatusCode.OK)
-        for uid, entry in response.claims.items():
-            if entry.error:
-                answer.errors[uid] = entry.error
-            else:
-                answer.devices[uid] = []
-        return answer
+
+
+def answer_of(response: Any) -> Answer:
+    """A NodePrepare/NodeUnprepareResources response (either API version) as an :class:`Answer`."""
+    answer = Answer(grpc.StatusCode.OK)
+    for uid, entry in response.claims.items():
+        if entry.error:
+            answer.errors[uid] = entry.error
+        else:
+            answer.devices[uid] = [d.device_name for d in getattr(entry, "devices", ())]
+    return answer
+
+
+def claim_body(name: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": DRIVER}}]}},
+    }
+
+
+def allocation(device: str, admin: bool) -> dict[str, Any]:
+    """``status`` of a claim allocated one device of this node, as the scheduler writes it."""
+    result: dict[str, Any] = {"request": "gpu", "driver": DRIVER, "pool": NODE, "device": device}
+    if admin:
+        result["adminAccess"] = True
+    return {"allocation": {"devices": {"results": [result]}}}
 
 
 #: gRPC itself logs a request that does not decode, with a traceback: not the plugin's error.
@@ -221,18 +231,8 @@ class ChaosNode:
         return made
 
     async def create_claim(self, name: str, device: str, admin: bool = False) -> Claim:
-        created = await self.kube.create(
-            RESOURCE_CLAIMS,
-            {
-                "metadata": {"name": name, "namespace": "default"},
-                "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": DRIVER}}]}},
-            },
-            "default",
-        )
-        result: dict[str, Any] = {"request": "gpu", "driver": DRIVER, "pool": NODE, "device": device}
-        if admin:
-            result["adminAccess"] = True
-        created["status"] = {"allocation": {"devices": {"results": [result]}}}
+        created = await self.kube.create(RESOURCE_CLAIMS, claim_body(name), "default")
+        created["status"] = allocation(device, admin)
         await self.kube.update(RESOURCE_CLAIMS, created, "default", subresource="status")
         return Claim(name, created["metadata"]["uid"], device, admin)
 

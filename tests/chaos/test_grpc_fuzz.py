@@ -13,7 +13,6 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -35,7 +34,10 @@ from tests.chaos.harness import (
     PROFILE,
     Answer,
     ChaosError,
+    allocation,
+    answer_of,
     check_answer,
+    claim_body,
     unexpected_errors,
 )
 from tests.chaos.invariants import node_problems
@@ -68,18 +70,8 @@ class FuzzNode:
 def _allocated(server: SimApiServer, name: str, device: str, admin: bool) -> ClaimRef:
     spec = server.registry.spec_for(RESOURCE_CLAIMS.group, RESOURCE_CLAIMS.version, RESOURCE_CLAIMS.plural)
     assert spec is not None
-    claim = server.create(
-        RESOURCE_CLAIMS,
-        {
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": DRIVER}}]}},
-        },
-        "default",
-    )
-    result: dict[str, Any] = {"request": "gpu", "driver": DRIVER, "pool": NODE, "device": device}
-    if admin:
-        result["adminAccess"] = True
-    claim["status"] = {"allocation": {"devices": {"results": [result]}}}
+    claim = server.create(RESOURCE_CLAIMS, claim_body(name), "default")
+    claim["status"] = allocation(device, admin)
     server.registry.update(spec, "default", name, claim, subresource="status")
     return ClaimRef("default", claim["metadata"]["uid"], name)
 
@@ -162,13 +154,7 @@ def call(node: FuzzNode, op: str, version: str, refs: Sequence[ClaimRef]) -> Ans
             )
     except grpc.RpcError as err:
         return Answer(err.code(), err.details() or "")
-    answer = Answer(grpc.StatusCode.OK)
-    for uid, entry in response.claims.items():
-        if entry.error:
-            answer.errors[uid] = entry.error
-        else:
-            answer.devices[uid] = [d.device_name for d in getattr(entry, "devices", ())]
-    return answer
+    return answer_of(response)
 
 
 def raw_call(node: FuzzNode, method: str, body: bytes) -> grpc.StatusCode:
