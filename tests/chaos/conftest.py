@@ -76,6 +76,22 @@ def chaos(request: pytest.FixtureRequest) -> Iterator[Chaos]:
     yield state
     TALLY.cases[name] = TALLY.cases.get(name, 0) + state.cases
     TALLY.seconds[name] = TALLY.seconds.get(name, 0.0) + time.monotonic() - started
+    write_report()  # after every test, so a long run that is cut short still has its figures
+
+
+def write_report() -> None:
+    report = os.environ.get("CHAOS_REPORT")
+    if not report:
+        return
+    document = {
+        "seed": SEED,
+        "scale": SCALE,
+        "cases": TALLY.cases,
+        "seconds": {k: round(v, 1) for k, v in TALLY.seconds.items()},
+        "total_cases": sum(TALLY.cases.values()),
+        "findings": TALLY.findings,
+    }
+    Path(report).write_text(json.dumps(document, indent=1) + "\n")
 
 
 @pytest.hookimpl(wrapper=True)
@@ -96,21 +112,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     terminalreporter.write_sep("-", f"chaos: {total} cases in {seconds:.0f} s, seed {SEED}, scale {SCALE:g}")
     for name, cases in sorted(TALLY.cases.items()):
         terminalreporter.write_line(f"{cases:7d}  {TALLY.seconds[name]:7.1f} s  {name}")
-    report = os.environ.get("CHAOS_REPORT")
-    if report:
-        Path(report).write_text(
-            json.dumps(
-                {
-                    "seed": SEED,
-                    "scale": SCALE,
-                    "cases": TALLY.cases,
-                    "seconds": {k: round(v, 1) for k, v in TALLY.seconds.items()},
-                    "total_cases": total,
-                    "findings": TALLY.findings,
-                },
-                indent=1,
-            )
-        )
+    write_report()
 
 
 @pytest.fixture
