@@ -48,6 +48,7 @@ def plant(directory):
     name = os.path.join(directory, "k8s.%s-gpu_intruder-%d.json" % (paths["driver"], os.getpid()))
     with open(name, "w") as f:
         f.write("{}")
+print("ready", flush=True)
 while not os.path.exists(stop) and time.monotonic() < deadline:
     tries += 1
     for sock in paths["sockets"]:
@@ -127,6 +128,8 @@ async def test_another_user_gets_nothing(node: ChaosNode, chaos: Chaos) -> None:
         probe = await asyncio.create_subprocess_exec(
             python, "-c", PROBE, json.dumps(paths), stdout=asyncio.subprocess.PIPE, preexec_fn=as_nobody
         )
+        assert probe.stdout is not None
+        assert await probe.stdout.readline() == b"ready\n"  # probing before the plugin starts
         with umask(0):
             await node.start(wait=False)
         await node.wait_serving()
