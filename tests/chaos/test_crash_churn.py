@@ -46,8 +46,10 @@ async def restart(node: ChaosNode, rng: random.Random) -> None:
 
 
 async def kill_after(node: ChaosNode, delay: float) -> None:
-    await asyncio.sleep(delay)  # a random moment inside the call: that is the point
-    await node.kill()
+    """SIGKILL the plugin at a random moment inside the call (the channel stays open, as the kubelet's)."""
+    await asyncio.sleep(delay)  # the randomness of the moment is the point
+    assert node.process is not None
+    await node.process.kill()
 
 
 async def call_until_answered(node: ChaosNode, rng: random.Random, op: str, claims: list[Claim]) -> Answer:
