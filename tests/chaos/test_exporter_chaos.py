@@ -35,6 +35,7 @@ from tests.chaos.harness import DRIVER, NODE, ChaosError
 from tests.support.faultproxy import ALL_FAULTS, WATCH, FaultProxy
 
 PROFILE = "dgx-h100"
+PODS_PER_NODE = 4
 #: A kubelet that never answers costs the exporter its client timeout (2 s) per round, not more.
 ROUND_BOUND_S = 10.0
 Row = tuple[str, str, str, str, str, str, str]  # uuid, namespace, pod, container, claim, pool, device
@@ -228,10 +229,11 @@ async def test_exporter_chaos(
 
 
 async def seed_pods(apiserver: SimApiServer) -> None:
-    """Pods of this node and of another (what a server ignoring the field selector sends too)."""
+    """Pods of this node (the kubelet's answers name them; one the API server does not have counts as gone)
+    and of another (what a server ignoring the field selector sends too)."""
     apiserver.create(NAMESPACES, {"metadata": {"name": "ml"}})
     for node, prefix in ((NODE, "mine"), ("node-2", "theirs")):
-        for i in range(3):
+        for i in range(PODS_PER_NODE):
             apiserver.create(
                 PODS,
                 {
@@ -246,7 +248,7 @@ def reshuffle(rig: Rig, rng: random.Random, gpu_of: dict[str, str]) -> None:
     devices = sorted(gpu_of)
     rig.kubelet.truth = [
         ("ml", f"mine-{i}", "main", f"claim-{i}", device)
-        for i, device in enumerate(rng.sample(devices, rng.randint(0, 4)))
+        for i, device in enumerate(rng.sample(devices, rng.randint(0, PODS_PER_NODE)))
     ]
     lies = []
     for ns, pod, container, claim, device in rig.kubelet.truth:

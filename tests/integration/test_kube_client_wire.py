@@ -18,7 +18,11 @@ async def recorder() -> AsyncIterator[tuple[str, list[bytes]]]:
 
     async def record(request: web.Request) -> web.Response:
         bodies.append(await request.read())
-        return web.json_response({})
+        # A well-formed answer: the client refuses anything that is not the object it asked for.
+        meta = {"name": "c", "namespace": "ns", "uid": "u-1"}
+        return web.json_response(
+            {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim", "metadata": meta}
+        )
 
     app = web.Application()
     app.router.add_route("*", "/{path:.*}", record)

@@ -159,5 +159,5 @@ async def test_slices_of_other_nodes_and_broken_fields_are_ignored() -> None:
     index = SliceIndex.for_node(Listing(items), NODE)  # type: ignore[arg-type]
     await index.watch._list()
     resolver = DeviceResolver(inventory, DRIVER, NODE, index)
-    assert resolver.gpu_for_claim_device("other.example.com", "node-2", "dev-a") is None
-    assert resolver.gpu_for_claim_device("other.example.com", NODE, "dev-b") is None
+    assert resolver.device_for_claim_device("other.example.com", "node-2", "dev-a") is None
+    assert resolver.device_for_claim_device("other.example.com", NODE, "dev-b") is None
