@@ -3,13 +3,14 @@
 #
 # Where a package index is reachable (this checkout), first build the wheelhouse for the GPU machine's Python:
 #     hack/gpu-wheelhouse.sh 3.12
-# Then, with the device tool:  run(command="bash hack/gpu-validate.sh", carry=["build/gpu-wheelhouse"])
+# Then, on a machine with an NVIDIA H100/H200 GPU and a copy of the tree with build/gpu-wheelhouse:
+#     bash hack/gpu-validate.sh
 # On any other NVIDIA machine:  OUT=out/gpu-validation hack/gpu-validate.sh
 #
-# Environment: PYTHON (default python3: on the device image the interpreter that has PyTorch), OUT (default
+# Environment: PYTHON (default python3: on the GPU machine's image the interpreter that has PyTorch), OUT (default
 # out/gpu-validation), SITE_DIR (where the wheels are installed, default /tmp/accel-dra-site).
 #
-# Writes to $OUT, flat, 8 files (the device tool returns at most 8):
+# Writes to $OUT, flat, 8 small files (easy to copy back from a machine without network):
 #   summary.md           what ran, device, driver/CUDA versions, test outcomes, NVML calls unsupported
 #   environment.txt      OS, Python, wheelhouse, nvcc/PyTorch, where the driver libraries and nodes are
 #   nvidia-smi.txt       nvidia-smi, -q, --query-gpu, topo -m, nvlink -s
@@ -120,7 +121,7 @@ step "nvml report" "$python" -m tests.gpu.nvml_report --out "$OUT/nvml-report.js
 
 # -- the gpu test set ----------------------------------------------------------------------------------
 pytest_args=(-p pytest_asyncio.plugin -p no:cacheprovider -v -rA)
-# The device tool stops a command after 600 s: the main run gets what is left of 560 s, the second run only
+# The whole run is kept under 600 s: the main run gets what is left of 560 s, the second run only
 # starts with 150 s to spare.
 budget() { echo $((560 - SECONDS)); }
 left=$(budget)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the wheelhouse hack/gpu-validate.sh installs on a GPU machine that cannot reach a package index.
 #
-#   hack/gpu-wheelhouse.sh [PYTHON_VERSION ...]      default: 3.12 (python3 of the device tool's GPU image)
+#   hack/gpu-wheelhouse.sh [PYTHON_VERSION ...]      default: 3.12 (python3 of the GPU machine's image)
 #
 # Run it where PyPI is reachable. For each Python version it downloads, into build/gpu-wheelhouse/cpXY/,
 # binary wheels for manylinux x86_64 of everything the project and its tests import: the runtime
@@ -10,8 +10,8 @@
 # (pip freeze) so the GPU run uses what CI uses; PINS=0 lets pip pick the newest instead (use it when a pinned
 # version has no wheel for the target Python).
 #
-# build/ is git-ignored; hand the folder to the device tool with carry=["build/gpu-wheelhouse"].
-# Check the size stays well under the tool's 64 MiB budget for the whole working tree (printed at the end).
+# build/ is git-ignored; copy the folder to the GPU machine with the working tree. The size is printed at the
+# end: keep the tree and wheelhouse small (well under 64 MiB) so the copy is quick.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

@@ -20,7 +20,7 @@ from driver.plugin.paths import dra_socket_path, registration_socket_path
 from tests.support.chart import JSON, find
 from tests.support.rbac import Permission, component_permissions, permissions_of_rules
 
-KUBERNETES_VERSIONS = ("1.34.0", "1.35.0")
+KUBERNETES_VERSIONS = ("1.36.0", "1.37.0")
 #: Kinds from CRDs, which the built-in schemas do not know (checked structurally by the tests).
 CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
 NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name"

@@ -64,7 +64,7 @@ def test_chart_metadata() -> None:
     assert chart["appVersion"] == __version__, "the chart must deploy the image of this version"
 
 
-@pytest.mark.parametrize("kube_version", ["v1.34.0", "v1.35.0"])
+@pytest.mark.parametrize("kube_version", ["v1.36.0", "v1.37.0"])
 @pytest.mark.parametrize("values", sorted(VALUE_SETS))
 def test_lint_is_clean(values: str, kube_version: str) -> None:
     import helm_python

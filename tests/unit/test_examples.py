@@ -1,6 +1,6 @@
-"""The examples in deploy/examples: valid for Kubernetes 1.34/1.35, consistent, and allocatable.
+"""The examples in deploy/examples: valid for Kubernetes 1.36/1.37, consistent, and allocatable.
 
-Every object validates against the 1.34 and 1.35 API schemas (strict) and, for DRA objects, against the API
+Every object validates against the 1.36 and 1.37 API schemas (strict) and, for DRA objects, against the API
 server's rules (``driver.resources.validation``). Pods reference claims that exist; CEL and matchAttribute
 use only attributes of the standard profile; DeviceClasses are the chart's. The gpu-test examples are then
 allocated -- with the scheduler-equivalent allocator and the chart's DeviceClasses -- on the fake machine
