@@ -9,7 +9,7 @@
 #   * generated modules import each other package-qualified
 #     (from driver._proto.dra.v1 import api_pb2), and
 #   * every descriptor gets a distinct file name (driver/_proto/dra/v1/api.proto),
-#     which lets all five api.proto files load into one process.
+#     which lets all the api.proto files load into one process.
 #
 # The interpreter is $PYTHON, else .venv/bin/python, else python3. It must have the
 # grpcio-tools version pinned in pyproject.toml: a different protoc emits different
@@ -25,6 +25,7 @@ PROTO_FILES=(
   dra/v1/api.proto
   dra/v1beta1/api.proto
   dra_health/v1alpha1/api.proto
+  dra_health/v1/api.proto
   podresources/v1/api.proto
 )
 # Messages without services (no _grpc.py module): the CEL library values and syntax tree.

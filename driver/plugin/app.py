@@ -77,7 +77,7 @@ class Plugin:
                 config.registry_dir, config.driver_name, config.pod_uid
             ),
             node=self.node,
-            extra_services=[self.health.extra_service()] if self.health else [],
+            extra_services=self.health.extra_services() if self.health else [],
             metrics=_PreparedDevicesGauge(self.metrics, self.preparer) if self.metrics else None,
         )
 

@@ -1,8 +1,9 @@
 """The plugin's side of device health: taints in the slices, the kubelet health stream, clear requests.
 
-- :class:`HealthServicer` serves ``v1alpha1.DRAResourceHealth/NodeWatchResources`` on the DRA socket: the
-  full device list at once, on every change and at least every ``interval`` seconds (the kubelet marks a
-  device Unknown when it was not refreshed within ``health_check_timeout_seconds``);
+- :class:`HealthServicer` serves ``DRAResourceHealth/NodeWatchResources`` on the DRA socket, in both versions
+  the kubelet knows (``v1``, which a 1.37 kubelet prefers, and ``v1alpha1``, which 1.36 kubelets use and
+  1.40 removes): the full device list at once, on every change and at least every ``interval`` seconds (the
+  kubelet marks a device Unknown when it was not refreshed within ``health_check_timeout_seconds``);
 - :class:`ClearWatcher` watches this node's Node object for ``clear.health.<driver>/<device>`` annotations
   (:mod:`driver.health.clearing`) and hands new requests to the monitor;
 - :class:`PluginHealth` ties monitor, stream, clear requests and taint rules together for
@@ -19,12 +20,15 @@ import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from types import ModuleType
 from typing import Any
 
 import grpc
 
-from driver._proto.dra_health.v1alpha1 import api_pb2 as health_pb
-from driver._proto.dra_health.v1alpha1 import api_pb2_grpc as health_grpc
+from driver._proto.dra_health.v1 import api_pb2 as health_v1
+from driver._proto.dra_health.v1 import api_pb2_grpc as health_v1_grpc
+from driver._proto.dra_health.v1alpha1 import api_pb2 as health_v1alpha1
+from driver._proto.dra_health.v1alpha1 import api_pb2_grpc as health_v1alpha1_grpc
 from driver.config import PluginConfig
 from driver.devices.backend import DeviceBackend, HealthCapable
 from driver.devices.model import Inventory
@@ -37,17 +41,18 @@ from driver.health.taints import TaintRules, device_taints
 from driver.health.xid import XidPolicy
 from driver.kube.client import NODES, RESOURCE_SLICES, ApiError, KubeClient
 from driver.log import get_logger
-from driver.plugin.registration import HEALTH_V1ALPHA1
+from driver.plugin.registration import HEALTH_V1, HEALTH_V1ALPHA1
 from driver.plugin.server import ExtraService
 
 log = get_logger(__name__)
 
 JSON = dict[str, Any]
 MAX_MESSAGE = 1024  # the kubelet keeps at most this many characters
+# The enum values are the same in every version (tests/unit/test_proto_wire.py).
 _STATUS = {
-    "healthy": health_pb.HEALTHY,
-    "unhealthy": health_pb.UNHEALTHY,
-    "unknown": health_pb.UNKNOWN,
+    "healthy": health_v1.HEALTHY,
+    "unhealthy": health_v1.UNHEALTHY,
+    "unknown": health_v1.UNKNOWN,
 }
 WATCH_TIMEOUT_SECONDS = 300
 VERSION_TIMEOUT_SECONDS = 5.0
@@ -59,14 +64,18 @@ def truncate_message(text: str, limit: int = MAX_MESSAGE) -> str:
 
 
 def watch_response(
-    devices: Sequence[DeviceHealth], pool: str, timeout_seconds: int, now: float | None = None
+    devices: Sequence[DeviceHealth],
+    pool: str,
+    timeout_seconds: int,
+    now: float | None = None,
+    pb: ModuleType = health_v1,
 ) -> Any:
-    """One ``NodeWatchResourcesResponse``: every device of the driver, not a delta."""
+    """One ``NodeWatchResourcesResponse`` of API version ``pb``: every device of the driver, not a delta."""
     stamp = int(time.time() if now is None else now)
-    return health_pb.NodeWatchResourcesResponse(
+    return pb.NodeWatchResourcesResponse(
         devices=[
-            health_pb.DeviceHealth(
-                device=health_pb.DeviceIdentifier(pool_name=pool, device_name=d.device),
+            pb.DeviceHealth(
+                device=pb.DeviceIdentifier(pool_name=pool, device_name=d.device),
                 health=_STATUS[d.status],
                 last_updated_time=stamp,
                 health_check_timeout_seconds=timeout_seconds,
@@ -78,7 +87,9 @@ def watch_response(
 
 
 class HealthServicer:
-    """``DRAResourceHealth``: one stream per kubelet connection, woken by :meth:`changed` or the interval."""
+    """``DRAResourceHealth``: one stream per kubelet connection, woken by :meth:`changed` or the interval.
+
+    Serves ``v1`` itself; :meth:`version` gives the same streams for another API version's module."""
 
     def __init__(
         self,
@@ -103,18 +114,38 @@ class HealthServicer:
             waker.set()
 
     async def NodeWatchResources(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async for response in self.stream(health_v1, HEALTH_V1):
+            yield response
+
+    def version(self, pb: ModuleType, service: str) -> VersionedHealthServicer:
+        return VersionedHealthServicer(self, pb, service)
+
+    async def stream(self, pb: ModuleType, service: str) -> AsyncIterator[Any]:
         waker = asyncio.Event()
         self._wakers.add(waker)
-        log.info("kubelet health stream opened", pool=self._pool)
+        log.info("kubelet health stream opened", pool=self._pool, service=service)
         try:
             while True:
                 waker.clear()
-                yield watch_response(self._devices(), self._pool, self._timeout_seconds)
+                yield watch_response(self._devices(), self._pool, self._timeout_seconds, pb=pb)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(waker.wait(), self._interval)
         finally:
             self._wakers.discard(waker)
-            log.info("kubelet health stream closed", pool=self._pool)
+            log.info("kubelet health stream closed", pool=self._pool, service=service)
+
+
+class VersionedHealthServicer:
+    """The streams of a :class:`HealthServicer` in another API version (``v1alpha1``)."""
+
+    def __init__(self, core: HealthServicer, pb: ModuleType, service: str) -> None:
+        self._core = core
+        self._pb = pb
+        self._service = service
+
+    async def NodeWatchResources(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async for response in self._core.stream(self._pb, self._service):
+            yield response
 
 
 class ClearWatcher:
@@ -270,10 +301,17 @@ class PluginHealth:
             wait_synced=wait_synced,
         )
 
-    def extra_service(self) -> ExtraService:
-        return ExtraService(
-            health_grpc.add_DRAResourceHealthServicer_to_server, self.servicer, HEALTH_V1ALPHA1
-        )
+    def extra_services(self) -> list[ExtraService]:
+        """The health service in both versions: a 1.37 kubelet opens the newest it knows (v1), a 1.36
+        kubelet always v1alpha1."""
+        return [
+            ExtraService(health_v1_grpc.add_DRAResourceHealthServicer_to_server, self.servicer, HEALTH_V1),
+            ExtraService(
+                health_v1alpha1_grpc.add_DRAResourceHealthServicer_to_server,
+                self.servicer.version(health_v1alpha1, HEALTH_V1ALPHA1),
+                HEALTH_V1ALPHA1,
+            ),
+        ]
 
     # -- taints ----------------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """A kubelet emulator for the DRA side of the kubelet: plugin registration and prepare/unprepare.
 
-It follows the kubelet's plugin watcher and DRA plugin manager (Kubernetes 1.34/1.35):
+It follows the kubelet's plugin watcher and DRA plugin manager (Kubernetes 1.34 to 1.37):
 
 * it walks the registry directory at start and then watches it, subdirectories included; names starting
   with ``.`` and anything that is not a socket are ignored; a socket that disappears deregisters its
@@ -20,7 +20,9 @@ It follows the kubelet's plugin watcher and DRA plugin manager (Kubernetes 1.34/
   plugin) -- cancelled when an instance (re)connects. The connection state is followed through the gRPC
   channel's state changes, and a lost connection is dialled again;
 * with the ``ResourceHealthStatus`` gate (``resource_health_status``, on here), after registering a plugin
-  that advertises ``v1alpha1.DRAResourceHealth`` it opens ``NodeWatchResources`` on the DRA connection and
+  that advertises ``DRAResourceHealth`` it opens ``NodeWatchResources`` on the DRA connection -- in the
+  newest version both know, as a 1.37 kubelet does (``known_health_versions``: v1, then v1alpha1; a 1.36
+  kubelet knows only v1alpha1) -- and
   keeps per-device health stamped with the receive time; a device not refreshed within its
   ``health_check_timeout_seconds`` (30 s when unset) is Unknown; when the stream ends the driver's health is
   cleared (all Unknown) and the stream is opened again every 5 s. Listeners hear of every change.
@@ -46,8 +48,10 @@ from driver._proto.dra.v1 import api_pb2 as dra_v1
 from driver._proto.dra.v1 import api_pb2_grpc as dra_v1_grpc
 from driver._proto.dra.v1beta1 import api_pb2 as dra_v1beta1
 from driver._proto.dra.v1beta1 import api_pb2_grpc as dra_v1beta1_grpc
-from driver._proto.dra_health.v1alpha1 import api_pb2 as health_pb
-from driver._proto.dra_health.v1alpha1 import api_pb2_grpc as health_grpc
+from driver._proto.dra_health.v1 import api_pb2 as health_v1
+from driver._proto.dra_health.v1 import api_pb2_grpc as health_v1_grpc
+from driver._proto.dra_health.v1alpha1 import api_pb2 as health_v1alpha1
+from driver._proto.dra_health.v1alpha1 import api_pb2_grpc as health_v1alpha1_grpc
 from driver._proto.pluginregistration.v1 import api_pb2 as reg_pb
 from driver._proto.pluginregistration.v1 import api_pb2_grpc as reg_grpc
 from driver.kube.client import NODES, RESOURCE_SLICES, ApiError, KubeClient
@@ -64,15 +68,19 @@ RETRY_MAX = 122.0
 NOTIFY_TIMEOUT = 5.0
 DEFAULT_CALL_TIMEOUT = 45.0
 DEFAULT_WIPING_DELAY = 30.0
-HEALTH_SERVICE = "v1alpha1.DRAResourceHealth"
 DEFAULT_HEALTH_TIMEOUT = 30.0  # the kubelet's DefaultHealthTimeout
 HEALTH_RETRY_INTERVAL = 5.0
-_HEALTH_NAMES = {health_pb.HEALTHY: "Healthy", health_pb.UNHEALTHY: "Unhealthy"}
+_HEALTH_NAMES = {health_v1.HEALTHY: "Healthy", health_v1.UNHEALTHY: "Unhealthy"}  # equal in both versions
 
 # Advertised version -> (generated messages, generated stubs) the kubelet speaks for it, in its preference.
 SERVICES: dict[str, tuple[ModuleType, ModuleType]] = {
     "v1.DRAPlugin": (dra_v1, dra_v1_grpc),
     "v1beta1.DRAPlugin": (dra_v1beta1, dra_v1beta1_grpc),
+}
+# The same for the health service, newest first (the 1.37 kubelet's healthServicesSupportedByKubelet).
+HEALTH_SERVICES: dict[str, tuple[ModuleType, ModuleType]] = {
+    "v1.DRAResourceHealth": (health_v1, health_v1_grpc),
+    "v1alpha1.DRAResourceHealth": (health_v1alpha1, health_v1alpha1_grpc),
 }
 
 
@@ -90,6 +98,8 @@ class PluginInstance:
     channel: grpc.aio.Channel
     sequence: int
     ready: bool = False  # the DRA connection is up (as last seen by the connection monitor)
+    #: The health service version chosen at registration; None when the plugin offers none we know.
+    health_version: str | None = None
 
     @property
     def messages(self) -> ModuleType:
@@ -132,6 +142,7 @@ class _Watched:
 class SimKubelet:
     registry_dir: str
     known_versions: Sequence[str] = tuple(SERVICES)
+    known_health_versions: Sequence[str] = tuple(HEALTH_SERVICES)
     poll_interval: float = 0.05
     call_timeout: float = DEFAULT_CALL_TIMEOUT
     kube: KubeClient | None = None
@@ -144,7 +155,9 @@ class SimKubelet:
     health_listeners: list[Callable[[str], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        unknown = set(self.known_versions) - set(SERVICES)
+        unknown = (set(self.known_versions) - set(SERVICES)) | (
+            set(self.known_health_versions) - set(HEALTH_SERVICES)
+        )
         if unknown:
             raise ValueError(f"the emulator cannot speak {sorted(unknown)}")
         self._watched: dict[str, _Watched] = {}
@@ -252,7 +265,7 @@ class SimKubelet:
                     reg_pb.RegistrationStatus(plugin_registered=True), timeout=NOTIFY_TIMEOUT
                 )
             log.info("plugin registered", driver=driver, endpoint=instance.endpoint, version=instance.version)
-            if self.resource_health_status and HEALTH_SERVICE in instance.supported_versions:
+            if self.resource_health_status and instance.health_version is not None:
                 self._health_streams[socket_path] = asyncio.create_task(
                     self._watch_health(instance), name=f"health-{driver}"
                 )
@@ -293,6 +306,7 @@ class SimKubelet:
             supported_versions=versions,
             channel=channel,
             sequence=next(self._sequence),
+            health_version=next((v for v in self.known_health_versions if v in versions), None),
         )
 
     async def _deregister(self, socket_path: str) -> None:
@@ -388,9 +402,12 @@ class SimKubelet:
     async def _watch_health(self, instance: PluginInstance) -> None:
         """Consume the plugin's health stream; on its end clear the driver's health and retry."""
         driver = instance.driver
+        assert instance.health_version is not None
+        messages, stubs = HEALTH_SERVICES[instance.health_version]
+        log.info("opening health stream", driver=driver, service=instance.health_version)
         while True:
-            call = health_grpc.DRAResourceHealthStub(instance.channel).NodeWatchResources(
-                health_pb.NodeWatchResourcesRequest()
+            call = stubs.DRAResourceHealthStub(instance.channel).NodeWatchResources(
+                messages.NodeWatchResourcesRequest()
             )
             try:
                 async for response in call:

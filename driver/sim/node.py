@@ -126,7 +126,7 @@ def _container_claims(container: Mapping[str, Any], claims: Mapping[str, ClaimIn
         if claim is None or not claim.prepared:
             continue
         devices = tuple(
-            ClaimDevice(driver, d.pool_name, d.device_name, tuple(d.cdi_device_ids))
+            ClaimDevice(driver, d.pool_name, d.device_name, tuple(d.cdi_device_ids), d.share_id)
             for driver, d in claim.devices()
         )
         out.append(ClaimResources(claim.ref.name, claim.ref.namespace, devices))

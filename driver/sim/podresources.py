@@ -39,6 +39,8 @@ class ClaimDevice:
     pool: str
     device: str
     cdi_devices: tuple[str, ...] = ()
+    #: The allocation's share of a device allocated more than once (consumable capacity).
+    share_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,10 @@ class ClaimResources:
         return cls(
             name,
             namespace,
-            tuple(ClaimDevice(driver, d.pool_name, d.device_name, tuple(d.cdi_device_ids)) for d in prepared),
+            tuple(
+                ClaimDevice(driver, d.pool_name, d.device_name, tuple(d.cdi_device_ids), d.share_id)
+                for d in prepared
+            ),
         )
 
 
@@ -141,6 +146,7 @@ class PodResourcesState:
                                     pool_name=d.pool,
                                     device_name=d.device,
                                     cdi_devices=[pb.CDIDevice(name=cdi) for cdi in d.cdi_devices],
+                                    share_id=d.share_id,
                                 )
                                 for d in claim.devices
                             ],

@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import pytest
 
+from driver._proto.dra_health.v1 import api_pb2_grpc as health_v1_grpc
 from driver._proto.dra_health.v1alpha1 import api_pb2 as health_pb
 from driver._proto.dra_health.v1alpha1 import api_pb2_grpc as health_grpc
 from driver._proto.pluginregistration.v1 import api_pb2_grpc as reg_grpc
@@ -133,3 +134,52 @@ async def test_stream_end_clears_health_and_the_stream_is_reopened(
     await health.queue.put(report(("gpu-a", health_pb.HEALTHY, 60, "")))
     await until(kubelet, "gpu-a", "Healthy")
     assert health.streams == 2
+
+
+@pytest.mark.parametrize(
+    ("kubelet_knows", "plugin_offers", "opened"),
+    [
+        # A 1.37 kubelet: the newest version both know, whatever order the plugin lists them in.
+        (("v1", "v1alpha1"), ("v1alpha1", "v1"), "v1"),
+        (("v1", "v1alpha1"), ("v1alpha1",), "v1alpha1"),
+        # A 1.36 kubelet knows only v1alpha1.
+        (("v1alpha1",), ("v1", "v1alpha1"), "v1alpha1"),
+        (("v1alpha1",), ("v1",), None),
+    ],
+)
+async def test_the_health_version_is_the_newest_both_know(
+    kubelet_knows: tuple[str, ...], plugin_offers: tuple[str, ...], opened: str | None
+) -> None:
+    servicers = {"v1": ScriptedHealth(), "v1alpha1": ScriptedHealth()}
+    adders = {
+        "v1": health_v1_grpc.add_DRAResourceHealthServicer_to_server,
+        "v1alpha1": health_grpc.add_DRAResourceHealthServicer_to_server,
+    }
+    with tempfile.TemporaryDirectory(prefix="adra-hv-", dir="/tmp") as root:
+        registry, dra = Path(root, "registry"), Path(root, "dra.sock")
+        registry.mkdir()
+        versions = ["v1.DRAPlugin", *(f"{v}.DRAResourceHealth" for v in plugin_offers)]
+        servers = [
+            await serve(dra, *((adders[v], servicers[v]) for v in plugin_offers)),
+            await serve(
+                registry / f"{DRIVER}-reg.sock",
+                (reg_grpc.add_RegistrationServicer_to_server, FakeRegistration(DRIVER, str(dra), versions)),
+            ),
+        ]
+        kubelet = SimKubelet(
+            str(registry), known_health_versions=tuple(f"{v}.DRAResourceHealth" for v in kubelet_knows)
+        )
+        await kubelet.start()
+        try:
+            await kubelet.wait_registered(DRIVER)
+            (instance,) = kubelet.instances(DRIVER)
+            if opened is None:
+                assert instance.health_version is None
+            else:
+                await asyncio.wait_for(servicers[opened].opened.wait(), 10)
+                assert instance.health_version == f"{opened}.DRAResourceHealth"
+            assert [v for v, s in servicers.items() if s.streams] == ([opened] if opened else [])
+        finally:
+            await kubelet.stop()
+            for server in servers:
+                await server.stop(0)

@@ -178,6 +178,27 @@ async def test_a_lost_gpu_is_tainted_and_recovers_by_probes(
     await kubelet.wait_for(lambda k: k.device_health(DRIVER, NODE, device) == "Healthy")
 
 
+async def test_a_kubelet_that_knows_only_v1alpha1_gets_the_same_stream(
+    apiserver: SimApiServer, kube: KubeClient, start_plugin: StartPlugin, node_dirs: NodeDirs
+) -> None:
+    """A 1.36 kubelet opens v1alpha1.DRAResourceHealth: the same devices, health and messages."""
+    async with SimKubelet(
+        str(node_dirs.registry),
+        kube=kube,
+        node_name=NODE,
+        known_health_versions=("v1alpha1.DRAResourceHealth",),
+    ) as kubelet:
+        state = node_dirs.root / "fake-state"
+        process = await start(start_plugin, node_dirs)
+        await published(apiserver, 8, process)
+        await process.wait_log("kubelet health stream opened.*service=v1alpha1.DRAResourceHealth")
+        device = sorted(devices(apiserver))[0]
+        await kubelet.wait_for(lambda k: k.device_health(DRIVER, NODE, device) == "Healthy")
+        await inject(state, device, "--xid", "79")
+        await kubelet.wait_for(lambda k: k.device_health(DRIVER, NODE, device) == "Unhealthy")
+        assert "XID 79" in message(kubelet, device)
+
+
 async def test_on_kubernetes_1_34_ignorable_xids_are_not_tainted(node_dirs: NodeDirs) -> None:
     """1.34 has no ``None`` effect: a fatal XID still taints, an ignorable one shows only in the stream."""
     async with SimApiServer(kubernetes_version="v1.34.2") as server:

@@ -61,9 +61,17 @@ async def test_registration_handshake(
     dra_socket = node_dirs.plugin_dir(DRIVER) / "dra.sock"
     reg_socket = node_dirs.registry / f"{DRIVER}-reg.sock"
     assert instance.endpoint == str(dra_socket)
-    # The health stream (docs/health.md) is advertised after the DRA services.
-    assert instance.supported_versions == ["v1.DRAPlugin", "v1beta1.DRAPlugin", "v1alpha1.DRAResourceHealth"]
+    # The health stream (docs/health.md) is advertised after the DRA services, in both versions; the
+    # kubelet (as 1.37's) opens v1.
+    assert instance.supported_versions == [
+        "v1.DRAPlugin",
+        "v1beta1.DRAPlugin",
+        "v1.DRAResourceHealth",
+        "v1alpha1.DRAResourceHealth",
+    ]
     assert instance.version == "v1.DRAPlugin"
+    assert instance.health_version == "v1.DRAResourceHealth"
+    await process.wait_log("kubelet health stream opened.*service=v1.DRAResourceHealth")
     assert instance.registration_socket == str(reg_socket)
     for path in (dra_socket, reg_socket):
         mode = os.stat(path).st_mode

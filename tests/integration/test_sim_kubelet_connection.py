@@ -21,7 +21,7 @@ from driver._proto.dra_health.v1alpha1 import api_pb2_grpc as health_grpc
 from driver._proto.pluginregistration.v1 import api_pb2_grpc as reg_grpc
 from driver.kube.client import RESOURCE_SLICES, KubeClient
 from driver.sim.apiserver import SimApiServer
-from driver.sim.kubelet import HEALTH_SERVICE, SimKubelet
+from driver.sim.kubelet import SimKubelet
 from tests.integration.conftest import NODE, NodeDirs
 from tests.support.fake_plugin import FakeRegistration
 
@@ -74,7 +74,7 @@ async def start_plugin(dirs: NodeDirs) -> Plugin:
     dra.add_insecure_port(f"unix://{endpoint}")
     registration = grpc.aio.server()
     reg_grpc.add_RegistrationServicer_to_server(
-        FakeRegistration(DRIVER, endpoint, ["v1.DRAPlugin", HEALTH_SERVICE]), registration
+        FakeRegistration(DRIVER, endpoint, ["v1.DRAPlugin", "v1alpha1.DRAResourceHealth"]), registration
     )
     registration.add_insecure_port(f"unix://{dirs.registry}/{DRIVER}-reg.sock")
     await dra.start()

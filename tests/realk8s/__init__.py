@@ -10,6 +10,7 @@ MODULE_ORDER = (
     "test_plugin",
     "test_exporter",
     "test_recovery",
+    "test_dra_features",
     "test_examples",
     "test_explain",
     "test_idle",

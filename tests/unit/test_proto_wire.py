@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 from driver._proto.dra.v1 import api_pb2 as dra_v1
 from driver._proto.dra.v1beta1 import api_pb2 as dra_v1beta1
+from driver._proto.dra_health.v1 import api_pb2 as health_v1
 from driver._proto.dra_health.v1alpha1 import api_pb2 as health_v1alpha1
 from driver._proto.pluginregistration.v1 import api_pb2 as registration_v1
 from driver._proto.podresources.v1 import api_pb2 as podresources_v1
@@ -39,6 +40,7 @@ PROTO_MODULES = (
     "driver._proto.dra.v1",
     "driver._proto.dra.v1beta1",
     "driver._proto.dra_health.v1alpha1",
+    "driver._proto.dra_health.v1",
     "driver._proto.podresources.v1",
 )
 
@@ -58,6 +60,9 @@ UPSTREAM_METHOD_PATHS = {
     ],
     "driver._proto.dra_health.v1alpha1": [
         "/v1alpha1.DRAResourceHealth/NodeWatchResources",
+    ],
+    "driver._proto.dra_health.v1": [
+        "/v1.DRAResourceHealth/NodeWatchResources",
     ],
     "driver._proto.podresources.v1": [
         "/v1.PodResourcesLister/List",
@@ -98,6 +103,8 @@ UPSTREAM_FIELDS: dict[tuple[Any, str], tuple[int, int, bool, bool]] = {
     (health_v1alpha1.DeviceHealth, "health_check_timeout_seconds"): (4, T.TYPE_INT64, False, False),
     (health_v1alpha1.DeviceHealth, "message"): (5, T.TYPE_STRING, False, False),
     (health_v1alpha1.NodeWatchResourcesResponse, "devices"): (1, T.TYPE_MESSAGE, True, False),
+    (podresources_v1.PodResources, "cpu_ids"): (4, T.TYPE_INT64, True, False),
+    (podresources_v1.PodResources, "memory"): (5, T.TYPE_MESSAGE, True, False),
     (podresources_v1.ContainerResources, "dynamic_resources"): (5, T.TYPE_MESSAGE, True, False),
     (podresources_v1.DynamicResource, "claim_name"): (2, T.TYPE_STRING, False, False),
     (podresources_v1.DynamicResource, "claim_namespace"): (3, T.TYPE_STRING, False, False),
@@ -106,6 +113,7 @@ UPSTREAM_FIELDS: dict[tuple[Any, str], tuple[int, int, bool, bool]] = {
     (podresources_v1.ClaimResource, "driver_name"): (2, T.TYPE_STRING, False, False),
     (podresources_v1.ClaimResource, "pool_name"): (3, T.TYPE_STRING, False, False),
     (podresources_v1.ClaimResource, "device_name"): (4, T.TYPE_STRING, False, False),
+    (podresources_v1.ClaimResource, "share_id"): (5, T.TYPE_STRING, False, True),
     (podresources_v1.CDIDevice, "name"): (1, T.TYPE_STRING, False, False),
     (podresources_v1.NUMANode, "ID"): (1, T.TYPE_INT64, False, False),
 }
@@ -181,7 +189,27 @@ def test_map_fields_are_keyed_by_string() -> None:
 
 
 def test_health_status_enum_values() -> None:
-    assert dict(health_v1alpha1.HealthStatus.items()) == {"UNKNOWN": 0, "HEALTHY": 1, "UNHEALTHY": 2}
+    for module in (health_v1alpha1, health_v1):
+        assert dict(module.HealthStatus.items()) == {"UNKNOWN": 0, "HEALTHY": 1, "UNHEALTHY": 2}
+
+
+def test_health_v1_is_v1alpha1_on_the_wire() -> None:
+    # Same messages, another package: what one version sends, the other reads unchanged.
+    response = health_v1.NodeWatchResourcesResponse(
+        devices=[
+            health_v1.DeviceHealth(
+                device=health_v1.DeviceIdentifier(pool_name="node-a", device_name="gpu-0"),
+                health=health_v1.UNHEALTHY,
+                last_updated_time=1_700_000_000,
+                health_check_timeout_seconds=30,
+                message="XID 79",
+            )
+        ]
+    )
+    wire = response.SerializeToString(deterministic=True)
+    old = health_v1alpha1.NodeWatchResourcesResponse.FromString(wire)
+    assert old.SerializeToString(deterministic=True) == wire
+    assert old.devices[0].health == health_v1alpha1.UNHEALTHY
 
 
 def test_dynamic_resource_field_1_stays_reserved() -> None:
@@ -202,7 +230,7 @@ def test_all_modules_load_together_in_a_fresh_process() -> None:
         [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stderr
-    # Distinct descriptor file names are what keeps the five api.proto files from colliding.
+    # Distinct descriptor file names are what keeps the api.proto files from colliding.
     assert done.stdout.split() == [f"{p.replace('.', '/')}/api.proto" for p in PROTO_MODULES]
 
 
