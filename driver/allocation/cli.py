@@ -244,6 +244,7 @@ async def _load_from_server(kubeconfig: str, node: str | None, inputs: _Inputs) 
         KubeClient,
     )
     from driver.kube.connection import KubeConfigError
+    from driver.kube.discovery import list_served
 
     try:
         async with await KubeClient.connect(kubeconfig) as kube:
@@ -253,11 +254,8 @@ async def _load_from_server(kubeconfig: str, node: str | None, inputs: _Inputs) 
             inputs.others += (await kube.list(RESOURCE_CLAIMS)).get("items") or []
             for item in (await kube.list(NODES)).get("items") or []:
                 inputs.nodes[item["metadata"]["name"]] = item
-            try:
-                inputs.taint_rules += (await kube.list(DEVICE_TAINT_RULES)).get("items") or []
-            except ApiError as exc:
-                if not exc.not_found:  # a cluster without DeviceTaintRules (before 1.37) has none
-                    raise
+            # resource.k8s.io/v1 since 1.37, v1beta2 in 1.36 (with its gate on); none when not served.
+            inputs.taint_rules += await list_served(kube, DEVICE_TAINT_RULES)
     except ApiError as exc:
         raise _UsageError(f"API server: {exc}") from None
     except (KubeConfigError, aiohttp.ClientError, OSError) as exc:

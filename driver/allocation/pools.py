@@ -239,25 +239,30 @@ class NodeDevices:
 # -- DeviceTaintRules ------------------------------------------------------------------------------------------
 
 
-def rule_taints(
-    rules: Iterable[Mapping[str, Any]], slice_: Slice, device: Mapping[str, Any]
+def device_rule_taints(
+    rules: Iterable[Mapping[str, Any]], driver: str, pool: str, device: str
 ) -> list[TaintRuleTaint]:
-    """Taints that DeviceTaintRules put on one device (``resource.k8s.io/v1``: a selector of driver, pool
-    and device name, each optional; no selector selects nothing)."""
+    """Taints that DeviceTaintRules put on one device (``resource.k8s.io/v1``, and ``v1beta2`` of 1.36 in
+    the same shape: a selector of driver, pool and device name, each optional; no selector selects
+    nothing)."""
     out = []
     for rule in rules:
         spec = rule.get("spec") or {}
         selector = spec.get("deviceSelector")
         if not isinstance(selector, Mapping):
             continue
-        if selector.get("driver") is not None and selector["driver"] != slice_.driver:
-            continue
-        if selector.get("pool") is not None and selector["pool"] != slice_.pool:
-            continue
-        if selector.get("device") is not None and selector["device"] != device.get("name"):
+        wanted = (selector.get("driver"), selector.get("pool"), selector.get("device"))
+        if any(w is not None and w != have for w, have in zip(wanted, (driver, pool, device), strict=True)):
             continue
         out.append(TaintRuleTaint(object_ref(rule), dict(spec.get("taint") or {})))
     return out
+
+
+def rule_taints(
+    rules: Iterable[Mapping[str, Any]], slice_: Slice, device: Mapping[str, Any]
+) -> list[TaintRuleTaint]:
+    """:func:`device_rule_taints` of one device of a slice."""
+    return device_rule_taints(rules, slice_.driver, slice_.pool, str(device.get("name", "")))
 
 
 # -- the index --------------------------------------------------------------------------------------------------

@@ -5,7 +5,10 @@ clears the devices' XID and lost marks and republishes their slices. Without ``-
 from the ResourceSlices (it must be the only node publishing a device of that name). The command then
 waits until the slices no longer carry ``xid``/``gpu-lost`` taints for the devices (``--timeout``).
 
-``health status`` lists the devices whose slices carry health taints.
+``health status`` lists the devices whose slices carry health taints, and the devices DeviceTaintRules taint
+(``resource.k8s.io/v1`` since 1.37, ``v1beta2`` in 1.36 -- the version the server serves is asked for): the
+scheduler applies both, so both take a device out of service. ``health clear`` cannot lift a rule's taint
+(a rule is an administrator's object); it says which rule still blocks a device and fails.
 
 ``sim inject --gpu UUID|DEVICE (--xid N | --lost | --clear)`` writes a simulated GPU's faults file.
 
@@ -20,6 +23,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from driver import config
@@ -83,6 +87,62 @@ def show_taint(taint: Mapping[str, Any]) -> str:
     return f"{taint.get('key')}{'=' + str(value) if value else ''}:{taint.get('effect')}"
 
 
+# Effects that keep pods off a device; ``None`` is informational.
+BLOCKING_EFFECTS = ("NoSchedule", "NoExecute")
+
+
+@dataclass(frozen=True)
+class RuleTaints:
+    """What DeviceTaintRules do to the driver's devices: (node, device) -> (rule name, taint) pairs."""
+
+    by_device: dict[tuple[str, str], list[tuple[str, JSON]]] = field(default_factory=dict)
+    #: Why the rules could not be read ("" when they were, or the server has none).
+    unreadable: str = ""
+
+    def shown(self, key: tuple[str, str]) -> list[str]:
+        return [f"{show_taint(t)} (DeviceTaintRule {rule})" for rule, t in self.by_device.get(key, [])]
+
+    def blocking(self, key: tuple[str, str]) -> list[str]:
+        return [
+            f"{show_taint(t)} (DeviceTaintRule {rule})"
+            for rule, t in self.by_device.get(key, [])
+            if t.get("effect") in BLOCKING_EFFECTS
+        ]
+
+
+def rule_taints(
+    rules: Sequence[Mapping[str, Any]], slices: Sequence[Mapping[str, Any]], driver: str
+) -> RuleTaints:
+    """Which of the driver's devices in ``slices`` the ``rules`` taint (as the scheduler applies them)."""
+    from driver.allocation.pools import device_rule_taints
+
+    found: dict[tuple[str, str], list[tuple[str, JSON]]] = {}
+    for item in slices:
+        spec = item.get("spec") or {}
+        if spec.get("driver") != driver:
+            continue
+        pool = str((spec.get("pool") or {}).get("name") or "")
+        for device in spec.get("devices") or []:
+            name = str(device.get("name"))
+            taints = device_rule_taints(rules, driver, pool, name)
+            if taints:
+                found[(str(spec.get("nodeName") or ""), name)] = [(t.rule, t.taint) for t in taints]
+    return RuleTaints(found)
+
+
+async def _rule_taints(kube: KubeClient, slices: Sequence[Mapping[str, Any]], driver: str) -> RuleTaints:
+    from driver.kube.client import DEVICE_TAINT_RULES, ApiError
+    from driver.kube.discovery import list_served
+
+    try:
+        rules = await list_served(kube, DEVICE_TAINT_RULES)
+    except ApiError as err:
+        if err.status != 403:
+            raise
+        return RuleTaints(unreadable=f"cannot read DeviceTaintRules ({err}); showing slice taints only")
+    return rule_taints(rules, slices, driver)
+
+
 async def _slices(kube: KubeClient, driver: str, node: str | None = None) -> list[JSON]:
     from driver.kube.client import RESOURCE_SLICES
 
@@ -130,7 +190,9 @@ async def clear(
         left = {d: t for d, t in left.items() if t}
         if not left:
             _print("cleared: " + ", ".join(devices))
-            return 0
+            return _still_ruled(
+                await _rule_taints(kube, await _slices(kube, driver, node), driver), node, devices
+            )
         if time.monotonic() >= deadline:
             for device, taints in sorted(left.items()):
                 shown = ", ".join(show_taint(t) for t in taints)
@@ -141,15 +203,37 @@ async def clear(
         await asyncio.sleep(POLL_SECONDS)
 
 
+def _still_ruled(rules: RuleTaints, node: str, devices: Sequence[str]) -> int:
+    """1 when a DeviceTaintRule keeps a cleared device out of service (a clear cannot lift it)."""
+    if rules.unreadable:
+        _error(rules.unreadable)
+    ruled = {d: rules.blocking((node, d)) for d in devices}
+    for device, taints in sorted(ruled.items()):
+        if taints:
+            _error(
+                f"{node}/{device} is still tainted by {', '.join(taints)}: delete or change the rule "
+                "to put it back in service"
+            )
+    return 1 if any(ruled.values()) else 0
+
+
 async def status(kube: KubeClient, driver: str, node: str | None) -> int:
-    found = device_taints(await _slices(kube, driver, node), driver)
-    tainted = {key: taints for key, taints in sorted(found.items()) if taints}
-    if not tainted:
-        _print(f"no health taints on {len(found)} device(s) of {driver}")
+    slices = await _slices(kube, driver, node)
+    found = device_taints(slices, driver)
+    rules = await _rule_taints(kube, slices, driver)
+    if rules.unreadable:
+        _error(rules.unreadable)
+    shown = {
+        key: [show_taint(t) for t in taints] + rules.shown(key)
+        for key, taints in sorted(found.items())
+        if taints or rules.by_device.get(key)
+    }
+    if not shown:
+        _print(f"no health taints or DeviceTaintRule taints on {len(found)} device(s) of {driver}")
         return 0
-    width = max(len(n) for n, _ in tainted)
-    for (name_node, device), taints in tainted.items():
-        _print(f"{name_node:<{width}}  {device}  {', '.join(show_taint(t) for t in taints)}")
+    width = max(len(n) for n, _ in shown)
+    for (name_node, device), taints in shown.items():
+        _print(f"{name_node:<{width}}  {device}  {', '.join(taints)}")
     return 0
 
 

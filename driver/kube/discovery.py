@@ -37,6 +37,17 @@ async def served_type(kube: KubeClient, rt: ResourceType) -> ResourceType:
     )
 
 
+async def list_served(kube: KubeClient, rt: ResourceType) -> list[dict[str, Any]]:
+    """Every object of ``rt``'s kind, read at the version the server serves it in (:func:`served_type`);
+    none when the server serves the kind in no version (a 1.36 cluster without DeviceTaintRules)."""
+    try:
+        found = await served_type(kube, rt)
+    except NotServedError:
+        return []
+    listed = await kube.list(found)
+    return [dict(item) for item in listed.get("items") or [] if isinstance(item, dict)]
+
+
 async def resource_type(kube: KubeClient, api_version: str, kind: str) -> ResourceType:
     """Where objects of ``kind`` in ``api_version`` (``group/version`` or ``v1``) live in the REST tree."""
     group, _, version = api_version.rpartition("/")

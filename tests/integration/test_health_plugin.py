@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from driver.health.clearing import clear_annotation
-from driver.kube.client import NODES, RESOURCE_SLICES, KubeClient
+from driver.kube.client import DEVICE_TAINT_RULES, NODES, RESOURCE_SLICES, KubeClient
 from driver.sim.apiserver import SimApiServer
 from driver.sim.kubelet import SimKubelet
 from tests.integration.conftest import NODE, NodeDirs, StartPlugin
@@ -157,6 +157,59 @@ async def test_health_clear_restores_the_device_once_per_request(
 
     status = await run_cli("health", "status", "--kubeconfig", str(kubeconfig))
     assert status.returncode == 0 and f"{device}  {XID_KEY}=94:NoSchedule" in status.stdout
+
+
+@pytest.mark.usefixtures("kubelet")  # registers the Node
+async def test_health_status_and_clear_take_device_taint_rules_into_account(
+    apiserver: SimApiServer,
+    kube: KubeClient,
+    start_plugin: StartPlugin,
+    node_dirs: NodeDirs,
+    kubeconfig: Path,
+) -> None:
+    state = node_dirs.root / "fake-state"
+    process = await start(start_plugin, node_dirs)
+    await published(apiserver, 8, process)
+    ruled, informational, healthy = sorted(devices(apiserver))[:3]
+    for name, device, effect in (("drain", ruled, "NoSchedule"), ("note", informational, "None")):
+        await kube.create(
+            DEVICE_TAINT_RULES,
+            {
+                "apiVersion": "resource.k8s.io/v1",
+                "kind": "DeviceTaintRule",
+                "metadata": {"name": name},
+                "spec": {
+                    "deviceSelector": {"driver": DRIVER, "pool": NODE, "device": device},
+                    "taint": {"key": "example.com/maintenance", "value": name, "effect": effect},
+                },
+            },
+        )
+    await inject(state, ruled, "--xid", "48")
+    await until_taints(apiserver, ruled, [xid_taint(48)], timeout=5.0)
+
+    status = await run_cli("health", "status", "--kubeconfig", str(kubeconfig))
+    assert status.returncode == 0, status.stderr
+    lines = {line.split()[1]: line for line in status.stdout.splitlines()}
+    assert (
+        f"{XID_KEY}=48:NoSchedule, example.com/maintenance=drain:NoSchedule (DeviceTaintRule drain)"
+        in (lines[ruled])
+    )
+    assert "example.com/maintenance=note:None (DeviceTaintRule note)" in lines[informational]
+    assert healthy not in lines
+
+    # The clear lifts the XID, but the rule still keeps the device out of service: said, and a failure.
+    result = await run_cli("health", "clear", ruled, "--kubeconfig", str(kubeconfig), "--timeout", "20")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert taints(apiserver, ruled) == []
+    assert (
+        f"{NODE}/{ruled} is still tainted by example.com/maintenance=drain:NoSchedule (DeviceTaintRule drain)"
+        in (result.stderr)
+    )
+    # An informational rule does not keep a device out of service.
+    result = await run_cli(
+        "health", "clear", informational, "--kubeconfig", str(kubeconfig), "--timeout", "5"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 async def test_a_lost_gpu_is_tainted_and_recovers_by_probes(

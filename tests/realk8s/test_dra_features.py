@@ -4,18 +4,28 @@ metadata. node-1 (fake ``dgx-h100``) serves every test here; node-2 stays out of
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
+import yaml
 
-from driver.kube.client import PODS, KubeClient
+from driver.kube.client import DEVICE_TAINT_RULES, PODS, RESOURCE_SLICES, KubeClient
+from driver.kube.discovery import served_type
+from tests.support.processes import accel_dra
 from tests.support.realk8s import Cluster
 from tests.support.realk8s_driver import (
+    DRIVER,
     Driver,
     apply_manifest,
     claim_and_pod,
     delete_namespace,
+    explain,
+    explained_devices,
     running,
+    scheduling_decided,
     wait_for,
 )
 
@@ -37,6 +47,10 @@ async def namespace(request: pytest.FixtureRequest, admin: KubeClient) -> AsyncI
     await apply_manifest(admin, [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}])
     yield name
     await delete_namespace(admin, name)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(accel_dra(*args), capture_output=True, text=True, timeout=120, check=False)
 
 
 def health_service(realk8s: Cluster) -> str:
@@ -76,3 +90,70 @@ async def test_the_kubelet_reads_device_health_from_the_newest_stream_it_knows(
     assert f"service={service}" in streams
     if realk8s.minor >= 37:
         assert "service=v1alpha1.DRAResourceHealth" not in streams, "a 1.37 kubelet needs only v1"
+
+
+async def test_device_taint_rules_count_in_explain_and_health_status(
+    realk8s: Cluster, accel_dra: Driver, admin: KubeClient, namespace: str, tmp_path: Path
+) -> None:
+    """A DeviceTaintRule (v1 in 1.37, v1beta2 in 1.36) keeps a device from the real scheduler; ``explain``
+    names the rule, ``health status`` lists it, ``health clear`` says it cannot lift it."""
+    rules = await served_type(admin, DEVICE_TAINT_RULES)
+    assert rules.version == ("v1" if realk8s.minor >= 37 else "v1beta2")
+    slices = await admin.list(RESOURCE_SLICES, field_selector=f"spec.nodeName={NODE}")
+    device = min(
+        (d for s in slices["items"] if s["spec"]["driver"] == DRIVER for d in s["spec"]["devices"]),
+        key=lambda d: d["name"],
+    )
+    uuid = device["attributes"]["uuid"]["string"]
+    rule = {
+        "apiVersion": f"resource.k8s.io/{rules.version}",
+        "kind": "DeviceTaintRule",
+        "metadata": {"name": f"{namespace}-drain"},
+        "spec": {
+            "deviceSelector": {"driver": DRIVER, "pool": NODE, "device": device["name"]},
+            "taint": {"key": "example.com/maintenance", "value": "planned", "effect": "NoSchedule"},
+        },
+    }
+    await admin.create(rules, rule)
+    try:
+        selector = f'device.attributes["{DRIVER}"].uuid == "{uuid}"'
+        claim, pod = claim_and_pod(
+            namespace,
+            "ruled",
+            {
+                "requests": [
+                    {
+                        "name": "gpu",
+                        "exactly": {
+                            "deviceClassName": "gpu.accel-dra.dev",
+                            "selectors": [{"cel": {"expression": selector}}],
+                        },
+                    }
+                ]
+            },
+        )
+        await apply_manifest(admin, [claim, pod])
+        decided = await wait_for(admin, PODS, "ruled", namespace, scheduling_decided, what="the scheduler")
+        assert not (decided or {}).get("spec", {}).get("nodeName"), "scheduled onto a device a rule taints"
+
+        path = tmp_path / "claim.yaml"
+        path.write_text(yaml.safe_dump(claim))
+        report = explain(realk8s, path)
+        verdict = explained_devices(report, NODE, f"{namespace}/ruled")[
+            ("gpu", f"{DRIVER}/{NODE}/{device['name']}")
+        ]
+        assert not verdict["match"]
+        assert f"DeviceTaintRule {rule['metadata']['name']}" in json.dumps(verdict["reasons"])
+
+        status = run_cli("health", "status", "--kubeconfig", str(realk8s.kubeconfig), "--node", NODE)
+        assert status.returncode == 0, status.stderr
+        assert (
+            f"{device['name']}  example.com/maintenance=planned:NoSchedule "
+            f"(DeviceTaintRule {rule['metadata']['name']})"
+        ) in status.stdout
+        cleared = run_cli(
+            "health", "clear", device["name"], "--node", NODE, "--kubeconfig", str(realk8s.kubeconfig)
+        )
+        assert cleared.returncode == 1 and f"(DeviceTaintRule {rule['metadata']['name']})" in cleared.stderr
+    finally:
+        await admin.delete(rules, rule["metadata"]["name"])

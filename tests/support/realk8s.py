@@ -450,13 +450,15 @@ class Cluster:
         ]
         if self.minor == 36:
             # DeviceTaintRule: off by default in 1.36 and served from resource.k8s.io/v1beta2 only.
-            args += [
-                "--feature-gates=DRADeviceTaintRules=true",
-                "--runtime-config=resource.k8s.io/v1beta2=true",
-            ]
+            args += [*self._feature_gates(), "--runtime-config=resource.k8s.io/v1beta2=true"]
         apiserver = self._component("kube-apiserver", "kube-apiserver", *args)
         context = self.admin_context()
         apiserver.wait(lambda: _https_status(f"{self.server}/readyz", context) == 200, "/readyz")
+
+    def _feature_gates(self) -> list[str]:
+        """The gates every control-plane component gets: 1.36 applies DeviceTaintRules only where the gate is
+        on -- the API server serves them, the scheduler honours them, the controller manager evicts."""
+        return ["--feature-gates=DRADeviceTaintRules=true"] if self.minor == 36 else []
 
     def _control_plane_component(self, name: str, port: int, *extra: str) -> None:
         kubeconfig = self.dir / f"{name}.kubeconfig"
@@ -470,6 +472,7 @@ class Cluster:
             f"--secure-port={port}",
             f"--cert-dir={self.dir / (name + '-certs')}",
             "--leader-elect=false",
+            *self._feature_gates(),
             *extra,
         )
         url = f"https://{self.ip}:{port}/healthz"

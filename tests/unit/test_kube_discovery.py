@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from driver.kube.client import DEVICE_TAINT_RULES, RESOURCE_SLICES, ApiError, KubeClient
-from driver.kube.discovery import NotServedError, resource_type, served_type
+from driver.kube.discovery import NotServedError, list_served, resource_type, served_type
 
 JSON = dict[str, Any]
 
@@ -92,3 +92,27 @@ async def test_resource_type_by_kind_skips_subresources() -> None:
     assert (found.plural, found.namespaced) == ("devicetaintrules", False)
     with pytest.raises(NotServedError):
         await resource_type(kube("1.36"), "resource.k8s.io/v1", "DeviceTaintRule")
+
+
+class ListingKube(FakeKube):
+    """Answers lists too: ``items`` per collection path."""
+
+    def __init__(self, answers: dict[str, JSON], collections: dict[str, list[JSON]]) -> None:
+        super().__init__(answers)
+        self.collections = collections
+
+    async def list(self, rt: Any, namespace: str | None = None, **_: Any) -> JSON:
+        self.asked.append(rt.path(namespace))
+        return {"items": self.collections[rt.path(namespace)]}
+
+
+@pytest.mark.parametrize(("server", "version"), [("1.36", "v1beta2"), ("1.37", "v1")])
+async def test_list_served_reads_the_served_version(server: str, version: str) -> None:
+    rule = {"metadata": {"name": "drain"}, "spec": {}}
+    client = ListingKube(SERVERS[server], {f"/apis/resource.k8s.io/{version}/devicetaintrules": [rule]})
+    assert await list_served(client, DEVICE_TAINT_RULES) == [rule]  # type: ignore[arg-type]
+
+
+async def test_list_served_is_empty_where_the_kind_is_not_served() -> None:
+    client = ListingKube(SERVERS["1.36 without the gate"], {})
+    assert await list_served(client, DEVICE_TAINT_RULES) == []  # type: ignore[arg-type]
