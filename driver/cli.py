@@ -54,6 +54,12 @@ COMMANDS: tuple[Command, ...] = (
         "driver.resources.cli:run_validate",
     ),
     Command(
+        "deviceclasses",
+        "print the DeviceClasses (chart values) for the MIG profiles the driver's GPUs publish",
+        "driver.resources.cli:add_deviceclasses_arguments",
+        "driver.resources.cli:run_deviceclasses",
+    ),
+    Command(
         "demo",
         "run the examples in a sandbox with simulated GPUs and control plane, and explain what happened",
         "driver.sim.demo:add_demo_arguments",

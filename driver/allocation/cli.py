@@ -30,7 +30,8 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
         "claim",
         metavar="CLAIM.yaml",
         help="a ResourceClaim, a ResourceClaimTemplate (its spec.spec is used), or a multi-document YAML "
-        "of claims; DeviceClass and ResourceSlice documents in it are used too",
+        "of claims; DeviceClass and ResourceSlice documents in it are used too, and a Pod's extended "
+        "resources (resources.limits) become the claim the scheduler would make for them",
     )
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
@@ -79,6 +80,7 @@ class _Inputs:
     classes: dict[str, dict[str, Any]] = field(default_factory=dict)
     taint_rules: list[dict[str, Any]] = field(default_factory=list)
     others: list[dict[str, Any]] = field(default_factory=list)  # claims whose allocations hold devices
+    pods: list[dict[str, Any]] = field(default_factory=list)  # their extended resources become claims
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)  # node objects by name, when known
 
 
@@ -199,6 +201,8 @@ def _sort_documents(path: str, docs: Iterable[dict[str, Any]], inputs: _Inputs, 
             inputs.claims.append(doc)
         elif kind == "ResourceClaimTemplate" and claims_allowed:
             inputs.claims.append(claim_from_template(doc))
+        elif kind == "Pod" and claims_allowed:
+            inputs.pods.append(doc)
         elif kind == "ResourceSlice":
             inputs.slices.append(doc)
         elif kind == "DeviceClass":
@@ -216,8 +220,8 @@ def _sort_documents(path: str, docs: Iterable[dict[str, Any]], inputs: _Inputs, 
 def _load(args: argparse.Namespace) -> _Inputs:
     inputs = _Inputs()
     _sort_documents(args.claim, _documents(args.claim), inputs, claims_allowed=True)
-    if not inputs.claims:
-        raise _UsageError(f"{args.claim}: no ResourceClaim or ResourceClaimTemplate found")
+    if not inputs.claims and not inputs.pods:
+        raise _UsageError(f"{args.claim}: no ResourceClaim, ResourceClaimTemplate or Pod found")
     if args.kubeconfig:
         import asyncio
 
@@ -228,7 +232,29 @@ def _load(args: argparse.Namespace) -> _Inputs:
         _sort_documents(path, _documents(path), inputs, claims_allowed=False)
     if args.claims:
         _sort_documents(args.claims, _documents(args.claims), inputs, claims_allowed=False)
+    inputs.claims += _extended_resource_claims(args.claim, inputs)
+    if not inputs.claims:
+        raise _UsageError(f"{args.claim}: no ResourceClaim, ResourceClaimTemplate or extended resource found")
     return inputs
+
+
+def _extended_resource_claims(path: str, inputs: _Inputs) -> list[dict[str, Any]]:
+    """For each pod of the input, the claim the scheduler makes for its extended resources backed by a
+    DeviceClass (on a node without a device plugin for them), named ``<pod>-extended-resources``."""
+    from driver.allocation.extended import NotBackedError, extended_claim
+
+    out = []
+    for pod in inputs.pods:
+        name = str((pod.get("metadata") or {}).get("name"))
+        try:
+            found = extended_claim(pod, inputs.classes.values(), allocatable={})
+        except NotBackedError as exc:
+            raise _UsageError(f"{path}: pod {name}: {exc}") from None
+        if found is not None:
+            claim = found.claim(pod)
+            claim["metadata"]["name"] = f"{name}-extended-resources"
+            out.append(claim)
+    return out
 
 
 async def _load_from_server(kubeconfig: str, node: str | None, inputs: _Inputs) -> None:

@@ -1,4 +1,4 @@
-"""``accel-dra discover`` and ``accel-dra validate``.
+"""``accel-dra discover``, ``accel-dra validate`` and ``accel-dra deviceclasses``.
 
 ``discover`` prints the ResourceSlices the plugin would publish for this machine. ``validate`` checks
 slice dumps from any vendor's driver against the API server's rules and the standard attribute profile.
@@ -176,3 +176,65 @@ def run_validate(args: argparse.Namespace) -> int:
     verdict = "OK" if not failures else f"{failures} problem(s)"
     print(f"{checked} ResourceSlice(s), {devices} device(s) checked: {verdict}")
     return 1 if failures else 0
+
+
+# -- deviceclasses --------------------------------------------------------------------------------
+
+
+def add_deviceclasses_arguments(parser: argparse.ArgumentParser) -> None:
+    from driver.config import add_kube_arguments
+
+    parser.add_argument(
+        "files", nargs="*", metavar="FILE", help="ResourceSlice dumps to read instead of the API server"
+    )
+    add_kube_arguments(parser)
+    parser.add_argument(
+        "--driver-name", default=os.environ.get("DRIVER_NAME", DEFAULT_DRIVER_NAME), help="DRA driver name"
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=["values", "yaml"],
+        default="values",
+        help="values: the chart values that create them; yaml: the DeviceClass objects",
+    )
+
+
+async def _cluster_slices(kubeconfig: str | None) -> list[JSON]:
+    from driver.kube.client import RESOURCE_SLICES, KubeClient
+
+    async with await KubeClient.connect(kubeconfig) as kube:
+        return list((await kube.list(RESOURCE_SLICES)).get("items") or [])
+
+
+def run_deviceclasses(args: argparse.Namespace) -> int:
+    """The MIG profiles the driver's devices publish, as chart values (or DeviceClasses) giving each its
+    class and extended resource: "one class per MIG profile in use"."""
+    import asyncio
+
+    from driver.kube.client import ApiError
+    from driver.kube.connection import KubeConfigError
+    from driver.resources.deviceclasses import device_classes, mig_profiles_in_use
+
+    slices: list[Mapping[str, Any]] = []
+    try:
+        if args.files:
+            slices += [s for path in args.files for doc in _documents(path) for s in resource_slices(doc)]
+        else:
+            slices += asyncio.run(_cluster_slices(args.kubeconfig))
+    except (InputError, ApiError, KubeConfigError, OSError) as err:
+        print(f"accel-dra deviceclasses: {err}", file=sys.stderr)
+        return 2
+    profiles = mig_profiles_in_use(slices, args.driver_name)
+    if not profiles:
+        print(
+            f"accel-dra deviceclasses: no MIG device of driver {args.driver_name} is published",
+            file=sys.stderr,
+        )
+    if args.output == "values":
+        values = {"deviceClasses": {"migProfiles": {"enabled": True, "profiles": profiles}}}
+        sys.stdout.write(_dump(values, "yaml"))
+        return 0
+    classes = device_classes(args.driver_name, mig_profiles=profiles)
+    sys.stdout.write(_dump({"apiVersion": "v1", "kind": "List", "items": classes}, "yaml"))
+    return 0

@@ -60,7 +60,8 @@ class AllocationOutcome:
 
 
 def pod_claim_names(pod: Mapping[str, Any]) -> list[str] | str:
-    """The ResourceClaim names a pod uses, or why they are not known yet (a template's claim not created)."""
+    """The ResourceClaim names a pod uses (its extended-resource claim too, once made), or why they are not
+    known yet (a template's claim not created)."""
     statuses = {
         s.get("name"): s.get("resourceClaimName")
         for s in (pod.get("status") or {}).get("resourceClaimStatuses") or ()
@@ -77,6 +78,9 @@ def pod_claim_names(pod: Mapping[str, Any]) -> list[str] | str:
                 f"waiting for the ResourceClaim of pod claim {entry.get('name')} "
                 f"(template {entry.get('resourceClaimTemplateName')}) to be created"
             )
+    extended = (pod.get("status") or {}).get("extendedResourceClaimStatus") or {}
+    if extended.get("resourceClaimName"):
+        names.append(str(extended["resourceClaimName"]))
     return names
 
 
@@ -150,7 +154,12 @@ class SimAllocator:
         self.clock = clock
         self._lock = asyncio.Lock()
 
-    async def allocate_for_pod(self, pod: Mapping[str, Any], node: str) -> AllocationOutcome:
+    async def allocate_for_pod(
+        self, pod: Mapping[str, Any], node: str, extended: JSON | None = None
+    ) -> AllocationOutcome:
+        """Allocate and reserve the pod's claims on ``node``. ``extended`` is the claim for the pod's
+        extended resources (:mod:`driver.allocation.extended`), not yet in the API: it is created, with its
+        allocation, only when everything fits -- as kube-scheduler creates it at PreBind."""
         names = pod_claim_names(pod)
         if isinstance(names, str):
             return AllocationOutcome(False, reason=names)
@@ -158,7 +167,7 @@ class SimAllocator:
         async with self._lock:
             for _ in range(self.conflict_retries):
                 try:
-                    outcome = await self._attempt(pod, node, namespace, names)
+                    outcome = await self._attempt(pod, node, namespace, names, extended)
                 except _ConflictError:
                     continue
                 log.info(
@@ -175,7 +184,7 @@ class SimAllocator:
         )
 
     async def _attempt(
-        self, pod: Mapping[str, Any], node: str, namespace: str, names: Sequence[str]
+        self, pod: Mapping[str, Any], node: str, namespace: str, names: Sequence[str], extended: JSON | None
     ) -> AllocationOutcome:
         claims: list[JSON] = []
         for name in names:
@@ -185,6 +194,8 @@ class SimAllocator:
                 if exc.not_found:
                     return AllocationOutcome(False, reason=f"resourceclaim {namespace}/{name} not found")
                 raise
+        if extended is not None:
+            claims.append(dict(extended))
         failed = await self._release_failed_bindings(claims, namespace)
         if failed:
             return AllocationOutcome(False, reason=failed)
@@ -275,6 +286,9 @@ class SimAllocator:
         if all(r.get("uid") != entry["uid"] for r in reserved):
             reserved.append(entry)
         status["reservedFor"] = reserved
+        if not (claim.get("metadata") or {}).get("uid"):  # the extended-resource claim: created now
+            claim = await self.kube.create(RESOURCE_CLAIMS, claim, namespace)
+            log.info("created extended-resource claim", claim=object_ref(claim), pod=object_ref(pod))
         body = {**claim, "status": status}  # carries metadata.resourceVersion: a stale read gets 409
         try:
             return await self.kube.update(RESOURCE_CLAIMS, body, namespace, subresource="status")

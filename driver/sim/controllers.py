@@ -11,7 +11,9 @@ ResourceClaim controller (as in kube-controller-manager, 1.34+):
 Scheduler (the DRA part of kube-scheduler): a pending pod whose claims can all be allocated on a Ready node
 gets them allocated and reserved (``driver.sim.allocator``) and is bound to that node, once the binding
 conditions of attach-style devices hold; otherwise its ``PodScheduled`` condition says why, and it is
-retried whenever pods, claims or slices change.
+retried whenever pods, claims or slices change. Extended resources (``resources.limits``) that the node's
+device plugin does not provide but a DeviceClass backs get the claim kube-scheduler 1.37 makes for them
+(``driver.allocation.extended``), created once it is allocated, and ``status.extendedResourceClaimStatus``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from driver.allocation.extended import ExtendedClaim, NotBackedError, extended_claim, is_extended_claim
+from driver.allocation.extended import pod_requests as pod_extended_requests
 from driver.kube.client import (
+    DEVICE_CLASSES,
     NODES,
     PODS,
     RESOURCE_CLAIM_TEMPLATES,
@@ -259,11 +264,23 @@ class Scheduler:
             return
         reasons: list[str] = []
         for node in await self._ready_nodes():
-            short = await self._extended_shortage(pod, node)
+            node_obj = await self.kube.get(NODES, node)
+            try:
+                extended = await self._extended_claim(pod, node_obj)
+            except NotBackedError as err:
+                reasons.append(str(err))
+                continue
+            backed = {str(m["resourceName"]) for m in extended.mappings} if extended else set()
+            short = await self._extended_shortage(pod, node_obj, backed)
             if short:
                 reasons.append(short)
                 continue
-            outcome = await self.allocator.allocate_for_pod(pod, node)
+            outcome = await self.allocator.allocate_for_pod(
+                pod, node, extended.claim(pod) if extended else None
+            )
+            if outcome.allocated and extended is not None:
+                made = next(c for c in outcome.claims if is_extended_claim(c))
+                await self._record_extended(pod, extended.status(made["metadata"]["name"]))
             if outcome.waiting:
                 # Reserved on this node; bound once the binding conditions hold (a claim change retries),
                 # and looked at again when the binding timeout would run out.
@@ -281,13 +298,35 @@ class Scheduler:
             message = claim_names
         await self._unschedulable(pod, message)
 
-    async def _extended_shortage(self, pod: JSON, node: str) -> str:
+    async def _extended_claim(self, pod: JSON, node: JSON) -> ExtendedClaim | None:
+        """The claim for the pod's extended resources that DeviceClasses back on ``node`` (KEP-5004); None
+        when there are none, or the pod got its claim in an earlier round."""
+        if (pod.get("status") or {}).get("extendedResourceClaimStatus"):
+            return None
+        if not pod_extended_requests(pod):
+            return None
+        classes = (await self.kube.list(DEVICE_CLASSES)).get("items") or []
+        allocatable = (node.get("status") or {}).get("allocatable") or {}
+        return extended_claim(pod, classes, allocatable)
+
+    async def _record_extended(self, pod: JSON, status: JSON) -> None:
+        meta = pod["metadata"]
+        await self.kube.patch(
+            PODS,
+            meta["name"],
+            {"status": {"extendedResourceClaimStatus": status}},
+            meta["namespace"],
+            subresource="status",
+        )
+
+    async def _extended_shortage(self, pod: JSON, node_obj: JSON, backed: set[str]) -> str:
         """ "Insufficient <resource>" when the node's allocatable extended resources (a device plugin's units)
-        cannot cover the pod's requests on top of what its other pods hold; "" when they fit."""
-        wanted = {r: n for r in extended_resources(pod) if (n := pod_requests(pod, r))}
+        cannot cover the pod's requests on top of what its other pods hold; "" when they fit. Resources
+        ``backed`` by the pod's extended-resource claim are DRA's."""
+        wanted = {r: n for r in extended_resources(pod) - backed if (n := pod_requests(pod, r))}
         if not wanted:
             return ""
-        node_obj = await self.kube.get(NODES, node)
+        node = node_obj["metadata"]["name"]
         allocatable = (node_obj.get("status") or {}).get("allocatable") or {}
         pods = (await self.kube.list(PODS, field_selector=f"spec.nodeName={node}")).get("items") or []
         active = [

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from driver.allocation.extended import container_requests
 from driver.kube.client import EVENTS, NODES, PODS, RESOURCE_CLAIMS, ApiError, KubeClient
 from driver.log import get_logger
 from driver.sim.deviceplugin import DevicePluginError, SimDevicePlugin, requested
@@ -102,10 +103,34 @@ def _serves(device: PreparedDevice, request: str) -> bool:
     return not request or not device.request_names or request in device.request_names
 
 
-def container_cdi_ids(container: Mapping[str, Any], claims: Mapping[str, ClaimInfo]) -> list[str]:
+#: The key of a pod's extended-resource claim among its claims (no pod claim entry can be named so).
+EXTENDED_ENTRY = "<extended resources>"
+
+
+def extended_mappings(pod: Mapping[str, Any], container: Mapping[str, Any]) -> dict[str, str]:
+    """Request name -> resource name of the pod's extended-resource claim, for ``container``
+    (``status.extendedResourceClaimStatus.requestMappings`` of resources the container asks for)."""
+    status = (pod.get("status") or {}).get("extendedResourceClaimStatus") or {}
+    wanted = set(container_requests(container))
+    return {
+        str(m.get("requestName")): str(m.get("resourceName"))
+        for m in status.get("requestMappings") or []
+        if m.get("containerName") == container.get("name") and m.get("resourceName") in wanted
+    }
+
+
+def _claim_refs(container: Mapping[str, Any], extended: Sequence[str]) -> list[Mapping[str, Any]]:
+    """The container's ``resources.claims``, and its requests of the extended-resource claim."""
+    refs: list[Mapping[str, Any]] = list((container.get("resources") or {}).get("claims") or [])
+    return refs + [{"name": EXTENDED_ENTRY, "request": r} for r in extended]
+
+
+def container_cdi_ids(
+    container: Mapping[str, Any], claims: Mapping[str, ClaimInfo], extended: Sequence[str] = ()
+) -> list[str]:
     """The CDI ids the kubelet passes to the runtime for one container (deduplicated, in order)."""
     ids: dict[str, None] = {}
-    for ref in (container.get("resources") or {}).get("claims") or []:
+    for ref in _claim_refs(container, extended):
         claim = claims.get(ref.get("name", ""))
         if claim is None:
             continue
@@ -116,12 +141,16 @@ def container_cdi_ids(container: Mapping[str, Any], claims: Mapping[str, ClaimIn
     return list(ids)
 
 
-def _container_claims(container: Mapping[str, Any], claims: Mapping[str, ClaimInfo]) -> list[ClaimResources]:
+def _container_claims(
+    container: Mapping[str, Any], claims: Mapping[str, ClaimInfo], extended: Sequence[str] = ()
+) -> list[ClaimResources]:
     """PodResources ``dynamic_resources`` of one container, as the kubelet's GetDynamicResources builds them:
-    one entry per ``resources.claims`` reference, with every device of the claim (all drivers; the request
-    is not applied here, unlike for CDI injection)."""
+    one entry per ``resources.claims`` reference, and the extended-resource claim when the container has
+    requests in it, with every device of the claim (all drivers; the request is not applied here, unlike
+    for CDI injection)."""
     out: list[ClaimResources] = []
-    for ref in (container.get("resources") or {}).get("claims") or []:
+    refs = list((container.get("resources") or {}).get("claims") or [])
+    for ref in refs + ([{"name": EXTENDED_ENTRY}] if extended else []):
         claim = claims.get(ref.get("name", ""))
         if claim is None or not claim.prepared:
             continue
@@ -355,8 +384,12 @@ class SimNode:
         name = container["name"]
         command = [*(container.get("command") or []), *(container.get("args") or [])]
         plugin_devices: dict[str, list[str]] = {}
-        cdi_ids = container_cdi_ids(container, state.claims)
+        mappings = extended_mappings(pod, container)
+        extended = list(mappings)
+        cdi_ids = container_cdi_ids(container, state.claims, extended)
         count = requested(container, self.device_plugin.resource) if self.device_plugin is not None else 0
+        if self.device_plugin is not None and self.device_plugin.resource in mappings.values():
+            count = 0  # the scheduler gave it through DRA
         if self.device_plugin is not None and count:
             try:
                 uuids = self.device_plugin.allocate(state.uid, name, count)
@@ -393,7 +426,7 @@ class SimNode:
                 state.name,
                 name,
                 devices=plugin_devices,
-                claims=_container_claims(container, state.claims),
+                claims=_container_claims(container, state.claims, extended),
             )
         return handle
 
@@ -694,4 +727,7 @@ def _pod_claims(pod: Mapping[str, Any]) -> Sequence[tuple[str, str]]:
             out.append((entry["name"], name))
         elif entry.get("resourceClaimTemplateName"):
             raise _NotReadyError(f"the ResourceClaim for pod claim {entry['name']} has not been created yet")
+    extended = (pod.get("status") or {}).get("extendedResourceClaimStatus") or {}
+    if extended.get("resourceClaimName"):
+        out.append((EXTENDED_ENTRY, str(extended["resourceClaimName"])))
     return out

@@ -146,3 +146,41 @@ def test_missing_file_exit_2(tmp_path: Path) -> None:
     result = accel_dra("validate", str(tmp_path / "nope.yaml"))
     assert result.returncode == 2
     assert "nope.yaml" in result.stderr
+
+
+def test_deviceclasses_lists_the_mig_profiles_in_use(tmp_path: Path) -> None:
+    dump = tmp_path / "slices.yaml"
+    dump.write_text(accel_dra("discover", "--backend", "fake:mig-a100", "--node-name", "n1").stdout)
+    values = accel_dra("deviceclasses", str(dump))
+    assert values.returncode == 0, values.stderr
+    assert yaml.safe_load(values.stdout) == {
+        "deviceClasses": {"migProfiles": {"enabled": True, "profiles": ["1g.5gb", "2g.10gb", "3g.20gb"]}}
+    }
+    objects = accel_dra("deviceclasses", str(dump), "-o", "yaml")
+    classes = {c["metadata"]["name"]: c["spec"] for c in yaml.safe_load(objects.stdout)["items"]}
+    assert classes["2g.10gb.mig.accel-dra.dev"]["extendedResourceName"] == "nvidia.com/mig-2g.10gb"
+    assert len(classes) == 5
+    whole = tmp_path / "whole.yaml"
+    whole.write_text(accel_dra("discover", "--backend", "fake:dgx-h100", "--node-name", "n1").stdout)
+    none = accel_dra("deviceclasses", str(whole))
+    assert none.returncode == 0 and "no MIG device of driver gpu.accel-dra.dev" in none.stderr
+
+
+def test_explain_names_an_extended_resource_nothing_provides(tmp_path: Path) -> None:
+    slices = tmp_path / "slices.yaml"
+    slices.write_text(accel_dra("discover", "--backend", "fake:dgx-h100", "--node-name", "n1").stdout)
+    pod = tmp_path / "pod.yaml"
+    container = {"name": "c", "image": "x", "resources": {"limits": {"example.com/fpga": 1}}}
+    pod.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "p", "namespace": "ns"},
+                "spec": {"containers": [container]},
+            }
+        )
+    )
+    result = accel_dra("explain", str(pod), "--slices", str(slices))
+    assert result.returncode == 2
+    assert "pod p: Insufficient example.com/fpga" in result.stderr

@@ -108,6 +108,23 @@ async def test_two_pods_share_one_claim(sandbox: Sandbox) -> None:
     assert envs[0] == envs[1]
 
 
+async def test_an_extended_resource_limit_gets_a_gpu_through_dra(sandbox: Sandbox) -> None:
+    await sandbox.apply(example("gpu-test-extended-resource"))
+    pod = await sandbox.wait_pod("gpu-test-extended-resource", "pod", ["Running"])
+    status = pod["status"]["extendedResourceClaimStatus"]
+    assert status["requestMappings"] == [
+        {"containerName": "ctr", "resourceName": "nvidia.com/gpu", "requestName": "container-0-request-0"}
+    ]
+    (claim,) = claims_of(sandbox, "gpu-test-extended-resource")
+    assert claim["metadata"]["name"] == status["resourceClaimName"]
+    assert claim["metadata"]["name"].startswith("pod-extended-resources-")
+    assert claim["metadata"]["ownerReferences"][0]["uid"] == pod["metadata"]["uid"]
+    assert claim["spec"]["devices"]["requests"][0]["exactly"]["deviceClassName"] == "gpu.accel-dra.dev"
+    (device,) = allocated_devices(claim)
+    text = await log_of(sandbox, "gpu-test-extended-resource", "pod", "ctr", "GPU 0:")
+    assert list(gpu_env(text).values()) == [attributes(sandbox)[device]["uuid"]["string"]]
+
+
 async def test_cel_memory_selector(sandbox: Sandbox) -> None:
     await sandbox.apply(example("gpu-test4"))
     await sandbox.wait_pod("gpu-test4", "pod", ["Running"])

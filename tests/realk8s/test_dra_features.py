@@ -8,12 +8,23 @@ import json
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from driver.kube.client import DEVICE_TAINT_RULES, PODS, RESOURCE_SLICES, KubeClient
+from driver.allocation.extended import extended_claim, is_extended_claim
+from driver.kube.client import (
+    DEVICE_CLASSES,
+    DEVICE_TAINT_RULES,
+    NODES,
+    PODS,
+    RESOURCE_CLAIMS,
+    RESOURCE_SLICES,
+    KubeClient,
+)
 from driver.kube.discovery import served_type
+from driver.state.cdi import spec_file_name
 from tests.support.processes import accel_dra
 from tests.support.realk8s import Cluster
 from tests.support.realk8s_driver import (
@@ -32,7 +43,7 @@ from tests.support.realk8s_driver import (
 pytestmark = pytest.mark.realk8s
 
 NODE = "node-1"
-JSON = dict
+JSON = dict[str, Any]
 
 
 @pytest.fixture
@@ -157,3 +168,95 @@ async def test_device_taint_rules_count_in_explain_and_health_status(
         assert cleared.returncode == 1 and f"(DeviceTaintRule {rule['metadata']['name']})" in cleared.stderr
     finally:
         await admin.delete(rules, rule["metadata"]["name"])
+
+
+def pause(name: str, gpus: int, **extra: Any) -> JSON:
+    limits = {"nvidia.com/gpu": gpus} if gpus else {}
+    return {"name": name, "image": "registry.k8s.io/pause:3.10", "resources": {"limits": limits}, **extra}
+
+
+def container_started(pod: JSON | None) -> bool:
+    status = (pod or {}).get("status") or {}
+    return any(
+        "running" in (c.get("state") or {})
+        for c in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
+    )
+
+
+POD_SHAPES: dict[str, JSON] = {
+    "two containers": {"containers": [pause("train", 2), pause("helper", 1)]},
+    "init containers and a sidecar": {
+        "initContainers": [pause("setup", 2), pause("proxy", 1, restartPolicy="Always"), pause("small", 1)],
+        "containers": [pause("main", 1), pause("plain", 0)],
+    },
+}
+
+
+@pytest.mark.parametrize("shape", sorted(POD_SHAPES))
+async def test_a_pod_asking_for_nvidia_com_gpu_in_its_limits_gets_gpus_through_dra(
+    realk8s: Cluster, accel_dra: Driver, admin: KubeClient, namespace: str, shape: str
+) -> None:
+    """The real scheduler makes the claim the chart's ``extendedResourceName`` implies, exactly as
+    :func:`driver.allocation.extended.extended_claim` computes it; the kubelet prepares it through the
+    plugin, and the claim goes with the pod."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "extended", "namespace": namespace},
+        "spec": POD_SHAPES[shape],
+    }
+    await apply_manifest(admin, [pod])
+    scheduled = await wait_for(
+        admin,
+        PODS,
+        "extended",
+        namespace,
+        lambda p: bool(p and p["status"].get("extendedResourceClaimStatus") and p["spec"].get("nodeName")),
+        what="pod extended scheduled with its claim",
+    )
+    assert scheduled is not None and scheduled["spec"]["nodeName"] == NODE
+    status = scheduled["status"]["extendedResourceClaimStatus"]
+    claim = await wait_for(
+        admin,
+        RESOURCE_CLAIMS,
+        status["resourceClaimName"],
+        namespace,
+        lambda c: bool(c and c.get("status", {}).get("allocation")),
+        what="the extended-resource claim allocated",
+    )
+    assert claim is not None and is_extended_claim(claim)
+    assert claim["metadata"]["ownerReferences"][0]["uid"] == scheduled["metadata"]["uid"]
+    node = await admin.get(NODES, NODE)
+    classes = (await admin.list(DEVICE_CLASSES))["items"]
+    expected = extended_claim(scheduled, classes, node["status"]["allocatable"])
+    assert expected is not None
+    keys = ("deviceClassName", "allocationMode", "count")
+    assert [(r["name"], *(r["exactly"][k] for k in keys)) for r in claim["spec"]["devices"]["requests"]] == [
+        (r["name"], *(r["exactly"][k] for k in keys)) for r in expected.requests
+    ]
+    assert sorted(status["requestMappings"], key=str) == sorted(expected.mappings, key=str)
+    results = claim["status"]["allocation"]["devices"]["results"]
+    assert sum(r["exactly"]["count"] for r in expected.requests) == len(results)
+    assert {r["driver"] for r in results} == {DRIVER}
+    # The kubelet prepares the claim before it starts any container (the fake runtime never ends an init
+    # container, so the second shape stays in its init phase).
+    started = await wait_for(
+        admin, PODS, "extended", namespace, container_started, what="a container started"
+    )
+    cdi = realk8s.nodes[NODE].cdi_dir / spec_file_name(DRIVER, claim["metadata"]["uid"])
+    assert cdi.is_file(), "the kubelet prepared the claim through the plugin"
+    if not POD_SHAPES[shape].get("initContainers"):
+        assert running(started) or running(
+            await wait_for(admin, PODS, "extended", namespace, running, what="pod extended Running")
+        )
+    await admin.delete(PODS, "extended", namespace)
+    await wait_for(admin, PODS, "extended", namespace, lambda o: o is None, what="pod extended gone")
+    await wait_for(
+        admin,
+        RESOURCE_CLAIMS,
+        claim["metadata"]["name"],
+        namespace,
+        lambda o: o is None,
+        what="its claim gone",
+    )
+    assert not cdi.exists()

@@ -52,6 +52,9 @@ def explain_refs(pods: list[JSON]) -> dict[str, str]:
         for status in pod["status"].get("resourceClaimStatuses") or []:
             template = sources[status["name"]]["resourceClaimTemplateName"]
             out[status["resourceClaimName"]] = f"{ns}/{template}"
+        extended = pod["status"].get("extendedResourceClaimStatus")
+        if extended:  # explain names the claim it makes for the pod's extended resources this way
+            out[extended["resourceClaimName"]] = f"{ns}/{pod['metadata']['name']}-extended-resources"
     return out
 
 

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from driver import DEFAULT_DRIVER_NAME
+from driver.resources.deviceclasses import DEFAULT_MIG_PROFILES
 from tests.support.chart import CHART, find, helm_missing, load_values, render, render_templates
 from tests.support.deploy_checks import (
     allocate_all,
@@ -85,6 +86,12 @@ def test_lint_is_clean(values: str, kube_version: str) -> None:
         ({"logFormat": "xml"}, "/logFormat"),
         ({"metrics": {"serviceMonitor": {"enabled": True, "intervall": "30s"}}}, "intervall"),
         ({"unknownKey": 1}, "unknownKey"),
+        (
+            {"deviceClasses": {"migProfiles": {"profiles": ["1g 5gb"]}}},
+            "/deviceClasses/migProfiles/profiles/0",
+        ),
+        ({"deviceClasses": {"migProfiles": {"extendedResourcePrefix": "mig-"}}}, "extendedResourcePrefix"),
+        ({"deviceClasses": {"gpu": {"extendedResourceName": "kubernetes gpu"}}}, "extendedResourceName"),
     ],
 )
 def test_the_values_schema_rejects_bad_values(values: dict[str, Any], message: str) -> None:
@@ -237,7 +244,11 @@ def test_plugin_metrics_port_is_served_and_exposed(renders: dict[str, list[dict[
 
 def test_device_classes_select_on_driver_and_type(renders: dict[str, list[dict[str, Any]]]) -> None:
     classes = [o for o in renders["default"] if o["kind"] == "DeviceClass"]
-    assert {c["metadata"]["name"] for c in classes} == {"gpu.accel-dra.dev", "mig.accel-dra.dev"}
+    names = {c["metadata"]["name"] for c in classes}
+    assert {"gpu.accel-dra.dev", "mig.accel-dra.dev"} < names
+    assert names - {"gpu.accel-dra.dev", "mig.accel-dra.dev"} == {
+        f"{p}.mig.accel-dra.dev" for p in DEFAULT_MIG_PROFILES
+    }
     # Evaluated with the scheduler-equivalent allocator on the devices the plugin publishes.
     dgx_gpus = allocate_all("gpu.accel-dra.dev", classes, "dgx-h100")
     assert len(dgx_gpus) == 8 and all("mig" not in d for d in dgx_gpus)
@@ -255,11 +266,55 @@ def test_device_classes_select_on_driver_and_type(renders: dict[str, list[dict[s
     assert allocate_all("gpu.accel-dra.dev", other, "dgx-h100") == []
 
     full = {o["metadata"]["name"]: o for o in renders["full"] if o["kind"] == "DeviceClass"}
-    assert set(full) == {"gpu.example.com", "mig.example.com"}
+    assert {"gpu.example.com", "mig.example.com", "1g.5gb.mig.example.com"} <= set(full)
     assert full["gpu.example.com"]["spec"]["extendedResourceName"] == "example.com/gpu"
     assert [o["metadata"]["name"] for o in renders["minimal"] if o["kind"] == "DeviceClass"] == [
         "gpu.accel-dra.dev"
     ]
+
+
+def test_extended_resources_are_on_by_default_one_class_per_mig_profile(
+    renders: dict[str, list[dict[str, Any]]],
+) -> None:
+    classes = {o["metadata"]["name"]: o for o in renders["default"] if o["kind"] == "DeviceClass"}
+    extended = {name: c["spec"].get("extendedResourceName") for name, c in classes.items()}
+    assert extended["gpu.accel-dra.dev"] == "nvidia.com/gpu"
+    assert extended["mig.accel-dra.dev"] is None
+    assert extended["1g.5gb.mig.accel-dra.dev"] == "nvidia.com/mig-1g.5gb"
+    assert len(set(extended.values())) == len(extended), "one class per extended resource"
+    # A profile's class admits exactly the MIG devices of that profile.
+    listed = list(classes.values())
+    assert allocate_all("1g.5gb.mig.accel-dra.dev", listed, "mig-a100") == [
+        "gpu-0000-07-00-0-mig-1g-5gb-2",
+        "gpu-0000-07-00-0-mig-1g-5gb-3",
+    ]
+    assert allocate_all("3g.20gb.mig.accel-dra.dev", listed, "mig-a100") == ["gpu-0000-07-00-0-mig-3g-20gb-4"]
+    assert allocate_all("1g.5gb.mig.accel-dra.dev", listed, "dgx-h100") == []
+
+
+def test_mig_profile_classes_follow_the_values(renders: dict[str, list[dict[str, Any]]]) -> None:
+    values = {
+        "deviceClasses": {
+            "gpu": {"extendedResourceName": ""},
+            "migProfiles": {"extendedResourcePrefix": "", "profiles": ["1g.10gb+me", "1c.2g.20gb"]},
+        }
+    }
+    classes = {o["metadata"]["name"]: o for o in render(values) if o["kind"] == "DeviceClass"}
+    assert set(classes) == {
+        "gpu.accel-dra.dev",
+        "mig.accel-dra.dev",
+        "1g.10gb.me.mig.accel-dra.dev",
+        "1c.2g.20gb.mig.accel-dra.dev",
+    }
+    assert all("extendedResourceName" not in c["spec"] for c in classes.values())
+    assert "profile == '1g.10gb+me'" in json.dumps(classes["1g.10gb.me.mig.accel-dra.dev"]["spec"])
+    off = render({"deviceClasses": {"migProfiles": {"enabled": False}}})
+    assert [o["metadata"]["name"] for o in off if o["kind"] == "DeviceClass"] == [
+        "gpu.accel-dra.dev",
+        "mig.accel-dra.dev",
+    ]
+    no_mig = render({"deviceClasses": {"mig": {"enabled": False}}})
+    assert [o["metadata"]["name"] for o in no_mig if o["kind"] == "DeviceClass"] == ["gpu.accel-dra.dev"]
 
 
 def test_service_monitor_and_dashboard(renders: dict[str, list[dict[str, Any]]]) -> None:

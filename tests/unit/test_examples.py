@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from driver.allocation.allocator import allocate
+from driver.allocation.extended import class_for, extended_claim, pod_requests
 from driver.allocation.model import claim_from_template
 from driver.resources import validation
 from driver.resources.attributes import PROFILE
@@ -108,6 +109,11 @@ def test_pods_reference_claims_and_requests_that_exist(path: Path) -> None:
     for pod in pods:
         ns = pod["metadata"]["namespace"]
         pod_claims: dict[str, JSON] = {}
+        if not pod["spec"].get("resourceClaims"):
+            # Extended resources instead of claims: each is one a chart class stands for.
+            assert pod_requests(pod), f"pod {pod['metadata']['name']} asks for no device"
+            assert all(class_for(r, chart_classes()) for r in pod_requests(pod))
+            continue
         for ref in pod["spec"]["resourceClaims"]:
             if "resourceClaimName" in ref:
                 pod_claims[ref["name"]] = specs[("claim", ns, ref["resourceClaimName"])]
@@ -160,7 +166,10 @@ def allocate_pod(name: str, profile: str) -> dict[str, list[tuple[str, str]]]:
     pod = of_kind(objects, "Pod")[0]
     ns = pod["metadata"]["namespace"]
     claims = []
-    for ref in pod["spec"]["resourceClaims"]:
+    extended = extended_claim(pod, chart_classes(), allocatable={})
+    if extended is not None:
+        claims.append({**extended.claim(pod), "metadata": {"name": "extended-resources", "namespace": ns}})
+    for ref in pod["spec"].get("resourceClaims") or []:
         if "resourceClaimName" in ref:
             claim = next(
                 o
@@ -216,6 +225,19 @@ def test_gpu_test5_gets_an_nvlink_connected_pair() -> None:
     assert len(allocate_pod("gpu-test5", "dgx-h100")["gpus"]) == 2
 
 
+@pytest.mark.parametrize("profile", ["pcie-l4x4", "dgx-h100", "nvlink-pairs"])
+def test_the_extended_resource_example_gets_one_gpu(profile: str) -> None:
+    (devices,) = allocate_pod("gpu-test-extended-resource", profile).values()
+    assert len(devices) == 1 and devices[0][0] == "container-0-request-0" and "-mig-" not in devices[0][1]
+
+
+def test_the_extended_mig_example_gets_one_device_of_each_profile() -> None:
+    assert allocate_pod("gpu-test-extended-mig", "dgx-h100") == {}
+    results = dict(allocate_pod("gpu-test-extended-mig", "mig-a100")["extended-resources"])
+    assert re.fullmatch(r"gpu-0000-07-00-0-mig-1g-5gb-\d", results["container-0-request-0"])
+    assert results["container-1-request-0"] == "gpu-0000-07-00-0-mig-2g-10gb-0"
+
+
 def test_gpu_test6_gets_one_mig_device_per_profile() -> None:
     assert allocate_pod("gpu-test6", "dgx-h100") == {}  # no MIG devices
     results = dict(allocate_pod("gpu-test6", "mig-a100")["mig"])
@@ -232,9 +254,12 @@ def test_deployed_device_classes_match_the_ones_the_sandbox_creates() -> None:
     """deploy/ (rendered from the chart) and driver.resources.deviceclasses must not drift apart."""
     from driver.resources.deviceclasses import device_classes
 
-    def essence(objs: list[JSON]) -> dict[str, list[str]]:
+    def essence(objs: list[JSON]) -> dict[str, tuple[list[str], str | None]]:
         return {
-            o["metadata"]["name"]: [s["cel"]["expression"].strip() for s in o["spec"]["selectors"]]
+            o["metadata"]["name"]: (
+                [s["cel"]["expression"].strip() for s in o["spec"]["selectors"]],
+                o["spec"].get("extendedResourceName"),
+            )
             for o in objs
         }
 
