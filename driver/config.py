@@ -203,8 +203,41 @@ def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
         default="/proc/sys/kernel/random/boot_id",
         help=argparse.SUPPRESS,  # tests simulate reboots with it
     )
+    add_publish_arguments(parser)
     add_health_arguments(parser)
     add_common_arguments(parser)
+
+
+def _quantity_bytes(text: str) -> int:
+    from driver.quantity import parse_quantity
+
+    try:
+        value = parse_quantity(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a quantity (e.g. 2Gi)") from None
+    if value < 0 or value != int(value):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a whole, non-negative number of bytes")
+    return int(value)
+
+
+def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
+    """Alpha ResourceSlice features (docs/attributes.md); each needs its feature gate on in the cluster."""
+    group = parser.add_argument_group("alpha ResourceSlice fields (docs/attributes.md)")
+    group.add_argument(
+        "--list-attributes",
+        choices=["on", "off"],
+        default=_env("LIST_ATTRIBUTES", "off"),
+        help="publish numaNode as the list of NUMA nodes each GPU is near (DRAListTypeAttributes; env "
+        "LIST_ATTRIBUTES)",
+    )
+    group.add_argument(
+        "--host-memory-per-pod",
+        type=_quantity_bytes,
+        default=_env("HOST_MEMORY_PER_POD"),
+        metavar="QUANTITY",
+        help="declare the host memory each pod using a device needs, e.g. 2Gi, as nodeAllocatableResources "
+        "(DRANodeAllocatableResources, Kubernetes 1.37; env HOST_MEMORY_PER_POD)",
+    )
 
 
 @dataclass(frozen=True)
@@ -235,6 +268,8 @@ class PluginConfig:
     health_stream_interval: float = 10.0
     health_stream_timeout: int = 30
     health_taints: bool = True
+    list_attributes: bool = False
+    host_memory_per_pod: int | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> PluginConfig:
@@ -278,4 +313,6 @@ class PluginConfig:
             health_stream_interval=args.health_stream_interval,
             health_stream_timeout=args.health_stream_timeout,
             health_taints=args.health_taints == "on",
+            list_attributes=args.list_attributes == "on",
+            host_memory_per_pod=args.host_memory_per_pod,
         )

@@ -187,10 +187,13 @@ class Allocator:
         taint_rules: Iterable[Mapping[str, Any]] = (),
         timeout: float | None = FILTER_TIMEOUT,
         clock: Clock = time.monotonic,
+        list_type_attributes: bool = False,
     ) -> None:
         self.index = slices if isinstance(slices, SliceIndex) else SliceIndex(slices, taint_rules)
         self.allocated = AllocatedState.coerce(allocated)
         self.checker = Checker(classes_by_name(classes), self.allocated)
+        #: The DRAListTypeAttributes feature (alpha, off by default): constraints compare value sets.
+        self.checker.list_type_attributes = list_type_attributes
         self.timeout = timeout
         self.clock = clock
 
@@ -238,10 +241,20 @@ def allocate(
     taint_rules: Iterable[Mapping[str, Any]] = (),
     timeout: float | None = FILTER_TIMEOUT,
     clock: Clock = time.monotonic,
+    list_type_attributes: bool = False,
 ) -> AllocationResult:
     """Allocate all ``claims`` together on ``node``. ``allocated`` is what other claims hold (an
-    :class:`AllocatedState`, or a set / map of dedicated devices); ``taint_rules`` are DeviceTaintRules."""
-    allocator = Allocator(slices, classes, allocated, taint_rules=taint_rules, timeout=timeout, clock=clock)
+    :class:`AllocatedState`, or a set / map of dedicated devices); ``taint_rules`` are DeviceTaintRules;
+    ``list_type_attributes`` is the ``DRAListTypeAttributes`` feature gate."""
+    allocator = Allocator(
+        slices,
+        classes,
+        allocated,
+        taint_rules=taint_rules,
+        timeout=timeout,
+        clock=clock,
+        list_type_attributes=list_type_attributes,
+    )
     return allocator.allocate(claims, node)
 
 
@@ -269,11 +282,23 @@ _SCALARS = ("string", "int", "bool", "version")
 
 
 def scalar(attribute: Mapping[str, Any]) -> tuple[str, Any] | None:
-    """(type, value) of a single-valued attribute; None for list-type or empty ones (which constraints,
-    with list-type attributes off by default, treat as never matching another device)."""
+    """(type, value) of a single-valued attribute; None for list-type or empty ones."""
     for kind in _SCALARS:
         if attribute.get(kind) is not None:
             return kind, attribute[kind]
+    return None
+
+
+def value_set(attribute: Mapping[str, Any]) -> frozenset[tuple[str, Any]] | None:
+    """The values of an attribute as a set of (type, value): a scalar is a one-item set, a list-type value
+    (``ints``...) its items; None when it has no value."""
+    single = scalar(attribute)
+    if single is not None:
+        return frozenset((single,))
+    for kind in _SCALARS:
+        values = attribute.get(f"{kind}s")
+        if isinstance(values, list) and values:
+            return frozenset((kind, v) for v in values)
     return None
 
 
@@ -281,14 +306,18 @@ def shown_attribute(attribute: Mapping[str, Any] | None) -> str:
     if attribute is None:
         return "<unset>"
     value = scalar(attribute)
-    return str(value[1]) if value is not None else str(dict(attribute))
+    if value is not None:
+        return str(value[1])
+    values = value_set(attribute)
+    return str(sorted(v for _, v in values)) if values else str(dict(attribute))
 
 
 class _ConstraintState:
     """One claim constraint during the search: the devices added so far (upstream's add/remove)."""
 
-    def __init__(self, constraint: Constraint) -> None:
+    def __init__(self, constraint: Constraint, list_type_attributes: bool = False) -> None:
         self.constraint = constraint
+        self.list_type_attributes = list_type_attributes
         self.values: list[Mapping[str, Any] | None] = []  # None: a device the constraint does not cover
 
     def add(self, spec: RequestSpec, device: Candidate) -> bool:
@@ -302,22 +331,37 @@ class _ConstraintState:
         return True
 
     def _fits(self, attribute: Mapping[str, Any]) -> bool:
+        """By default (the scheduler's, ``DRAListTypeAttributes`` off) single values compare and a list-type
+        value never fits. With list-type attributes on, values are sets (a scalar a one-item set): match =
+        the values of all devices share an item, distinct = no two devices share one."""
         chosen = [v for v in self.values if v is not None]
-        new = scalar(attribute)
+        if not self.list_type_attributes:
+            single = scalar(attribute)
+            if self.constraint.kind == "matchAttribute":
+                return not chosen or (single is not None and scalar(chosen[0]) == single)
+            return all(single is not None and scalar(other) != single for other in chosen)
+        new = value_set(attribute)
+        if new is None:
+            return False
         if self.constraint.kind == "matchAttribute":
-            return not chosen or (new is not None and scalar(chosen[0]) == new)
-        return all(new is not None and scalar(other) != new for other in chosen)
+            common = new
+            for other in chosen:
+                common = common & (value_set(other) or frozenset())
+            return bool(common)
+        return all(not (new & (value_set(other) or frozenset())) for other in chosen)
 
     def remove(self) -> None:
         self.values.pop()
 
 
-def constraint_conflict(constraint: Constraint, device: Candidate, chosen: Iterable[Pick]) -> str | None:
+def constraint_conflict(
+    constraint: Constraint, device: Candidate, chosen: Iterable[Pick], list_type_attributes: bool = False
+) -> str | None:
     """Why adding ``device`` would break ``constraint`` given the devices ``chosen`` so far, or None."""
     attribute = lookup_attribute(device, constraint.attribute)
     if attribute is None:
         return f"{constraint.kind} {constraint.attribute}: the device does not have this attribute"
-    state = _ConstraintState(constraint)
+    state = _ConstraintState(constraint, list_type_attributes)
     for pick in chosen:
         if constraint.applies(pick.spec):
             other = lookup_attribute(pick.device, constraint.attribute)
@@ -398,7 +442,9 @@ class _Search:
                         f"limit of {MAX_RESULTS_PER_CLAIM}, with {minimum} already accounted for"
                     )
                 minimum += least
-            self.constraints[ci] = [_ConstraintState(c) for c in claim.constraints]
+            self.constraints[ci] = [
+                _ConstraintState(c, self.checker.list_type_attributes) for c in claim.constraints
+            ]
 
     def _request_data(
         self, slot: Slot, claim: ClaimSpec, spec: RequestSpec, request: Request

@@ -129,6 +129,7 @@ class Checker:
     def __init__(self, classes: Mapping[str, Mapping[str, Any]], allocated: AllocatedState) -> None:
         self.classes = classes
         self.allocated = allocated
+        self.list_type_attributes = False  # set by the Allocator (a feature gate)
         self.selectors = SelectorCache()
         # Keyed by what decides the outcome: the request, its class and selectors, and the device (or what
         # the selectors read of it).

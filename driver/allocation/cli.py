@@ -71,6 +71,13 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-o", "--output", choices=("text", "json"), default="text", help="output format (json: everything)"
     )
+    parser.add_argument(
+        "--feature-gates",
+        metavar="GATE=BOOL,...",
+        default="",
+        help="alpha scheduler features the cluster turns on, as kube-scheduler's flag: DRAListTypeAttributes "
+        "(constraints compare list-type attribute values as sets)",
+    )
 
 
 @dataclass
@@ -110,7 +117,10 @@ def run(args: argparse.Namespace) -> int:
             if (c.get("metadata") or {}).get("uid")
         ]
         allocated = AllocatedState.from_claims(inputs.others, exclude=[*refs, *uids])
-        allocator = Allocator(index, inputs.classes, allocated)
+        gates = _feature_gates(args.feature_gates)
+        allocator = Allocator(
+            index, inputs.classes, allocated, list_type_attributes=gates.get("DRAListTypeAttributes", False)
+        )
         claims = [parse_claim(c) for c in inputs.claims]
         detail = args.output == "json" or args.verbose or len(nodes) == 1
         reports = [explain_node(allocator, claims, _node(name, inputs.nodes, Node), detail) for name in nodes]
@@ -126,6 +136,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"accel-dra explain: {invalid.message}", file=sys.stderr)
         return EXIT_INPUT_ERROR
     return EXIT_ALLOCATABLE if any(r.allocatable for r in reports) else EXIT_NOT_ALLOCATABLE
+
+
+KNOWN_GATES = ("DRAListTypeAttributes",)
+
+
+def _feature_gates(text: str) -> dict[str, bool]:
+    """``Name=true,Other=false`` as kube-scheduler's ``--feature-gates`` reads it (the gates modelled)."""
+    gates: dict[str, bool] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or value.lower() not in ("true", "false"):
+            raise _UsageError(f"--feature-gates: {item!r} is not NAME=true|false")
+        if name not in KNOWN_GATES:
+            raise _UsageError(f"--feature-gates: {name} is not modelled; known: {', '.join(KNOWN_GATES)}")
+        gates[name] = value.lower() == "true"
+    return gates
 
 
 @contextlib.contextmanager

@@ -283,7 +283,11 @@ def _verdict_for(context: _ClaimContext, spec: RequestSpec, device: Candidate, p
         reasons += _taken_in_this_allocation(context, spec, device)
     if not reasons:  # a constraint the device cannot meet, or (when allocated) conflicts with the choice
         for constraint in context.claim.constraints:
-            conflict = constraint_conflict(constraint, device, own) if constraint.applies(spec) else None
+            conflict = (
+                constraint_conflict(constraint, device, own, checker.list_type_attributes)
+                if constraint.applies(spec)
+                else None
+            )
             if conflict:
                 reasons.append(Reason(CONSTRAINT, conflict, {"constraint": constraint.describe()}))
     if reasons:

@@ -537,6 +537,11 @@ def _check_references(data: dict[str, Any], source: str) -> None:
             if value is not None and (key, value) in first_seen:
                 raise ProfileError(f"{source}: {here}: {value!r} is already used by {first_seen[key, value]}")
             first_seen.setdefault((key, value), here)
+        near = gpu.get("numaNodes")
+        if near and near[0] != gpu.get("numaNode"):
+            raise ProfileError(
+                f"{source}: gpus[{index}].numaNodes: must start with the GPU's numaNode {gpu.get('numaNode')}"
+            )
         mig = gpu.get("mig") or {}
         if mig.get("devices") and not mig.get("enabled"):
             raise ProfileError(
@@ -582,6 +587,7 @@ def _gpu(raw: dict[str, Any], index: int, seed: str, source: str) -> Gpu:
         pci_bus_id=raw["pciBusID"],
         pcie_root=raw.get("pcieRoot"),
         numa_node=raw.get("numaNode"),
+        numa_nodes=tuple(raw["numaNodes"]) if len(raw.get("numaNodes") or ()) > 1 else (),
         minor=raw.get("minor", index),
         mig_enabled=None if mig is None else bool(mig["enabled"]),
         mig_devices=tuple(

@@ -128,6 +128,10 @@ class Gpu:
     #: ``pci<domain>:<bus>``.
     pcie_root: str | None = None
     numa_node: int | None = None
+    #: The NUMA nodes the GPU is equally close to: ``numa_node`` first, then the nodes of the same socket at
+    #: the smallest distance from it (sub-NUMA clustering splits a socket into several); ``()`` when that is
+    #: ``numa_node`` alone, or unknown.
+    numa_nodes: tuple[int, ...] = ()
     #: Minor number of ``/dev/nvidia<minor>``. Node-local and unstable: never published as an attribute.
     minor: int | None = None
     #: ``None``: not MIG capable (or unknown); ``False``: capable, disabled; ``True``: enabled.
@@ -151,6 +155,13 @@ class Gpu:
     def device_node(self) -> str | None:
         """``/dev/nvidia<minor>``, the character device a container needs."""
         return None if self.minor is None else f"/dev/nvidia{self.minor}"
+
+    @property
+    def near_numa_nodes(self) -> tuple[int, ...]:
+        """``numa_nodes``, or just ``numa_node`` when the GPU's neighbours are not known."""
+        if self.numa_nodes:
+            return self.numa_nodes
+        return () if self.numa_node is None else (self.numa_node,)
 
     @property
     def active_links(self) -> int | None:

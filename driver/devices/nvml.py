@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import math
+import re
 import time
 import uuid as uuidlib
 from collections.abc import Callable, Mapping
@@ -146,6 +147,56 @@ def numa_node_from_sysfs(sysfs_root: Path, pci_bus_id: str) -> int | None:
         return int(text.strip())
     except (OSError, ValueError):
         return None
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _socket_of(sysfs_root: Path, node: int) -> int | None:
+    """The physical package of a NUMA node's first CPU; None for a node without CPUs (or unknown)."""
+    try:
+        cpulist = (sysfs_root / "devices" / "system" / "node" / f"node{node}" / "cpulist").read_text().strip()
+    except OSError:
+        return None
+    first = re.match(r"^(\d+)", cpulist)
+    if first is None:
+        return None
+    return _read_int(
+        sysfs_root
+        / "devices"
+        / "system"
+        / "cpu"
+        / f"cpu{first.group(1)}"
+        / "topology"
+        / "physical_package_id"
+    )
+
+
+def near_numa_nodes_from_sysfs(sysfs_root: Path, node: int) -> tuple[int, ...]:
+    """``node`` and the nodes at the smallest distance from it in the firmware's distance table (SLIT),
+    keeping only those on the same socket where the socket is known: the nodes a device attached to ``node``
+    is equally close to (sub-NUMA clustering splits a socket into several). ``(node,)`` when the table
+    cannot be read."""
+    try:
+        text = (sysfs_root / "devices" / "system" / "node" / f"node{node}" / "distance").read_text()
+        distances = [int(d) for d in text.split()]
+    except (OSError, ValueError):
+        return (node,)
+    others = [d for i, d in enumerate(distances) if i != node]
+    if node >= len(distances) or not others:
+        return (node,)
+    nearest = min(others)
+    socket = _socket_of(sysfs_root, node)
+    near = [
+        i
+        for i, d in enumerate(distances)
+        if i != node and d == nearest and (socket is None or _socket_of(sysfs_root, i) in (None, socket))
+    ]
+    return (node, *near)
 
 
 def _text(value: Any) -> str | None:
@@ -333,13 +384,19 @@ class NvmlBackend:
             memory_bytes=int(memory.total) if memory is not None else None,
             pci_bus_id=bus_id,
             pcie_root=pcie_root_from_sysfs(self._sysfs, bus_id) if bus_id else None,
-            numa_node=self._numa_node(handle, bus_id, ref),
+            numa_node=(numa := self._numa_node(handle, bus_id, ref)),
+            numa_nodes=self._near_numa_nodes(numa),
             minor=int(minor) if minor is not None else None,
             mig_enabled=mig_enabled,
             mig_devices=mig_devices,
             nvlinks=self._nvlinks(handle, ref),
             fabric=self._fabric(handle, ref),
         )
+
+    def _near_numa_nodes(self, numa_node: int | None) -> tuple[int, ...]:
+        """The GPU's equally near NUMA nodes when there are several (``Gpu.numa_nodes``), else ``()``."""
+        near = near_numa_nodes_from_sysfs(self._sysfs, numa_node) if numa_node is not None else ()
+        return near if len(near) > 1 else ()
 
     def _numa_node(self, handle: Any, bus_id: str | None, ref: str) -> int | None:
         raw = numa_node_from_sysfs(self._sysfs, bus_id) if bus_id else None

@@ -19,8 +19,9 @@ from driver.plugin.metrics import PluginMetrics
 from driver.plugin.node_service import KubeClaimSource, NodeService
 from driver.plugin.paths import dra_socket_path, registration_socket_path
 from driver.plugin.server import PluginServer
-from driver.resources.attributes import device_entry
+from driver.resources.apiprobe import supported
 from driver.resources.publisher import SlicePublisher
+from driver.resources.publishing import PublishOptions, publish_entries
 from driver.state.factory import make_preparer
 from driver.state.lock import LOCK_FILE_NAME, NodeLock
 from driver.state.prepare import NodePreparer
@@ -42,6 +43,9 @@ class Plugin:
         self.kube = kube
         self.backend = backend
         self.inventory = backend.discover()
+        self.options = PublishOptions(
+            list_attributes=config.list_attributes, host_memory_per_pod=config.host_memory_per_pod
+        )
         self.metrics = PluginMetrics(config.driver_name) if config.metrics_listen else None
         self.publisher = SlicePublisher(
             kube,
@@ -85,7 +89,9 @@ class Plugin:
         return make_preparer(self.config, self.backend, self.inventory, self.kube, lock)
 
     def desired_devices(self) -> list[dict[str, object]]:
-        devices = [device_entry(d, self.inventory, self.config.driver_name) for d in self.inventory.devices]
+        devices = publish_entries(
+            self.inventory.devices, self.inventory, self.config.driver_name, self.options
+        )
         return self.health.with_taints(devices) if self.health else list(devices)
 
     def _republish(self) -> None:
@@ -98,7 +104,11 @@ class Plugin:
         # Persisted health first, so a tainted device is never published untainted after a restart.
         if self.health is not None:
             await self.health.start()
-        # Publishing next: the scheduler can place pods while the sockets come up.
+        # Publishing next: the scheduler can place pods while the sockets come up. Alpha fields only where
+        # the API server keeps them.
+        self.options = await supported(
+            self.kube, self.config.driver_name, self.config.node_name, self.options
+        )
         self.publisher.set_devices(self.desired_devices())
         self._publishing = asyncio.create_task(self.publisher.run(), name="slice-publisher")
         # Crash and reboot leftovers are settled before the kubelet can call.

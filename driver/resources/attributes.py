@@ -45,6 +45,7 @@ _SEMVER_RE = re.compile(
 )
 _NUMERIC_VERSION_RE = re.compile(r"^(\d+)(?:\.(\d+))?(?:\.(\d+))?$")
 _VALUE_KEYS = ("string", "int", "bool", "version")
+_LIST_KEYS = ("strings", "ints", "bools", "versions")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,8 @@ class AttributeSpec:
     applies_to: AppliesTo
     description: str
     example: str
+    #: May also be published as a list of its type (list-type attributes, alpha).
+    list_allowed: bool = False
 
     def __post_init__(self) -> None:
         if not _C_IDENTIFIER_RE.match(self.name) or self.key.rpartition("/")[2] != self.name:
@@ -98,7 +101,8 @@ _ROWS: tuple[_Row, ...] = (
      "PCI address `dddd:bb:dd.f` (the parent GPU's for MIG).", "0000:18:00.0"),
     (f"{STANDARD_DOMAIN}/pcieRoot", "string", False, "both",
      "PCIe root complex `pci<domain>:<bus>`; match it with a NIC's.", "pci0000:15"),
-    (f"{STANDARD_DOMAIN}/numaNode", "int", False, "both", "NUMA node of the PCI device.", "0"),
+    (f"{STANDARD_DOMAIN}/numaNode", "int", False, "both",
+     "NUMA node of the PCI device; with `--list-attributes`, the list of nodes it is equally close to.", "0"),
     ("nvlinkDomain", "string", False, "gpu",
      "Interconnect domain: GPUs that reach each other over NVLink/NVSwitch share it. Absent without "
      "active NVLink.", "nvlink-46bdb603b8276ba1"),
@@ -114,8 +118,13 @@ _ROWS: tuple[_Row, ...] = (
 # fmt: on
 
 #: The profile, in publishing order.
+#: Attributes the profile allows as lists too: the NUMA nodes a device is equally close to.
+LIST_ATTRIBUTES = frozenset({f"{STANDARD_DOMAIN}/numaNode"})
+
 PROFILE: tuple[AttributeSpec, ...] = tuple(
-    AttributeSpec(key.rpartition("/")[2], key, type_, required, applies, description, example)
+    AttributeSpec(
+        key.rpartition("/")[2], key, type_, required, applies, description, example, key in LIST_ATTRIBUTES
+    )
     for key, type_, required, applies, description, example in _ROWS
 )
 
@@ -292,9 +301,11 @@ def _check_attribute(spec: AttributeSpec, key: str, value: Any) -> str | None:
     """The problem with one published attribute value, or ``None``."""
     if not isinstance(value, Mapping):
         return f"not a DeviceAttribute object: {value!r}"
-    present = [k for k in _VALUE_KEYS if k in value]
+    present = [k for k in (*_VALUE_KEYS, *_LIST_KEYS) if k in value]
     if len(present) != 1:
         return f"must set exactly one of {', '.join(_VALUE_KEYS)}; has {present or 'none'}"
+    if present[0] in _LIST_KEYS:
+        return _check_list_attribute(spec, present[0], value[present[0]])
     kind, inner = present[0], value[present[0]]
     if kind != spec.type:
         return f"must be a {spec.type} attribute, is {kind}"
@@ -312,6 +323,22 @@ def _check_attribute(spec: AttributeSpec, key: str, value: Any) -> str | None:
         return f"malformed PCIe root {inner!r}: expected pci<domain>:<bus> (pci0000:00)"
     if spec.name == "numaNode" and inner < 0:
         return f"negative NUMA node {inner}: omit the attribute when there is no affinity"
+    return None
+
+
+def _check_list_attribute(spec: AttributeSpec, kind: str, values: Any) -> str | None:
+    """A list-type value (``DRAListTypeAttributes``): allowed where the profile says the attribute may be a
+    list, each item checked as the scalar would be."""
+    if not spec.list_allowed:
+        return f"must be a single {spec.type}, is a list ({kind})"
+    if kind != f"{spec.type}s":
+        return f"must be a list of {spec.type} ({spec.type}s), is {kind}"
+    if not isinstance(values, list) or not values:
+        return f"{kind} must be a non-empty list: {values!r}"
+    for item in values:
+        problem = _check_attribute(spec, spec.key, {spec.type: item})
+        if problem:
+            return f"{kind} item {item!r}: {problem}"
     return None
 
 

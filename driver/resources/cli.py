@@ -13,9 +13,12 @@ import socket
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from driver.resources.publishing import PublishOptions
 
 from driver import DEFAULT_DRIVER_NAME
 
@@ -26,9 +29,10 @@ JSON = dict[str, Any]
 
 
 def add_discover_arguments(parser: argparse.ArgumentParser) -> None:
-    from driver.config import add_backend_arguments
+    from driver.config import add_backend_arguments, add_publish_arguments
 
     add_backend_arguments(parser)
+    add_publish_arguments(parser)
     parser.add_argument(
         "--driver-name", default=os.environ.get("DRIVER_NAME", DEFAULT_DRIVER_NAME), help="DRA driver name"
     )
@@ -41,12 +45,18 @@ def add_discover_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
 
 
-def discovered_slices(
-    backend_spec: str, driver: str, node: str, driver_root: str = "/", state_dir: str | None = None
+def discovered_slices(  # noqa: PLR0917 -- the plugin's own inputs, in its order
+    backend_spec: str,
+    driver: str,
+    node: str,
+    driver_root: str = "/",
+    state_dir: str | None = None,
+    options: PublishOptions | None = None,
 ) -> list[JSON]:
-    """The slices the plugin would publish, as a server would store them (names left to generateName)."""
+    """The slices the plugin would publish, as a server would store them (names left to generateName);
+    ``options``: the alpha fields asked for, as if the server keeps them."""
     from driver.devices.backend import backend_options, open_backend
-    from driver.resources.attributes import device_entry
+    from driver.resources.publishing import PublishOptions, publish_entries
     from driver.resources.slices import split_devices
 
     backend = open_backend(
@@ -57,7 +67,7 @@ def discovered_slices(
         inventory = backend.discover()
     finally:
         backend.close()
-    chunks = split_devices([device_entry(d, inventory, driver) for d in inventory.devices])
+    chunks = split_devices(publish_entries(inventory.devices, inventory, driver, options or PublishOptions()))
     return [
         {
             "apiVersion": "resource.k8s.io/v1",
@@ -84,12 +94,16 @@ def run_discover(args: argparse.Namespace) -> int:
     from driver.config import ConfigError, check_driver_name
     from driver.devices.backend import BackendError
     from driver.log import setup
+    from driver.resources.publishing import PublishOptions
 
     setup(args.log_level)
     try:
         check_driver_name(args.driver_name)
+        options = PublishOptions(
+            list_attributes=args.list_attributes == "on", host_memory_per_pod=args.host_memory_per_pod
+        )
         slices = discovered_slices(
-            args.backend, args.driver_name, args.node_name, args.driver_root, args.fake_state_dir
+            args.backend, args.driver_name, args.node_name, args.driver_root, args.fake_state_dir, options
         )
     except (BackendError, ConfigError) as err:
         print(f"accel-dra discover: {err}", file=sys.stderr)

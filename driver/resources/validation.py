@@ -41,6 +41,7 @@ MAX_ATTRIBUTES_AND_CAPACITIES = 32
 MAX_ID_LENGTH = 32
 MAX_DOMAIN_LENGTH = 63
 MAX_ATTRIBUTE_VALUE_LENGTH = 64
+MAX_ATTRIBUTE_VALUES = 48  # per device, list items counted one by one
 MAX_TAINTS_PER_DEVICE = 16
 MAX_COUNTER_SETS = 8
 MAX_COUNTERS_PER_SET = 32
@@ -181,6 +182,10 @@ def required(path: Path, detail: str = "") -> FieldError:
 
 def invalid(path: Path, value: Any, detail: str) -> FieldError:
     return FieldError(ErrorType.INVALID, str(path), value, detail)
+
+
+def not_found(path: Path, value: Any) -> FieldError:
+    return FieldError(ErrorType.NOT_FOUND, str(path), value, "")
 
 
 def forbidden(path: Path, detail: str) -> FieldError:
@@ -833,6 +838,10 @@ def _validate_device(device: JSON, path: Path, out: Errors, per_device: bool) ->
             f"the total number of attributes and capacities must not exceed {MAX_ATTRIBUTES_AND_CAPACITIES}"
         )
         out.append(invalid(path, total, detail))
+    values = attribute_value_count(attributes)
+    if values > MAX_ATTRIBUTE_VALUES:
+        detail = f"the total number of attribute values must not exceed {MAX_ATTRIBUTE_VALUES}"
+        out.append(invalid(path, values, detail))
     for key, attribute in attributes.items():
         validate_qualified_name(key, path.child("attributes"), out)
         key_path = path.child("attributes").key(_truncate_key(key, MAX_DOMAIN_LENGTH + 1 + MAX_ID_LENGTH))
@@ -843,35 +852,139 @@ def _validate_device(device: JSON, path: Path, out: Errors, per_device: bool) ->
         key_path = path.child("capacity").key(_truncate_key(key, MAX_DOMAIN_LENGTH + 1 + MAX_ID_LENGTH))
         _validate_capacity(cap, key_path, out, multi)
     _validate_taints(_list(device, "taints", path, out), path.child("taints"), out)
+    allocatable = _obj(device, "nodeAllocatableResources", path, out)
+    if allocatable:
+        _validate_node_allocatable(allocatable, capacity, path.child("nodeAllocatableResources"), out)
     _validate_consumptions(_list(device, "consumesCounters", path, out), path.child("consumesCounters"), out)
     _validate_device_node_selection(device, path, out, per_device)
     _validate_binding_conditions(device, path, out)
 
 
+ATTRIBUTE_VALUE_KEYS = ("bool", "int", "string", "version", "bools", "ints", "strings", "versions")
+LIST_VALUE_TYPES: dict[str, type] = {"bools": bool, "ints": int, "strings": str, "versions": str}
+
+
+def _check_string_value(value: str, path: Path, out: Errors) -> None:
+    # The limit is in bytes of UTF-8, as Go's len(): "™" counts three.
+    if len(value.encode()) > MAX_ATTRIBUTE_VALUE_LENGTH:
+        out.append(too_long(path, MAX_ATTRIBUTE_VALUE_LENGTH))
+
+
+def _check_version_value(value: str, path: Path, out: Errors) -> None:
+    if not is_semver(value):
+        out.append(invalid(path, value, "must be a string compatible with semver.org spec 2.0.0"))
+    if len(value.encode()) > MAX_ATTRIBUTE_VALUE_LENGTH:
+        out.append(too_long(path, MAX_ATTRIBUTE_VALUE_LENGTH))
+
+
+def _check_list_value(attr: JSON, key: str, path: Path, out: Errors) -> None:
+    """A list-type value (``DRAListTypeAttributes``, alpha): non-empty, items of the list's type."""
+    values = _list(attr, key, path, out)
+    if values is None:
+        return
+    if not values:
+        out.append(invalid(path.child(key), values, "must not be empty if specified"))
+    for index, item in enumerate(values):
+        item_path = path.child(key).index(index)
+        if not isinstance(item, LIST_VALUE_TYPES[key]) or (key == "ints" and isinstance(item, bool)):
+            out.append(type_invalid(item_path, item, f"must be of type {LIST_VALUE_TYPES[key].__name__}"))
+        elif key == "strings":
+            _check_string_value(str(item), item_path, out)
+        elif key == "versions":
+            _check_version_value(str(item), item_path, out)
+
+
 def validate_device_attribute(attribute: Any, path: Path, out: Errors) -> None:
-    """Exactly one of int / bool / string (≤64) / version (semver 2.0.0, ≤64)."""
+    """Exactly one of int / bool / string (≤64) / version (semver 2.0.0, ≤64), or -- list-type attributes
+    (``DRAListTypeAttributes``, alpha in 1.36 and 1.37) -- one non-empty list of them."""
     attr = _typed(attribute, dict, path, out)
     if attr is None:
         return
-    present = [key for key in ("bool", "int", "string", "version") if attr.get(key) is not None]
+    present = [key for key in ATTRIBUTE_VALUE_KEYS if attr.get(key) is not None]
     _bool(attr, "bool", path, out)
     _int(attr, "int", path, out)
     string = _str(attr, "string", path, out)
-    # The limit is in bytes of UTF-8, as Go's len(): "™" counts three.
-    if string is not None and len(string.encode()) > MAX_ATTRIBUTE_VALUE_LENGTH:
-        out.append(too_long(path.child("string"), MAX_ATTRIBUTE_VALUE_LENGTH))
+    if string is not None:
+        _check_string_value(string, path.child("string"), out)
     version = _str(attr, "version", path, out)
     if version is not None:
-        if not is_semver(version):
-            out.append(
-                invalid(
-                    path.child("version"), version, "must be a string compatible with semver.org spec 2.0.0"
-                )
-            )
-        if len(version.encode()) > MAX_ATTRIBUTE_VALUE_LENGTH:
-            out.append(too_long(path.child("version"), MAX_ATTRIBUTE_VALUE_LENGTH))
+        _check_version_value(version, path.child("version"), out)
+    for key in LIST_VALUE_TYPES:
+        if attr.get(key) is not None:
+            _check_list_value(attr, key, path, out)
     if len(present) != 1:
         out.append(invalid(path, attr if present else "", "exactly one value must be specified"))
+
+
+def attribute_value_count(attributes: JSON) -> int:
+    """Values of a device's attributes as the API server counts them: a list counts its items."""
+    count = 0
+    for attr in attributes.values():
+        lists = [attr.get(k) for k in LIST_VALUE_TYPES] if isinstance(attr, dict) else []
+        sizes = [len(v) for v in lists if isinstance(v, list)]
+        count += sum(sizes) if any(sizes) else 1
+    return count
+
+
+def _validate_node_allocatable(resources: JSON, capacity: JSON, path: Path, out: Errors) -> None:
+    """``Device.nodeAllocatableResources`` (``DRANodeAllocatableResources``, alpha, the 1.37 API): keys are
+    cpu, memory or hugepages-*; each needs a mapping or an overhead."""
+    for name, entry in resources.items():
+        key_path = path.key(name)
+        if name not in ("cpu", "memory") and not name.startswith("hugepages-"):
+            out.append(invalid(key_path, name, "must be a node allocatable resource name"))
+        item = _typed(entry, dict, key_path, out)
+        if item is None:
+            continue
+        mapping = _obj(item, "mapping", key_path, out)
+        overhead = _obj(item, "overhead", key_path, out)
+        if mapping is None and overhead is None:
+            out.append(required(key_path, "at least one of mapping or overhead must be set"))
+        if mapping is not None:
+            _validate_allocatable_mapping(mapping, capacity, key_path.child("mapping"), out)
+        if overhead is not None:
+            _validate_allocatable_overhead(overhead, key_path.child("overhead"), out)
+
+
+def _validate_allocatable_mapping(mapping: JSON, capacity: JSON, path: Path, out: Errors) -> None:
+    key = _str(mapping, "capacityKey", path, out)
+    if key is not None:
+        if not key:
+            out.append(invalid(path.child("capacityKey"), "", "capacityKey must not be an empty string"))
+        elif key not in capacity:
+            out.append(not_found(path.child("capacityKey"), key))
+        if mapping.get("capacityMultiplier") is None:
+            out.append(
+                required(
+                    path.child("capacityMultiplier"), "capacityMultiplier is required when capacityKey is set"
+                )
+            )
+    for field in ("capacityMultiplier", "deviceMultiplier"):
+        value = mapping.get(field)
+        if (
+            value is not None
+            and _validate_quantity(value, path.child(field), out)
+            and quantity_value(value) <= 0
+        ):
+            out.append(invalid(path.child(field), str(value), "must be positive"))
+    if mapping.get("capacityMultiplier") is not None and key is None:
+        out.append(
+            required(path.child("capacityKey"), "capacityKey is required when capacityMultiplier is set")
+        )
+
+
+def _validate_allocatable_overhead(overhead: JSON, path: Path, out: Errors) -> None:
+    if overhead.get("perPod") is None and overhead.get("perContainer") is None:
+        out.append(invalid(path, "", "at least one of perPod or perContainer must be set"))
+        return
+    for field in ("perPod", "perContainer"):
+        value = overhead.get(field)
+        if (
+            value is not None
+            and _validate_quantity(value, path.child(field), out)
+            and quantity_value(value) < 0
+        ):
+            out.append(invalid(path.child(field), str(value), "must be non-negative"))
 
 
 def _validate_capacity(capacity: Any, path: Path, out: Errors, multi_allocatable: bool) -> None:

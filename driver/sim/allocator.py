@@ -147,8 +147,10 @@ class SimAllocator:
         conflict_retries: int = DEFAULT_CONFLICT_RETRIES,
         binding_timeout: float = BINDING_TIMEOUT,
         clock: Callable[[], float] = time.time,
+        list_type_attributes: bool = False,
     ) -> None:
         self.kube = kube
+        self.list_type_attributes = list_type_attributes
         self.conflict_retries = conflict_retries
         self.binding_timeout = binding_timeout
         self.clock = clock
@@ -261,7 +263,15 @@ class SimAllocator:
         mine = [str(c["metadata"].get("uid")) for c in pending]
         allocated = AllocatedState.from_claims(everyone, exclude=mine)
         try:
-            result = allocate(pending, slices, classes, node, allocated, taint_rules=rules)
+            result = allocate(
+                pending,
+                slices,
+                classes,
+                node,
+                allocated,
+                taint_rules=rules,
+                list_type_attributes=self.list_type_attributes,
+            )
         except InputError as exc:
             return str(exc)
         if result.failure is not None:

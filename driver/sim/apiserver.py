@@ -23,7 +23,7 @@ import json
 import signal
 import socket
 import threading
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -38,7 +38,7 @@ from driver.log import setup as log_setup
 from driver.sim import discovery
 from driver.sim import status as st
 from driver.sim.hooks import Fault, FaultInjector, PodLogs, RequestLog, tail
-from driver.sim.kinds import KindSpec
+from driver.sim.kinds import ALPHA_GATES, KindSpec
 from driver.sim.registry import DeleteOptions, Registry, Watch, write_context
 from driver.sim.store import ObjectStore
 
@@ -47,7 +47,7 @@ log = get_logger(__name__)
 JSON = dict[str, Any]
 T = TypeVar("T")
 
-DEFAULT_KUBERNETES_VERSION = "v1.35.0"
+DEFAULT_KUBERNETES_VERSION = "v1.37.2"
 MAX_BODY_BYTES = 3 * 1024 * 1024  # the kube-apiserver's request size limit
 PUBLIC_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/version"})  # readable without a token
 BACKEND_ANNOTATION = "sim.accel-dra.io/backend-url"  # on a Service: where its proxy subresource forwards to
@@ -74,12 +74,18 @@ class SimApiServer:
         bookmark_interval: float = 60.0,
         graceful_pod_deletion: bool = False,
         seed_namespaces: bool = True,
+        feature_gates: Iterable[str] = (),
     ) -> None:
         self.token = token
         self.kubernetes_version = kubernetes_version
         self.bookmark_interval = bookmark_interval
         self.store = ObjectStore(history_limit)
-        self.registry = Registry(self.store, graceful_pod_deletion=graceful_pod_deletion)
+        gates = frozenset(feature_gates)
+        if gates - ALPHA_GATES:
+            raise ValueError(
+                f"unknown feature gates {sorted(gates - ALPHA_GATES)}; known: {sorted(ALPHA_GATES)}"
+            )
+        self.registry = Registry(self.store, graceful_pod_deletion=graceful_pod_deletion, feature_gates=gates)
         self.request_log = RequestLog()
         self.faults = FaultInjector()
         self.pod_logs = PodLogs()
@@ -216,8 +222,8 @@ class SimApiServer:
         status = 500
         try:
             self._authenticate(request)
-            if "dryRun" in request.query:
-                raise st.bad_request("dryRun is not supported by the sandbox API server")
+            if "dryRun" in request.query and request.method != "POST":
+                raise st.bad_request("dryRun is supported by the sandbox API server for create only")
             fault = self.faults.take(request.method, request.path)
             if fault is not None:
                 raise _fault_error(fault)
@@ -331,7 +337,8 @@ class SimApiServer:
             return web.json_response(result)
         if method == "POST" and (namespaced_path or not spec.rt.namespaced):
             body = await _read_body(request)
-            return web.json_response(self.registry.create(spec, namespace, body), status=201)
+            dry_run = _dry_run(query.get("dryRun"))
+            return web.json_response(self.registry.create(spec, namespace, body, dry_run=dry_run), status=201)
         if method == "DELETE" and (namespaced_path or not spec.rt.namespaced):
             result = self.registry.delete_collection(
                 spec, namespace, query.get("labelSelector"), query.get("fieldSelector")
@@ -534,6 +541,14 @@ def _is_loopback_url(url: str) -> bool:
 
 async def _write_event(response: web.StreamResponse, event: JSON) -> None:
     await response.write(json.dumps(event, separators=(",", ":")).encode() + b"\n")
+
+
+def _dry_run(value: str | None) -> bool:
+    if value is None:
+        return False
+    if value != "All":
+        raise st.bad_request(f"unsupported dry run value {value!r}: only All")
+    return True
 
 
 def _int_param(query: Mapping[str, str], name: str) -> int:

@@ -222,9 +222,9 @@ def extended_resources(pod: Mapping[str, Any]) -> set[str]:
 
 
 class Scheduler:
-    def __init__(self, kube: KubeClient) -> None:
+    def __init__(self, kube: KubeClient, *, list_type_attributes: bool = False) -> None:
         self.kube = kube
-        self.allocator = SimAllocator(kube)
+        self.allocator = SimAllocator(kube, list_type_attributes=list_type_attributes)
         self._queue = WorkQueue(self._schedule, "scheduler")
         self._pending: set[str] = set()
         self._loops = _Loops()

@@ -86,7 +86,7 @@ def api_resource_list(group_version: str, specs: Iterable[KindSpec]) -> JSON:
 
 
 def version_info(git_version: str) -> JSON:
-    """``/version`` for a configured version such as ``v1.35.0``."""
+    """``/version`` for a configured version such as ``v1.37.2``."""
     match = re.match(r"^v?(\d+)\.(\d+)", git_version)
     major, minor = (match.group(1), match.group(2)) if match else ("1", "0")
     machine = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())

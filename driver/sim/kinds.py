@@ -401,7 +401,24 @@ _NODE_SELECTOR = Struct(
 _COUNTERS = MapOf(_struct(value=QUANTITY))
 _DEVICE = _struct(
     name=VALUE,
-    attributes=MapOf(_struct(int=VALUE, bool=VALUE, string=VALUE, version=VALUE)),
+    attributes=MapOf(
+        _struct(
+            int=VALUE,
+            bool=VALUE,
+            string=VALUE,
+            version=VALUE,
+            ints=ListOf(VALUE),
+            bools=ListOf(VALUE),
+            strings=ListOf(VALUE),
+            versions=ListOf(VALUE),
+        )
+    ),
+    nodeAllocatableResources=MapOf(
+        _struct(
+            mapping=_struct(capacityKey=VALUE, capacityMultiplier=QUANTITY, deviceMultiplier=QUANTITY),
+            overhead=_struct(perPod=QUANTITY, perContainer=QUANTITY),
+        )
+    ),
     capacity=MapOf(
         _struct(
             value=QUANTITY,
@@ -523,6 +540,43 @@ normalize_taint_rule = _normalizer(
     ),
     status=_struct(conditions=ListOf(_CONDITION)),
 )
+
+
+# -- alpha fields the server drops unless their feature gate is on ----------------------------------------------
+
+LIST_TYPE_ATTRIBUTES = "DRAListTypeAttributes"
+NODE_ALLOCATABLE_RESOURCES = "DRANodeAllocatableResources"
+#: The alpha gates the sandbox API server models (off by default, as in Kubernetes 1.36 and 1.37).
+ALPHA_GATES = frozenset({LIST_TYPE_ATTRIBUTES, NODE_ALLOCATABLE_RESOURCES})
+_LIST_KEYS = ("ints", "bools", "strings", "versions")
+
+
+def _devices(obj: JSON | None) -> list[JSON]:
+    devices = ((obj or {}).get("spec") or {}).get("devices") or []
+    return [d for d in devices if isinstance(d, dict)]
+
+
+def _uses_lists(obj: JSON | None) -> bool:
+    return any(
+        isinstance(a, dict) and any(k in a for k in _LIST_KEYS)
+        for d in _devices(obj)
+        for a in (d.get("attributes") or {}).values()
+    )
+
+
+def drop_disabled_slice_fields(new: JSON, old: JSON | None, gates: frozenset[str]) -> None:
+    """The registry strategy's dropDisabled*Fields: a gated field is dropped from a write unless its gate is
+    on or the stored object already uses it. A list attribute left without a value fails validation."""
+    if LIST_TYPE_ATTRIBUTES not in gates and not _uses_lists(old):
+        for device in _devices(new):
+            for attribute in (device.get("attributes") or {}).values():
+                for key in _LIST_KEYS if isinstance(attribute, dict) else ():
+                    attribute.pop(key, None)
+    if NODE_ALLOCATABLE_RESOURCES not in gates and not any(
+        d.get("nodeAllocatableResources") for d in _devices(old)
+    ):
+        for device in _devices(new):
+            device.pop("nodeAllocatableResources", None)
 
 
 _ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")

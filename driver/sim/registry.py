@@ -27,9 +27,17 @@ from typing import Any
 
 import yaml
 
+from driver.kube.client import RESOURCE_SLICES
 from driver.resources.validation import FieldError, Path, forbidden, invalid_status, required
 from driver.sim import status as st
-from driver.sim.kinds import KIND_SPECS, KindSpec, kind_table, now_rfc3339, strip_for_list
+from driver.sim.kinds import (
+    KIND_SPECS,
+    KindSpec,
+    drop_disabled_slice_fields,
+    kind_table,
+    now_rfc3339,
+    strip_for_list,
+)
 from driver.sim.patch import PatchError, json_patch, merge_patch, strategic_merge_patch
 from driver.sim.selectors import (
     FieldSelector,
@@ -179,9 +187,12 @@ class Registry:
         specs: tuple[KindSpec, ...] = KIND_SPECS,
         *,
         graceful_pod_deletion: bool = False,
+        feature_gates: frozenset[str] = frozenset(),
     ) -> None:
         self.store = store
         self.specs = specs
+        #: Alpha feature gates turned on (:data:`driver.sim.kinds.ALPHA_GATES`).
+        self.feature_gates = feature_gates
         self.kinds = kind_table(specs)
         self.graceful_pod_deletion = graceful_pod_deletion
         self._by_key = {spec.key: spec for spec in specs}
@@ -243,7 +254,8 @@ class Registry:
 
     # -- create ----------------------------------------------------------------------------------
 
-    def create(self, spec: KindSpec, namespace: str, body: Any) -> JSON:
+    def create(self, spec: KindSpec, namespace: str, body: Any, *, dry_run: bool = False) -> JSON:
+        """Store a new object; ``dry_run``: everything but storing it (the answer is what would be stored)."""
         obj = self._check_body(spec, body)
         meta = _meta(obj)
         if meta.get("resourceVersion"):
@@ -261,10 +273,13 @@ class Registry:
             obj.pop("status", None)
         spec.prepare_create(obj)
         self._normalize(spec, obj)
+        self._drop_disabled(spec, obj, None)
         self._validate(spec, obj, spec.validate(obj, None))
         name = str(meta["name"])
         if self.store.get(spec.key, meta.get("namespace") or "", name) is not None:
             raise st.already_exists(spec.rt.plural, spec.rt.group, name)
+        if dry_run:
+            return obj
         stored = self.store.put(spec.key, obj)
         self._collect_garbage(spec, stored)
         return stored
@@ -322,6 +337,10 @@ class Registry:
                 f"{fields}"
             )
         context.warnings.extend(f'unknown field "{path}"' for path in unknown)
+
+    def _drop_disabled(self, spec: KindSpec, new: JSON, old: JSON | None) -> None:
+        if spec.rt == RESOURCE_SLICES:
+            drop_disabled_slice_fields(new, old, self.feature_gates)
 
     def _validate(self, spec: KindSpec, obj: JSON, errors: FieldErrors) -> None:
         if errors:
@@ -397,6 +416,7 @@ class Registry:
         else:
             spec.prepare_update(new, old)  # defaulting first, so an omitted default is not a change
             self._normalize(spec, new)  # and the stored form, so "80Gi" for "81920Mi" is no change either
+            self._drop_disabled(spec, new, old)
             if spec.tracks_generation and new.get("spec") != old.get("spec"):
                 _meta(new)["generation"] = int(_meta(old).get("generation") or 0) + 1
             errors = spec.validate(new, old) + _finalizer_errors(new, old)

@@ -66,6 +66,7 @@ from driver.sim.apiserver import SimApiServer
 from driver.sim.controllers import ClaimController, Scheduler
 from driver.sim.deviceplugin import SimDevicePlugin
 from driver.sim.driverroot import create_driver_root
+from driver.sim.kinds import LIST_TYPE_ATTRIBUTES
 from driver.sim.node import SimNode
 from driver.sim.podresources import PodResourcesServer, PodResourcesState
 from driver.sim.runtime import ContainerHandle, ContainerSpec, SimRuntime
@@ -119,6 +120,8 @@ class SandboxConfig:
     shape: str = "accel-dra"
     #: Also offer the shape's extended resource through a simulated device plugin.
     device_plugin: bool = False
+    #: Alpha feature gates on in the API server and the scheduler (:data:`driver.sim.kinds.ALPHA_GATES`).
+    feature_gates: frozenset[str] = frozenset()
 
 
 def _free_port() -> int:
@@ -143,7 +146,7 @@ class Sandbox:
         self.driver = self.config.driver_name if self.config.shape == "accel-dra" else self.shape.driver
         self.root = Path(self.config.root or tempfile.mkdtemp(prefix="accel-dra-sandbox-", dir="/tmp"))
         self._owns_root = self.config.root is None
-        self.apiserver = SimApiServer(graceful_pod_deletion=True)
+        self.apiserver = SimApiServer(graceful_pod_deletion=True, feature_gates=self.config.feature_gates)
         self.kube: KubeClient | None = None
         self.node: SimNode | None = None
         self.exporter_url = ""
@@ -250,7 +253,8 @@ class Sandbox:
         labels = dict(self.shape.node_labels(inventory))
         if labels:  # what the vendor's node labeller would add
             await self.kube.patch(NODES, cfg.node_name, {"metadata": {"labels": labels}})
-        for controller in (ClaimController(self.kube), Scheduler(self.kube)):
+        lists = LIST_TYPE_ATTRIBUTES in self.config.feature_gates
+        for controller in (ClaimController(self.kube), Scheduler(self.kube, list_type_attributes=lists)):
             await controller.start()
             self._stack.push_async_callback(controller.stop)
 

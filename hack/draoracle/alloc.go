@@ -37,6 +37,8 @@ type allocCase struct {
 	Claims           []resourceapi.ResourceClaim   `json:"claims"`
 	DeviceTaintRules []resourceapi.DeviceTaintRule `json:"deviceTaintRules"`
 	AllocatedState   allocatedState                `json:"allocatedState"`
+	// ListTypeAttributes turns on the alpha DRAListTypeAttributes feature for this case (off by default).
+	ListTypeAttributes bool `json:"listTypeAttributes,omitempty"`
 }
 
 // allocatedState is structured.AllocatedState in JSON: dedicated devices ("driver/pool/device"), shared
@@ -115,7 +117,9 @@ func allocate(cache *dracel.Cache, c allocCase) (allocVerdict, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), filterTimeout)
 	defer cancel()
-	allocator, err := structured.NewAllocator(ctx, allocFeatures, state, classLister(c.Classes), slices, cache)
+	features := allocFeatures
+	features.ListTypeAttributes = c.ListTypeAttributes
+	allocator, err := structured.NewAllocator(ctx, features, state, classLister(c.Classes), slices, cache)
 	if err != nil {
 		return allocVerdict{ID: c.ID, Verdict: "error", Error: err.Error()}, nil
 	}

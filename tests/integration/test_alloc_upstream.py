@@ -135,3 +135,17 @@ def test_generated_cases_agree_with_kubernetes(oracle: Any, seed: int) -> None:
     )
     # Every kind of verdict is exercised.
     assert min(outcomes[v] for v in ("ok", "unschedulable", "error")) >= 80, outcomes
+
+
+def test_list_type_attributes_agree_with_kubernetes_when_the_gate_is_on(oracle: Any) -> None:
+    """The alpha DRAListTypeAttributes feature (``--list-attributes`` publishes numaNode as a list): upstream's
+    list cases with the gate on in both allocators -- match = a shared value, distinct = none shared."""
+    cases = [{**c, "listTypeAttributes": True} for c in upstream_cases() if "list-attributes" in c["id"]]
+    assert len(cases) == 23
+    theirs = oracle("alloc", {"cases": [alloccases.oracle_input(c) for c in cases]})
+    verdicts: Counter[str] = Counter()
+    for case, answer in zip(cases, theirs, strict=True):
+        upstream = comparable(alloccases.oracle_verdict(answer))
+        verdicts[upstream["verdict"]] += 1
+        assert comparable(alloccases.ours(case)) == upstream, case["id"]
+    assert verdicts["ok"] >= 10 and verdicts["unschedulable"] >= 4, verdicts

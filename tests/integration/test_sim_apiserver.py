@@ -186,7 +186,7 @@ async def test_discovery_and_version(client: KubeClient, server: SimApiServer) -
         "events",
     } <= core
     version = await client.request("GET", "/version")
-    assert (version["major"], version["minor"], version["gitVersion"]) == ("1", "35", "v1.35.0")
+    assert (version["major"], version["minor"], version["gitVersion"]) == ("1", "37", "v1.37.2")
 
 
 async def test_configured_kubernetes_version(tmp_path: Path) -> None:
@@ -655,7 +655,7 @@ async def test_bearer_token_is_required_when_configured(tmp_path: Path) -> None:
                 with pytest.raises(ApiError) as err:
                     await kube.list(NODES)
                 assert err.value.status == 401 and err.value.reason == "Unauthorized"
-            assert (await anonymous.request("GET", "/version"))["gitVersion"] == "v1.35.0"
+            assert (await anonymous.request("GET", "/version"))["gitVersion"] == "v1.37.2"
             assert (await right.list(NODES))["items"] == []
 
 
@@ -840,13 +840,17 @@ async def test_streaming_list_sends_initial_events_then_a_marked_bookmark(server
     assert events[-1]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
 
 
-async def test_dry_run_is_refused_rather_than_written(client: KubeClient, server: SimApiServer) -> None:
-    with pytest.raises(ApiError) as err:
-        await client.request(
-            "POST", NODES.path(), params=[("dryRun", "All")], body={"metadata": {"name": "n"}}
-        )
-    assert err.value.status == 400
+async def test_a_dry_run_create_answers_without_storing(client: KubeClient, server: SimApiServer) -> None:
+    answer = await client.request(
+        "POST", NODES.path(), params=[("dryRun", "All")], body={"metadata": {"name": "n"}}
+    )
+    assert answer["metadata"]["name"] == "n" and answer["metadata"]["uid"]
     assert server.objects(NODES) == []
+    await client.create(NODES, {"metadata": {"name": "n"}})
+    with pytest.raises(ApiError) as err:  # dry runs of other verbs are refused rather than written
+        await client.request("DELETE", NODES.path(None, "n"), params=[("dryRun", "All")])
+    assert err.value.status == 400
+    assert [n["metadata"]["name"] for n in server.objects(NODES)] == ["n"]
 
 
 async def test_proxy_annotation_must_point_at_loopback(client: KubeClient) -> None:
@@ -897,4 +901,4 @@ async def test_the_official_kubernetes_client_works_against_it(server: SimApiSer
         assert [(e["type"], e["object"].metadata.name) for e in events] == [("ADDED", created.metadata.name)]
         deleted = await resource.delete_resource_slice(created.metadata.name)
         assert deleted.metadata.uid == created.metadata.uid
-        assert (await k8s.VersionApi(api).get_code()).git_version == "v1.35.0"
+        assert (await k8s.VersionApi(api).get_code()).git_version == "v1.37.2"

@@ -11,6 +11,7 @@ MODULE_ORDER = (
     "test_exporter",
     "test_recovery",
     "test_dra_features",
+    "test_alpha",
     "test_examples",
     "test_explain",
     "test_idle",

@@ -21,7 +21,16 @@ from driver.allocation.allocator import NO_FIT, allocate
 from driver.allocation.model import InputError, Node
 from driver.quantity import parse_quantity
 
-ORACLE_FIELDS = ("id", "node", "slices", "classes", "claims", "allocatedState", "deviceTaintRules")
+ORACLE_FIELDS = (
+    "id",
+    "node",
+    "slices",
+    "classes",
+    "claims",
+    "allocatedState",
+    "deviceTaintRules",
+    "listTypeAttributes",
+)
 
 
 def oracle_input(case: Mapping[str, Any]) -> dict[str, Any]:
@@ -61,6 +70,7 @@ def ours(case: Mapping[str, Any]) -> dict[str, Any]:
             node,
             allocated_state(case.get("allocatedState")),
             taint_rules=case.get("deviceTaintRules") or [],
+            list_type_attributes=bool(case.get("listTypeAttributes")),
         )
     except InputError as exc:
         return {"verdict": "error", "error": str(exc), "allocations": None}

@@ -274,6 +274,8 @@ class Cluster:
     version: str
     dir: Path
     ip: str
+    #: Feature gates on in every component (kubelets too), e.g. ``("DRAListTypeAttributes",)``.
+    feature_gates: tuple[str, ...] = ()
     components: dict[str, Component] = field(default_factory=dict)
     nodes: dict[str, HollowNode] = field(default_factory=dict)
     keep: bool = False  # leave the directory (logs, audit log, kubeconfigs) behind at teardown
@@ -448,17 +450,19 @@ class Cluster:
             "--allow-privileged=true",
             "--profiling=false",
         ]
+        args += self._feature_gates()
         if self.minor == 36:
             # DeviceTaintRule: off by default in 1.36 and served from resource.k8s.io/v1beta2 only.
-            args += [*self._feature_gates(), "--runtime-config=resource.k8s.io/v1beta2=true"]
+            args.append("--runtime-config=resource.k8s.io/v1beta2=true")
         apiserver = self._component("kube-apiserver", "kube-apiserver", *args)
         context = self.admin_context()
         apiserver.wait(lambda: _https_status(f"{self.server}/readyz", context) == 200, "/readyz")
 
     def _feature_gates(self) -> list[str]:
-        """The gates every control-plane component gets: 1.36 applies DeviceTaintRules only where the gate is
-        on -- the API server serves them, the scheduler honours them, the controller manager evicts."""
-        return ["--feature-gates=DRADeviceTaintRules=true"] if self.minor == 36 else []
+        """The gates every component gets: the cluster's own, and on 1.36 DeviceTaintRules, which it applies
+        only where the gate is on -- the API server serves them, the scheduler honours them, the controller
+        manager evicts."""
+        return _gate_flags([*(["DRADeviceTaintRules"] if self.minor == 36 else []), *self.feature_gates])
 
     def _control_plane_component(self, name: str, port: int, *extra: str) -> None:
         kubeconfig = self.dir / f"{name}.kubeconfig"
@@ -505,6 +509,7 @@ class Cluster:
                 f"--tls-cert-file={self.pki / (name + '-serving.crt')}",
                 f"--tls-private-key-file={self.pki / (name + '-serving.key')}",
                 f"--client-ca-file={self.pki / 'ca.crt'}",
+                *_gate_flags(self.feature_gates),
             ],
             self.dir / f"kubelet-{name}.log",
         )
@@ -566,6 +571,10 @@ class Cluster:
                 self.components[name].stop(grace=10)
 
 
+def _gate_flags(gates: Sequence[str]) -> list[str]:
+    return [f"--feature-gates={','.join(f'{g}=true' for g in gates)}"] if gates else []
+
+
 def free_loopback_address() -> str:
     """A random 127.a.b.c whose API server port is free (so concurrent runs on one machine never meet)."""
     for _ in range(50):
@@ -580,12 +589,14 @@ def free_loopback_address() -> str:
 
 
 @contextlib.contextmanager
-def running_cluster(binary: Path) -> Iterator[Cluster]:
+def running_cluster(binary: Path, feature_gates: Sequence[str] = ()) -> Iterator[Cluster]:
     """Start a cluster in a fresh directory, yield it, stop it and remove the directory -- unless the
     cluster's ``keep`` is set by then (its logs and audit log are worth reading after a failure)."""
     # Short: unix socket paths (kubelet and plugin sockets under it) must stay under 108 bytes.
     directory = Path(tempfile.mkdtemp(prefix="realk8s-", dir="/tmp"))
-    cluster = Cluster(binary, binary_version(binary), directory, free_loopback_address())
+    cluster = Cluster(
+        binary, binary_version(binary), directory, free_loopback_address(), feature_gates=tuple(feature_gates)
+    )
     try:
         cluster.start()
         yield cluster

@@ -40,11 +40,11 @@ JSON = dict[str, Any]
 SERVICE_ACCOUNTS = ResourceType("", "v1", "serviceaccounts", "ServiceAccount", namespaced=True)
 
 
-def node_values(cluster: Cluster, node: str) -> JSON:
+def node_values(cluster: Cluster, node: str, profiles: Mapping[str, str] = PROFILES) -> JSON:
     """Chart values that point the DaemonSet at a hollow node's directories and fake GPUs."""
     hollow = cluster.nodes[node]
     return {
-        "backend": f"fake:{PROFILES[node]}",
+        "backend": f"fake:{profiles[node]}",
         "kubeletDir": str(hollow.root),
         "cdiDir": str(hollow.cdi_dir),
         "logFormat": "text",
@@ -52,11 +52,29 @@ def node_values(cluster: Cluster, node: str) -> JSON:
     }
 
 
-def container_args(cluster: Cluster, node: str, container: str) -> list[str]:
-    """A container's arguments from the chart's DaemonSet rendered for ``node``."""
-    daemonset = chart.find(chart.render(node_values(cluster, node)), "DaemonSet")
+def container_args(
+    cluster: Cluster,
+    node: str,
+    container: str,
+    values: Mapping[str, Any] | None = None,
+    profiles: Mapping[str, str] = PROFILES,
+) -> list[str]:
+    """A container's arguments from the chart's DaemonSet rendered for ``node`` (with ``values`` on top)."""
+    rendered = chart.render(_merged(node_values(cluster, node, profiles), values or {}))
+    daemonset = chart.find(rendered, "DaemonSet")
     (found,) = [c for c in daemonset["spec"]["template"]["spec"]["containers"] if c["name"] == container]
     return [str(a) for a in found["args"]]
+
+
+def _merged(base: Mapping[str, Any], top: Mapping[str, Any]) -> JSON:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = (
+            _merged(out[key], value)
+            if isinstance(value, Mapping) and isinstance(out.get(key), Mapping)
+            else value
+        )
+    return out
 
 
 def exporter_args(cluster: Cluster, node: str, listen: str) -> list[str]:
@@ -110,6 +128,9 @@ class Driver:
     skipped_kinds: list[str] = field(default_factory=list)
     kubeconfigs: dict[str, Path] = field(default_factory=dict)  # node -> the plugin's (token) kubeconfig
     plugins: dict[str, Component] = field(default_factory=dict)
+    #: Chart values on top of the tier's (the plugin's flags), and each node's fake GPU profile.
+    values: JSON = field(default_factory=dict)
+    profiles: Mapping[str, str] = field(default_factory=lambda: dict(PROFILES))
 
     def install(self) -> None:
         async def install() -> None:
@@ -137,7 +158,7 @@ class Driver:
         if component is None:
             component = Component(
                 f"plugin-{node}",
-                accel_dra(*container_args(self.cluster, node, "plugin")),
+                accel_dra(*container_args(self.cluster, node, "plugin", self.values, self.profiles)),
                 self.cluster.dir / f"plugin-{node}.log",
                 env={"NODE_NAME": node, "KUBECONFIG": str(self.kubeconfigs[node])},
             )

@@ -92,6 +92,7 @@ def test_lint_is_clean(values: str, kube_version: str) -> None:
         ),
         ({"deviceClasses": {"migProfiles": {"extendedResourcePrefix": "mig-"}}}, "extendedResourcePrefix"),
         ({"deviceClasses": {"gpu": {"extendedResourceName": "kubernetes gpu"}}}, "extendedResourceName"),
+        ({"plugin": {"hostMemoryPerPod": "two gigs"}}, "/plugin/hostMemoryPerPod"),
     ],
 )
 def test_the_values_schema_rejects_bad_values(values: dict[str, Any], message: str) -> None:
@@ -441,3 +442,13 @@ def test_every_top_level_value_is_documented() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     missing = [key for key in values if f"`{key}" not in install]
     assert missing == [], "docs/install.md does not describe these values"
+
+
+def test_alpha_slice_fields_are_off_by_default_and_follow_the_values(
+    renders: dict[str, list[dict[str, Any]]],
+) -> None:
+    default = flags(containers(find(renders["default"], "DaemonSet"))["plugin"]["args"])
+    assert "--list-attributes" not in default and "--host-memory-per-pod" not in default
+    values = {"plugin": {"listTypeAttributes": True, "hostMemoryPerPod": "2Gi"}}
+    on = flags(containers(find(render(values), "DaemonSet"))["plugin"]["args"])
+    assert (on["--list-attributes"], on["--host-memory-per-pod"]) == ("on", "2Gi")

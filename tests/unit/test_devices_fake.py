@@ -36,6 +36,7 @@ def test_named_profiles_are_listed() -> None:
         "mig-a100",
         "nvl72-tray",
         "nvlink-pairs",
+        "pcie-l40s-snc",
         "pcie-l4x4",
     ]
 

@@ -22,7 +22,7 @@ import pytest
 from driver.devices.backend import BackendError, open_backend
 from driver.devices.fake import load_named_profile
 from driver.devices.model import Gpu, Inventory, MigDevice, MigPlacement, NvLink
-from driver.devices.nvml import NvmlBackend, cuda_version_string
+from driver.devices.nvml import NvmlBackend, cuda_version_string, near_numa_nodes_from_sysfs
 from driver.resources.attributes import device_entry
 
 ARCHITECTURES = {
@@ -345,7 +345,30 @@ def make_sysfs(root: Path, inventory: Inventory, *, numa_files: bool = True) -> 
         if numa_files:
             (device_dir / "numa_node").write_text(f"{-1 if gpu.numa_node is None else gpu.numa_node}\n")
         (links / gpu.pci_bus_id).symlink_to(os.path.relpath(device_dir, links))
+    write_numa_topology(root, inventory)
     return root
+
+
+def write_numa_topology(root: Path, inventory: Inventory) -> None:
+    """Node distance tables and CPU lists as the kernel shows them: two sockets, the NUMA nodes a GPU is
+    near (``numa_nodes``) at distance 11 from each other, other nodes of its socket at 12 (none here), nodes
+    of the other socket at 21. One CPU per node; socket = node // (nodes per socket)."""
+    nodes = sorted({n for g in inventory.gpus for n in g.near_numa_nodes})
+    if not nodes:
+        return
+    count = max(nodes) + 1
+    groups = {n: set(g.near_numa_nodes) for g in inventory.gpus for n in g.near_numa_nodes}
+    per_socket = max(1, count // 2)
+    for node in range(count):
+        near = groups.get(node, {node})
+        row = [10 if i == node else 11 if i in near else 21 for i in range(count)]
+        directory = root / "devices" / "system" / "node" / f"node{node}"
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "distance").write_text(" ".join(map(str, row)) + "\n")
+        (directory / "cpulist").write_text(f"{node}\n")
+        topology = root / "devices" / "system" / "cpu" / f"cpu{node}" / "topology"
+        topology.mkdir(parents=True, exist_ok=True)
+        (topology / "physical_package_id").write_text(f"{node // per_socket}\n")
 
 
 def nvml_discover(tmp_path: Path, inventory: Inventory, **fake: Any) -> tuple[Inventory, FakeNvml]:
@@ -357,7 +380,9 @@ def nvml_discover(tmp_path: Path, inventory: Inventory, **fake: Any) -> tuple[In
         backend.close()
 
 
-@pytest.mark.parametrize("profile", ["dgx-h100", "pcie-l4x4", "nvlink-pairs", "nvl72-tray", "mig-a100"])
+@pytest.mark.parametrize(
+    "profile", ["dgx-h100", "pcie-l4x4", "pcie-l40s-snc", "nvlink-pairs", "nvl72-tray", "mig-a100"]
+)
 def test_backend_reads_back_what_nvml_serves(profile: str, tmp_path: Path) -> None:
     expected = load_named_profile(profile).inventory
     found, nvml = nvml_discover(tmp_path, expected)
@@ -490,6 +515,37 @@ def test_numa_and_pcie_root_fallbacks(tmp_path: Path) -> None:
     # No numa_node file: NVML's answer is used; -1 means none. A device outside a pciDDDD:BB root has no pcieRoot.
     assert [(g.numa_node, g.pcie_root) for g in found.gpus] == [(1, "pci0000:3a"), (None, None)]
     assert nvml.calls.count("nvmlDeviceGetNumaNodeId") == 2
+
+
+def test_near_numa_nodes_follow_the_distance_table(tmp_path: Path) -> None:
+    """Sub-NUMA clustering: a node's equally near sibling on the same socket counts, nodes of the other
+    socket (even at the same distance) and farther ones do not; a CPU-less node (GPU memory) of unknown
+    socket at the smallest distance counts."""
+    root = tmp_path / "sys"
+    table = {
+        0: "10 11 21 21 11",
+        1: "11 10 21 21 20",
+        2: "21 21 10 11 21",
+        3: "21 21 11 10 21",
+        4: "11 20 21 21 10",
+    }
+    sockets = {0: 0, 1: 0, 2: 1, 3: 1}
+    for node, row in table.items():
+        directory = root / "devices" / "system" / "node" / f"node{node}"
+        directory.mkdir(parents=True)
+        (directory / "distance").write_text(row + "\n")
+        if node in sockets:
+            (directory / "cpulist").write_text(f"{node * 8}-{node * 8 + 7}\n")
+            topology = root / "devices" / "system" / "cpu" / f"cpu{node * 8}" / "topology"
+            topology.mkdir(parents=True)
+            (topology / "physical_package_id").write_text(f"{sockets[node]}\n")
+    assert near_numa_nodes_from_sysfs(root, 0) == (0, 1, 4)
+    assert near_numa_nodes_from_sysfs(root, 1) == (1, 0)
+    assert near_numa_nodes_from_sysfs(root, 3) == (3, 2)
+    assert near_numa_nodes_from_sysfs(root, 7) == (7,), "no table: the node alone"
+    # Another socket at the smallest distance is not near.
+    (root / "devices" / "system" / "node" / "node2" / "distance").write_text("11 21 10 21 21\n")
+    assert near_numa_nodes_from_sysfs(root, 2) == (2,)
 
 
 def test_sysfs_numa_minus_one_is_unknown(tmp_path: Path) -> None:
