@@ -193,6 +193,13 @@ def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
         help="host:port for the plugin's operation metrics (empty: off)",
     )
     parser.add_argument(
+        "--device-metadata",
+        choices=["on", "off"],
+        default=_env("DEVICE_METADATA", "on"),
+        help="mount each request's device metadata file (KEP-5304) into its containers under "
+        "/var/run/kubernetes.io/dra-device-attributes (env DEVICE_METADATA)",
+    )
+    parser.add_argument(
         "--sweep-interval",
         type=_positive_seconds,
         default=600.0,
@@ -270,6 +277,7 @@ class PluginConfig:
     health_taints: bool = True
     list_attributes: bool = False
     host_memory_per_pod: int | None = None
+    device_metadata: bool = True
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> PluginConfig:
@@ -315,4 +323,5 @@ class PluginConfig:
             health_taints=args.health_taints == "on",
             list_attributes=args.list_attributes == "on",
             host_memory_per_pod=args.host_memory_per_pod,
+            device_metadata=args.device_metadata == "on",
         )

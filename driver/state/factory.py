@@ -9,12 +9,14 @@ from driver.devices.backend import DeviceBackend
 from driver.devices.model import Inventory
 from driver.kube.client import KubeClient
 from driver.log import get_logger
+from driver.resources.attributes import device_attributes
 from driver.state.cdi import CdiStore
 from driver.state.checkpoint import CheckpointStore, read_boot_id
 from driver.state.claimstatus import ClaimStatusWriter
 from driver.state.devnodes import DeviceNodes, HostDeviceNodes, SimulatedDeviceNodes
 from driver.state.driverfiles import discover_driver_files, library_dir_of
 from driver.state.lock import NodeLock
+from driver.state.metadata import ClaimMetadataWriter, MetadataStore
 from driver.state.prepare import NodePreparer
 from driver.state.sharing import BackendTimeSlicer, NvidiaSmiTimeSlicer, RecordingTimeSlicer, TimeSlicer
 
@@ -73,4 +75,15 @@ def make_preparer(
         lock=lock,
         backend_edits=backend_edits(backend),
         status=ClaimStatusWriter(kube) if kube is not None else None,
+        metadata=metadata_writer(config, inventory),
+    )
+
+
+def metadata_writer(config: PluginConfig, inventory: Inventory) -> ClaimMetadataWriter:
+    """Device metadata with the attributes each device is published with (the standard profile); switched
+    off, it still cleans up the files of claims prepared while it was on."""
+    return ClaimMetadataWriter(
+        MetadataStore(config.plugin_dir),
+        lambda device: device_attributes(device, inventory, config.driver_name),
+        enabled=config.device_metadata,
     )

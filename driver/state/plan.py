@@ -28,6 +28,7 @@ from driver.state.api import (
 )
 from driver.state.checkpoint import ClaimRecord, ClaimState, DeviceRecord, canonical_json
 from driver.state.devnodes import DeviceNodes
+from driver.state.metadata import POD_CLAIM_NAME_ANNOTATION
 from driver.state.opaque import GpuConfig, config_for, resolve_configs
 
 
@@ -54,6 +55,8 @@ class ClaimPlan:
     driver: str
     devices: tuple[PlannedDevice, ...]
     config_digest: str
+    #: The pod's name for a claim made from a template (``resource.kubernetes.io/pod-claim-name``).
+    pod_claim_name: str | None = None
 
     def prepared_devices(self) -> tuple[PreparedDevice, ...]:
         """The kubelet's answer: one entry per allocation result."""
@@ -99,17 +102,25 @@ class ClaimPlan:
             seen.setdefault(d.device.name, d)
         return list(seen.values())
 
-    def spec(self, nodes: DeviceNodes, common_edits: Mapping[str, Any]) -> dict[str, Any] | None:
-        """The claim's CDI spec; ``None`` when no device of this driver is allocated (nothing to inject)."""
+    def spec(
+        self,
+        nodes: DeviceNodes,
+        common_edits: Mapping[str, Any],
+        device_edits: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> dict[str, Any] | None:
+        """The claim's CDI spec; ``None`` when no device of this driver is allocated (nothing to inject).
+        ``device_edits``: more containerEdits per device name (the metadata files' mounts)."""
         devices = self.unique_devices()
         if not devices:
             return None
+        extra = device_edits or {}
         cdi_devices = [
             cdi.CdiDevice(
                 name=d.cdi_name,
                 edits=cdi.merge_edits(
                     {"deviceNodes": nodes.device_nodes(d.device)},
                     {"env": cdi.device_env(self.identity(d))},
+                    extra.get(d.device.name, {}),
                 ),
             )
             for d in devices
@@ -192,4 +203,12 @@ def plan_claim(claim: Claim, *, driver: str, pool: str, inventory: Inventory) ->
     if planned and not cdi.valid_device_name(planned[0].cdi_name):
         raise PlanError(f"claim {ref}: UID {ref.uid!r} cannot be part of a CDI device name")
     config_digest = digest([(d.cdi_name, d.config) for d in planned])
-    return ClaimPlan(ref=ref, driver=driver, devices=tuple(planned), config_digest=config_digest)
+    annotations = (claim.get("metadata") or {}).get("annotations") or {}
+    pod_claim_name = annotations.get(POD_CLAIM_NAME_ANNOTATION)
+    return ClaimPlan(
+        ref=ref,
+        driver=driver,
+        devices=tuple(planned),
+        config_digest=config_digest,
+        pod_claim_name=pod_claim_name if isinstance(pod_claim_name, str) and pod_claim_name else None,
+    )

@@ -7,7 +7,8 @@ Prepare of one call's claims, in phases (the caller holds the node lock):
 2. overlap guard: a device already prepared for another claim, or taken by an earlier claim of this call,
    fails this one (admin access aside);
 3. checkpoint ``PrepareStarted`` for every claim that passed (intent recorded before any side effect);
-4. per claim: apply the sharing config (time slicing), write the claim's CDI spec;
+4. per claim: apply the sharing config (time slicing), write the device metadata files, then the claim's
+   CDI spec that mounts them;
 5. checkpoint ``PrepareCompleted`` for every claim that got its spec.
 
 The checkpoint is written once per phase for the whole call, not per claim: a call with 1,000 claims writes
@@ -53,6 +54,7 @@ from driver.state.devnodes import DeviceNodes
 from driver.state.driverfiles import DriverFile
 from driver.state.fsutil import remove_stale_temporaries
 from driver.state.lock import NodeLock
+from driver.state.metadata import ClaimMetadataWriter
 from driver.state.opaque import ConfigError
 from driver.state.plan import ClaimPlan, PlanError, plan_claim
 from driver.state.sharing import TimeSlicer, apply_logged
@@ -205,6 +207,7 @@ class NodePreparer:
         lock: NodeLock,
         backend_edits: Mapping[str, Any] | None = None,
         status: ClaimStatusWriter | None = None,
+        metadata: ClaimMetadataWriter | None = None,
     ) -> None:
         self.driver = driver
         self.pool = pool
@@ -215,6 +218,8 @@ class NodePreparer:
         self.slicer = slicer
         self.lock = lock
         self.status = status
+        #: Device metadata files (KEP-5304) mounted into containers; None: never written nor cleaned up.
+        self.metadata = metadata
         self.common_edits = merge_edits(
             {"deviceNodes": nodes.control_nodes()},
             {"mounts": [f.mount() for f in driver_files]},
@@ -263,6 +268,12 @@ class NodePreparer:
             if uid not in cp.claims:
                 self.specs.remove(uid)
                 log.warning("removed CDI spec of a claim this node does not have prepared", claim_uid=uid)
+        for uid in self.metadata.store.claim_uids() if self.metadata is not None else ():
+            if uid not in cp.claims:
+                self._remove_metadata(uid)
+                log.warning(
+                    "removed device metadata of a claim this node does not have prepared", claim_uid=uid
+                )
         started = [str(r) for r in cp.claims.values() if not r.completed]
         log.info(
             "node state loaded",
@@ -390,7 +401,8 @@ class NodePreparer:
                 try:
                     applied = self._apply_sharing(plan)
                     crash_point("prepare:config-applied")
-                    spec = plan.spec(self.nodes, self.common_edits)
+                    mounts = self.metadata.write(plan) if self.metadata is not None else {}
+                    spec = plan.spec(self.nodes, self.common_edits, mounts)
                     if spec is not None:
                         self.specs.write(plan.ref.uid, spec)
                     crash_point("prepare:cdi-written")
@@ -452,7 +464,8 @@ class NodePreparer:
         missing spec."""
         applied = {d.device: d.sharing_applied for d in record.devices}
         fresh = plan.record(ClaimState.PREPARE_COMPLETED, applied)
-        spec = plan.spec(self.nodes, self.common_edits)
+        mounts = self.metadata.ensure(plan) if self.metadata is not None else {}
+        spec = plan.spec(self.nodes, self.common_edits, mounts)
         if spec is not None and not self.specs.exists(plan.ref.uid):
             self.specs.write(plan.ref.uid, spec)
             log.info("CDI spec was missing; re-created", cdi_spec=str(self.specs.path(plan.ref.uid)))
@@ -504,16 +517,24 @@ class NodePreparer:
         if record is None:
             if self.specs.remove(ref.uid):
                 log.warning("removed CDI spec of a claim without checkpoint entry")
+            self._remove_metadata(ref.uid)
             return False
         self._reset_sharing(cp, record)
         crash_point("unprepare:sharing-reset")
         self.specs.remove(ref.uid)
         crash_point("unprepare:cdi-removed")
+        self._remove_metadata(ref.uid)
         return True
 
     def _undo(self, cp: Checkpoint, record: ClaimRecord) -> None:
         self._reset_sharing(cp, record)
         self.specs.remove(record.uid)
+        self._remove_metadata(record.uid)
+
+    def _remove_metadata(self, uid: str) -> None:
+        """After the spec that mounts them: a container is never given a mount of a missing file."""
+        if self.metadata is not None:
+            self.metadata.store.remove(uid)
 
     def _apply_sharing(self, plan: ClaimPlan) -> dict[str, bool]:
         applied: dict[str, bool] = {}
