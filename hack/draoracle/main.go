@@ -11,6 +11,8 @@
 //	alloc allocation cases: k8s.io/dynamic-resource-allocation/structured as kube-scheduler's DRA plugin
 //	      runs it (1.37 default features, DeviceTaintRules applied by the ResourceSlice tracker, the
 //	      filter timeout), one node and its claims per case.
+//	metadata device metadata files (KEP-5304) decoded as consumers read them:
+//	      k8s.io/dynamic-resource-allocation/devicemetadata into a chosen version, validated.
 //
 // Input and output are JSON documents; each subcommand documents its own shapes.
 package main
@@ -29,8 +31,9 @@ type subcommand struct {
 }
 
 var subcommands = map[string]subcommand{
-	"cel":   {"evaluate DRA CEL selectors against devices", runCEL},
-	"alloc": {"allocate claims on a node with the structured allocator", runAlloc},
+	"cel":      {"evaluate DRA CEL selectors against devices", runCEL},
+	"alloc":    {"allocate claims on a node with the structured allocator", runAlloc},
+	"metadata": {"decode device metadata files as a consumer does", runMetadata},
 }
 
 func main() {

@@ -202,7 +202,7 @@ def allocate_pod(name: str, profile: str) -> dict[str, list[tuple[str, str]]]:
     ("name", "profile"),
     [
         (n, p)
-        for n in ("gpu-test1", "gpu-test2", "gpu-test3")
+        for n in ("gpu-test1", "gpu-test2", "gpu-test3", "gpu-test-metadata")
         for p in ("pcie-l4x4", "dgx-h100", "nvlink-pairs")
     ],
 )
