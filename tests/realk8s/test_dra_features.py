@@ -260,3 +260,52 @@ async def test_a_pod_asking_for_nvidia_com_gpu_in_its_limits_gets_gpus_through_d
         what="its claim gone",
     )
     assert not cdi.exists()
+
+
+async def test_the_cdi_spec_mounts_each_requests_device_metadata(
+    realk8s: Cluster, accel_dra: Driver, admin: KubeClient, namespace: str
+) -> None:
+    """Claims from a template carry the pod's name for them (``resource.kubernetes.io/pod-claim-name``, set by
+    the real controller manager): the metadata file lands where a consumer of that pod looks for it."""
+    template = {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaimTemplate",
+        "metadata": {"name": "one", "namespace": namespace},
+        "spec": {
+            "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": DRIVER}}]}}
+        },
+    }
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "meta", "namespace": namespace},
+        "spec": {
+            "resourceClaims": [{"name": "accel", "resourceClaimTemplateName": "one"}],
+            "containers": [
+                {
+                    "name": "ctr",
+                    "image": "registry.k8s.io/pause:3.10",
+                    "resources": {"claims": [{"name": "accel"}]},
+                }
+            ],
+        },
+    }
+    await apply_manifest(admin, [template, pod])
+    started = await wait_for(admin, PODS, "meta", namespace, running, what="pod meta Running")
+    (status,) = (started or {})["status"]["resourceClaimStatuses"]
+    claim = await admin.get(RESOURCE_CLAIMS, status["resourceClaimName"], namespace)
+    assert claim["metadata"]["annotations"]["resource.kubernetes.io/pod-claim-name"] == "accel"
+    spec = json.loads(
+        (realk8s.nodes[NODE].cdi_dir / spec_file_name(DRIVER, claim["metadata"]["uid"])).read_text()
+    )
+    ((mount,),) = [d["containerEdits"]["mounts"] for d in spec["devices"]]
+    assert mount["containerPath"] == (
+        "/var/run/kubernetes.io/dra-device-attributes/resourceclaimtemplates/accel/gpu/"
+        f"{DRIVER}-metadata.json"
+    )
+    first = json.JSONDecoder().raw_decode(Path(mount["hostPath"]).read_text())[0]
+    (result,) = claim["status"]["allocation"]["devices"]["results"]
+    assert (first["metadata"]["uid"], first["requests"][0]["devices"][0]["name"]) == (
+        claim["metadata"]["uid"],
+        result["device"],
+    )

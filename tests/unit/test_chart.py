@@ -452,3 +452,14 @@ def test_alpha_slice_fields_are_off_by_default_and_follow_the_values(
     values = {"plugin": {"listTypeAttributes": True, "hostMemoryPerPod": "2Gi"}}
     on = flags(containers(find(render(values), "DaemonSet"))["plugin"]["args"])
     assert (on["--list-attributes"], on["--host-memory-per-pod"]) == ("on", "2Gi")
+
+
+def test_device_metadata_is_on_by_default_and_can_be_turned_off(
+    renders: dict[str, list[dict[str, Any]]],
+) -> None:
+    default = flags(containers(find(renders["default"], "DaemonSet"))["plugin"]["args"])
+    assert "--device-metadata" not in default  # the plugin's default: on
+    off = flags(
+        containers(find(render({"plugin": {"deviceMetadata": False}}), "DaemonSet"))["plugin"]["args"]
+    )
+    assert off["--device-metadata"] == "off"
