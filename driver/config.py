@@ -245,6 +245,33 @@ def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
         help="declare the host memory each pod using a device needs, e.g. 2Gi, as nodeAllocatableResources "
         "(DRANodeAllocatableResources, Kubernetes 1.37; env HOST_MEMORY_PER_POD)",
     )
+    sharing = parser.add_argument_group("GPU sharing by memory (docs/sharing.md)")
+    sharing.add_argument(
+        "--shared-gpus",
+        type=_selector_list,
+        default=_env("SHARED_GPUS", ""),
+        metavar="LIST",
+        help="GPUs several claims may share, each with part of the memory (consumable capacity): 'all', or "
+        "comma-separated device names, UUIDs or PCI bus ids; empty: none (env SHARED_GPUS)",
+    )
+    sharing.add_argument(
+        "--share-memory-step",
+        type=_positive_bytes,
+        default=_env("SHARE_MEMORY_STEP", "1Gi"),
+        metavar="QUANTITY",
+        help="a share's memory is a multiple of this (env SHARE_MEMORY_STEP)",
+    )
+
+
+def _selector_list(text: str) -> frozenset[str]:
+    return frozenset(part.strip() for part in text.split(",") if part.strip())
+
+
+def _positive_bytes(text: str) -> int:
+    value = _quantity_bytes(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than zero bytes")
+    return value
 
 
 @dataclass(frozen=True)
@@ -278,6 +305,8 @@ class PluginConfig:
     list_attributes: bool = False
     host_memory_per_pod: int | None = None
     device_metadata: bool = True
+    shared_gpus: frozenset[str] = frozenset()
+    share_memory_step: int = 1 << 30
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> PluginConfig:
@@ -324,4 +353,6 @@ class PluginConfig:
             list_attributes=args.list_attributes == "on",
             host_memory_per_pod=args.host_memory_per_pod,
             device_metadata=args.device_metadata == "on",
+            shared_gpus=args.shared_gpus,
+            share_memory_step=args.share_memory_step,
         )

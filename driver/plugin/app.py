@@ -21,7 +21,7 @@ from driver.plugin.paths import dra_socket_path, registration_socket_path
 from driver.plugin.server import PluginServer
 from driver.resources.apiprobe import supported
 from driver.resources.publisher import SlicePublisher
-from driver.resources.publishing import PublishOptions, publish_entries
+from driver.resources.publishing import PublishOptions, publish_entries, shared_gpus
 from driver.state.factory import make_preparer
 from driver.state.lock import LOCK_FILE_NAME, NodeLock
 from driver.state.prepare import NodePreparer
@@ -44,7 +44,9 @@ class Plugin:
         self.backend = backend
         self.inventory = backend.discover()
         self.options = PublishOptions(
-            list_attributes=config.list_attributes, host_memory_per_pod=config.host_memory_per_pod
+            list_attributes=config.list_attributes,
+            host_memory_per_pod=config.host_memory_per_pod,
+            shared=shared_gpus(config.shared_gpus, config.share_memory_step, self.inventory),
         )
         self.metrics = PluginMetrics(config.driver_name) if config.metrics_listen else None
         self.publisher = SlicePublisher(

@@ -94,13 +94,15 @@ def run_discover(args: argparse.Namespace) -> int:
     from driver.config import ConfigError, check_driver_name
     from driver.devices.backend import BackendError
     from driver.log import setup
-    from driver.resources.publishing import PublishOptions
+    from driver.resources.publishing import PublishOptions, SharedGpus
 
     setup(args.log_level)
     try:
         check_driver_name(args.driver_name)
         options = PublishOptions(
-            list_attributes=args.list_attributes == "on", host_memory_per_pod=args.host_memory_per_pod
+            list_attributes=args.list_attributes == "on",
+            host_memory_per_pod=args.host_memory_per_pod,
+            shared=SharedGpus(args.shared_gpus, args.share_memory_step) if args.shared_gpus else None,
         )
         slices = discovered_slices(
             args.backend, args.driver_name, args.node_name, args.driver_root, args.fake_state_dir, options

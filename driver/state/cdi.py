@@ -91,6 +91,9 @@ class DeviceIdentity:
     claim_uid: str
     admin_access: bool = False
     sharing: str | None = None
+    #: A share of a GPU shared by memory: its id and the memory it holds (the allocation's quantity).
+    share_id: str | None = None
+    memory: str | None = None
 
 
 def device_env(d: DeviceIdentity) -> list[str]:
@@ -104,6 +107,10 @@ def device_env(d: DeviceIdentity) -> list[str]:
         env.append(f"{base}_ADMIN_ACCESS=true")
     if d.sharing:
         env.append(f"{base}_SHARING={d.sharing}")
+    if d.share_id:
+        env.append(f"{base}_SHARE_ID={d.share_id}")
+    if d.memory:
+        env.append(f"{base}_MEMORY={d.memory}")
     return env
 
 

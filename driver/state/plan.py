@@ -48,6 +48,13 @@ class PlannedDevice:
     def sharing(self) -> str | None:
         return None if self.config is None else self.config.sharing
 
+    @property
+    def consumed_memory(self) -> str | None:
+        """The memory this result holds of a GPU shared by memory (``consumedCapacity.memory``)."""
+        consumed = self.result.extra.get("consumedCapacity")
+        memory = consumed.get("memory") if isinstance(consumed, dict) else None
+        return memory if isinstance(memory, str) else None
+
 
 @dataclass(frozen=True)
 class ClaimPlan:
@@ -137,6 +144,8 @@ class ClaimPlan:
             claim_uid=self.ref.uid,
             admin_access=admin,
             sharing=d.sharing,
+            share_id=d.result.share_id,
+            memory=d.consumed_memory,
         )
 
     def device_statuses(self) -> list[dict[str, Any]]:
