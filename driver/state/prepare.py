@@ -103,7 +103,7 @@ class DeviceHolders:
 
     Only completed claims hold devices (containers start only after a successful prepare). Admin-access
     results never conflict; two results carrying (different) share ids are separate allocations of a
-    device that allows several.
+    device that allows several -- unless they ask for different time slices: a GPU has one.
     """
 
     def __init__(self, cp: Checkpoint) -> None:
@@ -130,6 +130,12 @@ class DeviceHolders:
                     continue
                 shares = (wanted.result.share_id, held.share_id)
                 if None not in shares and shares[0] != shares[1]:
+                    if None not in (wanted.sharing, held.sharing) and wanted.sharing != held.sharing:
+                        return (
+                            f"claim {plan.ref}: device {held.device} (pool {held.pool}) is shared with claim "
+                            f"{other}, which runs it with {held.sharing}; this claim asks for {wanted.sharing}, "
+                            "and a GPU has one time slice"
+                        )
                     continue
                 return (
                     f"claim {plan.ref}: device {held.device} (pool {held.pool}) is already prepared for claim "

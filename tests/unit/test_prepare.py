@@ -188,6 +188,31 @@ def test_admin_access_on_either_side_may_share_a_device(node: Node) -> None:
     assert f"{env_name(GPU0)}_ADMIN_ACCESS=true" in env
 
 
+def shared(c: dict[str, Any], share: str) -> dict[str, Any]:
+    for result in c["status"]["allocation"]["devices"]["results"]:
+        result["shareID"] = share
+        result["consumedCapacity"] = {"memory": "4Gi"}
+    return c
+
+
+def test_shares_of_a_gpu_are_prepared_side_by_side_with_one_time_slice(node: Node) -> None:
+    p = node.preparer()
+    assert prepare(p, shared(claim("s1", GPU0, config=sharing("Long")), "share-1"))["s1"].error == ""
+    assert prepare(p, shared(claim("s2", GPU0), "share-2"))["s2"].error == ""
+    assert prepare(p, shared(claim("s3", GPU0, config=sharing("Long")), "share-3"))["s3"].error == ""
+    out = prepare(p, shared(claim("s4", GPU0, config=sharing("Short")), "share-4"))
+    assert out["s4"].error == (
+        f"claim default/claim-s4 (s4): device {GPU0} (pool node-1) is shared with claim default/claim-s1 (s1), "
+        "which runs it with TimeSlicing:Long; this claim asks for TimeSlicing:Short, and a GPU has one time slice"
+    )
+    assert set(node.specs()) == {"s1", "s2", "s3"}
+    assert [d.share_id for d in out["s4"].devices] == []
+    env = node.specs()["s2"]["devices"][0]["containerEdits"]["env"]
+    assert {f"{env_name(GPU0)}_SHARE_ID=share-2", f"{env_name(GPU0)}_MEMORY=4Gi"} <= set(env)
+    # The same share id twice is one allocation handed to two claims: refused like any overlap.
+    assert "already prepared for claim" in prepare(p, shared(claim("s5", GPU0), "share-2"))["s5"].error
+
+
 @pytest.mark.parametrize(
     ("c", "message"),
     [
