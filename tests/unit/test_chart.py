@@ -93,6 +93,8 @@ def test_lint_is_clean(values: str, kube_version: str) -> None:
         ({"deviceClasses": {"migProfiles": {"extendedResourcePrefix": "mig-"}}}, "extendedResourcePrefix"),
         ({"deviceClasses": {"gpu": {"extendedResourceName": "kubernetes gpu"}}}, "extendedResourceName"),
         ({"plugin": {"hostMemoryPerPod": "two gigs"}}, "/plugin/hostMemoryPerPod"),
+        ({"plugin": {"sharing": {"memoryStep": "0"}}}, "/plugin/sharing/memoryStep"),
+        ({"plugin": {"sharing": {"gpus": ["a,b"]}}}, "/plugin/sharing/gpus/0"),
     ],
 )
 def test_the_values_schema_rejects_bad_values(values: dict[str, Any], message: str) -> None:
@@ -463,3 +465,11 @@ def test_device_metadata_is_on_by_default_and_can_be_turned_off(
         containers(find(render({"plugin": {"deviceMetadata": False}}), "DaemonSet"))["plugin"]["args"]
     )
     assert off["--device-metadata"] == "off"
+
+
+def test_gpu_sharing_follows_the_values(renders: dict[str, list[dict[str, Any]]]) -> None:
+    default = flags(containers(find(renders["default"], "DaemonSet"))["plugin"]["args"])
+    assert "--shared-gpus" not in default
+    values = {"plugin": {"sharing": {"gpus": ["gpu-0000-01-00-0", "GPU-1234"], "memoryStep": "512Mi"}}}
+    on = flags(containers(find(render(values), "DaemonSet"))["plugin"]["args"])
+    assert (on["--shared-gpus"], on["--share-memory-step"]) == ("gpu-0000-01-00-0,GPU-1234", "512Mi")
