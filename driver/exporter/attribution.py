@@ -62,6 +62,8 @@ class Consumer:
     mig_uuid: str = ""
     #: The DeviceClass the claim requested the device through, or the device plugin's resource name.
     device_class: str = ""
+    #: The memory the claim's share of a GPU shared by memory holds (consumable capacity); None: no share.
+    share_memory_bytes: int | None = None
 
     @property
     def key(self) -> ContainerKey:

@@ -4,7 +4,9 @@ At every sampling round the collector hands over the round's attributed rows and
 round; each row adds, for that time:
 
 - *allocated*: the device's share of a GPU (1 for a whole GPU, its memory share for a MIG device) divided by
-  the number of rows holding the device, so a device is charged once however many containers share it;
+  the number of rows holding the device, so a device is charged once however many containers share it. A
+  share of a GPU shared by memory (consumable capacity) is charged its memory share of the GPU instead,
+  divided by the rows of its claim: each claim pays for what it holds, whoever else shares the GPU;
 - *used*: the same share times the row's utilization of the device; a shared device whose use cannot be
   split by process has its utilization divided evenly among its rows. Rows without a utilization reading
   (MIG devices of GPUs without GPM) add no used time: unknown is not zero.
@@ -36,6 +38,12 @@ class Charge:
     used_seconds: float
 
 
+def gpu_memory(inventory: Inventory) -> Callable[[str], int | None]:
+    """GPU UUID -> its memory in bytes (None: unknown)."""
+    memory = {gpu.uuid: gpu.memory_bytes for gpu in inventory.gpus}
+    return memory.get
+
+
 def device_shares(inventory: Inventory) -> Callable[[str, str], float]:
     """(GPU UUID, MIG UUID or "") -> the device's share of its GPU: 1, or the MIG device's memory share."""
     shares: dict[tuple[str, str], float] = {}
@@ -50,8 +58,14 @@ def device_shares(inventory: Inventory) -> Callable[[str, str], float]:
 class Chargeback:
     """Cumulative GPU-seconds per charge key, advanced once per sampling round."""
 
-    def __init__(self, share_of: Callable[[str, str], float], retention: float = 900.0) -> None:
+    def __init__(
+        self,
+        share_of: Callable[[str, str], float],
+        retention: float = 900.0,
+        memory_of: Callable[[str], int | None] | None = None,
+    ) -> None:
         self._share_of = share_of
+        self._memory_of = memory_of
         self._retention = retention
         self._allocated: dict[ChargeKey, float] = {}
         self._used: dict[ChargeKey, float] = {}
@@ -63,12 +77,21 @@ class Chargeback:
         """Count ``elapsed`` seconds for the rows of each ``(GPU UUID, product name, shares)``."""
         for gpu, model, shares in gpus:
             rows: dict[str, int] = {}
+            claim_rows: dict[tuple[str, str, str], int] = {}
             for share in shares:
-                rows[share.consumer.mig_uuid] = rows.get(share.consumer.mig_uuid, 0) + 1
+                c = share.consumer
+                rows[c.mig_uuid] = rows.get(c.mig_uuid, 0) + 1
+                claim = (c.mig_uuid, c.resource_claim_namespace, c.resource_claim)
+                claim_rows[claim] = claim_rows.get(claim, 0) + 1
+            memory = self._memory_of(gpu) if self._memory_of is not None else None
             for share in shares:
                 c = share.consumer
                 n = rows[c.mig_uuid]
                 held = self._share_of(gpu, c.mig_uuid)
+                allocated = held / n
+                if c.share_memory_bytes is not None and memory:
+                    claim = (c.mig_uuid, c.resource_claim_namespace, c.resource_claim)
+                    allocated = min(1.0, c.share_memory_bytes / memory) / claim_rows[claim]
                 key = (
                     c.namespace,
                     c.pod,
@@ -78,7 +101,7 @@ class Chargeback:
                     model,
                 )
                 self._seen[key] = now
-                self._allocated[key] = self._allocated.get(key, 0.0) + held / n * elapsed
+                self._allocated[key] = self._allocated.get(key, 0.0) + allocated * elapsed
                 self._used.setdefault(key, 0.0)
                 if share.utilization is not None:
                     busy = share.utilization / n if share.utilization_mode == "shared" else share.utilization

@@ -26,7 +26,7 @@ from driver.devices.model import Gpu, Inventory
 from driver.devices.telemetry import GpuTelemetry, TelemetryError, TelemetrySource
 from driver.exporter.attribution import OUTSIDE_PODS, ConsumerShare, ContainerKey, OwnerOf, split_gpu
 from driver.exporter.cgroups import read_cgroup
-from driver.exporter.chargeback import Charge, Chargeback, device_shares
+from driver.exporter.chargeback import Charge, Chargeback, device_shares, gpu_memory
 from driver.exporter.holders import ClaimIndex, holders
 from driver.exporter.podresources import ContainerResources, DeviceResolver
 from driver.health.state import GpuHealth, gpu_health
@@ -181,7 +181,9 @@ class Collector:
         self._xid_poller = CallThread(xids.poll, name="xid-events") if xids is not None else None
         self._xid_poll: concurrent.futures.Future[None] | None = None
         self._xid_waiter: asyncio.Future[None] | None = None
-        self._chargeback = Chargeback(device_shares(inventory), self.settings.chargeback_retention)
+        self._chargeback = Chargeback(
+            device_shares(inventory), self.settings.chargeback_retention, memory_of=gpu_memory(inventory)
+        )
         self._charged_at: float | None = None
         self._clock = clock
         self._wall_clock = wall_clock

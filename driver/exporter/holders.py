@@ -28,6 +28,7 @@ from typing import Any
 from driver.exporter.podresources import ClaimDevice, ContainerResources
 from driver.kube.client import RESOURCE_CLAIMS, ApiError, KubeClient
 from driver.log import get_logger
+from driver.quantity import parse_quantity
 
 log = get_logger(__name__)
 
@@ -45,6 +46,8 @@ class ClaimFacts:
 
     admin: frozenset[DeviceKey] = frozenset()
     device_class: Mapping[DeviceKey, str] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+    #: Bytes of memory the claim's shares of a GPU shared by memory hold (``consumedCapacity.memory``).
+    consumed_memory: Mapping[DeviceKey, int] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
     #: The claim is being fetched for the first time: its devices wait a round rather than being counted
     #: as held (an admin-access claim would be, for that round) or charged without their DeviceClass.
     pending: bool = False
@@ -84,6 +87,7 @@ def claim_facts(claim: Mapping[str, Any]) -> ClaimFacts:
     classes, admin_requests = _request_classes(_dict(claim.get("spec")))
     admin: set[DeviceKey] = set()
     device_class: dict[DeviceKey, str] = {}
+    consumed: dict[DeviceKey, int] = {}
     allocation = _dict(_dict(claim.get("status")).get("allocation"))
     for raw in _list(_dict(allocation.get("devices")).get("results")):
         result = _dict(raw)
@@ -94,7 +98,17 @@ def claim_facts(claim: Mapping[str, Any]) -> ClaimFacts:
         found = classes.get(request) or classes.get(request.split("/", 1)[0])
         if found:
             device_class[key] = found
-    return ClaimFacts(frozenset(admin), MappingProxyType(device_class))
+        memory = _bytes(_dict(result.get("consumedCapacity")).get("memory"))
+        if result.get("shareID") and memory is not None:  # two shares of one device: the claim holds both
+            consumed[key] = consumed.get(key, 0) + memory
+    return ClaimFacts(frozenset(admin), MappingProxyType(device_class), MappingProxyType(consumed))
+
+
+def _bytes(quantity: Any) -> int | None:
+    try:
+        return int(parse_quantity(quantity)) if isinstance(quantity, str) else None
+    except ValueError:
+        return None
 
 
 def holders(
@@ -119,7 +133,13 @@ def holders(
             if facts is not None and (facts.pending or key in facts.admin):
                 continue
             found = facts.device_class.get(key, "") if facts is not None else ""
-            devices.append(dataclasses.replace(d, device_class=found) if found else d)
+            memory = facts.consumed_memory.get(key) if facts is not None else None
+            if found or memory is not None:
+                devices.append(
+                    dataclasses.replace(d, device_class=found or d.device_class, consumed_memory_bytes=memory)
+                )
+            else:
+                devices.append(d)
         if devices or c.device_ids:
             out.append(dataclasses.replace(c, claim_devices=tuple(devices)))
     return out

@@ -496,7 +496,8 @@ GPU_ALLOCATED_SECONDS = MetricSpec(
     "accel_dra_gpu_allocated_seconds_total",
     "counter",
     "GPU time held: seconds a device was allocated, times its share of a GPU (1 for a whole GPU, its memory "
-    "share for a MIG device), split evenly among the containers holding it; counts from the exporter's start.",
+    "share for a MIG device or a share of a GPU shared by memory), split evenly among the containers holding "
+    "it (a share: among its claim's); counts from the exporter's start.",
     CHARGEBACK_LABELS,
     unit="seconds",
     group="chargeback",

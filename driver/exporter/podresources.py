@@ -57,6 +57,8 @@ class ClaimDevice:
     device: str
     #: The DeviceClass its request named ("" until looked up, see ``driver.exporter.holders``).
     device_class: str = ""
+    #: The memory its share holds, for a GPU shared by memory (looked up like the DeviceClass).
+    consumed_memory_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +276,7 @@ class DeviceResolver:
                             d.device,
                             mig_uuid=ref[1],
                             device_class=d.device_class,
+                            share_memory_bytes=d.consumed_memory_bytes,
                         )
                     )
         return {gpu: tuple(sorted(consumers)) for gpu, consumers in found.items()}

@@ -417,6 +417,42 @@ async def test_admin_access_claims_are_not_holders(
     await running.scrape_until(only_trainer)
 
 
+async def test_shares_of_a_gpu_shared_by_memory_are_charged_their_memory(
+    sandbox: Sandbox, start_exporter: StartExporter, kube: KubeClient, kubeconfig: Path
+) -> None:
+    """Two claims hold shares of one GPU, 60Gi and 20Gi: GPU time is charged 3:1, not evenly."""
+    await kube.create(NAMESPACES, {"metadata": {"name": "shares"}})
+    running = await start_exporter(kube_api="on", kubeconfig=str(kubeconfig))
+    gpu = running.inventory.gpus[3]
+    for name, memory in (("big", "60Gi"), ("small", "20Gi")):
+        await running_pod(kube, "shares", name, NODE)
+        fields = {
+            "shareID": f"00000000-0000-4000-8000-00000000000{len(name)}",
+            "consumedCapacity": {"memory": memory},
+        }
+        await allocated_claim(kube, "shares", name, DRIVER, [(DRIVER, NODE, gpu.name)], result_fields=fields)
+        sandbox.state.set_container(
+            "shares",
+            name,
+            "main",
+            claims=[ClaimResources.from_prepared("shares", name, DRIVER, [prepared(gpu)])],
+        )
+
+    def charged(text: str) -> dict[str, float]:
+        return {k[0]: v for k, (v, _) in rows(text, "accel_dra_gpu_allocated_seconds_total", "pod").items()}
+
+    first = charged(
+        await running.scrape_until(lambda t: all(charged(t).get(p, 0) > 0 for p in ("big", "small")))
+    )
+    later = charged(
+        await running.scrape_until(
+            lambda t: charged(t)["small"] > first["small"] and charged(t)["big"] > first["big"]
+        )
+    )
+    # Both were held in every round between the two scrapes: 60Gi against 20Gi.
+    assert (later["big"] - first["big"]) / (later["small"] - first["small"]) == pytest.approx(3.0)
+
+
 async def test_kubelet_restart(sandbox: Sandbox, start_exporter: StartExporter) -> None:
     running = await start_exporter()
     gpu = running.inventory.gpus[0]

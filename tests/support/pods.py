@@ -41,8 +41,10 @@ async def allocated_claim(
     results: list[tuple[str, str, str]],
     *,
     admin: bool = False,
+    result_fields: dict[str, Any] | None = None,
 ) -> None:
-    """A ResourceClaim with one request allocated to ``(driver, pool, device)`` results."""
+    """A ResourceClaim with one request allocated to ``(driver, pool, device)`` results (each with
+    ``result_fields`` too: a share's ``shareID`` and ``consumedCapacity``, say)."""
     request: dict[str, Any] = {"deviceClassName": device_class, **({"adminAccess": True} if admin else {})}
     claim = await kube.create(
         RESOURCE_CLAIMS,
@@ -59,6 +61,7 @@ async def allocated_claim(
             "pool": pool,
             "device": device,
             **({"adminAccess": True} if admin else {}),
+            **(result_fields or {}),
         }
         for driver, pool, device in results
     ]

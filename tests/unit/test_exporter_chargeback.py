@@ -6,7 +6,7 @@ import pytest
 
 from driver.devices.fake import load_named_profile
 from driver.exporter.attribution import Consumer, ConsumerShare
-from driver.exporter.chargeback import Chargeback, device_shares
+from driver.exporter.chargeback import Chargeback, device_shares, gpu_memory
 
 DRIVER = "gpu.accel-dra.dev"
 INVENTORY = load_named_profile("dgx-h100-mig").inventory
@@ -16,10 +16,27 @@ MODEL = "NVIDIA H100 80GB HBM3"
 
 
 def row(
-    pod: str, util: float | None, mode: str, *, mig: str = "", claim: str = "c", cls: str = "gpu"
+    pod: str,
+    util: float | None,
+    mode: str,
+    *,
+    mig: str = "",
+    claim: str = "c",
+    cls: str = "gpu",
+    share: int | None = None,
 ) -> ConsumerShare:
     consumer = Consumer(
-        "ns", pod, "main", "ns", claim, DRIVER, "node-1", "dev", mig_uuid=mig, device_class=cls
+        "ns",
+        pod,
+        "main",
+        "ns",
+        claim,
+        DRIVER,
+        "node-1",
+        "dev",
+        mig_uuid=mig,
+        device_class=cls,
+        share_memory_bytes=share,
     )
     return ConsumerShare(consumer, util, mode, None, mode)
 
@@ -93,3 +110,25 @@ def test_labels_name_namespace_pod_claim_class_and_model() -> None:
     charge.advance(0.0, 1.0, [(WHOLE.uuid, MODEL, (row("p", 1.0, "exclusive", cls="gpu.accel-dra.dev"),))])
     (only,) = charge.charges()
     assert only.key == ("ns", "p", "ns", "c", "gpu.accel-dra.dev", MODEL)
+
+
+def test_shares_of_a_gpu_shared_by_memory_pay_for_their_memory() -> None:
+    assert WHOLE.memory_bytes
+    quarter = WHOLE.memory_bytes // 4
+    charge = Chargeback(device_shares(INVENTORY), memory_of=gpu_memory(INVENTORY))
+    rows = (
+        row("a", 0.4, "process", claim="a", share=quarter),
+        # One claim, two containers: its quarter split between them.
+        row("b1", 0.1, "process", claim="b", share=quarter),
+        row("b2", 0.1, "process", claim="b", share=quarter),
+    )
+    charge.advance(0.0, 100.0, [(WHOLE.uuid, MODEL, rows)])
+    assert totals(charge) == {
+        "a": (pytest.approx(25.0), pytest.approx(40.0)),  # used: its own use of the GPU, measured
+        "b1": (pytest.approx(12.5), pytest.approx(10.0)),
+        "b2": (pytest.approx(12.5), pytest.approx(10.0)),
+    }
+    # Without the GPU's memory the split falls back to even rows.
+    blind = Chargeback(device_shares(INVENTORY))
+    blind.advance(0.0, 90.0, [(WHOLE.uuid, MODEL, rows)])
+    assert {k: v[0] for k, v in totals(blind).items()} == {"a": 30.0, "b1": 30.0, "b2": 30.0}

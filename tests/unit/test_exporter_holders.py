@@ -97,6 +97,26 @@ def test_admin_access_devices_are_not_held_and_classes_are_filled_in() -> None:
     ]
 
 
+def test_a_claims_shares_of_a_gpu_shared_by_memory_reach_its_holders() -> None:
+    facts = claim_facts(
+        claim(
+            [{"name": "gpu", "exactly": {"deviceClassName": "gpu.accel-dra.dev"}}],
+            [
+                result("gpu", "gpu-0", shareID="s-1", consumedCapacity={"memory": "8Gi"}),
+                result("gpu", "gpu-0", shareID="s-2", consumedCapacity={"memory": "512Mi"}),
+                result("gpu", "gpu-1", consumedCapacity={"memory": "80Gi"}),  # no share: the whole GPU
+                result("gpu", "gpu-2", shareID="s-3", consumedCapacity={"memory": "lots"}),
+            ],
+        )
+    )
+    assert dict(facts.consumed_memory) == {(DRIVER, "node-1", "gpu-0"): (8 << 30) + (512 << 20)}
+    (kept,) = holders([container("p", "gpu-0", "gpu-1")], None, lambda _ns, _name: facts)
+    assert [(d.device, d.consumed_memory_bytes) for d in kept.claim_devices] == [
+        ("gpu-0", (8 << 30) + (512 << 20)),
+        ("gpu-1", None),
+    ]
+
+
 class Kube:
     def __init__(self, answers: dict[tuple[str, str], Any]) -> None:
         self.answers = answers
