@@ -390,7 +390,7 @@ def test_cli_multi_document_claims_with_classes_inline(files: dict[str, Path], t
     ("setup", "message"),
     [
         ("missing-file", "No such file"),
-        ("no-claim", "no ResourceClaim or ResourceClaimTemplate found"),
+        ("no-claim", "no ResourceClaim, ResourceClaimTemplate or Pod found"),
         ("bad-selector", "CEL compile error"),
         ("malformed", "exactly one of `exactly` or `firstAvailable` must be set"),
     ],
