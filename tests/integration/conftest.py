@@ -13,6 +13,7 @@ import pytest
 from driver.kube.client import RESOURCE_CLAIMS, KubeClient
 from driver.sim.apiserver import SimApiServer
 from driver.sim.kubelet import SimKubelet
+from tests.support import draoracle
 from tests.support.processes import Process, plugin_args
 
 
@@ -25,6 +26,16 @@ class NodeDirs:
 
     def plugin_dir(self, driver: str) -> Path:
         return self.plugins / driver
+
+
+@pytest.fixture(scope="module")
+def oracle() -> Any:
+    """``draoracle.run`` (Kubernetes' own DRA code), built if need be; the test skips without Go."""
+    try:
+        draoracle.binary()
+    except draoracle.OracleUnavailableError as exc:
+        pytest.skip(str(exc))
+    return draoracle.run
 
 
 @pytest.fixture

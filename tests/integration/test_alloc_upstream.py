@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import alloccases, allocgen, draoracle
+from tests.support import alloccases, allocgen
 
 CASES = Path(__file__).resolve().parents[1] / "fixtures" / "upstream-cases" / "allocation.json"
 
@@ -99,15 +99,6 @@ def test_upstream_cases_agree_with_kubernetes_1_37() -> None:
     ]
     assert {c["id"] for c in cases} - {c["id"] for c in same} == changed
     assert len(same) == 214 - 22
-
-
-@pytest.fixture(scope="module")
-def oracle() -> Any:
-    try:
-        draoracle.binary()
-    except draoracle.OracleUnavailableError as exc:
-        pytest.skip(str(exc))
-    return draoracle.run
 
 
 def test_upstream_cases_against_the_oracle(oracle: Any) -> None:

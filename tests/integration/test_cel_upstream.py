@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from driver.allocation.cel import NEW, CelCompileError, CelRuntimeError, compile_expression, device_activation
-from tests.support import celgen, draoracle
+from tests.support import celgen
 
 # Upstream's own cases with the verdicts of Kubernetes' code, kept as test data (tests/fixtures/upstream-cases).
 CASES = Path(__file__).resolve().parents[1] / "fixtures" / "upstream-cases" / "cel.json"
@@ -99,15 +99,6 @@ def test_upstream_cases_api_validation() -> None:
     for case in upstream_cases():
         expected = "ok" if case["upstream"]["apiValidation"] == "ok" else "invalid"
         assert api_validation(case["expression"]) == expected, case["id"]
-
-
-@pytest.fixture(scope="module")
-def oracle() -> Any:
-    try:
-        draoracle.binary()
-    except draoracle.OracleUnavailableError as exc:
-        pytest.skip(str(exc))
-    return draoracle.run
 
 
 def test_upstream_cases_against_the_oracle(oracle: Any) -> None:

@@ -16,7 +16,6 @@ from driver.kube.client import RESOURCE_CLAIMS, RESOURCE_SLICES
 from driver.resources.attributes import device_attributes
 from driver.sim.sandbox import Sandbox, SandboxConfig
 from driver.state.metadata import MetadataDevice, claim_metadata
-from tests.support import draoracle
 from tests.support.chart import DEPLOY
 from tests.support.jsonstream import documents
 
@@ -26,15 +25,6 @@ INVENTORY = load_named_profile("mig-a100", node_name="node-1").inventory
 EXAMPLES = DEPLOY / "examples" / "gpu-test-metadata"
 NAMESPACE = "gpu-test-metadata"
 PATH = "/var/run/kubernetes.io/dra-device-attributes/resourceclaimtemplates/gpu/gpu/gpu.accel-dra.dev-metadata.json"
-
-
-@pytest.fixture(scope="module")
-def oracle() -> Any:
-    try:
-        draoracle.binary()
-    except draoracle.OracleUnavailableError as exc:
-        pytest.skip(str(exc))
-    return draoracle.run
 
 
 @pytest.mark.parametrize("consumer", ["v1alpha1", "v1beta1"])

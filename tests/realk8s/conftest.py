@@ -8,15 +8,17 @@ the 60 s idle window that test_idle.py checks in the audit log passes while the 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from driver.kube.client import NODES, RESOURCE_SLICES, KubeClient
-from tests.support.realk8s import START_TIMEOUT, Cluster, run_async, wait_until
+from tests.support.realk8s import START_TIMEOUT, Cluster, run_async, running_cluster, wait_until
 from tests.support.realk8s_driver import DRIVER, Driver, audit_time, plugin_requests
 
 IDLE_NODE = "node-2"
@@ -45,6 +47,27 @@ def published(cluster: Cluster, node: str) -> bool:
     listed = cluster.get(f"{RESOURCE_SLICES.path()}?fieldSelector=spec.nodeName={node}") or {}
     ours = [s for s in listed.get("items") or [] if s["spec"]["driver"] == DRIVER]
     return bool(ours) and len(ours) == ours[0]["spec"]["pool"]["resourceSliceCount"]
+
+
+@contextlib.contextmanager
+def driver_on_a_cluster_of_its_own(
+    binary: Path,
+    node: str,
+    *,
+    values: Mapping[str, Any],
+    profiles: Mapping[str, str],
+    feature_gates: Sequence[str] = (),
+) -> Iterator[Driver]:
+    """A fresh cluster whose ``node`` runs the plugin with chart ``values`` (flags the session's cluster
+    does not use), once the node's slices are published."""
+    with running_cluster(binary, feature_gates) as cluster:
+        driver = Driver(cluster, values=dict(values), profiles=profiles)
+        driver.install()
+        driver.start_plugin(node)
+        driver.wait_registered(node)
+        driver.plugins[node].wait(lambda: published(cluster, node), f"{node}'s slices", interval=0.2)
+        yield driver
+        driver.stop()
 
 
 def settled(cluster: Cluster, node: str) -> datetime.datetime | None:

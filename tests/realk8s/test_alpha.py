@@ -17,9 +17,9 @@ import yaml
 
 from driver.kube.client import PODS, RESOURCE_CLAIMS, RESOURCE_SLICES, KubeClient
 from driver.resources.publishing import NUMA_NODE
-from tests.realk8s.conftest import published
+from tests.realk8s.conftest import driver_on_a_cluster_of_its_own
 from tests.support.processes import accel_dra
-from tests.support.realk8s import Cluster, running_cluster
+from tests.support.realk8s import Cluster
 from tests.support.realk8s_driver import (
     DRIVER,
     Driver,
@@ -41,18 +41,14 @@ JSON = dict[str, Any]
 
 @pytest.fixture(scope="module")
 def alpha(realk8s: Cluster) -> Iterator[Driver]:
-    with running_cluster(realk8s.binary, GATES) as cluster:
-        driver = Driver(
-            cluster,
-            values={"plugin": {"listTypeAttributes": True, "hostMemoryPerPod": "1Gi"}},
-            profiles={"node-1": "pcie-l40s-snc", "node-2": "pcie-l4x4"},
-        )
-        driver.install()
-        driver.start_plugin(NODE)
-        driver.wait_registered(NODE)
-        driver.plugins[NODE].wait(lambda: published(cluster, NODE), "node-1's slices", interval=0.2)
+    with driver_on_a_cluster_of_its_own(
+        realk8s.binary,
+        NODE,
+        values={"plugin": {"listTypeAttributes": True, "hostMemoryPerPod": "1Gi"}},
+        profiles={"node-1": "pcie-l40s-snc", "node-2": "pcie-l4x4"},
+        feature_gates=GATES,
+    ) as driver:
         yield driver
-        driver.stop()
 
 
 @pytest.fixture

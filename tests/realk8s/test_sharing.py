@@ -12,9 +12,9 @@ import yaml
 
 from driver.kube.client import PODS, RESOURCE_CLAIMS, RESOURCE_SLICES, KubeClient
 from driver.state.cdi import spec_file_name
-from tests.realk8s.conftest import published
+from tests.realk8s.conftest import driver_on_a_cluster_of_its_own
 from tests.support.chart import DEPLOY
-from tests.support.realk8s import Cluster, running_cluster
+from tests.support.realk8s import Cluster
 from tests.support.realk8s_driver import (
     DRIVER,
     Driver,
@@ -33,18 +33,13 @@ NAMESPACE = "gpu-test-sharing"
 
 @pytest.fixture(scope="module")
 def sharing(realk8s: Cluster) -> Iterator[Driver]:
-    with running_cluster(realk8s.binary) as cluster:
-        driver = Driver(
-            cluster,
-            values={"plugin": {"sharing": {"gpus": ["all"], "memoryStep": "1Gi"}}},
-            profiles={"node-1": "pcie-l4x4", "node-2": "pcie-l4x4"},
-        )
-        driver.install()
-        driver.start_plugin(NODE)
-        driver.wait_registered(NODE)
-        driver.plugins[NODE].wait(lambda: published(cluster, NODE), "node-1's slices", interval=0.2)
+    with driver_on_a_cluster_of_its_own(
+        realk8s.binary,
+        NODE,
+        values={"plugin": {"sharing": {"gpus": ["all"], "memoryStep": "1Gi"}}},
+        profiles={"node-1": "pcie-l4x4", "node-2": "pcie-l4x4"},
+    ) as driver:
         yield driver
-        driver.stop()
 
 
 @pytest.fixture

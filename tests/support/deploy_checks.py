@@ -412,6 +412,18 @@ def fake_slices(profile: str, *, driver: str = "gpu.accel-dra.dev", node: str = 
     ]
 
 
+def one_slice(devices: Sequence[JSON], *, driver: str = "gpu.accel-dra.dev", node: str = "n") -> JSON:
+    """A ResourceSlice of ``node`` holding ``devices``, its pool's only slice."""
+    from driver.resources.slices import slice_spec
+
+    return {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceSlice",
+        "metadata": {"name": f"{node}-slice"},
+        "spec": slice_spec(driver, node, 1, 1, devices),
+    }
+
+
 def allocate_all(device_class: str, classes: Sequence[Mapping[str, Any]], profile: str) -> list[str]:
     """Devices of ``fake:<profile>`` that ``device_class`` admits (one claim asking for all of them)."""
     from driver.allocation.allocator import allocate

@@ -12,6 +12,7 @@ from driver.resources.attributes import check_device_profile
 from driver.resources.publishing import NUMA_NODE, PublishOptions, publish_entries
 from driver.resources.validation import validate_resource_slice
 from driver.sim.kinds import drop_disabled_slice_fields
+from tests.support.deploy_checks import one_slice
 
 DRIVER = "gpu.accel-dra.dev"
 JSON = dict[str, Any]
@@ -20,20 +21,6 @@ JSON = dict[str, Any]
 def entries(profile: str, options: PublishOptions) -> list[JSON]:
     inventory = load_named_profile(profile).inventory
     return publish_entries(inventory.devices, inventory, DRIVER, options)
-
-
-def a_slice(devices: list[JSON]) -> JSON:
-    return {
-        "apiVersion": "resource.k8s.io/v1",
-        "kind": "ResourceSlice",
-        "metadata": {"name": "s"},
-        "spec": {
-            "driver": DRIVER,
-            "nodeName": "n",
-            "pool": {"name": "n", "generation": 1, "resourceSliceCount": 1},
-            "devices": devices,
-        },
-    }
 
 
 def test_numa_node_is_the_list_of_near_nodes_when_asked() -> None:
@@ -67,7 +54,7 @@ def test_host_memory_per_pod_is_declared_on_every_device() -> None:
 @pytest.mark.parametrize("profile", ["pcie-l40s-snc", "dgx-h100", "mig-a100"])
 def test_what_is_published_passes_the_api_rules_and_the_profile(profile: str) -> None:
     published = entries(profile, PublishOptions(list_attributes=True, host_memory_per_pod=1 << 30))
-    assert [str(e) for e in validate_resource_slice(a_slice(published))] == []
+    assert [str(e) for e in validate_resource_slice(one_slice(published))] == []
     assert [f for e in published for f in check_device_profile(e, DRIVER)] == []
 
 
@@ -99,7 +86,7 @@ def test_the_api_rules_for_node_allocatable_resources() -> None:
             "ephemeral-storage": {"overhead": {"perPod": "-1"}},
         },
     }
-    errors = sorted(str(e) for e in validate_resource_slice(a_slice([device])))
+    errors = sorted(str(e) for e in validate_resource_slice(one_slice([device])))
     assert errors == sorted(
         [
             'spec.devices[0].nodeAllocatableResources[cpu].mapping.capacityKey: Not found: "cores"',
@@ -121,18 +108,18 @@ def test_the_api_rules_for_node_allocatable_resources() -> None:
 
 def test_a_server_without_the_gates_drops_the_fields_unless_already_in_use() -> None:
     published = entries("pcie-l40s-snc", PublishOptions(list_attributes=True, host_memory_per_pod=1 << 30))
-    dropped = a_slice([dict(d, attributes=dict(d["attributes"])) for d in published])
+    dropped = one_slice([dict(d, attributes=dict(d["attributes"])) for d in published])
     drop_disabled_slice_fields(dropped, None, frozenset())
     device = dropped["spec"]["devices"][0]
     assert device["attributes"][NUMA_NODE] == {} and "nodeAllocatableResources" not in device
     assert any("exactly one value must be specified" in str(e) for e in validate_resource_slice(dropped))
-    kept = a_slice(published)
-    drop_disabled_slice_fields(kept, a_slice(published), frozenset())  # in use in the stored object
-    assert kept == a_slice(published)
+    kept = one_slice(published)
+    drop_disabled_slice_fields(kept, one_slice(published), frozenset())  # in use in the stored object
+    assert kept == one_slice(published)
     drop_disabled_slice_fields(
         kept, None, frozenset({"DRAListTypeAttributes", "DRANodeAllocatableResources"})
     )
-    assert kept == a_slice(published)
+    assert kept == one_slice(published)
 
 
 def test_options_without_what_the_server_drops() -> None:

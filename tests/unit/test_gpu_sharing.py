@@ -11,6 +11,7 @@ from driver.devices.fake import load_named_profile
 from driver.resources.publishing import PublishOptions, SharedGpus, memory_request_policy, publish_entries
 from driver.resources.validation import validate_resource_slice
 from driver.state.plan import plan_claim
+from tests.support.deploy_checks import one_slice
 
 DRIVER = "gpu.accel-dra.dev"
 GIB = 1 << 30
@@ -21,20 +22,6 @@ def entries(profile: str, *selectors: str, step: int = GIB) -> list[JSON]:
     inventory = load_named_profile(profile, node_name="node-1").inventory
     shared = SharedGpus(frozenset(selectors), step)
     return publish_entries(inventory.devices, inventory, DRIVER, PublishOptions(shared=shared))
-
-
-def a_slice(devices: list[JSON]) -> JSON:
-    return {
-        "apiVersion": "resource.k8s.io/v1",
-        "kind": "ResourceSlice",
-        "metadata": {"name": "s"},
-        "spec": {
-            "driver": DRIVER,
-            "nodeName": "n",
-            "pool": {"name": "n", "generation": 1, "resourceSliceCount": 1},
-            "devices": devices,
-        },
-    }
 
 
 @pytest.mark.parametrize(
@@ -58,10 +45,10 @@ def test_chosen_gpus_are_shareable_and_pass_the_api_servers_rules() -> None:
     shared = [e["name"] for e in published if e.get("allowMultipleAllocations")]
     assert shared == ["gpu-0000-01-00-0", "gpu-0000-41-00-0"]
     assert "requestPolicy" not in published[2]["capacity"]["memory"]
-    assert validate_resource_slice(a_slice(published)) == []
+    assert validate_resource_slice(one_slice(published)) == []
     everything = entries("dgx-h100", "all")
     assert all(e["allowMultipleAllocations"] for e in everything)
-    assert validate_resource_slice(a_slice(everything)) == []
+    assert validate_resource_slice(one_slice(everything)) == []
 
 
 def test_mig_devices_and_gpus_with_mig_on_are_never_shared() -> None:
