@@ -1,7 +1,8 @@
 """Local, watched copies of this node's pods and ResourceSlices (optional attribution sources).
 
-Each index lists its objects once, then watches from the list's resourceVersion; a watch that ends is
-resumed, a 410 Gone (or any other error) relists after a backoff. Lookups read the local copy only, so a
+Each index lists its objects once, then watches from the list's resourceVersion
+(:mod:`driver.kube.listwatch`): a watch that ends is resumed, a 410 Gone relists, any other error relists
+after a backoff. Lookups read the local copy only, so a
 scrape never waits on the API server.
 
 What the API server sends is not trusted further than needed: objects of another node (a server that
@@ -18,13 +19,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from driver.exporter.attribution import ContainerKey
-from driver.kube.client import PODS, RESOURCE_SLICES, ApiError, KubeClient, ResourceType, retry_backoff
+from driver.kube.client import PODS, RESOURCE_SLICES, KubeClient, ResourceType
+from driver.kube.listwatch import ListWatcher
 from driver.log import get_logger
 
 log = get_logger(__name__)
 
 JSON = dict[str, Any]
-WATCH_TIMEOUT_SECONDS = 300
 
 
 def _key(obj: Mapping[str, Any]) -> tuple[str, str]:
@@ -33,7 +34,8 @@ def _key(obj: Mapping[str, Any]) -> tuple[str, str]:
 
 
 class ListWatch:
-    """Objects of one type matching a field selector, kept current by list + watch."""
+    """Objects of one type matching a field selector, kept current by a
+    :class:`~driver.kube.listwatch.ListWatcher`."""
 
     def __init__(
         self,
@@ -43,9 +45,6 @@ class ListWatch:
         on_error: Callable[[str], None] | None = None,
         keep: Callable[[Mapping[str, Any]], bool] = lambda _obj: True,
     ) -> None:
-        self._kube = kube
-        self._rt = rt
-        self._selector = field_selector
         self._on_error = on_error
         #: Whether an object belongs here (the field selector, checked again on our side).
         self._keep = keep
@@ -53,10 +52,19 @@ class ListWatch:
         self.synced = asyncio.Event()
         #: Bumped on every change, so derived lookups know when to rebuild.
         self.version = 0
+        self._watcher = ListWatcher(
+            kube,
+            rt,
+            on_list=self.replace,
+            on_event=self.apply,
+            on_error=self._failed,
+            field_selector=field_selector,
+            name=f"{rt.plural} (exporter index)",
+        )
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"watch-{self._rt.plural}")
+        self._task = asyncio.create_task(self._watcher.run(), name=f"watch-{self._watcher.rt.plural}")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -64,49 +72,24 @@ class ListWatch:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def _run(self) -> None:
-        failures = 0
-        while True:
-            try:
-                version = await self._list()
-                failures = 0
-                while version:
-                    version = await self._watch(version)
-            except Exception as err:  # API errors, transport errors, 410 Gone: relist after a backoff
-                if self._on_error is not None:
-                    self._on_error(str(err))
-                log.warning(
-                    "kubernetes watch failed; relisting",
-                    resource=self._rt.plural,
-                    error=str(err) if isinstance(err, ApiError) else repr(err),
-                )
-                await retry_backoff(failures, cap=30.0)
-                failures += 1
-
-    async def _list(self) -> str:
-        listed = await self._kube.list(self._rt, field_selector=self._selector)
-        self.objects = {_key(obj): obj for obj in listed.get("items") or [] if self._keep(obj)}
+    def replace(self, items: list[JSON]) -> None:
+        """A fresh list: it replaces everything held."""
+        self.objects = {_key(obj): obj for obj in items if self._keep(obj)}
         self.version += 1
         self.synced.set()
-        return str(listed.get("metadata", {}).get("resourceVersion", ""))
 
-    async def _watch(self, version: str) -> str:
-        """Follow one watch stream; return the resourceVersion to resume from."""
-        async for event in self._kube.watch(
-            self._rt,
-            field_selector=self._selector,
-            resource_version=version,
-            timeout_seconds=WATCH_TIMEOUT_SECONDS,
-        ):
-            version = event.object.get("metadata", {}).get("resourceVersion", version)
-            if event.type in ("ADDED", "MODIFIED") and self._keep(event.object):
-                self.objects[_key(event.object)] = event.object
-            elif event.type == "DELETED":
-                self.objects.pop(_key(event.object), None)
-            else:
-                continue
-            self.version += 1
-        return version
+    def apply(self, event_type: str, obj: JSON) -> None:
+        if event_type in ("ADDED", "MODIFIED") and self._keep(obj):
+            self.objects[_key(obj)] = obj
+        elif event_type == "DELETED":
+            self.objects.pop(_key(obj), None)
+        else:
+            return
+        self.version += 1
+
+    def _failed(self, err: Exception) -> None:
+        if self._on_error is not None:
+            self._on_error(str(err) or repr(err))
 
 
 def on_node(node: str) -> Callable[[Mapping[str, Any]], bool]:

@@ -23,6 +23,10 @@ from yarl import URL
 
 from driver.kube.connection import Connection
 from driver.kube.connection import load as load_connection
+from driver.kube.retry import RetryPolicy, retry_after
+from driver.log import get_logger
+
+log = get_logger(__name__)
 
 JSON = dict[str, Any]
 PatchType = Literal["merge", "strategic", "json", "apply"]
@@ -99,7 +103,14 @@ class ApiError(Exception):
     """
 
     def __init__(
-        self, status: int, reason: str, message: str, body: JSON | None = None, *, about: str = ""
+        self,
+        status: int,
+        reason: str,
+        message: str,
+        body: JSON | None = None,
+        *,
+        about: str = "",
+        retry_after: float | None = None,
     ) -> None:
         text = f"{status} {reason}: {message}"
         super().__init__(f"{about}: {text}" if about else text)
@@ -110,6 +121,8 @@ class ApiError(Exception):
         self.message = message
         self.body = body or {}
         self.about = about
+        #: The seconds the server asked the client to wait (``Retry-After``), when it said.
+        self.retry_after = retry_after
 
     @property
     def not_found(self) -> bool:
@@ -178,18 +191,25 @@ def _selector_params(label_selector: str | None, field_selector: str | None) -> 
 
 
 class KubeClient:
-    """Async dict-based access to the API server over one aiohttp session."""
+    """Async dict-based access to the API server over one aiohttp session.
 
-    def __init__(self, connection: Connection) -> None:
+    Plain requests are retried by ``retry`` (:mod:`driver.kube.retry`: 429, 5xx and connection errors, as
+    far as retrying is safe); watch streams are not -- :mod:`driver.kube.listwatch` resumes them.
+    """
+
+    def __init__(self, connection: Connection, *, retry: RetryPolicy | None = None) -> None:
         self.connection = connection
+        self.retry = retry if retry is not None else RetryPolicy()
         self._base = URL(connection.server)
         self._proxy, self._proxy_headers = _proxy_for(connection)
         self._session: aiohttp.ClientSession | None = None
 
     @classmethod
-    async def connect(cls, kubeconfig: str | None = None, context: str | None = None) -> KubeClient:
+    async def connect(
+        cls, kubeconfig: str | None = None, context: str | None = None, *, retry: RetryPolicy | None = None
+    ) -> KubeClient:
         """Use ``kubeconfig`` when given (or $KUBECONFIG), otherwise the in-cluster service account."""
-        return cls(await load_connection(kubeconfig, context))
+        return cls(await load_connection(kubeconfig, context), retry=retry)
 
     @property
     def host(self) -> str:
@@ -248,6 +268,55 @@ class KubeClient:
         ) as response:
             yield response
 
+    async def _exchange(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Sequence[tuple[str, str]] = (),
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: float = 30.0,
+        accept: str = "application/json",
+        about: str,
+    ) -> tuple[int, str, bytes]:
+        """One request under the retry policy: the 2xx answer's status, content type and body.
+
+        A non-2xx answer that is not retried raises :class:`ApiError`; a transport error that is not
+        retried is raised as it is.
+        """
+        attempt = 0
+        while True:
+            try:
+                async with self._send(
+                    method,
+                    path,
+                    params=params,
+                    body=body,
+                    content_type=content_type,
+                    timeout=aiohttp.ClientTimeout(total=timeout),
+                    accept=accept,
+                ) as response:
+                    raw = await response.read()
+            except Exception as err:  # transport errors; the policy re-raises anything else
+                wait = self.retry.wait_for_error(method, err, attempt)
+                if wait is None:
+                    raise
+                problem = f"{type(err).__name__}: {err}"
+            else:
+                if response.status < 300:
+                    return response.status, response.content_type, raw
+                asked = retry_after(response.headers.get("Retry-After"))
+                wait = self.retry.wait_for_status(method, response.status, asked, attempt)
+                if wait is None:
+                    raise _api_error(response.status, response.reason or "", raw, about, asked)
+                problem = f"{response.status} {response.reason or ''}".strip()
+            attempt += 1
+            log.info(
+                "API request failed; retrying", request=about, error=problem, attempt=attempt, wait_s=wait
+            )
+            await self.retry.sleep(wait)
+
     async def request(
         self,
         method: str,
@@ -259,33 +328,22 @@ class KubeClient:
         timeout: float = 30.0,
         about: str = "",
     ) -> JSON:
-        """Send one request and return the decoded JSON object.
+        """Send one request (retried by the policy) and return the decoded JSON object.
 
         Raises :class:`ApiError` on a non-2xx answer and :class:`MalformedAnswerError` when a 2xx answer is
         not a JSON object; ``about`` names the object in both (default: method and path).
         """
         about = about or f"{method} {path}"
-        async with self._send(
-            method,
-            path,
-            params=params,
-            body=body,
-            content_type=content_type,
-            timeout=aiohttp.ClientTimeout(total=timeout),
-        ) as response:
-            raw = await response.read()
-        if response.status >= 300:
-            raise _api_error(response.status, response.reason or "", raw, about)
-        return _json_object(response.status, response.content_type, raw, about)
+        status, answer_type, raw = await self._exchange(
+            method, path, params=params, body=body, content_type=content_type, timeout=timeout, about=about
+        )
+        return _json_object(status, answer_type, raw, about)
 
     async def request_text(self, method: str, path: str, *, timeout: float = 30.0) -> str:
         """Like :meth:`request` for endpoints that answer plain text (pod logs, service proxy)."""
-        async with self._send(
-            method, path, timeout=aiohttp.ClientTimeout(total=timeout), accept="*/*"
-        ) as response:
-            raw = await response.read()
-        if response.status >= 300:
-            raise _api_error(response.status, response.reason or "", raw, f"{method} {path}")
+        _, _, raw = await self._exchange(
+            method, path, timeout=timeout, accept="*/*", about=f"{method} {path}"
+        )
         return raw.decode("utf-8", errors="replace")
 
     async def server_version(self) -> JSON:
@@ -435,7 +493,13 @@ class KubeClient:
                     )
                 )
             if response.status >= 300:
-                raise _api_error(response.status, response.reason or "", await response.read(), about)
+                raise _api_error(
+                    response.status,
+                    response.reason or "",
+                    await response.read(),
+                    about,
+                    retry_after(response.headers.get("Retry-After")),
+                )
             async for line in response.content:
                 if line.strip():
                     yield _watch_event(line, response.status, rt, about)
@@ -593,19 +657,21 @@ def _with_type(rt: ResourceType, body: Mapping[str, Any]) -> JSON:
     return out
 
 
-def _api_error(status: int, reason: str, raw: bytes, about: str) -> ApiError:
+def _api_error(
+    status: int, reason: str, raw: bytes, about: str, retry_after: float | None = None
+) -> ApiError:
     try:
         body = json.loads(raw)
     except (ValueError, TypeError):
         body = None
     if isinstance(body, dict) and body.get("kind") == "Status":
         return ApiError(
-            status, str(body.get("reason") or reason), str(body.get("message", "")), body, about=about
+            status,
+            str(body.get("reason") or reason),
+            str(body.get("message", "")),
+            body,
+            about=about,
+            retry_after=retry_after,
         )
     text = bytes(raw or b"").decode("utf-8", errors="replace")[:500]
-    return ApiError(status, reason, text, about=about)
-
-
-async def retry_backoff(attempt: int, base: float = 0.2, cap: float = 10.0) -> None:
-    """Sleep for an exponential backoff step (used by reconcilers between failed API calls)."""
-    await asyncio.sleep(min(cap, base * (2**attempt)))
+    return ApiError(status, reason, text, about=about, retry_after=retry_after)

@@ -39,7 +39,9 @@ from driver.health.state import DeviceHealth, HealthState, Policy
 from driver.health.store import STATE_FILE_NAME
 from driver.health.taints import TaintRules, device_taints
 from driver.health.xid import XidPolicy
-from driver.kube.client import NODES, RESOURCE_SLICES, ApiError, KubeClient
+from driver.kube.client import NODES, RESOURCE_SLICES, KubeClient
+from driver.kube.listwatch import ListWatcher
+from driver.kube.retry import Backoff
 from driver.log import get_logger
 from driver.plugin.registration import HEALTH_V1, HEALTH_V1ALPHA1
 from driver.plugin.server import ExtraService
@@ -54,7 +56,6 @@ _STATUS = {
     "unhealthy": health_v1.UNHEALTHY,
     "unknown": health_v1.UNKNOWN,
 }
-WATCH_TIMEOUT_SECONDS = 300
 VERSION_TIMEOUT_SECONDS = 5.0
 
 
@@ -170,42 +171,24 @@ class ClearWatcher:
         for device, request in sorted(clear_requests(annotations, self._driver).items()):
             self._on_request(device, request)
 
+    def _listed(self, nodes: list[JSON]) -> None:
+        for node in nodes:
+            self._handle(node)
+
+    def _changed(self, event_type: str, node: JSON) -> None:
+        if event_type in ("ADDED", "MODIFIED"):
+            self._handle(node)
+
     async def run(self) -> None:
-        selector = f"metadata.name={self._node}"
-        failures = 0
-        resource_version: str | None = None
-        while True:
-            try:
-                if resource_version is None:
-                    listed = await self._kube.list(NODES, field_selector=selector)
-                    for item in listed.get("items") or []:
-                        self._handle(item)
-                    resource_version = listed["metadata"].get("resourceVersion")
-                async for event in self._kube.watch(
-                    NODES,
-                    field_selector=selector,
-                    resource_version=resource_version,
-                    timeout_seconds=WATCH_TIMEOUT_SECONDS,
-                ):
-                    failures = 0
-                    resource_version = event.object.get("metadata", {}).get(
-                        "resourceVersion", resource_version
-                    )
-                    if event.type in ("ADDED", "MODIFIED"):
-                        self._handle(event.object)
-            except ApiError as err:
-                if err.status == 410:
-                    resource_version = None  # too old: list again
-                    continue
-                failures += 1
-                log.warning("node watch for health clear requests failed", node=self._node, error=str(err))
-                await asyncio.sleep(min(self._max_backoff, 0.2 * 2**failures))
-            except Exception as err:  # network errors of any kind: the watch must keep going
-                failures += 1
-                log.warning(
-                    "node watch for health clear requests interrupted", error=f"{type(err).__name__}: {err}"
-                )
-                await asyncio.sleep(min(self._max_backoff, 0.2 * 2**failures))
+        await ListWatcher(
+            self._kube,
+            NODES,
+            on_list=self._listed,
+            on_event=self._changed,
+            field_selector=f"metadata.name={self._node}",
+            backoff=Backoff(base=0.2, cap=self._max_backoff, jitter=0.5),
+            name="node (health clear requests)",
+        ).run()
 
 
 async def taint_rules(kube: KubeClient) -> TaintRules:

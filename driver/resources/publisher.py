@@ -22,6 +22,8 @@ from typing import Any
 import aiohttp
 
 from driver.kube.client import NODES, RESOURCE_SLICES, ApiError, KubeClient, MalformedAnswerError
+from driver.kube.listwatch import ListWatcher
+from driver.kube.retry import Backoff
 from driver.log import get_logger
 from driver.resources.slices import JSON, Owner, SyncPlan, plan_sync, split_devices
 
@@ -45,7 +47,6 @@ def _log_failure(event: str, err: Exception, **fields: object) -> None:
         log.exception(event, **fields)
 
 
-WATCH_TIMEOUT_SECONDS = 300
 EVENT_DEBOUNCE_SECONDS = 0.2
 
 
@@ -79,6 +80,7 @@ class SlicePublisher:
         self._synced = asyncio.Event()
         self._owner: Owner | None = None
         self._resync_pending = False
+        self._watch_listed = False
         self.stats = PublisherStats()
 
     @property
@@ -208,46 +210,28 @@ class SlicePublisher:
 
         asyncio.get_running_loop().call_later(EVENT_DEBOUNCE_SECONDS, fire)
 
-    async def _watch_loop(self) -> None:
-        """Trigger a sync whenever someone else touches our slices (debounced).
+    def _relisted(self, slices: list[JSON]) -> None:
+        """Every list after the first follows a failed or expired watch: deletions made while it was down
+        produced no event, so sync."""
+        if self._watch_listed:
+            self._schedule_resync()
+        self._watch_listed = True
 
-        After any failure the watch re-lists, and the re-list triggers a sync: deletions made while the
-        watch was down produce no event.
-        """
-        failures = 0
-        resource_version: str | None = None
-        while True:
-            try:
-                if resource_version is None:
-                    listed = await self._kube.list(RESOURCE_SLICES, field_selector=self.field_selector)
-                    resource_version = str(listed["metadata"].get("resourceVersion") or "") or None
-                    if failures:
-                        self._schedule_resync()
-                async for event in self._kube.watch(
-                    RESOURCE_SLICES,
-                    field_selector=self.field_selector,
-                    resource_version=resource_version,
-                    timeout_seconds=WATCH_TIMEOUT_SECONDS,
-                ):
-                    resource_version = str(
-                        event.object["metadata"].get("resourceVersion") or resource_version
-                    )
-                    failures = 0
-                    if event.type in ("DELETED", "MODIFIED", "ADDED"):
-                        self._schedule_resync()
-            except ApiError as err:
-                resource_version = None
-                if err.status == 410:  # too old: re-list at once
-                    self._dirty.set()
-                    continue
-                failures += 1
-                log.warning("slice watch failed", error=str(err))
-                await asyncio.sleep(min(self._max_backoff, 0.2 * 2**failures))
-            except Exception as err:  # transport errors, timeouts, anything unexpected: re-list later
-                failures += 1
-                resource_version = None
-                _log_failure("slice watch interrupted", err)
-                await asyncio.sleep(min(self._max_backoff, 0.2 * 2**failures))
+    def _slice_changed(self, event_type: str, obj: JSON) -> None:
+        if event_type in ("DELETED", "MODIFIED", "ADDED"):
+            self._schedule_resync()
+
+    async def _watch_loop(self) -> None:
+        """Trigger a sync whenever someone else touches our slices (debounced), and after every re-list."""
+        await ListWatcher(
+            self._kube,
+            RESOURCE_SLICES,
+            on_list=self._relisted,
+            on_event=self._slice_changed,
+            field_selector=self.field_selector,
+            backoff=Backoff(base=0.2, cap=self._max_backoff, jitter=0.5),
+            name="resourceslices (publisher)",
+        ).run()
 
 
 def _checked_slices(items: Sequence[Any]) -> list[JSON]:

@@ -1,4 +1,4 @@
-"""List-then-watch loops for the sandbox controllers, resilient to stream ends, 410 Gone and API errors."""
+"""The sandbox controllers' inputs: a list-then-watch per kind (the driver's own helper) and a work queue."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
-
-from driver.kube.client import ApiError, KubeClient, ResourceType
+from driver.kube.client import KubeClient, ResourceType
+from driver.kube.listwatch import ListWatcher
+from driver.kube.retry import Backoff
 from driver.log import get_logger
 
 log = get_logger(__name__)
@@ -28,43 +28,24 @@ async def watch_forever(
 ) -> None:
     """Call ``handler(event_type, object)`` for every object (as ADDED after each list) and change.
 
-    Runs until cancelled. After a 410 or a broken stream it lists again, so handlers must be idempotent.
+    Runs until cancelled (:class:`driver.kube.listwatch.ListWatcher`). After a 410 or a broken stream it
+    lists again, so handlers must be idempotent.
     """
-    failures = 0
-    resource_version: str | None = None
-    while True:
-        try:
-            if resource_version is None:
-                listed = await kube.list(
-                    rt, namespace, field_selector=field_selector, label_selector=label_selector
-                )
-                resource_version = listed["metadata"].get("resourceVersion")
-                for item in listed.get("items") or []:
-                    await _call(handler, "ADDED", item)
-            async for event in kube.watch(
-                rt,
-                namespace,
-                field_selector=field_selector,
-                label_selector=label_selector,
-                resource_version=resource_version,
-            ):
-                resource_version = event.object.get("metadata", {}).get("resourceVersion", resource_version)
-                failures = 0
-                if event.type != "BOOKMARK":
-                    await _call(handler, event.type, event.object)
-        except asyncio.CancelledError:
-            raise
-        except ApiError as err:
-            resource_version = None
-            if err.status != 410:
-                failures += 1
-                log.warning("watch failed", kind=rt.kind, error=str(err))
-                await asyncio.sleep(min(max_backoff, 0.1 * 2**failures))
-        except (OSError, TimeoutError, aiohttp.ClientError) as err:
-            resource_version = None
-            failures += 1
-            log.warning("watch interrupted", kind=rt.kind, error=str(err))
-            await asyncio.sleep(min(max_backoff, 0.1 * 2**failures))
+
+    async def listed(items: list[dict[str, Any]]) -> None:
+        for item in items:
+            await _call(handler, "ADDED", item)
+
+    await ListWatcher(
+        kube,
+        rt,
+        on_list=listed,
+        on_event=handler,
+        namespace=namespace,
+        field_selector=field_selector,
+        label_selector=label_selector,
+        backoff=Backoff(base=0.1, cap=max_backoff, jitter=0.5),
+    ).run()
 
 
 async def _call(handler: Handler, event_type: str, obj: dict[str, Any]) -> None:

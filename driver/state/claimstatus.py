@@ -20,13 +20,16 @@ from typing import Any
 
 import aiohttp
 
-from driver.kube.client import RESOURCE_CLAIMS, ApiError, KubeClient, retry_backoff
+from driver.kube.client import RESOURCE_CLAIMS, ApiError, KubeClient
+from driver.kube.retry import Backoff
 from driver.log import get_logger
 from driver.state.api import ClaimRef
 
 log = get_logger(__name__)
 
 MAX_ATTEMPTS = 6
+#: Between attempts of one status write (conflicts, and what the client's own retries left over).
+WRITE_BACKOFF = Backoff(base=0.05, cap=2.0)
 JSON = dict[str, Any]
 
 
@@ -138,7 +141,7 @@ class ClaimStatusWriter:
             except Exception as err:  # a background write must never take anything down
                 log.warning("claim device status not written", claim=str(ref), error=repr(err))
                 return
-            await retry_backoff(attempt, base=0.05, cap=2.0)
+            await asyncio.sleep(WRITE_BACKOFF.delay(attempt))
         log.warning("claim device status not written; giving up", claim=str(ref), error=error)
 
     async def _attempt(self, ref: ClaimRef, entries: list[JSON], known: Mapping[str, Any] | None) -> None:

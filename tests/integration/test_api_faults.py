@@ -94,7 +94,7 @@ async def test_publishing_resumes_after_an_outage(rig: Rig) -> None:
     await wait_published(rig.apiserver)
     rig.proxy.outage = True
     await rig.kube.delete_collection(RESOURCE_SLICES, field_selector=f"spec.nodeName={NODE}")
-    await process.wait_log("slice watch interrupted")
+    await process.wait_log("watch failed; listing again")
     rig.proxy.outage = False
     await wait_published(rig.apiserver, timeout=60.0)
     assert await process.terminate() == 0

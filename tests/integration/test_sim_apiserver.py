@@ -31,6 +31,7 @@ from driver.kube.client import (
     ResourceType,
     WatchEvent,
 )
+from driver.kube.retry import RetryPolicy
 from driver.sim.apiserver import BACKEND_ANNOTATION, BackgroundApiServer, SimApiServer
 from driver.sim.store import ObjectStore
 from tests.support.processes import Process
@@ -670,13 +671,20 @@ async def test_fault_injection(client: KubeClient, server: SimApiServer) -> None
         )
     await client.update(RESOURCE_SLICES, created)
     assert fault.hits == 2 and fault.remaining == 0
-    server.inject_fault("GET", r"^/apis/resource\.k8s\.io/v1/resourceslices$", 500)
-    with pytest.raises(ApiError) as err:
-        await client.list(RESOURCE_SLICES)
-    assert err.value.status == 500
-    assert len((await client.list(RESOURCE_SLICES))["items"]) == 1
     statuses = [r.status for r in server.request_log.records if r.path.endswith("/resourceslices/s1")]
     assert statuses == [409, 409, 200]
+    # A read is retried by the client on a 5xx (driver.kube.retry): one more fault than it retries.
+    waits: list[float] = []
+
+    async def no_wait(seconds: float) -> None:
+        waits.append(seconds)
+
+    client.retry = RetryPolicy(retries=2, sleep=no_wait)
+    server.inject_fault("GET", r"^/apis/resource\.k8s\.io/v1/resourceslices$", 500, count=3)
+    with pytest.raises(ApiError) as err:
+        await client.list(RESOURCE_SLICES)
+    assert err.value.status == 500 and len(waits) == 2
+    assert len((await client.list(RESOURCE_SLICES))["items"]) == 1
 
 
 async def test_request_log_counts_writes(client: KubeClient, server: SimApiServer) -> None:

@@ -2,7 +2,9 @@
 
 A static (AST) scan of the component's packages finds every :class:`driver.kube.client.KubeClient` call --
 ``get``, ``list``, ``watch``, ``create``, ``update``, ``patch``, ``delete``, ``delete_collection`` and the raw
-``request`` / ``request_text`` with ``<TYPE>.path(...)`` -- and maps it to ``(apiGroup, resource[/sub], verb)``.
+``request`` / ``request_text`` with ``<TYPE>.path(...)`` -- and every list/watch helper it constructs
+(:class:`driver.kube.listwatch.ListWatcher`: list and watch), and maps each to
+``(apiGroup, resource[/sub], verb)``.
 The arguments are bound to the client's real method signatures, so a positional ``subresource`` counts too.
 
 A resource type passed through a variable is followed to where it comes from: a constructor parameter stored
@@ -29,6 +31,7 @@ from typing import Any
 
 from driver import DEFAULT_DRIVER_NAME
 from driver.kube import client as kube_client
+from driver.kube import listwatch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,6 +53,8 @@ VERBS: Mapping[str, str] = {
     "delete_collection": "deletecollection",
 }
 RAW_METHODS = ("request", "request_text")
+#: The list/watch helper: constructing one with a resource type lists and watches that type.
+LIST_WATCH_HELPERS: Mapping[str, Any] = {"ListWatcher": listwatch.ListWatcher}
 _KUBE_RECEIVER = re.compile(r"(^|\.)_?kube(_client)?$")
 _MAX_DEPTH = 4
 
@@ -200,7 +205,10 @@ def _resolve(module: _Module, expr: ast.expr, at: ast.AST) -> str | _Indirect:
             init = next(i for i in cls.body if isinstance(i, ast.FunctionDef) and i.name == "__init__")
             return _Indirect(cls.name, param, _params(init).index(param))
     if isinstance(expr, ast.Name) and func is not None and expr.id in _params(func):
-        return _Indirect(func.name, expr.id, _params(func).index(expr.id))
+        callee = func.name
+        if callee == "__init__" and (cls := _enclosing(module, at, ast.ClassDef)) is not None:
+            callee = cls.name  # a constructor parameter: resolved where the class is constructed
+        return _Indirect(callee, expr.id, _params(func).index(expr.id))
     raise ScanError(f"{where}: cannot tell which resource type {ast.unparse(expr)!r} is")
 
 
@@ -298,8 +306,23 @@ def _raw_permissions(modules: list[_Module], module: _Module, call: ast.Call) ->
     return {(c, sub, verb) for c in _constants_for(modules, module, path.func.value, call)}
 
 
+def _helper_permissions(modules: list[_Module], module: _Module, call: ast.Call) -> set[tuple[str, str, str]]:
+    """``ListWatcher(kube, NODES, ...)``: list and watch of the type, resolved like a direct call's."""
+    name = call.func.id if isinstance(call.func, ast.Name) else call.func.attr  # type: ignore[attr-defined]
+    bound = inspect.signature(LIST_WATCH_HELPERS[name]).bind(
+        *call.args, **{kw.arg: kw.value for kw in call.keywords if kw.arg}
+    )
+    rt = bound.arguments.get("rt")
+    if rt is None:
+        raise ScanError(f"{module.name}:{call.lineno}: {name}(...) has no resource type")
+    return {(c, "", verb) for c in _constants_for(modules, module, rt, call) for verb in ("list", "watch")}
+
+
 def _call_permissions(modules: list[_Module], module: _Module, call: ast.Call) -> set[tuple[str, str, str]]:
     func = call.func
+    helper = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+    if helper in LIST_WATCH_HELPERS:
+        return _helper_permissions(modules, module, call)
     if not isinstance(func, ast.Attribute):
         return set()
     if func.attr in RAW_METHODS and _is_kube_receiver(func.value):

@@ -104,7 +104,7 @@ class Listing:
     def __init__(self, items: list[Any]) -> None:
         self.items = items
 
-    async def list(self, rt: Any, **kw: Any) -> dict[str, Any]:
+    async def list(self, rt: Any, *args: Any, **kw: Any) -> dict[str, Any]:
         return {"metadata": {"resourceVersion": ""}, "items": self.items}
 
 
@@ -127,7 +127,7 @@ async def test_pods_of_other_nodes_and_broken_fields_are_ignored() -> None:
         {"metadata": {"name": "no-spec"}, "spec": "x"},
     ]
     index = PodIndex.for_node(Listing(items), NODE)  # type: ignore[arg-type]
-    await index.watch._list()
+    await index.watch._watcher._list()  # one LIST through the real list/watch helper
     assert index.container("c-mine") is not None
     assert index.container("c-other") is None
     assert index.container("c-broken") is None
@@ -157,7 +157,7 @@ async def test_slices_of_other_nodes_and_broken_fields_are_ignored() -> None:
         {**slice_of(NODE, [], pool="not an object"), "metadata": {"name": "c"}},
     ]
     index = SliceIndex.for_node(Listing(items), NODE)  # type: ignore[arg-type]
-    await index.watch._list()
+    await index.watch._watcher._list()  # one LIST through the real list/watch helper
     resolver = DeviceResolver(inventory, DRIVER, NODE, index)
     assert resolver.device_for_claim_device("other.example.com", "node-2", "dev-a") is None
     assert resolver.device_for_claim_device("other.example.com", NODE, "dev-b") is None

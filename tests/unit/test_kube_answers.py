@@ -24,6 +24,7 @@ from driver.kube.client import (
     MalformedAnswerError,
 )
 from driver.kube.connection import Connection
+from driver.kube.retry import NO_RETRY
 from tests.support.apierrors import not_found
 
 CLAIM = {
@@ -75,7 +76,7 @@ async def server() -> AsyncIterator[Server]:
 
 @pytest.fixture
 async def kube(server: Server) -> AsyncIterator[KubeClient]:
-    client = KubeClient(Connection(server=server.url))
+    client = KubeClient(Connection(server=server.url), retry=NO_RETRY)  # one answer per request
     yield client
     await client.close()
 

@@ -191,3 +191,28 @@ def test_rules_with_resource_names_round_trip() -> None:
         {"apiGroups": ["resource.k8s.io"], "resources": ["resourceclaims/status"], "verbs": ["patch"]},
     ]
     assert permissions_of_rules(rules) == perms
+
+
+def test_the_list_watch_helper_needs_list_and_watch_of_its_type(tmp_path: Path) -> None:
+    found = scan_source(
+        tmp_path,
+        """
+        from driver.kube.listwatch import ListWatcher
+
+        def nodes(kube):
+            return ListWatcher(kube, NODES, on_list=print, on_event=print)
+
+        class Index:
+            def __init__(self, kube, rt):
+                self.watcher = ListWatcher(kube, rt, on_list=print, on_event=print)
+
+        def pods(kube):
+            return Index(kube, PODS)
+        """,
+    )
+    assert found == {
+        Permission("", "nodes", "list"),
+        Permission("", "nodes", "watch"),
+        Permission("", "pods", "list"),
+        Permission("", "pods", "watch"),
+    }
