@@ -1,4 +1,6 @@
-"""Settings for the long-running processes: flags with environment fallbacks, in one typed object.
+"""The plugin's settings: flags with environment fallbacks, in one typed object (the exporter's are in
+:mod:`driver.exporter.options`; the flags every command shares, and how a flag gets its environment
+variable, in :mod:`driver.flags`).
 
 This module stays import-light (no gRPC, no Kubernetes client) so ``accel-dra --help`` and argument
 errors are instant.
@@ -8,11 +10,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 from dataclasses import dataclass
 from typing import cast
 
-from driver import DEFAULT_DRIVER_NAME
+from driver.flags import (
+    ConfigError,
+    add_backend_arguments,
+    add_common_arguments,
+    add_driver_arguments,
+    add_kube_arguments,
+    check_driver_name,
+    env,
+    positive_int,
+    positive_seconds,
+)
 from driver.health.state import RECOVERY_MODES, RecoveryMode
 from driver.health.xid import XidListError, parse_xid_list
 
@@ -21,43 +32,6 @@ KUBELET_REGISTRY_DIR = "/var/lib/kubelet/plugins_registry"
 CDI_DYNAMIC_DIR = "/var/run/cdi"
 POD_RESOURCES_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
 
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-
-
-class ConfigError(ValueError):
-    """A setting is missing or malformed; the message names the flag and its environment variable."""
-
-
-def _env(name: str, default: str | None = None) -> str | None:
-    value = os.environ.get(name)
-    return value if value else default
-
-
-def check_driver_name(name: str) -> str:
-    if len(name) > 63 or not _DNS_SUBDOMAIN.match(name):
-        raise ConfigError(f"driver name {name!r} must be a lowercase DNS subdomain of at most 63 characters")
-    return name
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 seconds")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
-
 
 def add_health_arguments(parser: argparse.ArgumentParser) -> None:
     """Device health monitoring (docs/health.md)."""
@@ -65,108 +39,64 @@ def add_health_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--health",
         choices=["on", "off"],
-        default=_env("HEALTH", "on"),
+        default=env("HEALTH", "on"),
         help="watch XID/ECC events and probe GPUs",
     )
     group.add_argument(
         "--health-ignore-xids",
-        default=_env("HEALTH_IGNORE_XIDS", ""),
+        default=env("HEALTH_IGNORE_XIDS", ""),
         help="more XIDs to treat as ignorable (application faults), comma separated (env HEALTH_IGNORE_XIDS)",
     )
     group.add_argument(
         "--health-fatal-xids",
-        default=_env("HEALTH_FATAL_XIDS", ""),
+        default=env("HEALTH_FATAL_XIDS", ""),
         help="XIDs to treat as fatal even though they are ignorable by default (env HEALTH_FATAL_XIDS)",
     )
     group.add_argument(
         "--health-recovery",
         choices=list(RECOVERY_MODES),
-        default=_env("HEALTH_RECOVERY", "probe"),
+        default=env("HEALTH_RECOVERY", "probe"),
         help="what ends a fault besides `accel-dra health clear`: probe = passing probes end gpu-lost; "
         "probe-all = they also end XID faults; manual = nothing",
     )
     group.add_argument(
         "--health-recovery-probes",
-        type=_positive_int,
+        type=positive_int,
         default=3,
         help="passing probes in a row that count as recovered (default 3)",
     )
     group.add_argument(
-        "--health-probe-interval", type=_positive_seconds, default=5.0, help="seconds between GPU probes"
+        "--health-probe-interval", type=positive_seconds, default=5.0, help="seconds between GPU probes"
     )
     group.add_argument(
         "--health-probe-timeout",
-        type=_positive_seconds,
+        type=positive_seconds,
         default=5.0,
         help="seconds a GPU may take to answer a probe before it counts as lost",
     )
     group.add_argument(
         "--health-stream-interval",
-        type=_positive_seconds,
+        type=positive_seconds,
         default=10.0,
         help="seconds between full device lists on the kubelet health stream (besides every change)",
     )
     group.add_argument(
         "--health-stream-timeout",
-        type=_positive_int,
+        type=positive_int,
         default=30,
         help="health_check_timeout_seconds sent to the kubelet: how long it trusts a report",
     )
     group.add_argument(
         "--health-taints",
         choices=["on", "off"],
-        default=_env("HEALTH_TAINTS", "on"),
+        default=env("HEALTH_TAINTS", "on"),
         help="publish health as ResourceSlice device taints (needs the DRADeviceTaints feature gate)",
-    )
-
-
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("logging")
-    group.add_argument(
-        "--log-level", default=_env("LOG_LEVEL", "info"), choices=["debug", "info", "warning", "error"]
-    )
-    group.add_argument("--log-format", default=_env("LOG_FORMAT", "text"), choices=["text", "json"])
-
-
-def add_kube_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--kubeconfig",
-        default=_env("KUBECONFIG"),
-        help="kubeconfig file (env KUBECONFIG); in-cluster service account when unset",
-    )
-
-
-def add_driver_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--driver-name",
-        default=_env("DRIVER_NAME", DEFAULT_DRIVER_NAME),
-        help=f"DRA driver name (env DRIVER_NAME, default {DEFAULT_DRIVER_NAME})",
-    )
-
-
-def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
-    """Where device facts come from (plugin, exporter, discover): docs/fake-devices.md, docs/plugin.md."""
-    parser.add_argument(
-        "--backend",
-        default=_env("DEVICE_BACKEND", "nvml"),
-        help="device backend: nvml | fake:PROFILE | file:PATH (env DEVICE_BACKEND)",
-    )
-    parser.add_argument(
-        "--driver-root",
-        default=_env("DRIVER_ROOT", "/"),
-        help="where the NVIDIA driver's user-space files are, as seen by this process; libnvidia-ml.so.1 "
-        "is loaded from it (env DRIVER_ROOT)",
-    )
-    parser.add_argument(
-        "--fake-state-dir",
-        default=_env("ACCEL_DRA_FAKE_STATE"),
-        help="fake backends only: directory where simulated workloads report GPU load (env ACCEL_DRA_FAKE_STATE)",
     )
 
 
 def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
     add_driver_arguments(parser)
-    parser.add_argument("--node-name", default=_env("NODE_NAME"), help="this node's name (env NODE_NAME)")
+    parser.add_argument("--node-name", default=env("NODE_NAME"), help="this node's name (env NODE_NAME)")
     add_kube_arguments(parser)
     parser.add_argument(
         "--plugin-dir",
@@ -177,31 +107,31 @@ def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cdi-dir", default=CDI_DYNAMIC_DIR, help="where per-claim CDI specs are written")
     parser.add_argument(
         "--pod-uid",
-        default=_env("POD_UID"),
+        default=env("POD_UID"),
         help="this pod's UID (env POD_UID); enables rolling-update socket names",
     )
     add_backend_arguments(parser)
     parser.add_argument(
         "--host-driver-root",
-        default=_env("HOST_DRIVER_ROOT"),
+        default=env("HOST_DRIVER_ROOT"),
         help="the same tree's path on the host when it is mounted elsewhere here, e.g. / mounted at "
         "/driver-root (env HOST_DRIVER_ROOT; default: --driver-root)",
     )
     parser.add_argument(
         "--metrics-listen",
-        default=_env("METRICS_LISTEN", ""),
+        default=env("METRICS_LISTEN", ""),
         help="host:port for the plugin's operation metrics (empty: off)",
     )
     parser.add_argument(
         "--device-metadata",
         choices=["on", "off"],
-        default=_env("DEVICE_METADATA", "on"),
+        default=env("DEVICE_METADATA", "on"),
         help="mount each request's device metadata file (KEP-5304) into its containers under "
         "/var/run/kubernetes.io/dra-device-attributes (env DEVICE_METADATA)",
     )
     parser.add_argument(
         "--sweep-interval",
-        type=_positive_seconds,
+        type=positive_seconds,
         default=600.0,
         help="seconds between checks that prepared claims still exist (stale ones are unprepared)",
     )
@@ -233,14 +163,14 @@ def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--list-attributes",
         choices=["on", "off"],
-        default=_env("LIST_ATTRIBUTES", "off"),
+        default=env("LIST_ATTRIBUTES", "off"),
         help="publish numaNode as the list of NUMA nodes each GPU is near (DRAListTypeAttributes; env "
         "LIST_ATTRIBUTES)",
     )
     group.add_argument(
         "--host-memory-per-pod",
         type=_quantity_bytes,
-        default=_env("HOST_MEMORY_PER_POD"),
+        default=env("HOST_MEMORY_PER_POD"),
         metavar="QUANTITY",
         help="declare the host memory each pod using a device needs, e.g. 2Gi, as nodeAllocatableResources "
         "(DRANodeAllocatableResources, Kubernetes 1.37; env HOST_MEMORY_PER_POD)",
@@ -249,7 +179,7 @@ def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
     sharing.add_argument(
         "--shared-gpus",
         type=_selector_list,
-        default=_env("SHARED_GPUS", ""),
+        default=env("SHARED_GPUS", ""),
         metavar="LIST",
         help="GPUs several claims may share, each with part of the memory (consumable capacity): 'all', or "
         "comma-separated device names, UUIDs or PCI bus ids; empty: none (env SHARED_GPUS)",
@@ -257,7 +187,7 @@ def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
     sharing.add_argument(
         "--share-memory-step",
         type=_positive_bytes,
-        default=_env("SHARE_MEMORY_STEP", "1Gi"),
+        default=env("SHARE_MEMORY_STEP", "1Gi"),
         metavar="QUANTITY",
         help="a share's memory is a multiple of this (env SHARE_MEMORY_STEP)",
     )

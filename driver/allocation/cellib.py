@@ -32,7 +32,7 @@ from cel_expr_python import cel
 
 from driver._proto.cel.v1 import types_pb2
 from driver.quantity import parse_quantity
-from driver.resources.validation import is_semver
+from driver.semver import is_semver
 
 T = cel.Type
 QUANTITY = T("kubernetes.Quantity")

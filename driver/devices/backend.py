@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from driver.devices.model import Inventory
 
 if TYPE_CHECKING:
-    from driver.health.events import HealthSource
+    from driver.devices.events import HealthSource
 
 
 class BackendError(Exception):
@@ -54,7 +54,7 @@ class HealthCapable(Protocol):
     """A backend that reports device health: hardware error events and probes of its GPUs."""
 
     def health_source(self, inventory: Inventory, *, read_only: bool = False) -> HealthSource:
-        """A new, not yet started :class:`~driver.health.events.HealthSource` for these GPUs.
+        """A new, not yet started :class:`~driver.devices.events.HealthSource` for these GPUs.
 
         ``read_only``: the source only watches (the exporter's XID counter) and writes nothing."""
         ...

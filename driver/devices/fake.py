@@ -46,14 +46,14 @@ if TYPE_CHECKING:
     from jsonschema.exceptions import ValidationError
 
 from driver.devices.backend import BackendError
+from driver.devices.fake_events import LOST_REASON, gpu_lost
 from driver.devices.model import FabricInfo, Gpu, Inventory, MigDevice, MigPlacement, NvLink
 from driver.devices.telemetry import ACTIVITIES, GpuTelemetry, MigTelemetry, ProcessSample, TelemetryError
-from driver.health.fake import LOST_REASON, gpu_lost
 from driver.log import get_logger
 from driver.quantity import parse_quantity
 
 if TYPE_CHECKING:
-    from driver.health.events import HealthSource
+    from driver.devices.events import HealthSource
 
 log = get_logger(__name__)
 
@@ -113,9 +113,9 @@ class FakeBackend:
         return self._simulator.sample(uuid)
 
     def health_source(self, inventory: Inventory, *, read_only: bool = False) -> HealthSource:
-        """Faults injected under the state dir (``driver.health.fake``); none without a state dir."""
-        from driver.health.events import QuietSource
-        from driver.health.fake import FakeHealthSource
+        """Faults injected under the state dir (``driver.devices.fake_events``); none without a state dir."""
+        from driver.devices.events import QuietSource
+        from driver.devices.fake_events import FakeHealthSource
 
         if self.state_dir is None:
             return QuietSource()

@@ -40,7 +40,7 @@ from driver.devices.telemetry import GpuTelemetry, MigTelemetry, ProcessSample, 
 from driver.log import get_logger
 
 if TYPE_CHECKING:
-    from driver.health.events import HealthSource
+    from driver.devices.events import HealthSource
 
 log = get_logger(__name__)
 
@@ -276,8 +276,8 @@ class NvmlBackend:
         return {}
 
     def health_source(self, inventory: Inventory, *, read_only: bool = False) -> HealthSource:
-        """XID and double-bit ECC events and probes through this backend's NVML (``driver.health.nvml``)."""
-        from driver.health.nvml import NvmlHealthSource
+        """XID and double-bit ECC events and probes through this backend's NVML (``driver.devices.nvml_events``)."""
+        from driver.devices.nvml_events import NvmlHealthSource
 
         return NvmlHealthSource(self._nvml, inventory)
 

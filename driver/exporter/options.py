@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from typing import Literal
 
-from driver import config
+from driver import config, flags
 
 KubeApiMode = Literal["auto", "on", "off"]
 
@@ -31,9 +31,9 @@ def add_exporter_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--node-name", default=os.environ.get("NODE_NAME"), help="this node's name (env NODE_NAME)"
     )
-    config.add_backend_arguments(parser)
-    config.add_driver_arguments(parser)
-    config.add_kube_arguments(parser)
+    flags.add_backend_arguments(parser)
+    flags.add_driver_arguments(parser)
+    flags.add_kube_arguments(parser)
     parser.add_argument(
         "--kube-api",
         choices=["auto", "on", "off"],
@@ -69,7 +69,7 @@ def add_exporter_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds the GPU-time counters of a pod are still served after it released its devices, so "
         "Prometheus scrapes their final value (default 900)",
     )
-    config.add_common_arguments(parser)
+    flags.add_common_arguments(parser)
 
 
 @dataclass(frozen=True)
@@ -94,11 +94,11 @@ class ExporterConfig:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ExporterConfig:
         if args.interval <= 0:
-            raise config.ConfigError(f"--interval must be positive, got {args.interval}")
+            raise flags.ConfigError(f"--interval must be positive, got {args.interval}")
         if args.sample_timeout <= 0:
-            raise config.ConfigError(f"--sample-timeout must be positive, got {args.sample_timeout}")
+            raise flags.ConfigError(f"--sample-timeout must be positive, got {args.sample_timeout}")
         if args.chargeback_retention < 0:
-            raise config.ConfigError(
+            raise flags.ConfigError(
                 f"--chargeback-retention must not be negative, got {args.chargeback_retention}"
             )
         return cls(
@@ -106,7 +106,7 @@ class ExporterConfig:
             backend=args.backend,
             pod_resources_socket=args.pod_resources_socket,
             node_name=args.node_name or "",
-            driver_name=config.check_driver_name(args.driver_name),
+            driver_name=flags.check_driver_name(args.driver_name),
             kubeconfig=args.kubeconfig,
             kube_api=args.kube_api,
             interval=args.interval,

@@ -14,7 +14,6 @@ import contextlib
 import signal
 from collections.abc import Sequence
 
-from driver.config import ConfigError
 from driver.devices.backend import BackendError, DeviceBackend, HealthCapable, backend_options, open_backend
 from driver.devices.telemetry import TelemetrySource
 from driver.exporter.collector import Collector, Settings
@@ -25,6 +24,7 @@ from driver.exporter.options import ExporterConfig, add_exporter_arguments
 from driver.exporter.podresources import DeviceResolver, PodResourcesClient
 from driver.exporter.render import Renderer
 from driver.exporter.xids import XidCounter
+from driver.flags import ConfigError
 from driver.kube.client import KubeClient
 from driver.kube.connection import KubeConfigError
 from driver.log import get_logger, setup

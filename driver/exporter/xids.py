@@ -16,8 +16,8 @@ import threading
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from driver.devices.events import HealthSource, HealthSourceError, XidEvent
 from driver.devices.model import Inventory
-from driver.health.events import HealthSource, HealthSourceError, XidEvent
 from driver.log import get_logger
 
 log = get_logger(__name__)

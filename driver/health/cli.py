@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from driver import config
+from driver import flags
 
 if TYPE_CHECKING:
     from driver.kube.client import KubeClient
@@ -57,14 +57,14 @@ def add_clear_arguments(parser: argparse.ArgumentParser) -> None:
         default=30.0,
         help="seconds to wait for the taints to go from the slices (0: do not wait)",
     )
-    config.add_driver_arguments(parser)
-    config.add_kube_arguments(parser)
+    flags.add_driver_arguments(parser)
+    flags.add_kube_arguments(parser)
 
 
 def add_status_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--node", help="only this node")
-    config.add_driver_arguments(parser)
-    config.add_kube_arguments(parser)
+    flags.add_driver_arguments(parser)
+    flags.add_kube_arguments(parser)
 
 
 def device_taints(slices: Sequence[Mapping[str, Any]], driver: str) -> dict[tuple[str, str], list[JSON]]:
@@ -260,14 +260,14 @@ async def _with_kube(args: argparse.Namespace, work: Any) -> int:
 
 
 def run_clear(args: argparse.Namespace) -> int:
-    driver = config.check_driver_name(args.driver_name)
+    driver = flags.check_driver_name(args.driver_name)
     return asyncio.run(
         _with_kube(args, lambda kube: clear(kube, driver, args.devices, args.node, args.timeout))
     )
 
 
 def run_status(args: argparse.Namespace) -> int:
-    driver = config.check_driver_name(args.driver_name)
+    driver = flags.check_driver_name(args.driver_name)
     return asyncio.run(_with_kube(args, lambda kube: status(kube, driver, args.node)))
 
 
@@ -290,7 +290,7 @@ def add_inject_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_inject(args: argparse.Namespace) -> int:
-    from driver.health.fake import FaultError, inject_xid, resolve, set_lost
+    from driver.devices.fake_events import FaultError, inject_xid, resolve, set_lost
     from driver.health.xid import MAX_XID
 
     if not args.state_dir:

@@ -1,4 +1,4 @@
-"""The health monitor: runs a :class:`~driver.health.events.HealthSource`, applies its events, keeps the state.
+"""The health monitor: runs a :class:`~driver.devices.events.HealthSource`, applies its events, keeps the state.
 
 Threads, because NVML blocks: one daemon thread waits for events, one daemon thread per GPU answers probes
 (a GPU whose NVML calls hang stalls only its own prober, and a hung call cannot keep the process from
@@ -21,8 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from driver.devices.model import Device, Inventory
-from driver.health.events import (
+from driver.devices.events import (
     Cleared,
     HealthEvent,
     HealthSource,
@@ -34,6 +33,7 @@ from driver.health.events import (
     ProbeOk,
     Unmonitored,
 )
+from driver.devices.model import Device, Inventory
 from driver.health.state import DeviceHealth, HealthState, Policy, apply, clear_targets, device_health
 from driver.health.store import StateFileError, keep_aside, read_state, write_state
 from driver.log import get_logger

@@ -21,8 +21,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from driver.devices.model import Device
-from driver.health.events import (
+from driver.devices.events import (
     Cleared,
     HealthEvent,
     LostEvent,
@@ -32,6 +31,7 @@ from driver.health.events import (
     Unmonitored,
     XidEvent,
 )
+from driver.devices.model import Device
 from driver.health.xid import XidPolicy
 
 RecoveryMode = Literal["manual", "probe", "probe-all"]

@@ -19,8 +19,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from driver.fsutil import atomic_write
 from driver.health.state import FaultRecord, HealthState
-from driver.state.fsutil import atomic_write
 
 STATE_FILE_NAME = "health.json"
 FORMAT_VERSION = 1

@@ -18,9 +18,6 @@ from dataclasses import dataclass
 #: XIDs raised for an application's own fault; they do not make the GPU unusable for others.
 DEFAULT_IGNORED_XIDS: frozenset[int] = frozenset({13, 31, 43, 45, 68, 109})
 
-#: The XID the driver reports for a double-bit (uncorrectable) ECC error; NVML ECC events map to it.
-XID_DOUBLE_BIT_ECC = 48
-
 #: Short descriptions of well-known XIDs (for taint messages and docs), not an exhaustive catalogue.
 DESCRIPTIONS: dict[int, str] = {
     13: "graphics engine exception (usually an application fault)",

@@ -9,8 +9,9 @@ import os
 import signal
 from contextlib import AbstractContextManager
 
-from driver.config import ConfigError, PluginConfig
+from driver.config import PluginConfig
 from driver.devices.backend import BackendError, DeviceBackend, backend_options, open_backend
+from driver.flags import ConfigError
 from driver.kube.client import KubeClient
 from driver.kube.connection import KubeConfigError
 from driver.log import get_logger, setup
@@ -18,11 +19,11 @@ from driver.plugin.health import PluginHealth
 from driver.plugin.metrics import PluginMetrics
 from driver.plugin.node_service import KubeClaimSource, NodeService
 from driver.plugin.paths import dra_socket_path, registration_socket_path
+from driver.plugin.preparer import make_preparer
 from driver.plugin.server import PluginServer
 from driver.resources.apiprobe import supported
 from driver.resources.publisher import SlicePublisher
 from driver.resources.publishing import PublishOptions, publish_entries, shared_gpus
-from driver.state.factory import make_preparer
 from driver.state.lock import LOCK_FILE_NAME, NodeLock
 from driver.state.prepare import NodePreparer
 from driver.state.sweeper import ClaimSweeper

@@ -31,9 +31,9 @@ from driver._proto.dra_health.v1alpha1 import api_pb2 as health_v1alpha1
 from driver._proto.dra_health.v1alpha1 import api_pb2_grpc as health_v1alpha1_grpc
 from driver.config import PluginConfig
 from driver.devices.backend import DeviceBackend, HealthCapable
+from driver.devices.events import HealthSource, QuietSource
 from driver.devices.model import Inventory
 from driver.health.clearing import clear_requests
-from driver.health.events import HealthSource, QuietSource
 from driver.health.monitor import HealthMonitor, MonitorSettings
 from driver.health.state import DeviceHealth, HealthState, Policy
 from driver.health.store import STATE_FILE_NAME

@@ -19,7 +19,8 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from driver.config import KUBELET_PLUGINS_DIR, KUBELET_REGISTRY_DIR, add_driver_arguments, check_driver_name
+from driver.config import KUBELET_PLUGINS_DIR, KUBELET_REGISTRY_DIR
+from driver.flags import add_driver_arguments, check_driver_name
 
 DEFAULT_TIMEOUT_S = 5.0
 DRA_PLUGIN_TYPE = "DRAPlugin"

@@ -27,11 +27,11 @@ from driver._proto.dra.v1 import api_pb2_grpc as dra_v1_grpc
 from driver._proto.dra.v1beta1 import api_pb2 as dra_v1beta1
 from driver._proto.dra.v1beta1 import api_pb2_grpc as dra_v1beta1_grpc
 from driver._proto.pluginregistration.v1 import api_pb2_grpc as reg_grpc
+from driver.fsutil import set_aside
 from driver.log import get_logger
 from driver.plugin.node_service import NodeService
 from driver.plugin.registration import DRA_V1, DRA_V1BETA1, RegistrationServicer
 from driver.plugin.service import DraServicer, OperationMetrics
-from driver.state.fsutil import set_aside
 
 log = get_logger(__name__)
 

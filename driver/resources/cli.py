@@ -29,7 +29,8 @@ JSON = dict[str, Any]
 
 
 def add_discover_arguments(parser: argparse.ArgumentParser) -> None:
-    from driver.config import add_backend_arguments, add_publish_arguments
+    from driver.config import add_publish_arguments
+    from driver.flags import add_backend_arguments
 
     add_backend_arguments(parser)
     add_publish_arguments(parser)
@@ -91,8 +92,8 @@ def _dump(obj: Any, fmt: str) -> str:
 
 
 def run_discover(args: argparse.Namespace) -> int:
-    from driver.config import ConfigError, check_driver_name
     from driver.devices.backend import BackendError
+    from driver.flags import ConfigError, check_driver_name
     from driver.log import setup
     from driver.resources.publishing import PublishOptions, SharedGpus
 
@@ -198,7 +199,7 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def add_deviceclasses_arguments(parser: argparse.ArgumentParser) -> None:
-    from driver.config import add_kube_arguments
+    from driver.flags import add_kube_arguments
 
     parser.add_argument(
         "files", nargs="*", metavar="FILE", help="ResourceSlice dumps to read instead of the API server"

@@ -32,6 +32,8 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
+from driver.semver import is_semver
+
 JSON = dict[str, Any]
 
 # Limits from resource.k8s.io/v1 types.go (1.35).
@@ -241,17 +243,6 @@ _QUANTITY_RE = re.compile(
     r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]+)?$"
 )
 
-# Semantic Versioning 2.0.0, exactly as the server's regular expression: no leading zeros, no "v".
-_NUMERIC_ID = r"(0|[1-9]\d*)"
-_PRERELEASE_ID = r"(0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)"
-_BUILD_ID = r"[0-9a-zA-Z-]+"
-_SEMVER_RE = re.compile(
-    rf"^{_NUMERIC_ID}\.{_NUMERIC_ID}\.{_NUMERIC_ID}"
-    rf"(-{_PRERELEASE_ID}(\.{_PRERELEASE_ID})*)?"
-    rf"(\+{_BUILD_ID}(\.{_BUILD_ID})*)?$",
-    re.ASCII,
-)
-
 
 def _regex_error(message: str, fmt: str, *examples: str) -> str:
     # The doubled space before "or" is what the server prints.
@@ -403,10 +394,6 @@ def quantity_value(value: Any) -> Decimal:
     from driver.quantity import parse_quantity
 
     return parse_quantity(value)
-
-
-def is_semver(value: str) -> bool:
-    return bool(_SEMVER_RE.match(value))
 
 
 # -- typed access to JSON (type mismatches are decode errors) ---------------------------------------

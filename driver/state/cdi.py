@@ -30,8 +30,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from driver.log import get_logger
-from driver.state.fsutil import (
+from driver.fsutil import (
     NotRegularFileError,
     atomic_write,
     check_regular,
@@ -40,6 +39,7 @@ from driver.state.fsutil import (
     remove_stale_temporaries,
     set_aside,
 )
+from driver.log import get_logger
 
 if TYPE_CHECKING:
     from jsonschema import Draft202012Validator

@@ -44,8 +44,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from driver.fsutil import NotRegularFileError, atomic_write, read_regular, set_aside
 from driver.log import get_logger
-from driver.state.fsutil import NotRegularFileError, atomic_write, read_regular, set_aside
 
 log = get_logger(__name__)
 

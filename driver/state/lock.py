@@ -21,8 +21,8 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+from driver.fsutil import NotRegularFileError, check_regular, set_aside
 from driver.log import get_logger
-from driver.state.fsutil import NotRegularFileError, check_regular, set_aside
 
 log = get_logger(__name__)
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from driver.devices.model import Device
-from driver.state.fsutil import atomic_write
+from driver.fsutil import atomic_write
 
 if TYPE_CHECKING:
     from driver.state.plan import ClaimPlan

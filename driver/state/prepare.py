@@ -35,7 +35,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from driver.crash import crash_point
 from driver.devices.model import Inventory
+from driver.fsutil import remove_stale_temporaries
 from driver.log import bind, get_logger
 from driver.state.api import Claim, ClaimRef, PrepareResult, claim_ref
 from driver.state.cdi import CdiStore, env_name, merge_edits, qualified_id
@@ -49,10 +51,8 @@ from driver.state.checkpoint import (
     LoadEvent,
 )
 from driver.state.claimstatus import ClaimStatusWriter
-from driver.state.crash import crash_point
 from driver.state.devnodes import DeviceNodes
 from driver.state.driverfiles import DriverFile
-from driver.state.fsutil import remove_stale_temporaries
 from driver.state.lock import NodeLock
 from driver.state.metadata import ClaimMetadataWriter
 from driver.state.opaque import ConfigError

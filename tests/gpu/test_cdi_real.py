@@ -18,9 +18,9 @@ import pytest
 from driver.config import PluginConfig, add_plugin_arguments
 from driver.devices.backend import open_backend
 from driver.devices.model import Device
+from driver.plugin.preparer import make_preparer
 from driver.state import cdi
 from driver.state.api import ClaimRef
-from driver.state.factory import make_preparer
 from driver.state.lock import LOCK_FILE_NAME, NodeLock
 from tests.gpu import hostcheck, smi
 from tests.gpu.conftest import DRIVER_ROOT

@@ -32,10 +32,10 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from driver.devices.backend import open_backend
+from driver.devices.fake_events import inject_xid, set_lost
 from driver.devices.model import Inventory
 from driver.exporter.options import ExporterConfig
 from driver.exporter.server import Exporter, exporter_backend_options
-from driver.health.fake import inject_xid, set_lost
 from driver.kube.client import NAMESPACES, KubeClient
 from driver.sim.podresources import ClaimDevice as SimClaimDevice
 from driver.sim.podresources import ClaimResources, PodResourcesServer, PodResourcesState

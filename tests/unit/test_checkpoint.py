@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from driver.state import crash
+from driver import crash
 from driver.state.checkpoint import (
     CHECKPOINT_FILE,
     CURRENT_VERSION,

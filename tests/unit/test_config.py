@@ -7,7 +7,8 @@ import argparse
 import pytest
 
 from driver.cli import build_parser
-from driver.config import ConfigError, PluginConfig
+from driver.config import PluginConfig
+from driver.flags import ConfigError
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -28,6 +28,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from driver.devices.fake import FakeBackend, load_named_profile
+from driver.devices.fake_events import inject_xid
 from driver.devices.model import Gpu, MigDevice, nvml_pci_bus_id
 from driver.devices.telemetry import CLOCK_EVENT_REASONS, GpuTelemetry, MigTelemetry
 from driver.exporter import dcgm
@@ -36,7 +37,6 @@ from driver.exporter.collector import Collector, GpuSnapshot, Settings, Snapshot
 from driver.exporter.podresources import ClaimDevice, ContainerResources, DeviceResolver
 from driver.exporter.render import Renderer
 from driver.exporter.xids import XidCounter
-from driver.health.fake import inject_xid
 
 pytestmark = pytest.mark.skipif(
     shutil.which("promtool") is None, reason="promtool not installed (Debian package 'prometheus')"

@@ -25,6 +25,7 @@ from prometheus_client.openmetrics import parser as openmetrics_parser
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from driver.devices.fake import FakeBackend, load_named_profile
+from driver.devices.fake_events import inject_xid
 from driver.devices.model import Gpu, mig_device_name
 from driver.devices.telemetry import GpuTelemetry
 from driver.exporter import names as n
@@ -33,7 +34,6 @@ from driver.exporter.collector import Collector, GpuSnapshot, Settings, Snapshot
 from driver.exporter.podresources import ClaimDevice, ContainerResources, DeviceResolver
 from driver.exporter.render import Renderer
 from driver.exporter.xids import XidCounter
-from driver.health.fake import inject_xid
 
 parse_openmetrics: Callable[[str], Iterable[Metric]] = openmetrics_parser.text_string_to_metric_families
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from driver.devices.events import HealthEvent, HealthSourceError, LostEvent, XidEvent
 from driver.devices.fake import FakeBackend, load_named_profile
+from driver.devices.fake_events import INDEX_FILE, inject_xid
 from driver.exporter.xids import XidCounter
-from driver.health.events import HealthEvent, HealthSourceError, LostEvent, XidEvent
-from driver.health.fake import INDEX_FILE, inject_xid
 
 INVENTORY = load_named_profile("dgx-h100-mig").inventory
 

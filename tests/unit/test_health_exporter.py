@@ -8,10 +8,10 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from driver.devices.fake import FakeBackend, load_named_profile
+from driver.devices.fake_events import set_lost
 from driver.exporter.collector import Collector, Settings
 from driver.exporter.podresources import DeviceResolver
 from driver.exporter.render import Renderer
-from driver.health.fake import set_lost
 from driver.health.state import FaultRecord, HealthState
 from driver.health.store import write_state
 

@@ -7,10 +7,9 @@ from pathlib import Path
 import pytest
 
 from driver.devices.backend import HealthCapable, open_backend
+from driver.devices.events import LostEvent, ProbeError, QuietSource, XidEvent
 from driver.devices.fake import FakeBackend
-from driver.devices.telemetry import TelemetryError
-from driver.health.events import LostEvent, ProbeError, QuietSource, XidEvent
-from driver.health.fake import (
+from driver.devices.fake_events import (
     LOST_REASON,
     FakeHealthSource,
     FaultError,
@@ -20,6 +19,7 @@ from driver.health.fake import (
     resolve,
     set_lost,
 )
+from driver.devices.telemetry import TelemetryError
 
 NODE = "node-1"
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from driver.config import PluginConfig, add_plugin_arguments
+from driver.devices.events import QuietSource, XidEvent
 from driver.devices.fake import load_named_profile
-from driver.health.events import QuietSource, XidEvent
 from driver.kube.client import NODES, ResourceType
 from driver.plugin.health import PluginHealth
 

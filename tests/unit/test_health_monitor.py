@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from driver.devices.events import HealthEvent, HealthSourceError, ProbeError, XidEvent
 from driver.devices.fake import load_named_profile
-from driver.health.events import HealthEvent, HealthSourceError, ProbeError, XidEvent
 from driver.health.monitor import HealthMonitor, MonitorSettings
 from driver.health.state import HealthState, Policy
 from driver.health.store import read_state

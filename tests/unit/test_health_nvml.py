@@ -11,10 +11,10 @@ import pynvml
 import pytest
 
 from driver.devices.backend import HealthCapable
+from driver.devices.events import HealthSourceError, ProbeError, ProbeNow, XidEvent
 from driver.devices.fake import load_named_profile
 from driver.devices.nvml import NvmlBackend
-from driver.health.events import HealthSourceError, ProbeError, ProbeNow, XidEvent
-from driver.health.nvml import ALL_INSTANCES, NvmlHealthSource
+from driver.devices.nvml_events import ALL_INSTANCES, NvmlHealthSource
 
 INVENTORY = load_named_profile("pcie-l4x4").inventory
 UUIDS = [g.uuid for g in INVENTORY.gpus]

@@ -7,9 +7,7 @@ from functools import reduce
 from hypothesis import given
 from hypothesis import strategies as st
 
-from driver.devices.fake import load_named_profile
-from driver.devices.model import Device
-from driver.health.events import (
+from driver.devices.events import (
     Cleared,
     HealthEvent,
     LostEvent,
@@ -19,6 +17,8 @@ from driver.health.events import (
     Unmonitored,
     XidEvent,
 )
+from driver.devices.fake import load_named_profile
+from driver.devices.model import Device
 from driver.health.state import (
     HealthState,
     Policy,

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from driver.config import ConfigError, PluginConfig, add_plugin_arguments
+from driver.config import PluginConfig, add_plugin_arguments
+from driver.flags import ConfigError
 from driver.health.xid import (
     DEFAULT_IGNORED_XIDS,
     XidListError,

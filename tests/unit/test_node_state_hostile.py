@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from driver.state import crash
+from driver import crash
 from driver.state.checkpoint import CHECKPOINT_FILE, CheckpointStore, ClaimState, LoadEvent, checksum
 from driver.state.lock import LOCK_FILE_NAME
 from tests.unit.test_prepare import DRIVER, GPU0, GPU1, Node, claim, node, prepare, ref

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from driver import crash
 from driver.devices.fake import load_named_profile
 from driver.devices.model import Device
 from driver.kube.client import RESOURCE_CLAIMS, ApiError, MalformedAnswerError
-from driver.state import crash
 from driver.state.api import ClaimRef
 from driver.state.cdi import CdiStore, env_name
 from driver.state.checkpoint import CHECKPOINT_FILE, CheckpointStore, ClaimState

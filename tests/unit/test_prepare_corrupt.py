@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from driver.state import crash
+from driver import crash
 from driver.state.checkpoint import CHECKPOINT_FILE, ClaimState
 from tests.unit.test_prepare import GPU0, GPU1, Crash, Node, claim, crash_at, node, prepare
 

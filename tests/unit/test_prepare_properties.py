@@ -20,8 +20,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from driver import crash
 from driver.devices.fake import load_named_profile
-from driver.state import crash
 from driver.state.api import ClaimRef
 from driver.state.cdi import CdiStore
 from driver.state.checkpoint import CheckpointStore, ClaimState

@@ -1,4 +1,5 @@
-"""Builds the node-state preparer of a plugin process from its settings and device backend."""
+"""Builds the node-state preparer of a plugin process from its settings and device backend (the plugin's
+assembly of driver.state: the node-state package itself knows nothing of the process settings)."""
 
 from __future__ import annotations
 

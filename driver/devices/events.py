@@ -11,6 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+#: The XID the driver reports for a double-bit (uncorrectable) ECC error; NVML ECC events map to it.
+XID_DOUBLE_BIT_ECC = 48
+
 
 @dataclass(frozen=True)
 class XidEvent:

@@ -16,15 +16,15 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from driver.devices.model import Inventory
-from driver.health.events import (
+from driver.devices.events import (
+    XID_DOUBLE_BIT_ECC,
     HealthEvent,
     HealthSourceError,
     ProbeError,
     ProbeNow,
     XidEvent,
 )
-from driver.health.xid import XID_DOUBLE_BIT_ECC
+from driver.devices.model import Inventory
 from driver.log import get_logger
 
 log = get_logger(__name__)
@@ -43,7 +43,7 @@ def _text(value: Any) -> str:
 
 
 class NvmlHealthSource:
-    """:class:`~driver.health.events.HealthSource` over an NVML module (``pynvml`` or a test stand-in)."""
+    """:class:`~driver.devices.events.HealthSource` over an NVML module (``pynvml`` or a test stand-in)."""
 
     def __init__(self, nvml: Any, inventory: Inventory) -> None:
         self._nvml = nvml

@@ -20,7 +20,7 @@ import stat
 import time
 from pathlib import Path
 
-from driver.state.crash import crash_point
+from driver.crash import crash_point
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:

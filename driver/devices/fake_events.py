@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from driver.devices.events import HealthEvent, LostEvent, ProbeError, XidEvent
 from driver.devices.model import Inventory
-from driver.health.events import HealthEvent, LostEvent, ProbeError, XidEvent
+from driver.fsutil import atomic_write
 from driver.log import get_logger
-from driver.state.fsutil import atomic_write
 
 log = get_logger(__name__)
 
@@ -151,7 +151,7 @@ def resolve(state_dir: str | os.PathLike[str], name: str) -> tuple[str, str]:
 
 
 class FakeHealthSource:
-    """:class:`~driver.health.events.HealthSource` over the faults files of one simulated node."""
+    """:class:`~driver.devices.events.HealthSource` over the faults files of one simulated node."""
 
     def __init__(
         self,
