@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The demo needs only the package; tests also need the development and chart-rendering extras.
+# The demo needs the package with its sandbox extra; tests also need the development and chart-rendering extras.
 BASE := $(VENV)/.installed-base
 DEV := $(VENV)/.installed-dev
 
@@ -13,11 +13,11 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(BASE): pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install --quiet --disable-pip-version-check -e .
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[sandbox]'
 	touch $(BASE)
 
 $(DEV): pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,chart]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,chart,sandbox]'
 	touch $(BASE) $(DEV)
 
 demo: $(BASE)

@@ -16,8 +16,13 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
+
+if TYPE_CHECKING:
+    from driver.kube.client import KubeClient
 
 EXIT_OK, EXIT_MUST_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -225,52 +230,46 @@ def _check_regex(pattern: str) -> None:
         raise UsageError(f"--run {pattern!r}: not a regular expression: {err}") from None
 
 
-def sandbox_config(args: argparse.Namespace) -> Any:
-    from driver.sim.sandbox import SandboxConfig
-    from driver.sim.shapes import SHAPES
-
-    shape = SHAPES[args.sandbox_shape]
-    return SandboxConfig(
-        profile=args.sandbox_profile or shape.profile,
-        shape=args.sandbox_shape,
-        device_plugin=args.sandbox_device_plugin,
-        faults=frozenset(args.sandbox_fault),
-        log_level=args.log_level,
-    )
-
-
 SANDBOX_PRESETS = {"accel-dra": "sandbox", "amd": "sandbox-amd", "intel": "sandbox-intel"}
 
 
-def _check_sandbox() -> None:
-    from driver.sim.runtime import isolation_available
+class SandboxTarget(Protocol):
+    """The sandbox as a cluster to run against (``--sandbox``); :mod:`driver.sim.conformance` is one.
 
-    if not isolation_available():
-        raise UsageError(
-            "--sandbox needs containers in their own mount namespace (root, or unprivileged user namespaces); "
-            "without it every container would see the host's /dev and the probes would say nothing"
-        )
+    The command line hands it in (:mod:`driver.cli`), so this package never imports the sandbox."""
+
+    def unavailable(self) -> str | None:
+        """Why the sandbox cannot run on this machine, or None."""
+        ...
+
+    def cluster(
+        self, args: argparse.Namespace, progress: TextIO | None
+    ) -> AbstractAsyncContextManager[KubeClient]:
+        """Start the sandbox the ``--sandbox-*`` flags describe; a client of its API server."""
+        ...
 
 
-async def _run(args: argparse.Namespace, options: Any) -> Any:
+#: Loads the sandbox target (None: the sandbox is not installed -- the ``sandbox`` extra).
+SandboxLoader = Callable[[], SandboxTarget | None]
+
+
+def _no_sandbox() -> SandboxTarget | None:
+    return None
+
+
+async def _run(args: argparse.Namespace, options: Any, sandbox: SandboxTarget | None) -> Any:
     from driver.conformance.runner import run_suite
     from driver.kube.client import KubeClient
 
-    if not args.sandbox:
+    if sandbox is None:
         kube = await KubeClient.connect(args.kubeconfig, args.context)
         async with kube:
             return await run_suite(kube, options)
-    from driver.sim.sandbox import Sandbox  # only the --sandbox mode needs the simulator
-
-    config = sandbox_config(args)
-    if options.progress is not None:
-        shape = "" if config.shape == "accel-dra" else f", shaped like {config.shape}'s driver"
-        print(f"starting the sandbox ({config.profile}{shape}) ...", file=options.progress, flush=True)
-    async with Sandbox(config) as box, await KubeClient.connect(str(box.kubeconfig)) as kube:
+    async with sandbox.cluster(args, options.progress) as kube:
         return await run_suite(kube, options)
 
 
-async def _main(args: argparse.Namespace, options: Any) -> Any:
+async def _main(args: argparse.Namespace, options: Any, sandbox: SandboxTarget | None) -> Any:
     """Run, turning the first Ctrl-C into a clean stop (a second one aborts)."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
@@ -284,7 +283,7 @@ async def _main(args: argparse.Namespace, options: Any) -> Any:
 
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGINT, interrupt)
-    return await _run(args, options)
+    return await _run(args, options, sandbox)
 
 
 def _import_map(items: list[str]) -> dict[str, str]:
@@ -335,7 +334,19 @@ def _command_line() -> list[str]:
     return ["accel-dra", *argv] if argv[:2] == ["conformance", "run"] else []
 
 
-def run_command(args: argparse.Namespace) -> int:
+def _sandbox(load: SandboxLoader) -> SandboxTarget:
+    target = load()
+    if target is None:
+        raise UsageError(
+            "--sandbox needs the sandbox, which is not installed: pip install 'accel-dra[sandbox]'"
+        )
+    why = target.unavailable()
+    if why is not None:
+        raise UsageError(f"--sandbox: {why}")
+    return target
+
+
+def run_command(args: argparse.Namespace, load_sandbox: SandboxLoader = _no_sandbox) -> int:
     from driver.conformance.checklist import ChecklistError, load_checklist
     from driver.conformance.report import write_outputs
     from driver.conformance.runner import RunOptions
@@ -345,6 +356,7 @@ def run_command(args: argparse.Namespace) -> int:
     setup(args.log_level)
     out_dir = Path(args.out)
     try:
+        sandbox = _sandbox(load_sandbox) if args.sandbox else None  # before anything is read
         checklist = load_checklist(args.checklist)
         metadata = _metadata(args)
         default = SANDBOX_PRESETS[args.sandbox_shape] if args.sandbox else "accel-dra"
@@ -353,8 +365,6 @@ def run_command(args: argparse.Namespace) -> int:
             raise UsageError("--sandbox and --kubeconfig exclude each other")
         if args.run:
             _check_regex(args.run)
-        if args.sandbox:
-            _check_sandbox()
         _import_map(args.import_map)
         for origin in args.import_junit:
             if not Path(origin).is_file():
@@ -380,7 +390,7 @@ def run_command(args: argparse.Namespace) -> int:
         command=_command_line(),
     )
     try:
-        suite = asyncio.run(_main(args, options))
+        suite = asyncio.run(_main(args, options, sandbox))
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("accel-dra conformance: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -184,3 +184,42 @@ def test_explain_names_an_extended_resource_nothing_provides(tmp_path: Path) -> 
     result = accel_dra("explain", str(pod), "--slices", str(slices))
     assert result.returncode == 2
     assert "pod p: Insufficient example.com/fpga" in result.stderr
+
+
+def without_sandbox_extra(*args: str) -> subprocess.CompletedProcess[str]:
+    """``accel-dra ARGS`` in a Python where the sandbox extra's packages cannot be imported."""
+    code = (
+        "import sys\n"
+        "from driver.cli import SANDBOX_MODULES, main\n"
+        "sys.modules.update(dict.fromkeys(SANDBOX_MODULES))\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], check=False, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("demo",),
+        ("sim", "apiserver", "--help"),
+        ("sim", "gpu-load", "--seconds", "1"),
+        ("conformance", "run", "--sandbox", "--checklist", "missing.yaml", "--out", "out"),
+    ],
+)
+def test_sandbox_commands_without_the_sandbox_extra_say_how_to_install_it(args: tuple[str, ...]) -> None:
+    result = without_sandbox_extra(*args)
+    assert result.returncode == 2, result.stderr
+    assert "pip install 'accel-dra[sandbox]'" in result.stderr
+
+
+def test_production_commands_work_without_the_sandbox_extra() -> None:
+    for args in (
+        ("plugin", "--help"),
+        ("exporter", "--help"),
+        ("validate", "--help"),
+        ("health", "clear", "-h"),
+    ):
+        result = without_sandbox_extra(*args)
+        assert result.returncode == 0, (args, result.stderr)
