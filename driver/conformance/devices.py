@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from driver.allocation.model import Node, NodeSelectorError, node_selector_matches
 from driver.quantity import parse_quantity
 
 JSON = dict[str, Any]
@@ -135,41 +136,14 @@ def ready_nodes(nodes: Iterable[Mapping[str, Any]]) -> list[JSON]:
     ]
 
 
-def _requirement_matches(req: Mapping[str, Any], values: Mapping[str, str]) -> bool:
-    key, op = req.get("key", ""), req.get("operator", "")
-    wanted = [str(v) for v in req.get("values") or []]
-    present = key in values
-    if op == "In":
-        return present and values[key] in wanted
-    if op == "NotIn":
-        return not present or values[key] not in wanted
-    if op == "Exists":
-        return present
-    if op == "DoesNotExist":
-        return not present
-    if op in ("Gt", "Lt") and present and wanted:
-        try:
-            have, limit = int(values[key]), int(wanted[0])
-        except ValueError:
-            return False
-        return have > limit if op == "Gt" else have < limit
-    return False
-
-
 def selector_matches(selector: Mapping[str, Any], node: Mapping[str, Any]) -> bool:
-    """A ``NodeSelector`` (terms ORed, requirements ANDed) against a node's labels and name."""
-    labels = {str(k): str(v) for k, v in ((node.get("metadata") or {}).get("labels") or {}).items()}
-    fields = {"metadata.name": str((node.get("metadata") or {}).get("name", ""))}
-    for term in selector.get("nodeSelectorTerms") or []:
-        exprs = term.get("matchExpressions") or []
-        field_exprs = term.get("matchFields") or []
-        if not exprs and not field_exprs:
-            continue
-        if all(_requirement_matches(e, labels) for e in exprs) and all(
-            _requirement_matches(f, fields) for f in field_exprs
-        ):
-            return True
-    return False
+    """A core/v1 ``NodeSelector`` against a node, as kube-scheduler evaluates it (the allocator's own
+    :func:`~driver.allocation.model.node_selector_matches`). A selector the scheduler cannot parse
+    matches no node: a slice with one is usable nowhere."""
+    try:
+        return node_selector_matches(selector, Node.from_object(node))
+    except NodeSelectorError:
+        return False
 
 
 def reachable_nodes(slice_obj: Mapping[str, Any], nodes: Sequence[Mapping[str, Any]]) -> list[str]:
