@@ -6,18 +6,21 @@ A backend answers "what hardware is there" (:meth:`DeviceBackend.discover`). Spe
 - ``fake:PROFILE``: a named simulated machine shipped with the package (``driver.devices.fake``);
 - ``file:PATH``: a simulated machine described by a YAML file of the same schema.
 
-Later capabilities (telemetry sampling, health events, fault injection) are added as separate, optional
-Protocols that a backend may also implement, so callers can test for them with ``isinstance`` and this
-minimal interface stays stable. Telemetry: ``driver.devices.telemetry.TelemetrySource`` (``sample(uuid)``).
-Backends may also offer ``container_edits()``: extra CDI containerEdits for every prepared claim, and
-``health_source(inventory)`` (:class:`HealthCapable`): XID/ECC events and probes for ``driver.health``.
+What a backend can do beyond discovery is a set of separate, optional Protocols, so this minimal interface
+stays stable: telemetry (:class:`~driver.devices.telemetry.TelemetrySource`), health events
+(:class:`HealthCapable`), extra CDI containerEdits for every prepared claim (:class:`ContainerEditsSource`)
+and simulated GPUs (:class:`SimulatedGpus`: no device nodes or driver tools on the host). They are read
+once, when the backend is opened (:func:`capabilities`), into a typed :class:`Capabilities` that the
+processes pass on -- nobody asks a backend by name or probes it for methods later.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from driver.devices.model import Inventory
+from driver.devices.telemetry import TelemetrySource
 
 if TYPE_CHECKING:
     from driver.devices.events import HealthSource
@@ -58,6 +61,37 @@ class HealthCapable(Protocol):
 
         ``read_only``: the source only watches (the exporter's XID counter) and writes nothing."""
         ...
+
+
+@runtime_checkable
+class SimulatedGpus(Protocol):
+    """A backend whose GPUs exist only in software (the fake profiles): containers get no device nodes, and
+    no driver tool (``nvidia-smi``) is run for them."""
+
+    def simulated(self) -> bool:
+        """True: the GPUs are simulated."""
+        ...
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an opened backend can do beyond discovery; None where it cannot."""
+
+    simulated: bool = False
+    telemetry: TelemetrySource | None = None
+    health: HealthCapable | None = None
+    #: CDI containerEdits every prepared claim gets ({} for none).
+    container_edits: dict[str, Any] = field(default_factory=dict)
+
+
+def capabilities(backend: DeviceBackend) -> Capabilities:
+    """The backend's capabilities, read once (right after :func:`open_backend`)."""
+    return Capabilities(
+        simulated=isinstance(backend, SimulatedGpus) and backend.simulated(),
+        telemetry=backend if isinstance(backend, TelemetrySource) else None,
+        health=backend if isinstance(backend, HealthCapable) else None,
+        container_edits=dict(backend.container_edits()) if isinstance(backend, ContainerEditsSource) else {},
+    )
 
 
 def open_backend(spec: str, **options: Any) -> DeviceBackend:

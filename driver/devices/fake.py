@@ -121,6 +121,10 @@ class FakeBackend:
             return QuietSource()
         return FakeHealthSource(self.state_dir, inventory, write_index=not read_only)
 
+    def simulated(self) -> bool:
+        """The GPUs exist only in software (:class:`~driver.devices.backend.SimulatedGpus`)."""
+        return True
+
     def container_edits(self) -> dict[str, Any]:
         """CDI containerEdits that let workloads in containers report load: the state dir, read-write."""
         if self.state_dir is None:

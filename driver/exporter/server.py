@@ -14,7 +14,14 @@ import contextlib
 import signal
 from collections.abc import Sequence
 
-from driver.devices.backend import BackendError, DeviceBackend, HealthCapable, backend_options, open_backend
+from driver.devices.backend import (
+    BackendError,
+    DeviceBackend,
+    HealthCapable,
+    backend_options,
+    capabilities,
+    open_backend,
+)
 from driver.devices.telemetry import TelemetrySource
 from driver.exporter.collector import Collector, Settings
 from driver.exporter.endpoint import MetricsServer
@@ -38,10 +45,12 @@ class Exporter:
     """Everything one exporter process runs, started and stopped in dependency order."""
 
     def __init__(self, config: ExporterConfig, backend: DeviceBackend) -> None:
-        if not isinstance(backend, TelemetrySource):
+        caps = capabilities(backend)
+        if caps.telemetry is None:
             raise BackendError(f"device backend {config.backend!r} cannot report telemetry")
         self.config = config
-        self.backend: TelemetrySource = backend
+        self.backend: TelemetrySource = caps.telemetry
+        self.health: HealthCapable | None = caps.health
         self.inventory = backend.discover()
         self.kube: KubeClient | None = None
         self.pods: PodIndex | None = None
@@ -105,9 +114,9 @@ class Exporter:
 
     def _xid_counter(self) -> XidCounter | None:
         """XID events through the backend's own health source, read-only (no plugin needed)."""
-        if not isinstance(self.backend, HealthCapable):
+        if self.health is None:
             return None
-        return XidCounter(self.backend.health_source(self.inventory, read_only=True), self.inventory)
+        return XidCounter(self.health.health_source(self.inventory, read_only=True), self.inventory)
 
     async def stop(self) -> None:
         if self.server is not None:

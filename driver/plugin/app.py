@@ -10,7 +10,7 @@ import signal
 from contextlib import AbstractContextManager
 
 from driver.config import PluginConfig
-from driver.devices.backend import BackendError, DeviceBackend, backend_options, open_backend
+from driver.devices.backend import BackendError, DeviceBackend, backend_options, capabilities, open_backend
 from driver.flags import ConfigError
 from driver.kube.client import KubeClient
 from driver.kube.connection import KubeConfigError
@@ -43,6 +43,7 @@ class Plugin:
         self.config = config
         self.kube = kube
         self.backend = backend
+        self.caps = capabilities(backend)
         self.inventory = backend.discover()
         self.options = PublishOptions(
             list_attributes=config.list_attributes,
@@ -69,7 +70,7 @@ class Plugin:
             PluginHealth.create(
                 config,
                 kube,
-                backend,
+                self.caps,
                 self.inventory,
                 on_change=self._republish,
                 wait_synced=self.publisher.wait_synced,
@@ -89,7 +90,7 @@ class Plugin:
         )
 
     def _make_preparer(self, lock: NodeLock) -> NodePreparer:
-        return make_preparer(self.config, self.backend, self.inventory, self.kube, lock)
+        return make_preparer(self.config, self.caps, self.inventory, self.kube, lock)
 
     def desired_devices(self) -> list[dict[str, object]]:
         devices = publish_entries(

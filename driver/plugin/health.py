@@ -30,7 +30,7 @@ from driver._proto.dra_health.v1 import api_pb2_grpc as health_v1_grpc
 from driver._proto.dra_health.v1alpha1 import api_pb2 as health_v1alpha1
 from driver._proto.dra_health.v1alpha1 import api_pb2_grpc as health_v1alpha1_grpc
 from driver.config import PluginConfig
-from driver.devices.backend import DeviceBackend, HealthCapable
+from driver.devices.backend import Capabilities
 from driver.devices.events import HealthSource, QuietSource
 from driver.devices.model import Inventory
 from driver.health.clearing import clear_requests
@@ -211,9 +211,9 @@ async def taints_kept(kube: KubeClient, driver: str, node: str, desired: Sequenc
     return all(held.get(name, 0) >= count for name, count in wanted.items())
 
 
-def health_source(backend: DeviceBackend, inventory: Inventory) -> HealthSource:
-    if isinstance(backend, HealthCapable):
-        return backend.health_source(inventory)
+def health_source(caps: Capabilities, inventory: Inventory) -> HealthSource:
+    if caps.health is not None:
+        return caps.health.health_source(inventory)
     log.warning("device backend cannot report health events; only probes run")
     return QuietSource()
 
@@ -268,13 +268,13 @@ class PluginHealth:
         cls,
         config: PluginConfig,
         kube: KubeClient,
-        backend: DeviceBackend,
+        caps: Capabilities,
         inventory: Inventory,
         *,
         on_change: Callable[[], None],
         wait_synced: Callable[[], Awaitable[None]],
     ) -> PluginHealth:
-        source = health_source(backend, inventory)
+        source = health_source(caps, inventory)
         return cls(
             config=config,
             kube=kube,

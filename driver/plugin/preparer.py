@@ -3,10 +3,8 @@ assembly of driver.state: the node-state package itself knows nothing of the pro
 
 from __future__ import annotations
 
-from typing import Any
-
 from driver.config import PluginConfig
-from driver.devices.backend import DeviceBackend
+from driver.devices.backend import Capabilities
 from driver.devices.model import Inventory
 from driver.kube.client import KubeClient
 from driver.log import get_logger
@@ -19,25 +17,14 @@ from driver.state.driverfiles import discover_driver_files, library_dir_of
 from driver.state.lock import NodeLock
 from driver.state.metadata import ClaimMetadataWriter, MetadataStore
 from driver.state.prepare import NodePreparer
-from driver.state.sharing import BackendTimeSlicer, NvidiaSmiTimeSlicer, RecordingTimeSlicer, TimeSlicer
+from driver.state.sharing import NvidiaSmiTimeSlicer, RecordingTimeSlicer, TimeSlicer
 
 log = get_logger(__name__)
 
 
-def is_simulated(backend_spec: str) -> bool:
-    return backend_spec.startswith(("fake:", "file:"))
-
-
-def backend_edits(backend: DeviceBackend) -> dict[str, Any]:
-    """Extra containerEdits a backend contributes (the fake backend's state dir), or {}."""
-    contribute = getattr(backend, "container_edits", None)
-    edits = contribute() if callable(contribute) else {}
-    return dict(edits) if isinstance(edits, dict) else {}
-
-
 def make_preparer(
     config: PluginConfig,
-    backend: DeviceBackend,
+    caps: Capabilities,
     inventory: Inventory,
     kube: KubeClient | None,
     lock: NodeLock,
@@ -49,19 +36,12 @@ def make_preparer(
         host_driver_root=config.host_driver_root,
         files=len(files),
     )
-    simulated = is_simulated(config.backend)
-    nodes: DeviceNodes = (
-        SimulatedDeviceNodes()
-        if simulated
-        else HostDeviceNodes(config.driver_root, host_driver_root=config.host_driver_root)
-    )
-    set_timeslice = getattr(backend, "set_timeslice", None)
+    nodes: DeviceNodes
     slicer: TimeSlicer
-    if callable(set_timeslice):
-        slicer = BackendTimeSlicer(set_timeslice)
-    elif simulated:
-        slicer = RecordingTimeSlicer()
+    if caps.simulated:
+        nodes, slicer = SimulatedDeviceNodes(), RecordingTimeSlicer()
     else:
+        nodes = HostDeviceNodes(config.driver_root, host_driver_root=config.host_driver_root)
         smi = next((f.local_path for f in files if f.container_path.endswith("/nvidia-smi")), None)
         slicer = NvidiaSmiTimeSlicer(smi, library_dir_of(files, "libnvidia-ml"))
     return NodePreparer(
@@ -74,7 +54,7 @@ def make_preparer(
         driver_files=files,
         slicer=slicer,
         lock=lock,
-        backend_edits=backend_edits(backend),
+        backend_edits=caps.container_edits,
         status=ClaimStatusWriter(kube) if kube is not None else None,
         metadata=metadata_writer(config, inventory),
     )

@@ -3,8 +3,7 @@
 The NVIDIA driver's compute time slice is set per GPU with ``nvidia-smi compute-policy -i <uuid>
 --set-timeslice=<0..3>`` (Default, Short, Medium, Long); nvidia-ml-py exposes no call for it, so the tool
 from the driver root is run, with the driver root's ``libnvidia-ml`` on the library path (as NVIDIA's DRA
-driver does). It is a whole-GPU setting: MIG devices cannot take it, and a device backend may offer its
-own ``set_timeslice(uuid, interval) -> bool`` instead.
+driver does). It is a whole-GPU setting: MIG devices cannot take it.
 
 Where the setting cannot be applied (simulated GPUs, MIG devices, no ``nvidia-smi``, the GPU refuses) it is
 *recorded*: it appears in the claim's checkpoint entry and in the container env, and the GPU keeps running
@@ -15,7 +14,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -43,19 +41,6 @@ class RecordingTimeSlicer:
 
     def apply(self, device: Device, interval: str) -> Outcome:
         return Outcome(False, "simulated GPU")
-
-
-class BackendTimeSlicer:
-    """A device backend that can set the interval itself (``set_timeslice(uuid, interval) -> bool``)."""
-
-    def __init__(self, set_timeslice: Callable[[str, str], bool]) -> None:
-        self._set = set_timeslice
-
-    def apply(self, device: Device, interval: str) -> Outcome:
-        if device.mig is not None:
-            return Outcome(False, "not supported on MIG devices")
-        ok = self._set(device.gpu.uuid, interval)
-        return Outcome(ok, "" if ok else "not supported by this GPU")
 
 
 class NvidiaSmiTimeSlicer:

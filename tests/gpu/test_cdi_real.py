@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from driver.config import PluginConfig, add_plugin_arguments
-from driver.devices.backend import open_backend
+from driver.devices.backend import capabilities, open_backend
 from driver.devices.model import Device
 from driver.plugin.preparer import make_preparer
 from driver.state import cdi
@@ -88,7 +88,7 @@ async def test_cdi_spec_for_every_device_exists_on_this_host(
     try:
         inventory = backend.discover()
         lock = NodeLock(Path(config.plugin_dir, LOCK_FILE_NAME))
-        preparer = make_preparer(config, backend, inventory, None, lock)
+        preparer = make_preparer(config, capabilities(backend), inventory, None, lock)
         await preparer.start()
         results = await lock.run(lambda: preparer.prepare([allocated_claim(inventory.devices)]))
         result = results[CLAIM.uid]
