@@ -20,7 +20,7 @@ from driver.flags import (
     add_driver_arguments,
     add_kube_arguments,
     check_driver_name,
-    env,
+    flag,
     positive_int,
     positive_seconds,
 )
@@ -36,101 +36,100 @@ POD_RESOURCES_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
 def add_health_arguments(parser: argparse.ArgumentParser) -> None:
     """Device health monitoring (docs/health.md)."""
     group = parser.add_argument_group("device health (docs/health.md)")
-    group.add_argument(
-        "--health",
-        choices=["on", "off"],
-        default=env("HEALTH", "on"),
-        help="watch XID/ECC events and probe GPUs",
+    flag(group, "health", choices=["on", "off"], default="on", help="watch XID/ECC events and probe GPUs")
+    flag(
+        group,
+        "health-ignore-xids",
+        default="",
+        help="more XIDs to treat as ignorable (application faults), comma separated",
     )
-    group.add_argument(
-        "--health-ignore-xids",
-        default=env("HEALTH_IGNORE_XIDS", ""),
-        help="more XIDs to treat as ignorable (application faults), comma separated (env HEALTH_IGNORE_XIDS)",
+    flag(
+        group,
+        "health-fatal-xids",
+        default="",
+        help="XIDs to treat as fatal even though they are ignorable by default",
     )
-    group.add_argument(
-        "--health-fatal-xids",
-        default=env("HEALTH_FATAL_XIDS", ""),
-        help="XIDs to treat as fatal even though they are ignorable by default (env HEALTH_FATAL_XIDS)",
-    )
-    group.add_argument(
-        "--health-recovery",
+    flag(
+        group,
+        "health-recovery",
         choices=list(RECOVERY_MODES),
-        default=env("HEALTH_RECOVERY", "probe"),
+        default="probe",
         help="what ends a fault besides `accel-dra health clear`: probe = passing probes end gpu-lost; "
         "probe-all = they also end XID faults; manual = nothing",
     )
-    group.add_argument(
-        "--health-recovery-probes",
+    flag(
+        group,
+        "health-recovery-probes",
         type=positive_int,
         default=3,
         help="passing probes in a row that count as recovered (default 3)",
     )
-    group.add_argument(
-        "--health-probe-interval", type=positive_seconds, default=5.0, help="seconds between GPU probes"
+    flag(
+        group, "health-probe-interval", type=positive_seconds, default=5.0, help="seconds between GPU probes"
     )
-    group.add_argument(
-        "--health-probe-timeout",
+    flag(
+        group,
+        "health-probe-timeout",
         type=positive_seconds,
         default=5.0,
         help="seconds a GPU may take to answer a probe before it counts as lost",
     )
-    group.add_argument(
-        "--health-stream-interval",
+    flag(
+        group,
+        "health-stream-interval",
         type=positive_seconds,
         default=10.0,
         help="seconds between full device lists on the kubelet health stream (besides every change)",
     )
-    group.add_argument(
-        "--health-stream-timeout",
+    flag(
+        group,
+        "health-stream-timeout",
         type=positive_int,
         default=30,
         help="health_check_timeout_seconds sent to the kubelet: how long it trusts a report",
     )
-    group.add_argument(
-        "--health-taints",
+    flag(
+        group,
+        "health-taints",
         choices=["on", "off"],
-        default=env("HEALTH_TAINTS", "on"),
+        default="on",
         help="publish health as ResourceSlice device taints (needs the DRADeviceTaints feature gate)",
     )
 
 
 def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
     add_driver_arguments(parser)
-    parser.add_argument("--node-name", default=env("NODE_NAME"), help="this node's name (env NODE_NAME)")
+    flag(parser, "node-name", help="this node's name")
     add_kube_arguments(parser)
-    parser.add_argument(
-        "--plugin-dir",
-        default=None,
+    flag(
+        parser,
+        "plugin-dir",
         help=f"plugin data dir for the DRA socket and state (default {KUBELET_PLUGINS_DIR}/<driver>)",
     )
-    parser.add_argument("--registry-dir", default=KUBELET_REGISTRY_DIR, help="kubelet plugin registry dir")
-    parser.add_argument("--cdi-dir", default=CDI_DYNAMIC_DIR, help="where per-claim CDI specs are written")
-    parser.add_argument(
-        "--pod-uid",
-        default=env("POD_UID"),
-        help="this pod's UID (env POD_UID); enables rolling-update socket names",
-    )
+    flag(parser, "registry-dir", default=KUBELET_REGISTRY_DIR, help="kubelet plugin registry dir")
+    flag(parser, "cdi-dir", default=CDI_DYNAMIC_DIR, help="where per-claim CDI specs are written")
+    flag(parser, "pod-uid", help="this pod's UID; enables rolling-update socket names")
     add_backend_arguments(parser)
-    parser.add_argument(
-        "--host-driver-root",
-        default=env("HOST_DRIVER_ROOT"),
+    flag(
+        parser,
+        "host-driver-root",
         help="the same tree's path on the host when it is mounted elsewhere here, e.g. / mounted at "
-        "/driver-root (env HOST_DRIVER_ROOT; default: --driver-root)",
+        "/driver-root (default: --driver-root)",
     )
-    parser.add_argument(
-        "--metrics-listen",
-        default=env("METRICS_LISTEN", ""),
-        help="host:port for the plugin's operation metrics (empty: off)",
+    flag(
+        parser, "metrics-listen", default="", help="host:port for the plugin's operation metrics (empty: off)"
     )
-    parser.add_argument(
-        "--device-metadata",
+    flag(
+        parser,
+        "device-metadata",
         choices=["on", "off"],
-        default=env("DEVICE_METADATA", "on"),
+        default="on",
         help="mount each request's device metadata file (KEP-5304) into its containers under "
-        "/var/run/kubernetes.io/dra-device-attributes (env DEVICE_METADATA)",
+        "/var/run/kubernetes.io/dra-device-attributes",
     )
-    parser.add_argument(
-        "--sweep-interval",
+    flag(
+        parser,
+        "sweep-interval",
         type=positive_seconds,
         default=600.0,
         help="seconds between checks that prepared claims still exist (stale ones are unprepared)",
@@ -160,36 +159,38 @@ def _quantity_bytes(text: str) -> int:
 def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
     """Alpha ResourceSlice features (docs/attributes.md); each needs its feature gate on in the cluster."""
     group = parser.add_argument_group("alpha ResourceSlice fields (docs/attributes.md)")
-    group.add_argument(
-        "--list-attributes",
+    flag(
+        group,
+        "list-attributes",
         choices=["on", "off"],
-        default=env("LIST_ATTRIBUTES", "off"),
-        help="publish numaNode as the list of NUMA nodes each GPU is near (DRAListTypeAttributes; env "
-        "LIST_ATTRIBUTES)",
+        default="off",
+        help="publish numaNode as the list of NUMA nodes each GPU is near (DRAListTypeAttributes)",
     )
-    group.add_argument(
-        "--host-memory-per-pod",
+    flag(
+        group,
+        "host-memory-per-pod",
         type=_quantity_bytes,
-        default=env("HOST_MEMORY_PER_POD"),
         metavar="QUANTITY",
         help="declare the host memory each pod using a device needs, e.g. 2Gi, as nodeAllocatableResources "
-        "(DRANodeAllocatableResources, Kubernetes 1.37; env HOST_MEMORY_PER_POD)",
+        "(DRANodeAllocatableResources, Kubernetes 1.37)",
     )
     sharing = parser.add_argument_group("GPU sharing by memory (docs/sharing.md)")
-    sharing.add_argument(
-        "--shared-gpus",
+    flag(
+        sharing,
+        "shared-gpus",
         type=_selector_list,
-        default=env("SHARED_GPUS", ""),
+        default="",
         metavar="LIST",
         help="GPUs several claims may share, each with part of the memory (consumable capacity): 'all', or "
-        "comma-separated device names, UUIDs or PCI bus ids; empty: none (env SHARED_GPUS)",
+        "comma-separated device names, UUIDs or PCI bus ids; empty: none",
     )
-    sharing.add_argument(
-        "--share-memory-step",
+    flag(
+        sharing,
+        "share-memory-step",
         type=_positive_bytes,
-        default=env("SHARE_MEMORY_STEP", "1Gi"),
+        default="1Gi",
         metavar="QUANTITY",
-        help="a share's memory is a multiple of this (env SHARE_MEMORY_STEP)",
+        help="a share's memory is a multiple of this",
     )
 
 

@@ -1,7 +1,13 @@
 """Flags every command shares and the rules all flags follow: one place for how a flag finds its
 environment variable and how values are checked.
 
-A flag's environment variable is named in its help (``(env NAME)``); an empty variable counts as unset.
+Every flag of the long-running processes (``plugin``, ``exporter``) is declared with :func:`flag`: its
+environment variable is the flag's name in upper snake case (``--health-probe-interval`` ->
+``HEALTH_PROBE_INTERVAL``), named in its help; an empty variable counts as unset. A few flags also read the
+name they had before this scheme (:data:`LEGACY_ENV`), so existing deployments keep working. A value from
+the environment goes through the flag's own ``type`` -- argparse parses a string default like a command
+line value -- so it is checked exactly like the flag (one place: the type functions here).
+
 This module imports nothing heavy and nothing of the driver's packages, so every command line -- the
 long-running processes' and the tools' -- can build on it.
 """
@@ -11,10 +17,47 @@ from __future__ import annotations
 import argparse
 import os
 import re
+from typing import Any
 
 from driver import DEFAULT_DRIVER_NAME
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+#: Environment variables some flags were read from before the one scheme; read when the scheme's is unset.
+LEGACY_ENV: dict[str, str] = {
+    "backend": "DEVICE_BACKEND",
+    "fake-state-dir": "ACCEL_DRA_FAKE_STATE",
+    "listen": "EXPORTER_LISTEN",
+    "kube-api": "EXPORTER_KUBE_API",
+    "interval": "EXPORTER_INTERVAL",
+    "sample-timeout": "EXPORTER_SAMPLE_TIMEOUT",
+    "chargeback-retention": "EXPORTER_CHARGEBACK_RETENTION",
+}
+
+
+def env_name(flag_name: str) -> str:
+    """The environment variable of ``--flag-name``: ``FLAG_NAME``."""
+    return flag_name.upper().replace("-", "_")
+
+
+def flag(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    name: str,
+    *,
+    help: str,
+    default: Any = None,
+    **kwargs: Any,
+) -> None:
+    """``--name`` with its environment variable (:func:`env_name`, then :data:`LEGACY_ENV`) as default."""
+    variable = env_name(name)
+    found = env(variable) or (env(LEGACY_ENV[name]) if name in LEGACY_ENV else None)
+    parser.add_argument(
+        f"--{name}",
+        default=found if found is not None else default,
+        help=f"{help} (env {variable})",
+        **kwargs,
+    )
 
 
 class ConfigError(ValueError):
@@ -52,45 +95,47 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("logging")
-    group.add_argument(
-        "--log-level", default=env("LOG_LEVEL", "info"), choices=["debug", "info", "warning", "error"]
-    )
-    group.add_argument("--log-format", default=env("LOG_FORMAT", "text"), choices=["text", "json"])
+    flag(group, "log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level")
+    flag(group, "log-format", default="text", choices=["text", "json"], help="log line format")
 
 
 def add_kube_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--kubeconfig",
-        default=env("KUBECONFIG"),
-        help="kubeconfig file (env KUBECONFIG); in-cluster service account when unset",
-    )
+    flag(parser, "kubeconfig", help="kubeconfig file; in-cluster service account when unset")
 
 
 def add_driver_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--driver-name",
-        default=env("DRIVER_NAME", DEFAULT_DRIVER_NAME),
-        help=f"DRA driver name (env DRIVER_NAME, default {DEFAULT_DRIVER_NAME})",
+    flag(
+        parser,
+        "driver-name",
+        default=DEFAULT_DRIVER_NAME,
+        help=f"DRA driver name (default {DEFAULT_DRIVER_NAME})",
     )
 
 
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     """Where device facts come from (plugin, exporter, discover): docs/fake-devices.md, docs/plugin.md."""
-    parser.add_argument(
-        "--backend",
-        default=env("DEVICE_BACKEND", "nvml"),
-        help="device backend: nvml | fake:PROFILE | file:PATH (env DEVICE_BACKEND)",
-    )
-    parser.add_argument(
-        "--driver-root",
-        default=env("DRIVER_ROOT", "/"),
+    flag(parser, "backend", default="nvml", help="device backend: nvml | fake:PROFILE | file:PATH")
+    flag(
+        parser,
+        "driver-root",
+        default="/",
         help="where the NVIDIA driver's user-space files are, as seen by this process; libnvidia-ml.so.1 "
-        "is loaded from it (env DRIVER_ROOT)",
+        "is loaded from it",
     )
-    parser.add_argument(
-        "--fake-state-dir",
-        default=env("ACCEL_DRA_FAKE_STATE"),
-        help="fake backends only: directory where simulated workloads report GPU load (env ACCEL_DRA_FAKE_STATE)",
+    flag(
+        parser,
+        "fake-state-dir",
+        help="fake backends only: directory where simulated workloads report GPU load",
     )

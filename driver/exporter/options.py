@@ -12,60 +12,54 @@ from driver import config, flags
 KubeApiMode = Literal["auto", "on", "off"]
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name) or default
-
-
 def add_exporter_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--listen",
-        default=_env("EXPORTER_LISTEN", ":9400"),
-        help="HOST:PORT for /metrics and /healthz (env EXPORTER_LISTEN, default :9400)",
-    )
-    parser.add_argument(
-        "--pod-resources-socket",
-        default=_env("POD_RESOURCES_SOCKET", config.POD_RESOURCES_SOCKET),
+    flags.flag(parser, "listen", default=":9400", help="HOST:PORT for /metrics and /healthz (default :9400)")
+    flags.flag(
+        parser,
+        "pod-resources-socket",
+        default=config.POD_RESOURCES_SOCKET,
         help="kubelet PodResources socket, for pod/container/claim labels; empty: no attribution "
         f"(default {config.POD_RESOURCES_SOCKET})",
     )
-    parser.add_argument(
-        "--node-name", default=os.environ.get("NODE_NAME"), help="this node's name (env NODE_NAME)"
-    )
+    flags.flag(parser, "node-name", help="this node's name")
     flags.add_backend_arguments(parser)
     flags.add_driver_arguments(parser)
     flags.add_kube_arguments(parser)
-    parser.add_argument(
-        "--kube-api",
+    flags.flag(
+        parser,
+        "kube-api",
         choices=["auto", "on", "off"],
-        default=_env("EXPORTER_KUBE_API", "auto"),
+        default="auto",
         help="read this node's pods and ResourceSlices from the API server (splitting shared GPUs, other "
         "drivers' devices): auto = when --kubeconfig is given or running in a cluster",
     )
-    parser.add_argument(
-        "--interval",
-        type=float,
-        default=float(_env("EXPORTER_INTERVAL", "1")),
-        help="seconds between samples (env EXPORTER_INTERVAL, default 1)",
+    flags.flag(
+        parser,
+        "interval",
+        type=flags.positive_seconds,
+        default=1.0,
+        help="seconds between samples (default 1)",
     )
-    parser.add_argument(
-        "--sample-timeout",
-        type=float,
-        default=float(_env("EXPORTER_SAMPLE_TIMEOUT", "5")),
+    flags.flag(
+        parser,
+        "sample-timeout",
+        type=flags.positive_seconds,
+        default=5.0,
         help="seconds a GPU may take to answer before it is shown as failed (default 5)",
     )
-    parser.add_argument(
-        "--proc-root", default=_env("PROC_ROOT", "/proc"), help="where /proc/<pid>/cgroup files are read"
-    )
-    parser.add_argument(
-        "--health-state-file",
-        default=_env("HEALTH_STATE_FILE", ""),
+    flags.flag(parser, "proc-root", default="/proc", help="where /proc/<pid>/cgroup files are read")
+    flags.flag(
+        parser,
+        "health-state-file",
+        default="",
         help="the plugin's health state file (<plugin-dir>/health.json), so hw_status and hw_errors_total "
-        "show the plugin's XID and lost-GPU findings; empty: off (env HEALTH_STATE_FILE)",
+        "show the plugin's XID and lost-GPU findings; empty: off",
     )
-    parser.add_argument(
-        "--chargeback-retention",
-        type=float,
-        default=float(_env("EXPORTER_CHARGEBACK_RETENTION", "900")),
+    flags.flag(
+        parser,
+        "chargeback-retention",
+        type=flags.non_negative_seconds,
+        default=900.0,
         help="seconds the GPU-time counters of a pod are still served after it released its devices, so "
         "Prometheus scrapes their final value (default 900)",
     )
@@ -93,14 +87,8 @@ class ExporterConfig:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ExporterConfig:
-        if args.interval <= 0:
-            raise flags.ConfigError(f"--interval must be positive, got {args.interval}")
-        if args.sample_timeout <= 0:
-            raise flags.ConfigError(f"--sample-timeout must be positive, got {args.sample_timeout}")
-        if args.chargeback_retention < 0:
-            raise flags.ConfigError(
-                f"--chargeback-retention must not be negative, got {args.chargeback_retention}"
-            )
+        """Values were checked by their flags' types (:mod:`driver.flags`), from the command line or the
+        environment alike."""
         return cls(
             listen=args.listen,
             backend=args.backend,

@@ -144,7 +144,7 @@ async def test_exporter_process_rejects_bad_flags(node_dirs: NodeDirs) -> None:
     process = await Process.start(
         exporter_argv("--interval", "0", "--backend", "fake:pcie-l4x4"), name="exporter"
     )
-    await process.wait_log("--interval must be positive")
+    await process.wait_log("argument --interval: '0' must be more than 0 seconds")
     assert await exit_code(process) == 2
     process = await Process.start(
         exporter_argv("--backend", "fake:nope", "--listen", "127.0.0.1:0"), name="exporter"

@@ -7,8 +7,8 @@ import argparse
 import pytest
 
 from driver.cli import build_parser
-from driver.config import PluginConfig
-from driver.flags import ConfigError
+from driver.config import PluginConfig, add_plugin_arguments
+from driver.flags import LEGACY_ENV, ConfigError, env_name
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -62,3 +62,63 @@ def test_bad_driver_names_are_rejected(monkeypatch: pytest.MonkeyPatch, name: st
     monkeypatch.setenv("NODE_NAME", "n")
     with pytest.raises(ConfigError, match="driver name"):
         PluginConfig.from_args(parse([f"--driver-name={name}"]))
+
+
+# -- every long-running flag has its environment variable, named by one scheme ------------------------
+
+
+def _long_running_parsers() -> dict[str, argparse.ArgumentParser]:
+    from driver.exporter.options import add_exporter_arguments
+
+    parsers = {}
+    for name, add in (("plugin", add_plugin_arguments), ("exporter", add_exporter_arguments)):
+        parser = argparse.ArgumentParser(prog=name)
+        add(parser)
+        parsers[name] = parser
+    return parsers
+
+
+def _flags(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [
+        a
+        for a in parser._actions
+        if a.option_strings and a.help not in (None, argparse.SUPPRESS) and a.dest != "help"
+    ]
+
+
+@pytest.mark.parametrize("process", ["plugin", "exporter"])
+def test_every_flag_names_its_environment_variable_by_the_scheme(process: str) -> None:
+    for action in _flags(_long_running_parsers()[process]):
+        name = action.option_strings[0].removeprefix("--")
+        assert action.help is not None and action.help.endswith(f"(env {env_name(name)})"), name
+
+
+@pytest.mark.parametrize("process", ["plugin", "exporter"])
+def test_every_flag_is_read_from_its_environment_variable(
+    process: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A value that is valid for each flag, set through the environment, is what the parser returns."""
+    for action in _flags(_long_running_parsers()[process]):
+        name = action.option_strings[0].removeprefix("--")
+        value = action.choices[-1] if action.choices else "7" if action.type else f"/from-env/{name}"
+        monkeypatch.setenv(env_name(name), str(value))
+        parsed = vars(_long_running_parsers()[process].parse_args([]))[action.dest]
+        expected = action.type(str(value)) if callable(action.type) else value
+        assert parsed == expected, name
+        monkeypatch.delenv(env_name(name))
+
+
+def test_an_environment_value_is_checked_like_the_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEALTH_PROBE_INTERVAL", "0")
+    with pytest.raises(SystemExit):
+        _long_running_parsers()["plugin"].parse_args(["--node-name", "n"])
+
+
+def test_legacy_variables_still_work_and_the_scheme_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert set(LEGACY_ENV) <= {
+        a.option_strings[0][2:] for p in _long_running_parsers().values() for a in _flags(p)
+    }
+    monkeypatch.setenv("DEVICE_BACKEND", "fake:dgx-h100")
+    assert _long_running_parsers()["plugin"].parse_args([]).backend == "fake:dgx-h100"
+    monkeypatch.setenv("BACKEND", "fake:pcie-l4x4")
+    assert _long_running_parsers()["plugin"].parse_args([]).backend == "fake:pcie-l4x4"
