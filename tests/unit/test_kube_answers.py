@@ -7,7 +7,6 @@ load balancer would.
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +25,7 @@ from driver.kube.client import (
 from driver.kube.connection import Connection
 from driver.kube.retry import NO_RETRY
 from tests.support.apierrors import not_found
+from tests.support.loopback import http_server
 
 CLAIM = {
     "apiVersion": "resource.k8s.io/v1",
@@ -63,15 +63,8 @@ class Server:
 @pytest.fixture
 async def server() -> AsyncIterator[Server]:
     state = Server()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", state.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    sock = socket.create_server(("127.0.0.1", 0))
-    await web.SockSite(runner, sock).start()
-    state.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    yield state
-    await runner.cleanup()
+    async with http_server(state.handle) as state.url:
+        yield state
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from aiohttp import web
 from driver.kube.client import NODES, RESOURCE_SLICES, ApiError, KubeClient
 from driver.kube.connection import Connection
 from driver.kube.retry import Backoff, RetryPolicy
+from tests.support.loopback import http_server
 
 NODE = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1", "uid": "u-1"}}
 SLICE = {
@@ -67,15 +68,8 @@ class Server:
 @pytest.fixture
 async def server() -> AsyncIterator[Server]:
     state = Server()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", state.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    sock = socket.create_server(("127.0.0.1", 0))
-    await web.SockSite(runner, sock).start()
-    state.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    yield state
-    await runner.cleanup()
+    async with http_server(state.handle) as state.url:
+        yield state
 
 
 @pytest.fixture
