@@ -17,7 +17,7 @@ import concurrent.futures
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,7 +85,9 @@ class HealthMonitor:
         settings: MonitorSettings | None = None,
         on_change: Callable[[HealthState], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        """``clock`` and ``sleep`` measure and wait out the probe timeout (tests pass a fake clock)."""
         self.inventory = inventory
         self.source = source
         self.policy = policy
@@ -93,6 +95,7 @@ class HealthMonitor:
         self.settings = settings or MonitorSettings()
         self.on_change = on_change
         self._clock = clock
+        self._sleep = sleep
         self.state = HealthState()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = threading.Event()
@@ -246,8 +249,21 @@ class HealthMonitor:
         now = self._clock()
         started = [p.request(now) for p in self._probers.values() if p.pending is None]
         if started:
-            await asyncio.wait([when_done(f) for f in started], timeout=self.settings.probe_timeout)
+            await self._until_done_or_timeout(started)
         self.submit(self._probe_results(self._clock()))
+
+    async def _until_done_or_timeout(self, futures: list[concurrent.futures.Future[None]]) -> None:
+        answered = asyncio.ensure_future(asyncio.wait([when_done(f) for f in futures]))
+        timeout = asyncio.ensure_future(self._sleep(self.settings.probe_timeout))
+        try:
+            await asyncio.wait({answered, timeout}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (answered, timeout):
+                waiter.cancel()
+
+    def outstanding_probes(self) -> set[str]:
+        """UUIDs of the GPUs whose latest probe has not answered yet."""
+        return {uuid for uuid, p in self._probers.items() if p.pending is not None and not p.pending.done()}
 
     def _probe_results(self, now: float) -> list[HealthEvent]:
         events: list[HealthEvent] = []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 
@@ -86,11 +87,49 @@ class Harness:
 Make = Callable[..., Awaitable[Harness]]
 
 
+class FakeClock:
+    """The monitor's clock and sleep: time passes only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._waiting: list[tuple[float, asyncio.Future[None]]] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    @property
+    def sleepers(self) -> int:
+        return sum(1 for _, f in self._waiting if not f.done())
+
+    async def sleep(self, seconds: float) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((self.now + seconds, future))
+        await future
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        for deadline, future in self._waiting:
+            if deadline <= self.now and not future.done():
+                future.set_result(None)
+        self._waiting = [(d, f) for d, f in self._waiting if not f.done()]
+
+
+async def until_true(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Yield to the loop and the probe threads until ``predicate`` holds. Probe threads signal nothing a
+    test could await, so this polls; no outcome depends on how long anything takes (the timeout only stops
+    a broken test from hanging)."""
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110 (no event to await: the state changes in other threads)
+            await asyncio.sleep(0.001)
+
+
 @pytest.fixture
 async def make(tmp_path: Path) -> AsyncIterator[Make]:
     started: list[HealthMonitor] = []
 
-    async def build(source: ScriptedSource | None = None, policy: Policy | None = None) -> Harness:
+    async def build(
+        source: ScriptedSource | None = None, policy: Policy | None = None, clock: FakeClock | None = None
+    ) -> Harness:
         source = source or ScriptedSource()
         harness = Harness(None, source)  # type: ignore[arg-type]
         monitor = HealthMonitor(
@@ -100,6 +139,8 @@ async def make(tmp_path: Path) -> AsyncIterator[Make]:
             tmp_path / "health.json",
             settings=SETTINGS,
             on_change=harness.on_change,
+            clock=clock or time.monotonic,
+            sleep=clock.sleep if clock is not None else asyncio.sleep,
         )
         harness.monitor = monitor
         await monitor.start()
@@ -138,21 +179,41 @@ async def test_a_failing_probe_marks_the_gpu_lost_and_passing_ones_recover_it(
 async def test_a_hanging_probe_counts_as_lost_without_holding_up_the_others(
     make: Make,
 ) -> None:
-    h = await make()
+    clock = FakeClock()
+    h = await make(clock=clock)
     h.source.hanging.add(GPU.uuid)
-    other = INVENTORY.devices[1]
-    await h.monitor.probe_round()
+    others = {g.uuid for g in INVENTORY.gpus} - {GPU.uuid}
+    round_one = asyncio.create_task(h.monitor.probe_round())
+    # The round waits for its timeout only because of the hanging GPU: the others have answered.
+    await until_true(lambda: h.monitor.outstanding_probes() == {GPU.uuid} and clock.sleepers == 1)
+    assert not round_one.done()
+    clock.advance(SETTINGS.probe_timeout)
+    await round_one
     assert h.monitor.device(DEVICE).lost == "no answer to a probe within 0.2s"
-    assert h.monitor.device(other).status == "healthy"
-    # Still hanging: not probed again, and not reported twice.
+    assert all(h.monitor.device(d).status == "healthy" for d in INVENTORY.devices if d.gpu.uuid in others)
+    # Still hanging: not probed again (the round ends when the others answer), and not reported twice.
     changes = len(h.changes)
     await h.monitor.probe_round()
-    assert len(h.changes) == changes
+    assert len(h.changes) == changes and clock.now == SETTINGS.probe_timeout
     h.source.hanging.clear()
     h.source.release.set()
+    await until_true(lambda: not h.monitor.outstanding_probes())
     for _ in range(3):
         await h.monitor.probe_round()
     assert h.status() == "healthy"
+
+
+async def test_a_probe_answering_late_within_the_timeout_is_not_lost(make: Make) -> None:
+    """The timeout is measured by the monitor's clock: a probe that answers before it passes is fine."""
+    clock = FakeClock()
+    h = await make(clock=clock)
+    h.source.hanging.add(GPU.uuid)
+    probing = asyncio.create_task(h.monitor.probe_round())
+    await until_true(lambda: clock.sleepers == 1)
+    clock.advance(SETTINGS.probe_timeout / 2)
+    h.source.release.set()
+    await probing
+    assert h.status() == "healthy" and h.changes == []
 
 
 async def test_a_source_that_cannot_start_leaves_every_gpu_unmonitored(
