@@ -33,8 +33,10 @@ bench: $(BASE)
 realk8s:
 	hack/realk8s/build.sh >/dev/null
 
-# Builds the real-cluster tier's components where Go is installed; without Go those tests skip, saying so.
+# Installs Prometheus and promtool where it can (hack/test-deps.sh; else those tests skip, saying so) and
+# builds the real-cluster tier's components where Go is installed; without Go those tests skip, saying so.
 test: $(DEV) oracle
+	hack/test-deps.sh
 	@if command -v go >/dev/null 2>&1; then hack/realk8s/build.sh >/dev/null; \
 	else echo "make test: Go is not installed: the real-cluster tests will be skipped (docs/testing.md)"; fi
 	$(PY) -m pytest $(PYTEST_ARGS)
