@@ -134,6 +134,14 @@ def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
         default=600.0,
         help="seconds between checks that prepared claims still exist (stale ones are unprepared)",
     )
+    flag(
+        parser,
+        "state-fsync",
+        choices=["on", "off"],
+        default="off",
+        help="fsync the checkpoint and CDI specs at every write (default off: writes are atomic, and only a "
+        "reboot loses unsynced data, which voids prepared claims anyway; docs/node-state.md)",
+    )
     parser.add_argument(
         "--boot-id-file",
         default="/proc/sys/kernel/random/boot_id",
@@ -238,6 +246,7 @@ class PluginConfig:
     device_metadata: bool = True
     shared_gpus: frozenset[str] = frozenset()
     share_memory_step: int = 1 << 30
+    state_fsync: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> PluginConfig:
@@ -286,4 +295,5 @@ class PluginConfig:
             device_metadata=args.device_metadata == "on",
             shared_gpus=args.shared_gpus,
             share_memory_step=args.share_memory_step,
+            state_fsync=args.state_fsync == "on",
         )

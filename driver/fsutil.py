@@ -1,9 +1,13 @@
-"""Durable file operations: a file is either fully there with its new content, or not changed at all.
+"""File operations for state files: a file is either fully there with its new content, or not changed at all.
 
-A write goes to a temporary file in the same directory, is fsynced, renamed over the target and the
-directory is fsynced, so a crash (or power loss) at any point leaves the old or the new content, never a
-torn file. Temporary names start with ``.`` and end in ``.tmp``: container runtimes only load ``.json`` and
-``.yaml`` CDI specs, so a half-written spec is never picked up.
+A write goes to a temporary file in the same directory and is renamed over the target, so a process killed
+at any point leaves the old or the new content, never a torn file: the page cache keeps what was written,
+whatever happens to the process. With ``sync`` the temporary file is fsynced before the rename and the
+directory after it, so the same holds across a power loss or kernel crash. The node state (checkpoint, CDI
+specs) does not sync by default: every event that loses unsynced data is a reboot, and a reboot voids
+prepared state anyway (docs/node-state.md has the argument). Temporary names start with ``.`` and end in
+``.tmp``: container runtimes only load ``.json`` and ``.yaml`` CDI specs, so a half-written spec is never
+picked up.
 
 Reads open regular files only (:func:`read_regular`): a FIFO would block the reader forever, and a
 directory, link or device is no state file of ours. Whatever else is found where a state file belongs is
@@ -31,34 +35,48 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o600, what: str = "file") -> None:
-    """Replace ``path`` with ``data`` atomically and durably (crash step ``<what>:tmp-written``)."""
+def atomic_write(
+    path: str | os.PathLike[str], data: bytes, mode: int = 0o600, what: str = "file", *, sync: bool = True
+) -> None:
+    """Replace ``path`` with ``data`` atomically (crash step ``<what>:tmp-written``); with ``sync``, also
+    durably across a power loss."""
     target = Path(path)
     tmp = target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
-        with os.fdopen(fd, "wb", closefd=True) as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, mode)  # O_CREAT applies the umask; the mode must be exact
+        try:
+            _write_all(fd, data)
+            if sync:
+                os.fsync(fd)
+            os.fchmod(fd, mode)  # O_CREAT applies the umask; the mode must be exact
+        finally:
+            os.close(fd)
         crash_point(f"{what}:tmp-written")
         os.replace(tmp, target)
     except Exception:  # not BaseException: a kill leaves the temporary behind, removed at the next start
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    fsync_dir(target.parent)
+    if sync:
+        fsync_dir(target.parent)
 
 
-def remove_durably(path: str | os.PathLike[str]) -> bool:
-    """Delete ``path`` (a missing file is fine); return whether it existed."""
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def remove_file(path: str | os.PathLike[str], *, sync: bool = True) -> bool:
+    """Delete ``path`` (a missing file is fine; with ``sync`` the directory is fsynced); return whether it
+    existed."""
     target = Path(path)
     try:
         target.unlink()
     except FileNotFoundError:
         return False
-    fsync_dir(target.parent)
+    if sync:
+        fsync_dir(target.parent)
     return True
 
 

@@ -35,7 +35,7 @@ from driver.fsutil import (
     atomic_write,
     check_regular,
     read_regular,
-    remove_durably,
+    remove_file,
     remove_stale_temporaries,
     set_aside,
 )
@@ -249,8 +249,10 @@ class CdiStore:
     returns -- when it is found, so it can neither block start-up nor stand in for a spec.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], driver: str) -> None:
+    def __init__(self, directory: str | os.PathLike[str], driver: str, *, sync: bool = False) -> None:
+        """``sync``: fsync each write and removal (off by default: a reboot voids prepared claims)."""
         self.directory = Path(directory)
+        self.sync = sync
         self.driver = driver
         self._prefix = f"{vendor(driver)}-{CDI_CLASS}_"
 
@@ -265,12 +267,12 @@ class CdiStore:
         path = self.path(claim_uid)
         self._regular(path)
         # Specs hold no secrets and the container runtime reads them: world-readable like the CDI library's.
-        atomic_write(path, encode_spec(spec), mode=0o644, what="cdi")
+        atomic_write(path, encode_spec(spec), mode=0o644, what="cdi", sync=self.sync)
         return path
 
     def remove(self, claim_uid: str) -> bool:
         path = self.path(claim_uid)
-        return self._regular(path) and remove_durably(path)
+        return self._regular(path) and remove_file(path, sync=self.sync)
 
     def claim_uids(self) -> list[str]:
         """UIDs of the claims that have a spec file here (regular files only)."""

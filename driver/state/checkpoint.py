@@ -365,8 +365,10 @@ class CheckpointStore:
     while the bytes are the ones last read or written.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], boot_id: str) -> None:
+    def __init__(self, directory: str | os.PathLike[str], boot_id: str, *, sync: bool = False) -> None:
+        """``sync``: fsync each save (off by default: a reboot voids the checkpoint, see fsutil)."""
         self.directory = Path(directory)
+        self.sync = sync
         self.path = self.directory / CHECKPOINT_FILE
         self.boot_id = boot_id
         self._cached: tuple[bytes, Checkpoint] | None = None
@@ -425,7 +427,7 @@ class CheckpointStore:
     def save(self, cp: Checkpoint) -> None:
         self.directory.mkdir(mode=0o750, parents=True, exist_ok=True)
         raw = encode(cp)
-        atomic_write(self.path, raw, mode=0o600, what="checkpoint")
+        atomic_write(self.path, raw, mode=0o600, what="checkpoint", sync=self.sync)
         self._cached = (raw, cp)
         self.last = cp
 
