@@ -22,6 +22,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import harness as h
+from benchlib import report
 from benchlib import scenarios as sc
 from benchlib.report import judge, table
 
@@ -63,6 +64,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--keep", action="store_true", help="keep the work directory (process logs) for inspection"
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        action="append",
+        default=[],
+        help="also run the prepare/unprepare measurements with the plugin of this git revision (extracted "
+        "with git archive), run by run alternating with this tree; repeatable",
+    )
+    parser.add_argument(
+        "--doc",
+        metavar="FILE",
+        help="write the prepare ratios (and the comparison with --baseline) into FILE between the "
+        f"{report.DOC_BEGIN!r} and {report.DOC_END!r} lines (docs/performance.md)",
     )
     return parser.parse_args(argv)
 
@@ -112,9 +127,12 @@ async def run(args: argparse.Namespace) -> JSON:
     chosen = args.only or SCENARIOS
     if set(chosen) - CLUSTER_FREE:
         cluster.start()
+    trees = [h.CURRENT_TREE] + [h.extract_tree(REPO, rev, dirs.root / "trees") for rev in args.baseline]
     steps: dict[str, Callable[[], Awaitable[JSON]]] = {
-        "prepare_1gpu": lambda: sc.prepare_latency(cluster, dirs, 1, sizes.latency_calls, sizes),
-        "prepare_8gpu": lambda: sc.prepare_latency(cluster, dirs, 8, sizes.latency_calls_8, sizes),
+        "prepare_1gpu": lambda: sc.prepare_latency(cluster, dirs, 1, sizes.latency_calls, sizes, trees=trees),
+        "prepare_8gpu": lambda: sc.prepare_latency(
+            cluster, dirs, 8, sizes.latency_calls_8, sizes, trees=trees
+        ),
         "claim_get": lambda: sc.claim_get_latency(cluster, dirs, 500 if mode == "full" else 20),
         "churn": lambda: sc.churn(cluster, dirs, sizes.churn_claims),
         "batch": lambda: sc.batch(cluster, dirs, sizes.batch_claims),
@@ -172,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
         h.PROFILE_DIR.mkdir(parents=True, exist_ok=True)
     document = asyncio.run(run(args))
     path = write(document, Path(args.out))
+    if args.doc:
+        report.write_doc(
+            Path(args.doc), document, str(path.relative_to(REPO) if path.is_relative_to(REPO) else path)
+        )
     print(table(document["targets"]))
     print(f"\nresults: {path}")
     return 0

@@ -25,8 +25,11 @@ SCENARIOS = {
     "explain_scale",
 }
 TARGETS = {
+    "prepare_1gpu_p50_over_floor",
+    "prepare_1gpu_p99_over_floor",
+    "unprepare_1gpu_p50_over_empty",
+    "plugin_cpu_ms_per_prepare_unprepare",
     "prepare_1gpu_p50_ms",
-    "prepare_1gpu_p99_ms",
     "churn_claims_per_s",
     "churn_rss_growth_mb",
     "batch_1000_prepare_s",
@@ -41,6 +44,22 @@ TARGETS = {
     "explain_all_nodes_s",
     "explain_one_node_s",
 }
+LATENCY_KEYS = (
+    "prepare_client_ms",
+    "unprepare_client_ms",
+    "prepare_plugin_ms",
+    "unprepare_plugin_ms",
+    "empty_call_client_ms",
+    "empty_unprepare_client_ms",
+    "claim_get_ms",
+    "floor_ms",
+)
+RATIOS = {
+    "prepare_p50_over_floor",
+    "prepare_p99_over_floor_p99",
+    "unprepare_p50_over_empty_unprepare",
+    "unprepare_p50_over_empty_prepare",
+}
 
 
 def _distribution(d: dict[str, object]) -> None:
@@ -51,8 +70,22 @@ def _distribution(d: dict[str, object]) -> None:
 
 @pytest.mark.slow
 def test_smoke_run_writes_every_metric(tmp_path: Path) -> None:
+    doc = tmp_path / "performance.md"
+    doc.write_text(
+        "# before\n<!-- bench:prepare-ratios begin -->\nold\n<!-- bench:prepare-ratios end -->\nafter\n"
+    )
     done = subprocess.run(
-        [sys.executable, str(REPO / "hack" / "bench" / "run.py"), "--smoke", "--out", str(tmp_path)],
+        [
+            sys.executable,
+            str(REPO / "hack" / "bench" / "run.py"),
+            "--smoke",
+            "--out",
+            str(tmp_path),
+            "--baseline",
+            "HEAD",
+            "--doc",
+            str(doc),
+        ],
         cwd=REPO,
         check=False,
         capture_output=True,
@@ -60,6 +93,9 @@ def test_smoke_run_writes_every_metric(tmp_path: Path) -> None:
         timeout=600,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, check=True, capture_output=True, text=True
+    ).stdout.strip()
     (path,) = [p for p in tmp_path.glob("*-smoke.json") if p.name != "latest-smoke.json"]
     document = json.loads(path.read_text())
     assert json.loads((tmp_path / "latest-smoke.json").read_text()) == document
@@ -70,11 +106,18 @@ def test_smoke_run_writes_every_metric(tmp_path: Path) -> None:
 
     for name in ("prepare_1gpu", "prepare_8gpu"):
         r = results[name]
-        for key in ("prepare_client_ms", "unprepare_client_ms", "prepare_plugin_ms", "empty_call_client_ms"):
+        for key in LATENCY_KEYS:
             assert r[key]["runs"] == 1
             assert r[key]["p50_spread"][0] <= r[key]["p50"] <= r[key]["p50_spread"][1]
-        _distribution(r["per_run"][0]["prepare_client_ms"])
-        assert r["per_run"][0]["prepare_client_ms"]["n"] == r["calls_per_run"]
+            _distribution(r["per_run"][0][key])
+            assert r["per_run"][0][key]["n"] == r["calls_per_run"], key
+        assert set(r["ratios"]) == RATIOS and all(v["median"] > 0 for v in r["ratios"].values())
+        assert r["plugin_cpu_ms_per_pair"]["median"] > 0
+        # --baseline: the same measurement with HEAD's plugin, alternating run by run.
+        (base,) = set(r["trees"]) - {"current"}
+        assert r["trees"][base]["tree"]["commit"] == head
+        assert r["trees"][base]["per_run"][0]["tree"] == base
+        assert set(r["trees"][base]["ratios"]) == RATIOS
     _distribution(results["claim_get"])
     churn = results["churn"]
     assert churn["claims"] == 16 and churn["claims_per_s"] > 0 and churn["rss_series"]
@@ -112,4 +155,8 @@ def test_smoke_run_writes_every_metric(tmp_path: Path) -> None:
     for target in judged.values():
         assert target["value"] is None or isinstance(target["value"], int | float), target
         assert target["met"] in (True, False, None)
-    assert "prepare_1gpu_p50_ms" in done.stdout  # the table is printed
+    assert "prepare_1gpu_p50_over_floor" in done.stdout  # the table is printed
+    text = doc.read_text()
+    assert text.startswith("# before\n<!-- bench:prepare-ratios begin -->\nRun of ")
+    assert text.endswith("<!-- bench:prepare-ratios end -->\nafter\n") and "\nold\n" not in text
+    assert "| prepare p50 / floor |" in text and "`base-" in text

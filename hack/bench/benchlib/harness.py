@@ -16,6 +16,7 @@ import re
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -120,6 +121,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14 and 15 of stat)
 
 
+def cpu_ns(pid: int) -> int:
+    """CPU time of ``pid``'s live threads in nanoseconds (``schedstat``: exact, where ``stat`` counts
+    10 ms ticks); for the CPU of short windows."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):  # a thread that just ended
+            total += int((task / "schedstat").read_text().split()[0])
+    return total
+
+
 def remove_dirs(dirs: Dirs) -> None:
     shutil.rmtree(dirs.root, ignore_errors=True)
     shutil.rmtree(dirs.cdi, ignore_errors=True)
@@ -161,6 +172,48 @@ def fs_type(path: str) -> str:
 
 
 # -- processes ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tree:
+    """A source tree whose ``driver`` package the plugin processes run: this checkout, or another revision
+    of the project extracted for a side-by-side comparison (``run.py --baseline REV``)."""
+
+    label: str
+    path: Path | None = None  # None: the tree the bench runs from
+    commit: str = ""
+
+    @property
+    def suffix(self) -> str:
+        return "" if self.path is None else f"-{self.label}"
+
+    def env(self) -> dict[str, str] | None:
+        if self.path is None:
+            return None
+        # PYTHONPATH precedes the editable install's finder, so `python -m driver` runs that tree.
+        return {**os.environ, "PYTHONPATH": str(self.path)}
+
+    def describe(self) -> dict[str, str]:
+        return {"label": self.label, "commit": self.commit or "working tree"}
+
+
+CURRENT_TREE = Tree("current")
+
+
+def extract_tree(repo: Path, rev: str, into: Path) -> Tree:
+    """``git archive`` of ``rev`` unpacked under ``into`` (no worktree, nothing in the repository changes)."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{rev}^{{commit}}"],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    target = into / f"tree-{commit[:12]}"
+    target.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", commit], cwd=repo, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return Tree(f"base-{commit[:7]}", target, commit)
 
 
 @dataclass
@@ -231,7 +284,7 @@ class Proc:
                 await self.process.wait()
 
 
-async def start_process(name: str, args: Sequence[str], log_path: Path) -> Proc:
+async def start_process(name: str, args: Sequence[str], log_path: Path, tree: Tree | None = None) -> Proc:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         started = time.monotonic()
@@ -243,6 +296,7 @@ async def start_process(name: str, args: Sequence[str], log_path: Path) -> Proc:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=log,
             stderr=log,
+            env=tree.env() if tree is not None else None,
         )
     proc = Proc(name, process, log_path, started)
     return proc

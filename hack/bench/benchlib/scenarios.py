@@ -109,15 +109,18 @@ class DraClient:
     async def empty_prepare(self) -> None:
         await self.stub.NodePrepareResources(dra.NodePrepareResourcesRequest(), timeout=45)
 
+    async def empty_unprepare(self) -> None:
+        await self.stub.NodeUnprepareResources(dra.NodeUnprepareResourcesRequest(), timeout=45)
+
     async def close(self) -> None:
         await self.channel.close()
 
 
 async def start_plugin(
-    dirs: h.Dirs, name: str = "plugin", profile: str = h.PROFILE
+    dirs: h.Dirs, name: str = "plugin", profile: str = h.PROFILE, tree: h.Tree | None = None
 ) -> tuple[h.Proc, DraClient]:
     proc = await h.start_process(
-        name, h.plugin_args(dirs, profile=profile), dirs.root / "logs" / f"{name}.log"
+        name, h.plugin_args(dirs, profile=profile), dirs.root / "logs" / f"{name}.log", tree=tree
     )
     await proc.wait_log(r'event="plugin running"', timeout=60)
     client = DraClient(dirs.plugin / "dra.sock")
@@ -137,63 +140,153 @@ def _ms(started: float) -> float:
 # -- prepare / unprepare latency ---------------------------------------------------------------------
 
 
-async def prepare_latency(cluster: h.Cluster, dirs: h.Dirs, gpus: int, calls: int, sizes: Sizes) -> JSON:
-    """Sequential prepare then unprepare of fresh claims, one plugin process per run."""
-    devices = h.device_names()[:gpus]
-    runs: list[JSON] = []
-    for run in range(sizes.latency_runs):
-        dirs.fresh_node_state()
-        refs = cluster.create_claims(f"lat{gpus}-{run}", sizes.warmup + calls, devices)
-        proc, client = await start_plugin(dirs, f"plugin-lat{gpus}-{run}")
-        try:
-            for ref in refs[: sizes.warmup]:
-                await client.prepare([ref])
-                await client.unprepare([ref])
-            await proc.start_profiler()
-            prepare_ms: list[float] = []
-            unprepare_ms: list[float] = []
-            for ref in refs[sizes.warmup :]:
-                started = time.perf_counter()
-                await client.prepare([ref])
-                prepare_ms.append(_ms(started))
-                started = time.perf_counter()
-                await client.unprepare([ref])
-                unprepare_ms.append(_ms(started))
-            empty_ms = []
-            for _ in range(max(20, calls // 2)):
-                started = time.perf_counter()
-                await client.empty_prepare()
-                empty_ms.append(_ms(started))
-            rss = h.rss_mb(proc.pid)
-        finally:
-            await client.close()
-            await proc.stop()
-        text = proc.log_text()
-        runs.append(
-            {
-                "prepare_client_ms": distribution(prepare_ms),
-                "unprepare_client_ms": distribution(unprepare_ms),
-                # Logged in call order: warm-up, measured, then the empty calls.
-                "prepare_plugin_ms": distribution(plugin_timings(text, "prepare")[sizes.warmup :][:calls]),
-                "unprepare_plugin_ms": distribution(
-                    plugin_timings(text, "unprepare")[sizes.warmup :][:calls]
-                ),
-                "empty_call_client_ms": distribution(empty_ms),
-                "plugin_rss_mb": round(rss, 1),
-            }
-        )
-    out: JSON = {"gpus_per_claim": gpus, "calls_per_run": calls, "warmup_per_run": sizes.warmup}
-    for key in (
-        "prepare_client_ms",
-        "unprepare_client_ms",
-        "prepare_plugin_ms",
-        "unprepare_plugin_ms",
-        "empty_call_client_ms",
-    ):
-        out[key] = across_runs([r[key] for r in runs])
+async def prepare_latency(
+    cluster: h.Cluster, dirs: h.Dirs, gpus: int, calls: int, sizes: Sizes, *, trees: Sequence[h.Tree] = ()
+) -> JSON:
+    """Sequential prepare then unprepare of fresh claims, one plugin process per run, interleaved call by
+    call with the floor: an empty NodePrepareResources and NodeUnprepareResources round trip and one claim
+    GET with the driver's client. The plugin's CPU is summed over each prepare+unprepare pair, up to the
+    claim's status PATCH having reached the API server (work the plugin does for that claim).
+
+    With ``trees`` (the current tree first, then other checkouts of the project), runs alternate between
+    the trees; each tree's figures and its ratios to the current tree's land under ``trees``.
+    """
+    trees = list(trees) or [h.CURRENT_TREE]
+    runs: dict[str, list[JSON]] = {t.label: [] for t in trees}
+    kube = await KubeClient.connect(str(dirs.kubeconfig))
+    try:
+        for run in range(sizes.latency_runs):
+            for tree in trees if run % 2 == 0 else trees[::-1]:
+                runs[tree.label].append(
+                    await _latency_run(cluster, dirs, kube, (gpus, calls, run), sizes=sizes, tree=tree)
+                )
+    finally:
+        await kube.close()
+    out = _latency_summary(runs[trees[0].label])
+    out.update(gpus_per_claim=gpus, calls_per_run=calls, warmup_per_run=sizes.warmup)
+    if len(trees) > 1:
+        out["trees"] = {}
+        for tree in trees:
+            summary = _latency_summary(runs[tree.label])
+            summary["tree"] = tree.describe()
+            out["trees"][tree.label] = summary
+    return out
+
+
+_LATENCY_KEYS = (
+    "prepare_client_ms",
+    "unprepare_client_ms",
+    "prepare_plugin_ms",
+    "unprepare_plugin_ms",
+    "empty_call_client_ms",
+    "empty_unprepare_client_ms",
+    "claim_get_ms",
+    "floor_ms",
+)
+
+
+def _latency_summary(runs: list[JSON]) -> JSON:
+    out: JSON = {key: across_runs([r[key] for r in runs]) for key in _LATENCY_KEYS}
     out["plugin_rss_mb"] = scalar_runs([r["plugin_rss_mb"] for r in runs], 1)
+    out["plugin_cpu_ms_per_pair"] = scalar_runs([r["plugin_cpu_ms_per_pair"] for r in runs])
+    out["ratios"] = {key: scalar_runs([r["ratios"][key] for r in runs]) for key in runs[0]["ratios"]}
     out["per_run"] = runs
     return out
+
+
+async def _latency_run(
+    cluster: h.Cluster,
+    dirs: h.Dirs,
+    kube: KubeClient,
+    shape: tuple[int, int, int],
+    *,
+    sizes: Sizes,
+    tree: h.Tree,
+) -> JSON:
+    """One plugin process of ``tree``: ``shape`` is (GPUs per claim, measured calls, run number)."""
+    gpus, calls, run = shape
+    dirs.fresh_node_state()
+    prefix = f"lat{gpus}-{run}{tree.suffix}"
+    refs = cluster.create_claims(prefix, sizes.warmup + calls, h.device_names()[:gpus])
+    proc, client = await start_plugin(dirs, f"plugin-{prefix}", tree=tree)
+    samples: dict[str, list[float]] = {k: [] for k in ("prepare", "unprepare", "empty", "empty_un", "get")}
+    cpu_ns = 0
+    try:
+        for ref in refs[: sizes.warmup]:
+            await _pair(cluster, client, ref)
+        await proc.start_profiler()
+        for ref in refs[sizes.warmup :]:
+            cpu_before = h.cpu_ns(proc.pid)
+            prepared, unprepared = await _pair(cluster, client, ref)
+            cpu_ns += h.cpu_ns(proc.pid) - cpu_before
+            samples["prepare"].append(prepared)
+            samples["unprepare"].append(unprepared)
+            started = time.perf_counter()
+            await client.empty_prepare()
+            samples["empty"].append(_ms(started))
+            started = time.perf_counter()
+            await client.empty_unprepare()
+            samples["empty_un"].append(_ms(started))
+            started = time.perf_counter()
+            await kube.get(RESOURCE_CLAIMS, ref.name, ref.namespace)
+            samples["get"].append(_ms(started))
+        rss = h.rss_mb(proc.pid)
+    finally:
+        await client.close()
+        await proc.stop()
+    text = proc.log_text()
+    result: JSON = {
+        "tree": tree.label,
+        "prepare_client_ms": distribution(samples["prepare"]),
+        "unprepare_client_ms": distribution(samples["unprepare"]),
+        # Logged in call order: warm-up, then measured calls and empty calls alternating.
+        "prepare_plugin_ms": distribution(_measured(plugin_timings(text, "prepare")[sizes.warmup :])),
+        "unprepare_plugin_ms": distribution(_measured(plugin_timings(text, "unprepare")[sizes.warmup :])),
+        "empty_call_client_ms": distribution(samples["empty"]),
+        "empty_unprepare_client_ms": distribution(samples["empty_un"]),
+        "claim_get_ms": distribution(samples["get"]),
+        # The floor of one prepare, sample by sample: the empty round trip next to it plus the claim GET.
+        "floor_ms": distribution(e + g for e, g in zip(samples["empty"], samples["get"], strict=True)),
+        "plugin_cpu_ms_per_pair": round(cpu_ns / 1e6 / calls, 3),
+        "plugin_rss_mb": round(rss, 1),
+    }
+    floor_p50 = result["empty_call_client_ms"]["p50"] + result["claim_get_ms"]["p50"]
+    result["ratios"] = {
+        "prepare_p50_over_floor": round(result["prepare_client_ms"]["p50"] / floor_p50, 3),
+        "prepare_p99_over_floor_p99": round(
+            result["prepare_client_ms"]["p99"] / result["floor_ms"]["p99"], 3
+        ),
+        "unprepare_p50_over_empty_unprepare": round(
+            result["unprepare_client_ms"]["p50"] / result["empty_unprepare_client_ms"]["p50"], 3
+        ),
+        "unprepare_p50_over_empty_prepare": round(
+            result["unprepare_client_ms"]["p50"] / result["empty_call_client_ms"]["p50"], 3
+        ),
+    }
+    return result
+
+
+def _measured(timings: list[float]) -> list[float]:
+    """The handler timings of the measured calls: every second logged one (the others are empty calls)."""
+    return timings[0::2]
+
+
+async def _pair(cluster: h.Cluster, client: DraClient, ref: ClaimRef) -> tuple[float, float]:
+    """Prepare then unprepare ``ref`` (kubelet-side ms of each), and wait until the claim's device status
+    PATCH, written once the answer is out, has reached the API server."""
+    started = time.perf_counter()
+    await client.prepare([ref])
+    prepared = _ms(started)
+    started = time.perf_counter()
+    await client.unprepare([ref])
+    unprepared = _ms(started)
+    await cluster.wait_for(functools.partial(_status_written, ref=ref), timeout=30)
+    return prepared, unprepared
+
+
+def _status_written(store: Any, ref: ClaimRef) -> bool:
+    claim = store.get(RESOURCE_CLAIMS, ref.namespace, ref.name)
+    return bool(claim and (claim.get("status") or {}).get("devices"))
 
 
 async def claim_get_latency(cluster: h.Cluster, dirs: h.Dirs, count: int = 200) -> JSON:
