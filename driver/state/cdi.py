@@ -235,7 +235,8 @@ def claim_spec(driver: str, devices: Sequence[CdiDevice], common_edits: Mapping[
 
 
 def encode_spec(spec: Mapping[str, Any]) -> bytes:
-    return json.dumps(spec, indent=2).encode() + b"\n"
+    # Compact: json's C encoder only serves ``indent=None`` (indenting made encoding 10x slower).
+    return json.dumps(spec, separators=(",", ":")).encode() + b"\n"
 
 
 # -- the spec directory ------------------------------------------------------------------------------------

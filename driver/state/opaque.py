@@ -138,13 +138,23 @@ def _raw_entries(claim: Claim) -> list[tuple[str, int, Mapping[str, Any]]]:
     return [("spec.devices.config", i, e) for i, e in enumerate(spec_configs) if isinstance(e, Mapping)]
 
 
+def _ours(entry: Mapping[str, Any], driver: str) -> Mapping[str, Any] | None:
+    opaque = entry.get("opaque")
+    return opaque if isinstance(opaque, Mapping) and opaque.get("driver") == driver else None
+
+
+def carries_config(claim: Claim, driver: str) -> bool:
+    """Whether ``claim`` has an opaque config entry for ``driver`` (nothing parsed or validated)."""
+    return any(_ours(entry, driver) is not None for _, _, entry in _raw_entries(claim))
+
+
 def resolve_configs(claim: Claim, driver: str) -> list[ConfigEntry]:
     """This driver's config entries of ``claim``, in precedence order, validated."""
     ref = claim_ref(claim)
     out: list[ConfigEntry] = []
     for path, index, entry in _raw_entries(claim):
-        opaque = entry.get("opaque")
-        if not isinstance(opaque, Mapping) or opaque.get("driver") != driver:
+        opaque = _ours(entry, driver)
+        if opaque is None:
             continue
         where = f"{path}[{index}]"
         try:
