@@ -84,7 +84,19 @@ class Logger:
     def _log(self, level: int, event: str, exc_info: bool, fields: dict[str, Any]) -> None:
         if self._logger.isEnabledFor(level):
             merged = {**_context.get(), **{k: v for k, v in fields.items() if k not in _RESERVED}}
-            self._logger.log(level, event, exc_info=exc_info, extra={"fields": merged}, stacklevel=3)
+            # The record is made here, without logging's search of the caller's file and line (a walk up
+            # the stack per line): no format of ours prints them, and a prepare logs several lines.
+            record = self._logger.makeRecord(
+                self._logger.name,
+                level,
+                "",
+                0,
+                event,
+                (),
+                sys.exc_info() if exc_info else None,
+                extra={"fields": merged},
+            )
+            self._logger.handle(record)
 
     def debug(self, event: str, **fields: Any) -> None:
         self._log(logging.DEBUG, event, False, fields)
@@ -119,6 +131,10 @@ def setup(level: str = "info", fmt: str = "text", stream: Any = None) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # Thread and process names are in no line of ours; looking them up is work on every record.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     # Libraries we depend on are chatty at info level; their warnings still come through.
     for noisy in ("aiohttp.access", "kubernetes", "urllib3", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

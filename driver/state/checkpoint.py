@@ -425,9 +425,12 @@ class CheckpointStore:
         return cp, event
 
     def save(self, cp: Checkpoint) -> None:
-        self.directory.mkdir(mode=0o750, parents=True, exist_ok=True)
         raw = encode(cp)
-        atomic_write(self.path, raw, mode=0o600, what="checkpoint", sync=self.sync)
+        try:
+            atomic_write(self.path, raw, mode=0o600, what="checkpoint", sync=self.sync)
+        except FileNotFoundError:  # the plugin directory is gone (deleted by hand): made again
+            self.directory.mkdir(mode=0o750, parents=True, exist_ok=True)
+            atomic_write(self.path, raw, mode=0o600, what="checkpoint", sync=self.sync)
         self._cached = (raw, cp)
         self.last = cp
 
