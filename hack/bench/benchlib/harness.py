@@ -265,7 +265,7 @@ class Proc:
             return
         out = PROFILE_DIR / f"{self.name}{label}.txt"
         self.profiler = await asyncio.create_subprocess_exec(
-            "py-spy", "record", "--pid", str(self.pid), "--format", "raw", *PROFILE_FLAGS, "--nonblocking",
+            _py_spy(), "record", "--pid", str(self.pid), "--format", "raw", *PROFILE_FLAGS, "--nonblocking",
             "-o", str(out),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
@@ -282,6 +282,11 @@ class Proc:
             except TimeoutError:
                 self.process.kill()
                 await self.process.wait()
+
+
+def _py_spy() -> str:
+    """py-spy from PATH, else the one installed beside this interpreter (the venv's dev extra)."""
+    return shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
 
 
 async def start_process(name: str, args: Sequence[str], log_path: Path, tree: Tree | None = None) -> Proc:
