@@ -116,6 +116,7 @@ def test_smoke_run_writes_every_metric(tmp_path: Path) -> None:
         # --baseline: the same measurement with HEAD's plugin, alternating run by run.
         (base,) = set(r["trees"]) - {"current"}
         assert r["trees"][base]["tree"]["commit"] == head
+        assert "/trees/tree-" in r["trees"][base]["tree"]["package"], "the baseline plugin runs HEAD's code"
         assert r["trees"][base]["per_run"][0]["tree"] == base
         assert set(r["trees"][base]["ratios"]) == RATIOS
     _distribution(results["claim_get"])

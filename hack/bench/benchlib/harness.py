@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +182,8 @@ class Tree:
     label: str
     path: Path | None = None  # None: the tree the bench runs from
     commit: str = ""
+    #: Where the processes import ``driver`` from, as checked by :func:`extract_tree`.
+    package: str = ""
 
     @property
     def suffix(self) -> str:
@@ -190,11 +192,16 @@ class Tree:
     def env(self) -> dict[str, str] | None:
         if self.path is None:
             return None
-        # PYTHONPATH precedes the editable install's finder, so `python -m driver` runs that tree.
-        return {**os.environ, "PYTHONPATH": str(self.path)}
+        # PYTHONPATH precedes the editable install's finder; PYTHONSAFEPATH keeps `python -m` from putting
+        # the working directory (this checkout) before it.
+        return {**os.environ, "PYTHONPATH": str(self.path), "PYTHONSAFEPATH": "1"}
+
+    @property
+    def cwd(self) -> str | None:
+        return None if self.path is None else str(self.path)
 
     def describe(self) -> dict[str, str]:
-        return {"label": self.label, "commit": self.commit or "working tree"}
+        return {"label": self.label, "commit": self.commit or "working tree", "package": self.package}
 
 
 CURRENT_TREE = Tree("current")
@@ -213,7 +220,18 @@ def extract_tree(repo: Path, rev: str, into: Path) -> Tree:
     target.mkdir(parents=True)
     archive = subprocess.run(["git", "archive", commit], cwd=repo, check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
-    return Tree(f"base-{commit[:7]}", target, commit)
+    tree = Tree(f"base-{commit[:7]}", target, commit)
+    package = subprocess.run(
+        [sys.executable, "-c", "import driver; print(driver.__file__)"],
+        env=tree.env(),
+        cwd=tree.cwd,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    if not Path(package).is_relative_to(target):
+        raise RuntimeError(f"the plugin of {rev} would import driver from {package}, not from {target}")
+    return replace(tree, package=package)
 
 
 @dataclass
@@ -302,6 +320,7 @@ async def start_process(name: str, args: Sequence[str], log_path: Path, tree: Tr
             stdout=log,
             stderr=log,
             env=tree.env() if tree is not None else None,
+            cwd=tree.cwd if tree is not None else None,
         )
     proc = Proc(name, process, log_path, started)
     return proc
