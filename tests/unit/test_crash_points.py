@@ -7,10 +7,10 @@ import signal
 import subprocess
 import sys
 
-from driver.state.crash import _parse
+from driver.crash import _parse
 
 SCRIPT = """
-from driver.state.crash import crash_point
+from driver.crash import crash_point
 for step in ("a", "b", "a", "b", "a"):
     print(step, flush=True)
     crash_point(step)

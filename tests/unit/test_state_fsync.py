@@ -13,8 +13,8 @@ import pytest
 
 from driver.cli import build_parser
 from driver.config import PluginConfig
-from driver.devices.backend import open_backend
-from driver.state.factory import make_preparer
+from driver.devices.backend import capabilities, open_backend
+from driver.plugin.preparer import make_preparer
 from driver.state.lock import LOCK_FILE_NAME, NodeLock
 from driver.state.prepare import NodePreparer
 from tests.unit.test_prepare import GPU0, Node, claim, prepare, ref
@@ -92,7 +92,9 @@ def test_the_flag_and_the_environment_reach_the_node_state(
     config = _config(tmp_path, argv)
     assert config.state_fsync is synced
     backend: Any = open_backend(config.backend, node_name=config.node_name)
-    preparer = make_preparer(config, backend, backend.discover(), None, NodeLock(tmp_path / LOCK_FILE_NAME))
+    preparer = make_preparer(
+        config, capabilities(backend), backend.discover(), None, NodeLock(tmp_path / LOCK_FILE_NAME)
+    )
     assert (preparer.store.sync, preparer.specs.sync) == (synced, synced)
 
 
