@@ -40,6 +40,9 @@ RUN_LABEL = "conformance.accel-dra.dev/run"
 PROBE_LABEL = "conformance.accel-dra.dev/probe"
 #: Polling a pod: quick at first (a local cluster answers in milliseconds), then backing off to 1 s.
 POLL_FIRST, POLL_MAX = 0.05, 1.0
+#: The ServiceAccount admission plugin's refusal while a new namespace has no ``default`` ServiceAccount yet.
+NO_SERVICE_ACCOUNT = "error looking up service account"
+SERVICE_ACCOUNT_WAIT = 60.0
 #: Waiting reasons that will not resolve by themselves.
 _STUCK_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError")
 #: Scheduler verdicts no waiting can change: the scheduler's words for a class or selector it cannot use
@@ -226,10 +229,27 @@ class ProbeContext:
         meta["namespace"] = namespace
         meta["labels"] = {**(meta.get("labels") or {}), **self.labels()}
         self.manifests.append(copy.deepcopy(obj))
-        created = await self.kube.create(rt, obj, namespace)
+        created = await self._create(rt, obj, namespace)
         self._objects.append((rt, created["metadata"]["name"], namespace))
         self.note(f"created {obj['kind']} {namespace}/{created['metadata']['name']}")
         return created
+
+    async def _create(self, rt: ResourceType, obj: JSON, namespace: str) -> JSON:
+        """Create; a pod refused because the new namespace's ``default`` ServiceAccount is not there yet
+        (the ServiceAccount admission plugin; its controller creates it a moment after the namespace) is
+        created again once it can be."""
+        deadline = self.clock.now() + SERVICE_ACCOUNT_WAIT
+        poll = _Poll(self.clock)
+        while True:
+            try:
+                return await self.kube.create(rt, obj, namespace)
+            except ApiError as err:
+                if (
+                    not (err.status == 403 and NO_SERVICE_ACCOUNT in err.message)
+                    or self.clock.now() >= deadline
+                ):
+                    raise
+            await poll.wait()
 
     async def get_pod(self, name: str) -> JSON:
         return await self.kube.get(PODS, name, self.namespace)
@@ -273,6 +293,15 @@ class ProbeContext:
                 if phase != "Running":
                     logs = "\n".join(f"[{c}] {a.shown()}" for c, a in answers.items())
                     raise CheckFailedError(f"pod {name} ended ({phase}) before printing its results:\n{logs}")
+                hollow = _hollow_runtime(pod)
+                if hollow:
+                    said = "; ".join(
+                        f"container {c}: {a.error or repr(a.text.strip()[-300:])}" for c, a in answers.items()
+                    )
+                    raise CheckFailedError(
+                        f"pod {name} can print no results: {hollow}; the API server answered the log "
+                        f"request with {said}"
+                    )
             state = _pod_state(pod)
             if any(reason in state for reason in _STUCK_REASONS):
                 raise CheckFailedError(f"pod {name} cannot start: {state}")
@@ -384,6 +413,24 @@ class ProbeContext:
         self._objects = []
 
 
+#: The container-ID scheme of kubemark's fake runtime: a hollow node reports containers it never runs.
+FAKE_RUNTIME = "fakeRuntime://"
+
+
+def _hollow_runtime(pod: Mapping[str, Any]) -> str:
+    """Why no container of a Running pod will ever print anything, when its node's runtime is kubemark's
+    fake one (a hollow node); "" otherwise. Waiting out the pod timeout there would only hide why."""
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    fake = [cs for cs in statuses if str(cs.get("containerID") or "").startswith(FAKE_RUNTIME)]
+    if not fake:
+        return ""
+    node = pod["spec"].get("nodeName") or "?"
+    return (
+        f"node {node} runs kubemark's fake container runtime ({FAKE_RUNTIME}, a hollow node): it reports "
+        "containers Running but runs none, so nothing inside a container can print"
+    )
+
+
 def _log_state(answers: Mapping[str, LogAnswer]) -> str:
     """What the API server last said about each container's log, for a wait that ended without results."""
     parts = []
@@ -395,8 +442,10 @@ def _log_state(answers: Mapping[str, LogAnswer]) -> str:
         elif not answer.text.strip():
             parts.append(f"container {container} printed nothing")
         else:
+            lines = answer.text.strip().splitlines()
             parts.append(
-                f"container {container} printed {len(answer.text.splitlines())} line(s) without {podlib.DONE!r}"
+                f"container {container} printed {len(lines)} line(s) without {podlib.DONE!r}, "
+                f"the last: {lines[-1][-300:]!r}"
             )
     if not parts:
         return "; the pod never reached a phase with container logs"

@@ -13,6 +13,7 @@ MODULE_ORDER = (
     "test_dra_features",
     "test_alpha",
     "test_examples",
+    "test_conformance",
     "test_explain",
     "test_idle",
 )

@@ -183,3 +183,92 @@ async def test_a_pending_pod_is_reported_while_the_wait_goes_on() -> None:
     ):
         await probe.wait_output("pod", timeout=5)
     assert seen and seen[0] == f"pod pod: phase Pending; not scheduled: Unschedulable {IMPOSSIBLE}"
+
+
+class HollowNode:
+    """kubemark's hollow kubelet: its fake runtime reports the container Running, and the kubelet answers
+    every log request with 200 and the text of the error it met reading a log file that does not exist."""
+
+    ANSWER = 'failed to read log file ".": read .: is a directory'
+
+    def __init__(self, container_id: str) -> None:
+        self.container_id = container_id
+        self.log_requests = 0
+
+    async def get(self, _resource: Any, name: str, _namespace: str | None = None) -> dict[str, Any]:
+        return {
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"nodeName": "node-1", "containers": [{"name": "probe"}]},
+            "status": {
+                "phase": "Running",
+                "containerStatuses": [{"name": "probe", "containerID": self.container_id}],
+            },
+        }
+
+    async def request_text(self, _method: str, _path: str) -> str:
+        self.log_requests += 1
+        return self.ANSWER
+
+
+def hollow_context(kube: HollowNode) -> ctxlib.ProbeContext:
+    return ctxlib.ProbeContext(
+        kube=kube,  # type: ignore[arg-type]
+        vendor=load_vendor("accel-dra"),
+        namespace="ns",
+        run_id="t",
+        probe=PROBES[0],
+        log=E2ELog(None),
+        clock=FakeClock(),
+    )
+
+
+async def test_a_pod_on_a_hollow_node_fails_at_once_saying_so_with_the_log_answer() -> None:
+    kube = HollowNode("fakeRuntime://pod_ns_uid_0_probe_0")
+    with pytest.raises(CheckFailedError) as failed:
+        await hollow_context(kube).wait_output("pod", timeout=30)
+    assert kube.log_requests == 1  # no waiting for the pod timeout
+    assert str(failed.value) == (
+        "pod pod can print no results: node node-1 runs kubemark's fake container runtime (fakeRuntime://, "
+        "a hollow node): it reports containers Running but runs none, so nothing inside a container can print; "
+        f"the API server answered the log request with container probe: {HollowNode.ANSWER!r}"
+    )
+
+
+async def test_a_timeout_shows_the_last_line_a_container_printed() -> None:
+    kube = HollowNode("containerd://abc")  # a real runtime: the text may be the container's own
+    with pytest.raises(CheckFailedError) as failed:
+        await hollow_context(kube).wait_output("pod", timeout=30)
+    assert kube.log_requests > 1
+    assert str(failed.value).endswith(
+        f"container probe printed 1 line(s) without 'RESULT: DONE', the last: {HollowNode.ANSWER!r}"
+    )
+
+
+class NewNamespace:
+    """A namespace just created: the ServiceAccount admission plugin refuses pods until the controller has
+    made its ``default`` ServiceAccount."""
+
+    REFUSAL = 'pods "p" is forbidden: error looking up service account ns/default: serviceaccount "default" not found'
+
+    def __init__(self, refusals: int) -> None:
+        self.refusals = refusals
+        self.creates = 0
+
+    async def create(self, _rt: Any, body: dict[str, Any], _namespace: str | None = None) -> dict[str, Any]:
+        self.creates += 1
+        if self.creates <= self.refusals:
+            raise ApiError(403, "Forbidden", self.REFUSAL)
+        return body
+
+
+async def test_a_pod_refused_for_want_of_the_default_service_account_is_created_once_it_can_be() -> None:
+    kube = NewNamespace(refusals=3)
+    probe = hollow_context(kube)  # type: ignore[arg-type]
+    created = await probe.create(ctxlib.PODS, {"metadata": {"name": "p"}, "spec": {}})
+    assert created["metadata"]["name"] == "p" and kube.creates == 4
+
+
+async def test_a_service_account_that_never_comes_fails_with_the_refusal() -> None:
+    kube = NewNamespace(refusals=10**6)
+    with pytest.raises(ApiError, match="error looking up service account"):
+        await hollow_context(kube).create(ctxlib.PODS, {"metadata": {"name": "p"}, "spec": {}})  # type: ignore[arg-type]
