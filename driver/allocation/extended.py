@@ -131,6 +131,13 @@ class ExtendedClaim:
 class NotBackedError(ValueError):
     """The pod asks for an extended resource that neither the node nor a DeviceClass provides."""
 
+    def __init__(self, resource: str) -> None:
+        super().__init__(
+            f"Insufficient {resource}: no device plugin on the node and no DeviceClass with "
+            f"extendedResourceName {resource}"
+        )
+        self.resource = resource
+
 
 def _request_for(
     index: int, container: Mapping[str, Any], resource: str, class_name: str, reusable: Sequence[JSON | None]
@@ -178,9 +185,7 @@ def extended_claim(
         if class_name is not None and not _quantity(allocatable.get(resource, 0)):
             backed[resource] = class_name
         elif resource not in allocatable:
-            raise NotBackedError(
-                f"Insufficient {resource}: no device plugin on the node and no DeviceClass with extendedResourceName {resource}"
-            )
+            raise NotBackedError(resource)
     if not backed:
         return None
     spec = pod.get("spec") or {}

@@ -2,13 +2,14 @@
 
 A thin layer over :mod:`driver.allocation.allocator` (the pure allocator ``accel-dra explain`` uses too):
 read the pod's claims, the ResourceSlices, DeviceClasses, DeviceTaintRules, the node and every claim's
-allocation (which devices, shares and capacity are held) from the API server; allocate; write
-``status.allocation`` and add the pod to ``status.reservedFor`` through each claim's ``/status``
-subresource, guarded by resourceVersion. A 409 means something changed underneath: everything is read again
+allocation (which devices, shares and capacity are held) from the API server; allocate; add the
+``resource.kubernetes.io/delete-protection`` finalizer; write ``status.allocation`` (stamped with
+``allocationTimestamp``, as kube-scheduler 1.37 does) and add the pod to ``status.reservedFor`` through each
+claim's ``/status`` subresource, guarded by resourceVersion. A 409 means something changed underneath: everything is read again
 and the allocation retried.
 
 Binding conditions (attach-style devices) are honoured as kube-scheduler's PreBind does: an allocation
-with such devices gets ``allocationTimestamp`` and is reserved, but the pod is bound only once every
+with such devices is reserved, but the pod is bound only once every
 binding condition of every device is ``True`` in the claim's ``status.devices``. A binding failure
 condition, or no success within the binding timeout (10 minutes), deallocates the claim so that the next
 attempt may choose other devices.
@@ -27,7 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from driver.allocation.allocated import AllocatedState
-from driver.allocation.allocator import allocate
+from driver.allocation.allocator import ERROR, AllocationFailure, allocate
 from driver.allocation.model import InputError, Node, node_selector_matches, object_ref
 from driver.kube.client import (
     DEVICE_CLASSES,
@@ -44,6 +45,7 @@ log = get_logger(__name__)
 
 JSON = dict[str, Any]
 DEFAULT_CONFLICT_RETRIES = 5
+DELETE_PROTECTION = "resource.kubernetes.io/delete-protection"
 BINDING_TIMEOUT = 600.0  # kube-scheduler's DynamicResources bindingTimeout default (seconds)
 
 
@@ -57,6 +59,15 @@ class AllocationOutcome:
     claims: tuple[JSON, ...] = ()
     reason: str = ""
     waiting: bool = False
+    #: Why not, as kube-scheduler's DynamicResources plugin classifies it: ``driver.allocation.allocator``'s
+    #: failure causes (``no-fit``, ``error``, ...), :data:`NOT_AVAILABLE` or :data:`NO_CLAIM`.
+    cause: str = ""
+
+
+#: AllocationOutcome.cause: a claim is allocated for another node.
+NOT_AVAILABLE = "not-available"
+#: AllocationOutcome.cause: a claim of the pod does not exist (yet).
+NO_CLAIM = "no-claim"
 
 
 def pod_claim_names(pod: Mapping[str, Any]) -> list[str] | str:
@@ -164,7 +175,7 @@ class SimAllocator:
         allocation, only when everything fits -- as kube-scheduler creates it at PreBind."""
         names = pod_claim_names(pod)
         if isinstance(names, str):
-            return AllocationOutcome(False, reason=names)
+            return AllocationOutcome(False, reason=names, cause=NO_CLAIM)
         namespace = str((pod.get("metadata") or {}).get("namespace") or "default")
         async with self._lock:
             for _ in range(self.conflict_retries):
@@ -194,7 +205,8 @@ class SimAllocator:
                 claims.append(await self.kube.get(RESOURCE_CLAIMS, name, namespace))
             except ApiError as exc:
                 if exc.not_found:
-                    return AllocationOutcome(False, reason=f"resourceclaim {namespace}/{name} not found")
+                    reason = f"resourceclaim {namespace}/{name} not found"
+                    return AllocationOutcome(False, reason=reason, cause=NO_CLAIM)
                 raise
         if extended is not None:
             claims.append(dict(extended))
@@ -206,13 +218,15 @@ class SimAllocator:
         for claim in claims:
             if claim not in pending and not _allocated_for(claim, target):
                 return AllocationOutcome(
-                    False, reason=f"claim {object_ref(claim)} is allocated for another node"
+                    False,
+                    reason=f"claim {object_ref(claim)} is allocated for another node",
+                    cause=NOT_AVAILABLE,
                 )
         allocations: dict[str, JSON] = {}
         if pending:
             decided = await self._allocate(pending, target)
-            if isinstance(decided, str):
-                return AllocationOutcome(False, reason=decided)
+            if isinstance(decided, AllocationFailure):
+                return AllocationOutcome(False, reason=decided.message, cause=decided.cause)
             allocations = decided
         written = [
             await self._write(claim, allocations.get(object_ref(claim)), pod, namespace) for claim in claims
@@ -255,7 +269,7 @@ class SimAllocator:
                 return Node(name)
             raise
 
-    async def _allocate(self, pending: list[JSON], node: Node) -> dict[str, JSON] | str:
+    async def _allocate(self, pending: list[JSON], node: Node) -> dict[str, JSON] | AllocationFailure:
         slices = (await self.kube.list(RESOURCE_SLICES)).get("items") or []
         classes = (await self.kube.list(DEVICE_CLASSES)).get("items") or []
         rules = (await self.kube.list(DEVICE_TAINT_RULES)).get("items") or []
@@ -273,21 +287,39 @@ class SimAllocator:
                 list_type_attributes=self.list_type_attributes,
             )
         except InputError as exc:
-            return str(exc)
+            return AllocationFailure(str(exc), ERROR)
         if result.failure is not None:
-            return result.failure.message
+            return result.failure
         stamp = _rfc3339(self.clock())
         out = {}
         for claim_allocation in result.allocations:
             allocation = claim_allocation.allocation
-            if any(r.get("bindingConditions") for r in allocation["devices"]["results"]):
-                allocation["allocationTimestamp"] = stamp  # when the binding timeout starts
+            # kube-scheduler 1.37 stamps every allocation (the binding timeout of attach-style devices
+            # counts from it).
+            allocation["allocationTimestamp"] = stamp
             out[claim_allocation.claim.ref] = allocation
         return out
+
+    async def _protect(self, claim: JSON, namespace: str) -> JSON:
+        """The claim with the delete-protection finalizer, added before its allocation is written (as
+        kube-scheduler's PreBind does): the claim controller removes it once the claim is deallocated, so a
+        claim deleted while allocated stays until no pod uses its devices."""
+        finalizers = list(claim["metadata"].get("finalizers") or [])
+        if DELETE_PROTECTION in finalizers:
+            return claim
+        body = {**claim, "metadata": {**claim["metadata"], "finalizers": [*finalizers, DELETE_PROTECTION]}}
+        try:
+            return await self.kube.update(RESOURCE_CLAIMS, body, namespace)
+        except ApiError as exc:
+            if exc.conflict:
+                raise _ConflictError from exc
+            raise
 
     async def _write(
         self, claim: JSON, allocation: JSON | None, pod: Mapping[str, Any], namespace: str
     ) -> JSON:
+        if allocation is not None and (claim.get("metadata") or {}).get("uid"):
+            claim = await self._protect(claim, namespace)
         status = dict(claim.get("status") or {})
         if allocation is not None:
             status["allocation"] = allocation
@@ -297,6 +329,9 @@ class SimAllocator:
             reserved.append(entry)
         status["reservedFor"] = reserved
         if not (claim.get("metadata") or {}).get("uid"):  # the extended-resource claim: created now
+            meta = claim.get("metadata") or {}
+            finalizers = [*(meta.get("finalizers") or []), DELETE_PROTECTION]
+            claim = {**claim, "metadata": {**meta, "finalizers": finalizers}}
             claim = await self.kube.create(RESOURCE_CLAIMS, claim, namespace)
             log.info("created extended-resource claim", claim=object_ref(claim), pod=object_ref(pod))
         body = {**claim, "status": status}  # carries metadata.resourceVersion: a stale read gets 409

@@ -21,9 +21,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+from driver.allocation.allocator import ERROR, INVALID_SELECTOR, TIMEOUT
 from driver.allocation.extended import ExtendedClaim, NotBackedError, extended_claim, is_extended_claim
 from driver.allocation.extended import pod_requests as pod_extended_requests
 from driver.kube.client import (
@@ -37,7 +38,14 @@ from driver.kube.client import (
     KubeClient,
 )
 from driver.log import get_logger
-from driver.sim.allocator import SimAllocator, pod_claim_names
+from driver.sim import events
+from driver.sim.allocator import (
+    DELETE_PROTECTION,
+    NO_CLAIM,
+    NOT_AVAILABLE,
+    SimAllocator,
+    pod_claim_names,
+)
 from driver.sim.deviceplugin import pod_requests
 from driver.sim.informer import WorkQueue, watch_forever
 
@@ -161,6 +169,16 @@ class ClaimController:
         except ApiError as err:
             if err.not_found:
                 log.warning("resource claim template not found", pod=_key(pod), template=template_name)
+                # The controller reads templates from its informer's cache, whose NotFound names the resource
+                # in the singular.
+                message = (
+                    f'PodResourceClaim {entry}: resource claim template "{template_name}": '
+                    f'resourceclaimtemplate.resource.k8s.io "{template_name}" not found'
+                )
+                event = events.component_event(
+                    pod, "Warning", "FailedResourceClaimCreation", message, component=events.CLAIM_CONTROLLER
+                )
+                await events.record(self.kube, event)
                 return None
             raise
         template_meta = (template.get("spec") or {}).get("metadata") or {}
@@ -200,7 +218,7 @@ class ClaimController:
                 status.pop("allocation", None)
                 status.pop("devices", None)
             with contextlib.suppress(ApiError):  # gone or changed: the next event retries
-                await self.kube.update(
+                updated = await self.kube.update(
                     RESOURCE_CLAIMS, {**claim, "status": status}, namespace, subresource="status"
                 )
                 log.info(
@@ -209,6 +227,18 @@ class ClaimController:
                     pod_uid=pod_uid,
                     deallocated="allocation" not in status,
                 )
+                if "allocation" not in status:
+                    await self._unprotect(updated, namespace)
+
+    async def _unprotect(self, claim: JSON, namespace: str) -> None:
+        """Drop the delete-protection finalizer of a deallocated claim (a deleted claim then goes)."""
+        finalizers = claim["metadata"].get("finalizers") or []
+        if DELETE_PROTECTION not in finalizers:
+            return
+        kept = [f for f in finalizers if f != DELETE_PROTECTION]
+        await self.kube.update(
+            RESOURCE_CLAIMS, {**claim, "metadata": {**claim["metadata"], "finalizers": kept}}, namespace
+        )
 
 
 def extended_resources(pod: Mapping[str, Any]) -> set[str]:
@@ -222,21 +252,40 @@ def extended_resources(pod: Mapping[str, Any]) -> set[str]:
 
 
 class Scheduler:
+    """kube-scheduler's DRA-relevant behaviour, as a user sees it: the pod's ``PodScheduled`` condition and
+    the ``FailedScheduling``/``Scheduled`` events carry kube-scheduler 1.37's words (:func:`fit_error`).
+
+    Like kube-scheduler, a pod whose ResourceClaims do not all exist yet is not tried at all (its claims
+    gate it: no condition, no event), and each attempt runs in two steps: the scheduling step here, then
+    allocation and binding in a task of their own, during which the pod's unallocated claims are "in
+    flight": another pod sharing one of them is told the claim "is in the process of being allocated" and is
+    tried again when the first pod's step ends. Attempts are serialised (one allocation at a time). The
+    claim for a pod's DRA-backed extended resources is worked out node by node in the second step (which
+    nodes have a device plugin for the resource decides what DRA must provide) and created there, allocated,
+    just before the pod is bound."""
+
     def __init__(self, kube: KubeClient, *, list_type_attributes: bool = False) -> None:
         self.kube = kube
         self.allocator = SimAllocator(kube, list_type_attributes=list_type_attributes)
         self._queue = WorkQueue(self._schedule, "scheduler")
         self._pending: set[str] = set()
+        self._in_flight: dict[str, str] = {}  # claim key -> the pod key whose binding step allocates it
+        self._binding: dict[str, asyncio.Task[None]] = {}  # pod key -> its allocation and binding step
+        self._cycle = asyncio.Lock()
         self._loops = _Loops()
 
     async def start(self) -> None:
         self._loops.spawn(self._queue.run(), "scheduler-queue")
         self._loops.spawn(watch_forever(self.kube, PODS, self._on_pod), "scheduler-pods")
-        for rt in (RESOURCE_CLAIMS, RESOURCE_SLICES, NODES):
+        for rt in (RESOURCE_CLAIMS, RESOURCE_SLICES, NODES, DEVICE_CLASSES):
             self._loops.spawn(watch_forever(self.kube, rt, self._retry_pending), f"scheduler-{rt.plural}")
 
     async def stop(self) -> None:
         await self._loops.stop()
+        for task in list(self._binding.values()):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     def _on_pod(self, event: str, pod: JSON) -> None:
         key = _key(pod)
@@ -251,6 +300,8 @@ class Scheduler:
             self._queue.add(key)
 
     async def _schedule(self, key: str) -> None:
+        if key in self._binding:
+            return  # its binding step runs; it queues the pod again when it ends
         namespace, name = _split(key)
         try:
             pod = await self.kube.get(PODS, name, namespace)
@@ -262,21 +313,108 @@ class Scheduler:
         if pod["spec"].get("nodeName") or pod["metadata"].get("deletionTimestamp"):
             self._pending.discard(key)
             return
-        reasons: list[str] = []
-        for node in await self._ready_nodes():
-            node_obj = await self.kube.get(NODES, node)
+        claims = await self._claims(pod)
+        if claims is None:
+            return  # gated until its claims exist (a claim event tries it again)
+        nodes = (await self.kube.list(NODES)).get("items") or []
+        unallocated = [c for c in claims if not (c.get("status") or {}).get("allocation")]
+        busy = [c for c in unallocated if self._in_flight.get(_key(c), key) != key]
+        if busy:
+            message = f"resource claim {_key(busy[0])} is in the process of being allocated"
+            await self._unschedulable(pod, fit_error(len(nodes), prefilter=message))
+            return
+        missing = await self._missing_class(unallocated)
+        if missing:
+            await self._unschedulable(pod, fit_error(len(nodes), prefilter=missing))
+            return
+        for claim in unallocated:
+            self._in_flight[_key(claim)] = key
+        task = asyncio.create_task(self._allocate_and_bind(key), name=f"scheduler-bind-{key}")
+        self._binding[key] = task
+
+    async def _claims(self, pod: JSON) -> list[JSON] | None:
+        """The pod's ResourceClaims; None while one of its own does not exist (kube-scheduler's PreEnqueue
+        gate). A pod with no claims of its own is never gated, nor is one by its extended-resource claim:
+        that one is the scheduler's to make (the step making it binds the pod, so it only exists here for a
+        pod waiting on binding conditions)."""
+        names = pod_claim_names(pod)
+        if isinstance(names, str):
+            return None
+        extended = ((pod.get("status") or {}).get("extendedResourceClaimStatus") or {}).get(
+            "resourceClaimName"
+        )
+        claims = []
+        for name in names:
             try:
-                extended = await self._extended_claim(pod, node_obj)
-            except NotBackedError as err:
-                reasons.append(str(err))
+                claims.append(await self.kube.get(RESOURCE_CLAIMS, name, pod["metadata"]["namespace"]))
+            except ApiError as err:
+                if not err.not_found:
+                    raise
+                if name != extended:
+                    return None
+        return claims
+
+    async def _missing_class(self, claims: list[JSON]) -> str:
+        """kube-scheduler's PreFilter check: every request of an unallocated claim names a DeviceClass that
+        exists; else why not, in its words."""
+        classes = {c["metadata"]["name"] for c in (await self.kube.list(DEVICE_CLASSES)).get("items") or []}
+        for claim in claims:
+            for request in ((claim.get("spec") or {}).get("devices") or {}).get("requests") or []:
+                wanted = [(request.get("name"), (request.get("exactly") or {}).get("deviceClassName"))]
+                wanted += [
+                    (f"{request.get('name')}/{sub.get('name')}", sub.get("deviceClassName"))
+                    for sub in request.get("firstAvailable") or []
+                ]
+                for name, class_name in wanted:
+                    if class_name and class_name not in classes:
+                        return f"request {name}: device class {class_name} does not exist"
+        return ""
+
+    async def _allocate_and_bind(self, key: str) -> None:
+        namespace, name = _split(key)
+        try:
+            async with self._cycle:
+                # What changed while another pod's step ran counts: read the pod and the nodes again.
+                pod = await self.kube.get(PODS, name, namespace)
+                if pod["spec"].get("nodeName") or pod["metadata"].get("deletionTimestamp"):
+                    return
+                nodes = (await self.kube.list(NODES)).get("items") or []
+                await self._try_nodes(key, pod, nodes)
+        except ApiError as err:
+            if not err.not_found:
+                log.exception("scheduling attempt failed", pod=key)
+        except Exception:
+            log.exception("scheduling attempt failed", pod=key)
+        finally:
+            self._binding.pop(key, None)
+            for claim, owner in list(self._in_flight.items()):
+                if owner == key:
+                    del self._in_flight[claim]
+            self._retry_pending("", {})
+
+    async def _try_nodes(self, key: str, pod: JSON, nodes: list[JSON]) -> None:
+        reasons: dict[str, str] = {}  # node -> why not
+        victims: set[str] = set()  # nodes where preemption could help (a shortage of extended resources)
+        for node in sorted(nodes, key=lambda n: str(n["metadata"]["name"])):
+            name = str(node["metadata"]["name"])
+            blocked = _node_blocked(node)
+            if blocked:
+                reasons[name] = blocked
+                continue
+            try:
+                extended = await self._extended_claim(pod, node)
+            except NotBackedError as err:  # NodeResourcesFit: neither a device plugin nor DRA has it
+                reasons[name] = f"Insufficient {err.resource}"
+                victims.add(name)
                 continue
             backed = {str(m["resourceName"]) for m in extended.mappings} if extended else set()
-            short = await self._extended_shortage(pod, node_obj, backed)
+            short = await self._extended_shortage(pod, node, backed)
             if short:
-                reasons.append(short)
+                reasons[name] = short
+                victims.add(name)
                 continue
             outcome = await self.allocator.allocate_for_pod(
-                pod, node, extended.claim(pod) if extended else None
+                pod, name, extended.claim(pod) if extended else None
             )
             if outcome.allocated and extended is not None:
                 made = next(c for c in outcome.claims if is_extended_claim(c))
@@ -284,19 +422,26 @@ class Scheduler:
             if outcome.waiting:
                 # Reserved on this node; bound once the binding conditions hold (a claim change retries),
                 # and looked at again when the binding timeout would run out.
-                log.info("pod waits for binding conditions", pod=key, node=node, reason=outcome.reason)
+                log.info("pod waits for binding conditions", pod=key, node=name, reason=outcome.reason)
                 asyncio.get_running_loop().call_later(self.allocator.binding_timeout, self._queue.add, key)
                 return
             if outcome.allocated:
-                await self._bind(pod, node)
+                await self._bind(pod, name)
                 self._pending.discard(key)
                 return
-            reasons.append(outcome.reason)
-        claim_names = pod_claim_names(pod)
-        message = "; ".join(reasons) or "no Ready node"
-        if isinstance(claim_names, str):
-            message = claim_names
-        await self._unschedulable(pod, message)
+            if outcome.cause == NO_CLAIM:
+                return  # a claim went away meanwhile: gated again
+            if outcome.cause in (ERROR, INVALID_SELECTOR):
+                # A plugin error ends the attempt on the first node, with the error itself.
+                message = f'running "DynamicResources" filter plugin: {outcome.reason}'
+                await self._unschedulable(pod, message, reason="SchedulerError")
+                return
+            reasons[name] = {
+                NOT_AVAILABLE: "resourceclaim not available on the node",
+                TIMEOUT: "timed out trying to allocate devices",
+            }.get(outcome.cause, "cannot allocate all claims")
+            log.info("pod claims not allocatable", pod=key, node=name, reason=outcome.reason)
+        await self._unschedulable(pod, fit_error(len(nodes), reasons=reasons, victims=victims))
 
     async def _extended_claim(self, pod: JSON, node: JSON) -> ExtendedClaim | None:
         """The claim for the pod's extended resources that DeviceClasses back on ``node`` (KEP-5004); None
@@ -341,19 +486,6 @@ class Scheduler:
                 return f"Insufficient {resource}"
         return ""
 
-    async def _ready_nodes(self) -> list[str]:
-        nodes = (await self.kube.list(NODES)).get("items") or []
-        ready = [
-            n["metadata"]["name"]
-            for n in nodes
-            if any(
-                c.get("type") == "Ready" and c.get("status") == "True"
-                for c in n.get("status", {}).get("conditions") or []
-            )
-            and not n.get("spec", {}).get("unschedulable")
-        ]
-        return sorted(ready)
-
     async def _bind(self, pod: JSON, node: str) -> None:
         meta = pod["metadata"]
         binding = {
@@ -363,29 +495,101 @@ class Scheduler:
             "target": {"apiVersion": "v1", "kind": "Node", "name": node},
         }
         await self.kube.request("POST", PODS.path(meta["namespace"], meta["name"], "binding"), body=binding)
+        message = f"Successfully assigned {_key(pod)} to {node}"
+        await events.record(self.kube, events.scheduler_event(pod, "Normal", "Scheduled", "Binding", message))
         log.info("pod scheduled", pod=_key(pod), node=node)
 
-    async def _unschedulable(self, pod: JSON, message: str) -> None:
-        conditions = [
-            c for c in (pod.get("status") or {}).get("conditions") or [] if c.get("type") != "PodScheduled"
-        ]
-        current = next(
-            (c for c in (pod.get("status") or {}).get("conditions") or [] if c.get("type") == "PodScheduled"),
-            None,
-        )
-        if current and current.get("message") == message and current.get("status") == "False":
+    async def _unschedulable(self, pod: JSON, message: str, reason: str = "Unschedulable") -> None:
+        """``PodScheduled=False`` with kube-scheduler's words and a ``FailedScheduling`` event, once per
+        verdict (kube-scheduler records an event per attempt; its recorder folds repeats into a series)."""
+        current = pod_condition(pod, "PodScheduled")
+        if current and (current.get("message"), current.get("reason")) == (message, reason):
             return
         condition = {
             "type": "PodScheduled",
             "status": "False",
-            "reason": "Unschedulable",
+            "lastProbeTime": None,
+            "lastTransitionTime": _transition_time(current, "False"),
+            "reason": reason,
             "message": message,
-            "lastTransitionTime": _now(),
+            "observedGeneration": pod["metadata"].get("generation"),
         }
+        others = [
+            c for c in (pod.get("status") or {}).get("conditions") or [] if c.get("type") != "PodScheduled"
+        ]
         meta = pod["metadata"]
-        status = {"phase": "Pending", "conditions": [*conditions, condition]}
+        status = {"phase": "Pending", "conditions": [*others, condition]}
+        # The event first, as kube-scheduler's failure handler records it before it updates the pod.
+        event = events.scheduler_event(pod, "Warning", "FailedScheduling", "Scheduling", message)
+        await events.record(self.kube, event)
         with contextlib.suppress(ApiError):
             await self.kube.patch(
                 PODS, meta["name"], {"status": status}, meta["namespace"], subresource="status"
             )
         log.info("pod unschedulable", pod=_key(pod), reason=message)
+
+
+def pod_condition(pod: Mapping[str, Any], kind: str) -> JSON | None:
+    return next((c for c in (pod.get("status") or {}).get("conditions") or [] if c.get("type") == kind), None)
+
+
+def _transition_time(current: Mapping[str, Any] | None, status: str) -> str:
+    """A condition's ``lastTransitionTime``: kept while its status stays the same."""
+    if current is not None and current.get("status") == status and current.get("lastTransitionTime"):
+        return str(current["lastTransitionTime"])
+    return _now()
+
+
+#: Why a node is out of the question before any plugin looks at the pod's claims (kube-scheduler's
+#: NodeUnschedulable and TaintToleration filters; no pod of the sandbox tolerates either taint).
+UNSCHEDULABLE_NODE = "node(s) were unschedulable"
+NOT_READY_NODE = "node(s) had untolerated taint {node.kubernetes.io/not-ready: }"
+#: kube-scheduler's preemption verdicts per node (DefaultPreemption).
+PREEMPTION_NOT_HELPFUL = "Preemption is not helpful for scheduling"
+NO_VICTIMS = "No preemption victims found for incoming pod"
+
+
+def _node_blocked(node: Mapping[str, Any]) -> str:
+    if (node.get("spec") or {}).get("unschedulable"):
+        return UNSCHEDULABLE_NODE
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in (node.get("status") or {}).get("conditions") or []
+    )
+    return "" if ready else NOT_READY_NODE
+
+
+def _histogram(reasons: Iterable[str]) -> str:
+    counts: dict[str, int] = {}
+    for reason in reasons:
+        counts[reason] = counts.get(reason, 0) + 1
+    return ", ".join(sorted(f"{n} {reason}" for reason, n in counts.items()))
+
+
+def fit_error(
+    nodes: int,
+    *,
+    prefilter: str = "",
+    reasons: Mapping[str, str] | None = None,
+    victims: Iterable[str] = (),
+) -> str:
+    """kube-scheduler's message for a pod no node can take (its ``FitError``), with the preemption step's
+    verdict: ``0/N nodes are available: <PreFilter message, or a histogram of the nodes' reasons>.
+    preemption: 0/N nodes are available: <histogram>.``
+
+    ``reasons`` maps each node to why it was rejected; ``victims`` are the nodes where evicting other pods
+    could help (a resource shortage: preemption finds no victim in the sandbox, whose pods have no
+    priorities); every other rejection is one preemption cannot resolve. A PreFilter rejection applies to
+    every node."""
+    if nodes == 0:
+        return "no nodes available to schedule pods"
+    head = f"0/{nodes} nodes are available:"
+    per_node = dict(reasons or {})
+    if prefilter:
+        message = f"{head} {prefilter}."
+        preemption = [PREEMPTION_NOT_HELPFUL] * nodes
+    else:
+        message = f"{head} {_histogram(per_node.values())}." if per_node else head
+        helpful = set(victims)
+        preemption = [NO_VICTIMS if n in helpful else PREEMPTION_NOT_HELPFUL for n in per_node]
+    return f"{message} preemption: {head} {_histogram(preemption)}."

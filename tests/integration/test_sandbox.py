@@ -17,7 +17,7 @@ import pytest
 import pytest_asyncio
 import yaml
 
-from driver.kube.client import PODS, RESOURCE_CLAIMS, RESOURCE_SLICES
+from driver.kube.client import EVENTS, PODS, RESOURCE_CLAIMS, RESOURCE_SLICES
 from driver.sim.sandbox import Sandbox, SandboxConfig
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -164,7 +164,19 @@ async def test_impossible_claim_stays_pending_with_a_reason(sandbox: Sandbox) ->
 
     condition = await sandbox.apiserver.wait_for(unschedulable, timeout=20)
     assert condition["reason"] == "Unschedulable"
-    assert 'quantity("1Ti")' in condition["message"]
+    # kube-scheduler's words: no per-device detail (that is what `accel-dra explain` adds).
+    assert condition["message"] == (
+        "0/1 nodes are available: 1 cannot allocate all claims. "
+        "preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling."
+    )
+    events = [
+        e
+        for e in sandbox.apiserver.objects(EVENTS)
+        if e["involvedObject"]["name"] == "pod" and e["metadata"]["namespace"] == "gpu-test-impossible"
+    ]
+    assert [(e["type"], e["reason"], e["reportingComponent"], e["message"]) for e in events] == [
+        ("Warning", "FailedScheduling", "default-scheduler", condition["message"])
+    ]
     pod = sandbox.apiserver.get_object(PODS, "pod", "gpu-test-impossible")
     assert pod is not None and pod["status"]["phase"] == "Pending" and not pod["spec"].get("nodeName")
     (claim,) = claims_of(sandbox, "gpu-test-impossible")

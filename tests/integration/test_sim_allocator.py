@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,11 @@ async def test_pod_claim_is_allocated_and_reserved(kube: KubeClient) -> None:
 
     assert outcome.allocated, outcome.reason
     stored = await kube.get(RESOURCE_CLAIMS, "gpu-a", "default")
-    assert stored["status"]["allocation"] == {
+    allocation = dict(stored["status"]["allocation"])
+    # kube-scheduler 1.37 stamps every allocation and protects the claim from deletion while allocated.
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", allocation.pop("allocationTimestamp"))
+    assert stored["metadata"]["finalizers"] == ["resource.kubernetes.io/delete-protection"]
+    assert allocation == {
         "devices": {"results": [{"request": "gpu", "driver": DRIVER, "pool": NODE, "device": devices[0]}]},
         "nodeSelector": {
             "nodeSelectorTerms": [
