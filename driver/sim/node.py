@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,8 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from driver.allocation.extended import container_requests
-from driver.kube.client import EVENTS, NODES, PODS, RESOURCE_CLAIMS, ApiError, KubeClient
+from driver.kube.client import NODES, PODS, RESOURCE_CLAIMS, ApiError, KubeClient
 from driver.log import get_logger
+from driver.sim import events
 from driver.sim.deviceplugin import DevicePluginError, SimDevicePlugin, requested
 from driver.sim.informer import WorkQueue, watch_forever
 from driver.sim.kubelet import KubeletError, SimKubelet
@@ -55,6 +57,10 @@ LogSink = Callable[[str, str, str, Path], None]
 
 RETRY_INITIAL = 0.5
 RETRY_MAX = 10.0
+# A pod whose sync failed (its claims could not be prepared) is synced again after the kubelet's pod worker
+# backoff: 10 s plus up to half of that again (jitter); or at once when the pod changes.
+PREPARE_RETRY = 10.0
+PREPARE_RETRY_JITTER = 0.5
 # A failed unprepare is retried by the pod worker (10 s backoff) and the DRA reconcile loop (every 60 s).
 UNPREPARE_RETRY_INITIAL = 10.0
 UNPREPARE_RETRY_MAX = 60.0
@@ -201,8 +207,10 @@ class SimNode:
         unprepare_retry_initial: float = UNPREPARE_RETRY_INITIAL,
         unprepare_retry_max: float = UNPREPARE_RETRY_MAX,
         device_plugin: SimDevicePlugin | None = None,
+        prepare_retry: float = PREPARE_RETRY,
     ) -> None:
         self.name = name
+        self.prepare_retry = prepare_retry
         self.device_plugin = device_plugin
         self.kube = kube
         self.runtime = runtime
@@ -304,8 +312,9 @@ class SimNode:
             await self._prepare(pod, state)
         except (KubeletError, ApiError, _NotReadyError) as err:
             state.failures += 1
-            delay = min(RETRY_MAX, RETRY_INITIAL * 2 ** (state.failures - 1))
-            await self._event(pod, "Warning", "FailedPrepareDynamicResources", str(err))
+            delay = self.prepare_retry * (1 + PREPARE_RETRY_JITTER * random.random())
+            message = f"Failed to prepare dynamic resources: {err}"
+            await self._event(pod, "Warning", "FailedPrepareDynamicResources", message)
             await self._set_waiting(pod, "ContainerCreating", str(err))
             log.warning(
                 "pod not started; retrying",
@@ -552,26 +561,42 @@ class SimNode:
         init_statuses = [self._status_of(c, state) for c in inits]
         statuses = [self._status_of(c, state) for c in mains]
         main_handles = [state.containers[c["name"]] for c in mains]
-        serving = main_handles + [state.containers[c["name"]] for c in inits if _is_sidecar(c)]
         phase = _phase(main_handles, len(spec.get("containers") or []), state.init_failed)
-        ready = "True" if main_handles and all(h.running for h in serving) else "False"
-        initialized = "True" if main_handles else "False"
+        unready = [c["name"] for c in spec.get("containers") or [] if not self._running(state, c["name"])]
+        unready += [c["name"] for c in inits if _is_sidecar(c) and not self._running(state, c["name"])]
+        pending_inits = [
+            c["name"] for c in spec.get("initContainers") or [] if not main_handles and not _is_sidecar(c)
+        ]
         status: JSON = {
             "phase": phase,
             "hostIP": "10.0.0.1",
             "startTime": (pod.get("status") or {}).get("startTime") or _now(),
             "containerStatuses": statuses,
-            "conditions": [
-                {"type": "PodScheduled", "status": "True"},
-                {"type": "Initialized", "status": initialized},
-                {"type": "ContainersReady", "status": ready},
-                {"type": "Ready", "status": ready},
-            ],
+            "conditions": pod_conditions(
+                await self._current(pod),
+                sandbox=True,
+                pending_inits=pending_inits,
+                unready=unready,
+                completed=phase in ("Succeeded", "Failed"),
+            ),
+            "observedGeneration": pod["metadata"].get("generation"),
         }
         if init_statuses:
             status["initContainerStatuses"] = init_statuses
         with contextlib.suppress(ApiError):
             await self.kube.patch(PODS, state.name, {"status": status}, state.namespace, subresource="status")
+
+    @staticmethod
+    def _running(state: PodState, name: str) -> bool:
+        handle = state.containers.get(name)
+        return handle is not None and handle.running
+
+    async def _current(self, pod: JSON) -> JSON:
+        """The pod as the API server has it now (its conditions' transition times), else as given."""
+        try:
+            return await self.kube.get(PODS, pod["metadata"]["name"], pod["metadata"]["namespace"])
+        except ApiError:
+            return pod
 
     def _status_of(self, container: Mapping[str, Any], state: PodState) -> JSON:
         status = self._container_status(container["name"], state.containers[container["name"]], state)
@@ -625,6 +650,7 @@ class SimNode:
                             if d.cdi_device_ids
                             else f"{driver}/{d.pool_name}/{d.device_name}",
                             "health": self.kubelet.device_health(driver, d.pool_name, d.device_name),
+                            **self._health_message(driver, d),
                         }
                         for driver, d in claim.devices()
                         if _serves(d, request)
@@ -632,6 +658,14 @@ class SimNode:
                 }
             )
         return out
+
+    def _health_message(self, driver: str, device: PreparedDevice) -> JSON:
+        """``message``: what the plugin said with the device's health (kept while the report is current)."""
+        record = self.kubelet.health_record(driver, device.pool_name, device.device_name)
+        health = self.kubelet.device_health(driver, device.pool_name, device.device_name)
+        if record is None or not record.message or health == "Unknown":
+            return {}
+        return {"message": record.message}
 
     async def _set_waiting(self, pod: JSON, reason: str, message: str) -> None:
         statuses = [
@@ -645,35 +679,80 @@ class SimNode:
             }
             for c in pod["spec"].get("containers") or []
         ]
+        # The pod's sandbox is created only after its claims are prepared (PodReadyToStartContainers).
+        conditions = pod_conditions(
+            await self._current(pod),
+            sandbox=reason != "ContainerCreating",
+            pending_inits=[c["name"] for c in pod["spec"].get("initContainers") or [] if not _is_sidecar(c)],
+            unready=[c["name"] for c in pod["spec"].get("containers") or []],
+            completed=False,
+        )
+        status = {
+            "phase": "Pending",
+            "containerStatuses": statuses,
+            "conditions": conditions,
+            "observedGeneration": pod["metadata"].get("generation"),
+        }
         with contextlib.suppress(ApiError):
             await self.kube.patch(
                 PODS,
                 pod["metadata"]["name"],
-                {"status": {"phase": "Pending", "containerStatuses": statuses}},
+                {"status": status},
                 pod["metadata"]["namespace"],
                 subresource="status",
             )
 
     async def _event(self, pod: JSON, kind: str, reason: str, message: str) -> None:
-        meta = pod["metadata"]
-        event = {
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {
-                "kind": "Pod",
-                "name": meta["name"],
-                "namespace": meta["namespace"],
-                "uid": meta["uid"],
-            },
+        event = events.component_event(pod, kind, reason, message, component=events.KUBELET, host=self.name)
+        await events.record(self.kube, event)
+
+
+def pod_conditions(
+    pod: Mapping[str, Any],
+    *,
+    sandbox: bool,
+    pending_inits: Sequence[str],
+    unready: Sequence[str],
+    completed: bool,
+) -> list[JSON]:
+    """The kubelet's pod conditions, in its order: ``PodReadyToStartContainers`` (the sandbox exists),
+    ``Initialized``, ``Ready``, ``ContainersReady``, ``PodScheduled``; each with ``lastProbeTime: null``, a
+    ``lastTransitionTime`` that moves only when its status changes, and the pod generation it describes."""
+    previous = {c.get("type"): c for c in (pod.get("status") or {}).get("conditions") or []}
+    generation = (pod.get("metadata") or {}).get("generation")
+
+    def condition(kind: str, ok: bool, reason: str = "", message: str = "") -> JSON:
+        status = "True" if ok else "False"
+        before = previous.get(kind) or {}
+        since = before.get("lastTransitionTime") if before.get("status") == status else None
+        out: JSON = {
             "type": kind,
-            "reason": reason,
-            "message": message,
-            "source": {"component": "kubelet", "host": self.name},
-            "firstTimestamp": _now(),
-            "lastTimestamp": _now(),
-            "count": 1,
+            "status": status,
+            "lastProbeTime": None,
+            "lastTransitionTime": since or _now(),
+            "observedGeneration": generation,
         }
-        with contextlib.suppress(ApiError):
-            await self.kube.create(EVENTS, event, meta["namespace"])
+        if not ok and reason:
+            out["reason"] = reason
+            out["message"] = message
+        return out
+
+    if completed:
+        not_ready = ("PodCompleted", "")
+    else:
+        not_ready = ("ContainersNotReady", f"containers with unready status: [{' '.join(unready)}]")
+    return [
+        condition("PodReadyToStartContainers", sandbox),
+        condition(
+            "Initialized",
+            not pending_inits,
+            "ContainersNotInitialized",
+            f"containers with incomplete status: [{' '.join(pending_inits)}]",
+        ),
+        condition("Ready", not unready and not completed, *not_ready),
+        condition("ContainersReady", not unready and not completed, *not_ready),
+        condition("PodScheduled", True),
+    ]
 
 
 def _phase(handles: Sequence[ContainerHandle], expected: int, init_failed: bool) -> str:

@@ -201,6 +201,7 @@ async def sim(node_dirs: NodeDirs, monkeypatch: pytest.MonkeyPatch) -> AsyncIter
         pod_resources=state,
         unprepare_retry_initial=0.02,
         unprepare_retry_max=0.1,
+        prepare_retry=0.02,
     )
     await node.start()
     await node.kubelet.wait_registered(A)
