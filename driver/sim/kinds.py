@@ -296,6 +296,8 @@ QUANTITY, TIME, VALUE = "quantity", "time", "value"  # VALUE: a scalar, or raw J
 class Struct:
     fields: Mapping[str, Node]
     keep_empty: frozenset[str] = frozenset()  # list fields without omitempty
+    #: Fields without omitempty that the server writes even when nobody set them (a nil slice: ``null``).
+    always: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -354,6 +356,8 @@ def _normalize_struct(node: Struct, value: JSON, path: str, unknown: list[str]) 
         if isinstance(child, MapOf | ListOf) and new in ({}, []) and key not in node.keep_empty:
             continue  # omitempty
         out[key] = new
+    for key in node.always:
+        out.setdefault(key, None)
     return out
 
 
@@ -503,14 +507,19 @@ _CLAIM_STATUS = _struct(
     ),
     reservedFor=ListOf(_struct(apiGroup=VALUE, resource=VALUE, name=VALUE, uid=VALUE)),
     devices=ListOf(
-        _struct(
-            driver=VALUE,
-            pool=VALUE,
-            device=VALUE,
-            shareID=VALUE,
-            conditions=ListOf(_CONDITION),
-            data=VALUE,
-            networkData=_struct(interfaceName=VALUE, ips=ListOf(VALUE), hardwareAddress=VALUE),
+        # AllocatedDeviceStatus.conditions has no omitempty: stored as ``"conditions": null`` when unset.
+        Struct(
+            _struct(
+                driver=VALUE,
+                pool=VALUE,
+                device=VALUE,
+                shareID=VALUE,
+                conditions=ListOf(_CONDITION),
+                data=VALUE,
+                networkData=_struct(interfaceName=VALUE, ips=ListOf(VALUE), hardwareAddress=VALUE),
+            ).fields,
+            keep_empty=frozenset({"conditions"}),
+            always=frozenset({"conditions"}),
         )
     ),
 )
