@@ -16,4 +16,5 @@ MODULE_ORDER = (
     "test_conformance",
     "test_explain",
     "test_idle",
+    "test_parity",
 )
