@@ -196,7 +196,7 @@ async def test_status_writes_retry_conflicts_and_give_up_quietly_on_a_gone_claim
     await writer.drain()
     assert [r.status for r in apiserver.request_log.writes(mark, status_path)] == [409, 409, 200]
     stored = await kube.get(RESOURCE_CLAIMS, "contended", "default")
-    assert stored["status"]["devices"] == [entry]
+    assert stored["status"]["devices"] == [{**entry, "conditions": None}]  # stored as kube-apiserver does
     # A claim deleted meanwhile: nothing raised, a warning names it.
     await kube.delete(RESOURCE_CLAIMS, "contended", "default")
     with caplog.at_level(logging.WARNING):
