@@ -47,9 +47,7 @@ log = get_logger(__name__)
 JSON = dict[str, Any]
 T = TypeVar("T")
 
-#: The release the real-cluster test tier pins (hack/realk8s/go.mod): what a user of the sandbox sees in
-#: ``kubectl version`` and what version-dependent behaviour (taint rules) keys on.
-DEFAULT_KUBERNETES_VERSION = "v1.37.2"
+DEFAULT_KUBERNETES_VERSION = discovery.KUBERNETES_VERSION
 MAX_BODY_BYTES = 3 * 1024 * 1024  # the kube-apiserver's request size limit
 PUBLIC_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/version"})  # readable without a token
 BACKEND_ANNOTATION = "sim.accel-dra.io/backend-url"  # on a Service: where its proxy subresource forwards to

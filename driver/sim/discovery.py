@@ -9,6 +9,11 @@ from typing import Any
 
 from driver.sim.kinds import ALL_VERBS, KindSpec
 
+#: The Kubernetes release the sandbox's API server and kubelet report: the one the real-cluster test tier
+#: pins (hack/realk8s/go.mod), so what a user sees in ``kubectl version`` and ``kubectl get nodes`` -- and
+#: version-dependent behaviour such as taint rules -- is that release's.
+KUBERNETES_VERSION = "v1.37.2"
+
 JSON = dict[str, Any]
 
 

@@ -36,7 +36,9 @@ import asyncio
 import contextlib
 import itertools
 import os
+import platform
 import stat
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -44,6 +46,7 @@ from typing import Any
 
 import grpc
 
+from driver import __version__
 from driver._proto.dra.v1 import api_pb2 as dra_v1
 from driver._proto.dra.v1 import api_pb2_grpc as dra_v1_grpc
 from driver._proto.dra.v1beta1 import api_pb2 as dra_v1beta1
@@ -56,6 +59,7 @@ from driver._proto.pluginregistration.v1 import api_pb2 as reg_pb
 from driver._proto.pluginregistration.v1 import api_pb2_grpc as reg_grpc
 from driver.kube.client import NODES, RESOURCE_SLICES, ApiError, KubeClient
 from driver.log import get_logger
+from driver.sim.discovery import KUBERNETES_VERSION
 from driver.state.api import ClaimRef, PreparedDevice
 
 log = get_logger(__name__)
@@ -82,6 +86,50 @@ HEALTH_SERVICES: dict[str, tuple[ModuleType, ModuleType]] = {
     "v1.DRAResourceHealth": (health_v1, health_v1_grpc),
     "v1alpha1.DRAResourceHealth": (health_v1alpha1, health_v1alpha1_grpc),
 }
+
+
+_ARCHITECTURES = {"x86_64": "amd64", "aarch64": "arm64"}
+
+
+def node_object(name: str, kubelet_version: str) -> dict[str, Any]:
+    """The Node a kubelet registers: labels, a Ready condition and ``status.nodeInfo`` (this machine's OS
+    and kernel; the sandbox's runtime)."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    machine = platform.machine()
+    return {
+        "metadata": {
+            "name": name,
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": _ARCHITECTURES.get(machine, machine),
+            },
+        },
+        "status": {
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True",
+                    "reason": "KubeletReady",
+                    "message": "kubelet is posting ready status",
+                    "lastHeartbeatTime": now,
+                    "lastTransitionTime": now,
+                }
+            ],
+            "nodeInfo": {
+                "architecture": _ARCHITECTURES.get(machine, machine),
+                "operatingSystem": "linux",
+                "kernelVersion": platform.release(),
+                "osImage": "accel-dra sandbox",
+                "containerRuntimeVersion": f"accel-dra-sandbox://{__version__}",
+                "kubeletVersion": kubelet_version,
+                "kubeProxyVersion": "",
+                "machineID": "",
+                "systemUUID": "",
+                "bootID": "",
+            },
+        },
+    }
 
 
 class KubeletError(Exception):
@@ -150,6 +198,8 @@ class SimKubelet:
     wiping_delay: float = DEFAULT_WIPING_DELAY
     resource_health_status: bool = True
     health_retry_interval: float = HEALTH_RETRY_INTERVAL
+    #: What the Node's ``status.nodeInfo.kubeletVersion`` says.
+    kubelet_version: str = KUBERNETES_VERSION
     records: list[RegistrationRecord] = field(default_factory=list)
     #: Called with the driver name whenever a device of that driver changes health.
     health_listeners: list[Callable[[str], None]] = field(default_factory=list)
@@ -336,16 +386,7 @@ class SimKubelet:
         except ApiError as err:
             if not err.not_found:
                 raise
-            await self.kube.create(
-                NODES,
-                {
-                    "metadata": {
-                        "name": self.node_name,
-                        "labels": {"kubernetes.io/hostname": self.node_name, "kubernetes.io/os": "linux"},
-                    },
-                    "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}]},
-                },
-            )
+            await self.kube.create(NODES, node_object(self.node_name, self.kubelet_version))
 
     # -- ResourceSlice wiping ----------------------------------------------------------------------
 

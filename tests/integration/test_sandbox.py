@@ -7,6 +7,7 @@ test works in its own namespaces.
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -17,7 +18,7 @@ import pytest
 import pytest_asyncio
 import yaml
 
-from driver.kube.client import EVENTS, PODS, RESOURCE_CLAIMS, RESOURCE_SLICES
+from driver.kube.client import EVENTS, NODES, PODS, RESOURCE_CLAIMS, RESOURCE_SLICES
 from driver.sim.sandbox import Sandbox, SandboxConfig
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -241,3 +242,14 @@ async def test_the_demo_runs_and_explains_itself() -> None:
     ):
         assert needle in out, f"{needle!r} missing from the demo output:\n{out}"
     assert "GPU 0: NVIDIA H100 80GB HBM3" in out
+
+
+async def test_the_node_reports_its_kubelet_runtime_and_os_as_a_kubelet_does(sandbox: Sandbox) -> None:
+    node = sandbox.apiserver.get_object(NODES, sandbox.config.node_name)
+    assert node is not None
+    info = node["status"]["nodeInfo"]
+    assert info["kubeletVersion"] == "v1.37.2" and info["operatingSystem"] == "linux"
+    assert info["containerRuntimeVersion"].startswith("accel-dra-sandbox://")
+    assert info["kernelVersion"] == os.uname().release
+    (ready,) = [c for c in node["status"]["conditions"] if c["type"] == "Ready"]
+    assert ready["status"] == "True" and ready["message"] == "kubelet is posting ready status"
