@@ -271,6 +271,7 @@ class Scheduler:
         self._pending: set[str] = set()
         self._in_flight: dict[str, str] = {}  # claim key -> the pod key whose binding step allocates it
         self._binding: dict[str, asyncio.Task[None]] = {}  # pod key -> its allocation and binding step
+        self._waiting: dict[str, set[str]] = {}  # pod key -> pods held back by its claims in flight
         self._cycle = asyncio.Lock()
         self._loops = _Loops()
 
@@ -320,6 +321,7 @@ class Scheduler:
         unallocated = [c for c in claims if not (c.get("status") or {}).get("allocation")]
         busy = [c for c in unallocated if self._in_flight.get(_key(c), key) != key]
         if busy:
+            self._waiting.setdefault(self._in_flight[_key(busy[0])], set()).add(key)
             message = f"resource claim {_key(busy[0])} is in the process of being allocated"
             await self._unschedulable(pod, fit_error(len(nodes), prefilter=message))
             return
@@ -390,7 +392,10 @@ class Scheduler:
             for claim, owner in list(self._in_flight.items()):
                 if owner == key:
                     del self._in_flight[claim]
-            self._retry_pending("", {})
+            # Only the pods this step held back: requeueing every pending pod here would have two
+            # unschedulable pods requeue each other for ever.
+            for waiting in self._waiting.pop(key, set()):
+                self._queue.add(waiting)
 
     async def _try_nodes(self, key: str, pod: JSON, nodes: list[JSON]) -> None:
         reasons: dict[str, str] = {}  # node -> why not

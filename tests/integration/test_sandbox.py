@@ -253,3 +253,33 @@ async def test_the_node_reports_its_kubelet_runtime_and_os_as_a_kubelet_does(san
     assert info["kernelVersion"] == os.uname().release
     (ready,) = [c for c in node["status"]["conditions"] if c["type"] == "Ready"]
     assert ready["status"] == "True" and ready["message"] == "kubelet is posting ready status"
+
+
+async def test_unschedulable_pods_leave_the_scheduler_idle(sandbox: Sandbox) -> None:
+    """Two pods no node can take get their verdicts and then cost nothing until something changes (a
+    scheduling step that requeued every pending pod had two such pods requeue each other for ever)."""
+    objects = example("gpu-test-impossible")
+    second = next(o for o in objects if o["kind"] == "Pod")
+    second = {**second, "metadata": {**second["metadata"], "name": "pod-2"}}
+    for obj in objects:
+        obj["metadata"]["name" if obj["kind"] == "Namespace" else "namespace"] = "idle-scheduler"
+    second["metadata"]["namespace"] = "idle-scheduler"
+    await sandbox.apply([*objects, second])
+
+    def verdicts(_store: Any) -> bool:
+        pods = [sandbox.apiserver.get_object(PODS, n, "idle-scheduler") or {} for n in ("pod", "pod-2")]
+        return all(
+            any(
+                c["type"] == "PodScheduled" and c["status"] == "False"
+                for c in p.get("status", {}).get("conditions") or []
+            )
+            for p in pods
+        )
+
+    await sandbox.apiserver.wait_for(verdicts, timeout=20)
+    mark = sandbox.apiserver.request_log.mark()
+    # Nothing can announce that no attempt will come: a second of quiet is the check (a requeue loop makes
+    # dozens of attempts in it, each listing the slices).
+    await asyncio.sleep(1.0)
+    attempts = [r for r in sandbox.apiserver.request_log.since(mark) if r.path.endswith("/resourceslices")]
+    assert len(attempts) <= 2, f"{len(attempts)} scheduling attempts in a second of quiet"
