@@ -43,6 +43,10 @@ def claims_of(sandbox: Sandbox, namespace: str) -> list[dict[str, Any]]:
     return sandbox.apiserver.objects(RESOURCE_CLAIMS, namespace)
 
 
+def events_of(sandbox: Sandbox, namespace: str, name: str) -> list[dict[str, Any]]:
+    return [e for e in sandbox.apiserver.objects(EVENTS, namespace) if e["involvedObject"]["name"] == name]
+
+
 def allocated_devices(claim: dict[str, Any]) -> list[str]:
     return [r["device"] for r in claim["status"]["allocation"]["devices"]["results"]]
 
@@ -121,9 +125,67 @@ async def test_an_extended_resource_limit_gets_a_gpu_through_dra(sandbox: Sandbo
     assert claim["metadata"]["name"].startswith("pod-extended-resources-")
     assert claim["metadata"]["ownerReferences"][0]["uid"] == pod["metadata"]["uid"]
     assert claim["spec"]["devices"]["requests"][0]["exactly"]["deviceClassName"] == "gpu.accel-dra.dev"
+    # Made at PreBind as kube-scheduler makes it: protected from deletion while allocated, stamped.
+    assert claim["metadata"]["finalizers"] == ["resource.kubernetes.io/delete-protection"]
+    assert claim["status"]["allocation"]["allocationTimestamp"]
     (device,) = allocated_devices(claim)
     text = await log_of(sandbox, "gpu-test-extended-resource", "pod", "ctr", "GPU 0:")
     assert list(gpu_env(text).values()) == [attributes(sandbox)[device]["uuid"]["string"]]
+    assert [(e["reason"], e["message"]) for e in events_of(sandbox, "gpu-test-extended-resource", "pod")] == [
+        ("Scheduled", f"Successfully assigned gpu-test-extended-resource/pod to {sandbox.config.node_name}")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("limits", "verdict"),
+    [
+        # More GPUs than the node has: the DynamicResources filter cannot allocate the extended claim.
+        (
+            {"nvidia.com/gpu": 9},
+            "1 cannot allocate all claims. preemption: 0/1 nodes are available: 1 "
+            "Preemption is not helpful for scheduling.",
+        ),
+        # Neither a device plugin nor a DeviceClass provides it: NodeResourcesFit's shortage.
+        (
+            {"example.com/fpga": 1},
+            "1 Insufficient example.com/fpga. preemption: 0/1 nodes are available: 1 "
+            "No preemption victims found for incoming pod.",
+        ),
+    ],
+    ids=["too-many-gpus", "not-backed"],
+)
+async def test_an_extended_resource_no_node_can_give_leaves_the_pod_pending_in_the_schedulers_words(
+    sandbox: Sandbox, limits: dict[str, int], verdict: str
+) -> None:
+    namespace = f"extended-{next(iter(limits)).split('/')[-1]}"
+    (pod,) = [o for o in example("gpu-test-extended-resource") if o["kind"] == "Pod"]
+    pod["metadata"]["namespace"] = namespace
+    pod["spec"]["containers"][0]["resources"]["limits"] = limits
+    await sandbox.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}, pod])
+
+    def unschedulable(_store: Any) -> Any:
+        current = sandbox.apiserver.get_object(PODS, "pod", namespace) or {}
+        return next(
+            (
+                c
+                for c in current.get("status", {}).get("conditions") or []
+                if c["type"] == "PodScheduled" and c["status"] == "False"
+            ),
+            None,
+        )
+
+    condition = await sandbox.apiserver.wait_for(unschedulable, timeout=20)
+    assert (condition["reason"], condition["message"]) == (
+        "Unschedulable",
+        f"0/1 nodes are available: {verdict}",
+    )
+    assert [(e["reason"], e["message"]) for e in events_of(sandbox, namespace, "pod")] == [
+        ("FailedScheduling", condition["message"])
+    ]
+    # The claim is made only when it can be allocated: none is left behind.
+    assert claims_of(sandbox, namespace) == []
+    current = sandbox.apiserver.get_object(PODS, "pod", namespace)
+    assert current is not None and "extendedResourceClaimStatus" not in current["status"]
 
 
 async def test_cel_memory_selector(sandbox: Sandbox) -> None:
