@@ -382,6 +382,67 @@ async def running_pod(target: Target, ns: str) -> Observation:
     return observation
 
 
+def extended_pod(ns: str, name: str, gpus: int) -> JSON:
+    """A pod asking for GPUs the device-plugin way (``nvidia.com/gpu``), which the driver's DeviceClass backs
+    with DRA: no claim of its own."""
+    spec = pod(ns, name, template_name="-")
+    spec["spec"].pop("resourceClaims")
+    spec["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": gpus}}
+    return spec
+
+
+async def extended_resource(target: Target, ns: str) -> Observation:
+    """Extended resources backed by DRA (KEP-5004): a pod with ``nvidia.com/gpu: 1`` and no claim is
+    scheduled (no PreEnqueue gate), gets the claim the scheduler makes for it -- name, annotation, owner,
+    finalizer, allocation -- and ``status.extendedResourceClaimStatus``; a pod asking for more GPUs than any
+    node has gets the scheduler's verdict and no claim."""
+    kube, norm = target.kube, Normal(target)
+    await target.apply(kube, [namespace(ns), extended_pod(ns, "pod", 1), extended_pod(ns, "huge", 20)])
+
+    async def made() -> JSON | None:
+        current = await get(kube, PODS, "pod", ns)
+        status = ((current or {}).get("status") or {}).get("extendedResourceClaimStatus") or {}
+        if not status.get("resourceClaimName") or not (current or {}).get("spec", {}).get("nodeName"):
+            return None
+        c = await get(kube, RESOURCE_CLAIMS, status["resourceClaimName"], ns)
+        return c if (c or {}).get("status", {}).get("reservedFor") else None
+
+    claim_made = await poll("the extended-resource claim made and reserved", made)
+
+    async def scheduled() -> list[JSON]:
+        return [e for e in await events_of(kube, ns, "pod") if e.get("reason") == "Scheduled"]
+
+    await poll("the Scheduled event", scheduled)
+
+    async def verdict() -> JSON | None:
+        c = condition(await get(kube, PODS, "huge", ns), "PodScheduled")
+        return c if c and c.get("status") == "False" else None
+
+    refused = await poll("the scheduler's verdict on the huge pod", verdict)
+    current = await get(kube, PODS, "pod", ns) or {}
+    status = dict(current["status"]["extendedResourceClaimStatus"])
+    meta = claim_made["metadata"]
+    status["resourceClaimName"] = re.sub(r"-[a-z0-9]{5}$", "-<random>", status["resourceClaimName"])
+    huge = await get(kube, PODS, "huge", ns) or {}
+    return {
+        "extendedResourceClaimStatus": status,
+        "claimName": re.sub(r"-[a-z0-9]{5}$", "-<random>", meta["name"]),
+        "claimAnnotations": meta.get("annotations"),
+        "claimOwner": [
+            (o["kind"], o["name"], o.get("controller")) for o in meta.get("ownerReferences") or []
+        ],
+        "claimRequests": claim_made["spec"]["devices"]["requests"],
+        "claim": {k: v for k, v in (norm.claim(claim_made) or {}).items() if k not in ("status", "devices")},
+        "events": [e for e in norm.events(await events_of(kube, ns, "pod")) if e[2] != "kubelet"],
+        "huge": {
+            "PodScheduled": norm.pod_condition(refused),
+            "events": norm.events(await events_of(kube, ns, "huge")),
+            "extendedResourceClaimStatus": huge.get("status", {}).get("extendedResourceClaimStatus"),
+        },
+        "claims": len((await kube.list(RESOURCE_CLAIMS, ns)).get("items") or []),
+    }
+
+
 async def written_claim(probe: Callable[[], Awaitable[JSON | None]]) -> JSON:
     found: JSON = await poll("the claim's status.devices", probe)
     return found
@@ -492,6 +553,7 @@ SCENARIOS: dict[str, Scenario] = {
     "shared-claim": shared_claim,
     "released-claim": released_claim,
     "api-answers": api_answers,
+    "extended-resource": extended_resource,
 }
 
 EXPECTED_FILE = Path(__file__).parents[1] / "fixtures" / "parity" / "expected.json"
