@@ -186,6 +186,10 @@ async def test_an_extended_resource_no_node_can_give_leaves_the_pod_pending_in_t
     assert claims_of(sandbox, namespace) == []
     current = sandbox.apiserver.get_object(PODS, "pod", namespace)
     assert current is not None and "extendedResourceClaimStatus" not in current["status"]
+    # A pending pod is tried again on every claim or slice change: leave none to the module's later tests.
+    assert sandbox.kube is not None
+    await sandbox.kube.delete(PODS, "pod", namespace)
+    await sandbox.apiserver.wait_for(lambda _s: not sandbox.apiserver.get_object(PODS, "pod", namespace))
 
 
 async def test_cel_memory_selector(sandbox: Sandbox) -> None:
