@@ -298,11 +298,15 @@ class Scheduler:
 
     def _retry_pending(self, event: str, obj: JSON) -> None:
         for key in list(self._pending):
+            if key in self._binding:
+                # Its step may have read the state before this change: try it again when the step ends
+                # (else the change would be lost until the next one).
+                self._waiting.setdefault(key, set()).add(key)
             self._queue.add(key)
 
     async def _schedule(self, key: str) -> None:
         if key in self._binding:
-            return  # its binding step runs; it queues the pod again when it ends
+            return  # its step runs; a claim, slice, node or class change meanwhile requeues it after
         namespace, name = _split(key)
         try:
             pod = await self.kube.get(PODS, name, namespace)

@@ -352,4 +352,6 @@ async def test_unschedulable_pods_leave_the_scheduler_idle(sandbox: Sandbox) -> 
         for r in sandbox.apiserver.request_log.since(mark)
         if r.path.endswith("/resourceslices") and not r.query
     ]
-    assert len(attempts) <= 2, f"{len(attempts)} scheduling attempts in a second of quiet"
+    # Each pod may still be tried once for its own verdict's update and once for a change that came during
+    # its step (the other pod's claim); a loop makes dozens.
+    assert len(attempts) <= 4, f"{len(attempts)} scheduling attempts in a second of quiet"
