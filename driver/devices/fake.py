@@ -19,13 +19,16 @@ GPM activity (Hopper and newer) follows utilization unless a procs file gives it
 A MIG-enabled GPU reads as NVML reads one: no GPU-wide utilization and no per-process SM share; each MIG
 device reports its memory (a reserve plus its processes') and, with GPM, its own activity; the parent's
 memory is the sum and its power follows its instances' load.
+
+MIG instances can be created and destroyed (``driver.devices.fakemig``, under the rules of the product's
+profile table in ``driver.devices.migtables``); discovery and telemetry report the instances there are now.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
-import os
 import re
 import threading
 import time
@@ -47,7 +50,18 @@ if TYPE_CHECKING:
 
 from driver.devices.backend import BackendError
 from driver.devices.fake_events import LOST_REASON, gpu_lost
-from driver.devices.model import FabricInfo, Gpu, Inventory, MigDevice, MigPlacement, NvLink
+from driver.devices.fakemig import FakeMig, pid_alive
+from driver.devices.mig import GpuInstance
+from driver.devices.migtables import TABLES, table_for_product
+from driver.devices.model import (
+    FabricInfo,
+    Gpu,
+    Inventory,
+    MigDevice,
+    MigPlacement,
+    MigProfile,
+    NvLink,
+)
 from driver.devices.telemetry import ACTIVITIES, GpuTelemetry, MigTelemetry, ProcessSample, TelemetryError
 from driver.log import get_logger
 from driver.quantity import parse_quantity
@@ -83,7 +97,9 @@ class FakeBackend:
     """:class:`~driver.devices.backend.DeviceBackend` that reports a :class:`FakeProfile`.
 
     It is also a :class:`~driver.devices.telemetry.TelemetrySource`: ``state_dir`` holds the simulated
-    load (see the module docstring); ``clock`` (seconds, monotonic) drives the cumulative counters.
+    load (see the module docstring); ``clock`` (seconds, monotonic) drives the cumulative counters. And a
+    :class:`~driver.devices.mig.MigControl`: MIG instances of its MIG-enabled GPUs can be created and
+    destroyed (kept under ``state_dir``, so every process of the node sees them).
     """
 
     def __init__(
@@ -95,12 +111,21 @@ class FakeBackend:
         self.profile = profile
         self.closed = False
         self.state_dir = Path(state_dir).absolute() if state_dir else None
+        self.mig = FakeMig(profile.inventory.gpus, self.state_dir)
         self._simulator = LoadSimulator(profile.inventory, self.state_dir, clock)
 
     def discover(self) -> Inventory:
+        """The profile's GPUs, with the MIG instances they have now."""
         if self.closed:
             raise BackendError(f"fake backend {self.profile.name!r} is closed")
-        return self.profile.inventory
+        inventory = self.profile.inventory
+        gpus = tuple(
+            dataclasses.replace(g, mig_devices=self.mig.devices(g.uuid)) if g.mig_enabled else g
+            for g in inventory.gpus
+        )
+        if gpus == inventory.gpus:
+            return inventory
+        return Inventory(gpus, inventory.driver_version, inventory.cuda_driver_version)
 
     def close(self) -> None:
         self.closed = True
@@ -110,7 +135,24 @@ class FakeBackend:
             raise TelemetryError(f"fake backend {self.profile.name!r} is closed (GPU {uuid})")
         if self.state_dir is not None and gpu_lost(self.state_dir, uuid):
             raise TelemetryError(f"GPU {uuid} cannot be read: {LOST_REASON}")
-        return self._simulator.sample(uuid)
+        return self._simulator.sample(uuid, self.mig.devices(uuid))
+
+    # -- MIG (MigControl) ------------------------------------------------------------------------------
+
+    def gpu_instances(self, gpu_uuid: str) -> list[GpuInstance]:
+        return self.mig.gpu_instances(gpu_uuid)
+
+    def create_gpu_instance(self, gpu_uuid: str, profile: MigProfile, placement: MigPlacement) -> GpuInstance:
+        return self.mig.create_gpu_instance(gpu_uuid, profile, placement)
+
+    def create_compute_instance(self, gpu_uuid: str, gpu_instance: GpuInstance) -> MigDevice:
+        return self.mig.create_compute_instance(gpu_uuid, gpu_instance)
+
+    def destroy_compute_instance(self, gpu_uuid: str, gpu_instance: int, compute_instance: int) -> None:
+        self.mig.destroy_compute_instance(gpu_uuid, gpu_instance, compute_instance)
+
+    def destroy_gpu_instance(self, gpu_uuid: str, gpu_instance: int) -> None:
+        self.mig.destroy_gpu_instance(gpu_uuid, gpu_instance)
 
     def health_source(self, inventory: Inventory, *, read_only: bool = False) -> HealthSource:
         """Faults injected under the state dir (``driver.devices.fake_events``); none without a state dir."""
@@ -223,16 +265,6 @@ class _Counters:
     nvlink_tx: float = 0.0
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process: it exists
-    return True
-
-
 def _share(raw: Any, default: float = 0.0) -> float:
     return min(1.0, max(0.0, float(raw))) if isinstance(raw, int | float) else default
 
@@ -300,7 +332,7 @@ class LoadSimulator:
             proc = read_procs_file(path)
             if proc is None:
                 continue
-            if not _pid_alive(proc.pid):
+            if not pid_alive(proc.pid):
                 with contextlib.suppress(OSError):
                     path.unlink()
                 continue
@@ -313,11 +345,14 @@ class LoadSimulator:
             p for uuid in (gpu.uuid, *(m.uuid for m in gpu.mig_devices)) for p in self._device_processes(uuid)
         ]
 
-    def sample(self, uuid: str) -> GpuTelemetry:
+    def sample(self, uuid: str, migs: tuple[MigDevice, ...] | None = None) -> GpuTelemetry:
+        """One reading; ``migs``: the MIG devices the GPU has now (default: the profile's)."""
         gpu = self._gpus.get(uuid)
         if gpu is None:
             raise TelemetryError(f"no fake GPU with UUID {uuid}")
         if gpu.mig_enabled:
+            if migs is not None:
+                gpu = dataclasses.replace(gpu, mig_devices=migs)
             return self._sample_mig_gpu(gpu)
         procs = self.processes(gpu)
         util = _sum(p.utilization for p in procs)
@@ -367,6 +402,7 @@ class LoadSimulator:
             memory_used_bytes=used,
             processes=_listed(every, sm_share=False),
             mig=tuple(migs),
+            mig_devices=gpu.mig_devices,
             gpm=gpm,
         )
 
@@ -551,6 +587,15 @@ def _check_references(data: dict[str, Any], source: str) -> None:
             raise ProfileError(
                 f"{source}: gpus[{index}].mig.devices: MIG devices listed but mig.enabled is false"
             )
+        table = mig.get("profiles") or table_for_product(gpu.get("productName"))
+        names = {p.name for p in TABLES.get(table or "", ())}
+        for i, device in enumerate(mig.get("devices") or []):
+            name = re.sub(r"^\d+c\.", "", str(device.get("profile", "")))
+            if names and name not in names:
+                raise ProfileError(
+                    f"{source}: gpus[{index}].mig.devices[{i}].profile: {name!r} is not a MIG profile of "
+                    f"{table} ({', '.join(sorted(names))})"
+                )
     buses = {gpu["pciBusID"] for gpu in gpus}
     for index, gpu in enumerate(gpus):
         for link_index, link in enumerate(gpu.get("nvlinks") or []):
@@ -598,11 +643,21 @@ def _gpu(raw: dict[str, Any], index: int, seed: str, source: str) -> Gpu:
             _mig(m, gpu_uuid, source, f"{where}.mig.devices[{i}]", i)
             for i, m in enumerate((mig or {}).get("devices", []))
         ),
+        mig_profiles=_mig_profiles(raw),
         nvlinks=None if raw.get("nvlinks", []) is None else _links(raw.get("nvlinks", [])),
         fabric=None
         if fabric is None
         else FabricInfo(cluster_uuid=fabric["clusterUUID"], clique_id=fabric["cliqueID"]),
     )
+
+
+def _mig_profiles(raw: dict[str, Any]) -> tuple[MigProfile, ...]:
+    """The MIG profiles NVML lists for the GPU: its product's table, while MIG is enabled (as NVML)."""
+    mig = raw.get("mig") or {}
+    if not mig.get("enabled"):
+        return ()
+    table = mig.get("profiles") or table_for_product(raw.get("productName"))
+    return TABLES.get(table or "", ())
 
 
 def _links(groups: list[dict[str, Any]]) -> tuple[NvLink, ...]:

@@ -8,7 +8,8 @@ each other over NVLink (directly or through NVSwitch), how many links are active
 connected set ("interconnect domain").
 
 Stable ids: device names come from the PCI address, interconnect-domain ids from member UUIDs or the fabric
-clique. Neither depends on the NVML enumeration index, which can change between boots.
+clique. Neither depends on the NVML enumeration index, which can change between boots. MIG devices are named
+after their profile and placement, so a static instance and a dynamic slot at the same place share a name.
 """
 
 from __future__ import annotations
@@ -97,6 +98,59 @@ class MigPlacement:
 
 
 @dataclass(frozen=True, slots=True)
+class MigProfile:
+    """A GPU-instance profile of a MIG-capable GPU and where it can be placed.
+
+    The facts NVML gives through ``nvmlDeviceGetGpuInstanceProfileInfo`` (sizes, engines) and
+    ``nvmlDeviceGetGpuInstancePossiblePlacements`` (placements, in memory slices). A GPU is cut into memory
+    slices (8 on A100/H100) and compute slices (7); engines (copy engines, decoders, ...) come with them.
+    """
+
+    #: ``1g.5gb``, ``1g.5gb+me``: NVML's profile name without its ``MIG`` prefix.
+    name: str
+    #: The ``NVML_GPU_INSTANCE_PROFILE_*`` constant the profile is looked up by.
+    index: int
+    #: The profile id creation calls take (``nvidia-smi mig -lgip``'s ID column).
+    id: int
+    compute_slices: int
+    memory_bytes: int
+    placements: tuple[MigPlacement, ...]
+    #: How many instances of the profile fit on an empty GPU.
+    instance_count: int
+    multiprocessors: int = 0
+    copy_engines: int = 0
+    decoders: int = 0
+    encoders: int = 0
+    jpeg_engines: int = 0
+    ofa_engines: int = 0
+
+    def engines(self) -> dict[str, int]:
+        """Engine counts by counter name (``driver.resources.counters``)."""
+        return {
+            "copy-engines": self.copy_engines,
+            "decoders": self.decoders,
+            "encoders": self.encoders,
+            "jpeg-engines": self.jpeg_engines,
+            "ofa-engines": self.ofa_engines,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class MigSlot:
+    """A MIG device that does not exist yet: a profile at one of its placements, created when a claim that
+    was allocated it is prepared (dynamic MIG). ``whole_gpu``: the GPU's full-size instance, published as
+    the whole GPU of a GPU in dynamic MIG mode."""
+
+    profile: MigProfile
+    placement: MigPlacement
+    whole_gpu: bool = False
+
+    @property
+    def memory_slices(self) -> range:
+        return range(self.placement.start, self.placement.start + self.placement.size)
+
+
+@dataclass(frozen=True, slots=True)
 class MigDevice:
     """A MIG device (GPU instance + compute instance) of a MIG-enabled GPU."""
 
@@ -137,6 +191,11 @@ class Gpu:
     #: ``None``: not MIG capable (or unknown); ``False``: capable, disabled; ``True``: enabled.
     mig_enabled: bool | None = None
     mig_devices: tuple[MigDevice, ...] = ()
+    #: GPU-instance profiles the GPU supports (known while MIG is enabled); ``()`` when unknown.
+    mig_profiles: tuple[MigProfile, ...] = ()
+    #: Dynamic MIG mode (the driver's setting, ``driver.devices.migmode``): the GPU is offered as a whole
+    #: and as every (profile, placement); instances are created at prepare.
+    mig_dynamic: bool = False
     #: ``None``: NVLink state could not be queried; ``()``: the GPU has no NVLink.
     nvlinks: tuple[NvLink, ...] | None = ()
     fabric: FabricInfo | None = None
@@ -174,6 +233,43 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
+def mig_memory_slices(gpu: Gpu) -> int:
+    """How many memory slices the GPU's MIG placements span (8 on A100/H100); 0 when unknown."""
+    return max((p.start + p.size for prof in gpu.mig_profiles for p in prof.placements), default=0)
+
+
+def mig_compute_slices(gpu: Gpu) -> int:
+    """How many compute slices the GPU has (7 on A100/H100): those of its largest profile."""
+    return max((prof.compute_slices for prof in gpu.mig_profiles), default=0)
+
+
+def full_mig_slot(gpu: Gpu) -> MigSlot | None:
+    """The instance that takes the whole GPU (``7g.40gb`` on A100-40GB), ``None`` when no profile does."""
+    memory, compute = mig_memory_slices(gpu), mig_compute_slices(gpu)
+    for profile in sorted(gpu.mig_profiles, key=lambda p: p.index):
+        if profile.compute_slices != compute:
+            continue
+        for placement in profile.placements:
+            if placement.start == 0 and placement.size == memory:
+                return MigSlot(profile, placement, whole_gpu=True)
+    return None
+
+
+def mig_slots(gpu: Gpu) -> list[MigSlot]:
+    """Every (profile, placement) of the GPU, ordered by profile index and placement."""
+    return [
+        MigSlot(profile, placement)
+        for profile in sorted(gpu.mig_profiles, key=lambda p: p.index)
+        for placement in sorted(profile.placements, key=lambda p: p.start)
+    ]
+
+
+def mig_slot_name(parent: Gpu, profile: str, start: int) -> str:
+    """``<parent>-mig-<profile>-<placementStart>``: a MIG slot's name, the same whether the instance was
+    created by hand (static) or is created at prepare (dynamic)."""
+    return f"{parent.name}-mig-{_slug(profile)}-{start}"
+
+
 def mig_device_name(parent: Gpu, mig: MigDevice) -> str:
     """DRA name of a MIG device: ``<parent>-mig-<profile>-<placementStart>``.
 
@@ -183,7 +279,7 @@ def mig_device_name(parent: Gpu, mig: MigDevice) -> str:
     """
     base = f"{parent.name}-mig"
     if mig.profile and mig.placement is not None:
-        name = f"{base}-{_slug(mig.profile)}-{mig.placement.start}"
+        name = mig_slot_name(parent, mig.profile, mig.placement.start)
         if re.match(r"^\d+c\.", mig.profile) and mig.compute_instance_id is not None:
             name += f"-c{mig.compute_instance_id}"
     elif mig.gpu_instance_id is not None and mig.compute_instance_id is not None:
@@ -195,23 +291,31 @@ def mig_device_name(parent: Gpu, mig: MigDevice) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Device:
-    """One allocatable unit: a whole GPU (MIG disabled) or one MIG device of a MIG-enabled GPU."""
+    """One allocatable unit: a whole GPU (MIG disabled), one MIG device of a MIG-enabled GPU, or -- on a GPU
+    in dynamic MIG mode -- a MIG slot whose instance is created at prepare (``slot``; once created, the
+    preparer's copy of the device carries it as ``mig`` too)."""
 
     name: str
     gpu: Gpu
     mig: MigDevice | None = None
+    slot: MigSlot | None = None
 
     @property
     def kind(self) -> DeviceKind:
+        if self.slot is not None:
+            return "gpu" if self.slot.whole_gpu else "mig"
         return "gpu" if self.mig is None else "mig"
 
     @property
     def uuid(self) -> str:
+        """The device's UUID; a MIG slot not created yet answers for its GPU (health, events)."""
         return self.gpu.uuid if self.mig is None else self.mig.uuid
 
     @property
     def memory_bytes(self) -> int | None:
-        return self.gpu.memory_bytes if self.mig is None else self.mig.memory_bytes
+        if self.mig is not None:
+            return self.mig.memory_bytes
+        return self.slot.profile.memory_bytes if self.slot is not None else self.gpu.memory_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,10 +446,22 @@ class Inventory:
         return next((d for d in self.devices if d.name == name), None)
 
 
+def dynamic_devices(gpu: Gpu) -> list[Device]:
+    """A GPU in dynamic MIG mode: the whole GPU (its full-size instance) and every (profile, placement)."""
+    full = full_mig_slot(gpu)
+    whole = [Device(name=gpu.name, gpu=gpu, slot=full)] if full is not None else []
+    return whole + [
+        Device(name=mig_slot_name(gpu, s.profile.name, s.placement.start), gpu=gpu, slot=s)
+        for s in mig_slots(gpu)
+    ]
+
+
 def _allocatable(gpus: Iterable[Gpu]) -> Iterable[Device]:
     # A MIG-enabled GPU cannot run work as a whole: only its MIG devices are allocatable.
     for gpu in gpus:
-        if gpu.mig_enabled:
+        if gpu.mig_dynamic:
+            yield from dynamic_devices(gpu)
+        elif gpu.mig_enabled:
             for mig in gpu.mig_devices:
                 yield Device(name=mig_device_name(gpu, mig), gpu=gpu, mig=mig)
         else:

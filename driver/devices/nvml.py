@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import math
 import re
 import time
 import uuid as uuidlib
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from driver.devices.backend import BackendError
 from driver.devices.gpm import GpmReader, GpmReadings
 from driver.devices.layout import find_library
+from driver.devices.mig import GpuInstance
 from driver.devices.model import (
     PCIE_ROOT_RE,
     FabricInfo,
@@ -32,10 +32,12 @@ from driver.devices.model import (
     Inventory,
     MigDevice,
     MigPlacement,
+    MigProfile,
     NvLink,
     RemoteType,
     normalize_pci_bus_id,
 )
+from driver.devices.nvmlmig import NvmlMig
 from driver.devices.telemetry import GpuTelemetry, MigTelemetry, ProcessSample, TelemetryError
 from driver.log import get_logger
 
@@ -256,6 +258,7 @@ class NvmlBackend:
         #: MIG devices of each MIG-enabled GPU, from the last discovery (read per instance).
         self._migs: dict[str, tuple[MigDevice, ...]] = {}
         self.gpm = GpmReader(nvml, self._unsupported, self._gpm_unsupported)
+        self.mig = NvmlMig(self)
         try:
             nvml.nvmlInit()
         except nvml.NVMLError as exc:
@@ -306,7 +309,29 @@ class NvmlBackend:
         """
         if not self._open:
             raise TelemetryError(f"NVML backend is closed (GPU {uuid})")
-        return _sample_gpu(self, self._handle(uuid), uuid, self._migs.get(uuid, ()))
+        handle = self._handle(uuid)
+        if uuid not in self._migs:
+            return _sample_gpu(self, handle, uuid)
+        # MIG instances come and go (dynamic MIG): read the ones there are now.
+        migs = self._migs[uuid] = self._mig_devices(handle, uuid)
+        return dataclasses.replace(_sample_gpu(self, handle, uuid, migs), mig_devices=migs)
+
+    # -- MIG instances (MigControl) -----------------------------------------------------------------
+
+    def gpu_instances(self, gpu_uuid: str) -> list[GpuInstance]:
+        return self.mig.gpu_instances(gpu_uuid)
+
+    def create_gpu_instance(self, gpu_uuid: str, profile: MigProfile, placement: MigPlacement) -> GpuInstance:
+        return self.mig.create_gpu_instance(gpu_uuid, profile, placement)
+
+    def create_compute_instance(self, gpu_uuid: str, gpu_instance: GpuInstance) -> MigDevice:
+        return self.mig.create_compute_instance(gpu_uuid, gpu_instance)
+
+    def destroy_compute_instance(self, gpu_uuid: str, gpu_instance: int, compute_instance: int) -> None:
+        self.mig.destroy_compute_instance(gpu_uuid, gpu_instance, compute_instance)
+
+    def destroy_gpu_instance(self, gpu_uuid: str, gpu_instance: int) -> None:
+        self.mig.destroy_gpu_instance(gpu_uuid, gpu_instance)
 
     def _handle(self, uuid: str) -> Any:
         handle = self._handles.get(uuid)
@@ -372,7 +397,7 @@ class NvmlBackend:
         memory = self._call("nvmlDeviceGetMemoryInfo", handle, device=ref)
         capability = self._call("nvmlDeviceGetCudaComputeCapability", handle, device=ref)
         minor = self._call("nvmlDeviceGetMinorNumber", handle, device=ref)
-        mig_enabled, mig_devices = self._mig(handle, ref)
+        mig_enabled, mig_devices, mig_profiles = self._mig(handle, ref)
         return Gpu(
             uuid=gpu_uuid,
             product_name=_text(self._call("nvmlDeviceGetName", handle, device=ref)),
@@ -389,6 +414,7 @@ class NvmlBackend:
             minor=int(minor) if minor is not None else None,
             mig_enabled=mig_enabled,
             mig_devices=mig_devices,
+            mig_profiles=mig_profiles,
             nvlinks=self._nvlinks(handle, ref),
             fabric=self._fabric(handle, ref),
         )
@@ -484,14 +510,21 @@ class NvmlBackend:
 
     # -- MIG ----------------------------------------------------------------------------------------
 
-    def _mig(self, handle: Any, ref: str) -> tuple[bool | None, tuple[MigDevice, ...]]:
-        nvml = self._nvml
+    def _mig(
+        self, handle: Any, ref: str
+    ) -> tuple[bool | None, tuple[MigDevice, ...], tuple[MigProfile, ...]]:
+        """MIG mode, the MIG devices there are, the GPU-instance profiles (with placements)."""
         mode = self._call("nvmlDeviceGetMigMode", handle, device=ref)
         if mode is None:
-            return None, ()
-        if mode[0] != getattr(nvml, "NVML_DEVICE_MIG_ENABLE", 1):
-            return False, ()
-        profiles = self._gi_profiles(handle)
+            return None, (), ()
+        if mode[0] != getattr(self._nvml, "NVML_DEVICE_MIG_ENABLE", 1):
+            return False, (), ()
+        return True, self._mig_devices(handle, ref), self.mig.profiles(handle, ref)
+
+    def _mig_devices(self, handle: Any, ref: str) -> tuple[MigDevice, ...]:
+        """The MIG devices (compute instances) the GPU has now, with their NVML slot."""
+        nvml = self._nvml
+        profiles = {p.id: (p.name, p.compute_slices) for p in self.mig.profiles(handle, ref)}
         devices: list[MigDevice] = []
         for index in range(int(self._call("nvmlDeviceGetMaxMigDeviceCount", handle, device=ref) or 0)):
             try:
@@ -506,20 +539,7 @@ class NvmlBackend:
             mig = self._mig_device(handle, mig_handle, profiles, ref)
             if mig is not None:
                 devices.append(dataclasses.replace(mig, slot=index))
-        return True, tuple(devices)
-
-    def _gi_profiles(self, handle: Any) -> dict[int, tuple[str, int]]:
-        """GPU-instance profile id -> (name like ``1g.5gb``, compute slice count) for this GPU."""
-        table: dict[int, tuple[str, int]] = {}
-        for index in range(int(getattr(self._nvml, "NVML_GPU_INSTANCE_PROFILE_COUNT", 0))):
-            info = self._call("nvmlDeviceGetGpuInstanceProfileInfo", handle, index, quiet=True)
-            if info is None:
-                continue
-            name = (_text(getattr(info, "name", None)) or "").removeprefix("MIG ").strip()
-            if not name:  # v1 struct without a name: build it the way NVIDIA does (memory rounded up)
-                name = f"{info.sliceCount}g.{math.ceil(int(info.memorySizeMB) / 1024)}gb"
-            table[int(info.id)] = (name, int(info.sliceCount))
-        return table
+        return tuple(devices)
 
     def _mig_device(
         self, parent: Any, handle: Any, profiles: dict[int, tuple[str, int]], ref: str

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol, runtime_checkable
 
+from driver.devices.model import MigDevice
+
 #: Field names used in :attr:`GpuTelemetry.errors` (and as the ``field`` label of read-error counters).
 FIELDS = (
     "utilization",
@@ -142,6 +144,9 @@ class GpuTelemetry:
     io_throughput: Mapping[tuple[str, str], float] = field(default_factory=lambda: MappingProxyType({}))
     #: One reading per MIG device of a MIG-enabled GPU.
     mig: tuple[MigTelemetry, ...] = ()
+    #: The MIG devices the GPU had when it was read (instances come and go with dynamic MIG); ``None``
+    #: when the backend does not re-read them.
+    mig_devices: tuple[MigDevice, ...] | None = None
     #: Field name (see :data:`FIELDS`) -> error text, for reads that failed in this sample.
     errors: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 

@@ -22,6 +22,7 @@ from typing import Any, Literal
 from driver.devices.model import PCI_BUS_ID_RE, PCIE_ROOT_RE, Device, Gpu, Inventory
 from driver.log import get_logger
 from driver.quantity import canonical, parse_quantity
+from driver.resources.counters import consumes_counters
 
 log = get_logger(__name__)
 
@@ -89,7 +90,9 @@ _Row = tuple[str, AttrType, bool, AppliesTo, str, str]
 _ROWS: tuple[_Row, ...] = (
     # key, type, required, devices, description, example
     ("type", "string", True, "both", "`gpu` for a whole GPU, `mig` for a MIG device.", "gpu"),
-    ("uuid", "string", True, "both", "NVML UUID of the GPU or MIG device.",
+    ("uuid", "string", True, "both",
+     "NVML UUID of the GPU or MIG device. Absent on a dynamic MIG device: its instance, and so its UUID, "
+     "only exists once a claim is prepared (the claim's `status.devices` then has it).",
      "GPU-4b5e3e2a-8d0e-4c6f-9a51-2f7c0d9e1b34"),
     ("productName", "string", True, "both", "Product name as NVML reports it.", "NVIDIA H100 80GB HBM3"),
     ("brand", "string", False, "both", "NVML brand.", "Nvidia"),
@@ -143,7 +146,8 @@ def _fabric_clique(device: Device, inventory: Inventory) -> _Value:
 # How each profile entry is read from the model. Kept beside PROFILE; a test checks they cover each other.
 _VALUES: Mapping[str, Callable[[Device, Inventory], _Value]] = {
     "type": lambda d, inv: d.kind,
-    "uuid": lambda d, inv: d.uuid,
+    # A dynamic MIG slot has no instance yet, so no UUID of its own.
+    "uuid": lambda d, inv: None if d.kind == "mig" and d.mig is None else d.uuid,
     "productName": lambda d, inv: d.gpu.product_name,
     "brand": lambda d, inv: d.gpu.brand,
     "architecture": lambda d, inv: d.gpu.architecture,
@@ -156,8 +160,8 @@ _VALUES: Mapping[str, Callable[[Device, Inventory], _Value]] = {
     "nvlinkDomain": _nvlink_domain,
     "nvlinkActiveLinks": lambda d, inv: d.gpu.active_links,
     "fabricCliqueID": _fabric_clique,
-    "parentUUID": lambda d, inv: d.gpu.uuid if d.mig else None,
-    "profile": lambda d, inv: d.mig.profile if d.mig else None,
+    "parentUUID": lambda d, inv: d.gpu.uuid if d.kind == "mig" else None,
+    "profile": lambda d, inv: d.mig.profile if d.mig else d.slot.profile.name if d.slot else None,
     "memory": lambda d, inv: d.memory_bytes,
 }
 
@@ -252,7 +256,8 @@ def device_capacity(
 
 
 def device_entry(device: Device | Gpu, inventory: Inventory, driver_name: str) -> dict[str, Any]:
-    """One ``spec.devices[]`` entry of a ResourceSlice: name, attributes, capacity.
+    """One ``spec.devices[]`` entry of a ResourceSlice: name, attributes, capacity, and for the devices of a
+    GPU in dynamic MIG mode the counters they consume (``driver.resources.counters``).
 
     Empty maps are left out, as the API server drops them (``omitempty``): sending ``attributes: {}`` would
     make every comparison with the stored slice a difference.
@@ -265,6 +270,9 @@ def device_entry(device: Device | Gpu, inventory: Inventory, driver_name: str) -
     capacity = device_capacity(dev, inventory, driver_name)
     if capacity:
         entry["capacity"] = capacity
+    consumption = consumes_counters(dev)
+    if consumption:
+        entry["consumesCounters"] = consumption
     return entry
 
 
@@ -375,7 +383,9 @@ def check_device_profile(device_json: Mapping[str, Any], driver_name: str) -> li
         values = capacity if spec.type == "capacity" else attributes
         key, value = _lookup(values, spec.name, spec.domain, driver_name)
         if value is None:
-            if spec.required:
+            # A partitionable MIG device (instance created at prepare) has no UUID to publish yet.
+            dynamic = spec.name == "uuid" and kind == "mig" and bool(body.get("consumesCounters"))
+            if spec.required and not dynamic:
                 what = "capacity" if spec.type == "capacity" else "attribute"
                 findings.append(Finding(name, key, f"required {what} is missing"))
             continue

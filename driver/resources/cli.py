@@ -42,6 +42,11 @@ def add_discover_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("NODE_NAME") or socket.gethostname(),
         help="node (and pool) name; default $NODE_NAME or the host name",
     )
+    parser.add_argument(
+        "--mig-mode",
+        default=os.environ.get("MIG_MODE", "static"),
+        help="MIG mode per GPU, as the plugin's flag (docs/mig.md), e.g. 'static,0000:3b:00.0=dynamic'",
+    )
     parser.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
 
@@ -53,33 +58,38 @@ def discovered_slices(  # noqa: PLR0917 -- the plugin's own inputs, in its order
     driver_root: str = "/",
     state_dir: str | None = None,
     options: PublishOptions | None = None,
+    *,
+    mig_mode: str = "static",
 ) -> list[JSON]:
     """The slices the plugin would publish, as a server would store them (names left to generateName);
-    ``options``: the alpha fields asked for, as if the server keeps them."""
-    from driver.devices.backend import backend_options, open_backend
-    from driver.resources.publishing import PublishOptions, publish_entries
-    from driver.resources.slices import split_devices
+    ``options``: the alpha fields asked for, as if the server keeps them.
 
+    ``mig_mode``: the plugin's ``--mig-mode``; a malformed one raises ``ValueError``."""
+    from driver.devices.backend import backend_options, open_backend
+    from driver.devices.migmode import apply_mig_modes, parse_mig_modes
+    from driver.resources.counters import counter_sets
+    from driver.resources.publishing import PublishOptions, publish_entries
+    from driver.resources.slices import slice_spec, split_pool
+
+    modes = parse_mig_modes(mig_mode)
     backend = open_backend(
         backend_spec,
         **backend_options(backend_spec, node_name=node, driver_root=driver_root, state_dir=state_dir),
     )
     try:
-        inventory = backend.discover()
+        inventory = apply_mig_modes(backend.discover(), modes)
     finally:
         backend.close()
-    chunks = split_devices(publish_entries(inventory.devices, inventory, driver, options or PublishOptions()))
+    chunks = split_pool(
+        publish_entries(inventory.devices, inventory, driver, options or PublishOptions()),
+        counter_sets(inventory),
+    )
     return [
         {
             "apiVersion": "resource.k8s.io/v1",
             "kind": "ResourceSlice",
             "metadata": {"generateName": f"{node}-{driver}-"},
-            "spec": {
-                "driver": driver,
-                "nodeName": node,
-                "pool": {"name": node, "generation": 1, "resourceSliceCount": len(chunks)},
-                "devices": chunk,
-            },
+            "spec": slice_spec(driver, node, 1, len(chunks), chunk),
         }
         for chunk in chunks
     ]
@@ -106,9 +116,15 @@ def run_discover(args: argparse.Namespace) -> int:
             shared=SharedGpus(args.shared_gpus, args.share_memory_step) if args.shared_gpus else None,
         )
         slices = discovered_slices(
-            args.backend, args.driver_name, args.node_name, args.driver_root, args.fake_state_dir, options
+            args.backend,
+            args.driver_name,
+            args.node_name,
+            args.driver_root,
+            args.fake_state_dir,
+            options,
+            mig_mode=args.mig_mode,
         )
-    except (BackendError, ConfigError) as err:
+    except (BackendError, ConfigError, ValueError) as err:
         print(f"accel-dra discover: {err}", file=sys.stderr)
         return 1
     sys.stdout.write(_dump({"apiVersion": "v1", "kind": "List", "items": slices}, args.output))

@@ -25,7 +25,7 @@ from driver.kube.client import NODES, RESOURCE_SLICES, ApiError, KubeClient, Mal
 from driver.kube.listwatch import ListWatcher
 from driver.kube.retry import Backoff
 from driver.log import get_logger
-from driver.resources.slices import JSON, Owner, SyncPlan, plan_sync, split_devices
+from driver.resources.slices import JSON, Owner, SliceContent, SyncPlan, plan_sync, split_pool
 
 log = get_logger(__name__)
 
@@ -75,7 +75,7 @@ class SlicePublisher:
         self._max_backoff = max_backoff
         self._on_write = on_write
         self._on_error = on_error
-        self._desired: list[list[JSON]] | None = None
+        self._desired: list[SliceContent] | None = None
         self._dirty = asyncio.Event()
         self._synced = asyncio.Event()
         self._owner: Owner | None = None
@@ -87,9 +87,12 @@ class SlicePublisher:
     def field_selector(self) -> str:
         return f"spec.driver={self.driver},spec.nodeName={self.node}"
 
-    def set_devices(self, devices: Sequence[Mapping[str, Any]]) -> None:
-        """Publish this device list (device JSON as in ``spec.devices``); cheap, the sync runs in ``run``."""
-        self._desired = split_devices(devices)
+    def set_devices(
+        self, devices: Sequence[Mapping[str, Any]], counter_sets: Sequence[Mapping[str, Any]] = ()
+    ) -> None:
+        """Publish this device list (device JSON as in ``spec.devices``) and the counter sets its devices
+        consume (``spec.sharedCounters``); cheap, the sync runs in ``run``."""
+        self._desired = split_pool(devices, counter_sets)
         self._synced.clear()
         self._dirty.set()
 

@@ -6,8 +6,11 @@ scheduler sees pools the way it expects:
 
 * the pool is named after the node; its generation is the highest generation among existing slices,
   and slices at a lower generation are obsolete;
+* shared counters (partitionable devices) go into slices of their own, as Kubernetes 1.35 and later
+  require (a slice holds ``devices`` or ``sharedCounters``), at most 8 counter sets each;
 * an existing slice matches a desired one when it is the only one on both sides, or when both hold the
-  same set of device names; unmatched existing slices are deleted, unmatched desired ones created;
+  same set of device names (counter set names for counter slices); unmatched existing slices are deleted,
+  unmatched desired ones created;
 * the generation is kept when nothing is created and at most one slice changes, otherwise bumped, and
   every written slice carries the (possibly new) generation and ``resourceSliceCount``.
 """
@@ -25,6 +28,22 @@ JSON = dict[str, Any]
 
 MAX_DEVICES_PER_SLICE = 128
 MAX_DEVICES_PER_SLICE_WITH_TAINTS_OR_COUNTERS = 64
+MAX_COUNTER_SETS_PER_SLICE = 8
+
+
+@dataclass(frozen=True)
+class SharedCounters:
+    """What a counters-only slice holds: ``spec.sharedCounters`` (no devices)."""
+
+    sets: tuple[JSON, ...]
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(str(s.get("name", "")) for s in self.sets)
+
+
+#: What one slice of the pool holds: a device list, or counter sets.
+SliceContent = list[JSON] | SharedCounters
 
 
 def slice_capacity(devices: Sequence[Mapping[str, Any]]) -> int:
@@ -45,6 +64,21 @@ def split_devices(devices: Sequence[Mapping[str, Any]]) -> list[list[JSON]]:
     ordered = sorted((dict(d) for d in devices), key=lambda d: d["name"])
     size = slice_capacity(ordered)
     return [ordered[i : i + size] for i in range(0, len(ordered), size)] or [[]]
+
+
+def split_pool(
+    devices: Sequence[Mapping[str, Any]], counter_sets: Sequence[Mapping[str, Any]] = ()
+) -> list[SliceContent]:
+    """The pool's slices: counter sets (sorted by name, 8 per slice), then the devices (:func:`split_devices`;
+    no empty device slice when counters give the pool a slice)."""
+    sets = sorted((dict(c) for c in counter_sets), key=lambda c: str(c.get("name", "")))
+    chunks: list[SliceContent] = [
+        SharedCounters(tuple(sets[i : i + MAX_COUNTER_SETS_PER_SLICE]))
+        for i in range(0, len(sets), MAX_COUNTER_SETS_PER_SLICE)
+    ]
+    if devices or not chunks:
+        chunks.extend(split_devices(devices))
+    return chunks
 
 
 @dataclass(frozen=True)
@@ -71,8 +105,18 @@ class SyncPlan:
         return len(self.deletes) + len(self.updates) + len(self.creates)
 
 
-def _device_names(slice_obj: Mapping[str, Any]) -> frozenset[str]:
-    return frozenset(d.get("name", "") for d in slice_obj.get("spec", {}).get("devices") or [])
+def _content_key(slice_obj: Mapping[str, Any]) -> tuple[str, frozenset[str]]:
+    """What a stored slice holds, for matching: its device names, or its counter set names."""
+    spec = slice_obj.get("spec", {})
+    if spec.get("sharedCounters"):
+        return ("counters", frozenset(str(c.get("name", "")) for c in spec["sharedCounters"]))
+    return ("devices", frozenset(d.get("name", "") for d in spec.get("devices") or []))
+
+
+def _desired_key(content: SliceContent) -> tuple[str, frozenset[str]]:
+    if isinstance(content, SharedCounters):
+        return ("counters", content.names)
+    return ("devices", frozenset(d["name"] for d in content))
 
 
 # Device fields that are Go maps or slices with ``omitempty``: the API server drops them when empty.
@@ -119,13 +163,33 @@ def _comparable_devices(devices: Sequence[Mapping[str, Any]]) -> list[JSON]:
     return sorted((stored_device(d) for d in devices), key=lambda d: str(d.get("name", "")))
 
 
-def slice_spec(driver: str, node: str, generation: int, count: int, devices: Sequence[JSON]) -> JSON:
-    return {
+def _comparable_counters(sets: Sequence[Mapping[str, Any]]) -> list[JSON]:
+    """Counter sets in their stored form (canonical quantities), in name order."""
+    out = []
+    for counter_set in sets:
+        counters = counter_set.get("counters") or {}
+        out.append(
+            {
+                "name": counter_set.get("name"),
+                "counters": {
+                    k: _canonical(v.get("value")) if isinstance(v, dict) else v for k, v in counters.items()
+                },
+            }
+        )
+    return sorted(out, key=lambda c: str(c["name"]))
+
+
+def slice_spec(driver: str, node: str, generation: int, count: int, content: SliceContent) -> JSON:
+    spec: JSON = {
         "driver": driver,
         "nodeName": node,
         "pool": {"name": node, "generation": generation, "resourceSliceCount": count},
-        "devices": list(devices),
     }
+    if isinstance(content, SharedCounters):
+        spec["sharedCounters"] = [dict(c) for c in content.sets]
+    else:
+        spec["devices"] = list(content)
+    return spec
 
 
 def _differs(existing: Mapping[str, Any], desired_spec: Mapping[str, Any]) -> bool:
@@ -136,57 +200,58 @@ def _differs(existing: Mapping[str, Any], desired_spec: Mapping[str, Any]) -> bo
         or bool(spec.get("nodeSelector"))
         or bool(spec.get("allNodes"))
         or bool(spec.get("perDeviceNodeSelection"))
-        or _comparable_devices(spec.get("devices") or []) != _comparable_devices(desired_spec["devices"])
-        or bool(spec.get("sharedCounters"))
+        or _comparable_devices(spec.get("devices") or [])
+        != _comparable_devices(desired_spec.get("devices") or [])
+        or _comparable_counters(spec.get("sharedCounters") or [])
+        != _comparable_counters(desired_spec.get("sharedCounters") or [])
     )
 
 
 def _match(
-    current: list[JSON], desired: list[list[JSON]]
-) -> tuple[list[tuple[JSON, list[JSON]]], list[JSON]]:
-    """Pair existing slices with desired device lists; return (pairs, unmatched existing)."""
+    current: list[JSON], desired: list[SliceContent]
+) -> tuple[list[tuple[JSON, SliceContent]], list[JSON]]:
+    """Pair existing slices with desired contents; return (pairs, unmatched existing)."""
     if len(current) == 1 and len(desired) == 1:
         return [(current[0], desired[0])], []
-    by_names: dict[frozenset[str], JSON] = {}
+    by_key: dict[tuple[str, frozenset[str]], JSON] = {}
     unmatched: list[JSON] = []
     for existing in current:
-        key = _device_names(existing)
-        if key in by_names:
+        key = _content_key(existing)
+        if key in by_key:
             unmatched.append(existing)  # a duplicate; keep the first
         else:
-            by_names[key] = existing
-    pairs: list[tuple[JSON, list[JSON]]] = []
-    for devices in desired:
-        key = frozenset(d["name"] for d in devices)
-        pairs.append((by_names.pop(key, {}), devices))
-    unmatched.extend(by_names.values())
+            by_key[key] = existing
+    pairs: list[tuple[JSON, SliceContent]] = []
+    for content in desired:
+        pairs.append((by_key.pop(_desired_key(content), {}), content))
+    unmatched.extend(by_key.values())
     return pairs, unmatched
 
 
 def plan_sync(
     existing: Sequence[Mapping[str, Any]],
-    desired: Sequence[Sequence[Mapping[str, Any]]],
+    desired: Sequence[Sequence[Mapping[str, Any]] | SharedCounters],
     *,
     driver: str,
     owner: Owner,
 ) -> SyncPlan:
-    """Compute the writes that make the node's pool equal ``desired`` (a list of device lists)."""
+    """Compute the writes that make the node's pool equal ``desired`` (device lists and counter slices)."""
     slices = [copy.deepcopy(dict(s)) for s in existing]
     generation = max((s.get("spec", {}).get("pool", {}).get("generation", 0) for s in slices), default=0)
     current = [s for s in slices if s["spec"]["pool"].get("generation", 0) == generation]
     obsolete = [s for s in slices if s["spec"]["pool"].get("generation", 0) < generation]
-    wanted = [list(map(dict, devices)) for devices in desired]
+    wanted: list[SliceContent] = [c if isinstance(c, SharedCounters) else list(map(dict, c)) for c in desired]
     pairs, unmatched = _match(current, wanted)
     count = len(wanted)
 
     def changed_with(gen: int) -> list[tuple[JSON, JSON]]:
         return [
             (obj, spec)
-            for obj, devices in pairs
-            if obj and _differs(obj, spec := slice_spec(driver, owner.name, gen, count, devices))
+            for obj, content in pairs
+            if obj and _differs(obj, spec := slice_spec(driver, owner.name, gen, count, content))
         ]
 
-    creates_needed = [devices for obj, devices in pairs if not obj]
+    creates_needed = [content for obj, content in pairs if not obj]
     changed = changed_with(generation)
     if creates_needed or len(changed) > 1:
         generation += 1
@@ -196,11 +261,14 @@ def plan_sync(
     plan.deletes = obsolete + unmatched
     for obj, spec in changed:
         updated = copy.deepcopy(obj)
-        updated["spec"] = {**obj.get("spec", {}), **spec}
-        for stale_key in ("nodeSelector", "allNodes", "perDeviceNodeSelection", "sharedCounters"):
-            updated["spec"].pop(stale_key, None)
+        updated["spec"] = {
+            k: v
+            for k, v in obj.get("spec", {}).items()
+            if k not in ("nodeSelector", "allNodes", "perDeviceNodeSelection", "sharedCounters", "devices")
+        }
+        updated["spec"].update(spec)
         plan.updates.append(updated)
-    for devices in creates_needed:
+    for content in creates_needed:
         plan.creates.append(
             {
                 "apiVersion": "resource.k8s.io/v1",
@@ -209,7 +277,7 @@ def plan_sync(
                     "generateName": f"{owner.name}-{driver}-",
                     "ownerReferences": [owner.reference()],
                 },
-                "spec": slice_spec(driver, owner.name, generation, count, devices),
+                "spec": slice_spec(driver, owner.name, generation, count, content),
             }
         )
     return plan

@@ -100,8 +100,8 @@ def test_mig_devices_carry_parent_profile_and_own_memory() -> None:
     assert {name: (attr(e, "profile"), e["capacity"]["memory"]["value"]) for name, e in devices.items()} == {
         "gpu-0000-07-00-0-mig-1g-5gb-2": ("1g.5gb", "4864Mi"),
         "gpu-0000-07-00-0-mig-1g-5gb-3": ("1g.5gb", "4864Mi"),
-        "gpu-0000-07-00-0-mig-2g-10gb-0": ("2g.10gb", "9984Mi"),
-        "gpu-0000-07-00-0-mig-3g-20gb-4": ("3g.20gb", "20096Mi"),
+        "gpu-0000-07-00-0-mig-2g-10gb-0": ("2g.10gb", "9856Mi"),
+        "gpu-0000-07-00-0-mig-3g-20gb-4": ("3g.20gb", "19968Mi"),
     }
     for entry in devices.values():
         assert attr(entry, "type") == "mig"

@@ -34,6 +34,7 @@ def test_named_profiles_are_listed() -> None:
         "flex170-2",
         "mi300x-4",
         "mig-a100",
+        "mig-dynamic",
         "nvl72-tray",
         "nvlink-pairs",
         "pcie-l40s-snc",
@@ -124,8 +125,8 @@ def test_mig_a100_publishes_mig_devices_only() -> None:
     assert [(d.kind, d.name, d.memory_bytes) for d in inventory.devices] == [
         ("mig", "gpu-0000-07-00-0-mig-1g-5gb-2", 4864 * MiB),
         ("mig", "gpu-0000-07-00-0-mig-1g-5gb-3", 4864 * MiB),
-        ("mig", "gpu-0000-07-00-0-mig-2g-10gb-0", 9984 * MiB),
-        ("mig", "gpu-0000-07-00-0-mig-3g-20gb-4", 20096 * MiB),
+        ("mig", "gpu-0000-07-00-0-mig-2g-10gb-0", 9856 * MiB),
+        ("mig", "gpu-0000-07-00-0-mig-3g-20gb-4", 19968 * MiB),
     ]
     assert len({d.uuid for d in inventory.devices}) == 4
     assert all(d.uuid.startswith("MIG-") for d in inventory.devices)

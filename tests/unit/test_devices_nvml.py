@@ -9,6 +9,7 @@ calls are unsupported, missing from the library, or missing from the Python bind
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import uuid as uuidlib
@@ -21,7 +22,9 @@ import pytest
 
 from driver.devices.backend import BackendError, open_backend
 from driver.devices.fake import load_named_profile
-from driver.devices.model import Gpu, Inventory, MigDevice, MigPlacement, NvLink
+from driver.devices.fakemig import FakeMig
+from driver.devices.mig import GpuInstance, MigError
+from driver.devices.model import Gpu, Inventory, MigDevice, MigPlacement, MigProfile, NvLink
 from driver.devices.nvml import NvmlBackend, cuda_version_string, near_numa_nodes_from_sysfs
 from driver.resources.attributes import device_entry
 
@@ -80,6 +83,7 @@ class FakeNvml:
         self.mig_profile_names = mig_profile_names
         self.calls: list[str] = []
         self.initialised = 0
+        self.mig = FakeMig(inventory.gpus, None)
         for name in not_in_bindings:
             setattr(self, name, None)
 
@@ -99,9 +103,6 @@ class FakeNvml:
 
     def _gpu(self, handle: tuple[Any, ...]) -> Gpu:
         return self.gpus[int(handle[1])]
-
-    def _mig(self, handle: tuple[Any, ...]) -> MigDevice:
-        return self._gpu(handle).mig_devices[int(handle[2])]
 
     # -- library ------------------------------------------------------------------------------------
 
@@ -135,6 +136,16 @@ class FakeNvml:
         if index >= len(self.gpus):
             raise pynvml.NVMLError_InvalidArgument()
         return ("gpu", index)
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> tuple[Any, ...]:
+        self._enter("nvmlDeviceGetHandleByUUID")
+        for index, gpu in enumerate(self.gpus):
+            if gpu.uuid == uuid:
+                return ("gpu", index)
+            for mig_index, mig in enumerate(self._migs(index)):
+                if mig.uuid == uuid:
+                    return ("mig", index, mig_index)
+        raise pynvml.NVMLError_NotFound()
 
     # -- per device ---------------------------------------------------------------------------------
 
@@ -238,11 +249,58 @@ class FakeNvml:
         return self._fill_fabric("nvmlDeviceGetGpuFabricInfo", handle, pointer, versioned=False)
 
     # -- MIG ----------------------------------------------------------------------------------------
+    # The MIG state is a FakeMig (the fake backend's MIG hardware, which enforces NVML's rules): discovery
+    # reads it, the creation and destruction calls change it. GPU-instance handles come back from NVML in
+    # ctypes arrays, so they are real pointers here, encoding (GPU index, GPU instance id).
 
-    def _gi_profiles(self, gpu: Gpu) -> list[tuple[int, int, str, int]]:
-        """(profile index, profile id, name, slices) for the GPU-instance profiles this GPU uses."""
+    def _migs(self, gpu_index: int) -> tuple[MigDevice, ...]:
+        gpu = self.gpus[gpu_index]
+        return self.mig.devices(gpu.uuid) if gpu.mig_enabled else ()
+
+    def _mig(self, handle: tuple[Any, ...]) -> MigDevice:
+        return self._migs(int(handle[1]))[int(handle[2])]
+
+    def _profile_rows(self, gpu: Gpu) -> list[MigProfile]:
+        """The GPU's profiles; a GPU without a table gets one per profile its MIG devices use."""
+        if gpu.mig_profiles:
+            return list(gpu.mig_profiles)
         names = sorted({(m.profile or "").split("c.", 1)[-1] for m in gpu.mig_devices})
-        return [(i, 100 + i, name, int(name.split("g.")[0])) for i, name in enumerate(names)]
+        return [
+            MigProfile(name, i, 100 + i, int(name.split("g.")[0]), 0, (), 1) for i, name in enumerate(names)
+        ]
+
+    @staticmethod
+    def gi_handle(gpu_index: int, gi: int) -> Any:
+        return ctypes.cast(ctypes.c_void_p(0x10000 + gpu_index * 256 + gi), pynvml.c_nvmlGpuInstance_t)
+
+    @staticmethod
+    def _gi_of(handle: Any) -> tuple[int, int]:
+        """(GPU index, GPU instance id) of a GPU-instance handle (a tuple or a pointer)."""
+        if isinstance(handle, tuple):
+            return int(handle[1]), int(handle[2])
+        code = ctypes.cast(handle, ctypes.c_void_p).value or 0
+        return (code - 0x10000) // 256, (code - 0x10000) % 256
+
+    def _instance(self, handle: Any) -> tuple[Gpu, GpuInstance]:
+        index, gi = self._gi_of(handle)
+        gpu = self.gpus[index]
+        found = next((i for i in self.mig.gpu_instances(gpu.uuid) if i.id == gi), None)
+        if found is None:
+            raise pynvml.NVMLError_NotFound()
+        return gpu, found
+
+    def _profile_id(self, gpu: Gpu, instance: GpuInstance) -> int:
+        if instance.profile_id >= 0:
+            return instance.profile_id
+        profile = (instance.devices[0].profile or "").split("c.", 1)[-1] if instance.devices else ""
+        return next(p.id for p in self._profile_rows(gpu) if p.name == profile)
+
+    def _nvml_error(self, error: MigError) -> BaseException:
+        if error.in_use:
+            return pynvml.NVMLError_InUse()
+        if error.not_found:
+            return pynvml.NVMLError_NotFound()
+        return pynvml.NVMLError_InsufficientResources()
 
     def nvmlDeviceGetMigMode(self, handle: tuple[Any, ...]) -> list[int]:
         self._enter("nvmlDeviceGetMigMode")
@@ -254,11 +312,12 @@ class FakeNvml:
 
     def nvmlDeviceGetMaxMigDeviceCount(self, handle: tuple[Any, ...]) -> int:
         self._enter("nvmlDeviceGetMaxMigDeviceCount")
-        return 2 * len(self._gpu(handle).mig_devices) + 1
+        return 2 * max(7, len(self._migs(int(handle[1])))) + 1
 
     def nvmlDeviceGetMigDeviceHandleByIndex(self, handle: tuple[Any, ...], index: int) -> tuple[Any, ...]:
         self._enter("nvmlDeviceGetMigDeviceHandleByIndex")
-        if index % 2 == 0:  # MIG slots are sparse on real GPUs: empty ones answer NOT_FOUND
+        # MIG slots are sparse on real GPUs: empty ones answer NOT_FOUND.
+        if index % 2 == 0 or index // 2 >= len(self._migs(int(handle[1]))):
             raise pynvml.NVMLError_NotFound()
         return ("mig", handle[1], index // 2)
 
@@ -270,46 +329,119 @@ class FakeNvml:
         self._enter("nvmlDeviceGetComputeInstanceId")
         return self._mig(handle).compute_instance_id or 0
 
-    def _mig_by_gi(self, gpu_index: int, gi_id: int) -> MigDevice:
-        return next(m for m in self.gpus[gpu_index].mig_devices if m.gpu_instance_id == gi_id)
-
     def nvmlDeviceGetGpuInstanceById(self, handle: tuple[Any, ...], gi_id: int) -> tuple[Any, ...]:
         self._enter("nvmlDeviceGetGpuInstanceById")
+        self._instance(("gi", handle[1], gi_id))
         return ("gi", handle[1], gi_id)
 
-    def nvmlGpuInstanceGetInfo(self, gi: tuple[Any, ...]) -> Any:
+    def nvmlGpuInstanceGetInfo(self, gi: Any) -> Any:
         self._enter("nvmlGpuInstanceGetInfo")
-        mig = self._mig_by_gi(gi[1], gi[2])
-        assert mig.placement is not None and mig.profile is not None
-        profile_id = next(
-            pid for _, pid, name, _ in self._gi_profiles(self.gpus[gi[1]]) if mig.profile.endswith(name)
-        )
+        gpu, instance = self._instance(gi)
         info = pynvml.c_nvmlGpuInstanceInfo_t()
-        info.id, info.profileId = gi[2], profile_id
-        info.placement.start, info.placement.size = mig.placement.start, mig.placement.size
+        info.id, info.profileId = instance.id, self._profile_id(gpu, instance)
+        info.placement.start, info.placement.size = instance.placement.start, instance.placement.size
         return info
 
     def nvmlDeviceGetGpuInstanceProfileInfo(
         self, handle: tuple[Any, ...], index: int, version: int = 2
     ) -> Any:
         self._enter("nvmlDeviceGetGpuInstanceProfileInfo")
-        for profile_index, profile_id, name, slices in self._gi_profiles(self._gpu(handle)):
-            if profile_index == index:
-                info = pynvml.c_nvmlGpuInstanceProfileInfo_v2_t()
-                info.id, info.sliceCount = profile_id, slices
-                info.memorySizeMB = {"1g.5gb": 4864, "2g.10gb": 9984, "3g.20gb": 20096}.get(name, 0)
-                if self.mig_profile_names:
-                    info.name = f"MIG {name}".encode()
-                return info
-        raise pynvml.NVMLError_NotSupported()
+        profile = next((p for p in self._profile_rows(self._gpu(handle)) if p.index == index), None)
+        if profile is None:
+            raise pynvml.NVMLError_NotSupported()
+        info = pynvml.c_nvmlGpuInstanceProfileInfo_v2_t()
+        info.id, info.sliceCount, info.instanceCount = (
+            profile.id,
+            profile.compute_slices,
+            profile.instance_count,
+        )
+        info.memorySizeMB = profile.memory_bytes >> 20 or {"1g.5gb": 4864, "2g.10gb": 9856}.get(
+            profile.name, 0
+        )
+        info.multiprocessorCount, info.copyEngineCount = profile.multiprocessors, profile.copy_engines
+        info.decoderCount, info.encoderCount = profile.decoders, profile.encoders
+        info.jpegCount, info.ofaCount = profile.jpeg_engines, profile.ofa_engines
+        if self.mig_profile_names:
+            info.name = f"MIG {profile.name}".encode()
+        return info
 
-    def nvmlGpuInstanceGetComputeInstanceById(self, gi: tuple[Any, ...], ci_id: int) -> tuple[Any, ...]:
+    def nvmlDeviceGetGpuInstancePossiblePlacements(
+        self, handle: tuple[Any, ...], profile_id: int, placements: Any, count: Any
+    ) -> int:
+        self._enter("nvmlDeviceGetGpuInstancePossiblePlacements")
+        profile = next(p for p in self._profile_rows(self._gpu(handle)) if p.id == profile_id)
+        count._obj.value = len(profile.placements)  # byref(c_uint): the count is an output
+        for i, placement in enumerate(profile.placements if placements is not None else ()):
+            placements[i].start, placements[i].size = placement.start, placement.size
+        return pynvml.NVML_SUCCESS
+
+    def nvmlDeviceGetGpuInstances(
+        self, handle: tuple[Any, ...], profile_id: int, instances: Any, count: Any
+    ) -> int:
+        self._enter("nvmlDeviceGetGpuInstances")
+        gpu = self._gpu(handle)
+        mine = [i for i in self.mig.gpu_instances(gpu.uuid) if self._profile_id(gpu, i) == profile_id]
+        assert len(mine) <= len(instances), "array smaller than the profile's instance count"
+        for n, instance in enumerate(mine):
+            instances[n] = self.gi_handle(int(handle[1]), instance.id)
+        count._obj.value = len(mine)
+        return pynvml.NVML_SUCCESS
+
+    def nvmlDeviceCreateGpuInstanceWithPlacement(
+        self, handle: tuple[Any, ...], profile_id: int, placement: Any
+    ) -> tuple[Any, ...]:
+        self._enter("nvmlDeviceCreateGpuInstanceWithPlacement")
+        where = placement._obj  # byref(c_nvmlGpuInstancePlacement_t), as the C API takes a pointer
+        assert isinstance(where, pynvml.c_nvmlGpuInstancePlacement_t)
+        gpu = self._gpu(handle)
+        profile = next(p for p in self._profile_rows(gpu) if p.id == profile_id)
+        try:
+            created = self.mig.create_gpu_instance(gpu.uuid, profile, MigPlacement(where.start, where.size))
+        except MigError as err:
+            raise self._nvml_error(err) from None
+        return ("gi", handle[1], created.id)
+
+    def nvmlGpuInstanceCreateComputeInstance(self, gi: Any, ci_profile_id: int) -> tuple[Any, ...]:
+        self._enter("nvmlGpuInstanceCreateComputeInstance")
+        gpu, instance = self._instance(gi)
+        slices = next(p.compute_slices for p in self._profile_rows(gpu) if p.id == instance.profile_id)
+        assert CI_SLICES_BY_PROFILE_INDEX[ci_profile_id] == slices, "a compute instance smaller than its GI"
+        try:
+            device = self.mig.create_compute_instance(gpu.uuid, instance)
+        except MigError as err:
+            raise self._nvml_error(err) from None
+        index, gi_id = self._gi_of(gi)
+        return ("ci", index, gi_id, device.compute_instance_id)
+
+    def nvmlComputeInstanceDestroy(self, ci: tuple[Any, ...]) -> int:
+        self._enter("nvmlComputeInstanceDestroy")
+        try:
+            self.mig.destroy_compute_instance(self.gpus[ci[1]].uuid, ci[2], ci[3])
+        except MigError as err:
+            raise self._nvml_error(err) from None
+        return pynvml.NVML_SUCCESS
+
+    def nvmlGpuInstanceDestroy(self, gi: Any) -> int:
+        self._enter("nvmlGpuInstanceDestroy")
+        index, gi_id = self._gi_of(gi)
+        try:
+            self.mig.destroy_gpu_instance(self.gpus[index].uuid, gi_id)
+        except MigError as err:
+            raise self._nvml_error(err) from None
+        return pynvml.NVML_SUCCESS
+
+    def nvmlGpuInstanceGetComputeInstanceById(self, gi: Any, ci_id: int) -> tuple[Any, ...]:
         self._enter("nvmlGpuInstanceGetComputeInstanceById")
-        return ("ci", gi[1], gi[2], ci_id)
+        _, instance = self._instance(gi)
+        if not any(d.compute_instance_id == ci_id for d in instance.devices):
+            raise pynvml.NVMLError_NotFound()
+        index, gi_id = self._gi_of(gi)
+        return ("ci", index, gi_id, ci_id)
 
     def nvmlComputeInstanceGetInfo(self, ci: tuple[Any, ...]) -> Any:
         self._enter("nvmlComputeInstanceGetInfo")
-        mig = self._mig_by_gi(ci[1], ci[2])
+        _, instance = self._instance(("gi", ci[1], ci[2]))
+        mig = next(d for d in instance.devices if d.compute_instance_id == ci[3])
         assert mig.profile is not None
         slices = int(mig.profile.split("c.")[0]) if "c." in mig.profile else int(mig.profile.split("g.")[0])
         info = pynvml.c_nvmlComputeInstanceInfo_t()
@@ -318,7 +450,7 @@ class FakeNvml:
         return info
 
     def nvmlGpuInstanceGetComputeInstanceProfileInfo(
-        self, gi: tuple[Any, ...], index: int, engine: int, version: int = 2
+        self, gi: Any, index: int, engine: int, version: int = 2
     ) -> Any:
         self._enter("nvmlGpuInstanceGetComputeInstanceProfileInfo")
         if index not in CI_SLICES_BY_PROFILE_INDEX:

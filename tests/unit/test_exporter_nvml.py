@@ -123,16 +123,6 @@ class TelemetryNvml(FakeNvml):
             raise readings.errors[name]
         return readings
 
-    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> tuple[Any, ...]:
-        self._enter("nvmlDeviceGetHandleByUUID")
-        for index, gpu in enumerate(self.gpus):
-            if gpu.uuid == uuid:
-                return ("gpu", index)
-            for mig_index, mig in enumerate(gpu.mig_devices):
-                if mig.uuid == uuid:
-                    return ("mig", index, mig_index)
-        raise pynvml.NVMLError_NotFound()
-
     def nvmlDeviceGetUtilizationRates(self, handle: tuple[Any, ...]) -> Any:
         r = self._read("nvmlDeviceGetUtilizationRates", handle)
         return pynvml.c_nvmlUtilization_t(gpu=r.util, memory=r.memory_util)
