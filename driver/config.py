@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
+from driver.devices.migmode import MigModes, parse_mig_modes
 from driver.flags import (
     ConfigError,
     add_backend_arguments,
@@ -148,6 +149,13 @@ def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
         help=argparse.SUPPRESS,  # tests simulate reboots with it
     )
     add_publish_arguments(parser)
+    flag(
+        parser,
+        "mig-mode",
+        default="static",
+        help="MIG mode per GPU (docs/mig.md): static | dynamic | off, then overrides by PCI address or "
+        "UUID, e.g. 'static,0000:3b:00.0=dynamic'",
+    )
     add_health_arguments(parser)
     add_common_arguments(parser)
 
@@ -247,6 +255,7 @@ class PluginConfig:
     shared_gpus: frozenset[str] = frozenset()
     share_memory_step: int = 1 << 30
     state_fsync: bool = False
+    mig_modes: MigModes = field(default_factory=MigModes)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> PluginConfig:
@@ -263,6 +272,10 @@ class PluginConfig:
         if args.health_stream_interval >= args.health_stream_timeout:
             # The kubelet would show every device Unknown between two reports.
             raise ConfigError("--health-stream-interval must be shorter than --health-stream-timeout")
+        try:
+            mig_modes = parse_mig_modes(args.mig_mode)
+        except ValueError as err:
+            raise ConfigError(f"--mig-mode (env MIG_MODE): {err}") from None
         return cls(
             driver_name=driver_name,
             node_name=args.node_name,
@@ -296,4 +309,5 @@ class PluginConfig:
             shared_gpus=args.shared_gpus,
             share_memory_step=args.share_memory_step,
             state_fsync=args.state_fsync == "on",
+            mig_modes=mig_modes,
         )

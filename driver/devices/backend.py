@@ -8,10 +8,10 @@ A backend answers "what hardware is there" (:meth:`DeviceBackend.discover`). Spe
 
 What a backend can do beyond discovery is a set of separate, optional Protocols, so this minimal interface
 stays stable: telemetry (:class:`~driver.devices.telemetry.TelemetrySource`), health events
-(:class:`HealthCapable`), extra CDI containerEdits for every prepared claim (:class:`ContainerEditsSource`)
-and simulated GPUs (:class:`SimulatedGpus`: no device nodes or driver tools on the host). They are read
-once, when the backend is opened (:func:`capabilities`), into a typed :class:`Capabilities` that the
-processes pass on -- nobody asks a backend by name or probes it for methods later.
+(:class:`HealthCapable`), MIG instance control (:class:`~driver.devices.mig.MigControl`), extra CDI
+containerEdits for every prepared claim (:class:`ContainerEditsSource`) and simulated GPUs
+(:class:`SimulatedGpus`: no device nodes or driver tools on the host). They are read once, when the backend
+is opened (:func:`capabilities`), into a typed :class:`Capabilities` that the processes pass on -- nobody asks a backend by name or probes it for methods later.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from driver.devices.telemetry import TelemetrySource
 
 if TYPE_CHECKING:
     from driver.devices.events import HealthSource
+    from driver.devices.mig import MigControl
 
 
 class BackendError(Exception):
@@ -80,16 +81,21 @@ class Capabilities:
     simulated: bool = False
     telemetry: TelemetrySource | None = None
     health: HealthCapable | None = None
+    #: Creates and destroys MIG instances (dynamic MIG, docs/mig.md).
+    mig: MigControl | None = None
     #: CDI containerEdits every prepared claim gets ({} for none).
     container_edits: dict[str, Any] = field(default_factory=dict)
 
 
 def capabilities(backend: DeviceBackend) -> Capabilities:
     """The backend's capabilities, read once (right after :func:`open_backend`)."""
+    from driver.devices.mig import MigControl  # it imports this module (BackendError)
+
     return Capabilities(
         simulated=isinstance(backend, SimulatedGpus) and backend.simulated(),
         telemetry=backend if isinstance(backend, TelemetrySource) else None,
         health=backend if isinstance(backend, HealthCapable) else None,
+        mig=backend if isinstance(backend, MigControl) else None,
         container_edits=dict(backend.container_edits()) if isinstance(backend, ContainerEditsSource) else {},
     )
 

@@ -11,6 +11,7 @@ from contextlib import AbstractContextManager
 
 from driver.config import PluginConfig
 from driver.devices.backend import BackendError, DeviceBackend, backend_options, capabilities, open_backend
+from driver.devices.migmode import apply_mig_modes
 from driver.flags import ConfigError
 from driver.kube.client import KubeClient
 from driver.kube.connection import KubeConfigError
@@ -22,6 +23,7 @@ from driver.plugin.paths import dra_socket_path, registration_socket_path
 from driver.plugin.preparer import make_preparer
 from driver.plugin.server import PluginServer
 from driver.resources.apiprobe import supported
+from driver.resources.counters import counter_sets
 from driver.resources.publisher import SlicePublisher
 from driver.resources.publishing import PublishOptions, publish_entries, shared_gpus
 from driver.state.lock import LOCK_FILE_NAME, NodeLock
@@ -44,7 +46,8 @@ class Plugin:
         self.kube = kube
         self.backend = backend
         self.caps = capabilities(backend)
-        self.inventory = backend.discover()
+        # Each GPU as its MIG mode says: dynamic ones offer every MIG (profile, placement).
+        self.inventory = apply_mig_modes(backend.discover(), config.mig_modes)
         self.options = PublishOptions(
             list_attributes=config.list_attributes,
             host_memory_per_pod=config.host_memory_per_pod,
@@ -100,7 +103,7 @@ class Plugin:
 
     def _republish(self) -> None:
         """Device health changed: one new desired state, so one slice update."""
-        self.publisher.set_devices(self.desired_devices())
+        self.publisher.set_devices(self.desired_devices(), counter_sets(self.inventory))
 
     async def start(self) -> None:
         if self.metrics is not None:
@@ -113,7 +116,7 @@ class Plugin:
         self.options = await supported(
             self.kube, self.config.driver_name, self.config.node_name, self.options
         )
-        self.publisher.set_devices(self.desired_devices())
+        self.publisher.set_devices(self.desired_devices(), counter_sets(self.inventory))
         self._publishing = asyncio.create_task(self.publisher.run(), name="slice-publisher")
         # Crash and reboot leftovers are settled before the kubelet can call.
         await self.preparer.start()

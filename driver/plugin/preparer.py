@@ -16,10 +16,24 @@ from driver.state.devnodes import DeviceNodes, HostDeviceNodes, SimulatedDeviceN
 from driver.state.driverfiles import discover_driver_files, library_dir_of
 from driver.state.lock import NodeLock
 from driver.state.metadata import ClaimMetadataWriter, MetadataStore
+from driver.state.mig import DynamicMig
 from driver.state.prepare import NodePreparer
 from driver.state.sharing import NvidiaSmiTimeSlicer, RecordingTimeSlicer, TimeSlicer
 
 log = get_logger(__name__)
+
+
+def dynamic_mig(caps: Capabilities, inventory: Inventory) -> DynamicMig | None:
+    """The instance keeper of the GPUs in dynamic MIG mode, or None when there are none."""
+    dynamic = [g.uuid for g in inventory.gpus if g.mig_dynamic]
+    if not dynamic:
+        return None
+    if caps.mig is None:
+        log.error(
+            "device backend cannot create MIG instances; dynamic MIG devices fail to prepare", gpus=dynamic
+        )
+        return None
+    return DynamicMig(caps.mig, inventory)
 
 
 def make_preparer(
@@ -57,6 +71,7 @@ def make_preparer(
         backend_edits=caps.container_edits,
         status=ClaimStatusWriter(kube) if kube is not None else None,
         metadata=metadata_writer(config, inventory),
+        mig=dynamic_mig(caps, inventory),
     )
 
 

@@ -4,8 +4,8 @@
 * Per MIG device additionally: the GPU-instance and compute-instance access capabilities,
   ``/dev/nvidia-caps/nvidia-cap<N>``. ``N`` comes from ``/proc/driver/nvidia-caps/mig-minors`` (lines like
   ``gpu0/gi3/access 30``), the major from the ``nvidia-caps`` line of ``/proc/devices``. Where these files
-  are missing (fake backends, hosts without MIG) the capability nodes are left out: what is modelled is the
-  parent GPU node only.
+  are missing (hosts without MIG) the capability nodes are left out. Simulated GPUs get the numbers the
+  NVIDIA driver's table has (:func:`mig_minor`) under a simulated major.
 * Shared control nodes: ``/dev/nvidiactl`` (195/255), ``/dev/nvidia-uvm``, ``/dev/nvidia-uvm-tools`` and
   ``/dev/nvidia-modeset``. The UVM majors are assigned dynamically at module load, so their numbers are read
   from the host node with ``stat``; a node whose numbers cannot be read is listed by path only and the
@@ -34,8 +34,10 @@ NVIDIA_UVM = "/dev/nvidia-uvm"
 NVIDIA_UVM_TOOLS = "/dev/nvidia-uvm-tools"
 NVIDIA_MODESET = "/dev/nvidia-modeset"
 CONTROL_NODES = (NVIDIACTL, NVIDIA_UVM, NVIDIA_UVM_TOOLS, NVIDIA_MODESET)
-#: Simulated nodes only: a major from the kernel's dynamic range, as the UVM module would get one.
+#: Simulated nodes only: majors from the kernel's dynamic range, as the UVM and caps modules would get one.
 SIMULATED_UVM_MAJOR = 511
+SIMULATED_CAPS_MAJOR = 510
+CAPS_DIR = "/dev/nvidia-caps"
 SIMULATED_NUMBERS: Mapping[str, tuple[int, int]] = {
     NVIDIACTL: (NVIDIA_MAJOR, 255),
     NVIDIA_UVM: (SIMULATED_UVM_MAJOR, 0),
@@ -74,6 +76,30 @@ def _gpu_node(device: Device) -> list[JSON]:
     )
 
 
+def mig_minor(gpu_minor: int, gpu_instance: int, compute_instance: int | None = None) -> int:
+    """The ``nvidia-caps`` minor of a GPU instance's (or compute instance's) access capability, as the NVIDIA
+    driver numbers them in ``/proc/driver/nvidia-caps/mig-minors``: 1 and 2 are ``config`` and ``monitor``,
+    then per GPU 15 GPU instances of 9 entries each (the GPU instance, then its compute instances 0-7)."""
+    base = 3 + gpu_minor * 15 * 9 + gpu_instance * 9
+    return base if compute_instance is None else base + 1 + compute_instance
+
+
+def _mig_access(device: Device) -> list[tuple[str, int | None]]:
+    """The ``mig-minors`` keys of a MIG device's GPU- and compute-instance access, with the CI id."""
+    mig = device.mig
+    if mig is None or mig.gpu_instance_id is None:
+        return []
+    prefix = f"gpu{device.gpu.minor}/gi{mig.gpu_instance_id}"
+    keys: list[tuple[str, int | None]] = [(f"{prefix}/access", None)]
+    if mig.compute_instance_id is not None:
+        keys.append((f"{prefix}/ci{mig.compute_instance_id}/access", mig.compute_instance_id))
+    return keys
+
+
+def caps_node(minor: int, major: int) -> JSON:
+    return char_node(f"{CAPS_DIR}/nvidia-cap{minor}", major, minor)
+
+
 class SimulatedDeviceNodes:
     """Fake profiles: nodes exist only in the profile, never on the host."""
 
@@ -81,7 +107,13 @@ class SimulatedDeviceNodes:
         return [char_node(path, *SIMULATED_NUMBERS[path]) for path in CONTROL_NODES]
 
     def device_nodes(self, device: Device) -> list[JSON]:
-        return _gpu_node(device)
+        mig, gpu_minor = device.mig, device.gpu.minor
+        if mig is None or mig.gpu_instance_id is None or gpu_minor is None:
+            return _gpu_node(device)
+        return _gpu_node(device) + [
+            caps_node(mig_minor(gpu_minor, mig.gpu_instance_id, ci), SIMULATED_CAPS_MAJOR)
+            for _, ci in _mig_access(device)
+        ]
 
 
 def parse_mig_minors(text: str) -> dict[str, int]:
@@ -166,14 +198,9 @@ class HostDeviceNodes:
             found = self._locate(gpu_path)
             host = found[0] if found else gpu_path
             out.append(char_node(gpu_path, NVIDIA_MAJOR, device.gpu.minor, host))
-        mig = device.mig
-        if mig is not None and self._caps_major is not None and mig.gpu_instance_id is not None:
-            prefix = f"gpu{device.gpu.minor}/gi{mig.gpu_instance_id}"
-            keys = [f"{prefix}/access"]
-            if mig.compute_instance_id is not None:
-                keys.append(f"{prefix}/ci{mig.compute_instance_id}/access")
-            for key in keys:
+        if self._caps_major is not None:
+            for key, _ in _mig_access(device):
                 minor = self._mig_minors.get(key)
                 if minor is not None:
-                    out.append(char_node(f"/dev/nvidia-caps/nvidia-cap{minor}", self._caps_major, minor))
+                    out.append(caps_node(minor, self._caps_major))
         return out

@@ -5,10 +5,11 @@ Prepare of one call's claims, in phases (the caller holds the node lock):
 1. plan each claim (pure): local devices, opaque config, CDI names -- a bad claim fails here and nothing is
    touched; an interrupted earlier attempt (``PrepareStarted``) is rolled back;
 2. overlap guard: a device already prepared for another claim, or taken by an earlier claim of this call,
-   fails this one (admin access aside);
+   fails this one (admin access aside), and so does a dynamic MIG device on memory slices another claim
+   holds;
 3. checkpoint ``PrepareStarted`` for every claim that passed (intent recorded before any side effect);
-4. per claim: apply the sharing config (time slicing), write the device metadata files, then the claim's
-   CDI spec that mounts them;
+4. per claim: apply the sharing config (time slicing), create the instances of its dynamic MIG devices
+   (``driver.state.mig``), write the device metadata files, then the claim's CDI spec that mounts them;
 5. checkpoint ``PrepareCompleted`` for every claim that got its spec.
 
 The checkpoint is written once per phase for the whole call, not per claim: a call with 1,000 claims writes
@@ -17,9 +18,10 @@ entries that the kubelet's retry rolls back and redoes (or the sweeper removes o
 repeated Prepare of a completed claim answers the same CDI ids and re-writes the spec if it is missing (a
 reboot wipes ``/var/run/cdi``).
 
-Unprepare of one call's claims: per claim reset sharing and remove the spec, then drop all their entries in
-one checkpoint write -- each step idempotent, so a crash in between is finished by the kubelet's retry. An
-unknown claim succeeds (after removing a spec file left for it, if any).
+Unprepare of one call's claims: per claim reset sharing, remove the spec and destroy its dynamic MIG
+instances, then drop all their entries in one checkpoint write -- each step idempotent, so a crash in
+between is finished by the kubelet's retry. An unknown claim succeeds (after removing a spec file left for
+it, if any).
 
 The checkpoint is re-read at the start of every operation because another plugin instance sharing the plugin
 directory (rolling update) may have changed it; the node lock makes that safe. A missing or corrupt
@@ -55,6 +57,7 @@ from driver.state.devnodes import DeviceNodes
 from driver.state.driverfiles import DriverFile
 from driver.state.lock import NodeLock
 from driver.state.metadata import ClaimMetadataWriter
+from driver.state.mig import DynamicMig
 from driver.state.opaque import ConfigError, carries_config
 from driver.state.plan import ClaimPlan, PlanError, plan_claim
 from driver.state.sharing import TimeSlicer, apply_logged
@@ -229,6 +232,7 @@ class NodePreparer:
         backend_edits: Mapping[str, Any] | None = None,
         status: ClaimStatusWriter | None = None,
         metadata: ClaimMetadataWriter | None = None,
+        mig: DynamicMig | None = None,
     ) -> None:
         self.driver = driver
         self.pool = pool
@@ -241,6 +245,7 @@ class NodePreparer:
         self.status = status
         #: Device metadata files (KEP-5304) mounted into containers; None: never written nor cleaned up.
         self.metadata = metadata
+        self.mig = mig
         self.common_edits = merge_edits(
             {"deviceNodes": nodes.control_nodes()},
             {"mounts": [f.mount() for f in driver_files]},
@@ -302,6 +307,8 @@ class NodePreparer:
                 log.warning(
                     "removed device metadata of a claim this node does not have prepared", claim_uid=uid
                 )
+        if self.mig is not None:
+            self.mig.reconcile(cp)
         started = [str(r) for r in cp.claims.values() if not r.completed]
         log.info(
             "node state loaded",
@@ -403,7 +410,7 @@ class NodePreparer:
                         log.info("rolling back an interrupted prepare")
                         self._undo(cp, record)
                         cp = cp.without(ref.uid)
-                    conflict = holders.conflict(plan)
+                    conflict = holders.conflict(plan) or (self.mig.conflict(cp, plan) if self.mig else None)
                     if conflict:
                         raise OverlapError(conflict)
                 except (PlanError, ConfigError, OverlapError) as err:
@@ -421,7 +428,8 @@ class NodePreparer:
         return cp.with_claims(started)
 
     def _apply_all(self, cp: Checkpoint, call: _PrepareCall) -> Checkpoint:
-        """Phase 4: sharing config and CDI spec per claim. Returns the checkpoint to write as done."""
+        """Phase 4: sharing config, MIG instances and CDI spec per claim. Returns the checkpoint to write as
+        done."""
         completed: list[ClaimRecord] = []
         failed: list[str] = []
         for plan in call.fresh:
@@ -429,8 +437,10 @@ class NodePreparer:
                 try:
                     applied = self._apply_sharing(plan)
                     crash_point("prepare:config-applied")
-                    mounts = self.metadata.write(plan) if self.metadata is not None else {}
-                    spec = plan.spec(self.nodes, self.common_edits, mounts)
+                    # The metadata, the spec and the status writer name the instances made here.
+                    made = self._materialize(plan)
+                    mounts = self.metadata.write(made) if self.metadata is not None else {}
+                    spec = made.spec(self.nodes, self.common_edits, mounts)
                     if spec is not None:
                         self.specs.write(plan.ref.uid, spec)
                     crash_point("prepare:cdi-written")
@@ -440,19 +450,24 @@ class NodePreparer:
                     failed.append(plan.ref.uid)
                     call.fail(plan.ref, f"claim {plan.ref}: prepare failed: {err}")
                     continue
-            completed.append(plan.record(ClaimState.PREPARE_COMPLETED, applied))
-            call.complete(plan)
+            completed.append(made.record(ClaimState.PREPARE_COMPLETED, applied))
+            call.complete(made)
         cp = cp.with_claims(completed).without(*failed)
         for plan, record in call.repeats:
             with bind(claim=str(plan.ref)):
                 try:
-                    cp = self._repeat(cp, plan, record)
+                    made = self._materialize(plan)  # created again if a GPU reset lost it
+                    cp = self._repeat(cp, made, record)
                 except Exception as err:
                     log.exception("prepare failed")
                     call.fail(plan.ref, f"claim {plan.ref}: prepare failed: {err}")
                     continue
-            call.complete(plan)
+            call.complete(made)
         return cp
+
+    def _materialize(self, plan: ClaimPlan) -> ClaimPlan:
+        """The plan with the MIG instances of its dynamic MIG devices, created or taken over."""
+        return self.mig.materialize(plan) if self.mig is not None else plan
 
     def _abandon(self, call: _PrepareCall, error: str) -> None:
         """The final checkpoint write failed: undo this call's new claims (best effort; their
@@ -552,12 +567,16 @@ class NodePreparer:
         self.specs.remove(ref.uid)
         crash_point("unprepare:cdi-removed")
         self._remove_metadata(ref.uid)
+        if self.mig is not None:
+            self.mig.release(cp, record)
         return True
 
     def _undo(self, cp: Checkpoint, record: ClaimRecord) -> None:
         self._reset_sharing(cp, record)
         self.specs.remove(record.uid)
         self._remove_metadata(record.uid)
+        if self.mig is not None:
+            self.mig.release(cp, record)
 
     def _remove_metadata(self, uid: str) -> None:
         """After the spec that mounts them: a container is never given a mount of a missing file."""

@@ -21,7 +21,7 @@ def test_a_fake_backend_is_simulated_and_can_do_everything(tmp_path: Path) -> No
     backend = open_backend("fake:pcie-l4x4", node_name="n1", state_dir=str(tmp_path))
     caps = capabilities(backend)
     assert isinstance(backend, FakeBackend)
-    assert caps.simulated and caps.telemetry is backend and caps.health is backend
+    assert caps.simulated and caps.telemetry is backend and caps.health is backend and caps.mig is backend
     assert caps.container_edits == backend.container_edits() != {}
     assert isinstance(caps.health.health_source(backend.discover()), FakeHealthSource)
 
@@ -31,6 +31,7 @@ def test_the_nvml_backend_is_real_hardware() -> None:
     caps = capabilities(backend)
     assert not caps.simulated
     assert caps.telemetry is backend and caps.health is backend and caps.container_edits == {}
+    assert caps.mig is backend  # it creates MIG instances through NVML
     backend.close()
 
 
