@@ -4,6 +4,10 @@ Every ``interval`` seconds the collector asks each GPU's worker thread for a rea
 asks the kubelet which containers hold which devices, traces processes to containers, and publishes a new
 :class:`Snapshot`. A scrape renders the latest snapshot and never touches NVML or the kubelet.
 
+MIG devices are followed as they come and go (dynamic MIG creates and destroys instances at prepare and
+unprepare): each reading of a MIG-enabled GPU lists its MIG devices, and a change re-indexes the devices
+for attribution and chargeback before the round's attribution.
+
 One worker thread per GPU, so a GPU whose NVML calls hang stalls only itself: while its request is
 outstanding it is not asked again, and once the request is older than ``sample_timeout`` the GPU is shown
 ``failed`` (its readings are dropped rather than served stale) until it answers again. Worker threads are
@@ -15,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -181,9 +186,11 @@ class Collector:
         self._xid_poller = CallThread(xids.poll, name="xid-events") if xids is not None else None
         self._xid_poll: concurrent.futures.Future[None] | None = None
         self._xid_waiter: asyncio.Future[None] | None = None
+        self._shares = device_shares(inventory)
         self._chargeback = Chargeback(
-            device_shares(inventory), self.settings.chargeback_retention, memory_of=gpu_memory(inventory)
+            self._share_of, self.settings.chargeback_retention, memory_of=gpu_memory(inventory)
         )
+        self._devices_changed = False
         self._charged_at: float | None = None
         self._clock = clock
         self._wall_clock = wall_clock
@@ -262,6 +269,8 @@ class Collector:
     async def tick(self) -> Snapshot:
         """One sampling round; publishes and returns the new snapshot."""
         await self._read_gpus()
+        if self._devices_changed:
+            self._follow_devices()
         shares = await self._attribute()
         health = self._read_health()
         self._samples += 1
@@ -337,6 +346,7 @@ class Collector:
         error = future.exception()
         if error is None:
             telemetry = future.result()
+            self._note_mig_devices(record, telemetry)
             for name in telemetry.errors:
                 record.count((name, "error"))
             record.telemetry = telemetry
@@ -346,6 +356,34 @@ class Collector:
         record.telemetry = None
         record.count(("sample", "lost" if isinstance(error, TelemetryError) else "error"))
         self._set_state(record, "failed", str(error) or type(error).__name__)
+
+    def _note_mig_devices(self, record: _GpuRecord, telemetry: GpuTelemetry) -> None:
+        found = telemetry.mig_devices
+        if found is None or found == record.gpu.mig_devices:
+            return
+        before, after = {m.uuid for m in record.gpu.mig_devices}, {m.uuid for m in found}
+        log.info(
+            "MIG devices changed",
+            gpu=record.gpu.uuid,
+            added=",".join(sorted(after - before)) or "-",
+            removed=",".join(sorted(before - after)) or "-",
+        )
+        record.gpu = dataclasses.replace(record.gpu, mig_devices=found)
+        self._devices_changed = True
+
+    def _follow_devices(self) -> None:
+        """The GPUs' MIG devices changed: index the node's devices again for attribution and chargeback."""
+        self._devices_changed = False
+        self.inventory = Inventory(
+            tuple(r.gpu for r in self._records.values()),
+            self.inventory.driver_version,
+            self.inventory.cuda_driver_version,
+        )
+        self._shares = device_shares(self.inventory)
+        self._resolver.follow(self.inventory)
+
+    def _share_of(self, gpu: str, mig: str) -> float:
+        return self._shares(gpu, mig)
 
     def _read_health(self) -> dict[str, GpuHealth]:
         """Per-GPU health from the plugin's state file, so hw_status agrees with the taints."""

@@ -31,7 +31,7 @@ import grpc
 
 from driver._proto.podresources.v1 import api_pb2 as pb
 from driver._proto.podresources.v1 import api_pb2_grpc as pb_grpc
-from driver.devices.model import Inventory, normalize_pci_bus_id
+from driver.devices.model import Inventory, full_mig_slot, normalize_pci_bus_id
 from driver.exporter.attribution import Consumer
 
 DEFAULT_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
@@ -189,6 +189,10 @@ class DeviceResolver:
         self.driver_name = driver_name
         self.pool_name = pool_name
         self.slices = slices
+        self.follow(inventory)
+
+    def follow(self, inventory: Inventory) -> None:
+        """Index the node's devices as they are now (MIG instances come and go with dynamic MIG)."""
         self._by_name: dict[str, DeviceRef] = {
             d.name: (d.gpu.uuid, d.mig.uuid if d.mig else "") for d in inventory.devices
         }
@@ -222,6 +226,12 @@ class DeviceResolver:
                 if g.minor is not None and m.gpu_instance_id is not None
             }
         )
+        # A whole GPU in dynamic MIG mode runs as its full-size instance: the device name means that instance.
+        for gpu in inventory.gpus:
+            full = full_mig_slot(gpu)
+            whole = next((m for m in gpu.mig_devices if full and m.placement == full.placement), None)
+            if whole is not None:
+                self._by_name[gpu.name] = (gpu.uuid, whole.uuid)
 
     def device_for_id(self, device_id: str) -> DeviceRef | None:
         """A device-plugin id, UUID, device name, PCI address, NVML index or GKE name -> the device."""
