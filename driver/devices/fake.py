@@ -322,7 +322,9 @@ class LoadSimulator:
         if state_dir is not None:
             for gpu in inventory.gpus:
                 for uuid in (gpu.uuid, *(m.uuid for m in gpu.mig_devices)):
-                    (state_dir / "gpus" / uuid / "procs").mkdir(parents=True, exist_ok=True)
+                    # A reader (the exporter) may have the directory read-only: the plugin made them.
+                    with contextlib.suppress(OSError):
+                        (state_dir / "gpus" / uuid / "procs").mkdir(parents=True, exist_ok=True)
 
     def _device_processes(self, uuid: str) -> list[SimulatedProcess]:
         if self._state_dir is None:

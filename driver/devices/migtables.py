@@ -108,3 +108,19 @@ _PRODUCTS = (
 def table_for_product(product: str | None) -> str | None:
     """The table of a product name, ``None`` when no table describes it."""
     return next((table for key, table in _PRODUCTS if product and key in product), None)
+
+
+def markdown_table(table: str) -> str:
+    """One table as docs/mig.md shows it (a test keeps the page and the data equal)."""
+    rows = [
+        "| Profile | ID | Memory (MiB) | Compute slices | SMs | Placements (start:size) | Copy engines | "
+        "Decoders | JPEG | OFA |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in TABLES[table]:
+        placements = ", ".join(f"{x.start}:{x.size}" for x in p.placements)
+        rows.append(
+            f"| `{p.name}` | {p.id} | {p.memory_bytes // MiB} | {p.compute_slices} | {p.multiprocessors} "
+            f"| {placements} | {p.copy_engines} | {p.decoders} | {p.jpeg_engines} | {p.ofa_engines} |"
+        )
+    return "\n".join(rows) + "\n"

@@ -389,27 +389,17 @@ def check_exporter(
 # -- devices of a simulated node -------------------------------------------------------------------------
 
 
-def fake_slices(profile: str, *, driver: str = "gpu.accel-dra.dev", node: str = "node-1") -> list[JSON]:
-    """The ResourceSlices the plugin publishes for ``fake:<profile>`` on ``node``."""
-    from driver.devices.backend import open_backend
-    from driver.resources.attributes import device_entry
-    from driver.resources.slices import slice_spec, split_devices
+def fake_slices(
+    profile: str, *, driver: str = "gpu.accel-dra.dev", node: str = "node-1", mig_mode: str = "static"
+) -> list[JSON]:
+    """The ResourceSlices the plugin publishes for ``fake:<profile>`` on ``node`` (``--mig-mode``)."""
+    from driver.resources.cli import discovered_slices
 
-    backend = open_backend(f"fake:{profile}", node_name=node)
-    try:
-        inventory = backend.discover()
-    finally:
-        backend.close()
-    parts = split_devices([device_entry(d, inventory, driver) for d in inventory.devices])
-    return [
-        {
-            "apiVersion": "resource.k8s.io/v1",
-            "kind": "ResourceSlice",
-            "metadata": {"name": f"{node}-{driver}-{i}"},
-            "spec": slice_spec(driver, node, 0, len(parts), devices),
-        }
-        for i, devices in enumerate(parts)
-    ]
+    parts = discovered_slices(f"fake:{profile}", driver, node, mig_mode=mig_mode)
+    for i, part in enumerate(parts):
+        part["metadata"] = {"name": f"{node}-{driver}-{i}"}
+        part["spec"]["pool"]["generation"] = 0
+    return parts
 
 
 def one_slice(devices: Sequence[JSON], *, driver: str = "gpu.accel-dra.dev", node: str = "n") -> JSON:

@@ -95,6 +95,9 @@ def test_lint_is_clean(values: str, kube_version: str) -> None:
         ({"plugin": {"hostMemoryPerPod": "two gigs"}}, "/plugin/hostMemoryPerPod"),
         ({"plugin": {"sharing": {"memoryStep": "0"}}}, "/plugin/sharing/memoryStep"),
         ({"plugin": {"sharing": {"gpus": ["a,b"]}}}, "/plugin/sharing/gpus/0"),
+        ({"plugin": {"mig": {"mode": "auto"}}}, "/plugin/mig/mode"),
+        ({"plugin": {"mig": {"gpus": {"0000:3b:00.0": "partitioned"}}}}, "/plugin/mig/gpus"),
+        ({"plugin": {"mig": {"gpus": {"nvidia0": "dynamic"}}}}, "invalid propertyName 'nvidia0'"),
     ],
 )
 def test_the_values_schema_rejects_bad_values(values: dict[str, Any], message: str) -> None:
@@ -473,3 +476,27 @@ def test_gpu_sharing_follows_the_values(renders: dict[str, list[dict[str, Any]]]
     values = {"plugin": {"sharing": {"gpus": ["gpu-0000-01-00-0", "GPU-1234"], "memoryStep": "512Mi"}}}
     on = flags(containers(find(render(values), "DaemonSet"))["plugin"]["args"])
     assert (on["--shared-gpus"], on["--share-memory-step"]) == ("gpu-0000-01-00-0,GPU-1234", "512Mi")
+
+
+def test_mig_modes_become_the_plugins_flag_and_the_plugin_accepts_it() -> None:
+    from driver.config import PluginConfig
+    from tests.support.deploy_checks import container_environment, parse_plugin_args
+
+    values = {"plugin": {"mig": {"mode": "off", "gpus": {"GPU-1a2b": "static", "0000:3b:00.0": "dynamic"}}}}
+    plugin = containers(find(render(values), "DaemonSet"))["plugin"]
+    assert flags(plugin["args"])["--mig-mode"] == "off,0000:3b:00.0=dynamic,GPU-1a2b=static"
+    with container_environment({"NODE_NAME": "n"}):
+        config = PluginConfig.from_args(parse_plugin_args(plugin["args"], {"NODE_NAME": "n"}))
+    assert str(config.mig_modes) == "off,0000:3b:00.0=dynamic,gpu-1a2b=static"
+    default = containers(find(render({}), "DaemonSet"))["plugin"]
+    assert flags(default["args"])["--mig-mode"] == "static"
+
+
+def test_simulated_gpus_share_their_state_with_the_exporter() -> None:
+    ctrs = containers(find(render(FAKE), "DaemonSet"))
+    state = "/var/lib/kubelet/plugins/gpu.accel-dra.dev/fake-state"
+    assert flags(ctrs["plugin"]["args"])["--fake-state-dir"] == state
+    assert flags(ctrs["exporter"]["args"])["--fake-state-dir"] == state
+    assert mounts(ctrs["exporter"])["plugin-dir"]["readOnly"] is True
+    real = containers(find(render({}), "DaemonSet"))["plugin"]
+    assert "--fake-state-dir" not in flags(real["args"])

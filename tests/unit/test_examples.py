@@ -160,7 +160,7 @@ def test_examples_use_the_standard_attributes_and_the_charts_classes(name: str) 
             assert request["exactly"]["deviceClassName"] in classes
 
 
-def allocate_pod(name: str, profile: str) -> dict[str, list[tuple[str, str]]]:
+def allocate_pod(name: str, profile: str, mig_mode: str = "static") -> dict[str, list[tuple[str, str]]]:
     """Allocate every claim of the example's first pod on ``fake:<profile>``: claim -> [(request, device)]."""
     objects = example(name)
     pod = of_kind(objects, "Pod")[0]
@@ -185,7 +185,7 @@ def allocate_pod(name: str, profile: str) -> dict[str, list[tuple[str, str]]]:
             claim = claim_from_template(template)
         claim["metadata"] = {"name": ref["name"], "namespace": ns}
         claims.append(claim)
-    result = allocate(claims, fake_slices(profile), chart_classes(), "node-1")
+    result = allocate(claims, fake_slices(profile, mig_mode=mig_mode), chart_classes(), "node-1")
     if not result.ok:
         return {}
     out = {}
@@ -243,6 +243,20 @@ def test_gpu_test6_gets_one_mig_device_per_profile() -> None:
     results = dict(allocate_pod("gpu-test6", "mig-a100")["mig"])
     assert re.fullmatch(r"gpu-0000-07-00-0-mig-1g-5gb-\d", results["small"])
     assert results["medium"] == "gpu-0000-07-00-0-mig-2g-10gb-0"
+
+
+def test_the_dynamic_mig_example_splits_one_dynamic_gpu() -> None:
+    assert allocate_pod("gpu-test-mig-dynamic", "mig-a100") == {}  # hand-made instances: no 4g
+    results = dict(
+        allocate_pod(
+            "gpu-test-mig-dynamic", "mig-dynamic", "static,0000:0f:00.0=dynamic,0000:47:00.0=dynamic"
+        )["mig"]
+    )
+    assert results == {"big": "gpu-0000-0f-00-0-mig-4g-20gb-0", "small": "gpu-0000-0f-00-0-mig-3g-20gb-4"}
+    only_h100 = dict(
+        allocate_pod("gpu-test-mig-dynamic", "mig-dynamic", "static,0000:47:00.0=dynamic")["mig"]
+    )
+    assert only_h100 == {"big": "gpu-0000-47-00-0-mig-4g-40gb-0", "small": "gpu-0000-47-00-0-mig-3g-40gb-4"}
 
 
 @pytest.mark.parametrize("profile", ["dgx-h100", "nvlink-pairs", "nvl72-tray", "pcie-l4x4"])

@@ -296,3 +296,11 @@ def test_modes_decide_what_each_gpu_offers(caplog: pytest.LogCaptureFixture) -> 
     assert "dynamic MIG needs MIG mode enabled" in caplog.text
     apply_mig_modes(l4, parse_mig_modes("static,0000:99:00.0=dynamic"))
     assert "MIG mode set for a GPU this node does not have" in caplog.text
+
+
+def test_docs_show_the_tables() -> None:
+    from driver.devices.migtables import markdown_table
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "mig.md").read_text()
+    for table in TABLES:
+        assert markdown_table(table) in doc, f"docs/mig.md: regenerate the {table} table"
