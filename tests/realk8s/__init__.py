@@ -14,6 +14,7 @@ MODULE_ORDER = (
     "test_alpha",
     "test_examples",
     "test_conformance",
+    "test_mig",
     "test_explain",
     "test_idle",
     "test_parity",

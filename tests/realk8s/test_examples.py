@@ -79,12 +79,15 @@ async def admin(realk8s: Cluster) -> AsyncIterator[KubeClient]:
 
 
 async def device_uuids(kube: KubeClient) -> dict[tuple[str, str], str]:
-    """(pool, device) -> the uuid attribute the plugin published."""
+    """(pool, device) -> the uuid attribute the plugin published; a dynamic MIG device has none (its
+    instance is created at prepare): its parent's UUID, as ``parent:<uuid>``."""
     out = {}
     for item in (await kube.list(RESOURCE_SLICES))["items"]:
         if item["spec"]["driver"] == DRIVER:
-            for device in item["spec"]["devices"]:
-                out[(item["spec"]["pool"]["name"], device["name"])] = device["attributes"]["uuid"]["string"]
+            for device in item["spec"].get("devices") or []:
+                attributes = device["attributes"]
+                uuid = attributes.get("uuid") or {"string": "parent:" + attributes["parentUUID"]["string"]}
+                out[(item["spec"]["pool"]["name"], device["name"])] = uuid["string"]
     return out
 
 
@@ -173,5 +176,12 @@ async def check_prepared(kube: KubeClient, driver: Driver, report: JSON, pods: l
         cdi = driver.cluster.nodes[node].cdi_dir / spec_file_name(DRIVER, claim["metadata"]["uid"])
         assert cdi.is_file(), f"no CDI spec for {claim_name} on {node}"
         for entry in claim["status"]["devices"]:
-            if entry["driver"] == DRIVER:
-                assert entry["data"]["uuid"] == uuids[(entry["pool"], entry["device"])]
+            if entry["driver"] != DRIVER:
+                continue
+            published = uuids[(entry["pool"], entry["device"])]
+            data = entry["data"]
+            if published.startswith("parent:"):  # a dynamic MIG device: the instance created for the claim
+                assert data["parentUUID"] == published.removeprefix("parent:")
+                assert data["uuid"].startswith("MIG-")
+            elif data["uuid"] != published:  # the whole GPU of a dynamic GPU: its full-size instance
+                assert data["parentUUID"] == published and data["uuid"].startswith("MIG-"), data

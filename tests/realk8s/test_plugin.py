@@ -27,6 +27,7 @@ from tests.support.realk8s_driver import (
     SERVICE_ACCOUNT_GROUPS,
     Answer,
     Driver,
+    mig_mode,
     send,
     subject_access,
 )
@@ -71,10 +72,13 @@ def test_the_kubelet_registers_the_plugin(realk8s: Cluster, accel_dra: Driver, n
 async def test_the_plugin_publishes_its_nodes_gpus(admin: KubeClient, accel_dra: Driver, node: str) -> None:
     listed = await admin.list(RESOURCE_SLICES, field_selector=f"spec.nodeName={node}")
     slices = [s for s in listed["items"] if s["spec"]["driver"] == DRIVER]
-    expected = discovered_slices(f"fake:{PROFILES[node]}", DRIVER, node)
-    assert sorted(d["name"] for s in slices for d in s["spec"]["devices"]) == sorted(
-        d["name"] for s in expected for d in s["spec"]["devices"]
+    expected = discovered_slices(f"fake:{PROFILES[node]}", DRIVER, node, mig_mode=mig_mode(node))
+    assert sorted(d["name"] for s in slices for d in s["spec"].get("devices") or []) == sorted(
+        d["name"] for s in expected for d in s["spec"].get("devices") or []
     )
+    assert [c for s in slices for c in s["spec"].get("sharedCounters") or []] == [
+        c for s in expected for c in s["spec"].get("sharedCounters") or []
+    ]
     node_uid = (await admin.get(NODES, node))["metadata"]["uid"]
     for item in slices:
         assert item["spec"]["pool"]["name"] == node
@@ -83,19 +87,27 @@ async def test_the_plugin_publishes_its_nodes_gpus(admin: KubeClient, accel_dra:
 
 
 PROFILE_NAMES = named_profiles()
+#: Every GPU in dynamic MIG mode: partitionable devices (counter slices, consumesCounters) where it can be.
+PUBLICATIONS = [(profile, "static") for profile in PROFILE_NAMES] + [
+    (profile, "dynamic") for profile in ("mig-dynamic", "mig-a100", "dgx-h100-mig")
+]
 
 
-@pytest.mark.parametrize("profile", PROFILE_NAMES)
+@pytest.mark.parametrize(("profile", "mode"), PUBLICATIONS)
 async def test_the_slices_of_every_fake_profile_are_accepted_without_warnings(
-    as_plugin: KubeClient, profile: str
+    as_plugin: KubeClient, profile: str, mode: str
 ) -> None:
     """What ``accel-dra discover`` says the plugin would publish, sent as node-1's plugin (dry run: the
     API server validates, defaults and admits without storing)."""
-    for item in discovered_slices(f"fake:{profile}", DRIVER, "node-1"):
+    items = discovered_slices(f"fake:{profile}", DRIVER, "node-1", mig_mode=mode)
+    if mode == "dynamic":
+        assert any(i["spec"].get("sharedCounters") for i in items)
+    for item in items:
         answer = await send(as_plugin, "POST", RESOURCE_SLICES.path(), item, params=DRY_RUN)
         assert answer.status == 201, answer.body
         assert answer.warnings == []
-        assert answer.body["spec"]["devices"] == item["spec"]["devices"], "the server changed the devices"
+        for field in ("devices", "sharedCounters"):
+            assert answer.body["spec"].get(field) == item["spec"].get(field), f"the server changed {field}"
 
 
 def foreign_slice(node: str) -> dict[str, Any]:

@@ -33,8 +33,16 @@ NAMESPACE = chart.NAMESPACE
 SERVICE_ACCOUNT = f"system:serviceaccount:{chart.NAMESPACE}:{chart.RELEASE}"
 NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name"
 
-#: The fake GPU profile each hollow node's plugin serves: together they satisfy every example.
-PROFILES: Mapping[str, str] = {"node-1": "dgx-h100", "node-2": "mig-a100"}
+#: The fake GPU profile each hollow node's plugin serves: together they satisfy every example. node-2's
+#: GPU 0 has hand-made MIG instances (static), its GPUs 1 (A100) and 2 (H100) are in dynamic MIG mode.
+PROFILES: Mapping[str, str] = {"node-1": "dgx-h100", "node-2": "mig-dynamic"}
+MIG_GPUS: Mapping[str, Mapping[str, str]] = {"node-2": {"0000:0f:00.0": "dynamic", "0000:47:00.0": "dynamic"}}
+
+
+def mig_mode(node: str) -> str:
+    """The ``--mig-mode`` the chart gives ``node``'s plugin (as ``accel-dra discover`` takes it)."""
+    return ",".join(["static", *(f"{gpu}={mode}" for gpu, mode in sorted(MIG_GPUS.get(node, {}).items()))])
+
 
 JSON = dict[str, Any]
 SERVICE_ACCOUNTS = ResourceType("", "v1", "serviceaccounts", "ServiceAccount", namespaced=True)
@@ -48,7 +56,8 @@ def node_values(cluster: Cluster, node: str, profiles: Mapping[str, str] = PROFI
         "kubeletDir": str(hollow.root),
         "cdiDir": str(hollow.cdi_dir),
         "logFormat": "text",
-        "plugin": {"metricsPort": 0},  # two plugins share the machine; the metrics have their own tests
+        # Two plugins share the machine; the metrics have their own tests.
+        "plugin": {"metricsPort": 0, "mig": {"mode": "static", "gpus": dict(MIG_GPUS.get(node, {}))}},
     }
 
 
