@@ -13,8 +13,10 @@ The ``nvidia-smi`` stand-in starts with the current interpreter's absolute path 
 container, which has no virtualenv) and answers ``-L``, ``--query-gpu=...`` with ``--format=csv[,noheader]
 [,nounits]``, ``nvlink -s`` and the plain summary table. Like the real tool it only sees the GPUs whose
 ``/dev/nvidia<minor>`` exists in the caller's view, so inside a container it lists exactly the GPUs the
-container was given, numbered from 0 in PCI order. Utilization and memory in use come from the fake
-backend's procs files under ``$ACCEL_DRA_FAKE_STATE`` when that is set.
+container was given, numbered from 0 in PCI order; of a MIG-enabled GPU it lists the MIG devices there are
+now (the fake backend's ``$ACCEL_DRA_FAKE_STATE/mig/<uuid>.json``, dynamic MIG creates them) and, where the
+caller has ``/dev/nvidia-caps``, only those whose GPU-instance capability node it has. Utilization and memory
+in use come from the fake backend's procs files under ``$ACCEL_DRA_FAKE_STATE`` when that is set.
 
 This module is also the stand-in's implementation (:func:`nvidia_smi_main`); it imports nothing heavy at
 module level because the stand-in runs with ``python -S``.
@@ -76,9 +78,9 @@ def _gpu_facts(gpu: Gpu) -> dict[str, Any]:
         "minor": gpu.minor,
         "migMode": mig_mode,
         "migDevices": [
-            {"uuid": mig.uuid, "profile": mig.profile or "unknown"}
+            {"uuid": mig.uuid, "profile": mig.profile or "unknown", "gi": mig.gpu_instance_id}
             for mig in gpu.mig_devices
-            if gpu.mig_enabled
+            if gpu.mig_enabled and mig.gpu_instance_id is not None
         ],
         "nvlinks": [{"index": link.index, "active": link.active} for link in gpu.nvlinks or ()],
     }
@@ -205,8 +207,38 @@ def visible_gpus(
         if minor is None or not os.path.exists(os.path.join(dev_dir, f"nvidia{minor}")):
             continue
         used, util, procs = _load(gpu["uuid"], state_dir)
-        out.append(_Visible(index=len(out), gpu=gpu, used_bytes=used, utilization=util, processes=procs))
+        seen = gpu
+        if gpu.get("migMode") == "Enabled":
+            seen = {**gpu, "migDevices": _mig_devices(gpu, int(minor), dev_dir, state_dir)}
+        out.append(_Visible(index=len(out), gpu=seen, used_bytes=used, utilization=util, processes=procs))
     return out
+
+
+def _mig_devices(
+    gpu: Mapping[str, Any], minor: int, dev_dir: str, state_dir: str | None
+) -> list[dict[str, Any]]:
+    """The GPU's MIG devices now, as far as the caller may see them (its GPU-instance capability nodes)."""
+    from driver.state.devnodes import mig_minor
+
+    devices = list(gpu.get("migDevices", ()))
+    try:
+        with open(os.path.join(state_dir or "", "mig", f"{gpu['uuid']}.json"), encoding="utf-8") as handle:
+            instances = json.load(handle)["instances"]
+        devices = [
+            {"uuid": d["uuid"], "profile": d.get("profile") or "unknown", "gi": d["gi"]}
+            for instance in instances
+            for d in instance.get("devices", ())
+        ]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # the profile's instances, as the facts list them
+    caps = os.path.join(dev_dir, "nvidia-caps")
+    if not os.path.isdir(caps):
+        return devices  # the host's view: every instance
+    return [
+        d
+        for d in devices
+        if "gi" in d and os.path.exists(os.path.join(caps, f"nvidia-cap{mig_minor(minor, d['gi'])}"))
+    ]
 
 
 class _Field:
