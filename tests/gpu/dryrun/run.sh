@@ -36,6 +36,6 @@ for lib in libcuda libnvidia-ml; do
     ln -s "$lib.so.580.65.06" "$work/root/usr/lib64/$lib.so.1"
 done
 
-ADRA_DRY_PROFILE=$profile ADRA_DRY_BUSY=$work/busy PATH=$work/bin:$PATH PYTHONPATH=$here:$repo \
+ADRA_DRY_PROFILE=$profile ADRA_DRY_BUSY=$work/busy ADRA_DRY_STATE=$work/state PATH=$work/bin:$PATH PYTHONPATH=$here:$repo \
     ACCEL_DRA_GPU_DRIVER_ROOT=$work/root ACCEL_DRA_GPU_LOAD_PYTHON=$work/bin/load-python \
     "$python" -m pytest -p no:cacheprovider -m gpu tests/gpu "$@"

@@ -3,7 +3,8 @@
 Loaded by every Python process started with this directory on ``PYTHONPATH`` while ``ADRA_DRY_PROFILE``
 names a fake profile: the tests, ``accel-dra discover``, the plugin and the exporter then all see the
 profile's GPUs through the real NVML backend code. Telemetry follows a fake load: while the file
-``ADRA_DRY_BUSY`` exists, utilization, memory (first GPU) and power are high.
+``ADRA_DRY_BUSY`` exists, utilization, memory (first GPU) and power are high. MIG instances created through
+it live under ``ADRA_DRY_STATE``, so the test and the plugin it starts see the same ones.
 """
 
 from __future__ import annotations
@@ -27,9 +28,6 @@ def _install(profile: str, busy: str) -> None:
         def _busy(self) -> bool:
             return os.path.exists(busy)
 
-        def nvmlDeviceGetHandleByUUID(self, uuid: str) -> tuple[Any, ...]:
-            return ("gpu", [g.uuid for g in self.gpus].index(uuid))
-
         def nvmlDeviceGetUtilizationRates(self, handle: tuple[Any, ...]) -> Any:
             return SimpleNamespace(gpu=97 if self._busy() else 0, memory=0)
 
@@ -46,6 +44,13 @@ def _install(profile: str, busy: str) -> None:
             return int(time.time() * 1000)
 
     fake = TelemetryNvml(load_named_profile(profile, node_name="dry").inventory)
+    state = os.environ.get("ADRA_DRY_STATE")
+    if state:  # MIG instances shared by every process of the run, as a GPU's are
+        from pathlib import Path
+
+        from driver.devices.fakemig import FakeMig
+
+        fake.mig = FakeMig(fake.gpus, Path(state))
     sys.modules["pynvml"] = fake  # type: ignore[assignment]
 
 
