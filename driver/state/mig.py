@@ -122,13 +122,14 @@ class DynamicMig:
             ),
         )
 
-    def _instance_at(self, device: Device, slot: MigSlot) -> GpuInstance | None:
-        """The GPU instance of the slot, or None; MigError when another instance sits on its slices."""
+    def _instance_at(self, device: Device, slot: MigSlot, strict: bool = True) -> GpuInstance | None:
+        """The GPU instance of the slot, or None; ``strict``: MigError when another instance sits on its
+        slices."""
         for instance in self.control.gpu_instances(device.gpu.uuid):
             theirs = MigSlot(slot.profile, instance.placement)
             if instance.placement == slot.placement and instance.profile_id == slot.profile.id:
                 return instance
-            if _overlap(theirs, slot):
+            if strict and _overlap(theirs, slot):
                 raise MigError(
                     f"GPU {device.gpu.uuid}: memory slices {_slices(slot)} for {device.name} are taken by GPU "
                     f"instance {instance.id} (profile id {instance.profile_id}, placement "
@@ -138,7 +139,7 @@ class DynamicMig:
         return None
 
     def _existing(self, device: Device, slot: MigSlot) -> MigDevice | None:
-        instance = self._instance_at(device, slot)
+        instance = self._instance_at(device, slot, strict=False)
         return instance.devices[0] if instance is not None and instance.devices else None
 
     def _ensure(self, device: Device, slot: MigSlot, claim: str) -> MigDevice:

@@ -68,8 +68,11 @@ def test_a_claim_with_admin_access_creates_nothing_and_sees_the_instance_there_i
     assert prepare(p, claim("user", SLOT))["user"].error == ""
     assert prepare(p, claim("adm2", SLOT, admin=True))["adm2"].error == ""
     assert "nvidia-cap" in (node.root / "cdi" / f"k8s.{DRIVER}-gpu_adm2.json").read_text()
+    # Admin access to a slot overlapping another claim's instance: nothing to see, nothing refused.
+    overlapping = prepare(p, claim("adm3", f"{A100}-mig-4g-20gb-0", admin=True))
+    assert overlapping["adm3"].error == ""
     # Unpreparing the admin claims leaves the user's instance alone.
-    p.unprepare_sync([ref(claim("adm", SLOT)), ref(claim("adm2", SLOT))])
+    p.unprepare_sync([ref(claim("adm", SLOT)), ref(claim("adm2", SLOT)), ref(claim("adm3", SLOT))])
     assert node.placements() == [(2, 2)]
 
 
