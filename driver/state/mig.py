@@ -68,8 +68,9 @@ class DynamicMig:
 
     # -- guard -------------------------------------------------------------------------------------------
 
-    def conflict(self, cp: Checkpoint, plan: ClaimPlan) -> str | None:
-        """Why ``plan`` would share memory slices with a device another prepared claim holds, or None."""
+    def conflict(self, cp: Checkpoint, plan: ClaimPlan, also: Iterable[ClaimRecord] = ()) -> str | None:
+        """Why ``plan`` would share memory slices with a device another prepared claim holds, or None.
+        ``also``: claims that hold their devices though not completed yet (earlier claims of the same call)."""
         wanted = [
             (d.result.device, found)
             for d in plan.devices
@@ -77,7 +78,8 @@ class DynamicMig:
         ]
         if not wanted:
             return None
-        others = [r for r in cp.claims.values() if r.completed and r.uid != plan.ref.uid]
+        held = [*(r for r in cp.claims.values() if r.completed), *also]
+        others = [r for r in held if r.uid != plan.ref.uid]
         for record, device, slot in self._held(others):
             for name, (mine, my_slot) in wanted:
                 if mine.gpu.uuid == device.gpu.uuid and _overlap(slot, my_slot):

@@ -410,7 +410,9 @@ class NodePreparer:
                         log.info("rolling back an interrupted prepare")
                         self._undo(cp, record)
                         cp = cp.without(ref.uid)
-                    conflict = holders.conflict(plan) or (self.mig.conflict(cp, plan) if self.mig else None)
+                    conflict = holders.conflict(plan) or (
+                        self.mig.conflict(cp, plan, also=started) if self.mig is not None else None
+                    )
                     if conflict:
                         raise OverlapError(conflict)
                 except (PlanError, ConfigError, OverlapError) as err:

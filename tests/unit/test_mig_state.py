@@ -137,3 +137,29 @@ def test_an_interrupted_prepare_released_later_keeps_the_instance_another_claim_
     assert node.placements() == [(2, 2)]
     node.preparer().unprepare_sync([ref(claim("second", SLOT))])
     assert node.placements() == []
+
+
+def test_the_guard_counts_claims_the_caller_says_hold_their_devices(node: MigNode) -> None:
+    """A call preparing several claims passes the earlier ones of the call as holders."""
+    from driver.state.checkpoint import ClaimState
+    from driver.state.plan import plan_claim
+
+    first = plan_claim(claim("first", SLOT), driver=DRIVER, pool="node-1", inventory=node.inventory)
+    second = plan_claim(
+        claim("second", f"{A100}-mig-4g-20gb-0"), driver=DRIVER, pool="node-1", inventory=node.inventory
+    )
+    mig = DynamicMig(node.backend, node.inventory)
+    empty = CheckpointStore(node.root / "plugin", "boot-1").empty()
+    assert mig.conflict(empty, second) is None
+    started = first.record(ClaimState.PREPARE_STARTED)
+    assert "memory slices 0-3" in (mig.conflict(empty, second, also=[started]) or "")
+
+
+def test_two_claims_of_one_call_on_overlapping_slices_get_one_instance(node: MigNode) -> None:
+    """The overlap guard counts the earlier claims of the call, which are not completed yet."""
+    out = prepare(node.preparer(), claim("first", SLOT), claim("second", f"{A100}-mig-4g-20gb-0"))
+    assert out["first"].error == ""
+    assert "memory slices 0-3" in out["second"].error and "first" in out["second"].error
+    assert node.placements() == [(2, 2)]
+    cp, _ = CheckpointStore(node.root / "plugin", "boot-1").load()
+    assert sorted(cp.claims) == ["first"]
