@@ -27,7 +27,7 @@ import pytest
 
 from driver.kube.client import KubeClient
 from driver.sim.apiserver import SimApiServer
-from tests.chaos.harness import ChaosNode
+from tests.chaos.harness import DYNAMIC_MIG, ChaosNode
 from tests.integration.conftest import apiserver
 
 __all__ = ["apiserver"]  # the fixture, shared with the integration tests
@@ -150,3 +150,12 @@ async def proxied_node(
         await state.register_node()
         yield state
         await state.kill()
+
+
+@pytest.fixture
+async def mig_node(apiserver: SimApiServer, kube: KubeClient, node_root: Path) -> AsyncIterator[ChaosNode]:
+    """A node whose plugin serves an A100 in dynamic MIG mode (instances under the fake state directory)."""
+    state = ChaosNode(node_root / "node", apiserver, kube, None, DYNAMIC_MIG)
+    await state.register_node()
+    yield state
+    await state.kill()

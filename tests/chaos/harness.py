@@ -18,11 +18,14 @@ import grpc
 
 from driver._proto.dra.v1 import api_pb2 as dra
 from driver._proto.dra.v1 import api_pb2_grpc as dra_grpc
-from driver.devices.fake import load_named_profile
+from driver.devices.backend import open_backend
+from driver.devices.fake import FakeBackend, load_named_profile
+from driver.devices.migmode import apply_mig_modes, parse_mig_modes
+from driver.devices.model import Inventory
 from driver.kube.client import NODES, RESOURCE_CLAIMS, RESOURCE_SLICES, KubeClient
 from driver.sim.apiserver import SimApiServer
 from driver.state.api import ClaimRef, echo
-from tests.chaos.invariants import node_problems
+from tests.chaos.invariants import mig_problems, node_problems
 from tests.support.faultproxy import FaultProxy
 from tests.support.processes import Process, plugin_args
 
@@ -47,6 +50,36 @@ CRASH_STEPS = (
     "checkpoint:tmp-written",
     "cdi:tmp-written",
 )
+MIG_CRASH_STEPS = (
+    "mig:gpu-instance-created",
+    "mig:compute-instance-created",
+    "mig:compute-instance-destroyed",
+    "mig:gpu-instance-destroyed",
+)
+
+
+@dataclass(frozen=True)
+class Machine:
+    """The fake GPUs a chaos node's plugin serves, and the devices its claims are allocated from."""
+
+    profile: str
+    mig_modes: str | None = None
+    #: Claims name devices of this GPU only (all devices when empty).
+    claim_gpu: str = ""
+
+    def inventory(self) -> Inventory:
+        """The node's devices as the plugin publishes them (each GPU in its MIG mode)."""
+        inventory = load_named_profile(self.profile, node_name=NODE).inventory
+        return apply_mig_modes(inventory, parse_mig_modes(self.mig_modes)) if self.mig_modes else inventory
+
+    @property
+    def crash_steps(self) -> tuple[str, ...]:
+        return (*CRASH_STEPS, *MIG_CRASH_STEPS) if self.mig_modes else CRASH_STEPS
+
+
+STATIC = Machine(PROFILE)
+#: An A100 in dynamic MIG mode (its 26 devices overlap: the whole GPU, every profile at every placement).
+DYNAMIC_MIG = Machine("mig-dynamic", "static,0000:0f:00.0=dynamic", claim_gpu="gpu-0000-0f-00-0")
 
 
 class ChaosError(AssertionError):
@@ -189,9 +222,19 @@ class ChaosNode:
     """A node directory tree, the API server (optionally behind a fault proxy) and the plugin process."""
 
     def __init__(
-        self, root: Path, apiserver: SimApiServer, kube: KubeClient, proxy: FaultProxy | None
+        self,
+        root: Path,
+        apiserver: SimApiServer,
+        kube: KubeClient,
+        proxy: FaultProxy | None,
+        machine: Machine = STATIC,
     ) -> None:
         self.root = root
+        self.machine = machine
+        self.inventory = machine.inventory()
+        self.devices = tuple(d.name for d in self.inventory.devices)
+        self.claimable = tuple(d for d in self.devices if d.startswith(machine.claim_gpu))
+        self.fake_state = root / "fake-state"
         self.apiserver = apiserver
         self.kube = kube
         self.proxy = proxy
@@ -224,7 +267,7 @@ class ChaosNode:
         made = []
         for _ in range(count):
             name = f"{prefix}-{len(self.claims) + len(made)}"
-            device = rng.choice(DEVICES)
+            device = rng.choice(self.claimable)
             admin = rng.random() < 0.16
             made.append(await self.create_claim(name, device, admin))
         self.claims += made
@@ -246,7 +289,7 @@ class ChaosNode:
 
     async def wait_published(self, timeout: float = SETTLE_S) -> None:
         try:
-            await self.apiserver.wait_for(lambda _s: self.published() == set(DEVICES), timeout)
+            await self.apiserver.wait_for(lambda _s: self.published() == set(self.devices), timeout)
         except TimeoutError:
             raise ChaosError(
                 f"slices not published within {timeout}s: {sorted(self.published())}\n{self.log_tail()}"
@@ -255,6 +298,11 @@ class ChaosNode:
     # -- the plugin process ---------------------------------------------------------------------------
 
     def argv(self, *extra: str) -> list[str]:
+        mig = (
+            ("--mig-mode", self.machine.mig_modes, "--fake-state-dir", str(self.fake_state))
+            if self.machine.mig_modes
+            else ()
+        )
         return plugin_args(
             kubeconfig=self.kubeconfig,
             node=NODE,
@@ -262,7 +310,14 @@ class ChaosNode:
             registry_dir=self.registry,
             cdi_dir=self.cdi,
             driver=DRIVER,
-            extra=("--backend", f"fake:{PROFILE}", "--boot-id-file", str(self.boot_file), *extra),
+            extra=(
+                "--backend",
+                f"fake:{self.machine.profile}",
+                "--boot-id-file",
+                str(self.boot_file),
+                *mig,
+                *extra,
+            ),
         )
 
     async def start(self, *extra: str, crash_at: str | None = None, wait: bool = True) -> Process:
@@ -328,8 +383,27 @@ class ChaosNode:
 
     def check(self, *, settled: bool = True) -> None:
         problems = node_problems(self.plugin_dir, self.cdi, DRIVER, settled=settled)
+        if self.machine.mig_modes and settled:
+            problems += mig_problems(self.plugin_dir, self.cdi, DRIVER, self.inventory, self.mig_hardware())
         if problems:
             raise ChaosError("node state broken:\n  " + "\n  ".join(problems) + "\n" + self.log_tail())
+
+    def check_started(self) -> None:
+        """Right after a start: no MIG instance left that no completed claim holds (the start rolls back
+        interrupted prepares before it serves)."""
+        if not self.machine.mig_modes:
+            return
+        problems = mig_problems(
+            self.plugin_dir, self.cdi, DRIVER, self.inventory, self.mig_hardware(), settled=False
+        )
+        if problems:
+            raise ChaosError("after a start:\n  " + "\n  ".join(problems) + "\n" + self.log_tail())
+
+    def mig_hardware(self) -> FakeBackend:
+        """The fake GPUs as the plugin left them (their MIG instances live under the fake state directory)."""
+        backend = open_backend(f"fake:{self.machine.profile}", node_name=NODE, state_dir=str(self.fake_state))
+        assert isinstance(backend, FakeBackend)
+        return backend
 
     async def call(self, op: str, refs: Sequence[ClaimRef], check: bool = True) -> Answer:
         """One DRA call; ``check``: judge the answer (not when the caller is killing the plugin)."""

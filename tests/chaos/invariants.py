@@ -4,7 +4,11 @@
   (in the checkpoint, and in the CDI specs the runtime reads);
 - no leaked or missing CDI spec: a spec for every completed claim and a completed claim for every spec;
 - the checkpoint verifies and agrees with the specs (same devices, same claim);
-- no temporary file left behind, state files not open to other users.
+- no temporary file left behind, state files not open to other users;
+- on GPUs in dynamic MIG mode, a MIG instance exactly for every slot a completed claim holds: none that no
+  claim holds (a prepare or unprepare cut short must not leak one), none missing, and the claim's spec
+  names it; right after a start (before the kubelet retries anything) at least none that no completed
+  claim holds.
 
 Checked from the files alone, never through the plugin.
 """
@@ -17,6 +21,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from driver.devices.mig import MigControl
+from driver.devices.model import Inventory, MigPlacement
 from driver.state.cdi import env_name
 from driver.state.checkpoint import CHECKPOINT_FILE, Checkpoint, CorruptCheckpointError, decode
 
@@ -122,3 +128,53 @@ def prepared(plugin_dir: Path) -> set[str]:
     """UIDs of the claims the checkpoint holds as completed."""
     cp, _ = _checkpoint(plugin_dir)
     return {uid for uid, r in (cp.claims.items() if cp else ()) if r.completed}
+
+
+def mig_problems(
+    plugin_dir: Path,
+    cdi_dir: Path,
+    driver: str,
+    inventory: Inventory,
+    hardware: MigControl,
+    *,
+    settled: bool = True,
+) -> list[str]:
+    """Instances on the dynamic GPUs of ``inventory`` that do not match the completed claims' slots;
+    ``settled=False``: only instances no completed claim holds (an unprepare cut short may have destroyed
+    part of a claim's instance, which its retry finishes)."""
+    specs, _ = _specs(cdi_dir, driver)
+    cp, _ = _checkpoint(plugin_dir)
+    held: dict[tuple[str, int, MigPlacement], tuple[str, str]] = {}
+    for uid, record in (cp.claims if cp is not None else {}).items():
+        for d in record.devices if record.completed else ():
+            device = inventory.device(d.device)
+            if d.admin_access or device is None or device.slot is None or not device.gpu.mig_dynamic:
+                continue
+            held[(device.gpu.uuid, device.slot.profile.id, device.slot.placement)] = (uid, d.device)
+    problems: list[str] = []
+    for gpu in (g for g in inventory.gpus if g.mig_dynamic):
+        for instance in hardware.gpu_instances(gpu.uuid):
+            where = (
+                f"MIG instance {instance.id} (placement {instance.placement.start}:{instance.placement.size})"
+            )
+            owner = held.pop((gpu.uuid, instance.profile_id, instance.placement), None)
+            if owner is None:
+                problems.append(f"{where} on GPU {gpu.uuid} is held by no prepared claim")
+                continue
+            uid, name = owner
+            if not settled:
+                continue
+            env = [
+                e
+                for entry in (specs.get(uid) or {}).get("devices") or ()
+                for e in (entry.get("containerEdits") or {}).get("env") or ()
+            ]
+            if not instance.devices:
+                problems.append(f"{where} of {name} (claim {uid}) has no compute instance")
+            elif f"{env_name(name)}={instance.devices[0].uuid}" not in env:
+                problems.append(f"CDI spec of claim {uid} does not name {where} of {name}")
+    if settled:
+        problems += [
+            f"MIG instance of {name} for prepared claim {uid} is missing" for uid, name in held.values()
+        ]
+    return problems

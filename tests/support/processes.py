@@ -45,6 +45,11 @@ class Process:
         async with self._changed:
             self._changed.notify_all()
 
+    @property
+    def output_ended(self) -> bool:
+        """Its output is closed: the process is exiting (its exit code may not be known yet)."""
+        return self._reader.done()
+
     def output(self) -> str:
         return "\n".join(self.lines)
 
