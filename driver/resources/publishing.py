@@ -45,7 +45,14 @@ class SharedGpus:
     step: int = GIB
 
     def selects(self, device: Device) -> bool:
-        if device.mig is not None or device.gpu.mig_enabled:
+        # A MIG device, or any device of a GPU with MIG on (its dynamic MIG slots included: each is an
+        # instance made for one claim, and the whole GPU consumes its counters), is held by one claim.
+        if (
+            device.mig is not None
+            or device.slot is not None
+            or device.gpu.mig_enabled
+            or device.gpu.mig_dynamic
+        ):
             return False
         ids = {device.name, device.uuid, device.gpu.pci_bus_id}
         return "all" in self.selectors or not ids.isdisjoint(self.selectors)

@@ -3,11 +3,13 @@ policy, and what a share's container is told."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
 
 from driver.devices.fake import load_named_profile
+from driver.devices.migmode import apply_mig_modes, parse_mig_modes
 from driver.resources.publishing import PublishOptions, SharedGpus, memory_request_policy, publish_entries
 from driver.resources.validation import validate_resource_slice
 from driver.state.plan import plan_claim
@@ -57,6 +59,24 @@ def test_mig_devices_and_gpus_with_mig_on_are_never_shared() -> None:
     assert not any(shared.selects(d) for d in inventory.devices)
     assert shared.unmatched(inventory.devices) == [inventory.devices[0].uuid]
     assert not any(e.get("allowMultipleAllocations") for e in entries("mig-a100", "all"))
+
+
+def test_gpus_in_dynamic_mig_mode_and_their_slots_are_never_shared() -> None:
+    found = load_named_profile("mig-dynamic", node_name="node-1").inventory
+    inventory = apply_mig_modes(found, parse_mig_modes("static,0000:0f:00.0=dynamic,0000:47:00.0=dynamic"))
+    dynamic = [d for d in inventory.devices if d.gpu.mig_dynamic]
+    assert len(dynamic) > 2 and any(d.kind == "gpu" for d in dynamic)
+    gpus = {d.gpu for d in dynamic}
+    selectors = {"all"} | {g.uuid for g in gpus} | {g.pci_bus_id for g in gpus}
+    shared = SharedGpus(frozenset(selectors), GIB)
+    assert not any(shared.selects(d) for d in inventory.devices)
+    assert shared.unmatched(inventory.devices) == sorted(selectors - {"all"})
+    published = publish_entries(inventory.devices, inventory, DRIVER, PublishOptions(shared=shared))
+    assert not any("allowMultipleAllocations" in e for e in published)
+    # A slot is exclusive even where NVML would not say MIG is on.
+    (whole,) = [d for d in dynamic if d.kind == "gpu" and d.gpu.pci_bus_id == "0000:47:00.0"]
+    unknown = dataclasses.replace(whole, gpu=dataclasses.replace(whole.gpu, mig_enabled=None))
+    assert not shared.selects(unknown)
 
 
 def test_a_shares_container_is_told_its_share_and_memory() -> None:
