@@ -5,6 +5,7 @@ instance (env, ``nvidia-smi -L``), the exporter reports them, and deleting the p
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from driver.devices.backend import open_backend
 from driver.devices.fake import FakeBackend
 from driver.kube.client import PODS, RESOURCE_CLAIMS
 from driver.sim.sandbox import Sandbox, SandboxConfig
+from tests.support.jsonstream import documents
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -101,4 +103,60 @@ async def test_the_pod_gets_two_instances_of_one_gpu_and_they_go_with_it(sandbox
         return not current.get("status", {}).get("allocation")
 
     await sandbox.apiserver.wait_for(unprepared, timeout=20)
+    assert backend.gpu_instances(gpu) == []
+
+
+async def test_an_extended_resource_pod_gets_a_created_instance_and_its_metadata_names_it(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """``nvidia.com/mig-4g.20gb`` (the chart's per-profile class) is served by a dynamic slot: only the
+    dynamic A100 offers that profile here. The instance is created at prepare, and the device metadata file
+    the container reads names it -- the same UUID as its CDI environment and the claim's status."""
+    backend, gpu = hardware(sandbox)
+    assert backend.gpu_instances(gpu) == []
+    namespace = "extended-mig-dynamic"
+    fifo = tmp_path / "held"
+    os.mkfifo(fifo)
+    script = (
+        "env | grep '^ACCEL_DRA_DEVICE_' | sort; "
+        "for f in $(find /var/run/kubernetes.io/dra-device-attributes -name '*-metadata.json'); "
+        f'do echo "== $f"; cat "$f"; done; echo "== end"; read -r _ < {fifo}'
+    )
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"namespace": namespace, "name": "pod"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "ctr",
+                    "image": "ubuntu:24.04",
+                    "command": ["bash", "-c", script],
+                    "resources": {"limits": {"nvidia.com/mig-4g.20gb": 1}},
+                }
+            ],
+        },
+    }
+    await sandbox.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}, pod])
+    # Opening the FIFO returns once the container printed everything; it then waits on it until deleted.
+    with await asyncio.to_thread(fifo.open, "w"):
+        (claim,) = sandbox.apiserver.objects(RESOURCE_CLAIMS, namespace)
+        (result,) = claim["status"]["allocation"]["devices"]["results"]
+        assert result["device"].startswith("gpu-0000-0f-00-0-mig-4g-20gb-"), result
+        (made,) = [i.devices[0].uuid for i in backend.gpu_instances(gpu)]
+        lines = sandbox.pod_log(namespace, "pod", "ctr").strip().splitlines()
+        assert any(line.endswith(f"={made}") for line in lines if line.startswith("ACCEL_DRA_DEVICE_")), lines
+        start = next(i for i, line in enumerate(lines) if line.startswith("== /"))
+        first = documents("\n".join(lines[start + 1 : lines.index("== end")]))[0]
+        (device,) = first["requests"][0]["devices"]
+        assert device["name"] == result["device"]
+        assert device["attributes"]["uuid"] == {"string": made}
+        assert device["attributes"]["profile"] == {"string": "4g.20gb"}
+        assert sandbox.kube is not None
+        await sandbox.kube.delete(PODS, "pod", namespace)
+        # The pod is removed once the kubelet unprepared its claims.
+        await sandbox.apiserver.wait_for(
+            lambda s: not sandbox.apiserver.get_object(PODS, "pod", namespace), 20
+        )
     assert backend.gpu_instances(gpu) == []
