@@ -3,8 +3,10 @@
 The publisher lists the node's slices, computes a plan with :func:`driver.resources.slices.plan_sync` and
 applies it (deletes, then updates, then creates). It watches the slices so that a slice deleted by someone
 else -- the kubelet wipes all of a node's slices when it starts, and 30 s after a driver's socket goes
-away -- comes back within moments. API errors and 409 conflicts are retried with exponential backoff; when
-nothing changed, a sync writes nothing.
+away -- comes back within moments. The watch also echoes the publisher's own creates and updates; those are
+recognised by the resourceVersions the API server answered them with and cause no re-list (an idle plugin
+sends nothing). API errors and 409 conflicts are retried with exponential backoff; when nothing changed, a
+sync writes nothing.
 
 Neither loop ever ends on its own: an answer the client rejects (:class:`~driver.kube.client.ApiError`,
 malformed answers included), a transport error or any unexpected error is logged and retried with
@@ -48,6 +50,8 @@ def _log_failure(event: str, err: Exception, **fields: object) -> None:
 
 
 EVENT_DEBOUNCE_SECONDS = 0.2
+#: Own writes remembered until their watch echo arrives (a write made before the watch began never echoes).
+OWN_WRITES_KEPT = 256
 
 
 @dataclass
@@ -56,6 +60,8 @@ class PublisherStats:
     writes: int = 0
     api_errors: int = 0
     generation: int = 0
+    #: Watch events that were echoes of this publisher's own writes (no resync).
+    echoes: int = 0
 
 
 class SlicePublisher:
@@ -81,6 +87,11 @@ class SlicePublisher:
         self._owner: Owner | None = None
         self._resync_pending = False
         self._watch_listed = False
+        #: resourceVersions of the watch events since the last judgement; None: an event that needs a resync.
+        self._events: list[str | None] = []
+        #: resourceVersions our creates and updates were answered with, until their echo (an ordered set).
+        self._own_writes: dict[str, None] = {}
+        self._writing = False
         self.stats = PublisherStats()
 
     @property
@@ -164,6 +175,16 @@ class SlicePublisher:
                 plan = plan_sync(existing, self._desired, driver=self.driver, owner=fresh)
         self.stats.syncs += 1
         self.stats.generation = plan.generation
+        self._writing = True
+        try:
+            await self._apply(plan)
+        finally:
+            self._writing = False
+            if not self._resync_pending:
+                self._judge_events()
+        return plan
+
+    async def _apply(self, plan: SyncPlan) -> None:
         for obj in plan.deletes:
             meta = obj["metadata"]
             try:
@@ -178,12 +199,18 @@ class SlicePublisher:
                     raise
             self._wrote("delete")
         for obj in plan.updates:
-            await self._kube.update(RESOURCE_SLICES, obj)
+            self._own_write(await self._kube.update(RESOURCE_SLICES, obj))
             self._wrote("update")
         for obj in plan.creates:
-            await self._kube.create(RESOURCE_SLICES, obj)
+            self._own_write(await self._kube.create(RESOURCE_SLICES, obj))
             self._wrote("create")
-        return plan
+
+    def _own_write(self, answer: JSON) -> None:
+        version = answer["metadata"].get("resourceVersion")
+        if version:
+            self._own_writes[str(version)] = None
+            while len(self._own_writes) > OWN_WRITES_KEPT:
+                del self._own_writes[next(iter(self._own_writes))]
 
     def _ours(self, slices: list[JSON]) -> list[JSON]:
         """The field selector, checked again: a server that ignores it must not make us update or delete
@@ -201,17 +228,36 @@ class SlicePublisher:
 
     # -- watch -----------------------------------------------------------------------------------
 
-    def _schedule_resync(self) -> None:
-        """Coalesce a burst of watch events (our own writes echo back too) into one sync."""
+    def _schedule_resync(self, resource_version: str | None = None) -> None:
+        """Coalesce a burst of watch events into one sync. ``resource_version``: the added or modified
+        slice's, which needs no sync when it is the echo of our own write."""
+        self._events.append(resource_version)
         if self._resync_pending:
             return
         self._resync_pending = True
 
         def fire() -> None:
             self._resync_pending = False
-            self._dirty.set()
+            self._judge_events()
 
         asyncio.get_running_loop().call_later(EVENT_DEBOUNCE_SECONDS, fire)
+
+    def _judge_events(self) -> None:
+        """Sync unless every event since the last judgement echoed our own write. While a sync writes, its
+        answers may still be on their way: it judges them when it is done."""
+        if self._writing or not self._events:
+            return
+        events, self._events = self._events, []
+        echoes = 0
+        for version in events:
+            if version is not None and version in self._own_writes:
+                del self._own_writes[version]
+                echoes += 1
+        self.stats.echoes += echoes
+        if echoes < len(events):
+            self._dirty.set()
+        else:
+            log.debug("watch events were this publisher's own writes; no resync", events=echoes)
 
     def _relisted(self, slices: list[JSON]) -> None:
         """Every list after the first follows a failed or expired watch: deletions made while it was down
@@ -221,8 +267,13 @@ class SlicePublisher:
         self._watch_listed = True
 
     def _slice_changed(self, event_type: str, obj: JSON) -> None:
-        if event_type in ("DELETED", "MODIFIED", "ADDED"):
+        """A deletion always syncs; an addition or change may be the echo of our own write (by its
+        resourceVersion, judged when the debounce fires)."""
+        if event_type == "DELETED":
             self._schedule_resync()
+        elif event_type in ("MODIFIED", "ADDED"):
+            version = obj.get("metadata", {}).get("resourceVersion")
+            self._schedule_resync(str(version) if version else None)
 
     async def _watch_loop(self) -> None:
         """Trigger a sync whenever someone else touches our slices (debounced), and after every re-list."""

@@ -190,3 +190,44 @@ async def test_slices_follow_a_re_registered_node(
         )
 
     await apiserver.wait_for(owned_by_new_node, timeout=10)
+
+
+async def test_the_echoes_of_its_own_writes_cause_no_relist(
+    apiserver: SimApiServer, kube: KubeClient, kubelet: SimKubelet, start_plugin: StartPlugin
+) -> None:
+    """Regression: every watch event, the echoes of the publisher's own creates and updates included,
+    triggered a re-list. With two slices (a dynamic MIG GPU's counters and its devices) written a moment
+    apart under load, the echoes fell into two debounce windows and an idle plugin listed twice after each
+    publication. A slice deleted by someone else still brings exactly one re-list, and its repair none."""
+    echoed = "own writes; no resync"
+    process = await start_plugin(
+        backend="fake:mig-dynamic",
+        extra=("--mig-mode", "static,0000:47:00.0=dynamic", "--log-level", "debug"),
+    )
+
+    def complete(_store: Any) -> list[dict[str, Any]] | None:
+        slices = node_slices(None, apiserver)
+        counts = {s["spec"]["pool"]["resourceSliceCount"] for s in slices}
+        return slices if counts == {len(slices)} and len(slices) == 2 else None
+
+    slices = await apiserver.wait_for(complete, timeout=15)
+    (devices,) = [s for s in slices if s["spec"].get("devices")]
+    published_before = len(await process.wait_log("slices published"))
+    echoes_before = len(process.matching(echoed))
+    mark = apiserver.request_log.mark()
+    await kube.delete(RESOURCE_SLICES, devices["metadata"]["name"])  # the kubelet wiping it, say
+    await process.wait_log("slices published", count=published_before + 1)
+    writes = [r for r in apiserver.request_log.writes(mark) if r.method in ("POST", "PUT")]
+    assert writes, apiserver.request_log.since(mark)
+    # The repair's own writes echo back: wait until the publisher has recognised every one of them.
+    judged = 0
+    while judged < len(writes):
+        lines = (await process.wait_log(echoed, count=echoes_before + 1))[echoes_before:]
+        echoes_before += len(lines)
+        judged += sum(int(line.split("events=")[1].split()[0]) for line in lines)
+    relists = [
+        r
+        for r in apiserver.request_log.since(mark)
+        if r.method == "GET" and r.path.endswith("/resourceslices") and "watch" not in r.query
+    ]
+    assert len(relists) == 1, relists
