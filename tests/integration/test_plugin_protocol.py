@@ -58,6 +58,8 @@ async def test_registration_handshake(
     async with SimKubelet(str(node_dirs.registry), kube=kube, node_name=NODE) as kubelet:
         process = await running_plugin(start_plugin, kubelet)
         (instance,) = kubelet.instances(DRIVER)
+        # The kubelet opens the health stream after the registration: it must still be there to do so.
+        await process.wait_log("kubelet health stream opened.*service=v1.DRAResourceHealth")
     dra_socket = node_dirs.plugin_dir(DRIVER) / "dra.sock"
     reg_socket = node_dirs.registry / f"{DRIVER}-reg.sock"
     assert instance.endpoint == str(dra_socket)
@@ -71,7 +73,6 @@ async def test_registration_handshake(
     ]
     assert instance.version == "v1.DRAPlugin"
     assert instance.health_version == "v1.DRAResourceHealth"
-    await process.wait_log("kubelet health stream opened.*service=v1.DRAResourceHealth")
     assert instance.registration_socket == str(reg_socket)
     for path in (dra_socket, reg_socket):
         mode = os.stat(path).st_mode
