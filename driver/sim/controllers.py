@@ -48,6 +48,7 @@ from driver.sim.allocator import (
 )
 from driver.sim.deviceplugin import pod_requests
 from driver.sim.informer import WorkQueue, watch_forever
+from driver.tasks import cancel_and_wait
 
 log = get_logger(__name__)
 
@@ -80,11 +81,7 @@ class _Loops:
         self._tasks.append(asyncio.create_task(coro, name=name))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         self._tasks.clear()
 
 
@@ -283,10 +280,7 @@ class Scheduler:
 
     async def stop(self) -> None:
         await self._loops.stop()
-        for task in list(self._binding.values()):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._binding.values())
 
     def _on_pod(self, event: str, pod: JSON) -> None:
         key = _key(pod)

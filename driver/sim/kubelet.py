@@ -61,6 +61,7 @@ from driver.kube.client import NODES, RESOURCE_SLICES, ApiError, KubeClient
 from driver.log import get_logger
 from driver.sim.discovery import KUBERNETES_VERSION
 from driver.state.api import ClaimRef, PreparedDevice
+from driver.tasks import cancel_and_wait
 
 log = get_logger(__name__)
 
@@ -236,10 +237,7 @@ class SimKubelet:
         self._task = asyncio.create_task(self._watch(), name="sim-kubelet-plugin-watcher")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         for path in list(self._watched):
             await self._deregister(path)
         for wiper in self._wipers.values():
@@ -360,11 +358,10 @@ class SimKubelet:
         )
 
     async def _deregister(self, socket_path: str) -> None:
-        for task in (self._health_streams.pop(socket_path, None), self._monitors.pop(socket_path, None)):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        # Called from the registry watcher too: a stop that comes meanwhile must still end the watcher.
+        await cancel_and_wait(
+            self._health_streams.pop(socket_path, None), self._monitors.pop(socket_path, None)
+        )
         watched = self._watched.pop(socket_path, None)
         if watched and watched.instance:
             driver = watched.instance.driver

@@ -48,6 +48,7 @@ from driver.sim.kubelet import KubeletError, SimKubelet
 from driver.sim.podresources import ClaimDevice, ClaimResources, PodResourcesState
 from driver.sim.runtime import ContainerCreateError, ContainerHandle, ContainerSpec, SimRuntime
 from driver.state.api import ClaimRef, PreparedDevice
+from driver.tasks import cancel_and_wait
 
 log = get_logger(__name__)
 
@@ -244,11 +245,7 @@ class SimNode:
         )
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         for state in list(self.pods.values()):
             await self._stop_containers(state)
         await self.kubelet.stop()

@@ -306,3 +306,25 @@ async def test_failed_registration_is_retried(dirs: Any, kubelet: SimKubelet) ->
     await kubelet.wait_registered(DRIVER, timeout=10)
     assert plugin.registration.statuses[0][0] is False
     assert plugin.registration.statuses[-1] == (True, "")
+
+
+async def test_stop_while_a_removed_plugin_is_being_deregistered_ends_the_watcher(dirs: Any) -> None:
+    """The registry watcher deregisters a plugin whose socket went (the sandbox stops its driver first): it
+    cancels the plugin's connection monitor and waits for it. A stop that comes just then must still end the
+    watcher; it used to swallow that cancellation along with the monitor's, poll on, and leave stop() (and the
+    sandbox's shutdown) waiting forever."""
+    kubelet = SimKubelet(str(dirs[0]))
+    await kubelet.start()
+    plugin = await start_fake(*dirs, versions=["v1.DRAPlugin"])
+    await kubelet.wait_registered(DRIVER)
+    (monitor,) = [t for t in asyncio.all_tasks() if t.get_name() == f"connection-{DRIVER}"]
+    os.unlink(plugin.reg_socket)
+    # The watcher notices, cancels the monitor and waits for it; a cancel request fires no event, so look
+    # at every turn of the loop (the monitor takes one more turn to finish: the window cannot be missed).
+    while not monitor.cancelling():  # noqa: ASYNC110
+        await asyncio.sleep(0)
+    assert not monitor.done() and kubelet.instances(DRIVER)  # still in the middle of deregistering
+    stopping = asyncio.create_task(kubelet.stop())
+    done, _ = await asyncio.wait([stopping], timeout=30)  # a bound for the failure only: it ends at once
+    assert stopping in done, "SimKubelet.stop() still waits for its registry watcher"
+    assert kubelet.instances(DRIVER) == []
