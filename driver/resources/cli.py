@@ -178,8 +178,8 @@ def as_v1(slice_obj: Mapping[str, Any]) -> JSON:
 
 
 def slice_problems(slice_obj: Mapping[str, Any], profile: bool = True) -> list[str]:
+    from driver.kube.api.resourceslice import validate_resource_slice
     from driver.resources.attributes import check_slice
-    from driver.resources.validation import validate_resource_slice
 
     problems = [str(error) for error in validate_resource_slice(as_v1(slice_obj))]
     if profile:

@@ -15,6 +15,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from driver.kube.api.deviceclass import validate_device_class
+from driver.kube.api.devicetaintrule import validate_device_taint_rule
+from driver.kube.api.fields import FieldError, Path, duplicate, forbidden, invalid, required, type_invalid
+from driver.kube.api.metadata import validate_object_meta
+from driver.kube.api.names import dns1035_label_errors, dns1123_label_errors, dns1123_subdomain_errors
+from driver.kube.api.resourceclaim import (
+    validate_resource_claim,
+    validate_resource_claim_status,
+    validate_resource_claim_template,
+)
+from driver.kube.api.resourceslice import validate_resource_slice
 from driver.kube.client import (
     DEVICE_CLASSES,
     DEVICE_TAINT_RULES,
@@ -29,11 +40,10 @@ from driver.kube.client import (
     ResourceType,
 )
 from driver.quantity import canonical
-from driver.resources import validation as v
 from driver.sim.selectors import FieldGetter
 
 JSON = dict[str, Any]
-Validator = Callable[[JSON, JSON | None], list[v.FieldError]]
+Validator = Callable[[JSON, JSON | None], list[FieldError]]
 # Rewrites a decoded object in place into the form the server stores; returns the unknown fields' paths.
 Normalizer = Callable[[JSON], list[str]]
 
@@ -73,7 +83,7 @@ class KindSpec:
     reset_status_on_create: bool = False  # the server drops a client-sent status on create
     tracks_generation: bool = False
     extra_fields: Mapping[str, FieldGetter] = field(default_factory=dict)
-    validate_status: Callable[[JSON, JSON], list[v.FieldError]] | None = None
+    validate_status: Callable[[JSON, JSON], list[FieldError]] | None = None
     prepare_create: Callable[[JSON], None] = lambda obj: None
     prepare_update: Callable[[JSON, JSON], None] = lambda new, old: None
     subresources: tuple[Subresource, ...] = ()
@@ -104,9 +114,9 @@ class KindSpec:
 
 
 def _meta_only(namespaced: bool, name_errors: Callable[[str], list[str]]) -> Validator:
-    def validate(obj: JSON, old: JSON | None) -> list[v.FieldError]:
-        out: list[v.FieldError] = []
-        v.validate_object_meta(obj.get("metadata"), out, namespaced=namespaced, name_errors=name_errors)
+    def validate(obj: JSON, old: JSON | None) -> list[FieldError]:
+        out: list[FieldError] = []
+        validate_object_meta(obj.get("metadata"), out, namespaced=namespaced, name_errors=name_errors)
         return out
 
     return validate
@@ -128,32 +138,32 @@ def _pod_spec_for_compare(spec: Any) -> Any:
     return masked
 
 
-def validate_pod(pod: JSON, old: JSON | None) -> list[v.FieldError]:
-    out: list[v.FieldError] = []
-    v.validate_object_meta(pod.get("metadata"), out, namespaced=True)
+def validate_pod(pod: JSON, old: JSON | None) -> list[FieldError]:
+    out: list[FieldError] = []
+    validate_object_meta(pod.get("metadata"), out, namespaced=True)
     spec = pod.get("spec") if isinstance(pod.get("spec"), dict) else {}
-    path = v.Path("spec")
+    path = Path("spec")
     containers = (spec or {}).get("containers")
     if not containers or not isinstance(containers, list):
-        out.append(v.required(path.child("containers")))
+        out.append(required(path.child("containers")))
         containers = []
     names = []
     for i, container in enumerate(containers):
         cpath = path.child("containers").index(i)
         if not isinstance(container, dict):
-            out.append(v.type_invalid(cpath, container, "must be an object"))
+            out.append(type_invalid(cpath, container, "must be an object"))
             continue
         name = container.get("name")
         names.append(name)
         if not name:
-            out.append(v.required(cpath.child("name")))
+            out.append(required(cpath.child("name")))
         elif isinstance(name, str):
-            out.extend(v.invalid(cpath.child("name"), name, m) for m in v.dns1123_label_errors(name))
+            out.extend(invalid(cpath.child("name"), name, m) for m in dns1123_label_errors(name))
         if not container.get("image"):
-            out.append(v.required(cpath.child("image")))
+            out.append(required(cpath.child("image")))
     for i, name in enumerate(names):
         if name and name in names[:i]:
-            out.append(v.duplicate(path.child("containers").index(i).child("name"), name))
+            out.append(duplicate(path.child("containers").index(i).child("name"), name))
     if old is not None and _pod_spec_for_compare(pod.get("spec")) != _pod_spec_for_compare(old.get("spec")):
         detail = (
             "pod updates may not change fields other than `spec.containers[*].image`, "
@@ -161,19 +171,19 @@ def validate_pod(pod: JSON, old: JSON | None) -> list[v.FieldError]:
             "`spec.terminationGracePeriodSeconds`, `spec.schedulingGates` (use the binding subresource to set "
             "`spec.nodeName`)"
         )
-        out.append(v.forbidden(path, detail))
+        out.append(forbidden(path, detail))
     return out
 
 
-def _validate_service(svc: JSON, old: JSON | None) -> list[v.FieldError]:
-    out: list[v.FieldError] = []
-    v.validate_object_meta(svc.get("metadata"), out, namespaced=True, name_errors=v.dns1035_label_errors)
+def _validate_service(svc: JSON, old: JSON | None) -> list[FieldError]:
+    out: list[FieldError] = []
+    validate_object_meta(svc.get("metadata"), out, namespaced=True, name_errors=dns1035_label_errors)
     ports = (svc.get("spec") or {}).get("ports") or []
     for i, port in enumerate(ports if isinstance(ports, list) else []):
         number = port.get("port") if isinstance(port, dict) else None
         if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= 65535:
             detail = "must be between 1 and 65535, inclusive"
-            out.append(v.invalid(v.Path("spec.ports").index(i).child("port"), number, detail))
+            out.append(invalid(Path("spec.ports").index(i).child("port"), number, detail))
     return out
 
 
@@ -278,8 +288,8 @@ def _default_template(template: JSON, old: JSON | None = None) -> None:
         default_claim_spec(spec.get("spec"))
 
 
-def _validate_claim_status(claim: JSON, old: JSON) -> list[v.FieldError]:
-    return v.validate_resource_claim_status(claim, old)
+def _validate_claim_status(claim: JSON, old: JSON) -> list[FieldError]:
+    return validate_resource_claim_status(claim, old)
 
 
 # -- normalisation: what a real server's decode/encode round trip does to a body ----------------------------
@@ -600,7 +610,7 @@ KIND_SPECS: tuple[KindSpec, ...] = (
     KindSpec(
         NODES,
         "node",
-        _meta_only(False, v.dns1123_subdomain_errors),
+        _meta_only(False, dns1123_subdomain_errors),
         short_names=("no",),
         status_subresource=True,
         extra_fields={"spec.unschedulable": _path_getter("spec", "unschedulable")},
@@ -609,7 +619,7 @@ KIND_SPECS: tuple[KindSpec, ...] = (
     KindSpec(
         NAMESPACES,
         "namespace",
-        _meta_only(False, v.dns1123_label_errors),
+        _meta_only(False, dns1123_label_errors),
         short_names=("ns",),
         status_subresource=True,
         reset_status_on_create=True,
@@ -663,7 +673,7 @@ KIND_SPECS: tuple[KindSpec, ...] = (
     KindSpec(
         EVENTS,
         "event",
-        _meta_only(True, v.dns1123_subdomain_errors),
+        _meta_only(True, dns1123_subdomain_errors),
         short_names=("ev",),
         extra_fields={
             "involvedObject.kind": _path_getter("involvedObject", "kind"),
@@ -677,7 +687,7 @@ KIND_SPECS: tuple[KindSpec, ...] = (
     KindSpec(
         RESOURCE_SLICES,
         "resourceslice",
-        v.validate_resource_slice,
+        validate_resource_slice,
         tracks_generation=True,
         extra_fields={
             "spec.nodeName": _path_getter("spec", "nodeName"),
@@ -690,14 +700,14 @@ KIND_SPECS: tuple[KindSpec, ...] = (
     KindSpec(
         DEVICE_CLASSES,
         "deviceclass",
-        v.validate_device_class,
+        validate_device_class,
         tracks_generation=True,
         normalize=normalize_device_class,
     ),
     KindSpec(
         RESOURCE_CLAIMS,
         "resourceclaim",
-        v.validate_resource_claim,
+        validate_resource_claim,
         status_subresource=True,
         reset_status_on_create=True,
         tracks_generation=True,
@@ -710,7 +720,7 @@ KIND_SPECS: tuple[KindSpec, ...] = (
     KindSpec(
         DEVICE_TAINT_RULES,
         "devicetaintrule",
-        v.validate_device_taint_rule,
+        validate_device_taint_rule,
         status_subresource=True,
         tracks_generation=True,
         normalize=normalize_taint_rule,
@@ -719,7 +729,7 @@ KIND_SPECS: tuple[KindSpec, ...] = (
     KindSpec(
         RESOURCE_CLAIM_TEMPLATES,
         "resourceclaimtemplate",
-        v.validate_resource_claim_template,
+        validate_resource_claim_template,
         tracks_generation=True,
         prepare_create=_default_template,
         prepare_update=_default_template,

@@ -27,8 +27,8 @@ from typing import Any
 
 import yaml
 
+from driver.kube.api.fields import FieldError, Path, forbidden, required
 from driver.kube.client import RESOURCE_SLICES
-from driver.resources.validation import FieldError, Path, forbidden, invalid_status, required
 from driver.sim import status as st
 from driver.sim.kinds import (
     KIND_SPECS,
@@ -506,7 +506,7 @@ class Registry:
         """Server-side apply, simplified: create if missing, else strategic-merge the applied configuration."""
         if not manager:
             errors = [required(Path("fieldManager"), "is required for apply patch")]
-            raise st.ApiStatusError(invalid_status("PatchOptions", "meta.k8s.io", "", errors))
+            raise st.ApiStatusError(st.invalid_status("PatchOptions", "meta.k8s.io", "", errors))
         try:
             document = yaml.safe_load(raw.decode("utf-8")) if raw else None
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
@@ -671,7 +671,7 @@ class Registry:
         node = body["target"].get("name")
         if not node:
             errors = [required(Path("target.name"))]
-            raise st.ApiStatusError(invalid_status("Binding", "", name, errors))
+            raise st.ApiStatusError(st.invalid_status("Binding", "", name, errors))
         pod = self.get(spec, namespace, name)
         current = (pod.get("spec") or {}).get("nodeName")
         if current:

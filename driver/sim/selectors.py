@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from driver.resources.validation import label_value_errors, qualified_name_errors
+from driver.kube.api.names import label_value_errors, qualified_name_errors
 
 
 class SelectorError(ValueError):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from driver.resources.validation import FieldError, decode_error_status, invalid_status
+from driver.kube.api.fields import Errors, FieldError
 
 JSON = dict[str, Any]
 
@@ -137,3 +137,52 @@ def internal(message: str) -> ApiStatusError:
 
 def path_not_found() -> ApiStatusError:
     return error(404, "the server could not find the requested resource", "NotFound")
+
+
+# -- validation failures --------------------------------------------------------------------------------
+
+
+def _aggregate(errors: Errors) -> str:
+    """apimachinery's aggregate error text: one message alone, several in brackets, duplicates dropped."""
+    messages = list(dict.fromkeys(str(error) for error in errors))
+    return messages[0] if len(messages) == 1 else "[" + ", ".join(messages) + "]"
+
+
+def qualified_kind(kind: str, group: str) -> str:
+    return f"{kind}.{group}" if group else kind
+
+
+def invalid_status(kind: str, group: str, name: str, errors: Errors) -> JSON:
+    """The 422 ``Status`` body the API server returns for ``errors`` on object ``name``."""
+    message = f'{qualified_kind(kind, group)} "{name}" is invalid'
+    if errors:
+        message += f": {_aggregate(errors)}"
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": "Invalid",
+        "details": {
+            "name": name,
+            "group": group,
+            "kind": kind,
+            "causes": [{"reason": str(e.type), "message": e.body(), "field": e.field} for e in errors],
+        },
+        "code": 422,
+    }
+
+
+def decode_error_status(kind: str, api_version: str, errors: Errors) -> JSON:
+    """The 400 ``Status`` the API server returns when a body does not decode into the kind's types."""
+    detail = "; ".join(f"{e.field}: {e.detail}" for e in errors)
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": f'{kind} in version "{api_version.rpartition("/")[2]}" cannot be handled as a {kind}: {detail}',
+        "reason": "BadRequest",
+        "code": 400,
+    }

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from driver.devices.fake import load_named_profile
+from driver.kube.api.resourceslice import validate_resource_slice
 from driver.resources.attributes import check_device_profile
 from driver.resources.publishing import NUMA_NODE, PublishOptions, publish_entries
-from driver.resources.validation import validate_resource_slice
 from driver.sim.kinds import drop_disabled_slice_fields
 from tests.support.deploy_checks import one_slice
 

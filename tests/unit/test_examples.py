@@ -1,7 +1,7 @@
 """The examples in deploy/examples: valid for Kubernetes 1.36/1.37, consistent, and allocatable.
 
 Every object validates against the 1.36 and 1.37 API schemas (strict) and, for DRA objects, against the API
-server's rules (``driver.resources.validation``). Pods reference claims that exist; CEL and matchAttribute
+server's rules (``driver.kube.api``). Pods reference claims that exist; CEL and matchAttribute
 use only attributes of the standard profile; DeviceClasses are the chart's. The gpu-test examples are then
 allocated -- with the scheduler-equivalent allocator and the chart's DeviceClasses -- on the fake machine
 profiles their READMEs name, and the outcome the README promises is checked.
@@ -20,7 +20,7 @@ import yaml
 from driver.allocation.allocator import allocate
 from driver.allocation.extended import class_for, extended_claim, pod_requests
 from driver.allocation.model import claim_from_template
-from driver.resources import validation
+from driver.kube.api import deviceclass, resourceclaim
 from driver.resources.attributes import PROFILE
 from tests.support.chart import DEPLOY
 from tests.support.deploy_checks import fake_slices, schema_errors
@@ -72,9 +72,9 @@ def test_objects_validate_against_the_kubernetes_schemas(path: Path) -> None:
 @pytest.mark.parametrize("path", example_files(), ids=lambda p: str(p.relative_to(EXAMPLES)))
 def test_dra_objects_pass_the_api_servers_rules(path: Path) -> None:
     validators = {
-        "ResourceClaim": validation.validate_resource_claim,
-        "ResourceClaimTemplate": validation.validate_resource_claim_template,
-        "DeviceClass": validation.validate_device_class,
+        "ResourceClaim": resourceclaim.validate_resource_claim,
+        "ResourceClaimTemplate": resourceclaim.validate_resource_claim_template,
+        "DeviceClass": deviceclass.validate_device_class,
     }
     for obj in load(path):
         if obj["kind"] in validators:

@@ -10,8 +10,8 @@ import pytest
 
 from driver.devices.fake import load_named_profile
 from driver.devices.migmode import apply_mig_modes, parse_mig_modes
+from driver.kube.api.resourceslice import validate_resource_slice
 from driver.resources.publishing import PublishOptions, SharedGpus, memory_request_policy, publish_entries
-from driver.resources.validation import validate_resource_slice
 from driver.state.plan import plan_claim
 from tests.support.deploy_checks import one_slice
 

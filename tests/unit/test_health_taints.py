@@ -9,9 +9,9 @@ import pytest
 from driver.devices.fake import load_named_profile
 from driver.health.state import DeviceHealth
 from driver.health.taints import TaintRules, device_taints, is_health_taint
+from driver.kube.api.resourceslice import validate_resource_slice
 from driver.resources.attributes import device_entry
 from driver.resources.slices import Owner, plan_sync, slice_spec, split_devices
-from driver.resources.validation import validate_resource_slice
 
 DRIVER = "gpu.accel-dra.dev"
 V134 = TaintRules.for_version(1, 34)

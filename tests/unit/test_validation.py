@@ -14,20 +14,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from driver.resources.validation import (
-    ErrorType,
-    FieldError,
-    decode_error_status,
-    invalid_status,
-    is_quantity,
-    is_semver,
-    validate_device_class,
-    validate_device_taint_rule,
+from driver.kube.api.deviceclass import validate_device_class
+from driver.kube.api.devicetaintrule import validate_device_taint_rule
+from driver.kube.api.fields import ErrorType, FieldError
+from driver.kube.api.quantities import is_quantity
+from driver.kube.api.resourceclaim import (
     validate_resource_claim,
     validate_resource_claim_status,
     validate_resource_claim_template,
-    validate_resource_slice,
 )
+from driver.kube.api.resourceslice import validate_resource_slice
+from driver.semver import is_semver
+from driver.sim.status import decode_error_status, invalid_status
 
 try:
     import kubernetes_validate
@@ -780,7 +778,6 @@ def test_claim_template() -> None:
 
 def test_request_name_of_the_wrong_type_is_reported_not_a_crash() -> None:
     """Regression: a non-string request name made the duplicate check raise TypeError (a 500)."""
-    from driver.resources.validation import validate_resource_claim
 
     claim = {
         "metadata": {"name": "x", "namespace": "default"},
@@ -792,7 +789,6 @@ def test_request_name_of_the_wrong_type_is_reported_not_a_crash() -> None:
 
 def test_nano_and_micro_quantity_suffixes_are_valid() -> None:
     """Regression: the quantity pattern rejected the decimal-SI suffixes n and u."""
-    from driver.resources.validation import is_quantity
 
     assert is_quantity("5n") and is_quantity("10u") and is_quantity("1500m")
     assert not is_quantity("5x") and not is_quantity("80GB")

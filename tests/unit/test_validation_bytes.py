@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from driver.kube.api.resourceslice import validate_resource_slice
 from driver.resources.attributes import PROFILE, check_device_profile
-from driver.resources.validation import validate_resource_slice
 
 TM = "\u2122"  # three bytes in UTF-8
 

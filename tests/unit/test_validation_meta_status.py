@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from driver.resources.validation import interface_address_errors, uid_errors, validate_resource_slice
+from driver.kube.api.names import uid_errors
+from driver.kube.api.resourceclaim import interface_address_errors
+from driver.kube.api.resourceslice import validate_resource_slice
 from driver.sim.registry import (
     DANGLING,
     GC_DELETE,

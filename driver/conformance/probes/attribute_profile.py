@@ -17,9 +17,9 @@ from driver.conformance import devices as devlib
 from driver.conformance.context import ProbeContext
 from driver.conformance.model import CheckFailedError, CheckSkippedError, Probe
 from driver.conformance.probes.common import driver_pools
+from driver.kube.api.resourceslice import validate_resource_slice
 from driver.resources.attributes import check_device_profile
 from driver.resources.cli import as_v1
-from driver.resources.validation import validate_resource_slice
 
 JSON = dict[str, Any]
 MAX_SHOWN = 12
