@@ -21,6 +21,8 @@ from driver.kube.api.fields import FieldError, Path, duplicate, forbidden, inval
 from driver.kube.api.metadata import validate_object_meta
 from driver.kube.api.names import dns1035_label_errors, dns1123_label_errors, dns1123_subdomain_errors
 from driver.kube.api.resourceclaim import (
+    claim_admin_access_errors,
+    template_admin_access_errors,
     validate_resource_claim,
     validate_resource_claim_status,
     validate_resource_claim_template,
@@ -80,7 +82,11 @@ class KindSpec:
     validate: Validator
     short_names: tuple[str, ...] = ()
     status_subresource: bool = False
-    reset_status_on_create: bool = False  # the server drops a client-sent status on create
+    reset_status_on_create: bool = (
+        False  # the server replaces a client-sent status on create with an empty one
+    )
+    # Whether the server sets metadata.generation (1 on create, +1 on a spec change): not for claims and
+    # their templates, whose registry strategies leave it unset.
     tracks_generation: bool = False
     extra_fields: Mapping[str, FieldGetter] = field(default_factory=dict)
     validate_status: Callable[[JSON, JSON], list[FieldError]] | None = None
@@ -88,6 +94,8 @@ class KindSpec:
     prepare_update: Callable[[JSON, JSON], None] = lambda new, old: None
     subresources: tuple[Subresource, ...] = ()
     normalize: Normalizer = lambda obj: []
+    # Rules that depend on the object's namespace (its labels), checked on create.
+    namespace_rules: Callable[[JSON, Mapping[str, Any] | None], list[FieldError]] | None = None
 
     @property
     def key(self) -> str:
@@ -710,8 +718,8 @@ KIND_SPECS: tuple[KindSpec, ...] = (
         validate_resource_claim,
         status_subresource=True,
         reset_status_on_create=True,
-        tracks_generation=True,
         validate_status=_validate_claim_status,
+        namespace_rules=claim_admin_access_errors,
         prepare_create=_default_claim,
         prepare_update=_default_claim,
         normalize=normalize_claim,
@@ -730,7 +738,7 @@ KIND_SPECS: tuple[KindSpec, ...] = (
         RESOURCE_CLAIM_TEMPLATES,
         "resourceclaimtemplate",
         validate_resource_claim_template,
-        tracks_generation=True,
+        namespace_rules=template_admin_access_errors,
         prepare_create=_default_template,
         prepare_update=_default_template,
         normalize=normalize_claim_template,

@@ -270,11 +270,11 @@ class Registry:
         if spec.tracks_generation:
             meta["generation"] = 1
         if spec.reset_status_on_create:
-            obj.pop("status", None)
+            obj["status"] = {}  # the zero status, which the server's encoding keeps
         spec.prepare_create(obj)
         self._normalize(spec, obj)
         self._drop_disabled(spec, obj, None)
-        self._validate(spec, obj, spec.validate(obj, None))
+        self._validate(spec, obj, self._namespace_rules(spec, obj) + spec.validate(obj, None))
         name = str(meta["name"])
         if self.store.get(spec.key, meta.get("namespace") or "", name) is not None:
             raise st.already_exists(spec.rt.plural, spec.rt.group, name)
@@ -322,6 +322,13 @@ class Registry:
                 "because it is being terminated",
                 "Forbidden",
             )
+
+    def _namespace_rules(self, spec: KindSpec, obj: JSON) -> FieldErrors:
+        if spec.namespace_rules is None:
+            return []
+        ns = self.store.get("namespaces", "", str(_meta(obj).get("namespace") or ""))
+        labels = _meta(ns).get("labels") if ns is not None else None
+        return spec.namespace_rules(obj, labels if isinstance(labels, dict) else None)
 
     def _normalize(self, spec: KindSpec, obj: JSON) -> None:
         """Bring ``obj`` into its stored form; unknown fields warn (or fail, with fieldValidation=Strict)."""
@@ -389,10 +396,7 @@ class Registry:
     def _merge_for_update(self, spec: KindSpec, old: JSON, obj: JSON, subresource: str | None) -> JSON:
         if subresource == "status":
             new = copy.deepcopy(old)
-            if "status" in obj:
-                new["status"] = obj["status"]
-            else:
-                new.pop("status", None)
+            new["status"] = obj.get("status") or {}
             return new
         new = obj
         meta, old_meta = _meta(new), _meta(old)

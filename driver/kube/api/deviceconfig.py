@@ -55,7 +55,9 @@ def validate_cel_expression(expression: str, path: Path, out: Errors) -> None:
         out.append(forbidden(path, "too complex, exceeds cost limit"))
 
 
-def validate_opaque_config(config: JSON, path: Path, out: Errors) -> None:
+def validate_opaque_config(config: JSON, path: Path, out: Errors, *, stored: bool = False) -> None:
+    """``opaque``: a driver name and parameters, a JSON object of at most 10 KiB unless already ``stored``
+    (the limit came later; stored parameters are grandfathered in)."""
     opaque = get_obj(config, "opaque", path, out)
     if opaque is None:
         out.append(required(path.child("opaque")))
@@ -66,20 +68,19 @@ def validate_opaque_config(config: JSON, path: Path, out: Errors) -> None:
     params_path = opaque_path.child("parameters")
     if parameters is None:
         out.append(required(params_path))
-    elif not isinstance(parameters, dict):
-        out.append(invalid(params_path, "<value omitted>", "must be a valid JSON object"))
-    elif len(json.dumps(parameters, separators=(",", ":"))) > MAX_OPAQUE_PARAMETERS_LENGTH:
-        out.append(too_long(params_path, MAX_OPAQUE_PARAMETERS_LENGTH))
+    else:
+        validate_raw_object(parameters, params_path, MAX_OPAQUE_PARAMETERS_LENGTH, out, stored=stored)
 
 
-def validate_raw_object(data: Any, path: Path, max_length: int, out: Errors) -> None:
-    """A RawExtension that must hold a JSON object of at most ``max_length`` bytes.
+def raw_size(data: Any) -> int:
+    """The bytes of ``data`` as a client sends it: compact JSON in UTF-8. The server counts the raw bytes it
+    received (the sandbox only sees the decoded value, so a pretty-printed body may pass here only)."""
+    return len(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode())
 
-    The server measures the raw bytes it received; the compact encoding stands in for them here
-    (the sandbox only sees the decoded value).
-    """
-    raw = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
-    if len(raw) > max_length:
+
+def validate_raw_object(data: Any, path: Path, max_length: int, out: Errors, *, stored: bool = False) -> None:
+    """A RawExtension that must hold a JSON object of at most ``max_length`` bytes."""
+    if not stored and raw_size(data) > max_length:
         out.append(too_long(path, max_length))
     elif not isinstance(data, dict):
         out.append(invalid(path, "<value omitted>", "must be a valid JSON object"))

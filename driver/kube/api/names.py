@@ -172,6 +172,14 @@ def label_value_errors(value: str) -> list[str]:
 # -- shared field rules ----------------------------------------------------------------------------
 
 
+def is_extended_resource_name(name: str) -> bool:
+    """A resource name outside the ``kubernetes.io`` domain, with a domain, that is not a quota name and
+    stays a qualified name as ``requests.<name>`` (what a pod may request as an extended resource)."""
+    if "/" not in name or "kubernetes.io/" in name or name.startswith("requests."):
+        return False
+    return not qualified_name_errors("requests." + name)
+
+
 def validate_driver_name(name: str | None, path: Path, out: Errors) -> None:
     """A driver name: DNS subdomain of at most 63 bytes. The server checks it case-insensitively."""
     if not name:

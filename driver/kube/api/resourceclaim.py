@@ -33,6 +33,8 @@ from driver.kube.api.fields import (
 )
 from driver.kube.api.limits import (
     ALLOCATION_MODES,
+    CONFIG_SOURCES,
+    MAX_ALLOCATION_CONFIGS,
     MAX_ALLOCATION_RESULTS,
     MAX_CONFIGS,
     MAX_CONSTRAINTS,
@@ -59,6 +61,8 @@ from driver.kube.api.names import (
     validate_label_value,
     validate_pool_name,
 )
+from driver.kube.api.quantities import validate_quantity
+from driver.kube.api.resourceslice import validate_binding_conditions
 from driver.kube.api.selectors import validate_node_selector
 
 # -- ResourceClaim and ResourceClaimTemplate -------------------------------------------------------
@@ -91,6 +95,38 @@ def validate_resource_claim_template(template: JSON, old: JSON | None = None) ->
             validate_label_value(value, Path("spec.metadata.labels"), out)
     validate_claim_spec(get_obj(spec, "spec", Path("spec"), out) or {}, Path("spec.spec"), out)
     return out
+
+
+ADMIN_ACCESS_LABEL = "resource.kubernetes.io/admin-access"
+
+
+def admin_access_errors(requests: Any, namespace_labels: Mapping[str, Any] | None) -> Errors:
+    """A request for admin access needs the namespace label ``resource.kubernetes.io/admin-access: "true"``.
+
+    As upstream, only the first such request is named, as ``spec.devices.requests[i].adminAccess`` for
+    claims and templates alike.
+    """
+    for i, request in enumerate(requests if isinstance(requests, list) else []):
+        exactly = request.get("exactly") if isinstance(request, dict) else None
+        if isinstance(exactly, dict) and exactly.get("adminAccess") is True:
+            if (namespace_labels or {}).get(ADMIN_ACCESS_LABEL) == "true":
+                return []
+            path = Path("spec.devices.requests").index(i).child("adminAccess")
+            detail = f"admin access to devices requires the `{ADMIN_ACCESS_LABEL}: true` label on the containing namespace"
+            return [forbidden(path, detail)]
+    return []
+
+
+def claim_admin_access_errors(claim: JSON, namespace_labels: Mapping[str, Any] | None) -> Errors:
+    devices = ((claim.get("spec") or {}) if isinstance(claim.get("spec"), dict) else {}).get("devices")
+    return admin_access_errors(
+        (devices or {}).get("requests") if isinstance(devices, dict) else None, namespace_labels
+    )
+
+
+def template_admin_access_errors(template: JSON, namespace_labels: Mapping[str, Any] | None) -> Errors:
+    spec = template.get("spec") if isinstance(template.get("spec"), dict) else {}
+    return claim_admin_access_errors(spec or {}, namespace_labels)
 
 
 def validate_claim_spec(spec: JSON, path: Path, out: Errors) -> None:
@@ -194,26 +230,35 @@ def _validate_toleration(toleration: JSON, path: Path, out: Errors) -> None:
     get_int(toleration, "tolerationSeconds", path, out)
 
 
+_REF_DETAIL = (
+    "must be the name of a request in the claim or the name of a request and a subrequest separated by '/'"
+)
+
+
 def _validate_request_refs(
     refs: list[Any] | None, path: Path, names: dict[str, set[str]], out: Errors
 ) -> None:
     if not check_size(refs, MAX_REQUESTS, path, out):
         return
-    detail = "must be the name of a request in the claim or the name of a request and a subrequest separated by '/'"
     for i, ref in enumerate(refs or []):
         if not isinstance(ref, str):
             out.append(type_invalid(path.index(i), ref, "must be a string"))
             continue
-        segments = ref.split("/")
-        if len(segments) > 2:
-            out.append(invalid(path.index(i), ref, detail))
-            continue
-        for segment in segments:
-            validate_dns_label(segment, path.index(i), out)
-        known = segments[0] in names and (len(segments) == 1 or segments[1] in names[segments[0]])
-        if not known:
-            out.append(invalid(path.index(i), ref, detail))
+        _validate_request_ref(ref, path.index(i), names, out)
     check_unique(list(refs or []), path, out)
+
+
+def _validate_request_ref(ref: str, path: Path, names: dict[str, set[str]], out: Errors) -> None:
+    """``request`` or ``request/subrequest`` naming a request of the claim."""
+    segments = ref.split("/")
+    if len(segments) > 2:
+        out.append(invalid(path, ref, _REF_DETAIL))
+        return
+    for segment in segments:
+        validate_dns_label(segment, path, out)
+    known = segments[0] in names and (len(segments) == 1 or segments[1] in names[segments[0]])
+    if not known:
+        out.append(invalid(path, ref, _REF_DETAIL))
 
 
 def _validate_constraint(constraint: JSON, path: Path, names: dict[str, set[str]], out: Errors) -> None:
@@ -258,22 +303,44 @@ def validate_resource_claim_status(claim: JSON, old: JSON) -> Errors:
 
 
 def _validate_allocation(allocation: JSON, path: Path, names: dict[str, set[str]], out: Errors) -> None:
+    """A new allocation result (a stored one is only compared: the rules for new results are stricter)."""
+    devices_path = path.child("devices")
     devices = get_obj(allocation, "devices", path, out) or {}
-    results_path = path.child("devices", "results")
-    results = get_list(devices, "results", path.child("devices"), out)
-    if not check_size(results, MAX_ALLOCATION_RESULTS, results_path, out):
-        return
-    detail = "must be the name of a request in the claim or the name of a request and a subrequest separated by '/'"
-    for result_path, result in items_of(results, results_path, out):
-        request = get_str(result, "request", result_path, out) or ""
-        head, _, sub = request.partition("/")
-        if head not in names or (sub and sub not in names[head]):
-            out.append(invalid(result_path.child("request"), request, detail))
-        validate_driver_name(get_str(result, "driver", result_path, out), result_path.child("driver"), out)
-        validate_pool_name(get_str(result, "pool", result_path, out), result_path.child("pool"), out)
-        validate_dns_label(get_str(result, "device", result_path, out), result_path.child("device"), out)
+    results = get_list(devices, "results", devices_path, out)
+    if check_size(results, MAX_ALLOCATION_RESULTS, devices_path.child("results"), out):
+        for result_path, result in items_of(results, devices_path.child("results"), out):
+            _validate_result(result, result_path, names, out)
+    configs = get_list(devices, "config", devices_path, out)
+    if check_size(configs, MAX_ALLOCATION_CONFIGS, devices_path.child("config"), out):
+        for config_path, config in items_of(configs, devices_path.child("config"), out):
+            _validate_allocation_config(config, config_path, names, out)
     if isinstance(allocation.get("nodeSelector"), dict):
         validate_node_selector(allocation["nodeSelector"], path.child("nodeSelector"), out)
+
+
+def _validate_result(result: JSON, path: Path, names: dict[str, set[str]], out: Errors) -> None:
+    _validate_request_ref(get_str(result, "request", path, out) or "", path.child("request"), names, out)
+    validate_driver_name(get_str(result, "driver", path, out), path.child("driver"), out)
+    validate_pool_name(get_str(result, "pool", path, out), path.child("pool"), out)
+    validate_dns_label(get_str(result, "device", path, out), path.child("device"), out)
+    validate_binding_conditions(result, path, out)
+    share_id = get_str(result, "shareID", path, out)
+    if share_id is not None:
+        add_messages(path.child("shareID"), share_id, uid_errors(share_id), out)
+    get_bool(result, "adminAccess", path, out)
+    consumed = get_obj(result, "consumedCapacity", path, out) or {}
+    for key, value in consumed.items():
+        validate_quantity(value, path.child("consumedCapacity").key(key), out)
+
+
+def _validate_allocation_config(config: JSON, path: Path, names: dict[str, set[str]], out: Errors) -> None:
+    source = get_str(config, "source", path, out) or ""
+    if not source:
+        out.append(required(path.child("source")))
+    elif source not in CONFIG_SOURCES:
+        out.append(not_supported(path.child("source"), source, CONFIG_SOURCES))
+    _validate_request_refs(get_list(config, "requests", path, out), path.child("requests"), names, out)
+    validate_opaque_config(config, path, out)
 
 
 def _device_id(entry: Mapping[str, Any]) -> tuple[Any, ...]:

@@ -73,5 +73,5 @@ def validate_node_selector(
         for kind, fields in (("matchExpressions", False), ("matchFields", True)):
             for req_path, req in items_of(get_list(term, kind, term_path, out), term_path.child(kind), out):
                 _validate_node_selector_requirement(req, req_path, out, fields=fields)
-    if exactly_one_term and terms is not None and len(terms) != 1:
+    if exactly_one_term and len(terms or []) != 1:
         out.append(invalid(terms_path, terms, "must have exactly one node selector term"))
