@@ -314,8 +314,9 @@ QUANTITY, TIME, VALUE = "quantity", "time", "value"  # VALUE: a scalar, or raw J
 class Struct:
     fields: Mapping[str, Node]
     keep_empty: frozenset[str] = frozenset()  # list fields without omitempty
-    #: Fields without omitempty that the server writes even when nobody set them (a nil slice: ``null``).
-    always: frozenset[str] = frozenset()
+    # Fields without omitempty: the server encodes them even when unset, as their zero value (0, "0" for a
+    # quantity, "" or null for a pointer, list or map).
+    zero: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -374,8 +375,8 @@ def _normalize_struct(node: Struct, value: JSON, path: str, unknown: list[str]) 
         if isinstance(child, MapOf | ListOf) and new in ({}, []) and key not in node.keep_empty:
             continue  # omitempty
         out[key] = new
-    for key in node.always:
-        out.setdefault(key, None)
+    for key, zero in node.zero.items():
+        out.setdefault(key, zero)
     return out
 
 
@@ -420,7 +421,7 @@ _NODE_SELECTOR = Struct(
     },
     keep_empty=frozenset({"nodeSelectorTerms"}),
 )
-_COUNTERS = MapOf(_struct(value=QUANTITY))
+_COUNTERS = MapOf(Struct({"value": QUANTITY}, zero={"value": "0"}))
 _DEVICE = _struct(
     name=VALUE,
     attributes=MapOf(
@@ -442,13 +443,19 @@ _DEVICE = _struct(
         )
     ),
     capacity=MapOf(
-        _struct(
-            value=QUANTITY,
-            requestPolicy=_struct(
-                default=QUANTITY,
-                validValues=ListOf(QUANTITY),
-                validRange=_struct(min=QUANTITY, max=QUANTITY, step=QUANTITY),
-            ),
+        Struct(
+            {
+                "value": QUANTITY,
+                "requestPolicy": Struct(
+                    {
+                        "default": QUANTITY,
+                        "validValues": ListOf(QUANTITY),
+                        "validRange": _struct(min=QUANTITY, max=QUANTITY, step=QUANTITY),
+                    },
+                    zero={"default": None},
+                ),
+            },
+            zero={"value": "0"},
         )
     ),
     consumesCounters=ListOf(_struct(counterSet=VALUE, counters=_COUNTERS)),
@@ -463,7 +470,7 @@ _DEVICE = _struct(
 )
 _SLICE_SPEC = _struct(
     driver=VALUE,
-    pool=_struct(name=VALUE, generation=VALUE, resourceSliceCount=VALUE),
+    pool=Struct({"name": VALUE, "generation": VALUE, "resourceSliceCount": VALUE}, zero={"generation": 0}),
     nodeName=VALUE,
     nodeSelector=_NODE_SELECTOR,
     allNodes=VALUE,
@@ -498,8 +505,16 @@ _CLAIM_SPEC = _struct(
         config=ListOf(_struct(requests=ListOf(VALUE), opaque=_OPAQUE)),
     )
 )
-_CONDITION = _struct(
-    type=VALUE, status=VALUE, observedGeneration=VALUE, lastTransitionTime=TIME, reason=VALUE, message=VALUE
+_CONDITION = Struct(
+    {
+        "type": VALUE,
+        "status": VALUE,
+        "observedGeneration": VALUE,
+        "lastTransitionTime": TIME,
+        "reason": VALUE,
+        "message": VALUE,
+    },
+    zero={"message": ""},
 )
 _CLAIM_STATUS = _struct(
     allocation=_struct(
@@ -525,19 +540,18 @@ _CLAIM_STATUS = _struct(
     ),
     reservedFor=ListOf(_struct(apiGroup=VALUE, resource=VALUE, name=VALUE, uid=VALUE)),
     devices=ListOf(
-        # AllocatedDeviceStatus.conditions has no omitempty: stored as ``"conditions": null`` when unset.
         Struct(
-            _struct(
-                driver=VALUE,
-                pool=VALUE,
-                device=VALUE,
-                shareID=VALUE,
-                conditions=ListOf(_CONDITION),
-                data=VALUE,
-                networkData=_struct(interfaceName=VALUE, ips=ListOf(VALUE), hardwareAddress=VALUE),
-            ).fields,
+            {
+                "driver": VALUE,
+                "pool": VALUE,
+                "device": VALUE,
+                "shareID": VALUE,
+                "conditions": ListOf(_CONDITION),
+                "data": VALUE,
+                "networkData": _struct(interfaceName=VALUE, ips=ListOf(VALUE), hardwareAddress=VALUE),
+            },
             keep_empty=frozenset({"conditions"}),
-            always=frozenset({"conditions"}),
+            zero={"conditions": None},
         )
     ),
 )

@@ -51,7 +51,7 @@ async def fresh_namespace(server: SimApiServer) -> None:
 def sender(session: aiohttp.ClientSession) -> apicases.Send:
     async def send(method: str, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         headers = {"Content-Type": "application/json"}
-        async with session.request(method, path, data=json.dumps(body), headers=headers) as response:
+        async with session.request(method, path, data=json.dumps(body, separators=(",", ":")), headers=headers) as response:
             return response.status, await response.json()
 
     return send

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from decimal import Decimal
 from typing import Any
 
@@ -377,8 +376,6 @@ def _validate_valid_values(
 def _validate_valid_range(
     default: Decimal, maximum: Decimal, value_range: JSON, path: Path, out: Errors
 ) -> None:
-    """As upstream: a default outside the range is reported at ``min`` or ``max``; a step is any non-zero
-    quantity (negative ones too), checked in whole units as ``Quantity.Value()`` rounds them."""
     low = _quantities(value_range, "min", path, out)
     if low is None:
         out.append(required(path.child("min"), "required when validRange is defined"))
@@ -386,7 +383,7 @@ def _validate_valid_range(
     if low > maximum:
         out.append(invalid(path.child("min"), str(low), f"min is larger than capacity value: {maximum}"))
     if default < low:
-        out.append(invalid(path.child("min"), str(default), f"default is less than min: {low}"))
+        out.append(invalid(path.child("default"), str(default), f"default is less than min: {low}"))
     high = _quantities(value_range, "max", path, out)
     if high is not None:
         if low > high:
@@ -394,31 +391,30 @@ def _validate_valid_range(
         if high > maximum:
             out.append(invalid(path.child("max"), str(high), f"max is larger than capacity value: {maximum}"))
         if default > high:
-            out.append(invalid(path.child("max"), str(default), f"default is more than max: {high}"))
+            out.append(invalid(path.child("default"), str(default), f"default is more than max: {high}"))
     step = _quantities(value_range, "step", path, out)
     if step is None:
         return
-    if low + step > maximum:
-        detail = f"one step {low + step} is larger than capacity value: {maximum}"
-        out.append(invalid(path.child("step"), str(step), detail))
-    if _whole(step) == 0:
-        # Upstream divides by it (and fails with an internal error); a clear answer instead.
-        out.append(invalid(path.child("step"), str(step), "must not be zero"))
+    if step <= 0:
+        out.append(invalid(path.child("step"), str(step), "must be greater than zero"))
         return
+    if low + step > maximum:
+        out.append(
+            invalid(
+                path.child("step"),
+                str(step),
+                f"one step {low + step} is larger than capacity value: {maximum}",
+            )
+        )
     for value in (default, high):
-        if value is not None and _go_remainder(_whole(value) - _whole(low), _whole(step)) != 0:
-            detail = f"value is not a multiple of a given step ({step}) from ({low})"
-            out.append(invalid(path.child("step"), str(value), detail))
-
-
-def _whole(value: Decimal) -> int:
-    """``Quantity.Value()``: rounded up to a whole number."""
-    return math.ceil(value)
-
-
-def _go_remainder(a: int, b: int) -> int:
-    """Go's ``%``: the sign follows the dividend."""
-    return (abs(a) % abs(b)) * (1 if a >= 0 else -1)
+        if value is not None and (value - low) % step != 0:
+            out.append(
+                invalid(
+                    path.child("step"),
+                    str(value),
+                    f"value is not a multiple of a given step ({step}) from ({low})",
+                )
+            )
 
 
 def _validate_taints(taints: list[Any] | None, path: Path, out: Errors) -> None:
