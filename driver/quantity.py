@@ -36,7 +36,7 @@ def parse_quantity(value: str | int | float | Decimal) -> Decimal:
         value = repr(value)
     if not isinstance(value, str):
         raise ValueError(f"invalid quantity {value!r}")
-    match = QUANTITY_RE.match(value)
+    match = QUANTITY_RE.fullmatch(trim(value))
     if not match:
         raise ValueError(f"invalid quantity {value!r} (examples of valid ones: 80Gi, 1.5G, 500m, 1e3)")
     number, exponent, suffix = Decimal(match.group(1)), match.group(2), match.group(3) or ""
@@ -47,7 +47,23 @@ def parse_quantity(value: str | int | float | Decimal) -> Decimal:
 
 
 def is_quantity(text: str) -> bool:
-    return bool(QUANTITY_RE.match(text))
+    return bool(QUANTITY_RE.fullmatch(trim(text)))
+
+
+# Control characters cannot stand raw in a JSON string: a decoded "\n" was the escape "\\n", which the
+# server does not trim.
+_ESCAPED_ONLY = "\t\n\v\f\r"
+
+
+def trim(text: str) -> str:
+    """What the server's quantity decoder trims from a JSON string: white space around it, as written raw
+    (``" 1Gi"`` is ``1Gi``; ``"1Gi\\n"`` stays invalid)."""
+    start, end = 0, len(text)
+    while start < end and text[start].isspace() and text[start] not in _ESCAPED_ONLY:
+        start += 1
+    while end > start and text[end - 1].isspace() and text[end - 1] not in _ESCAPED_ONLY:
+        end -= 1
+    return text[start:end]
 
 
 # -- canonical form (apimachinery quantity.go: ParseQuantity, then CanonicalizeBytes) ----------------------
@@ -87,13 +103,13 @@ def _text(value: str | int | float | Decimal) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int | float | Decimal):
         raise ValueError(f"invalid quantity {value!r}")
     if isinstance(value, str):
-        return value.strip()  # the server's JSON decoder trims surrounding white space
+        return trim(value)
     return repr(value) if isinstance(value, float) else str(value)
 
 
 def _parse_for_canonical(text: str) -> tuple[bool, Decimal, str]:
     """(whether the server keeps ``text`` verbatim, the exact stored value, the format)."""
-    match = QUANTITY_RE.match(text)
+    match = QUANTITY_RE.fullmatch(text)
     if not match:
         raise ValueError(f"invalid quantity {text!r}")
     if text == "0":
@@ -168,9 +184,10 @@ def _format(amount: Decimal, fmt: str) -> str:
     mantissa = int("".join(map(str, digits))) * (-1 if sign else 1)
     shift = exp % 3  # lower the exponent to a multiple of three
     mantissa, exp = mantissa * 10**shift, exp - shift
-    if fmt == "DecimalSI" and exp in _DECIMAL_SUFFIX:
-        return f"{mantissa}{_DECIMAL_SUFFIX[exp]}"
-    # DecimalExponent, or a decimal value past E / below n: exponent notation keeps the magnitude.
+    if fmt == "DecimalSI":
+        # Past E (10^18) apimachinery finds no suffix and writes the mantissa alone: "1000E" is stored as
+        # "1" (kube-apiserver 1.37 does so; a value that large loses its magnitude on a real cluster too).
+        return f"{mantissa}{_DECIMAL_SUFFIX.get(exp, '')}"
     return f"{mantissa}e{exp}" if exp else str(mantissa)
 
 

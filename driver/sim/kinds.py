@@ -92,6 +92,7 @@ class KindSpec:
     validate_status: Callable[[JSON, JSON], list[FieldError]] | None = None
     prepare_create: Callable[[JSON], None] = lambda obj: None
     prepare_update: Callable[[JSON, JSON], None] = lambda new, old: None
+    prepare_status: Callable[[JSON, JSON], None] = lambda new, old: None
     subresources: tuple[Subresource, ...] = ()
     normalize: Normalizer = lambda obj: []
     # Rules that depend on the object's namespace (its labels), checked on create.
@@ -247,23 +248,19 @@ def _keep_cluster_ip(svc: JSON, old: JSON) -> None:
 
 
 def _default_slice(slice_: JSON, old: JSON | None = None) -> None:
-    """Taints get ``timeAdded`` when they arrive without one (kept from the stored taint if unchanged)."""
-    old_taints: dict[tuple[Any, ...], Any] = {}
-    for device in ((old or {}).get("spec") or {}).get("devices") or []:
-        for taint in device.get("taints") or [] if isinstance(device, dict) else []:
-            if isinstance(taint, dict):
-                key = (device.get("name"), taint.get("key"), taint.get("value"), taint.get("effect"))
-                old_taints[key] = taint.get("timeAdded")
+    """Taints get ``timeAdded`` when they arrive without one: the current time, on create and on update alike
+    (an update that leaves it out changes the taint, as on a real server)."""
     for device in (slice_.get("spec") or {}).get("devices") or []:
         if not isinstance(device, dict):
             continue
         for taint in device.get("taints") or []:
             if isinstance(taint, dict) and not taint.get("timeAdded"):
-                key = (device.get("name"), taint.get("key"), taint.get("value"), taint.get("effect"))
-                taint["timeAdded"] = old_taints.get(key) or now_rfc3339()
+                taint["timeAdded"] = now_rfc3339()
 
 
 def _default_device_request(request: JSON) -> None:
+    if request.get("count") == 0:
+        del request["count"]  # omitempty: a zero count is no count
     request.setdefault("allocationMode", "ExactCount")
     if request["allocationMode"] == "ExactCount" and not request.get("count"):
         request["count"] = 1
@@ -294,6 +291,14 @@ def _default_template(template: JSON, old: JSON | None = None) -> None:
     spec = template.get("spec")
     if isinstance(spec, dict):
         default_claim_spec(spec.get("spec"))
+
+
+def _drop_unallocated_device_status(claim: JSON, old: JSON) -> None:
+    """Without an allocation there are no allocated devices to report on: a status update that deallocates
+    drops ``status.devices`` instead of failing on them (the claim strategy does the same)."""
+    status = claim.get("status")
+    if isinstance(status, dict) and not status.get("allocation"):
+        status.pop("devices", None)
 
 
 def _validate_claim_status(claim: JSON, old: JSON) -> list[FieldError]:
@@ -346,7 +351,12 @@ def normalize_value(node: Node, value: Any, path: str, unknown: list[str]) -> An
     if isinstance(node, MapOf):
         if not isinstance(value, dict):
             return value
-        return {k: normalize_value(node.value, item, f"{path}.{k}", unknown) for k, item in value.items()}
+        return {
+            k: normalize_value(
+                node.value, _zero(node.value) if item is None else item, f"{path}.{k}", unknown
+            )
+            for k, item in value.items()
+        }
     if isinstance(node, ListOf):
         if not isinstance(value, list):
             return value
@@ -376,8 +386,16 @@ def _normalize_struct(node: Struct, value: JSON, path: str, unknown: list[str]) 
             continue  # omitempty
         out[key] = new
     for key, zero in node.zero.items():
-        out.setdefault(key, zero)
+        if key not in out:
+            out[key] = copy.deepcopy(zero)
     return out
+
+
+def _zero(node: Node) -> Any:
+    """What a null map value decodes to: the zero value of its type."""
+    if isinstance(node, Struct):
+        return copy.deepcopy(dict(node.zero))
+    return "0" if node == QUANTITY else None
 
 
 def _normalize_time(value: Any) -> Any:
@@ -492,18 +510,28 @@ _REQUEST_FIELDS: dict[str, Node] = {
     "tolerations": _TOLERATIONS,
     "capacity": _struct(requests=MapOf(QUANTITY)),
 }
-_CLAIM_SPEC = _struct(
-    devices=_struct(
-        requests=ListOf(
-            _struct(
-                name=VALUE,
-                exactly=_struct(adminAccess=VALUE, **_REQUEST_FIELDS),
-                firstAvailable=ListOf(_struct(name=VALUE, **_REQUEST_FIELDS)),
-            )
-        ),
-        constraints=ListOf(_struct(requests=ListOf(VALUE), matchAttribute=VALUE, distinctAttribute=VALUE)),
-        config=ListOf(_struct(requests=ListOf(VALUE), opaque=_OPAQUE)),
-    )
+# DeviceClaim.requests has no omitempty: unset or empty, it is stored as null.
+_EMPTY_CLAIM_SPEC: JSON = {"devices": {"requests": None}}
+_CLAIM_SPEC = Struct(
+    {
+        "devices": Struct(
+            {
+                "requests": ListOf(
+                    _struct(
+                        name=VALUE,
+                        exactly=_struct(adminAccess=VALUE, **_REQUEST_FIELDS),
+                        firstAvailable=ListOf(_struct(name=VALUE, **_REQUEST_FIELDS)),
+                    )
+                ),
+                "constraints": ListOf(
+                    _struct(requests=ListOf(VALUE), matchAttribute=VALUE, distinctAttribute=VALUE)
+                ),
+                "config": ListOf(_struct(requests=ListOf(VALUE), opaque=_OPAQUE)),
+            },
+            zero={"requests": None},
+        )
+    },
+    zero=_EMPTY_CLAIM_SPEC,
 )
 _CONDITION = Struct(
     {
@@ -557,8 +585,8 @@ _CLAIM_STATUS = _struct(
 )
 
 
-def _normalizer(**top: Node) -> Normalizer:
-    schema = _struct(apiVersion=VALUE, kind=VALUE, metadata=OBJECT_META, **top)
+def _normalizer(zero: Mapping[str, Any] | None = None, **top: Node) -> Normalizer:
+    schema = Struct({"apiVersion": VALUE, "kind": VALUE, "metadata": OBJECT_META, **top}, zero=zero or {})
 
     def normalize(obj: JSON) -> list[str]:
         unknown: list[str] = []
@@ -572,8 +600,11 @@ def _normalizer(**top: Node) -> Normalizer:
 
 normalize_slice = _normalizer(spec=_SLICE_SPEC)
 normalize_device_class = _normalizer(spec=_CLASS_SPEC)
-normalize_claim = _normalizer(spec=_CLAIM_SPEC, status=_CLAIM_STATUS)
-normalize_claim_template = _normalizer(spec=_struct(metadata=OBJECT_META, spec=_CLAIM_SPEC))
+normalize_claim = _normalizer(spec=_CLAIM_SPEC, status=_CLAIM_STATUS, zero={"spec": _EMPTY_CLAIM_SPEC})
+_TEMPLATE_SPEC = Struct(
+    {"metadata": OBJECT_META, "spec": _CLAIM_SPEC}, zero={"metadata": {}, "spec": _EMPTY_CLAIM_SPEC}
+)
+normalize_claim_template = _normalizer(spec=_TEMPLATE_SPEC, zero={"spec": _TEMPLATE_SPEC.zero})
 normalize_taint_rule = _normalizer(
     spec=_struct(
         deviceSelector=_struct(driver=VALUE, pool=VALUE, device=VALUE),
@@ -733,6 +764,7 @@ KIND_SPECS: tuple[KindSpec, ...] = (
         status_subresource=True,
         reset_status_on_create=True,
         validate_status=_validate_claim_status,
+        prepare_status=_drop_unallocated_device_status,
         namespace_rules=claim_admin_access_errors,
         prepare_create=_default_claim,
         prepare_update=_default_claim,

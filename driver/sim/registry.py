@@ -415,6 +415,7 @@ class Registry:
 
     def _commit_update(self, spec: KindSpec, old: JSON, new: JSON, subresource: str | None) -> JSON:
         if subresource == "status":
+            spec.prepare_status(new, old)
             self._normalize(spec, new)
             errors = spec.validate_status(new, old) if spec.validate_status else []
         else:

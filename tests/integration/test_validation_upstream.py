@@ -10,9 +10,7 @@ starts to agree fails too, so that the list stays true.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -22,18 +20,9 @@ from driver.kube.client import NAMESPACES
 from driver.sim.apiserver import SimApiServer
 from tests.support import apicases
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "sandbox-apiserver.md"
 DATA = apicases.load()
 CASES = {case["id"]: case for case in DATA["cases"]}
-
-
-def listed_differences() -> dict[str, str]:
-    """Scenario id -> reason, from the table of docs/sandbox-apiserver.md."""
-    rows = re.findall(r"^\| `(upstream/[^`]+)` \| (.+?) \|$", DOC.read_text(), re.MULTILINE)
-    return dict(rows)
-
-
-LISTED = listed_differences()
+LISTED = apicases.listed_differences()
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +40,9 @@ async def fresh_namespace(server: SimApiServer) -> None:
 def sender(session: aiohttp.ClientSession) -> apicases.Send:
     async def send(method: str, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         headers = {"Content-Type": "application/json"}
-        async with session.request(method, path, data=json.dumps(body, separators=(",", ":")), headers=headers) as response:
+        async with session.request(
+            method, path, data=json.dumps(body, separators=(",", ":"), ensure_ascii=False), headers=headers
+        ) as response:
             return response.status, await response.json()
 
     return send

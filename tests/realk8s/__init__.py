@@ -6,6 +6,7 @@ node-2 alone first, so that node-2's plugin is idle for its minute while they ru
 
 MODULE_ORDER = (
     "test_api",
+    "test_api_fidelity",
     "test_cluster",
     "test_plugin",
     "test_exporter",

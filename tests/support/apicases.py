@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -49,9 +50,11 @@ async def http_sender(base_url: str, context: ssl.SSLContext | None = None) -> A
 
         async def send(method: str, path: str, body: JSON) -> tuple[int, JSON]:
             headers = {"Content-Type": "application/json"}
-            # Compact, as client-go and kubectl send it: the server counts raw bytes of opaque parameters.
+            # Compact UTF-8, as client-go and kubectl send it: the server counts raw bytes of opaque parameters.
             data = (
-                None if method in ("GET", "DELETE") and not body else json.dumps(body, separators=(",", ":"))
+                None
+                if method in ("GET", "DELETE") and not body
+                else json.dumps(body, separators=(",", ":"), ensure_ascii=False)
             )
             async with session.request(method, path, data=data, headers=headers) as response:
                 answer: JSON = await response.json(content_type=None)
@@ -60,9 +63,9 @@ async def http_sender(base_url: str, context: ssl.SSLContext | None = None) -> A
         yield send
 
 
-async def remove_objects(case: JSON, send: Send) -> None:
+async def remove_objects(case: JSON, send: Send, created: set[str] = frozenset()) -> None:  # type: ignore[assignment]
     """Delete what a case created (finalizers first), so that the next case starts from nothing."""
-    names = {(expand(step["object"]).get("metadata") or {}).get("name") for step in case["steps"]}
+    names = {(expand(step["object"]).get("metadata") or {}).get("name") for step in case["steps"]} | created
     for name in sorted(n for n in names if n):
         path = resource_path(case["kind"], case["namespace"], name)
         code, current = await send("GET", path, {})
@@ -77,6 +80,15 @@ async def remove_objects(case: JSON, send: Send) -> None:
 def load() -> JSON:
     data: JSON = json.loads(CASES.read_text())
     return data
+
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "sandbox-apiserver.md"
+
+
+def listed_differences() -> dict[str, str]:
+    """Upstream scenario id -> why the sandbox answers differently, from docs/sandbox-apiserver.md."""
+    rows = re.findall(r"^\| `(upstream/[^`]+)` \| (.+?) \|$", DOC.read_text(), re.MULTILINE)
+    return dict(rows)
 
 
 def expand(value: Any) -> Any:
@@ -106,6 +118,7 @@ class Answer:
     causes: list[tuple[str, str]] = field(default_factory=list)
     stored: JSON | None = None
     setup: list[int] = field(default_factory=list)
+    created: set[str] = field(default_factory=set)  # names the server gave what it created
 
     def summary(self) -> JSON:
         return {
@@ -145,12 +158,14 @@ def _request(step: JSON, kind: str, namespace: str) -> tuple[str, str, JSON]:
 async def run_case(case: JSON, send: Send) -> Answer:
     """Send the case's steps; the answer to the last one, with the codes of those before."""
     setup: list[int] = []
+    created: set[str] = set()
     steps = case["steps"]
-    for step in steps[:-1]:
-        code, _ = await send(*_request(step, case["kind"], case["namespace"]))
+    for step in steps:
+        code, body = await send(*_request(step, case["kind"], case["namespace"]))
+        if code == 201:
+            created.add(str((body.get("metadata") or {}).get("name")))
         setup.append(code)
-    code, body = await send(*_request(steps[-1], case["kind"], case["namespace"]))
-    answer = Answer(code, setup=setup)
+    answer = Answer(setup.pop(), setup=setup, created=created)
     if body.get("kind") == "Status":
         answer.reason = str(body.get("reason", ""))
         causes = (body.get("details") or {}).get("causes") or []
@@ -252,4 +267,44 @@ def compare(case: JSON, got: Answer) -> list[str]:
             differences.extend(f"stored{line}" for line in json_diff(got.stored, want.stored))
         elif mine[key] != theirs[key]:
             differences.append(f"{key}: got {json.dumps(mine[key])}, want {json.dumps(theirs[key])}")
+    return differences
+
+
+def _same_times(a: Any, b: Any) -> tuple[Any, Any]:
+    """``a`` and ``b`` with the times both hold at the same place set to :data:`FAKE_NOW` (each server
+    stamps its own clock)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        pairs = {k: _same_times(a[k], b[k]) for k in a.keys() & b.keys()}
+        return {k: pairs[k][0] if k in pairs else v for k, v in a.items()}, {
+            k: pairs[k][1] if k in pairs else v for k, v in b.items()
+        }
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        pairs_list = [_same_times(x, y) for x, y in zip(a, b, strict=True)]
+        return [x for x, _ in pairs_list], [y for _, y in pairs_list]
+    if _is_time(a) and _is_time(b):
+        return FAKE_NOW, FAKE_NOW
+    return a, b
+
+
+def _generated_name(stored: JSON | None) -> JSON | None:
+    meta = (stored or {}).get("metadata") or {}
+    if stored is None or not meta.get("generateName"):
+        return stored
+    out = copy.deepcopy(stored)
+    name = str(meta.get("name", ""))
+    out["metadata"]["name"] = f"{meta['generateName']}<{len(name) - len(meta['generateName'])} random>"
+    return out
+
+
+def compare_answers(sandbox: Answer, real: Answer) -> list[str]:
+    """How the sandbox's answer differs from the real server's: code, reason, causes (type and field), the
+    codes of the earlier steps and the stored form."""
+    differences = []
+    mine, theirs = sandbox.summary(), real.summary()
+    for key in ("code", "reason", "causes", "setup"):
+        if mine[key] != theirs[key]:
+            differences.append(f"{key}: sandbox {json.dumps(mine[key])}, real {json.dumps(theirs[key])}")
+    if sandbox.stored is not None and real.stored is not None:
+        ours, theirs_stored = _same_times(_generated_name(sandbox.stored), _generated_name(real.stored))
+        differences.extend(f"stored{line}" for line in json_diff(ours, theirs_stored))
     return differences

@@ -35,11 +35,16 @@ def test_values(text: str, value: Decimal | int) -> None:
     assert is_quantity(text)
 
 
-@pytest.mark.parametrize("text", ["", "200K", " 1Gi", "1Gi ", "1,5G", "Gi", "1ki", "abc"])
+@pytest.mark.parametrize("text", ["", "200K", "1Gi\n", "\t1Gi", "1,5G", "Gi", "1ki", "abc"])
 def test_what_the_api_server_rejects_is_rejected(text: str) -> None:
     assert not is_quantity(text)
     with pytest.raises(ValueError, match="invalid quantity"):
         parse_quantity(text)
+
+
+@pytest.mark.parametrize("text", [" 1Gi", "1Gi ", "\u00a01Gi"])
+def test_spaces_around_a_quantity_are_trimmed_as_the_api_server_does(text: str) -> None:
+    assert is_quantity(text) and parse_quantity(text) == 2**30
 
 
 def test_json_numbers_are_quantities() -> None:

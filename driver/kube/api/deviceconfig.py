@@ -42,7 +42,13 @@ def validate_cel_expression(expression: str, path: Path, out: Errors) -> None:
         out.append(too_long(path, MAX_CEL_LENGTH))
         return
     if not expression.strip():
-        out.append(required(path, "compilation failed: expression must not be empty"))
+        # The API server's CEL parser meets the end of the input where it expects an expression.
+        detail = (
+            f"compilation failed: ERROR: <input>:1:{len(expression)}: Syntax error: mismatched input '<EOF>' "
+            "expecting {'[', '{', '(', '.', '-', '!', 'true', 'false', 'null', NUM_FLOAT, NUM_INT, NUM_UINT, "
+            "STRING, BYTES, IDENTIFIER}"
+        )
+        out.append(invalid(path, expression, detail))
         return
     from driver.allocation.cel import COST_LIMIT, NEW, CelCompileError, compile_expression
 

@@ -157,11 +157,17 @@ def type_invalid(path: Path, value: Any, detail: str) -> FieldError:
 _TYPE_NAMES = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
 def typed(value: Any, kind: type, path: Path, out: Errors) -> Any:
     """``value`` if it has JSON type ``kind`` (None passes through as "unset"), else record a decode error."""
     if value is None:
         return None
     ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if ok and kind is int and not INT64_MIN <= value <= INT64_MAX:
+        out.append(type_invalid(path, value, "must be a 64-bit integer"))  # Go's decoder overflows: 400
+        return None
     if ok:
         return value
     out.append(type_invalid(path, value, f"must be {_TYPE_NAMES.get(kind, 'an integer')}"))

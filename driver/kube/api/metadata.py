@@ -60,30 +60,68 @@ def validate_object_meta(
         out.append(required(path.child("name"), "name or generateName is required"))
     if name:
         add_messages(path.child("name"), name, name_errors(name), out)
-    if generate_name and not name:
-        # A prefix may end in '-': check it as the server does, with that dash masked.
-        masked = generate_name[:-1] + "a" if generate_name.endswith("-") else generate_name
+    if generate_name:
+        # Checked even when a name was given or generated from it. A prefix may end in '-': the server
+        # masks it, replacing the last two characters with one "a".
+        masked = (
+            generate_name[:-2] + "a"
+            if len(generate_name) > 1 and generate_name.endswith("-")
+            else generate_name
+        )
         add_messages(path.child("generateName"), generate_name, name_errors(masked), out)
     namespace = get_str(meta, "namespace", path, out)
     if namespaced and not namespace:
         out.append(required(path.child("namespace")))
-    elif not namespaced and namespace:
-        out.append(forbidden(path.child("namespace"), "not allowed on this type"))
-    labels = get_obj(meta, "labels", path, out) or {}
-    for key, value in labels.items():
-        validate_label_name(key, path.child("labels"), out)
-        if isinstance(value, str):
-            validate_label_value(value, path.child("labels"), out)
-        else:
-            out.append(type_invalid(path.child("labels").key(key), value, "must be a string"))
+    # A namespace on a cluster-scoped object is no error: the server clears it before validating.
+    _validate_labels(get_obj(meta, "labels", path, out) or {}, path.child("labels"), out)
     _validate_annotations(get_obj(meta, "annotations", path, out) or {}, path.child("annotations"), out)
     refs_path = path.child("ownerReferences")
     _validate_owner_references(
         items_of(get_list(meta, "ownerReferences", path, out), refs_path, out), refs_path, out
     )
-    for i, finalizer in enumerate(get_list(meta, "finalizers", path, out) or []):
-        if isinstance(finalizer, str):
-            validate_label_name(finalizer, path.child("finalizers").index(i), out)
+    _validate_finalizers(get_list(meta, "finalizers", path, out) or [], path.child("finalizers"), out)
+
+
+# ObjectMeta fields a template's metadata may set (ValidateTemplateObjectMeta); any other is forbidden.
+_TEMPLATE_META_FIELDS = ("labels", "annotations")
+
+
+def validate_template_meta(meta: JSON, path: Path, out: Errors) -> None:
+    """The metadata of a template (a ResourceClaimTemplate's ``spec.metadata``): labels and annotations only."""
+    _validate_annotations(get_obj(meta, "annotations", path, out) or {}, path.child("annotations"), out)
+    _validate_labels(get_obj(meta, "labels", path, out) or {}, path.child("labels"), out)
+    for key, value in meta.items():
+        if key not in _TEMPLATE_META_FIELDS and value not in (None, "", 0, [], {}):
+            out.append(forbidden(path.child(key), "cannot be set for a template"))
+
+
+def _validate_labels(labels: JSON, path: Path, out: Errors) -> None:
+    for key, value in labels.items():
+        validate_label_name(key, path, out)
+        if isinstance(value, str):
+            validate_label_value(value, path, out)
+        else:
+            out.append(type_invalid(path.key(key), value, "must be a string"))
+
+
+STANDARD_FINALIZERS = ("kubernetes", "orphan", "foregroundDeletion")
+
+
+def _validate_finalizers(finalizers: list[Any], path: Path, out: Errors) -> None:
+    """Qualified names (errors at ``finalizers``, without an index, as upstream), with a domain unless one
+    of the standard names (errors at ``finalizers[i]``); ``orphan`` and ``foregroundDeletion`` exclude each
+    other."""
+    for i, finalizer in enumerate(finalizers):
+        if not isinstance(finalizer, str):
+            out.append(type_invalid(path.index(i), finalizer, "must be a string"))
+            continue
+        add_messages(path, finalizer, qualified_name_errors(finalizer), out)
+        if "/" not in finalizer and finalizer not in STANDARD_FINALIZERS:
+            detail = "name is neither a standard finalizer name nor is it fully qualified"
+            out.append(invalid(path.index(i), finalizer, detail))
+    if "orphan" in finalizers and "foregroundDeletion" in finalizers:
+        detail = "finalizer orphan and foregroundDeletion cannot be both set"
+        out.append(invalid(path, finalizers, detail))
 
 
 def _validate_annotations(annotations: JSON, path: Path, out: Errors) -> None:
@@ -184,7 +222,7 @@ def _validate_condition_reason(reason: str, path: Path, out: Errors) -> None:
     if not reason:
         out.append(required(path, "must be set"))
         return
-    if not _CONDITION_REASON_RE.match(reason):
+    if not _CONDITION_REASON_RE.fullmatch(reason):
         message = (
             "a condition reason must start with alphabetic character, optionally followed by a string of "
             "alphanumeric characters or '_,:', and must end with an alphanumeric character or '_'"

@@ -44,7 +44,7 @@ def dns1123_label_errors(value: str) -> list[str]:
     msgs = []
     if len(value) > MAX_LABEL_LENGTH:
         msgs.append(f"must be no more than {MAX_LABEL_LENGTH} bytes")
-    if not _LABEL_RE.match(value):
+    if not _LABEL_RE.fullmatch(value):
         msgs.append(
             regex_error(
                 "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', "
@@ -62,7 +62,7 @@ def dns1123_subdomain_errors(value: str) -> list[str]:
     msgs = []
     if len(value) > MAX_SUBDOMAIN_LENGTH:
         msgs.append(f"must be no more than {MAX_SUBDOMAIN_LENGTH} bytes")
-    if not _SUBDOMAIN_RE.match(value):
+    if not _SUBDOMAIN_RE.fullmatch(value):
         msgs.append(
             regex_error(
                 "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
@@ -79,7 +79,7 @@ def dns1035_label_errors(value: str) -> list[str]:
     msgs = []
     if len(value) > MAX_LABEL_LENGTH:
         msgs.append(f"must be no more than {MAX_LABEL_LENGTH} bytes")
-    if not _DNS1035_RE.match(value):
+    if not _DNS1035_RE.fullmatch(value):
         msgs.append(
             regex_error(
                 "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an "
@@ -93,7 +93,7 @@ def dns1035_label_errors(value: str) -> list[str]:
 
 
 def c_identifier_errors(value: str) -> list[str]:
-    if _CIDENT_RE.match(value):
+    if _CIDENT_RE.fullmatch(value):
         return []
     return [
         regex_error(
@@ -136,7 +136,7 @@ def qualified_name_errors(value: str) -> list[str]:
     msgs = []
     if len(name) > MAX_LABEL_LENGTH:
         msgs.append(f"name part must be no more than {MAX_LABEL_LENGTH} bytes")
-    if not _QNAME_RE.match(name):
+    if not _QNAME_RE.fullmatch(name):
         msgs.append(
             "name part "
             + regex_error(
@@ -155,7 +155,7 @@ def label_value_errors(value: str) -> list[str]:
     msgs = []
     if len(value) > MAX_LABEL_LENGTH:
         msgs.append(f"must be no more than {MAX_LABEL_LENGTH} bytes")
-    if not _LABEL_VALUE_RE.match(value):
+    if not _LABEL_VALUE_RE.fullmatch(value):
         msgs.append(
             regex_error(
                 "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', "
@@ -209,11 +209,13 @@ def validate_label_value(value: str, path: Path, out: Errors) -> None:
     add_messages(path, value, label_value_errors(value), out)
 
 
-def validate_dns_label(name: str | None, path: Path, out: Errors) -> None:
-    if not name:
+def validate_dns_label(name: str | None, path: Path, out: Errors, *, required_value: bool = False) -> None:
+    """A device or request name: empty is simply not a DNS label (1.37 reports no Required for it). Counter
+    set names (``required_value``) are Required when empty."""
+    if required_value and not name:
         out.append(required(path))
         return
-    add_messages(path, name, dns1123_label_errors(name), out)
+    add_messages(path, name or "", dns1123_label_errors(name or ""), out)
 
 
 def validate_c_identifier(ident: str, path: Path, out: Errors) -> None:
@@ -237,15 +239,20 @@ def validate_qualified_name(name: str, path: Path, out: Errors) -> None:
             validate_c_identifier(ident, path, out)
         else:
             out.append(invalid(path, "", "the name must not be empty"))
-    else:
-        out.append(invalid(path, name, "must not contain more than one slash"))
+    # More than one slash: upstream accepts the name unchecked (a known gap it keeps for compatibility).
 
 
 def validate_fully_qualified_name(name: str | None, path: Path, out: Errors) -> None:
-    """Like :func:`validate_qualified_name`, but the domain is mandatory (``matchAttribute``)."""
+    """Like :func:`validate_qualified_name`, but the domain is mandatory (``matchAttribute``) and must be a
+    DNS subdomain as written (1.37's declarative rule: no lower-casing, one error for the prefix)."""
     if name is None:
         return
-    validate_qualified_name(name, path, out)
+    domain, slash, _ = name.partition("/")
+    prefix_errors = dns1123_subdomain_errors(domain) if slash and domain and domain != domain.lower() else []
+    if prefix_errors:
+        out.extend(invalid(path, domain, f"prefix: {msg}") for msg in prefix_errors)
+    else:
+        validate_qualified_name(name, path, out)
     if "/" not in name:
         out.append(
             invalid(path, name, "a fully qualified name must be a domain and a name separated by a slash")
@@ -269,11 +276,11 @@ def uid_errors(uid: str) -> list[str]:
             return ["error validating uid: invalid bracketed UUID format"]
         body = uid[1:-1]
     elif size == 32:
-        if not _UUID_HEX_RE.match(uid):
+        if not _UUID_HEX_RE.fullmatch(uid):
             return ["error validating uid: invalid UUID format"]
     elif size != 36:
         return [f"error validating uid: invalid UUID length: {size}"]
-    if size != 32 and not _UUID_RE.match(body):
+    if size != 32 and not _UUID_RE.fullmatch(body):
         return ["error validating uid: invalid UUID format"]
     if size != 36 or uid != uid.lower():
         return [

@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 from driver.kube.api.fields import Errors, Path, type_invalid
+from driver.quantity import trim
 
 # Go's resource.Quantity grammar: sign, decimal number, then a binary-SI, decimal-SI or exponent suffix.
 _QUANTITY_RE = re.compile(
@@ -21,7 +22,12 @@ def is_quantity(value: Any) -> bool:
         return False
     if isinstance(value, int | float):
         value = repr(value)
-    return isinstance(value, str) and bool(_QUANTITY_RE.match(value))
+    return isinstance(value, str) and bool(_QUANTITY_RE.fullmatch(trim(value)))
+
+
+def quantity_or_zero(value: Any) -> Any:
+    """A required quantity left out (or null) decodes as zero."""
+    return "0" if value is None else value
 
 
 def quantity_value(value: Any) -> Decimal:

@@ -46,11 +46,15 @@ from driver.kube.api.limits import (
     MAX_REQUESTS,
     MAX_RESERVED_FOR,
     MAX_SUBREQUESTS,
-    MAX_TOLERATIONS,
     TAINT_EFFECTS,
     TOLERATION_OPERATORS,
 )
-from driver.kube.api.metadata import validate_conditions, validate_immutable, validate_object_meta
+from driver.kube.api.metadata import (
+    validate_conditions,
+    validate_immutable,
+    validate_object_meta,
+    validate_template_meta,
+)
 from driver.kube.api.names import (
     dns1123_subdomain_errors,
     uid_errors,
@@ -61,7 +65,7 @@ from driver.kube.api.names import (
     validate_label_value,
     validate_pool_name,
 )
-from driver.kube.api.quantities import validate_quantity
+from driver.kube.api.quantities import quantity_or_zero, validate_quantity
 from driver.kube.api.resourceslice import validate_binding_conditions
 from driver.kube.api.selectors import validate_node_selector
 
@@ -87,12 +91,7 @@ def validate_resource_claim_template(template: JSON, old: JSON | None = None) ->
         validate_immutable(template.get("spec"), old.get("spec"), Path("spec"), out)
         return out
     spec = get_obj(template, "spec", Path(""), out) or {}
-    meta = get_obj(spec, "metadata", Path("spec"), out) or {}
-    labels = get_obj(meta, "labels", Path("spec.metadata"), out) or {}
-    for key, value in labels.items():
-        validate_label_name(key, Path("spec.metadata.labels"), out)
-        if isinstance(value, str):
-            validate_label_value(value, Path("spec.metadata.labels"), out)
+    validate_template_meta(get_obj(spec, "metadata", Path("spec"), out) or {}, Path("spec.metadata"), out)
     validate_claim_spec(get_obj(spec, "spec", Path("spec"), out) or {}, Path("spec.spec"), out)
     return out
 
@@ -205,10 +204,15 @@ def _validate_device_request(request: JSON, path: Path, out: Errors) -> None:
     else:
         out.append(not_supported(path.child("allocationMode"), mode, ALLOCATION_MODES))
     get_bool(request, "adminAccess", path, out)
+    capacity = get_obj(request, "capacity", path, out) or {}
+    requests_path = path.child("capacity", "requests")
+    for key, value in (get_obj(capacity, "requests", path.child("capacity"), out) or {}).items():
+        validate_quantity(quantity_or_zero(value), requests_path.key(key), out)
     tolerations = get_list(request, "tolerations", path, out)
-    if check_size(tolerations, MAX_TOLERATIONS, path.child("tolerations"), out):
-        for toleration_path, toleration in items_of(tolerations, path.child("tolerations"), out):
-            _validate_toleration(toleration, toleration_path, out)
+    for toleration_path, toleration in items_of(
+        tolerations, path.child("tolerations"), out
+    ):  # no count limit
+        _validate_toleration(toleration, toleration_path, out)
 
 
 def _validate_toleration(toleration: JSON, path: Path, out: Errors) -> None:

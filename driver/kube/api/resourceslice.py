@@ -46,7 +46,7 @@ from driver.kube.api.limits import (
     MAX_TAINTS_PER_DEVICE,
     TAINT_EFFECTS,
 )
-from driver.kube.api.metadata import validate_immutable, validate_object_meta
+from driver.kube.api.metadata import get_time, validate_immutable, validate_object_meta
 from driver.kube.api.names import (
     dns1123_label_errors,
     validate_dns_label,
@@ -56,7 +56,7 @@ from driver.kube.api.names import (
     validate_pool_name,
     validate_qualified_name,
 )
-from driver.kube.api.quantities import quantity_value, validate_quantity
+from driver.kube.api.quantities import quantity_or_zero, quantity_value, validate_quantity
 from driver.kube.api.selectors import validate_node_name, validate_node_selector
 from driver.semver import is_semver
 
@@ -308,7 +308,7 @@ def _validate_capacity(capacity: Any, path: Path, out: Errors, multi_allocatable
     cap = typed(capacity, dict, path, out)
     if cap is None:
         return
-    value = cap.get("value", "0")
+    value = quantity_or_zero(cap.get("value"))
     value_ok = validate_quantity(value, path.child("value"), out)
     policy = get_obj(cap, "requestPolicy", path, out)
     if policy is None:
@@ -435,7 +435,7 @@ def validate_device_taint(taint: JSON, path: Path, out: Errors) -> None:
         out.append(required(path.child("effect")))
     elif effect not in TAINT_EFFECTS:
         out.append(not_supported(path.child("effect"), effect, TAINT_EFFECTS))
-    get_str(taint, "timeAdded", path, out)
+    get_time(taint, "timeAdded", path, out)
 
 
 def _validate_counter_map(counters: JSON | None, limit: int, path: Path, out: Errors) -> None:
@@ -449,7 +449,7 @@ def _validate_counter_map(counters: JSON | None, limit: int, path: Path, out: Er
         add_messages(path, name, dns1123_label_errors(name), out)
         entry = typed(counter, dict, path.key(name), out)
         if entry is not None:
-            validate_quantity(entry.get("value", "0"), path.key(name).child("value"), out)
+            validate_quantity(quantity_or_zero(entry.get("value")), path.key(name).child("value"), out)
 
 
 def _validate_counter_sets(sets: list[Any] | None, path: Path, out: Errors) -> None:
@@ -457,7 +457,9 @@ def _validate_counter_sets(sets: list[Any] | None, path: Path, out: Errors) -> N
         return
     entries = items_of(sets, path, out)
     for set_path, counter_set in entries:
-        validate_dns_label(get_str(counter_set, "name", set_path, out), set_path.child("name"), out)
+        validate_dns_label(
+            get_str(counter_set, "name", set_path, out), set_path.child("name"), out, required_value=True
+        )
         counters = get_obj(counter_set, "counters", set_path, out)
         _validate_counter_map(counters, MAX_COUNTERS_PER_SET, set_path.child("counters"), out)
     check_unique([entry.get("name") for _, entry in entries], path, out)
@@ -468,7 +470,12 @@ def _validate_consumptions(consumptions: list[Any] | None, path: Path, out: Erro
         return
     entries = items_of(consumptions, path, out)
     for entry_path, entry in entries:
-        validate_dns_label(get_str(entry, "counterSet", entry_path, out), entry_path.child("counterSet"), out)
+        validate_dns_label(
+            get_str(entry, "counterSet", entry_path, out),
+            entry_path.child("counterSet"),
+            out,
+            required_value=True,
+        )
         counters = get_obj(entry, "counters", entry_path, out)
         _validate_counter_map(counters, MAX_COUNTERS_PER_CONSUMPTION, entry_path.child("counters"), out)
     check_unique([entry.get("counterSet") for _, entry in entries], path, out)
