@@ -39,6 +39,7 @@ from driver.sim import discovery
 from driver.sim import status as st
 from driver.sim.hooks import Fault, FaultInjector, PodLogs, RequestLog, tail
 from driver.sim.kinds import ALPHA_GATES, KindSpec
+from driver.sim.rbac import ADMIN, Attributes, Authorizer, UserInfo, forbidden_message, verb_of
 from driver.sim.registry import DeleteOptions, Registry, Watch, write_context
 from driver.sim.store import ObjectStore
 
@@ -51,6 +52,7 @@ DEFAULT_KUBERNETES_VERSION = discovery.KUBERNETES_VERSION
 MAX_BODY_BYTES = 3 * 1024 * 1024  # the kube-apiserver's request size limit
 PUBLIC_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/version"})  # readable without a token
 BACKEND_ANNOTATION = "sim.accel-dra.io/backend-url"  # on a Service: where its proxy subresource forwards to
+_USER = web.RequestKey("user", UserInfo)  # the request's authenticated user
 SEED_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 _BODY_TYPES = ("application/json", "application/yaml", "*/*")
 
@@ -90,6 +92,8 @@ class SimApiServer:
         self.faults = FaultInjector()
         self.pod_logs = PodLogs()
         self._backends: dict[tuple[str, str, str], str] = {}
+        self._users: dict[str, UserInfo] = {}
+        self.authorizer = Authorizer(self.store.list)
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._url = ""
@@ -251,16 +255,35 @@ class SimApiServer:
         finally:
             self.request_log.add(request.method, request.path, request.query_string, status)
 
+    def add_user(self, token: str, user: UserInfo) -> None:
+        """Accept ``token`` as ``user``: its requests are authorised with the RBAC objects the server holds."""
+        self._users[token] = user
+
     def _authenticate(self, request: web.Request) -> None:
-        if self.token is None:
-            return
         header = request.headers.get("Authorization", "")
         scheme, _, value = header.partition(" ")
-        if scheme.lower() == "bearer" and value.strip() == self.token:
+        token = value.strip() if scheme.lower() == "bearer" else None
+        if token is not None and token in self._users:
+            request[_USER] = self._users[token]
+            return
+        if self.token is None or token == self.token:
+            request[_USER] = ADMIN  # no token asked for, or the server's own: the admin
             return
         if not header and request.path in PUBLIC_PATHS:
-            return  # anonymous access to public information, as RBAC's system:public-info-viewer allows
+            request[_USER] = ADMIN  # anonymous access to public information (system:public-info-viewer)
+            return
         raise st.unauthorized()
+
+    def _authorize(self, request: web.Request, attrs: Attributes) -> None:
+        user = request.get(_USER, ADMIN)
+        if not self.authorizer.allowed(user, attrs):
+            plural = attrs.resource
+            raise st.error(
+                403,
+                forbidden_message(user, attrs),
+                "Forbidden",
+                {"name": attrs.name, "group": attrs.group, "kind": plural},
+            )
 
     async def _route(self, request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"
@@ -311,6 +334,9 @@ class SimApiServer:
             raise st.path_not_found()
         name = rest[1] if len(rest) > 1 else None
         sub = rest[2] if len(rest) > 2 else None
+        watch = request.query.get("watch") in ("true", "1")
+        verb = verb_of(request.method, name is not None, watch)
+        self._authorize(request, Attributes(verb, group, spec.rt.plural, sub or "", name or "", namespace))
         if name is None:
             return await self._collection(request, spec, namespace, namespaced_path)
         if sub is None:

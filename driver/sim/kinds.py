@@ -42,6 +42,7 @@ from driver.kube.client import (
     ResourceType,
 )
 from driver.quantity import canonical
+from driver.sim.rbac import CLUSTER_ROLE_BINDINGS, CLUSTER_ROLES, ROLE_BINDINGS, ROLES
 from driver.sim.selectors import FieldGetter
 
 JSON = dict[str, Any]
@@ -789,6 +790,12 @@ KIND_SPECS: tuple[KindSpec, ...] = (
         prepare_update=_default_template,
         normalize=normalize_claim_template,
     ),
+    # RBAC objects, so that a chart's roles and bindings can be applied and then decide what its service
+    # accounts may do (driver/sim/rbac.py).
+    KindSpec(CLUSTER_ROLES, "clusterrole", _meta_only(False, dns1123_subdomain_errors)),
+    KindSpec(CLUSTER_ROLE_BINDINGS, "clusterrolebinding", _meta_only(False, dns1123_subdomain_errors)),
+    KindSpec(ROLES, "role", _meta_only(True, dns1123_subdomain_errors)),
+    KindSpec(ROLE_BINDINGS, "rolebinding", _meta_only(True, dns1123_subdomain_errors)),
 )
 
 ALL_VERBS = _ALL_VERBS

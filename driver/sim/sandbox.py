@@ -69,6 +69,14 @@ from driver.sim.driverroot import create_driver_root
 from driver.sim.kinds import LIST_TYPE_ATTRIBUTES
 from driver.sim.node import SimNode
 from driver.sim.podresources import PodResourcesServer, PodResourcesState
+from driver.sim.rbac import (
+    CHART_MANIFEST,
+    CHART_NAMESPACE,
+    CHART_SERVICE_ACCOUNT,
+    chart_rbac,
+    new_token,
+    service_account,
+)
 from driver.sim.runtime import ContainerHandle, ContainerSpec, SimRuntime
 from driver.sim.shapeddriver import ShapedDriver
 from driver.sim.shapes import SHAPES, Shape, device_class
@@ -160,7 +168,14 @@ class Sandbox:
 
     @property
     def kubeconfig(self) -> Path:
+        """The admin's kubeconfig (the sandbox's own controllers, tests, kubectl)."""
         return self.path("kubeconfig")
+
+    @property
+    def driver_kubeconfig(self) -> Path:
+        """The kubeconfig of the plugin and the exporter: the chart's service account, authorised by the
+        chart's RBAC as on a cluster; the admin's where the chart's manifest is not at hand."""
+        return self.path("driver.kubeconfig")
 
     @property
     def plugin_dir(self) -> Path:
@@ -195,6 +210,7 @@ class Sandbox:
         await self.apiserver.start()
         self._stack.push_async_callback(self.apiserver.stop)
         self.apiserver.write_kubeconfig(self.kubeconfig)
+        self._driver_credentials()
         self.kube = await KubeClient.connect(str(self.kubeconfig))
         self._stack.push_async_callback(self.kube.close)
 
@@ -300,6 +316,20 @@ class Sandbox:
         logfile.close()
         self._processes[name] = proc
 
+    def _driver_credentials(self) -> None:
+        """Apply the chart's roles and bindings and give the driver's processes its service account."""
+        objects = chart_rbac()
+        if not objects:
+            log.info("no chart manifest: the driver runs as the admin", manifest=str(CHART_MANIFEST))
+            self.apiserver.write_kubeconfig(self.driver_kubeconfig)
+            return
+        for rt, obj in objects:
+            self.apiserver.create(rt, obj, obj.get("metadata", {}).get("namespace"))
+        token = new_token()
+        node = self.config.node_name
+        self.apiserver.add_user(token, service_account(CHART_NAMESPACE, CHART_SERVICE_ACCOUNT, node=node))
+        self.apiserver.write_kubeconfig(self.driver_kubeconfig, token=token)
+
     async def _start_plugin(self) -> None:
         cfg = self.config
         await self._spawn(
@@ -308,7 +338,7 @@ class Sandbox:
                 "plugin",
                 "--driver-name", cfg.driver_name,
                 "--node-name", cfg.node_name,
-                "--kubeconfig", str(self.kubeconfig),
+                "--kubeconfig", str(self.driver_kubeconfig),
                 "--plugin-dir", str(self.plugin_dir),
                 "--registry-dir", str(self.path("registry")),
                 "--cdi-dir", str(self.path("cdi")),
@@ -354,7 +384,7 @@ class Sandbox:
                 "--listen", f"127.0.0.1:{port}",
                 "--driver-name", cfg.driver_name,
                 "--node-name", cfg.node_name,
-                "--kubeconfig", str(self.kubeconfig),
+                "--kubeconfig", str(self.driver_kubeconfig),
                 "--backend", f"fake:{cfg.profile}",
                 "--fake-state-dir", str(self.path("fake-state")),
                 "--pod-resources-socket", str(self.path("pod-resources", "kubelet.sock")),

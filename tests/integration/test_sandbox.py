@@ -18,7 +18,16 @@ import pytest
 import pytest_asyncio
 import yaml
 
-from driver.kube.client import EVENTS, NODES, PODS, RESOURCE_CLAIMS, RESOURCE_SLICES
+from driver.kube.client import (
+    DEVICE_CLASSES,
+    EVENTS,
+    NODES,
+    PODS,
+    RESOURCE_CLAIMS,
+    RESOURCE_SLICES,
+    ApiError,
+    KubeClient,
+)
 from driver.sim.sandbox import Sandbox, SandboxConfig
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -355,3 +364,14 @@ async def test_unschedulable_pods_leave_the_scheduler_idle(sandbox: Sandbox) -> 
     # Each pod may still be tried once for its own verdict's update and once for a change that came during
     # its step (the other pod's claim); a loop makes dozens.
     assert len(attempts) <= 4, f"{len(attempts)} scheduling attempts in a second of quiet"
+
+
+async def test_the_driver_runs_as_the_charts_service_account_under_the_charts_rbac(sandbox: Sandbox) -> None:
+    """The plugin published with the chart's permissions only; a call the chart does not grant is refused."""
+    async with await KubeClient.connect(str(sandbox.driver_kubeconfig)) as driver:
+        published = await driver.list(RESOURCE_SLICES)
+        assert {s["spec"]["driver"] for s in published["items"]} == {DRIVER}
+        with pytest.raises(ApiError) as err:
+            await driver.create(DEVICE_CLASSES, {"metadata": {"name": "mine"}, "spec": {}})
+    assert err.value.status == 403
+    assert 'User "system:serviceaccount:accel-dra:accel-dra" cannot create' in err.value.message
