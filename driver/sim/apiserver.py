@@ -231,7 +231,7 @@ class SimApiServer:
             fault = self.faults.take(request.method, request.path)
             if fault is not None:
                 raise _fault_error(fault)
-            with write_context(request.query.get("fieldValidation")) as context:
+            with write_context(request.query.get("fieldValidation"), request.get(_USER, ADMIN)) as context:
                 response = await self._route(request)
             status = response.status
             if context.warnings and not response.prepared:

@@ -42,6 +42,7 @@ from driver.kube.client import (
     ResourceType,
 )
 from driver.quantity import canonical
+from driver.sim.admission import POLICIES, POLICY_BINDINGS
 from driver.sim.rbac import CLUSTER_ROLE_BINDINGS, CLUSTER_ROLES, ROLE_BINDINGS, ROLES
 from driver.sim.selectors import FieldGetter
 
@@ -796,6 +797,11 @@ KIND_SPECS: tuple[KindSpec, ...] = (
     KindSpec(CLUSTER_ROLE_BINDINGS, "clusterrolebinding", _meta_only(False, dns1123_subdomain_errors)),
     KindSpec(ROLES, "role", _meta_only(True, dns1123_subdomain_errors)),
     KindSpec(ROLE_BINDINGS, "rolebinding", _meta_only(True, dns1123_subdomain_errors)),
+    # Admission policies, evaluated on the writes they match (driver/sim/admission.py).
+    KindSpec(POLICIES, "validatingadmissionpolicy", _meta_only(False, dns1123_subdomain_errors)),
+    KindSpec(
+        POLICY_BINDINGS, "validatingadmissionpolicybinding", _meta_only(False, dns1123_subdomain_errors)
+    ),
 )
 
 ALL_VERBS = _ALL_VERBS

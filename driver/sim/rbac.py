@@ -16,10 +16,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from driver.kube.client import ResourceType
 
@@ -168,23 +165,6 @@ def forbidden_message(user: UserInfo, attrs: Attributes) -> str:
     what = f'resource "{attrs.resource_path}" in API group "{attrs.group}"'
     where = f'in the namespace "{attrs.namespace}"' if attrs.namespace else "at the cluster scope"
     return f'{qualified} is forbidden: User "{user.username}" cannot {attrs.verb} {what} {where}'
-
-
-# The chart rendered with its default values (kept in step with charts/accel-dra by tests/unit/test_chart.py).
-CHART_MANIFEST = Path(__file__).resolve().parents[2] / "deploy" / "base" / "accel-dra.yaml"
-CHART_NAMESPACE, CHART_SERVICE_ACCOUNT = "accel-dra", "accel-dra"
-RBAC_TYPES = {rt.kind: rt for rt in (CLUSTER_ROLES, CLUSTER_ROLE_BINDINGS, ROLES, ROLE_BINDINGS)}
-
-
-def chart_rbac(manifest: Path = CHART_MANIFEST) -> list[tuple[ResourceType, JSON]]:
-    """The RBAC objects of the chart's manifest, in order; none where the manifest is not there (the
-    sandbox run from an installed package, without the repository)."""
-    if not manifest.is_file():
-        return []
-    documents = yaml.safe_load_all(manifest.read_text())
-    return [
-        (RBAC_TYPES[d["kind"]], d) for d in documents if isinstance(d, dict) and d.get("kind") in RBAC_TYPES
-    ]
 
 
 def new_token() -> str:

@@ -30,6 +30,7 @@ import yaml
 from driver.kube.api.fields import FieldError, Path, forbidden, required
 from driver.kube.client import RESOURCE_SLICES
 from driver.sim import status as st
+from driver.sim.admission import Admission, Write
 from driver.sim.kinds import (
     KIND_SPECS,
     KindSpec,
@@ -39,6 +40,7 @@ from driver.sim.kinds import (
     strip_for_list,
 )
 from driver.sim.patch import PatchError, json_patch, merge_patch, strategic_merge_patch
+from driver.sim.rbac import ADMIN, UserInfo
 from driver.sim.selectors import (
     FieldSelector,
     LabelSelector,
@@ -73,6 +75,7 @@ class WriteContext:
 
     field_validation: str = "Warn"
     warnings: list[str] = field(default_factory=list)
+    user: UserInfo = ADMIN  # who writes: what admission policies see
 
 
 # Each HTTP request is its own task, so a ContextVar keeps concurrent requests apart.
@@ -80,14 +83,14 @@ _WRITE_CONTEXT: ContextVar[WriteContext | None] = ContextVar("sim_write_context"
 
 
 @contextmanager
-def write_context(field_validation: str | None = None) -> Iterator[WriteContext]:
+def write_context(field_validation: str | None = None, user: UserInfo = ADMIN) -> Iterator[WriteContext]:
     """Options for the registry calls made inside (``fieldValidation``); collects their warnings."""
     mode = field_validation or "Warn"
     if mode not in FIELD_VALIDATION:
         raise st.bad_request(
             f'fieldValidation must be one of "Ignore", "Warn" or "Strict", got {field_validation!r}'
         )
-    context = WriteContext(mode)
+    context = WriteContext(mode, user=user)
     token = _WRITE_CONTEXT.set(context)
     try:
         yield context
@@ -196,6 +199,38 @@ class Registry:
         self.kinds = kind_table(specs)
         self.graceful_pod_deletion = graceful_pod_deletion
         self._by_key = {spec.key: spec for spec in specs}
+        self.admission = Admission(store.list)
+
+    def _admit(
+        self, spec: KindSpec, operation: str, obj: JSON | None, old: JSON | None, sub: str = ""
+    ) -> None:
+        """Validating admission policies, after validation, before the write is stored."""
+        meta = _meta(obj if obj is not None else old or {})
+        context = _WRITE_CONTEXT.get() or WriteContext()
+        write = Write(
+            operation,
+            spec.rt.group,
+            spec.rt.version,
+            spec.rt.plural,
+            sub,
+            str(meta.get("namespace") or ""),
+            str(meta.get("name") or ""),
+            context.user,
+            obj,
+            old,
+        )
+        denial = self.admission.review(write)
+        if denial is None:
+            return
+        qualified = f"{spec.rt.plural}.{spec.rt.group}" if spec.rt.group else spec.rt.plural
+        verdict = "is forbidden" if denial.code == 403 else "is invalid"
+        message = f'{qualified} "{write.name}" {verdict}: {denial.message}'
+        raise st.error(
+            denial.code,
+            message,
+            denial.reason,
+            {"name": write.name, "group": spec.rt.group, "kind": spec.rt.plural},
+        )
 
     def spec_for(self, group: str, version: str, plural: str) -> KindSpec | None:
         return self.kinds.get((group, version, plural))
@@ -275,6 +310,7 @@ class Registry:
         self._normalize(spec, obj)
         self._drop_disabled(spec, obj, None)
         self._validate(spec, obj, self._namespace_rules(spec, obj) + spec.validate(obj, None))
+        self._admit(spec, "CREATE", obj, None)
         name = str(meta["name"])
         if self.store.get(spec.key, meta.get("namespace") or "", name) is not None:
             raise st.already_exists(spec.rt.plural, spec.rt.group, name)
@@ -426,6 +462,7 @@ class Registry:
                 _meta(new)["generation"] = int(_meta(old).get("generation") or 0) + 1
             errors = spec.validate(new, old) + _finalizer_errors(new, old)
         self._validate(spec, new, errors)
+        self._admit(spec, "UPDATE", new, old, subresource or "")
         if new == old:
             return old  # a no-op write: no new resourceVersion, no watch event (as with etcd)
         meta = _meta(new)
@@ -548,6 +585,7 @@ class Registry:
         options = options or DeleteOptions()
         current = self.get(spec, namespace, name)
         self._check_preconditions(spec, current, options.uid, options.resource_version, stale_message=False)
+        self._admit(spec, "DELETE", None, current)
         return self._delete_object(spec, current, options)
 
     def _delete_object(self, spec: KindSpec, obj: JSON, options: DeleteOptions) -> JSON:

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yaml
 from aiohttp import web
 
 from driver import DEFAULT_DRIVER_NAME
@@ -62,6 +63,7 @@ from driver.kube.client import (
 )
 from driver.log import get_logger
 from driver.resources.deviceclasses import device_classes
+from driver.sim.admission import POLICIES, POLICY_BINDINGS
 from driver.sim.apiserver import SimApiServer
 from driver.sim.controllers import ClaimController, Scheduler
 from driver.sim.deviceplugin import SimDevicePlugin
@@ -70,10 +72,10 @@ from driver.sim.kinds import LIST_TYPE_ATTRIBUTES
 from driver.sim.node import SimNode
 from driver.sim.podresources import PodResourcesServer, PodResourcesState
 from driver.sim.rbac import (
-    CHART_MANIFEST,
-    CHART_NAMESPACE,
-    CHART_SERVICE_ACCOUNT,
-    chart_rbac,
+    CLUSTER_ROLE_BINDINGS,
+    CLUSTER_ROLES,
+    ROLE_BINDINGS,
+    ROLES,
     new_token,
     service_account,
 )
@@ -137,6 +139,25 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+# The chart rendered with its default values (kept in step with charts/accel-dra by tests/unit/test_chart.py).
+CHART_MANIFEST = Path(__file__).resolve().parents[2] / "deploy" / "base" / "accel-dra.yaml"
+CHART_NAMESPACE, CHART_SERVICE_ACCOUNT = "accel-dra", "accel-dra"
+_ACCESS_TYPES = {
+    rt.kind: rt
+    for rt in (CLUSTER_ROLES, CLUSTER_ROLE_BINDINGS, ROLES, ROLE_BINDINGS, POLICIES, POLICY_BINDINGS)
+}
+
+
+def chart_access_objects(manifest: Path = CHART_MANIFEST) -> list[tuple[ResourceType, JSON]]:
+    """The chart's RBAC objects and admission policy, in order; none where the manifest is not there (the
+    sandbox run from an installed package, without the repository)."""
+    if not manifest.is_file():
+        return []
+    documents = yaml.safe_load_all(manifest.read_text())
+    kinds = _ACCESS_TYPES
+    return [(kinds[d["kind"]], d) for d in documents if isinstance(d, dict) and d.get("kind") in kinds]
 
 
 class Sandbox:
@@ -317,8 +338,9 @@ class Sandbox:
         self._processes[name] = proc
 
     def _driver_credentials(self) -> None:
-        """Apply the chart's roles and bindings and give the driver's processes its service account."""
-        objects = chart_rbac()
+        """Apply the chart's roles, bindings and admission policy and give the driver's processes the chart's
+        service account, bound to the sandbox's node."""
+        objects = chart_access_objects()
         if not objects:
             log.info("no chart manifest: the driver runs as the admin", manifest=str(CHART_MANIFEST))
             self.apiserver.write_kubeconfig(self.driver_kubeconfig)

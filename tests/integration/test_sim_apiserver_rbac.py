@@ -1,5 +1,6 @@
 """The sandbox API server authorises a service account with the RBAC objects applied to it, as a cluster does:
-the chart's roles give the plugin and the exporter what they need, and nothing a role leaves out."""
+the chart's roles give the plugin and the exporter what they need, and nothing a role leaves out; the chart's
+ValidatingAdmissionPolicy keeps the plugin to its own node's ResourceSlices."""
 
 from __future__ import annotations
 
@@ -20,11 +21,17 @@ from driver.kube.client import (
     ApiError,
     KubeClient,
 )
+from driver.sim.admission import POLICIES, POLICY_BINDINGS
 from driver.sim.apiserver import SimApiServer
 from driver.sim.rbac import CLUSTER_ROLE_BINDINGS, CLUSTER_ROLES, ROLE_BINDINGS, ROLES, service_account
 
 CHART_BASE = Path(__file__).resolve().parents[2] / "deploy" / "base" / "accel-dra.yaml"
-RBAC_KINDS = {"ClusterRole": CLUSTER_ROLES, "ClusterRoleBinding": CLUSTER_ROLE_BINDINGS}
+RBAC_KINDS = {
+    "ClusterRole": CLUSTER_ROLES,
+    "ClusterRoleBinding": CLUSTER_ROLE_BINDINGS,
+    "ValidatingAdmissionPolicy": POLICIES,
+    "ValidatingAdmissionPolicyBinding": POLICY_BINDINGS,
+}
 JSON = dict[str, Any]
 
 
@@ -163,3 +170,28 @@ async def test_an_unknown_token_is_unauthorized_and_discovery_is_open(
         assert err.value.status == 401
     async with await connect(server, "stranger", tmp_path) as stranger:
         assert (await stranger.request("GET", "/apis"))["kind"] == "APIGroupList"
+
+
+async def test_the_chart_admission_policy_keeps_the_plugin_to_its_own_nodes_slices(
+    server: SimApiServer, tmp_path: Path
+) -> None:
+    server.add_user("unbound", service_account("accel-dra", "accel-dra"))  # a token bound to no node
+    async with await connect(server, "plugin", tmp_path) as plugin:
+        with pytest.raises(ApiError) as err:
+            await plugin.create(RESOURCE_SLICES, slice_body("node-2"))
+        assert err.value.status == 403
+        assert err.value.body["message"] == (
+            'resourceslices.resource.k8s.io "node-2-gpu" is forbidden: ValidatingAdmissionPolicy '
+            "'accel-dra-resourceslices' with binding 'accel-dra-resourceslices' denied request: this service "
+            "account may write ResourceSlices only of node node-1, not of node node-2"
+        )
+        own = await plugin.create(RESOURCE_SLICES, slice_body("node-1"))
+        own["metadata"]["labels"] = {"updated": "yes"}
+        assert (await plugin.update(RESOURCE_SLICES, own))["metadata"]["labels"] == {"updated": "yes"}
+    async with await connect(server, "unbound", tmp_path) as unbound:
+        with pytest.raises(ApiError) as err:
+            await unbound.delete(RESOURCE_SLICES, "node-1-gpu")
+        assert "only with a token bound to a node" in err.value.body["message"]
+    async with await connect(server, "admin", tmp_path) as admin:  # others are not the policy's business
+        await admin.create(RESOURCE_SLICES, slice_body("node-2"))
+        await admin.delete(RESOURCE_SLICES, "node-1-gpu")

@@ -13,10 +13,9 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from cel_expr_python import cel
-
 from driver import DEFAULT_DRIVER_NAME
 from driver.plugin.paths import dra_socket_path, registration_socket_path
+from driver.sim.admission import evaluate
 from tests.support.chart import JSON, find
 from tests.support.rbac import Permission, component_permissions, permissions_of_rules
 
@@ -103,17 +102,9 @@ def check_rbac(
 # -- admission policy -----------------------------------------------------------------------------------
 
 
-_POLICY_EXTENSIONS = cel.NewEnvConfigFromYaml(
-    "extensions:\n  - name: strings\n    version: 2\n  - name: sets\n  - name: optional\n"
-)
-
-
 def _cel(expression: str, activation: Mapping[str, Any]) -> Any:
-    """Evaluate one policy expression with cel-expr-python; the variables are JSON, typed dyn."""
-    env = cel.NewEnv(config=_POLICY_EXTENSIONS, variables=dict.fromkeys(activation, cel.Type.DYN))
-    result = env.compile(expression).eval(data=dict(activation))
-    assert result.type().name() != "ERROR", f"`{expression}` failed: {result.value()}"
-    return result.plain_value()
+    """Evaluate one policy expression as the sandbox API server's admission does (JSON values, typed dyn)."""
+    return evaluate(expression, activation)
 
 
 def admits(
