@@ -34,6 +34,12 @@ def _micro_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _event_name(meta: Mapping[str, Any]) -> str:
+    """``<object>.<unix nanoseconds in hex>``, as both recorders name events (a ``generateName`` ending in
+    "." is no valid prefix: the API server refuses it)."""
+    return f"{meta.get('name')}.{time.time_ns():x}"
+
+
 def involved(obj: Mapping[str, Any], kind: str = "Pod", api_version: str = "v1") -> JSON:
     meta = obj.get("metadata") or {}
     ref = {
@@ -52,7 +58,7 @@ def scheduler_event(obj: Mapping[str, Any], kind: str, reason: str, action: str,
     """An event as kube-scheduler's events.k8s.io recorder leaves it (read back through core/v1)."""
     meta = obj.get("metadata") or {}
     return {
-        "metadata": {"generateName": f"{meta.get('name')}.", "namespace": meta.get("namespace")},
+        "metadata": {"name": _event_name(meta), "namespace": meta.get("namespace")},
         "involvedObject": involved(obj),
         "type": kind,
         "reason": reason,
@@ -74,7 +80,7 @@ def component_event(
     meta = obj.get("metadata") or {}
     source = {"component": component, **({"host": host} if host else {})}
     return {
-        "metadata": {"generateName": f"{meta.get('name')}.", "namespace": meta.get("namespace")},
+        "metadata": {"name": _event_name(meta), "namespace": meta.get("namespace")},
         "involvedObject": involved(obj),
         "type": kind,
         "reason": reason,

@@ -31,6 +31,8 @@ DRIVER = "gpu.accel-dra.dev"
 # Device names of the fake:pcie-l4x4 profile the plugin runs with (named after their PCI addresses).
 GPU0, GPU1, GPU2, GPU3 = "gpu-0000-01-00-0", "gpu-0000-41-00-0", "gpu-0000-81-00-0", "gpu-0000-c1-00-0"
 
+SHARE_ID = "a5b0c1de-0000-4000-8000-000000000001"  # the API server wants a lower-case UUID
+
 
 def result(request: str, device: str, driver: str = DRIVER, **extra: Any) -> dict[str, Any]:
     return {"request": request, "driver": driver, "pool": "node-1", "device": device, **extra}
@@ -118,7 +120,7 @@ async def test_prepare_and_unprepare_over_each_api_version(
     claim = await create_allocated_claim(
         kube,
         "c1",
-        [result("gpu/large", GPU0, shareID="share-1"), result("gpu/large", GPU1)],
+        [result("gpu/large", GPU0, shareID=SHARE_ID), result("gpu/large", GPU1)],
         requests=(prioritized,),
     )
     async with SimKubelet(
@@ -135,7 +137,7 @@ async def test_prepare_and_unprepare_over_each_api_version(
         uid = claim["metadata"]["uid"]
         assert devices[0].cdi_device_ids == (f"k8s.{DRIVER}/gpu={uid}-{GPU0}",)
         # share_id only exists in v1; v1beta1 drops it on the wire.
-        assert devices[0].share_id == ("share-1" if expected == "v1.DRAPlugin" else None)
+        assert devices[0].share_id == (SHARE_ID if expected == "v1.DRAPlugin" else None)
         assert spec_path(node_dirs, claim).exists()
         await kubelet.unprepare(DRIVER, [ref(claim)])
         assert not spec_path(node_dirs, claim).exists()
