@@ -3,7 +3,7 @@ library): the API server's own regular expression, matched whole as Go does (no 
 leading zeros, no ``v`` prefix.
 
 Beside :mod:`driver.quantity` at the bottom of the package, because both the API rules and the CEL library
-(:mod:`driver.allocation.cellib`) need it and neither may import the other.
+(:mod:`driver.cel.library`) need it.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ why a device was not taken.
 Selectors are compiled when first evaluated, as upstream: a selector that does not compile fails the
 claim only when some device reaches it. Results are cached per (class, request selectors, device); CEL
 results are also cached across devices that look the same to the expression (see
-:class:`driver.allocation.cel.SelectorCache`).
+:class:`driver.cel.selectors.SelectorCache`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from driver.allocation.capacity import (
     check_request,
     device_capacities,
 )
-from driver.allocation.cel import CelCompileError, CelRuntimeError, SelectorCache, referenced_values
 from driver.allocation.model import JSON, Node, RequestSpec
 from driver.allocation.pools import (
     Candidate,
@@ -36,6 +35,7 @@ from driver.allocation.pools import (
     counter_amount,
     device_selects_node,
 )
+from driver.cel.selectors import CelCompileError, CelRuntimeError, SelectorCache, referenced_values
 from driver.quantity import format_quantity
 
 # Reason kinds (stable strings: they appear in `accel-dra explain -o json`).

@@ -4,7 +4,7 @@ What the API server and kube-scheduler add to CEL (``k8s.io/apiserver/pkg/cel/li
 regex (``find``, ``findAll``), lists (``isSorted``, ``sum``, ``min``, ``max``, ``indexOf``, ``lastIndexOf``,
 ``includes``), URLs, IP addresses and CIDRs. The CEL extensions Kubernetes enables (strings, sets, lists,
 optionals, bindings, two-variable comprehensions) come with cel-expr-python and are switched on in
-:mod:`driver.allocation.cel`.
+:mod:`driver.cel.selectors`.
 
 Library values that CEL has no type for (``kubernetes.Quantity``, ``kubernetes.Semver``, ...) are small
 protobuf messages (``proto/cel/v1/types.proto``): cel-expr-python carries messages through expressions and

@@ -15,7 +15,7 @@ Two environments, as upstream: the scheduler's (:data:`STORED`, every library an
 attributes) and the API server's for new objects (:data:`NEW`, 1.37 defaults: attributes typed ``any``, no
 ``includes``), which only compiles. Expressions are type-checked when compiled; compiled programs are
 cached per expression. Evaluation is refused when the expression's worst-case cost exceeds the
-scheduler's limit (:data:`COST_LIMIT`), see :func:`driver.allocation.celast.estimated_cost`.
+scheduler's limit (:data:`COST_LIMIT`), see :func:`driver.cel.syntax.estimated_cost`.
 
 ``device`` is declared as four qualified variables (``device.driver``, ...): cel-expr-python has no object
 type with map-of-map fields. What that changes, and what else differs from upstream, is listed in
@@ -33,7 +33,7 @@ from typing import Any
 
 from cel_expr_python import cel
 
-from driver.allocation import celast, cellib
+from driver.cel import library, syntax
 
 MAX_EXPRESSION_BYTES = 10 * 1024  # the API server's limit for one selector
 COST_LIMIT = 1_000_000  # resource.k8s.io/v1 CELSelectorExpressionMaxCost: the scheduler's runtime limit
@@ -119,7 +119,7 @@ def _variables(attribute: Any) -> dict[str, Any]:
     return {
         "device.driver": t.STRING,
         "device.attributes": t.Map(t.STRING, t.Map(t.STRING, attribute)),
-        "device.capacity": t.Map(t.STRING, t.Map(t.STRING, cellib.QUANTITY)),
+        "device.capacity": t.Map(t.STRING, t.Map(t.STRING, library.QUANTITY)),
         "device.allowMultipleAllocations": t.BOOL,
     }
 
@@ -133,8 +133,8 @@ def _new_environment(kind: str) -> _Environment:
         config = cel.NewEnvConfigFromYaml(_EXTENSIONS_YAML)
         return cel.NewEnv(config=config, variables=variables, extensions=list(extensions))
 
-    checker = make(cellib.library(includes=stored, runtime=False), cellib.cross_type_comparisons())
-    runtime = make(cellib.library(includes=stored, runtime=True), _domain_lookup()) if stored else None
+    checker = make(library.library(includes=stored, runtime=False), library.cross_type_comparisons())
+    runtime = make(library.library(includes=stored, runtime=True), _domain_lookup()) if stored else None
     return _Environment(kind, checker, runtime, "dyn" if stored else "any")
 
 
@@ -146,9 +146,9 @@ def _domain_lookup() -> Any:
         return domains.get(domain, {})
 
     overload = cel.Overload(
-        celast.DOMAIN_OVERLOAD, t.Map(t.STRING, t.DYN), [t.Map(t.STRING, t.DYN), t.STRING], impl=lookup
+        syntax.DOMAIN_OVERLOAD, t.Map(t.STRING, t.DYN), [t.Map(t.STRING, t.DYN), t.STRING], impl=lookup
     )
-    return cel.CelExtension("dra.domains", [cel.FunctionDecl(celast.DOMAIN_FUNCTION, [overload])])
+    return cel.CelExtension("dra.domains", [cel.FunctionDecl(syntax.DOMAIN_FUNCTION, [overload])])
 
 
 _environments: dict[str, _Environment] = {}
@@ -201,8 +201,8 @@ def _is_kind(value: Any, kind: type) -> bool:
 
 def _version(text: str) -> Any:
     try:
-        return cellib.semver_value(text)
-    except cellib.LibraryError as exc:
+        return library.semver_value(text)
+    except library.LibraryError as exc:
         raise ValueError(f"parse semantic version: {exc}") from None
 
 
@@ -243,7 +243,7 @@ def device_activation(
             domain, key = split_qualified_name(name, driver)
             raw = entry.get("value") if isinstance(entry, Mapping) else None
             try:
-                capacity.setdefault(domain, {})[key] = cellib.quantity_value(str(raw))
+                capacity.setdefault(domain, {})[key] = library.quantity_value(str(raw))
             except ValueError as exc:
                 raise ValueError(f"capacity {name}: {exc}") from None
     except ValueError as exc:
@@ -268,12 +268,12 @@ class CompiledExpression:
         expression: str,
         program: Any,
         max_cost: float,
-        reads: frozenset[celast.DeviceRead] | None = None,
+        reads: frozenset[syntax.DeviceRead] | None = None,
     ) -> None:
         self.expression = expression
         self._program = program
         self.max_cost = max_cost
-        self.reads = reads  # the parts of `device` it reads, when known (see celast.device_reads)
+        self.reads = reads  # the parts of `device` it reads, when known (see syntax.device_reads)
         self.ordered_reads = tuple(sorted(reads)) if reads is not None else ()
 
     def evaluate(self, device: DeviceActivation) -> bool:
@@ -350,22 +350,22 @@ def _compile(expression: str, kind: str) -> CompiledExpression | CelCompileError
     except RuntimeError as exc:
         return _compile_error(expression, str(exc))
     serialized = checked_program.serialize()
-    checked = celast.decode(serialized)
-    problem = celast.library_misuse(checked)
+    checked = syntax.decode(serialized)
+    problem = syntax.library_misuse(checked)
     if problem is not None:
         line, column = _line_column(expression, problem.offset)
         return CelCompileError(expression, problem.message, line, column)
-    result_type = celast.type_text(checked.type_map[checked.expr.id])
+    result_type = syntax.type_text(checked.type_map[checked.expr.id])
     if result_type not in ("bool", env.attribute_type):
         return CelCompileError(expression, f"must evaluate to bool or the unknown type, not {result_type}")
     problem_text = _constant_conversion_error(env, checked)
     if problem_text:
         return CelCompileError(expression, f"program instantiation failed: {problem_text}")
-    max_cost = celast.estimated_cost(checked)
-    reads = celast.device_reads(checked)
+    max_cost = syntax.estimated_cost(checked)
+    reads = syntax.device_reads(checked)
     program = None
     if env.runtime is not None:
-        program = env.runtime.deserialize(celast.redirect_domain_lookups(checked))
+        program = env.runtime.deserialize(syntax.redirect_domain_lookups(checked))
     return CompiledExpression(expression, program, max_cost, reads)
 
 
@@ -375,7 +375,7 @@ _CONVERSIONS = frozenset({"int", "uint", "double", "string", "bytes", "bool", "t
 def _constant_conversion_error(env: _Environment, checked: Any) -> str | None:
     """Kubernetes' runtime folds type conversions of constants (``int("x")``) when it builds the program,
     so their failure is a compile error there."""
-    for node in celast.walk(checked.expr):
+    for node in syntax.walk(checked.expr):
         call = node.call_expr if node.WhichOneof("expr_kind") == "call_expr" else None
         if (
             call is None
@@ -384,7 +384,7 @@ def _constant_conversion_error(env: _Environment, checked: Any) -> str | None:
             or len(call.args) != 1
         ):
             continue
-        literal = celast.constant_text(call.args[0])
+        literal = syntax.constant_text(call.args[0])
         if literal is None:
             continue
         runtime = _environment(STORED).runtime
@@ -430,7 +430,7 @@ def _line_column(expression: str, offset: int) -> tuple[int, int]:
 class SelectorCache:
     """Evaluates selectors against devices, with two caches that make a cluster of similar devices cheap.
 
-    - A selector whose reads are known (:func:`driver.allocation.celast.device_reads`: constant domains and
+    - A selector whose reads are known (:func:`driver.cel.syntax.device_reads`: constant domains and
       names) gives the same answer for every well-formed device with the same values there; its results
       are kept per (expression, those values), so 40,000 GPUs of a handful of models cost a handful of
       evaluations. A device with any malformed attribute or capacity fails every selector, so those are
@@ -442,7 +442,7 @@ class SelectorCache:
         self._activations: dict[str, DeviceActivation] = {}
         self._well_formed: dict[str, bool] = {}
         self._results: dict[tuple[Any, ...], bool | CelRuntimeError] = {}
-        self._group_reads: dict[tuple[str, ...], tuple[celast.DeviceRead, ...] | None] = {}
+        self._group_reads: dict[tuple[str, ...], tuple[syntax.DeviceRead, ...] | None] = {}
 
     def matches(self, expression: str, driver: str, device: Mapping[str, Any], device_id: str) -> bool:
         """Compile (cached) and evaluate; :class:`CelCompileError` or :class:`CelRuntimeError` when it fails."""
@@ -489,8 +489,8 @@ class SelectorCache:
         return known
 
 
-def _union_of_reads(expressions: tuple[str, ...]) -> tuple[celast.DeviceRead, ...] | None:
-    reads: set[celast.DeviceRead] = set()
+def _union_of_reads(expressions: tuple[str, ...]) -> tuple[syntax.DeviceRead, ...] | None:
+    reads: set[syntax.DeviceRead] = set()
     for expression in expressions:
         try:
             compiled = compile_expression(expression)
@@ -502,7 +502,7 @@ def _union_of_reads(expressions: tuple[str, ...]) -> tuple[celast.DeviceRead, ..
     return tuple(sorted(reads))
 
 
-def _projection(read: celast.DeviceRead, driver: str, device: Mapping[str, Any]) -> Any:
+def _projection(read: syntax.DeviceRead, driver: str, device: Mapping[str, Any]) -> Any:
     """The part of a device one read of a selector depends on, as a hashable value."""
     if read == ("driver",):
         return driver
@@ -547,7 +547,7 @@ def well_formed(device: Mapping[str, Any]) -> bool:
     for entry in (device.get("capacity") or {}).values():
         raw = str(entry.get("value")) if isinstance(entry, dict | Mapping) else "None"
         if raw not in _quantity_ok:
-            _quantity_ok[raw] = _parses(cellib.quantity_value, raw)
+            _quantity_ok[raw] = _parses(library.quantity_value, raw)
         if not _quantity_ok[raw]:
             return False
     return True
@@ -580,7 +580,7 @@ def _attribute_ok(attribute: Any) -> bool:
 
 def _version_text_ok(text: str) -> bool:
     if text not in _version_ok:
-        _version_ok[text] = _parses(cellib.semver_value, text)
+        _version_ok[text] = _parses(library.semver_value, text)
     return _version_ok[text]
 
 

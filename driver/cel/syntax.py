@@ -1,4 +1,4 @@
-"""What :mod:`driver.allocation.cel` reads from a type-checked expression's syntax tree.
+"""What :mod:`driver.cel.selectors` reads from a type-checked expression's syntax tree.
 
 cel-expr-python hands out the checked tree (``Expression.serialize()``, a ``cel.expr.CheckedExpr``), decoded
 with the messages of ``proto/cel/v1/ast.proto``. From it:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from driver.allocation.cel import NEW, CelCompileError, CelRuntimeError, compile_expression, device_activation
+from driver.cel.selectors import NEW, CelCompileError, CelRuntimeError, compile_expression, device_activation
 from tests.support import celgen
 
 # Upstream's own cases with the verdicts of Kubernetes' code, kept as test data (tests/fixtures/upstream-cases).

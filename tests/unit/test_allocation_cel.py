@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from driver.allocation.cel import (
+from driver.cel.selectors import (
     CelCompileError,
     CelRuntimeError,
     compile_expression,

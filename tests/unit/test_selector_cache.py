@@ -1,4 +1,4 @@
-"""Selector results shared between devices that look the same to the expression (driver.allocation.cel.
+"""Selector results shared between devices that look the same to the expression (driver.cel.selectors.
 SelectorCache): the answer must always be the one evaluating the expression on the device itself gives."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from driver.allocation import celast
-from driver.allocation.cel import (
+from driver.cel import syntax
+from driver.cel.selectors import (
     STORED,
     CelCompileError,
     CelRuntimeError,
@@ -61,8 +61,8 @@ def test_cached_results_equal_direct_evaluation(seed: int) -> None:
 
 
 def reads(expression: str) -> frozenset[tuple[str, ...]] | None:
-    checked = celast.decode(_environment(STORED).checker.compile(expression).serialize())
-    return celast.device_reads(checked)
+    checked = syntax.decode(_environment(STORED).checker.compile(expression).serialize())
+    return syntax.device_reads(checked)
 
 
 def test_what_an_expression_reads() -> None:

@@ -50,7 +50,7 @@ def validate_cel_expression(expression: str, path: Path, out: Errors) -> None:
         )
         out.append(invalid(path, expression, detail))
         return
-    from driver.allocation.cel import COST_LIMIT, NEW, CelCompileError, compile_expression
+    from driver.cel.selectors import COST_LIMIT, NEW, CelCompileError, compile_expression
 
     try:
         compiled = compile_expression(expression, NEW)

@@ -188,7 +188,7 @@ def cel_domain_lookup(evaluations: int = 20_000) -> JSON:
     """Microseconds per evaluation of a selector without and with ``device.attributes[D]`` lookups (each
     lookup is one call into Python, which gets the device's attribute map converted)."""
     sys.path.insert(0, str(REPO))
-    from driver.allocation.cel import compile_expression, device_activation
+    from driver.cel.selectors import compile_expression, device_activation
 
     attributes = {name: {"string": "x"} for name in ("a", "b", "c", "d")}
     attributes.update({f"other{i}": {"int": i} for i in range(9)})  # a GPU publishes about 13 attributes
