@@ -14,12 +14,12 @@ from driver.devices.fake import FakeBackend
 from driver.devices.mig import MigError
 from driver.devices.migmode import apply_mig_modes, parse_mig_modes
 from driver.devices.model import Device, Inventory
+from driver.kube.api.resourceslice import validate_resource_slice
 from driver.resources.attributes import check_slice, device_entry
 from driver.resources.cli import discovered_slices
 from driver.resources.counters import consumes_counters, counter_sets, device_counters, gpu_counters
 from driver.resources.deviceclasses import device_classes
 from driver.resources.slices import Owner, SharedCounters, plan_sync, split_pool
-from driver.resources.validation import validate_resource_slice
 from tests.unit.test_slices import applied
 
 DRIVER = "gpu.accel-dra.dev"
