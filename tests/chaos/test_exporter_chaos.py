@@ -297,7 +297,10 @@ async def one_round(rig: Rig, rng: random.Random, gpu_of: dict[str, str]) -> Non
         raise ChaosError(f"after the faults changed, within {CONVERGE_ROUNDS} rounds: {problems}")
 
 
-CONVERGE_ROUNDS = 10
+# Rounds (0.05 s apart) a fault change may take to show: the API client retries a transient error itself
+# (three tries, 0.2/0.4/0.8 s apart, or the server's Retry-After up to 5 s) before the resolver gives up, so
+# attribution can lag by up to ~6 s of rounds. Ten rounds were shorter than one retry schedule.
+CONVERGE_ROUNDS = 120
 
 
 def attributed(text: str) -> set[Row]:
