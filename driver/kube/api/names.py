@@ -39,72 +39,71 @@ def regex_error(message: str, fmt: str, *examples: str) -> str:
     return f"{message} (e.g. {shown}regex used for validation is '{fmt}')"
 
 
+def _format_errors(
+    value: str, max_length: int | None, pattern: re.Pattern[str], message: str, fmt: str, *examples: str
+) -> list[str]:
+    """A length limit (``None``: none) and a format, each with the server's message when broken."""
+    msgs = []
+    if max_length is not None and len(value) > max_length:
+        msgs.append(f"must be no more than {max_length} bytes")
+    if not pattern.fullmatch(value):
+        msgs.append(regex_error(message, fmt, *examples))
+    return msgs
+
+
 def dns1123_label_errors(value: str) -> list[str]:
     """Messages for a value that is not a DNS-1123 label (empty list when it is one)."""
-    msgs = []
-    if len(value) > MAX_LABEL_LENGTH:
-        msgs.append(f"must be no more than {MAX_LABEL_LENGTH} bytes")
-    if not _LABEL_RE.fullmatch(value):
-        msgs.append(
-            regex_error(
-                "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', "
-                "and must start and end with an alphanumeric character",
-                LABEL_FMT,
-                "my-name",
-                "123-abc",
-            )
-        )
-    return msgs
+    return _format_errors(
+        value,
+        MAX_LABEL_LENGTH,
+        _LABEL_RE,
+        "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', "
+        "and must start and end with an alphanumeric character",
+        LABEL_FMT,
+        "my-name",
+        "123-abc",
+    )
 
 
 def dns1123_subdomain_errors(value: str) -> list[str]:
     """Messages for a value that is not a DNS-1123 subdomain."""
-    msgs = []
-    if len(value) > MAX_SUBDOMAIN_LENGTH:
-        msgs.append(f"must be no more than {MAX_SUBDOMAIN_LENGTH} bytes")
-    if not _SUBDOMAIN_RE.fullmatch(value):
-        msgs.append(
-            regex_error(
-                "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
-                "and must start and end with an alphanumeric character",
-                SUBDOMAIN_FMT,
-                "example.com",
-            )
-        )
-    return msgs
+    return _format_errors(
+        value,
+        MAX_SUBDOMAIN_LENGTH,
+        _SUBDOMAIN_RE,
+        "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
+        "and must start and end with an alphanumeric character",
+        SUBDOMAIN_FMT,
+        "example.com",
+    )
 
 
 def dns1035_label_errors(value: str) -> list[str]:
     """Messages for a value that is not a DNS-1035 label (the format of Service names)."""
-    msgs = []
-    if len(value) > MAX_LABEL_LENGTH:
-        msgs.append(f"must be no more than {MAX_LABEL_LENGTH} bytes")
-    if not _DNS1035_RE.fullmatch(value):
-        msgs.append(
-            regex_error(
-                "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an "
-                "alphabetic character, and end with an alphanumeric character",
-                _DNS1035_FMT,
-                "my-name",
-                "abc-123",
-            )
-        )
-    return msgs
+    return _format_errors(
+        value,
+        MAX_LABEL_LENGTH,
+        _DNS1035_RE,
+        "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an "
+        "alphabetic character, and end with an alphanumeric character",
+        _DNS1035_FMT,
+        "my-name",
+        "abc-123",
+    )
 
 
 def c_identifier_errors(value: str) -> list[str]:
-    if _CIDENT_RE.fullmatch(value):
-        return []
-    return [
-        regex_error(
-            "a valid C identifier must start with alphabetic character or '_', followed by a string of "
-            "alphanumeric characters or '_'",
-            _CIDENT_FMT,
-            "my_name",
-            "MY_NAME",
-            "MyName",
-        )
-    ]
+    return _format_errors(
+        value,
+        None,
+        _CIDENT_RE,
+        "a valid C identifier must start with alphabetic character or '_', followed by a string of "
+        "alphanumeric characters or '_'",
+        _CIDENT_FMT,
+        "my_name",
+        "MY_NAME",
+        "MyName",
+    )
 
 
 def qualified_name_errors(value: str) -> list[str]:
@@ -133,40 +132,32 @@ def qualified_name_errors(value: str) -> list[str]:
         ]
     if not name:
         return ["name part must be non-empty"]
-    msgs = []
-    if len(name) > MAX_LABEL_LENGTH:
-        msgs.append(f"name part must be no more than {MAX_LABEL_LENGTH} bytes")
-    if not _QNAME_RE.fullmatch(name):
-        msgs.append(
-            "name part "
-            + regex_error(
-                "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an "
-                "alphanumeric character",
-                _QNAME_FMT,
-                "MyName",
-                "my.name",
-                "123-abc",
-            )
-        )
-    return msgs
+    name_msgs = _format_errors(
+        name,
+        MAX_LABEL_LENGTH,
+        _QNAME_RE,
+        "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an "
+        "alphanumeric character",
+        _QNAME_FMT,
+        "MyName",
+        "my.name",
+        "123-abc",
+    )
+    return [f"name part {msg}" for msg in name_msgs]
 
 
 def label_value_errors(value: str) -> list[str]:
-    msgs = []
-    if len(value) > MAX_LABEL_LENGTH:
-        msgs.append(f"must be no more than {MAX_LABEL_LENGTH} bytes")
-    if not _LABEL_VALUE_RE.fullmatch(value):
-        msgs.append(
-            regex_error(
-                "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', "
-                "and must start and end with an alphanumeric character",
-                _LABEL_VALUE_FMT,
-                "MyValue",
-                "my_value",
-                "12345",
-            )
-        )
-    return msgs
+    return _format_errors(
+        value,
+        MAX_LABEL_LENGTH,
+        _LABEL_VALUE_RE,
+        "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', "
+        "and must start and end with an alphanumeric character",
+        _LABEL_VALUE_FMT,
+        "MyValue",
+        "my_value",
+        "12345",
+    )
 
 
 # -- shared field rules ----------------------------------------------------------------------------
