@@ -71,7 +71,8 @@ def success(code: int = 200, details: JSON | None = None) -> JSON:
 
 
 def resource_name(plural: str, group: str) -> str:
-    """``pods`` or ``resourceslices.resource.k8s.io``: how the server names a resource in messages."""
+    """``pods`` or ``resourceslices.resource.k8s.io``: how the server names a resource (or, given a kind, a
+    kind: ``ResourceSlice.resource.k8s.io``) in messages."""
     return f"{plural}.{group}" if group else plural
 
 
@@ -148,41 +149,24 @@ def _aggregate(errors: Errors) -> str:
     return messages[0] if len(messages) == 1 else "[" + ", ".join(messages) + "]"
 
 
-def qualified_kind(kind: str, group: str) -> str:
-    return f"{kind}.{group}" if group else kind
-
-
 def invalid_status(kind: str, group: str, name: str, errors: Errors) -> JSON:
     """The 422 ``Status`` body the API server returns for ``errors`` on object ``name``."""
-    message = f'{qualified_kind(kind, group)} "{name}" is invalid'
+    message = f'{resource_name(kind, group)} "{name}" is invalid'
     if errors:
         message += f": {_aggregate(errors)}"
-    return {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": message,
-        "reason": "Invalid",
-        "details": {
-            "name": name,
-            "group": group,
-            "kind": kind,
-            "causes": [{"reason": str(e.type), "message": e.body(), "field": e.field} for e in errors],
-        },
-        "code": 422,
+    details = {
+        "name": name,
+        "group": group,
+        "kind": kind,
+        "causes": [{"reason": str(e.type), "message": e.body(), "field": e.field} for e in errors],
     }
+    return status_body(422, message, "Invalid", details)
 
 
 def decode_error_status(kind: str, api_version: str, errors: Errors) -> JSON:
     """The 400 ``Status`` the API server returns when a body does not decode into the kind's types."""
     detail = "; ".join(f"{e.field}: {e.detail}" for e in errors)
-    return {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": f'{kind} in version "{api_version.rpartition("/")[2]}" cannot be handled as a {kind}: {detail}',
-        "reason": "BadRequest",
-        "code": 400,
-    }
+    version = api_version.rpartition("/")[2]
+    return status_body(
+        400, f'{kind} in version "{version}" cannot be handled as a {kind}: {detail}', "BadRequest"
+    )
