@@ -23,6 +23,7 @@ from driver.devices.model import PCI_BUS_ID_RE, PCIE_ROOT_RE, Device, Gpu, Inven
 from driver.log import get_logger
 from driver.quantity import canonical, parse_quantity
 from driver.resources.counters import consumes_counters
+from driver.semver import is_semver
 
 log = get_logger(__name__)
 
@@ -37,12 +38,6 @@ UNSTABLE_IDS = ("index", "minor")
 _C_IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,31}$")
 _DNS_SUBDOMAIN_RE = re.compile(
     r"^(?=.{1,63}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-)
-# The strict semantic-version form the API server accepts (semver 2.0.0: no leading zeros, no "v").
-_SEMVER_RE = re.compile(
-    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
-    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
-    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
 )
 _NUMERIC_VERSION_RE = re.compile(r"^(\d+)(?:\.(\d+))?(?:\.(\d+))?$")
 _VALUE_KEYS = ("string", "int", "bool", "version")
@@ -180,7 +175,7 @@ def to_semver(raw: str | None) -> str | None:
     match = _NUMERIC_VERSION_RE.match(text)
     if match:
         return ".".join(str(int(part)) if part else "0" for part in match.groups())
-    return text if _SEMVER_RE.match(text) and len(text) <= MAX_STRING else None
+    return text if is_semver(text) and len(text) <= MAX_STRING else None
 
 
 def format_quantity(value: int) -> str:
@@ -323,7 +318,7 @@ def _check_attribute(spec: AttributeSpec, key: str, value: Any) -> str | None:
         return f"{kind} value must be a non-empty string: {inner!r}"
     if kind in ("string", "version") and len(inner.encode()) > MAX_STRING:
         return f"value longer than {MAX_STRING} bytes"
-    if kind == "version" and not _SEMVER_RE.match(inner):
+    if kind == "version" and not is_semver(inner):
         return f"not a strict semantic version (MAJOR.MINOR.PATCH, no leading zeros): {inner!r}"
     if spec.name == "pciBusID" and not PCI_BUS_ID_RE.match(inner):
         return f"malformed PCI address {inner!r}: expected lowercase dddd:bb:dd.f"

@@ -309,6 +309,12 @@ def test_a_compliant_device_has_no_findings() -> None:
             "not a strict semantic version (MAJOR.MINOR.PATCH, no leading zeros): '8.0'",
         ),
         (
+            # The API server matches the whole string: a trailing newline is not part of a version.
+            {"cudaComputeCapability": {"version": "8.0.0\n"}},
+            "cudaComputeCapability",
+            "not a strict semantic version (MAJOR.MINOR.PATCH, no leading zeros): '8.0.0\\n'",
+        ),
+        (
             {"K8S__pciBusID": {"string": "00000000:07:00.0"}},
             f"{K8S}/pciBusID",
             "malformed PCI address '00000000:07:00.0': expected lowercase dddd:bb:dd.f",
