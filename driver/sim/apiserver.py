@@ -277,13 +277,7 @@ class SimApiServer:
     def _authorize(self, request: web.Request, attrs: Attributes) -> None:
         user = request.get(_USER, ADMIN)
         if not self.authorizer.allowed(user, attrs):
-            plural = attrs.resource
-            raise st.error(
-                403,
-                forbidden_message(user, attrs),
-                "Forbidden",
-                {"name": attrs.name, "group": attrs.group, "kind": plural},
-            )
+            raise st.forbidden(attrs.resource, attrs.group, attrs.name, forbidden_message(user, attrs))
 
     async def _route(self, request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from driver.kube.client import ResourceType
+from driver.sim.status import resource_name
 
 JSON = dict[str, Any]
 RBAC_GROUP = "rbac.authorization.k8s.io"
@@ -159,7 +160,7 @@ class Authorizer:
 
 def forbidden_message(user: UserInfo, attrs: Attributes) -> str:
     """kube-apiserver's text for a request RBAC denies."""
-    qualified = f"{attrs.resource}.{attrs.group}" if attrs.group else attrs.resource
+    qualified = resource_name(attrs.resource, attrs.group)
     if attrs.name:
         qualified += f' "{attrs.name}"'
     what = f'resource "{attrs.resource_path}" in API group "{attrs.group}"'

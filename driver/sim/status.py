@@ -96,6 +96,10 @@ def conflict(plural: str, group: str, name: str, detail: str) -> ApiStatusError:
     return error(409, message, "Conflict", _details(plural, group, name))
 
 
+def forbidden(plural: str, group: str, name: str, message: str) -> ApiStatusError:
+    return error(403, message, "Forbidden", _details(plural, group, name))
+
+
 STALE_OBJECT = "the object has been modified; please apply your changes to the latest version and try again"
 
 
