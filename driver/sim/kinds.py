@@ -84,9 +84,8 @@ class KindSpec:
     validate: Validator
     short_names: tuple[str, ...] = ()
     status_subresource: bool = False
-    reset_status_on_create: bool = (
-        False  # the server replaces a client-sent status on create with an empty one
-    )
+    # The server replaces a client-sent status on create with an empty one.
+    reset_status_on_create: bool = False
     # Whether the server sets metadata.generation (1 on create, +1 on a spec change): not for claims and
     # their templates, whose registry strategies leave it unset.
     tracks_generation: bool = False
@@ -301,10 +300,6 @@ def _drop_unallocated_device_status(claim: JSON, old: JSON) -> None:
     status = claim.get("status")
     if isinstance(status, dict) and not status.get("allocation"):
         status.pop("devices", None)
-
-
-def _validate_claim_status(claim: JSON, old: JSON) -> list[FieldError]:
-    return validate_resource_claim_status(claim, old)
 
 
 # -- normalisation: what a real server's decode/encode round trip does to a body ----------------------------
@@ -765,7 +760,7 @@ KIND_SPECS: tuple[KindSpec, ...] = (
         validate_resource_claim,
         status_subresource=True,
         reset_status_on_create=True,
-        validate_status=_validate_claim_status,
+        validate_status=validate_resource_claim_status,
         prepare_status=_drop_unallocated_device_status,
         namespace_rules=claim_admin_access_errors,
         prepare_create=_default_claim,
