@@ -9,11 +9,11 @@ start, step, new pending reason and result is printed once, on its own line.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import TextIO
 
 from driver.conformance.model import ProbeResult
+from driver.tasks import cancel_and_wait
 
 _SYMBOL = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}
 WIDTH = 200
@@ -97,9 +97,7 @@ class Progress:
 
     async def end(self, result: ProbeResult) -> None:
         if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+            await cancel_and_wait(self._ticker)
             self._ticker = None
         self._name = ""
         verdict = _SYMBOL[result.outcome]

@@ -37,6 +37,7 @@ from driver.exporter.podresources import ContainerResources, DeviceResolver
 from driver.health.state import GpuHealth, gpu_health
 from driver.health.store import StateFileReader
 from driver.log import get_logger
+from driver.tasks import cancel_and_wait
 from driver.threads import CallThread, when_done
 
 if TYPE_CHECKING:
@@ -232,10 +233,7 @@ class Collector:
 
     async def stop(self) -> None:
         self._stopping.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         for worker in self._workers.values():
             worker.stop()
         if self._xid_poller is not None:

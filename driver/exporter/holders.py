@@ -18,7 +18,6 @@ allocated device) while the claim is held. Without API access nothing is dropped
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from driver.exporter.podresources import ClaimDevice, ContainerResources
 from driver.kube.client import RESOURCE_CLAIMS, ApiError, KubeClient
 from driver.log import get_logger
 from driver.quantity import parse_quantity
+from driver.tasks import cancel_and_wait
 
 log = get_logger(__name__)
 
@@ -201,9 +201,4 @@ class ClaimIndex:
         )
 
     async def close(self) -> None:
-        tasks = list(self._fetching.values())
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._fetching.values())

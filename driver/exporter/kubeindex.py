@@ -14,7 +14,6 @@ server can at most leave attribution incomplete, never attribute a GPU to anothe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -22,6 +21,7 @@ from driver.exporter.attribution import ContainerKey
 from driver.kube.client import PODS, RESOURCE_SLICES, KubeClient, ResourceType
 from driver.kube.listwatch import ListWatcher
 from driver.log import get_logger
+from driver.tasks import cancel_and_wait
 
 log = get_logger(__name__)
 
@@ -67,10 +67,7 @@ class ListWatch:
         self._task = asyncio.create_task(self._watcher.run(), name=f"watch-{self._watcher.rt.plural}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     def replace(self, items: list[JSON]) -> None:
         """A fresh list: it replaces everything held."""

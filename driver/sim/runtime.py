@@ -51,6 +51,7 @@ from driver.sim.cdi_registry import (
     UnresolvableDevicesError,
 )
 from driver.sim.container_init import run_hook
+from driver.tasks import cancel_and_wait
 
 log = get_logger(__name__)
 
@@ -679,9 +680,7 @@ class ContainerHandle:
 
     async def _reap(self) -> int:
         returncode = await self._process.wait()
-        self._mirror.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._mirror
+        await cancel_and_wait(self._mirror)
         cgroups = self._container.cgroups
         # The main process is gone: like a pid namespace's init, take the rest of the container with it.
         leftovers = cgroups.pids - {self.pid}
