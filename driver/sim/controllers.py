@@ -398,6 +398,7 @@ class Scheduler:
     async def _try_nodes(self, key: str, pod: JSON, nodes: list[JSON]) -> None:
         reasons: dict[str, str] = {}  # node -> why not
         victims: set[str] = set()  # nodes where preemption could help (a shortage of extended resources)
+        classes = await self._extended_classes(pod)
         for node in sorted(nodes, key=lambda n: str(n["metadata"]["name"])):
             name = str(node["metadata"]["name"])
             blocked = _node_blocked(node)
@@ -405,7 +406,7 @@ class Scheduler:
                 reasons[name] = blocked
                 continue
             try:
-                extended = await self._extended_claim(pod, node)
+                extended = _extended_claim(pod, node, classes)
             except NotBackedError as err:  # NodeResourcesFit: neither a device plugin nor DRA has it
                 reasons[name] = f"Insufficient {err.resource}"
                 victims.add(name)
@@ -446,16 +447,14 @@ class Scheduler:
             log.info("pod claims not allocatable", pod=key, node=name, reason=outcome.reason)
         await self._unschedulable(pod, fit_error(len(nodes), reasons=reasons, victims=victims))
 
-    async def _extended_claim(self, pod: JSON, node: JSON) -> ExtendedClaim | None:
-        """The claim for the pod's extended resources that DeviceClasses back on ``node`` (KEP-5004); None
-        when there are none, or the pod got its claim in an earlier round."""
+    async def _extended_classes(self, pod: JSON) -> list[JSON] | None:
+        """The DeviceClasses that may back the pod's extended resources, read once per attempt; None when it
+        asks for none, or got its claim in an earlier round."""
         if (pod.get("status") or {}).get("extendedResourceClaimStatus"):
             return None
         if not pod_extended_requests(pod):
             return None
-        classes = (await self.kube.list(DEVICE_CLASSES)).get("items") or []
-        allocatable = (node.get("status") or {}).get("allocatable") or {}
-        return extended_claim(pod, classes, allocatable)
+        return (await self.kube.list(DEVICE_CLASSES)).get("items") or []
 
     async def _record_extended(self, pod: JSON, status: JSON) -> None:
         meta = pod["metadata"]
@@ -530,6 +529,15 @@ class Scheduler:
                 PODS, meta["name"], {"status": status}, meta["namespace"], subresource="status"
             )
         log.info("pod unschedulable", pod=_key(pod), reason=message)
+
+
+def _extended_claim(pod: JSON, node: JSON, classes: list[JSON] | None) -> ExtendedClaim | None:
+    """The claim for the pod's extended resources that DeviceClasses back on ``node`` (KEP-5004); None when
+    nothing is backed there, or the pod needs no such claim (``classes`` is None)."""
+    if classes is None:
+        return None
+    allocatable = (node.get("status") or {}).get("allocatable") or {}
+    return extended_claim(pod, classes, allocatable)
 
 
 def pod_condition(pod: Mapping[str, Any], kind: str) -> JSON | None:
