@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -571,10 +572,7 @@ def _node_blocked(node: Mapping[str, Any]) -> str:
 
 
 def _histogram(reasons: Iterable[str]) -> str:
-    counts: dict[str, int] = {}
-    for reason in reasons:
-        counts[reason] = counts.get(reason, 0) + 1
-    return ", ".join(sorted(f"{n} {reason}" for reason, n in counts.items()))
+    return ", ".join(sorted(f"{n} {reason}" for reason, n in Counter(reasons).items()))
 
 
 def fit_error(
