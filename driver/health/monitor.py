@@ -37,6 +37,7 @@ from driver.devices.model import Device, Inventory
 from driver.health.state import DeviceHealth, HealthState, Policy, apply, clear_targets, device_health
 from driver.health.store import StateFileError, keep_aside, read_state, write_state
 from driver.log import get_logger
+from driver.tasks import cancel_and_wait
 from driver.threads import CallThread, in_daemon_thread, when_done
 
 log = get_logger(__name__)
@@ -189,10 +190,7 @@ class HealthMonitor:
 
     async def stop(self) -> None:
         self._stopping.set()
-        if self._probing is not None:
-            self._probing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probing
+        await cancel_and_wait(self._probing)
         for prober in self._probers.values():
             prober.stop()
         # Closing ends a wait in progress (or waits for an NVML call to return); it must not hold up the

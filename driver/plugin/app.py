@@ -29,6 +29,7 @@ from driver.resources.publishing import PublishOptions, publish_entries, shared_
 from driver.state.lock import LOCK_FILE_NAME, NodeLock
 from driver.state.prepare import NodePreparer
 from driver.state.sweeper import ClaimSweeper
+from driver.tasks import cancel_and_wait
 
 log = get_logger(__name__)
 
@@ -145,11 +146,8 @@ class Plugin:
 async def _cancelled(task: asyncio.Task[None]) -> None:
     """Cancel a background loop and wait for it; a loop that died of an error is logged, not re-raised,
     so a clean stop still exits 0."""
-    task.cancel()
     try:
-        await task
-    except asyncio.CancelledError:
-        pass
+        await cancel_and_wait(task)
     except Exception:
         log.exception("background task had failed", task=task.get_name())
 

@@ -45,6 +45,7 @@ from driver.kube.retry import Backoff
 from driver.log import get_logger
 from driver.plugin.registration import HEALTH_V1, HEALTH_V1ALPHA1
 from driver.plugin.server import ExtraService
+from driver.tasks import cancel_and_wait
 
 log = get_logger(__name__)
 
@@ -340,11 +341,7 @@ class PluginHealth:
         )
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         await self.monitor.stop()
 
     def _changed(self, state: HealthState) -> None:

@@ -16,7 +16,6 @@ backoff, so one bad answer never stops publishing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +27,7 @@ from driver.kube.listwatch import ListWatcher
 from driver.kube.retry import Backoff
 from driver.log import get_logger
 from driver.resources.slices import JSON, Owner, SliceContent, SyncPlan, plan_sync, split_pool
+from driver.tasks import cancel_and_wait
 
 log = get_logger(__name__)
 
@@ -117,9 +117,7 @@ class SlicePublisher:
         try:
             await self._reconcile_loop()
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            await cancel_and_wait(watcher)
 
     # -- reconcile -------------------------------------------------------------------------------
 
