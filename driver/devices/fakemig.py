@@ -33,6 +33,7 @@ from typing import Any
 
 from driver.devices.mig import GpuInstance, MigError
 from driver.devices.model import Gpu, MigDevice, MigPlacement, MigProfile, mig_compute_slices
+from driver.fsutil import atomic_write
 
 _UUID_NAMESPACE = uuidlib.UUID("0c5f3d1e-64b2-4b8e-9a37-b4f0c1d2e3a4")
 #: GPU-instance ids NVML hands out on A100/H100, by the profile's compute slices.
@@ -315,9 +316,9 @@ class FakeMig:
             ],
         }
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # readers only open the final name
-        tmp.write_text(json.dumps(body, indent=1) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        atomic_write(
+            path, json.dumps(body, indent=1).encode() + b"\n", mode=0o644, what="fake-mig", sync=False
+        )
 
 
 def pid_alive(pid: int) -> bool:
