@@ -24,6 +24,7 @@ from driver.kube.client import RESOURCE_CLAIMS, ApiError, KubeClient
 from driver.kube.retry import Backoff
 from driver.log import get_logger
 from driver.state.api import ClaimRef
+from driver.tasks import cancel_and_wait
 
 log = get_logger(__name__)
 
@@ -120,10 +121,7 @@ class ClaimStatusWriter:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await cancel_and_wait(*self._tasks)  # a write catches and logs its own errors
 
     async def _write(self, ref: ClaimRef, entries: list[JSON], known: Mapping[str, Any] | None) -> None:
         error = ""
