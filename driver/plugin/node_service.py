@@ -19,13 +19,13 @@ This mirrors what a plugin built on the upstream Go helper does around the drive
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Protocol
 
 import aiohttp
 
+from driver.kube.api.names import dns1123_label_errors, dns1123_subdomain_errors
 from driver.kube.client import RESOURCE_CLAIMS, ApiError, KubeClient
 from driver.log import get_logger
 from driver.state.api import (
@@ -115,16 +115,12 @@ class NodeService:
         return claim
 
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-
-
 def ref_problem(ref: ClaimRef) -> str | None:
     """Why the kubelet's claim reference cannot name a ResourceClaim, as an error naming it; or None."""
     problem = uid_problem(ref.uid)
-    if problem is None and (len(ref.namespace) > 63 or not _DNS_LABEL.match(ref.namespace)):
+    if problem is None and dns1123_label_errors(ref.namespace):
         problem = "the namespace is not a valid namespace name"
-    if problem is None and (len(ref.name) > 253 or not _DNS_SUBDOMAIN.match(ref.name)):
+    if problem is None and dns1123_subdomain_errors(ref.name):
         problem = "the name is not a valid ResourceClaim name"
     return f"claim {ref}: {problem}" if problem else None
 

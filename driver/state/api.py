@@ -101,7 +101,7 @@ def uid_problem(uid: str) -> str | None:
         return "the UID is empty"
     if len(uid) > MAX_UID_LENGTH:
         return f"the UID has {len(uid)} characters, more than {MAX_UID_LENGTH}"
-    if not _UID_RE.match(uid):
+    if not _UID_RE.fullmatch(uid):  # match() would let a trailing newline through '$'
         return (
             "the UID may only hold letters, digits and '-', '_', '.', ':' (starting and ending alphanumeric)"
         )

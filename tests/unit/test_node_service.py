@@ -184,10 +184,14 @@ HOSTILE_REFS = [
     ClaimRef("default", "", "c"),
     ClaimRef("Not_A_Namespace", "uid-x", "c"),
     ClaimRef("default", "uid-y", "n" * 10_000),
+    ClaimRef("default", "uid-z\n", "c"),  # '$' in a pattern also matches before a trailing newline
+    ClaimRef("default\n", "uid-w", "c"),
+    ClaimRef("default", "uid-v", "c\n"),
 ]
+IDS = ["nul", "long-uid", "path", "empty-uid", "ns", "long-name", "uid-newline", "ns-newline", "name-newline"]
 
 
-@pytest.mark.parametrize("bad", HOSTILE_REFS, ids=["nul", "long-uid", "path", "empty-uid", "ns", "long-name"])
+@pytest.mark.parametrize("bad", HOSTILE_REFS, ids=IDS)
 async def test_unprepare_of_a_claim_that_cannot_exist_succeeds_untouched(
     lock: NodeLock, preparer: NodePreparer, tmp_path: Path, bad: ClaimRef
 ) -> None:
@@ -198,7 +202,7 @@ async def test_unprepare_of_a_claim_that_cannot_exist_succeeds_untouched(
     assert not list((tmp_path / "cdi").iterdir())
 
 
-@pytest.mark.parametrize("bad", HOSTILE_REFS, ids=["nul", "long-uid", "path", "empty-uid", "ns", "long-name"])
+@pytest.mark.parametrize("bad", HOSTILE_REFS, ids=IDS)
 async def test_prepare_of_a_claim_that_cannot_exist_fails_alone_with_a_short_error(
     lock: NodeLock, preparer: NodePreparer, bad: ClaimRef
 ) -> None:
