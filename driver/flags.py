@@ -70,7 +70,7 @@ def env(name: str, default: str | None = None) -> str | None:
 
 
 def check_driver_name(name: str) -> str:
-    if len(name) > 63 or not _DNS_SUBDOMAIN.match(name):
+    if len(name) > 63 or not _DNS_SUBDOMAIN.fullmatch(name):
         raise ConfigError(f"driver name {name!r} must be a lowercase DNS subdomain of at most 63 characters")
     return name
 

@@ -328,7 +328,7 @@ def _label_problems(requirements: Sequence[Mapping[str, Any]], where: str) -> li
         problems += [
             f"{path}.values[{j}]: Invalid value: {v!r}: not a valid label value"
             for j, v in enumerate(values)
-            if len(v) > 63 or not _NAME_RE.match(v)
+            if len(v) > 63 or not _NAME_RE.fullmatch(v)
         ]
     return problems
 
@@ -346,13 +346,13 @@ def _field_problems(requirements: Sequence[Mapping[str, Any]], where: str) -> li
 
 def _is_label_key(key: str) -> bool:
     prefix, slash, name = key.rpartition("/")
-    if slash and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN_RE.match(prefix)):
+    if slash and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN_RE.fullmatch(prefix)):
         return False
-    return 0 < len(name) <= 63 and bool(_NAME_RE.match(name))
+    return 0 < len(name) <= 63 and bool(_NAME_RE.fullmatch(name))
 
 
 def _int64(text: str) -> int | None:
-    if not _INT64_RE.match(text):
+    if not _INT64_RE.fullmatch(text):
         return None
     value = int(text)
     return value if -(2**63) <= value < 2**63 else None

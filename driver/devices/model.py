@@ -58,7 +58,7 @@ def nvml_pci_bus_id(bus_id: str) -> str:
 
 
 def is_dns_label(name: str) -> bool:
-    return bool(_DNS_LABEL_RE.match(name))
+    return bool(_DNS_LABEL_RE.fullmatch(name))
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +206,7 @@ class Gpu:
 
         Falls back to the lowercased UUID (``gpu-<uuid>``) when the PCI address is unknown.
         """
-        if self.pci_bus_id and PCI_BUS_ID_RE.match(self.pci_bus_id):
+        if self.pci_bus_id and PCI_BUS_ID_RE.fullmatch(self.pci_bus_id):
             return "gpu-" + re.sub(r"[:.]", "-", self.pci_bus_id)
         return _slug(self.uuid if self.uuid.lower().startswith("gpu-") else f"gpu-{self.uuid}")
 

@@ -139,7 +139,7 @@ def pcie_root_from_sysfs(sysfs_root: Path, pci_bus_id: str) -> str | None:
     except (OSError, ValueError):
         return None
     root = relative.parts[0] if relative.parts else ""
-    return root if PCIE_ROOT_RE.match(root) else None
+    return root if PCIE_ROOT_RE.fullmatch(root) else None
 
 
 def numa_node_from_sysfs(sysfs_root: Path, pci_bus_id: str) -> int | None:

@@ -61,7 +61,7 @@ class AttributeSpec:
     list_allowed: bool = False
 
     def __post_init__(self) -> None:
-        if not _C_IDENTIFIER_RE.match(self.name) or self.key.rpartition("/")[2] != self.name:
+        if not _C_IDENTIFIER_RE.fullmatch(self.name) or self.key.rpartition("/")[2] != self.name:
             raise ValueError(
                 f"attribute spec {self.key!r}: ID must be a C identifier of at most 32 characters"
             )
@@ -172,7 +172,7 @@ def to_semver(raw: str | None) -> str | None:
     if raw is None:
         return None
     text = raw.strip()
-    match = _NUMERIC_VERSION_RE.match(text)
+    match = _NUMERIC_VERSION_RE.fullmatch(text)
     if match:
         return ".".join(str(int(part)) if part else "0" for part in match.groups())
     return text if is_semver(text) and len(text) <= MAX_STRING else None
@@ -214,7 +214,7 @@ def _as_device(device: Device | Gpu) -> Device:
 
 
 def _check_driver_name(driver_name: str) -> None:
-    if not _DNS_SUBDOMAIN_RE.match(driver_name):
+    if not _DNS_SUBDOMAIN_RE.fullmatch(driver_name):
         raise ValueError(f"driver name {driver_name!r} is not a DNS subdomain of at most 63 characters")
 
 
@@ -297,7 +297,9 @@ def _lookup(values: Mapping[str, Any], name: str, domain: str | None, driver_nam
 
 def _is_qualified_name(key: str) -> bool:
     domain, _, ident = key.rpartition("/")
-    return bool(_C_IDENTIFIER_RE.match(ident)) and (not domain or bool(_DNS_SUBDOMAIN_RE.match(domain)))
+    return bool(_C_IDENTIFIER_RE.fullmatch(ident)) and (
+        not domain or bool(_DNS_SUBDOMAIN_RE.fullmatch(domain))
+    )
 
 
 def _check_attribute(spec: AttributeSpec, key: str, value: Any) -> str | None:
@@ -320,9 +322,9 @@ def _check_attribute(spec: AttributeSpec, key: str, value: Any) -> str | None:
         return f"value longer than {MAX_STRING} bytes"
     if kind == "version" and not is_semver(inner):
         return f"not a strict semantic version (MAJOR.MINOR.PATCH, no leading zeros): {inner!r}"
-    if spec.name == "pciBusID" and not PCI_BUS_ID_RE.match(inner):
+    if spec.name == "pciBusID" and not PCI_BUS_ID_RE.fullmatch(inner):
         return f"malformed PCI address {inner!r}: expected lowercase dddd:bb:dd.f"
-    if spec.name == "pcieRoot" and not PCIE_ROOT_RE.match(inner):
+    if spec.name == "pcieRoot" and not PCIE_ROOT_RE.fullmatch(inner):
         return f"malformed PCIe root {inner!r}: expected pci<domain>:<bus> (pci0000:00)"
     if spec.name == "numaNode" and inner < 0:
         return f"negative NUMA node {inner}: omit the attribute when there is no affinity"

@@ -123,12 +123,14 @@ _DEVICE_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.:-]*[A-Za-z0-9])?$")
 def valid_kind(value: str) -> bool:
     vendor_part, sep, class_part = value.partition("/")
     return (
-        bool(sep) and bool(_VENDOR_CLASS_RE.match(vendor_part)) and bool(_VENDOR_CLASS_RE.match(class_part))
+        bool(sep)
+        and bool(_VENDOR_CLASS_RE.fullmatch(vendor_part))
+        and bool(_VENDOR_CLASS_RE.fullmatch(class_part))
     )
 
 
 def valid_device_name(value: str) -> bool:
-    return bool(_DEVICE_NAME_RE.match(value))
+    return bool(_DEVICE_NAME_RE.fullmatch(value))
 
 
 # -- minimal version --------------------------------------------------------------------------------------
