@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -26,6 +27,15 @@ class NodeDirs:
 
     def plugin_dir(self, driver: str) -> Path:
         return self.plugins / driver
+
+    def cdi_specs(self, driver: str) -> dict[str, dict[str, Any]]:
+        """The CDI spec files ``driver``'s plugin wrote, by claim UID."""
+        prefix = f"k8s.{driver}-gpu_"
+        return {
+            p.name[len(prefix) : -len(".json")]: json.loads(p.read_text())
+            for p in self.cdi.iterdir()
+            if p.name.startswith(prefix) and p.name.endswith(".json")
+        }
 
 
 @pytest.fixture(scope="module")

@@ -82,12 +82,7 @@ class MigNode:
         return self.hardware.gpu_instances(self.uuids[gpu])
 
     def specs(self) -> dict[str, dict[str, Any]]:
-        prefix = f"k8s.{DRIVER}-gpu_"
-        return {
-            p.name[len(prefix) : -len(".json")]: json.loads(p.read_text())
-            for p in self.dirs.cdi.iterdir()
-            if p.name.startswith(prefix) and p.name.endswith(".json")
-        }
+        return self.dirs.cdi_specs(DRIVER)
 
     def checkpoint(self) -> dict[str, ClaimState]:
         cp, event = CheckpointStore(self.dirs.plugin_dir(DRIVER), "boot-1").load()

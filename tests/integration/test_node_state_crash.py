@@ -7,7 +7,6 @@ checkpoint verifies and holds exactly the prepared claims, and no device is prep
 
 from __future__ import annotations
 
-import json
 import signal
 from typing import Any
 
@@ -81,12 +80,7 @@ class Node:
         assert await process.wait() == -signal.SIGKILL
 
     def specs(self) -> dict[str, dict[str, Any]]:
-        prefix = f"k8s.{DRIVER}-gpu_"
-        return {
-            p.name[len(prefix) : -len(".json")]: json.loads(p.read_text())
-            for p in self.dirs.cdi.iterdir()
-            if p.name.startswith(prefix) and p.name.endswith(".json")
-        }
+        return self.dirs.cdi_specs(DRIVER)
 
     def checkpoint(self) -> dict[str, ClaimState]:
         store = CheckpointStore(self.dirs.plugin_dir(DRIVER), self.boot_file.read_text().strip())
