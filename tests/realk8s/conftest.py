@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,13 @@ class IdleWindow:
     @property
     def end(self) -> datetime.datetime:
         return self.start + IDLE_WINDOW
+
+
+@pytest.fixture
+async def admin(realk8s: Cluster) -> AsyncIterator[KubeClient]:
+    """A client with the cluster's admin credentials."""
+    async with await KubeClient.connect(str(realk8s.kubeconfig)) as kube:
+        yield kube
 
 
 async def set_unschedulable(cluster: Cluster, node: str, unschedulable: bool) -> None:

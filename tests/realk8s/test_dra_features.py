@@ -47,12 +47,6 @@ JSON = dict[str, Any]
 
 
 @pytest.fixture
-async def admin(realk8s: Cluster) -> AsyncIterator[KubeClient]:
-    async with await KubeClient.connect(str(realk8s.kubeconfig)) as kube:
-        yield kube
-
-
-@pytest.fixture
 async def namespace(request: pytest.FixtureRequest, admin: KubeClient) -> AsyncIterator[str]:
     name = "dra-" + request.node.name.split("[")[0].removeprefix("test_").replace("_", "-")[:40].strip("-")
     await apply_manifest(admin, [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}])

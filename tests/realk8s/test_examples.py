@@ -4,7 +4,6 @@ through the plugin (CDI specs, ``status.devices``), and deleting it unprepares i
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -70,12 +69,6 @@ def device_statuses_written(claim: JSON | None) -> bool:
         if d["driver"] == DRIVER
     }
     return bool(results) and {(r["pool"], r["device"]) for r in results} <= written
-
-
-@pytest.fixture
-async def admin(realk8s: Cluster) -> AsyncIterator[KubeClient]:
-    async with await KubeClient.connect(str(realk8s.kubeconfig)) as kube:
-        yield kube
 
 
 async def device_uuids(kube: KubeClient) -> dict[tuple[str, str], str]:

@@ -5,7 +5,7 @@ same verdict, and the scheduler's devices are ones explain finds fitting."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,12 +96,6 @@ def namespace(realk8s: Cluster) -> Iterator[str]:
     run_async(create())
     yield NAMESPACE
     run_async(delete())
-
-
-@pytest.fixture
-async def admin(realk8s: Cluster) -> AsyncIterator[KubeClient]:
-    async with await KubeClient.connect(str(realk8s.kubeconfig)) as kube:
-        yield kube
 
 
 _names = (f"c{i}" for i in itertools.count())

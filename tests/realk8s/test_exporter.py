@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -35,12 +34,6 @@ def free_port(ip: str) -> int:
     with socket.socket() as probe:
         probe.bind((ip, 0))
         return int(probe.getsockname()[1])
-
-
-@pytest.fixture
-async def admin(realk8s: Cluster) -> AsyncIterator[KubeClient]:
-    async with await KubeClient.connect(str(realk8s.kubeconfig)) as kube:
-        yield kube
 
 
 async def scrape_until_attributed(

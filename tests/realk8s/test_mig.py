@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -42,12 +42,6 @@ NAMESPACE = "mig-dynamic"
 H100 = "gpu-0000-47-00-0"
 MIG_CLASS = DRIVER.replace("gpu.", "mig.", 1)
 JSON = dict[str, Any]
-
-
-@pytest.fixture
-async def admin(realk8s: Cluster) -> AsyncIterator[KubeClient]:
-    async with await KubeClient.connect(str(realk8s.kubeconfig)) as kube:
-        yield kube
 
 
 def hardware(driver: Driver) -> FakeBackend:

@@ -38,12 +38,6 @@ DRY_RUN = (("dryRun", "All"),)
 
 
 @pytest.fixture
-async def admin(realk8s: Cluster) -> AsyncIterator[KubeClient]:
-    async with await KubeClient.connect(str(realk8s.kubeconfig)) as kube:
-        yield kube
-
-
-@pytest.fixture
 async def as_plugin(accel_dra: Driver) -> AsyncIterator[KubeClient]:
     """The API as node-1's plugin sees it: the chart's ServiceAccount with a token bound to node-1."""
     async with await KubeClient.connect(str(accel_dra.kubeconfigs["node-1"])) as kube:
