@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -44,7 +45,10 @@ class ScriptedPods:
         return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
 
 
-def context(kube: ScriptedPods) -> ctxlib.ProbeContext:
+def context(
+    kube: object, *, clock: ctxlib.Clock | None = None, on_wait: Callable[[str], None] | None = None
+) -> ctxlib.ProbeContext:
+    """A probe's context over ``kube``, a scripted stand-in for the API client."""
     return ctxlib.ProbeContext(
         kube=kube,  # type: ignore[arg-type]
         vendor=load_vendor("accel-dra"),
@@ -52,6 +56,8 @@ def context(kube: ScriptedPods) -> ctxlib.ProbeContext:
         run_id="t",
         probe=PROBES[0],
         log=E2ELog(None),
+        on_wait=on_wait,
+        clock=clock,
     )
 
 
@@ -120,15 +126,7 @@ async def test_a_pod_output_timeout_says_what_the_api_answered_for_the_log(
     status: int, reason: str, message: str
 ) -> None:
     kube = NodeWithoutContainers(status, reason, message)
-    probe = ctxlib.ProbeContext(
-        kube=kube,  # type: ignore[arg-type]
-        vendor=load_vendor("accel-dra"),
-        namespace="ns",
-        run_id="t",
-        probe=PROBES[0],
-        log=E2ELog(None),
-        clock=FakeClock(),
-    )
+    probe = context(kube, clock=FakeClock())
     with pytest.raises(CheckFailedError) as failed:
         await probe.wait_output("pod", timeout=30)
     assert kube.log_requests > 1  # it kept asking until the deadline
@@ -168,16 +166,7 @@ async def test_a_pending_pod_is_reported_while_the_wait_goes_on() -> None:
             answer["status"]["phase"] = "Pending"
             return answer
 
-    probe = ctxlib.ProbeContext(
-        kube=Pending(),  # type: ignore[arg-type]
-        vendor=load_vendor("accel-dra"),
-        namespace="ns",
-        run_id="t",
-        probe=PROBES[0],
-        log=E2ELog(None),
-        on_wait=seen.append,
-        clock=FakeClock(),
-    )
+    probe = context(Pending(), clock=FakeClock(), on_wait=seen.append)
     with pytest.raises(
         CheckFailedError, match="did not print its results within 5s: phase Pending; not scheduled"
     ):
@@ -210,22 +199,10 @@ class HollowNode:
         return self.ANSWER
 
 
-def hollow_context(kube: HollowNode) -> ctxlib.ProbeContext:
-    return ctxlib.ProbeContext(
-        kube=kube,  # type: ignore[arg-type]
-        vendor=load_vendor("accel-dra"),
-        namespace="ns",
-        run_id="t",
-        probe=PROBES[0],
-        log=E2ELog(None),
-        clock=FakeClock(),
-    )
-
-
 async def test_a_pod_on_a_hollow_node_fails_at_once_saying_so_with_the_log_answer() -> None:
     kube = HollowNode("fakeRuntime://pod_ns_uid_0_probe_0")
     with pytest.raises(CheckFailedError) as failed:
-        await hollow_context(kube).wait_output("pod", timeout=30)
+        await context(kube, clock=FakeClock()).wait_output("pod", timeout=30)
     assert kube.log_requests == 1  # no waiting for the pod timeout
     assert str(failed.value) == (
         "pod pod can print no results: node node-1 runs kubemark's fake container runtime (fakeRuntime://, "
@@ -237,7 +214,7 @@ async def test_a_pod_on_a_hollow_node_fails_at_once_saying_so_with_the_log_answe
 async def test_a_timeout_shows_the_last_line_a_container_printed() -> None:
     kube = HollowNode("containerd://abc")  # a real runtime: the text may be the container's own
     with pytest.raises(CheckFailedError) as failed:
-        await hollow_context(kube).wait_output("pod", timeout=30)
+        await context(kube, clock=FakeClock()).wait_output("pod", timeout=30)
     assert kube.log_requests > 1
     assert str(failed.value).endswith(
         f"container probe printed 1 line(s) without 'RESULT: DONE', the last: {HollowNode.ANSWER!r}"
@@ -263,7 +240,7 @@ class NewNamespace:
 
 async def test_a_pod_refused_for_want_of_the_default_service_account_is_created_once_it_can_be() -> None:
     kube = NewNamespace(refusals=3)
-    probe = hollow_context(kube)  # type: ignore[arg-type]
+    probe = context(kube, clock=FakeClock())
     created = await probe.create(ctxlib.PODS, {"metadata": {"name": "p"}, "spec": {}})
     assert created["metadata"]["name"] == "p" and kube.creates == 4
 
@@ -271,4 +248,4 @@ async def test_a_pod_refused_for_want_of_the_default_service_account_is_created_
 async def test_a_service_account_that_never_comes_fails_with_the_refusal() -> None:
     kube = NewNamespace(refusals=10**6)
     with pytest.raises(ApiError, match="error looking up service account"):
-        await hollow_context(kube).create(ctxlib.PODS, {"metadata": {"name": "p"}, "spec": {}})  # type: ignore[arg-type]
+        await context(kube, clock=FakeClock()).create(ctxlib.PODS, {"metadata": {"name": "p"}, "spec": {}})
