@@ -3,24 +3,20 @@ through the real kubelet's PodResources API."""
 
 from __future__ import annotations
 
-import asyncio
-import socket
-
-import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from driver.kube.client import PODS, RESOURCE_CLAIMS, KubeClient
-from tests.support import processes
-from tests.support.realk8s import Cluster, Component
+from tests.support.realk8s import Cluster
 from tests.support.realk8s_driver import (
     DRIVER,
     Driver,
     apply_manifest,
     claim_and_pod,
     delete_and_wait,
-    exporter_args,
+    exporter_on,
     running,
+    scrape_until,
     wait_for,
 )
 
@@ -30,39 +26,8 @@ NAMESPACE = "exporter"
 NODE = "node-1"
 
 
-def free_port(ip: str) -> int:
-    with socket.socket() as probe:
-        probe.bind((ip, 0))
-        return int(probe.getsockname()[1])
-
-
-async def scrape_until_attributed(
-    url: str, uuid: str, exporter: Component, timeout: float = 60
-) -> dict[str, str]:
-    """The labels of the exporter's allocation sample for ``uuid``, polling /metrics until it is there."""
-    text = ""
-    async with aiohttp.ClientSession() as http:
-        try:
-            async with asyncio.timeout(timeout):
-                while exporter.running:
-                    try:
-                        async with http.get(url) as response:
-                            text = await response.text()
-                    except aiohttp.ClientConnectionError:
-                        text = ""  # not listening yet
-                    for family in text_string_to_metric_families(text):
-                        for sample in family.samples:
-                            if (
-                                sample.name == "accel_dra_gpu_allocation_info"
-                                and sample.labels.get("uuid") == uuid
-                            ):
-                                return dict(sample.labels)
-                    await asyncio.sleep(0.2)
-        except TimeoutError:
-            pass
-    raise AssertionError(
-        f"no allocation sample for {uuid}; exporter log:\n{exporter.tail()}\nmetrics:\n{text[-3000:]}"
-    )
+def allocation_of(uuid: str, sample: Sample) -> bool:
+    return sample.name == "accel_dra_gpu_allocation_info" and sample.labels.get("uuid") == uuid
 
 
 async def test_the_exporter_attributes_a_gpu_through_the_kubelets_pod_resources(
@@ -75,13 +40,7 @@ async def test_the_exporter_attributes_a_gpu_through_the_kubelets_pod_resources(
     pod["spec"]["nodeSelector"] = {"kubernetes.io/hostname": NODE}
     await admin.create(RESOURCE_CLAIMS, claim, NAMESPACE)
     await admin.create(PODS, pod, NAMESPACE)
-    listen = f"{realk8s.ip}:{free_port(realk8s.ip)}"
-    exporter = Component(
-        "exporter-node-1",
-        processes.accel_dra(*exporter_args(realk8s, NODE, listen)),
-        realk8s.dir / "exporter-node-1.log",
-        env={"NODE_NAME": NODE, "KUBECONFIG": str(accel_dra.kubeconfigs[NODE])},
-    )
+    exporter, url = exporter_on(accel_dra, NODE)
     try:
         await wait_for(admin, PODS, "trainer", NAMESPACE, running, what="pod trainer Running")
         allocated = await wait_for(
@@ -95,7 +54,11 @@ async def test_the_exporter_attributes_a_gpu_through_the_kubelets_pod_resources(
         assert allocated is not None
         (entry,) = allocated["status"]["devices"]
         exporter.start()
-        labels = await scrape_until_attributed(f"http://{listen}/metrics", entry["data"]["uuid"], exporter)
+        uuid = entry["data"]["uuid"]
+        samples = await scrape_until(
+            url, exporter, lambda s: any(allocation_of(uuid, x) for x in s), f"allocation sample for {uuid}"
+        )
+        labels = next(dict(s.labels) for s in samples if allocation_of(uuid, s))
         assert {k: labels.get(k) for k in ("namespace", "pod", "container")} == {
             "namespace": NAMESPACE,
             "pod": "trainer",

@@ -5,23 +5,16 @@ instance; the exporter follows the instance while it exists."""
 
 from __future__ import annotations
 
-import asyncio
-import socket
-import time
-from collections.abc import Callable
 from typing import Any
 
-import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from driver.devices.backend import open_backend
 from driver.devices.fake import FakeBackend
 from driver.devices.mig import GpuInstance
 from driver.kube.client import NAMESPACES, PODS, RESOURCE_CLAIMS, RESOURCE_SLICES, KubeClient
 from driver.state.cdi import spec_file_name
-from tests.support import processes
-from tests.support.realk8s import Cluster, Component
+from tests.support.realk8s import Cluster
 from tests.support.realk8s_driver import (
     DRIVER,
     Driver,
@@ -29,9 +22,10 @@ from tests.support.realk8s_driver import (
     claim_and_pod,
     condition,
     delete_and_wait,
-    exporter_args,
+    exporter_on,
     running,
     scheduling_decided,
+    scrape_until,
     wait_for,
 )
 
@@ -67,32 +61,6 @@ def claim(name: str, klass: str, expression: str) -> tuple[JSON, JSON]:
     return made, pod
 
 
-def free_port(ip: str) -> int:
-    with socket.socket() as probe:
-        probe.bind((ip, 0))
-        return int(probe.getsockname()[1])
-
-
-async def scrape_until(
-    url: str, exporter: Component, found: Callable[[list[Any]], bool], what: str, timeout: float = 60
-) -> list[Any]:
-    """The exporter's samples, polled until ``found`` says they show what the test waits for."""
-    samples: list[Any] = []
-    async with aiohttp.ClientSession() as http:
-        deadline = time.monotonic() + timeout
-        while exporter.running and time.monotonic() < deadline:
-            try:
-                async with http.get(url) as response:
-                    text = await response.text()
-                samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
-            except aiohttp.ClientConnectionError:
-                samples = []  # not listening yet
-            if samples and found(samples):
-                return samples
-            await asyncio.sleep(0.2)
-    raise AssertionError(f"exporter: no {what}; log:\n{exporter.tail()}")
-
-
 def mig_uuids(samples: list[Any]) -> set[str]:
     return {s.labels["mig_uuid"] for s in samples if s.name == "accel_dra_mig_info"}
 
@@ -105,15 +73,8 @@ async def test_a_pod_gets_a_mig_instance_created_for_it_and_it_is_gone_after_the
     assert any(c["name"] == f"{H100}-counters" for s in slices for c in s["spec"].get("sharedCounters") or [])
     assert instances(accel_dra) == []
     await apply_manifest(admin, [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}])
-    listen = f"{realk8s.ip}:{free_port(realk8s.ip)}"
-    exporter = Component(
-        "exporter-node-2",
-        processes.accel_dra(*exporter_args(realk8s, NODE, listen)),
-        realk8s.dir / "exporter-node-2.log",
-        env={"NODE_NAME": NODE, "KUBECONFIG": str(accel_dra.kubeconfigs[NODE])},
-    )
+    exporter, url = exporter_on(accel_dra, NODE)
     exporter.start()  # before the instance exists: it has to follow it
-    url = f"http://{listen}/metrics"
     slice_claim, slice_pod = claim("slice", MIG_CLASS, f'device.attributes["{DRIVER}"].profile == "3g.40gb"')
     whole_claim, whole_pod = claim(
         "whole", DRIVER, f'device.attributes["{DRIVER}"].productName.contains("H100")'

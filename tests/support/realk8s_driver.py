@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import datetime
 import json
+import socket
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from driver.kube.client import NAMESPACES, NODES, ApiError, KubeClient, ResourceType
 from driver.kube.discovery import NotServedError, resource_type
@@ -435,3 +438,40 @@ async def delete_and_wait(kube: KubeClient, rt: ResourceType, name: str, namespa
     with contextlib.suppress(ApiError):  # already gone (a garbage collector was first)
         await kube.delete(rt, name, namespace)
     await wait_for(kube, rt, name, namespace, lambda o: o is None, what=f"{rt.kind} {name} gone")
+
+
+def exporter_on(driver: Driver, node: str) -> tuple[Component, str]:
+    """The exporter of ``node`` as the chart runs it, with the plugin's credentials, on a free port of the
+    cluster's address (not started yet), and the URL of its /metrics."""
+    cluster = driver.cluster
+    with socket.socket() as probe:
+        probe.bind((cluster.ip, 0))
+        listen = f"{cluster.ip}:{probe.getsockname()[1]}"
+    component = Component(
+        f"exporter-{node}",
+        accel_dra(*exporter_args(cluster, node, listen)),
+        cluster.dir / f"exporter-{node}.log",
+        env={"NODE_NAME": node, "KUBECONFIG": str(driver.kubeconfigs[node])},
+    )
+    return component, f"http://{listen}/metrics"
+
+
+async def scrape_until(
+    url: str, exporter: Component, found: Callable[[list[Sample]], bool], what: str, timeout: float = 60
+) -> list[Sample]:
+    """The exporter's samples, polled until ``found`` says they show what the test waits for."""
+    text = ""
+    async with aiohttp.ClientSession() as http:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while exporter.running:
+                    try:
+                        async with http.get(url) as response:
+                            text = await response.text()
+                    except aiohttp.ClientConnectionError:
+                        text = ""  # not listening yet
+                    samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+                    if samples and found(samples):
+                        return samples
+                    await asyncio.sleep(0.2)
+    raise AssertionError(f"exporter: no {what}; log:\n{exporter.tail()}\nmetrics:\n{text[-3000:]}")
