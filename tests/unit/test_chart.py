@@ -470,6 +470,15 @@ def test_device_metadata_is_on_by_default_and_can_be_turned_off(
     assert off["--device-metadata"] == "off"
 
 
+def test_state_fsync_is_off_by_default_and_follows_the_value(
+    renders: dict[str, list[dict[str, Any]]],
+) -> None:
+    default = flags(containers(find(renders["default"], "DaemonSet"))["plugin"]["args"])
+    assert "--state-fsync" not in default  # the plugin's default: off
+    on = flags(containers(find(render({"plugin": {"stateFsync": True}}), "DaemonSet"))["plugin"]["args"])
+    assert on["--state-fsync"] == "on"
+
+
 def test_gpu_sharing_follows_the_values(renders: dict[str, list[dict[str, Any]]]) -> None:
     default = flags(containers(find(renders["default"], "DaemonSet"))["plugin"]["args"])
     assert "--shared-gpus" not in default
