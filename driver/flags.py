@@ -8,21 +8,19 @@ name they had before this scheme (:data:`LEGACY_ENV`), so existing deployments k
 the environment goes through the flag's own ``type`` -- argparse parses a string default like a command
 line value -- so it is checked exactly like the flag (one place: the type functions here).
 
-This module imports nothing heavy and nothing of the driver's packages, so every command line -- the
-long-running processes' and the tools' -- can build on it.
+This module imports nothing heavy -- of the driver's packages only the API layer's name rules, which need
+nothing but the standard library -- so every command line, the long-running processes' and the tools', can
+build on it.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
 from typing import Any
 
 from driver import DEFAULT_DRIVER_NAME
-
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-
+from driver.kube.api.names import is_driver_name
 
 #: Environment variables some flags were read from before the one scheme; read when the scheme's is unset.
 LEGACY_ENV: dict[str, str] = {
@@ -70,7 +68,7 @@ def env(name: str, default: str | None = None) -> str | None:
 
 
 def check_driver_name(name: str) -> str:
-    if len(name) > 63 or not _DNS_SUBDOMAIN.fullmatch(name):
+    if not is_driver_name(name):
         raise ConfigError(f"driver name {name!r} must be a lowercase DNS subdomain of at most 63 characters")
     return name
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 from driver.allocation.capacity import Quantity
+from driver.kube.api.names import is_label_key, is_label_value
 
 JSON = dict[str, Any]
 AllocationMode = Literal["ExactCount", "All"]
@@ -264,8 +265,6 @@ class NodeSelectorError(InputError):
     """A core/v1 NodeSelector that cannot be parsed (a bad operator, key or value)."""
 
 
-_NAME_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-_DNS_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _INT64_RE = re.compile(r"^[+-]?[0-9]+$")
 _OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt")
 
@@ -311,7 +310,7 @@ def _label_problems(requirements: Sequence[Mapping[str, Any]], where: str) -> li
         if operator not in _OPERATORS:
             problems.append(f"{path}.operator: Unsupported value: {operator!r}")
             continue
-        if not _is_label_key(key):
+        if not is_label_key(key):
             problems.append(f"{path}.key: Invalid value: {key!r}: not a valid label key")
         if operator in ("In", "NotIn") and not values:
             problems.append(f"{path}.values: for 'in', 'notin' operators, values set can't be empty")
@@ -328,7 +327,7 @@ def _label_problems(requirements: Sequence[Mapping[str, Any]], where: str) -> li
         problems += [
             f"{path}.values[{j}]: Invalid value: {v!r}: not a valid label value"
             for j, v in enumerate(values)
-            if len(v) > 63 or not _NAME_RE.fullmatch(v)
+            if not is_label_value(v)
         ]
     return problems
 
@@ -342,13 +341,6 @@ def _field_problems(requirements: Sequence[Mapping[str, Any]], where: str) -> li
         elif len(requirement.get("values") or ()) != 1:
             problems.append(f"{where}[{i}].values: must have one element")
     return problems
-
-
-def _is_label_key(key: str) -> bool:
-    prefix, slash, name = key.rpartition("/")
-    if slash and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN_RE.fullmatch(prefix)):
-        return False
-    return 0 < len(name) <= 63 and bool(_NAME_RE.fullmatch(name))
 
 
 def _int64(text: str) -> int | None:

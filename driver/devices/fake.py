@@ -76,7 +76,6 @@ DEFAULT_CUDA_DRIVER_VERSION = "12.9"
 
 # Namespace for generated UUIDs; any fixed value works, it only has to never change.
 _UUID_NAMESPACE = uuidlib.UUID("5d1f6a3c-8f0b-4e43-9d8e-6a2b4c1e7f90")
-_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 class ProfileError(BackendError):

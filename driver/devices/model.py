@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
+from driver.kube.api.names import is_dns_label
+
 LinkState = Literal["active", "inactive"]
 RemoteType = Literal["gpu", "switch", "unknown"]
 DeviceKind = Literal["gpu", "mig"]
@@ -30,7 +32,6 @@ PCI_BUS_ID_RE = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 #: ``resource.kubernetes.io/pcieRoot``: ``pci<domain>:<bus>`` as found under ``/sys/devices``.
 PCIE_ROOT_RE = re.compile(r"^pci[0-9a-f]{4}:[0-9a-f]{2}$")
 _LOOSE_BDF_RE = re.compile(r"^([0-9a-fA-F]{1,8}):([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})\.([0-7])$")
-_DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 def normalize_pci_bus_id(raw: str | bytes | None) -> str | None:
@@ -55,10 +56,6 @@ def nvml_pci_bus_id(bus_id: str) -> str:
     """``0000:1b:00.0`` -> ``00000000:1B:00.0``, the form NVML (and tools built on it) write."""
     domain, bus, rest = bus_id.split(":", 2)
     return f"{int(domain, 16):08X}:{bus.upper()}:{rest.upper()}"
-
-
-def is_dns_label(name: str) -> bool:
-    return bool(_DNS_LABEL_RE.fullmatch(name))
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from driver.devices.model import PCI_BUS_ID_RE, PCIE_ROOT_RE, Device, Gpu, Inventory
+from driver.kube.api.names import is_driver_name, is_identifier
 from driver.log import get_logger
 from driver.quantity import canonical, parse_quantity
 from driver.resources.counters import consumes_counters
@@ -35,10 +36,6 @@ MAX_STRING = 64  # Kubernetes limit for string and version attribute values
 MAX_ATTRIBUTES = 32  # attributes + capacities per device
 UNSTABLE_IDS = ("index", "minor")
 
-_C_IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,31}$")
-_DNS_SUBDOMAIN_RE = re.compile(
-    r"^(?=.{1,63}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-)
 _NUMERIC_VERSION_RE = re.compile(r"^(\d+)(?:\.(\d+))?(?:\.(\d+))?$")
 _VALUE_KEYS = ("string", "int", "bool", "version")
 _LIST_KEYS = ("strings", "ints", "bools", "versions")
@@ -61,7 +58,7 @@ class AttributeSpec:
     list_allowed: bool = False
 
     def __post_init__(self) -> None:
-        if not _C_IDENTIFIER_RE.fullmatch(self.name) or self.key.rpartition("/")[2] != self.name:
+        if not is_identifier(self.name) or self.key.rpartition("/")[2] != self.name:
             raise ValueError(
                 f"attribute spec {self.key!r}: ID must be a C identifier of at most 32 characters"
             )
@@ -214,7 +211,7 @@ def _as_device(device: Device | Gpu) -> Device:
 
 
 def _check_driver_name(driver_name: str) -> None:
-    if not _DNS_SUBDOMAIN_RE.fullmatch(driver_name):
+    if not is_driver_name(driver_name):
         raise ValueError(f"driver name {driver_name!r} is not a DNS subdomain of at most 63 characters")
 
 
@@ -297,9 +294,7 @@ def _lookup(values: Mapping[str, Any], name: str, domain: str | None, driver_nam
 
 def _is_qualified_name(key: str) -> bool:
     domain, _, ident = key.rpartition("/")
-    return bool(_C_IDENTIFIER_RE.fullmatch(ident)) and (
-        not domain or bool(_DNS_SUBDOMAIN_RE.fullmatch(domain))
-    )
+    return is_identifier(ident) and (not domain or is_driver_name(domain))
 
 
 def _check_attribute(spec: AttributeSpec, key: str, value: Any) -> str | None:

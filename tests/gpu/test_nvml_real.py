@@ -8,7 +8,8 @@ import pynvml
 import pytest
 
 from driver.devices.backend import open_backend
-from driver.devices.model import PCI_BUS_ID_RE, is_dns_label
+from driver.devices.model import PCI_BUS_ID_RE
+from driver.kube.api.names import is_dns_label
 from driver.resources.attributes import check_device_profile, device_entry
 
 pytestmark = pytest.mark.gpu

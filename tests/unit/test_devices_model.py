@@ -14,11 +14,11 @@ from driver.devices.model import (
     MigPlacement,
     NvLink,
     build_topology,
-    is_dns_label,
     local_domain_id,
     mig_device_name,
     normalize_pci_bus_id,
 )
+from driver.kube.api.names import is_dns_label
 
 
 @pytest.mark.parametrize(

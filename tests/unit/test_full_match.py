@@ -11,8 +11,8 @@ from collections.abc import Callable
 import pytest
 
 from driver.allocation.model import Node, NodeSelectorError, node_selector_matches
-from driver.devices.model import is_dns_label
 from driver.flags import ConfigError, check_driver_name
+from driver.kube.api.names import is_dns_label
 from driver.state.cdi import valid_device_name, valid_kind
 
 

@@ -160,6 +160,31 @@ def label_value_errors(value: str) -> list[str]:
     )
 
 
+def is_dns_label(value: str) -> bool:
+    """A DNS-1123 label of at most 63 characters (device and request names)."""
+    return len(value) <= MAX_LABEL_LENGTH and bool(_LABEL_RE.fullmatch(value))
+
+
+def is_driver_name(name: str) -> bool:
+    """A driver name as a driver writes its own: a lowercase DNS subdomain of at most 63 characters.
+    :func:`validate_driver_name` is the server's check, which also lets upper case through."""
+    return len(name) <= MAX_DRIVER_NAME_LENGTH and bool(_SUBDOMAIN_RE.fullmatch(name))
+
+
+def is_identifier(ident: str) -> bool:
+    """An attribute or capacity name without its domain: a C identifier of at most 32 characters."""
+    return len(ident) <= MAX_ID_LENGTH and bool(_CIDENT_RE.fullmatch(ident))
+
+
+def is_label_key(key: str) -> bool:
+    """A label key (``[prefix/]name``), as node selectors need them."""
+    return not qualified_name_errors(key)
+
+
+def is_label_value(value: str) -> bool:
+    return not label_value_errors(value)
+
+
 # -- shared field rules ----------------------------------------------------------------------------
 
 
