@@ -293,8 +293,8 @@ def _lookup(values: Mapping[str, Any], name: str, domain: str | None, driver_nam
 
 
 def _is_qualified_name(key: str) -> bool:
-    domain, _, ident = key.rpartition("/")
-    return is_identifier(ident) and (not domain or is_driver_name(domain))
+    domain, slash, ident = key.rpartition("/")
+    return is_identifier(ident) and (not slash or is_driver_name(domain))
 
 
 def _check_attribute(spec: AttributeSpec, key: str, value: Any) -> str | None:

@@ -72,6 +72,7 @@ def test_the_server_checks_driver_names_case_insensitively() -> None:
         ("2model", False),
         ("gpu-index", False),
         ("a/b/model", False),
+        ("/model", False),  # the API server: "the domain must not be empty"
     ],
 )
 def test_the_profile_checks_attribute_keys(key: str, valid: bool) -> None:
