@@ -159,20 +159,12 @@ class _Visible:
     processes: tuple[tuple[int, int], ...]  # (pid, memory bytes)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _load(uuid: str, state_dir: str | None) -> tuple[int, float, tuple[tuple[int, int], ...]]:
     """(memory used, utilization, processes) from the fake backend's procs files of one GPU."""
     if not state_dir:
         return 0, 0.0, ()
+    from driver.devices.fakemig import pid_alive  # the fake backend's rule for a live process
+
     procs_dir = os.path.join(state_dir, "gpus", uuid, "procs")
     used, util, procs = 0, 0.0, []
     try:
@@ -188,7 +180,7 @@ def _load(uuid: str, state_dir: str | None) -> tuple[int, float, tuple[tuple[int
             pid = int(entry["pid"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if not _alive(pid):
+        if not pid_alive(pid):
             continue
         memory = int(entry.get("memory_bytes", 0))
         used += memory
