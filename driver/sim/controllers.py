@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -49,6 +48,7 @@ from driver.sim.allocator import (
 )
 from driver.sim.deviceplugin import pod_requests
 from driver.sim.informer import WorkQueue, watch_forever
+from driver.sim.timestamps import transition_time
 from driver.tasks import cancel_and_wait
 
 log = get_logger(__name__)
@@ -66,10 +66,6 @@ def _key(obj: Mapping[str, Any]) -> str:
 def _split(key: str) -> tuple[str, str]:
     namespace, _, name = key.partition("/")
     return namespace, name
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 class _Loops:
@@ -512,7 +508,7 @@ class Scheduler:
             "type": "PodScheduled",
             "status": "False",
             "lastProbeTime": None,
-            "lastTransitionTime": _transition_time(current, "False"),
+            "lastTransitionTime": transition_time(current, "False"),
             "reason": reason,
             "message": message,
             "observedGeneration": pod["metadata"].get("generation"),
@@ -543,13 +539,6 @@ def _extended_claim(pod: JSON, node: JSON, classes: list[JSON] | None) -> Extend
 
 def pod_condition(pod: Mapping[str, Any], kind: str) -> JSON | None:
     return next((c for c in (pod.get("status") or {}).get("conditions") or [] if c.get("type") == kind), None)
-
-
-def _transition_time(current: Mapping[str, Any] | None, status: str) -> str:
-    """A condition's ``lastTransitionTime``: kept while its status stays the same."""
-    if current is not None and current.get("status") == status and current.get("lastTransitionTime"):
-        return str(current["lastTransitionTime"])
-    return _now()
 
 
 #: Why a node is out of the question before any plugin looks at the pod's claims (kube-scheduler's

@@ -47,6 +47,7 @@ from driver.sim.informer import WorkQueue, watch_forever
 from driver.sim.kubelet import KubeletError, SimKubelet
 from driver.sim.podresources import ClaimDevice, ClaimResources, PodResourcesState
 from driver.sim.runtime import ContainerCreateError, ContainerHandle, ContainerSpec, SimRuntime
+from driver.sim.timestamps import transition_time
 from driver.state.api import ClaimRef, PreparedDevice
 from driver.tasks import cancel_and_wait
 
@@ -720,13 +721,11 @@ def pod_conditions(
 
     def condition(kind: str, ok: bool, reason: str = "", message: str = "") -> JSON:
         status = "True" if ok else "False"
-        before = previous.get(kind) or {}
-        since = before.get("lastTransitionTime") if before.get("status") == status else None
         out: JSON = {
             "type": kind,
             "status": status,
             "lastProbeTime": None,
-            "lastTransitionTime": since or _now(),
+            "lastTransitionTime": transition_time(previous.get(kind), status),
             "observedGeneration": generation,
         }
         if not ok and reason:
