@@ -25,8 +25,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from driver.allocation.allocator import ERROR, INVALID_SELECTOR, TIMEOUT
-from driver.allocation.extended import ExtendedClaim, NotBackedError, extended_claim, is_extended_claim
-from driver.allocation.extended import pod_requests as pod_extended_requests
+from driver.allocation.extended import (
+    ExtendedClaim,
+    NotBackedError,
+    extended_claim,
+    is_extended_claim,
+    pod_requests,
+)
 from driver.kube.client import (
     DEVICE_CLASSES,
     NODES,
@@ -46,7 +51,6 @@ from driver.sim.allocator import (
     SimAllocator,
     pod_claim_names,
 )
-from driver.sim.deviceplugin import pod_requests
 from driver.sim.informer import WorkQueue, watch_forever
 from driver.sim.timestamps import transition_time
 from driver.tasks import cancel_and_wait
@@ -233,16 +237,6 @@ class ClaimController:
         await self.kube.update(
             RESOURCE_CLAIMS, {**claim, "metadata": {**claim["metadata"], "finalizers": kept}}, namespace
         )
-
-
-def extended_resources(pod: Mapping[str, Any]) -> set[str]:
-    """Extended resources (``vendor.com/name``) the pod's containers ask for."""
-    spec = pod.get("spec") or {}
-    names: set[str] = set()
-    for container in [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]:
-        for group in ("limits", "requests"):
-            names.update(k for k in ((container.get("resources") or {}).get(group) or {}) if "/" in k)
-    return names
 
 
 class Scheduler:
@@ -449,7 +443,7 @@ class Scheduler:
         asks for none, or got its claim in an earlier round."""
         if (pod.get("status") or {}).get("extendedResourceClaimStatus"):
             return None
-        if not pod_extended_requests(pod):
+        if not pod_requests(pod):
             return None
         return (await self.kube.list(DEVICE_CLASSES)).get("items") or []
 
@@ -467,7 +461,7 @@ class Scheduler:
         """ "Insufficient <resource>" when the node's allocatable extended resources (a device plugin's units)
         cannot cover the pod's requests on top of what its other pods hold; "" when they fit. Resources
         ``backed`` by the pod's extended-resource claim are DRA's."""
-        wanted = {r: n for r in extended_resources(pod) - backed if (n := pod_requests(pod, r))}
+        wanted = {r: n for r, n in pod_requests(pod).items() if r not in backed}
         if not wanted:
             return ""
         node = node_obj["metadata"]["name"]
@@ -480,7 +474,7 @@ class Scheduler:
             and p["metadata"].get("uid") != pod["metadata"].get("uid")
         ]
         for resource, count in wanted.items():
-            used = sum(pod_requests(p, resource) for p in active)
+            used = sum(pod_requests(p).get(resource, 0) for p in active)
             if used + count > int(str(allocatable.get(resource, "0")) or 0):
                 return f"Insufficient {resource}"
         return ""

@@ -14,7 +14,7 @@ a misconfigured real node: a probe run uses one allocation mode at a time.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,24 +26,6 @@ JSON = dict[str, Any]
 
 class DevicePluginError(Exception):
     """The containers ask for more units than are free (the kubelet's admission error)."""
-
-
-def requested(container: Mapping[str, Any], resource: str) -> int:
-    """Units of ``resource`` a container asks for (limits; requests must equal them for extended resources)."""
-    resources = container.get("resources") or {}
-    raw = (resources.get("limits") or {}).get(resource) or (resources.get("requests") or {}).get(resource)
-    try:
-        return int(str(raw)) if raw is not None else 0
-    except ValueError:
-        return 0
-
-
-def pod_requests(pod: Mapping[str, Any], resource: str) -> int:
-    """A pod's effective request: its regular containers' sum, or a larger init container's."""
-    spec = pod.get("spec") or {}
-    main = sum(requested(c, resource) for c in spec.get("containers") or [])
-    init = max((requested(c, resource) for c in spec.get("initContainers") or []), default=0)
-    return max(main, init)
 
 
 class SimDevicePlugin:

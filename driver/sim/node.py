@@ -42,7 +42,7 @@ from driver.allocation.extended import container_requests
 from driver.kube.client import NODES, PODS, RESOURCE_CLAIMS, ApiError, KubeClient
 from driver.log import get_logger
 from driver.sim import events
-from driver.sim.deviceplugin import DevicePluginError, SimDevicePlugin, requested
+from driver.sim.deviceplugin import DevicePluginError, SimDevicePlugin
 from driver.sim.informer import WorkQueue, watch_forever
 from driver.sim.kubelet import KubeletError, SimKubelet
 from driver.sim.podresources import ClaimDevice, ClaimResources, PodResourcesState
@@ -394,18 +394,19 @@ class SimNode:
         mappings = extended_mappings(pod, container)
         extended = list(mappings)
         cdi_ids = container_cdi_ids(container, state.claims, extended)
-        count = requested(container, self.device_plugin.resource) if self.device_plugin is not None else 0
-        if self.device_plugin is not None and self.device_plugin.resource in mappings.values():
+        plugin = self.device_plugin
+        count = container_requests(container).get(plugin.resource, 0) if plugin is not None else 0
+        if plugin is not None and plugin.resource in mappings.values():
             count = 0  # the scheduler gave it through DRA
-        if self.device_plugin is not None and count:
+        if plugin is not None and count:
             try:
-                uuids = self.device_plugin.allocate(state.uid, name, count)
+                uuids = plugin.allocate(state.uid, name, count)
             except DevicePluginError as err:
                 await self._event(pod, "Warning", "UnexpectedAdmissionError", str(err))
                 await self._set_waiting(pod, "UnexpectedAdmissionError", str(err))
                 return None
-            plugin_devices[self.device_plugin.resource] = uuids
-            cdi_ids += self.device_plugin.cdi_ids(uuids)
+            plugin_devices[plugin.resource] = uuids
+            cdi_ids += plugin.cdi_ids(uuids)
         spec = ContainerSpec(
             name=name,
             command=command or ["true"],
