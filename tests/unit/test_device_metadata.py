@@ -13,9 +13,6 @@ from driver.devices.fake import load_named_profile
 from driver.resources.attributes import device_attributes
 from driver.state.api import ClaimRef
 from driver.state.cdi import CdiStore
-from driver.state.checkpoint import CheckpointStore
-from driver.state.devnodes import SimulatedDeviceNodes
-from driver.state.lock import NodeLock
 from driver.state.metadata import (
     API_VERSIONS,
     ClaimMetadataWriter,
@@ -25,9 +22,9 @@ from driver.state.metadata import (
     container_path,
 )
 from driver.state.prepare import NodePreparer
-from driver.state.sharing import RecordingTimeSlicer
 from tests.support.cdi_rules import assert_valid_cdi
 from tests.support.jsonstream import documents
+from tests.support.preparers import node_preparer
 
 DRIVER = "gpu.accel-dra.dev"
 INVENTORY = load_named_profile("mig-a100", node_name="node-1").inventory
@@ -121,18 +118,8 @@ def claim(uid: str, *results: tuple[str, str], template: str | None = None) -> J
 
 
 def preparer(root: Path, *, enabled: bool = True) -> NodePreparer:
-    return NodePreparer(
-        driver=DRIVER,
-        pool="node-1",
-        inventory=INVENTORY,
-        store=CheckpointStore(root / "plugin", "boot-1"),
-        specs=CdiStore(root / "cdi", DRIVER),
-        nodes=SimulatedDeviceNodes(),
-        driver_files=(),
-        slicer=RecordingTimeSlicer(),
-        lock=NodeLock(root / "serialize.lock"),
-        metadata=ClaimMetadataWriter(MetadataStore(root / "plugin"), attributes, enabled=enabled),
-    )
+    metadata = ClaimMetadataWriter(MetadataStore(root / "plugin"), attributes, enabled=enabled)
+    return node_preparer(root, INVENTORY, metadata=metadata)
 
 
 def spec_of(root: Path, uid: str) -> JSON:

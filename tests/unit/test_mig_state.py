@@ -13,12 +13,11 @@ from driver.devices.backend import open_backend
 from driver.devices.fake import FakeBackend
 from driver.devices.migmode import apply_mig_modes, parse_mig_modes
 from driver.devices.model import Inventory
-from driver.state.cdi import CdiStore, env_name
+from driver.state.cdi import env_name
 from driver.state.checkpoint import CheckpointStore, ClaimState
-from driver.state.devnodes import SimulatedDeviceNodes
-from driver.state.lock import NodeLock
 from driver.state.mig import DynamicMig
 from driver.state.prepare import NodePreparer
+from tests.support.preparers import node_preparer
 from tests.unit.test_prepare import DRIVER, FakeSlicer, claim, prepare, ref
 
 A100 = "gpu-0000-0f-00-0"
@@ -32,17 +31,8 @@ class MigNode:
     inventory: Inventory
 
     def preparer(self) -> NodePreparer:
-        return NodePreparer(
-            driver=DRIVER,
-            pool="node-1",
-            inventory=self.inventory,
-            store=CheckpointStore(self.root / "plugin", "boot-1"),
-            specs=CdiStore(self.root / "cdi", DRIVER),
-            nodes=SimulatedDeviceNodes(),
-            driver_files=(),
-            slicer=FakeSlicer(),
-            lock=NodeLock(self.root / "serialize.lock"),
-            mig=DynamicMig(self.backend, self.inventory),
+        return node_preparer(
+            self.root, self.inventory, slicer=FakeSlicer(), mig=DynamicMig(self.backend, self.inventory)
         )
 
     def placements(self) -> list[tuple[int, int]]:

@@ -12,12 +12,9 @@ from driver.devices.fake import load_named_profile
 from driver.kube.client import ApiError
 from driver.plugin.node_service import ClaimCheckError, NodeService
 from driver.state.api import Claim, ClaimRef, PreparedDevice, PrepareResult, allocation_results
-from driver.state.cdi import CdiStore
-from driver.state.checkpoint import CheckpointStore
-from driver.state.devnodes import SimulatedDeviceNodes
 from driver.state.lock import NodeLock
 from driver.state.prepare import NodePreparer
-from driver.state.sharing import RecordingTimeSlicer
+from tests.support.preparers import node_preparer
 
 DRIVER = "gpu.accel-dra.dev"
 # Device names of the fake:pcie-l4x4 profile (named after their PCI addresses).
@@ -63,17 +60,7 @@ def lock(tmp_path: Path) -> NodeLock:
 @pytest.fixture
 def preparer(tmp_path: Path, lock: NodeLock) -> NodePreparer:
     """The real node-state preparer on a simulated node, writing into ``tmp_path``."""
-    return NodePreparer(
-        driver=DRIVER,
-        pool="node-1",
-        inventory=load_named_profile("pcie-l4x4", node_name="node-1").inventory,
-        store=CheckpointStore(tmp_path / "plugin", boot_id="boot-1"),
-        specs=CdiStore(tmp_path / "cdi", DRIVER),
-        nodes=SimulatedDeviceNodes(),
-        driver_files=(),
-        slicer=RecordingTimeSlicer(),
-        lock=lock,
-    )
+    return node_preparer(tmp_path, load_named_profile("pcie-l4x4", node_name="node-1").inventory, lock=lock)
 
 
 async def test_prepare_returns_one_entry_per_claim_with_base_request_names(

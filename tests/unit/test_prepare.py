@@ -19,14 +19,13 @@ from driver.state.api import ClaimRef
 from driver.state.cdi import CdiStore, env_name
 from driver.state.checkpoint import CHECKPOINT_FILE, CheckpointStore, ClaimState
 from driver.state.claimstatus import merge_device_statuses
-from driver.state.devnodes import SimulatedDeviceNodes
-from driver.state.lock import NodeLock
 from driver.state.opaque import API_VERSION
 from driver.state.prepare import NodePreparer
 from driver.state.sharing import Outcome
 from driver.state.sweeper import ClaimSweeper
 from tests.support.apierrors import not_found, page_not_found
 from tests.support.cdi_rules import assert_valid_cdi
+from tests.support.preparers import node_preparer
 
 DRIVER = "gpu.accel-dra.dev"
 INVENTORY = load_named_profile("pcie-l4x4", node_name="node-1").inventory
@@ -56,17 +55,8 @@ class Node:
 
     def preparer(self) -> NodePreparer:
         """A fresh preparer over the same directories: what a restarted plugin process gets."""
-        return NodePreparer(
-            driver=DRIVER,
-            pool="node-1",
-            inventory=INVENTORY,
-            store=CheckpointStore(self.root / "plugin", self.boot_id),
-            specs=CdiStore(self.root / "cdi", DRIVER),
-            nodes=SimulatedDeviceNodes(),
-            driver_files=(),
-            slicer=self.slicer,
-            lock=NodeLock(self.root / "serialize.lock"),
-            backend_edits=self.backend_edits,
+        return node_preparer(
+            self.root, INVENTORY, boot_id=self.boot_id, slicer=self.slicer, backend_edits=self.backend_edits
         )
 
     def specs(self) -> dict[str, dict[str, Any]]:

@@ -23,13 +23,10 @@ from hypothesis import strategies as st
 from driver import crash
 from driver.devices.fake import load_named_profile
 from driver.state.api import ClaimRef
-from driver.state.cdi import CdiStore
 from driver.state.checkpoint import CheckpointStore, ClaimState
-from driver.state.devnodes import SimulatedDeviceNodes
-from driver.state.lock import NodeLock
 from driver.state.prepare import NodePreparer
-from driver.state.sharing import RecordingTimeSlicer
 from tests.support.cdi_rules import assert_valid_cdi
+from tests.support.preparers import node_preparer
 
 DRIVER = "gpu.accel-dra.dev"
 INVENTORY = load_named_profile("pcie-l4x4", node_name="node-1").inventory
@@ -120,17 +117,7 @@ class Harness:
         self.preparer = self.start()
 
     def start(self) -> NodePreparer:
-        p = NodePreparer(
-            driver=DRIVER,
-            pool="node-1",
-            inventory=INVENTORY,
-            store=CheckpointStore(self.root / "plugin", "boot"),
-            specs=CdiStore(self.root / "cdi", DRIVER),
-            nodes=SimulatedDeviceNodes(),
-            driver_files=(),
-            slicer=RecordingTimeSlicer(),
-            lock=NodeLock(self.root / "lock"),
-        )
+        p = node_preparer(self.root, INVENTORY, boot_id="boot")
         p.recover()
         return p
 
