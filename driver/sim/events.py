@@ -19,15 +19,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from driver.kube.client import EVENTS, ApiError, KubeClient
+from driver.sim.timestamps import now
 
 JSON = dict[str, Any]
 SCHEDULER = "default-scheduler"
 CLAIM_CONTROLLER = "resource_claim"
 KUBELET = "kubelet"
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def _micro_now() -> str:
@@ -88,8 +85,8 @@ def component_event(
         "source": source,
         "reportingComponent": component,
         "reportingInstance": host,
-        "firstTimestamp": _now(),
-        "lastTimestamp": _now(),
+        "firstTimestamp": now(),
+        "lastTimestamp": now(),
         "count": 1,
     }
 

@@ -45,15 +45,12 @@ from driver.quantity import canonical
 from driver.sim.admission import POLICIES, POLICY_BINDINGS
 from driver.sim.rbac import CLUSTER_ROLE_BINDINGS, CLUSTER_ROLES, ROLE_BINDINGS, ROLES
 from driver.sim.selectors import FieldGetter
+from driver.sim.timestamps import now
 
 JSON = dict[str, Any]
 Validator = Callable[[JSON, JSON | None], list[FieldError]]
 # Rewrites a decoded object in place into the form the server stores; returns the unknown fields' paths.
 Normalizer = Callable[[JSON], list[str]]
-
-
-def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _path_getter(*path: str) -> FieldGetter:
@@ -256,7 +253,7 @@ def _default_slice(slice_: JSON, old: JSON | None = None) -> None:
             continue
         for taint in device.get("taints") or []:
             if isinstance(taint, dict) and not taint.get("timeAdded"):
-                taint["timeAdded"] = now_rfc3339()
+                taint["timeAdded"] = now()
 
 
 def _default_device_request(request: JSON) -> None:

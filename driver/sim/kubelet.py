@@ -38,7 +38,6 @@ import itertools
 import os
 import platform
 import stat
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -59,6 +58,7 @@ from driver._proto.pluginregistration.v1 import api_pb2 as reg_pb
 from driver._proto.pluginregistration.v1 import api_pb2_grpc as reg_grpc
 from driver.kube.client import NODES, RESOURCE_SLICES, ApiError, KubeClient
 from driver.log import get_logger
+from driver.sim import timestamps
 from driver.sim.discovery import KUBERNETES_VERSION
 from driver.state.api import ClaimRef, PreparedDevice
 from driver.tasks import cancel_and_wait
@@ -95,7 +95,7 @@ _ARCHITECTURES = {"x86_64": "amd64", "aarch64": "arm64"}
 def node_object(name: str, kubelet_version: str) -> dict[str, Any]:
     """The Node a kubelet registers: labels, a Ready condition and ``status.nodeInfo`` (this machine's OS
     and kernel; the sandbox's runtime)."""
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    now = timestamps.now()
     machine = platform.machine()
     return {
         "metadata": {

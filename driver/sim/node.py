@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +46,7 @@ from driver.sim.informer import WorkQueue, watch_forever
 from driver.sim.kubelet import KubeletError, SimKubelet
 from driver.sim.podresources import ClaimDevice, ClaimResources, PodResourcesState
 from driver.sim.runtime import ContainerCreateError, ContainerHandle, ContainerSpec, SimRuntime
-from driver.sim.timestamps import transition_time
+from driver.sim.timestamps import now, transition_time
 from driver.state.api import ClaimRef, PreparedDevice
 from driver.tasks import cancel_and_wait
 
@@ -100,10 +99,6 @@ class PodState:
     unprepare_failures: int = 0
     release_pending: bool = False  # a retry of the release is scheduled
     restarting: set[str] = field(default_factory=set)  # containers waiting for their restart
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def _serves(device: PreparedDevice, request: str) -> bool:
@@ -569,7 +564,7 @@ class SimNode:
         status: JSON = {
             "phase": phase,
             "hostIP": "10.0.0.1",
-            "startTime": (pod.get("status") or {}).get("startTime") or _now(),
+            "startTime": (pod.get("status") or {}).get("startTime") or now(),
             "containerStatuses": statuses,
             "conditions": pod_conditions(
                 await self._current(pod),
@@ -607,15 +602,15 @@ class SimNode:
     def _container_status(self, name: str, handle: ContainerHandle, state: PodState) -> JSON:
         record = handle.record
         if handle.running:
-            current: JSON = {"running": {"startedAt": record.get("startedAt") or _now()}}
+            current: JSON = {"running": {"startedAt": record.get("startedAt") or now()}}
         else:
             code = handle.exit_code or 0
             current = {
                 "terminated": {
                     "exitCode": code,
                     "reason": "Completed" if code == 0 else "Error",
-                    "startedAt": record.get("startedAt") or _now(),
-                    "finishedAt": record.get("finishedAt") or _now(),
+                    "startedAt": record.get("startedAt") or now(),
+                    "finishedAt": record.get("finishedAt") or now(),
                     "containerID": f"containerd://{handle.id}",
                 }
             }

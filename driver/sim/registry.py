@@ -30,13 +30,13 @@ import yaml
 from driver.kube.api.fields import FieldError, Path, forbidden, required
 from driver.kube.client import RESOURCE_SLICES
 from driver.sim import status as st
+from driver.sim import timestamps
 from driver.sim.admission import Admission, Write
 from driver.sim.kinds import (
     KIND_SPECS,
     KindSpec,
     drop_disabled_slice_fields,
     kind_table,
-    now_rfc3339,
     strip_for_list,
 )
 from driver.sim.patch import PatchError, json_patch, merge_patch, strategic_merge_patch
@@ -301,7 +301,7 @@ class Registry:
         for key in (*_SERVER_META, "managedFields", "selfLink"):
             meta.pop(key, None)
         meta["uid"] = str(uuid.uuid4())
-        meta["creationTimestamp"] = now_rfc3339()
+        meta["creationTimestamp"] = timestamps.now()
         if spec.tracks_generation:
             meta["generation"] = 1
         if spec.reset_status_on_create:
@@ -603,7 +603,7 @@ class Registry:
         if meta.get("finalizers"):
             if meta.get("deletionTimestamp") and options.grace_period_seconds != 0:
                 return obj
-            meta.setdefault("deletionTimestamp", now_rfc3339())
+            meta.setdefault("deletionTimestamp", timestamps.now())
             meta["deletionGracePeriodSeconds"] = 0
             return self.store.put(spec.key, obj)
         deleted = self.store.remove(spec.key, namespace, name)
@@ -726,7 +726,7 @@ class Registry:
         pod.setdefault("spec", {})["nodeName"] = node
         conditions = pod.setdefault("status", {}).setdefault("conditions", [])
         conditions[:] = [c for c in conditions if c.get("type") != "PodScheduled"]
-        conditions.append({"type": "PodScheduled", "status": "True", "lastTransitionTime": now_rfc3339()})
+        conditions.append({"type": "PodScheduled", "status": "True", "lastTransitionTime": timestamps.now()})
         self.store.put(spec.key, pod)
         return st.success(201)
 

@@ -32,7 +32,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +50,7 @@ from driver.sim.cdi_registry import (
     UnresolvableDevicesError,
 )
 from driver.sim.container_init import run_hook
+from driver.sim.timestamps import now
 from driver.tasks import cancel_and_wait
 
 log = get_logger(__name__)
@@ -691,7 +691,7 @@ class ContainerHandle:
         self.exit_code = code
         record = self._container.record
         record["exitCode"] = code
-        record["finishedAt"] = _now()
+        record["finishedAt"] = now()
         await self._started.wait()
         await self._runtime._run_hooks(self._container, ("poststop",), "stopped", fatal=False)
         self._container.save_record()
@@ -699,10 +699,6 @@ class ContainerHandle:
             "container exited", container=self.spec.name, pod=self.spec.pod_name, id=self.id[:12], code=code
         )
         return code
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 class SimRuntime:
@@ -873,7 +869,7 @@ class SimRuntime:
                     f"failed to start container {name!r}: init exited ({process.returncode}) before exec"
                     + (f": {tail}" if tail else "")
                 )
-            record["startedAt"] = _now()
+            record["startedAt"] = now()
         finally:
             transport.close()
 
