@@ -51,6 +51,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="whose DRA driver the sandbox runs: this one, or a stand-in shaped like AMD's or Intel's",
     )
     target.add_argument(
+        "--sandbox-shared-gpus",
+        default=None,
+        metavar="LIST",
+        help="GPUs this driver's sandbox plugin shares by memory (its --shared-gpus; default: one GPU of the "
+        "default profile, none of another; '' for none)",
+    )
+    target.add_argument(
         "--sandbox-device-plugin",
         action="store_true",
         help="also run a simulated device plugin offering the shape's extended resource (nvidia.com/gpu, ...)",

@@ -109,11 +109,22 @@ def _check_notes(results: Sequence[ProbeResult]) -> list[str]:
     for r in results:
         passed = sum(c.outcome == "passed" for c in r.checks)
         others = "".join(f"; {c.name} {c.outcome}: {c.message}" for c in r.checks if c.outcome != "passed")
-        missing = [n for n in r.unverified() if n not in {c.name for c in r.checks}]
+        names = {c.name for c in r.checks}
+        missing = [n for n in r.required if n not in names]
         if missing:
             others += f"; not run: {', '.join(missing)}"
-        parts.append(f"{r.test} {r.outcome} ({passed}/{len(r.checks)} checks passed{others})")
+        parts.append(f"{r.test} {r.outcome} ({passed}/{len(r.checks)} checks passed{others}){_any_note(r)}")
     return parts
+
+
+def _any_note(result: ProbeResult) -> str:
+    """Which of the probe's alternative ways (``required_any``) were shown, for the checklist's notes."""
+    if not result.required_any:
+        return ""
+    shown = result.shown_any()
+    if shown:
+        return f"; shown: {', '.join(shown)}"
+    return f"; none of {', '.join(result.required_any)} was shown"
 
 
 def _run_notes(results: Sequence[ProbeResult], vendor: Vendor, run_id: str, sandbox: bool) -> str:
@@ -132,7 +143,8 @@ def _run_notes(results: Sequence[ProbeResult], vendor: Vendor, run_id: str, sand
 
 
 def status_of(results: Sequence[ProbeResult], ran: Sequence[CheckResult]) -> str:
-    """Implemented only when every check that ran passed and every required check ran."""
+    """Implemented only when every check that ran passed, every required check ran and, where a probe has
+    alternatives (``required_any``), at least one of them passed."""
     passed = sum(c.outcome == "passed" for c in ran)
     if not passed:
         return "Not Implemented"

@@ -46,6 +46,9 @@ class Probe:
     #: Checks that must run and pass before the suite calls its requirements Implemented (others, such as
     #: a check that does not apply to every platform, may be skipped).
     required: tuple[str, ...] = ()
+    #: Checks of which at least one must pass (a requirement met by any one of several ways, such as the
+    #: sharing strategies of ``gpu_sharing``); those a platform does not offer skip.
+    required_any: tuple[str, ...] = ()
     #: Reported beside the evidence, never in it: a check of this project's own standards, which real
     #: drivers may not follow (its results go to ``results/advisory/`` and never fail the run).
     advisory: bool = False
@@ -74,12 +77,23 @@ class ProbeResult:
     interrupted: bool = False
     #: The probe's required checks (see :attr:`Probe.required`).
     required: tuple[str, ...] = ()
+    #: The probe's ``required_any`` checks (see :attr:`Probe.required_any`).
+    required_any: tuple[str, ...] = ()
     advisory: bool = False
 
     def unverified(self) -> list[str]:
-        """Required checks that did not run (skipped or never reached): the requirement is not shown."""
+        """What keeps the requirement from being shown: required checks that did not run (skipped or never
+        reached), and ``one of A, B`` when none of the ``required_any`` checks passed."""
         ran = {c.name for c in self.checks if c.outcome != "skipped"}
-        return [name for name in self.required if name not in ran]
+        missing = [name for name in self.required if name not in ran]
+        if self.required_any and not self.shown_any():
+            missing.append(f"one of {', '.join(self.required_any)}")
+        return missing
+
+    def shown_any(self) -> list[str]:
+        """The ``required_any`` checks that passed, in order."""
+        passed = {c.name for c in self.checks if c.outcome == "passed"}
+        return [name for name in self.required_any if name in passed]
 
 
 def summarize(checks: list[CheckResult]) -> tuple[Outcome, str]:

@@ -195,6 +195,7 @@ class _Runner:
             data=ctx.data,
             interrupted=interrupted,
             required=probe.required,
+            required_any=probe.required_any,
             advisory=probe.advisory,
         )
         await progress.end(result)

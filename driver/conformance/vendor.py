@@ -144,6 +144,54 @@ class Gang:
 
 
 @dataclass(frozen=True)
+class TimeSlicing:
+    """``gpu_sharing`` by time slicing: a claim passes the driver this opaque configuration, and the pods that
+    share the claim's device take turns on it."""
+
+    #: The opaque ``parameters`` of the claim's config entry for the driver (None: not offered).
+    config: Mapping[str, Any] | None = None
+    #: The DeviceClass to ask (None: the vendor's ``deviceClass``).
+    device_class: str | None = None
+    #: Prints the setting a container was given (first line counts); None: not visible in a container.
+    show_command: str | None = None
+    #: Text the shown setting must contain.
+    expect: str | None = None
+
+
+@dataclass(frozen=True)
+class Partitions:
+    """``gpu_sharing`` by hardware partitions (MIG, partitionable devices): each partition its own device."""
+
+    #: The DeviceClass of the partitions (None: not offered).
+    device_class: str | None = None
+    #: The attribute naming the physical device a partition belongs to.
+    parent_attribute: str = "parentUUID"
+    #: Prints the ids of the partitions a container sees, one a line (compared with ``identity_attribute``).
+    identity_command: str | None = None
+    identity_attribute: str | None = None
+
+
+@dataclass(frozen=True)
+class CapacitySharing:
+    """``gpu_sharing`` by consumable capacity: devices with ``allowMultipleAllocations`` that several claims
+    get at once, each consuming part of a capacity."""
+
+    #: The capacity the claims ask a part of (None: not offered).
+    capacity: str | None = None
+    #: The DeviceClass to ask (None: the vendor's ``deviceClass``).
+    device_class: str | None = None
+
+
+@dataclass(frozen=True)
+class Sharing:
+    """The sharing strategies the platform offers, each shown by a check of ``gpu_sharing``."""
+
+    time_slicing: TimeSlicing = field(default_factory=TimeSlicing)
+    partitions: Partitions = field(default_factory=Partitions)
+    capacity: CapacitySharing = field(default_factory=CapacitySharing)
+
+
+@dataclass(frozen=True)
 class Vendor:
     name: str
     driver_name: str
@@ -175,6 +223,7 @@ class Vendor:
     sandboxing: Sandboxing = field(default_factory=Sandboxing)
     autoscaling: Autoscaling = field(default_factory=Autoscaling)
     gang: Gang = field(default_factory=Gang)
+    sharing: Sharing = field(default_factory=Sharing)
     #: Requirement id -> why it does not apply to this platform (written as N/A with these notes).
     not_applicable: Mapping[str, str] = field(default_factory=dict)
     #: Drivers whose devices the attribute-profile probe checks (default: ``driver_name``); "*" for all.
@@ -252,10 +301,45 @@ def _nvidia_base(name: str, driver: str) -> Vendor:
     )
 
 
+#: The MIG devices a container sees, as ``nvidia-smi -L`` lists them (``MIG 1g.5gb Device 0: (UUID: MIG-...)``).
+_SMI_MIG_UUIDS = "nvidia-smi -L | sed -n 's/.*(UUID: \\(MIG-[^)]*\\)).*/\\1/p'"
+
+
+def _mig_partitions(driver: str) -> Partitions:
+    """MIG devices through the driver's ``mig.<domain>`` DeviceClass, each naming its GPU in ``parentUUID``."""
+    _, _, domain = driver.partition(".")
+    return Partitions(
+        device_class=f"mig.{domain or driver}",
+        parent_attribute="parentUUID",
+        identity_command=_SMI_MIG_UUIDS,
+        identity_attribute="uuid",
+    )
+
+
+def _accel_dra_sharing() -> Sharing:
+    """accel-dra: ``GpuConfig`` time slicing (containers are told it in ``ACCEL_DRA_DEVICE_<NAME>_SHARING``),
+    static and dynamic MIG, and GPUs shared by memory (``--shared-gpus``)."""
+    config = {
+        "apiVersion": "gpu.accel-dra.dev/v1",
+        "kind": "GpuConfig",
+        "sharing": {"strategy": "TimeSlicing", "timeSlicing": {"interval": "Long"}},
+    }
+    return Sharing(
+        time_slicing=TimeSlicing(
+            config=config,
+            show_command="env | sed -n 's/^ACCEL_DRA_DEVICE_.*_SHARING=//p'",
+            expect="TimeSlicing:Long",
+        ),
+        partitions=_mig_partitions(DEFAULT_DRIVER_NAME),
+        capacity=CapacitySharing(capacity="memory"),
+    )
+
+
 def _accel_dra() -> Vendor:
     return dataclasses.replace(
         _nvidia_base("accel-dra", DEFAULT_DRIVER_NAME),
         interconnect_attribute="nvlinkDomain",
+        sharing=_accel_dra_sharing(),
         metrics=Metrics(
             namespace="accel-dra",
             service="accel-dra-metrics",
@@ -274,6 +358,12 @@ def _nvidia() -> Vendor:
     return dataclasses.replace(
         _nvidia_base("nvidia", "gpu.nvidia.com"),
         tolerations=({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},),
+        # Time slicing (GpuConfig resource.nvidia.com/v1beta1) is behind the driver's alpha gate
+        # TimeSlicingSettings, so it is not preset; consumable shares need its ConsumableShares gate and
+        # --consumable-shares=memory (devices without allowMultipleAllocations: the check skips).
+        sharing=Sharing(
+            partitions=_mig_partitions("gpu.nvidia.com"), capacity=CapacitySharing(capacity="memory")
+        ),
         metrics=Metrics(
             namespace="gpu-operator",
             service="nvidia-dcgm-exporter",
@@ -501,6 +591,43 @@ def _globs(data: Mapping[str, Any]) -> list[str]:
     return [globs] if isinstance(globs, str) else list(globs or [])
 
 
+_SHARING: dict[str, tuple[str, dict[str, str]]] = {
+    "timeSlicing": (
+        "time_slicing",
+        {
+            "config": "config",
+            "deviceClass": "device_class",
+            "showCommand": "show_command",
+            "expect": "expect",
+        },
+    ),
+    "partitions": (
+        "partitions",
+        {
+            "deviceClass": "device_class",
+            "parentAttribute": "parent_attribute",
+            "identityCommand": "identity_command",
+            "identityAttribute": "identity_attribute",
+        },
+    ),
+    "capacity": ("capacity", {"capacity": "capacity", "deviceClass": "device_class"}),
+}
+
+
+def _sharing(base: Sharing, data: Mapping[str, Any]) -> Sharing:
+    """The file's ``sharing`` settings over the base's; a strategy set to null is not offered."""
+    changes: dict[str, Any] = {}
+    for key, (attribute, names) in _SHARING.items():
+        if key not in data:
+            continue
+        current = getattr(base, attribute)
+        value = data[key]
+        changes[attribute] = (
+            type(current)() if value is None else dataclasses.replace(current, **_renamed(value, names))
+        )
+    return dataclasses.replace(base, **changes)
+
+
 def vendor_from_mapping(data: Mapping[str, Any], source: str = "<vendor>") -> Vendor:
     """A vendor from a vendor file's contents (validated): the neutral base or ``preset``, then the file's
     own settings on top."""
@@ -523,6 +650,8 @@ def vendor_from_mapping(data: Mapping[str, Any], source: str = "<vendor>") -> Ve
             changes["tolerations"] = tuple(dict(t) for t in data["tolerations"])
         if "notApplicable" in data:
             changes["not_applicable"] = dict(data["notApplicable"])
+        if "sharing" in data:
+            changes["sharing"] = _sharing(base.sharing, data["sharing"])
         if "profileDrivers" in data:
             changes["profile_drivers"] = tuple(data["profileDrivers"])
         changes.setdefault("name", Path(source).stem if source != "<vendor>" else base.name)

@@ -17,11 +17,28 @@ from driver.sim.sandbox import Sandbox, SandboxConfig
 from driver.sim.shapes import SHAPES
 
 
+#: The GPU the accel-dra shape's default profile (``dgx-h100-mig``: MIG on GPUs 6 and 7) shares by memory,
+#: so that the sandbox offers every sharing strategy the suite checks (time slicing is a claim's setting).
+SHARED_GPU = "0000:5d:00.0"
+
+
+def _plugin_args(args: argparse.Namespace, profile: str) -> tuple[str, ...]:
+    """``--shared-gpus`` for this driver's plugin: as asked, else the default profile's shared GPU."""
+    if args.sandbox_shape != "accel-dra":
+        return ()
+    shared = args.sandbox_shared_gpus
+    if shared is None:
+        shared = SHARED_GPU if profile == SHAPES["accel-dra"].profile else ""
+    return (f"--shared-gpus={shared}",) if shared else ()
+
+
 def sandbox_config(args: argparse.Namespace) -> SandboxConfig:
     shape = SHAPES[args.sandbox_shape]
+    profile = args.sandbox_profile or shape.profile
     return SandboxConfig(
-        profile=args.sandbox_profile or shape.profile,
+        profile=profile,
         shape=args.sandbox_shape,
+        extra_plugin_args=_plugin_args(args, profile),
         device_plugin=args.sandbox_device_plugin,
         faults=frozenset(args.sandbox_fault),
         log_level=args.log_level,

@@ -180,7 +180,7 @@ SHAPES: Mapping[str, Shape] = {
     "accel-dra": Shape(
         "accel-dra",
         DEFAULT_DRIVER_NAME,
-        "dgx-h100",
+        "dgx-h100-mig",
         "nvidia.com/gpu",
         "k8s.device-plugin.sandbox/gpu",
         None,

@@ -1,10 +1,12 @@
-"""``gpu_sharing``: one claim, one device, several consumers that all use it (static sharing through DRA).
+"""``gpu_sharing``: one claim, one device, several consumers that all use it (static sharing through DRA),
+and the platform's sharing strategies (:mod:`.sharing_strategies`), of which at least one must be shown.
 
 Checks: two containers of one pod that reference the same claim see the same single device; two pods that
 reference the same ResourceClaim run at the same time, both are in the claim's ``reservedFor``, and both see
 the same single device; every one of those consumers ran the vendor's health command (``nvidia-smi``, a
-CUDA sample) on the shared device while the others held it, without an error. Seeing one device node is
-what any DRA driver gives (core Kubernetes shares the claim); the health command shows the sharing works.
+CUDA sample) on the shared device while the others held it, without an error (the consumers of the
+strategies' checks too). Seeing one device node is what any DRA driver gives (core Kubernetes shares the
+claim); the health command shows the sharing works.
 """
 
 from __future__ import annotations
@@ -14,27 +16,10 @@ from collections.abc import Mapping
 from driver.conformance import pods as podlib
 from driver.conformance.context import ProbeContext
 from driver.conformance.model import CheckFailedError, CheckSkippedError, Probe
+from driver.conformance.probes import sharing_strategies as strategies
 from driver.conformance.probes.common import one_device_template, unique
-from driver.kube.client import PODS, RESOURCE_CLAIMS
-
-#: Consumer ("pod P container C") -> what it printed.
-Consumers = dict[str, podlib.Output]
-
-
-def _same_device(outputs: Mapping[str, podlib.Output]) -> str:
-    """The one device every consumer sees, or a failure naming what each saw."""
-    seen = {who: tuple(sorted(o.identities or o.devices)) for who, o in outputs.items()}
-    counts = {who: o.count for who, o in outputs.items()}
-    if any(c != 1 for c in counts.values()) or len(set(seen.values())) != 1:
-        shown = "; ".join(f"{who} sees {o.describe()}" for who, o in outputs.items())
-        raise CheckFailedError(f"the consumers of one claim do not see the same single device: {shown}")
-    return next(iter(seen.values()))[0]
-
-
-def _consumer(ctx: ProbeContext, name: str, claims: tuple[str, ...]) -> podlib.Container:
-    """A container that lists its devices and then runs the health command on them (when there is one)."""
-    script = podlib.script(podlib.device_script(ctx.vendor), podlib.health_script(ctx.vendor))
-    return podlib.Container(name, script, claims, ctx.vendor.health.image)
+from driver.conformance.probes.sharing_strategies import Consumers, consumer, outputs_of, same_device, started
+from driver.kube.client import RESOURCE_CLAIMS
 
 
 async def _containers(ctx: ProbeContext, consumers: Consumers) -> None:
@@ -44,13 +29,13 @@ async def _containers(ctx: ProbeContext, consumers: Consumers) -> None:
         body = podlib.pod(
             ctx.vendor,
             name,
-            [_consumer(ctx, "first", ("gpu",)), _consumer(ctx, "second", ("gpu",))],
+            [consumer(ctx, "first", ("gpu",)), consumer(ctx, "second", ("gpu",))],
             templates={"gpu": template},
         )
         run = await ctx.run_pod(body)
         await ctx.delete_pods([name])
         outputs = {f"pod {name} container {c}": o for c, o in run.outputs.items()}
-        device = _same_device(outputs)
+        device = same_device(outputs)
         consumers.update(outputs)
         check.message = f"both containers of pod {name} see {device}"
 
@@ -60,24 +45,22 @@ async def _pods(ctx: ProbeContext, consumers: Consumers) -> None:
         claim_name = unique("shared")
         spec = podlib.claim_spec([podlib.request(ctx.vendor)])
         await ctx.create(RESOURCE_CLAIMS, podlib.resource_claim(claim_name, spec))
-        names = [unique("sharing-pod"), unique("sharing-pod")]
-        for name in names:  # both exist before either is waited on: they must run side by side
-            body = podlib.pod(
-                ctx.vendor, name, [_consumer(ctx, "probe", ("gpu",))], claims={"gpu": claim_name}
-            )
-            await ctx.create(PODS, body)
-        runs = [await ctx.wait_output(name) for name in names]
-        claim = await ctx.kube.get(RESOURCE_CLAIMS, claim_name, ctx.namespace)
+        bodies = [
+            podlib.pod(ctx.vendor, name, [consumer(ctx, "probe", ("gpu",))], claims={"gpu": claim_name})
+            for name in (unique("sharing-pod"), unique("sharing-pod"))
+        ]
+        async with started(ctx, bodies) as runs:
+            claim = await ctx.kube.get(RESOURCE_CLAIMS, claim_name, ctx.namespace)
         reserved = {r.get("uid") for r in (claim.get("status") or {}).get("reservedFor") or []}
-        await ctx.delete_pods(names)
         uids = {r.pod["metadata"]["uid"] for r in runs}
         if not uids <= reserved:
             raise CheckFailedError(
                 f"claim {claim_name} is not reserved for both pods (reservedFor: {sorted(reserved)})"
             )
-        outputs = {f"pod {r.name} container probe": r.outputs["probe"] for r in runs}
-        device = _same_device(outputs)
+        outputs = outputs_of(runs)
+        device = same_device(outputs)
         consumers.update(outputs)
+        names = [r.name for r in runs]
         check.message = f"pods {names[0]} and {names[1]} share claim {claim_name} and both see {device}"
 
 
@@ -117,14 +100,18 @@ async def run(ctx: ProbeContext) -> None:
     consumers: Consumers = {}
     await _containers(ctx, consumers)
     await _pods(ctx, consumers)
+    await strategies.time_slicing(ctx, consumers)
+    await strategies.partitions(ctx, consumers)
+    await strategies.consumable_capacity(ctx, consumers)
     await _workloads(ctx, consumers)
 
 
 PROBE = Probe(
     name="gpu_sharing",
     test="TestGPUSharing",
-    title="One claim shared by containers and by pods, each using the device",
+    title="One claim shared by containers and by pods, and the sharing strategies the platform offers",
     requirements=("gpu_sharing",),
     run=run,
     required=("TwoContainersOneClaim", "TwoPodsOneClaim", "ConsumersUseTheSharedDevice"),
+    required_any=strategies.STRATEGIES,
 )

@@ -1,0 +1,464 @@
+"""The GPU sharing strategies of ``gpu_sharing``: time slicing, hardware partitions, consumable capacity.
+
+The requirement asks for "at least one GPU sharing strategy", so each strategy is a check of its own and
+the probe needs one of them to pass (:attr:`~driver.conformance.model.Probe.required_any`); a strategy the
+vendor file does not name, or the cluster does not offer (no DeviceClass, no such devices), is skipped with
+that reason, never failed. What each check shows:
+
+* ``TimeSlicing``: one claim carrying the vendor's time-slicing configuration, two pods using it that run at
+  the same time, both seeing the same single device; the allocation carries the configuration to the
+  driver, and where the vendor can show the setting inside a container, each container was given it.
+* ``Partitions``: two pods, each with a claim of its own from the partitions' DeviceClass, get two distinct
+  partitions of one physical device (the same parent attribute), run at the same time, and each container
+  sees exactly its own partition.
+* ``ConsumableCapacity``: two pods, each with a claim of its own asking for part of a capacity of one
+  device that allows multiple allocations, get that same device with distinct share ids and the part
+  consumed as the allocation result says, and see the same device; a third claim that would exceed the
+  capacity stays unschedulable, in the scheduler's words.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
+from decimal import Decimal
+from typing import Any
+
+from driver.conformance import devices as devlib
+from driver.conformance import pods as podlib
+from driver.conformance.context import PodRun, ProbeContext
+from driver.conformance.model import CheckFailedError, CheckSkippedError
+from driver.conformance.probes.common import allocated, driver_devices, find_device, unique
+from driver.conformance.vendor import PCI_BUS_ID, Vendor
+from driver.kube.client import DEVICE_CLASSES, PODS, RESOURCE_CLAIM_TEMPLATES, RESOURCE_CLAIMS, ApiError
+from driver.quantity import format_quantity, parse_quantity
+
+JSON = dict[str, Any]
+#: Consumer ("pod P container C") -> what it printed.
+Consumers = dict[str, podlib.Output]
+TIME_SLICING, PARTITIONS, CAPACITY = "TimeSlicing", "Partitions", "ConsumableCapacity"
+STRATEGIES = (TIME_SLICING, PARTITIONS, CAPACITY)
+
+
+# -- what every sharing check uses --------------------------------------------------------------------
+
+
+def same_device(outputs: Mapping[str, podlib.Output]) -> str:
+    """The one device every consumer sees, or a failure naming what each saw."""
+    seen = {who: tuple(sorted(o.identities or o.devices)) for who, o in outputs.items()}
+    counts = {who: o.count for who, o in outputs.items()}
+    if any(c != 1 for c in counts.values()) or len(set(seen.values())) != 1:
+        shown = "; ".join(f"{who} sees {o.describe()}" for who, o in outputs.items())
+        raise CheckFailedError(f"the consumers of one device do not see the same single device: {shown}")
+    return next(iter(seen.values()))[0]
+
+
+def consumer(ctx: ProbeContext, name: str, claims: tuple[str, ...], *extra: str) -> podlib.Container:
+    """A container that lists its devices, runs ``extra`` and then the health command (when there is one)."""
+    script = podlib.script(podlib.device_script(ctx.vendor), *extra, podlib.health_script(ctx.vendor))
+    return podlib.Container(name, script, claims, ctx.vendor.health.image)
+
+
+def outputs_of(runs: Sequence[PodRun], container: str = "probe") -> Consumers:
+    return {f"pod {r.name} container {container}": r.outputs[container] for r in runs}
+
+
+@contextlib.asynccontextmanager
+async def started(ctx: ProbeContext, bodies: Sequence[JSON]) -> AsyncIterator[list[PodRun]]:
+    """Create every pod before waiting for any (they must run side by side), yield their runs, and delete
+    them whatever happens (they hold devices the next checks need)."""
+    names = [b["metadata"]["name"] for b in bodies]
+    try:
+        for body in bodies:
+            await ctx.create(PODS, body)
+        yield [await ctx.wait_output(name) for name in names]
+    finally:
+        await ctx.delete_pods(names)
+
+
+async def running_together(ctx: ProbeContext, runs: Sequence[PodRun]) -> None:
+    """Every pod is still Running now that all have printed their results: they ran at the same time."""
+    for run in runs:
+        phase = ((await ctx.get_pod(run.name)).get("status") or {}).get("phase")
+        if phase != "Running":
+            raise CheckFailedError(
+                f"pod {run.name} is {phase} while the others run: the pods did not run at the same time"
+            )
+
+
+async def require_class(ctx: ProbeContext, name: str, strategy: str) -> None:
+    try:
+        await ctx.kube.get(DEVICE_CLASSES, name)
+    except ApiError as err:
+        if err.not_found:
+            raise CheckSkippedError(
+                f"DeviceClass {name} does not exist: the platform does not offer {strategy} through it"
+            ) from None
+        raise
+
+
+def _qualified(attribute: str, driver: str) -> tuple[str, str]:
+    """(domain, name) of an attribute, unqualified names being the driver's."""
+    domain, _, name = attribute.rpartition("/")
+    return domain or driver, name
+
+
+def attribute_selector(attribute: str, value: Any, driver: str) -> str:
+    """CEL selecting the devices whose ``attribute`` has ``value``."""
+    domain, name = _qualified(attribute, driver)
+    return f"device.attributes[{json.dumps(domain)}].{name} == {json.dumps(value)}"
+
+
+# -- time slicing -------------------------------------------------------------------------------------
+
+
+def _show_script(command: str) -> str:
+    return "\n".join(
+        [
+            f"shown=$( {{ {command} ; }} 2>/dev/null | head -n 1 )",
+            'echo "RESULT: SHARING=$shown"',
+        ]
+    )
+
+
+def config_entry(driver: str, parameters: Mapping[str, Any], request: str = "gpu") -> JSON:
+    return {"requests": [request], "opaque": {"driver": driver, "parameters": dict(parameters)}}
+
+
+def carried_config(claim: Mapping[str, Any], driver: str, parameters: Mapping[str, Any]) -> bool:
+    """Whether the claim's allocation hands the driver these opaque parameters."""
+    allocation = (claim.get("status") or {}).get("allocation") or {}
+    for entry in (allocation.get("devices") or {}).get("config") or []:
+        opaque = entry.get("opaque") or {}
+        if opaque.get("driver") == driver and opaque.get("parameters") == dict(parameters):
+            return True
+    return False
+
+
+async def time_slicing(ctx: ProbeContext, consumers: Consumers) -> None:
+    async with ctx.check(TIME_SLICING) as check:
+        vendor, setting = ctx.vendor, ctx.vendor.sharing.time_slicing
+        if setting.config is None:
+            raise CheckSkippedError(
+                f"vendor {vendor.name} names no time-slicing configuration (sharing.timeSlicing.config): "
+                "the suite does not know how to ask the driver for it"
+            )
+        device_class = setting.device_class or vendor.device_class
+        await require_class(ctx, device_class, "time slicing")
+        claim_name = unique("time-sliced")
+        spec = podlib.claim_spec([podlib.request(replace(vendor, device_class=device_class))])
+        spec["devices"]["config"] = [config_entry(vendor.driver_name, setting.config)]
+        await ctx.create(RESOURCE_CLAIMS, podlib.resource_claim(claim_name, spec))
+        show = (_show_script(setting.show_command),) if setting.show_command else ()
+        bodies = [
+            podlib.pod(vendor, name, [consumer(ctx, "probe", ("gpu",), *show)], claims={"gpu": claim_name})
+            for name in (unique("time-sliced"), unique("time-sliced"))
+        ]
+        async with started(ctx, bodies) as runs:
+            await running_together(ctx, runs)
+            claim = await ctx.kube.get(RESOURCE_CLAIMS, claim_name, ctx.namespace)
+        outputs = outputs_of(runs)
+        device = same_device(outputs)
+        reserved = {r.get("uid") for r in (claim.get("status") or {}).get("reservedFor") or []}
+        if not {r.pod["metadata"]["uid"] for r in runs} <= reserved:
+            raise CheckFailedError(f"claim {claim_name} is not reserved for both pods")
+        if not carried_config(claim, vendor.driver_name, setting.config):
+            raise CheckFailedError(
+                f"the allocation of claim {claim_name} does not carry the time-slicing configuration to "
+                f"{vendor.driver_name} (status.allocation.devices.config)"
+            )
+        shown = _check_shown(outputs, setting.show_command, setting.expect)
+        consumers.update(outputs)
+        names = " and ".join(r.name for r in runs)
+        check.message = (
+            f"pods {names} ran at the same time on {device} through claim {claim_name}, whose allocation "
+            f"carries {_describe(setting.config)} to {vendor.driver_name}{shown}"
+        )
+        ctx.data.setdefault("strategies", {})[TIME_SLICING] = check.message
+
+
+def _describe(config: Mapping[str, Any]) -> str:
+    return f"{config.get('kind', 'a configuration')} {json.dumps(dict(config.get('sharing') or config))}"
+
+
+def _check_shown(outputs: Consumers, command: str | None, expect: str | None) -> str:
+    """What the containers were told of their setting (when the vendor can show it), checked."""
+    if not command:
+        return "; no container can show its setting (sharing.timeSlicing.showCommand is not set)"
+    wrong = {who: o.results.get("SHARING", "") for who, o in outputs.items()}
+    wrong = {who: s for who, s in wrong.items() if not s or (expect and expect not in s)}
+    if wrong:
+        said = "; ".join(f"{who} shows {s!r}" for who, s in wrong.items())
+        raise CheckFailedError(
+            f"a container was not given the time-slicing setting (expected {expect or 'any'!r}): {said}"
+        )
+    sample = next(iter(outputs.values())).results["SHARING"]
+    return f"; every container was given {sample!r}"
+
+
+# -- hardware partitions ------------------------------------------------------------------------------
+
+
+def partition_parents(devices: Sequence[devlib.Device], attribute: str) -> dict[str, list[devlib.Device]]:
+    """Partitions by the physical device they belong to, for the parents that offer at least two."""
+    parents: dict[str, list[devlib.Device]] = {}
+    for device in devices:
+        parent = device.attribute(attribute)
+        if parent is not None:
+            parents.setdefault(str(parent), []).append(device)
+    return {p: d for p, d in parents.items() if len(d) >= 2}
+
+
+def _half_of_largest(devices: Sequence[devlib.Device], capacity: str | None) -> Decimal | None:
+    sizes = [d.capacity_bytes(capacity) for d in devices] if capacity else []
+    known = [s for s in sizes if s is not None]
+    return Decimal(max(known)) / 2 if known else None
+
+
+async def partitions(ctx: ProbeContext, consumers: Consumers) -> None:
+    async with ctx.check(PARTITIONS) as check:
+        vendor, setting = ctx.vendor, ctx.vendor.sharing.partitions
+        if not setting.device_class:
+            raise CheckSkippedError(
+                f"vendor {vendor.name} names no DeviceClass of hardware partitions (sharing.partitions)"
+            )
+        await require_class(ctx, setting.device_class, "hardware partitions")
+        parents = partition_parents(await driver_devices(ctx), setting.parent_attribute)
+        if not parents:
+            raise CheckSkippedError(
+                f"{vendor.driver_name} publishes no physical device with two partitions (devices naming "
+                f"their parent in attribute {setting.parent_attribute}): MIG or partitioning is not set up"
+            )
+        parent, offered = next(iter(sorted(parents.items())))
+        selectors = [attribute_selector(setting.parent_attribute, parent, vendor.driver_name)]
+        half = _half_of_largest(offered, vendor.memory_capacity)
+        if half is not None and vendor.memory_capacity:  # two at most half the size fit side by side
+            domain, name = _qualified(vendor.memory_capacity, vendor.driver_name)
+            limit = format_quantity(half.to_integral_value(), "DecimalSI")
+            selectors.append(
+                f"device.capacity[{json.dumps(domain)}].{name}.compareTo(quantity({json.dumps(limit)})) <= 0"
+            )
+        partition_class = replace(vendor, device_class=setting.device_class)
+        templates = []
+        for _ in range(2):
+            template = unique("partition")
+            body = podlib.claim_spec([podlib.request(partition_class, selectors=selectors)])
+            await ctx.create(RESOURCE_CLAIM_TEMPLATES, podlib.claim_template(template, body))
+            templates.append(template)
+        seer = replace(vendor, identity_command=setting.identity_command or vendor.identity_command)
+        script = podlib.script(podlib.device_script(seer), podlib.health_script(vendor))
+        bodies = [
+            podlib.pod(
+                vendor,
+                unique("partition"),
+                [podlib.Container("probe", script, ("gpu",), vendor.health.image)],
+                templates={"gpu": t},
+            )
+            for t in templates
+        ]
+        async with started(ctx, bodies) as runs:
+            await running_together(ctx, runs)
+            devices = await driver_devices(ctx)
+            got = [
+                [find_device(devices, r) for r in allocated(await ctx.claim_for(run.pod, "gpu"))]
+                for run in runs
+            ]
+        message = _distinct_partitions(runs, got, setting.parent_attribute, setting.identity_attribute)
+        consumers.update(outputs_of(runs))
+        check.message = message
+        ctx.data.setdefault("strategies", {})[PARTITIONS] = message
+
+
+def _distinct_partitions(
+    runs: Sequence[PodRun],
+    got: Sequence[Sequence[devlib.Device]],
+    parent_attribute: str,
+    identity_attribute: str | None,
+) -> str:
+    """Two pods hold distinct partitions of one parent, and each container sees exactly its own."""
+    for run, devices in zip(runs, got, strict=True):
+        if len(devices) != 1:
+            raise CheckFailedError(f"pod {run.name}'s claim was allocated {len(devices)} devices, not one")
+    first, second = got[0][0], got[1][0]
+    if (first.pool, first.name) == (second.pool, second.name):
+        raise CheckFailedError(f"both pods' claims were allocated the same partition {first.name}")
+    parents = {str(d.attribute(parent_attribute)) for d in (first, second)}
+    if len(parents) != 1:
+        raise CheckFailedError(
+            f"partitions {first.name} and {second.name} belong to different devices ({sorted(parents)})"
+        )
+    seen: list[str] = []
+    for run, device in zip(runs, (first, second), strict=True):
+        output = run.outputs["probe"]
+        if not output.count:
+            raise CheckFailedError(f"pod {run.name} sees no accelerator: {output.describe()}")
+        if output.identities:
+            expected = device.attribute(identity_attribute) if identity_attribute else None
+            if len(output.identities) != 1 or (expected is not None and output.identities != [str(expected)]):
+                raise CheckFailedError(
+                    f"pod {run.name} was given partition {device.name}"
+                    f"{f' ({expected})' if expected is not None else ''} but sees {output.identities}"
+                )
+            seen.append(output.identities[0])
+    if len(seen) == 2 and seen[0] == seen[1]:
+        raise CheckFailedError(f"both pods see the same partition {seen[0]}")
+    shown = f"; they see {seen[0]} and {seen[1]} respectively" if len(seen) == 2 else ""
+    return (
+        f"pods {runs[0].name} and {runs[1].name} ran at the same time on partitions {first.name} and "
+        f"{second.name} of one device ({parent_attribute} {parents.pop()}), each with a claim of its own"
+        f"{shown}"
+    )
+
+
+# -- consumable capacity ------------------------------------------------------------------------------
+
+
+def shareable(devices: Sequence[devlib.Device], capacity: str) -> list[devlib.Device]:
+    """Devices that several claims may be allocated at once, with the capacity they share."""
+    return [
+        d
+        for d in devices
+        if d.raw.get("allowMultipleAllocations") is True and d.capacity_bytes(capacity) is not None
+    ]
+
+
+def _policy(device: devlib.Device, capacity: str) -> JSON:
+    body = device.raw.get("basic", device.raw)
+    entry = (body.get("capacity") or {}).get(capacity) or (body.get("capacity") or {}).get(
+        f"{device.driver}/{capacity}"
+    )
+    return dict((entry or {}).get("requestPolicy") or {})
+
+
+def half_share(total: int, policy: Mapping[str, Any]) -> Decimal | None:
+    """The largest amount the request policy allows that is at most half of ``total`` (two fit); None
+    when the smallest allowed amount is more than that."""
+    half = Decimal(total) / 2
+    if policy.get("validValues"):
+        values = sorted(parse_quantity(v) for v in policy["validValues"])
+        fitting = [v for v in values if v <= half]
+        return fitting[-1] if fitting else None
+    valid = policy.get("validRange") or {}
+    low = parse_quantity(valid["min"]) if valid.get("min") else Decimal(1)
+    step = parse_quantity(valid["step"]) if valid.get("step") else None
+    high = min(half, parse_quantity(valid["max"])) if valid.get("max") else half
+    if low > high:
+        return None
+    if step:
+        return low + ((high - low) // step) * step
+    return high.to_integral_value(rounding="ROUND_FLOOR")
+
+
+def _pin(device: devlib.Device, vendor: Vendor) -> str | None:
+    """CEL selecting this one device by an id it publishes (its identity attribute, else its PCI address)."""
+    for attribute in (vendor.identity_attribute, PCI_BUS_ID):
+        if attribute and device.attribute(attribute) is not None:
+            return attribute_selector(attribute, device.attribute(attribute), device.driver)
+    return None
+
+
+def _consumed(result: Mapping[str, Any], capacity: str, driver: str) -> Decimal | None:
+    consumed = result.get("consumedCapacity") or {}
+    raw = consumed.get(capacity, consumed.get(f"{driver}/{capacity}"))
+    return parse_quantity(raw) if raw is not None else None
+
+
+async def consumable_capacity(ctx: ProbeContext, consumers: Consumers) -> None:
+    async with ctx.check(CAPACITY) as check:
+        vendor, setting = ctx.vendor, ctx.vendor.sharing.capacity
+        if not setting.capacity:
+            raise CheckSkippedError(
+                f"vendor {vendor.name} names no capacity to share (sharing.capacity.capacity)"
+            )
+        device_class = setting.device_class or vendor.device_class
+        await require_class(ctx, device_class, "sharing by consumable capacity")
+        offered = shareable(await driver_devices(ctx), setting.capacity)
+        if not offered:
+            raise CheckSkippedError(
+                f"{vendor.driver_name} publishes no device that allows multiple allocations with a "
+                f"{setting.capacity} capacity: sharing by consumable capacity is not set up"
+            )
+        target = offered[0]
+        total = target.capacity_bytes(setting.capacity) or 0
+        share = half_share(total, _policy(target, setting.capacity))
+        pin = _pin(target, vendor)
+        if share is None or pin is None:
+            raise CheckSkippedError(
+                f"device {target.name} cannot take two claims of half its {setting.capacity}"
+                if share is None
+                else f"device {target.name} publishes no id to select it by"
+            )
+        amount = format_quantity(share, "BinarySI")
+        share_class = replace(vendor, device_class=device_class)
+
+        async def share_claim() -> str:
+            request = podlib.request(share_class, selectors=[pin])
+            request["exactly"]["capacity"] = {"requests": {setting.capacity: amount}}
+            name = unique("capacity-share")
+            await ctx.create(RESOURCE_CLAIMS, podlib.resource_claim(name, podlib.claim_spec([request])))
+            return name
+
+        claims = [await share_claim(), await share_claim()]
+        bodies = [
+            podlib.pod(
+                vendor, unique("capacity-share"), [consumer(ctx, "probe", ("gpu",))], claims={"gpu": c}
+            )
+            for c in claims
+        ]
+        async with started(ctx, bodies) as runs:
+            await running_together(ctx, runs)
+            results = [allocated(await ctx.kube.get(RESOURCE_CLAIMS, c, ctx.namespace)) for c in claims]
+            over = await _over_capacity(ctx, share, share_claim) if 3 * share > total else ""
+        outputs = outputs_of(runs)
+        _same_shared_device(claims, results, target, setting.capacity, share)
+        device = same_device(outputs)
+        consumers.update(outputs)
+        check.message = (
+            f"pods {runs[0].name} and {runs[1].name}, each with a claim of its own asking for {amount} of "
+            f"{setting.capacity}, ran at the same time on device {target.name} ({device}); each allocation "
+            f"result carries its own share id and consumedCapacity {setting.capacity}={amount} "
+            f"(of {format_quantity(Decimal(total), 'BinarySI')}){over}"
+        )
+        ctx.data.setdefault("strategies", {})[CAPACITY] = check.message
+
+
+def _same_shared_device(
+    claims: Sequence[str],
+    results: Sequence[Sequence[Mapping[str, Any]]],
+    target: devlib.Device,
+    capacity: str,
+    share: Decimal,
+) -> None:
+    share_ids = set()
+    for claim, result in zip(claims, results, strict=True):
+        if len(result) != 1 or (result[0].get("pool"), result[0].get("device")) != (target.pool, target.name):
+            got = [f"{r.get('pool')}/{r.get('device')}" for r in result]
+            raise CheckFailedError(f"claim {claim} was allocated {got}, not device {target.name}")
+        consumed = _consumed(result[0], capacity, target.driver)
+        if consumed != share:
+            raise CheckFailedError(
+                f"claim {claim}'s allocation result shows consumedCapacity {capacity}={consumed}, "
+                f"not the {share} bytes it asked for"
+            )
+        share_ids.add(result[0].get("shareID"))
+    if None in share_ids or len(share_ids) != 2:
+        raise CheckFailedError(
+            f"the two claims of device {target.name} do not carry distinct share ids ({sorted(map(str, share_ids))})"
+        )
+
+
+async def _over_capacity(ctx: ProbeContext, share: Decimal, share_claim: Callable[[], Awaitable[str]]) -> str:
+    """A third share that does not fit beside the two stays unschedulable: the scheduler's words."""
+    claim = await share_claim()
+    name = unique("capacity-over")
+    await ctx.create(
+        PODS, podlib.pod(ctx.vendor, name, [consumer(ctx, "probe", ("gpu",))], claims={"gpu": claim})
+    )
+    try:
+        verdict = await ctx.wait_unschedulable(name, timeout=min(60.0, ctx.vendor.pod_timeout))
+    finally:
+        await ctx.delete_pods([name])
+    ctx.note(f"a third claim of {format_quantity(share, 'BinarySI')} stays pending: {verdict}")
+    return f"; a third claim that would exceed it stays unschedulable: {verdict!r}"
