@@ -198,16 +198,40 @@ def _probe(probe: JSON, excerpt: Sequence[str]) -> str:
         for o in probe["outputs"]
     )
     label = "ADVISORY " if probe["advisory"] else ""
+    strategies = _strategies(probe["data"].get("strategies") or [])
     return (
         f'<h3 id="{_e(probe["name"])}">{_e(probe["test"])} — {_e(probe["title"])} '
         f'<span class="{_e(probe["outcome"])}">{label}{_e(probe["outcome"].upper())}</span></h3>'
         f"<p>Requirements: {_e(', '.join(probe['requirements']) or ('none: advisory' if probe['advisory'] else 'none'))}. "
-        f"{_e(probe['message'])} ({probe['durationSeconds']:.1f}s of {probe['timeoutSeconds']:g}s)</p>{checks}"
+        f"{_e(probe['message'])} ({probe['durationSeconds']:.1f}s of {probe['timeoutSeconds']:g}s)</p>"
+        f"{strategies}{checks}"
         f'<p class="small">Artifacts: <a href="{where}/junit.xml">{where}/junit.xml</a>, '
         f'<a href="{where}/results.json">{where}/results.json</a>, <a href="{where}/e2e.log">{where}/e2e.log</a>'
         f"</p>{f'<p class=small>Manifests and raw output:</p><ul class=small>{files}</ul>' if files else ''}"
         f"<h4>Log</h4><pre>{_e(chr(10).join(excerpt))}</pre>{outputs}"
     )
+
+
+_STRATEGY_NAMES = {
+    "TimeSlicing": "Time slicing",
+    "Partitions": "Hardware partitions (MIG, partitionable devices)",
+    "ConsumableCapacity": "Consumable capacity",
+}
+
+
+def _strategies(rows: Sequence[JSON]) -> str:
+    """The sharing strategies a probe tried: which were shown and what showed them, or why not."""
+    if not rows:
+        return ""
+    verdict = {"passed": "shown", "skipped": "not offered", "failed": "FAILED"}
+    body = [
+        [_e(_STRATEGY_NAMES.get(r["strategy"], r["strategy"])), _e(verdict[r["outcome"]]), _e(r["shown"])]
+        for r in rows
+    ]
+    shown = [r["strategy"] for r in rows if r["outcome"] == "passed"]
+    head = f"Sharing strategies shown: {', '.join(shown)}." if shown else "No sharing strategy was shown."
+    table = _table(["Strategy", "Verdict", "What the run showed"], body, [r["outcome"] for r in rows])
+    return f"<p><b>{_e(head)}</b></p>{table}"
 
 
 def _devices(rows: Sequence[JSON]) -> str:

@@ -28,7 +28,7 @@ from driver.conformance.gotest import parse_junit, parse_test_json, parse_test_l
 from driver.conformance.report import write_outputs
 from driver.conformance.runner import RUN_LOG, RunOptions, run_suite
 from driver.conformance.submission import check_submission
-from driver.conformance.vendor import Health, Vendor, Versions, load_vendor
+from driver.conformance.vendor import Health, TimeSlicing, Vendor, Versions, load_vendor
 from driver.kube.client import NAMESPACES, PODS, RESOURCE_CLAIM_TEMPLATES, RESOURCE_CLAIMS
 from driver.sim.runtime import isolation_available
 from driver.sim.sandbox import (
@@ -224,7 +224,9 @@ def test_the_report_shows_platform_sources_reproduction_and_raw_output(
     assert "verified by this run" in report and "left for the platform" in report
     assert "Steps to reproduce" in report and "accel-dra conformance run --sandbox" in report
     assert "Kubernetes <b>v1." in report
-    assert report.count("<code>gpu-0000-") == 8  # the advisory table: one row per device of the dgx-h100 node
+    # the advisory table: one row per device of the dgx-h100-mig node (6 whole GPUs, 7 + 4 MIG devices)
+    assert report.count("<code>gpu-0000-") == 17
+    assert "Sharing strategies shown: TimeSlicing, Partitions, ConsumableCapacity." in report
     assert "nvlinkDomain" in report and "81559Mi" in report
     assert "Unsatisfiable" in report and "cannot allocate" in report  # why the impossible claim stays pending
     assert "<details" not in report  # nothing collapsed: it prints in full
@@ -249,10 +251,43 @@ def test_sharing_consumers_use_the_device_and_env_vars_open_nothing(
     data = summary(out)
     messages = {(p["name"], c["name"]): c["message"] for p in data["probes"] for c in p["checks"]}
     sharing = messages[("gpu_sharing", "ConsumersUseTheSharedDevice")]
-    assert sharing.startswith("all 4 consumers of shared devices ran `nvidia-smi --query-gpu=uuid,")
+    assert sharing.startswith("all 10 consumers of shared devices ran `nvidia-smi --query-gpu=uuid,")
     assert "GPU-" in sharing  # what the tool printed in a consumer: it reached the device
     bypass = messages[("secure_accelerator_access", "EnvVarBypassTest")]
     assert "that sets NVIDIA_VISIBLE_DEVICES=all sees no device" in bypass
+
+
+def test_the_sandbox_shows_every_sharing_strategy(
+    cli_run: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    """dgx-h100-mig with one GPU shared by memory: time slicing, MIG partitions and consumable capacity."""
+    _, out = cli_run
+    (probe,) = [p for p in summary(out)["probes"] if p["name"] == "gpu_sharing"]
+    checks = {c["name"]: c for c in probe["checks"]}
+    assert {
+        n: checks[n]["outcome"] for n in ("TimeSlicing", "Partitions", "ConsumableCapacity")
+    } == dict.fromkeys(("TimeSlicing", "Partitions", "ConsumableCapacity"), "passed")
+    sliced = checks["TimeSlicing"]["message"]
+    assert "ran at the same time on GPU-" in sliced and '"interval": "Long"' in sliced
+    assert "every container was given 'TimeSlicing:Long'" in sliced  # the driver told each container
+    partitions = checks["Partitions"]["message"]
+    assert "-mig-" in partitions and "of one device (parentUUID GPU-" in partitions
+    seen = partitions.split("they see ")[1].split(" and ")
+    assert len(seen) == 2 and seen[0] != seen[1] and all(s.startswith("MIG-") for s in seen)
+    capacity = checks["ConsumableCapacity"]["message"]
+    assert "asking for 39Gi of memory, ran at the same time on device gpu-0000-5d-00-0" in capacity
+    assert "consumedCapacity memory=39Gi (of 81559Mi)" in capacity
+    assert "a third claim that would exceed it stays unschedulable: '0/1 nodes are available" in capacity
+    assert [s["strategy"] for s in probe["data"]["strategies"]] == [
+        "TimeSlicing",
+        "Partitions",
+        "ConsumableCapacity",
+    ]
+    (sharing,) = [
+        r for r in parse_checklist((out / "PRODUCT.yaml").read_text()).requirements if r.id == "gpu_sharing"
+    ]
+    assert sharing.status == "Implemented"
+    assert "shown: TimeSlicing, Partitions, ConsumableCapacity" in sharing.notes
 
 
 # -- faults ---------------------------------------------------------------------------------------------
@@ -437,6 +472,60 @@ async def test_sharing_is_implemented_only_when_every_consumer_uses_the_device(
     assert found["ConsumersUseTheSharedDevice"][0] == outcome
     assert says in found["ConsumersUseTheSharedDevice"][1]
     assert statuses(data) == {"gpu_sharing": "Partially Implemented"}
+    assert leftovers(sandbox) == []
+
+
+@module_loop
+async def test_one_strategy_shown_is_enough_and_the_others_say_why_they_were_not(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """dgx-h100 without MIG or shared GPUs: time slicing is shown, the others are not offered."""
+    data = await run_against(sandbox, tmp_path, "checklist-1.37.yaml", run_filter="^gpu_sharing$")
+    found = outcomes(data, "gpu_sharing")
+    assert found["TimeSlicing"][0] == "passed"
+    assert found["Partitions"] == (
+        "skipped",
+        "gpu.accel-dra.dev publishes no physical device with two partitions (devices naming their parent in "
+        "attribute parentUUID): MIG or partitioning is not set up",
+    )
+    assert found["ConsumableCapacity"] == (
+        "skipped",
+        "gpu.accel-dra.dev publishes no device that allows multiple allocations with a memory capacity: "
+        "sharing by consumable capacity is not set up",
+    )
+    assert statuses(data) == {"gpu_sharing": "Implemented"}
+    (sharing,) = [r for r in data["requirements"] if r["id"] == "gpu_sharing"]
+    assert "shown: TimeSlicing" in sharing["notes"]
+    assert leftovers(sandbox) == []
+
+
+@pytest.mark.parametrize(
+    ("time_slicing", "outcome", "says"),
+    [
+        (TimeSlicing(), "skipped", "names no time-slicing configuration (sharing.timeSlicing.config)"),
+        (
+            dataclasses.replace(load_vendor("sandbox").sharing.time_slicing, expect="TimeSlicing:Short"),
+            "failed",
+            "a container was not given the time-slicing setting (expected 'TimeSlicing:Short')",
+        ),
+    ],
+)
+@module_loop
+async def test_without_a_shown_strategy_sharing_is_only_partially_implemented(
+    sandbox: Sandbox, tmp_path: Path, time_slicing: TimeSlicing, outcome: str, says: str
+) -> None:
+    base = load_vendor("sandbox")
+    vendor = dataclasses.replace(base, sharing=dataclasses.replace(base.sharing, time_slicing=time_slicing))
+    data = await run_against(
+        sandbox, tmp_path, "checklist-1.37.yaml", vendor=vendor, run_filter="^gpu_sharing$"
+    )
+    found = outcomes(data, "gpu_sharing")
+    assert found["TimeSlicing"][0] == outcome and says in found["TimeSlicing"][1]
+    assert found["TwoPodsOneClaim"][0] == found["ConsumersUseTheSharedDevice"][0] == "passed"
+    assert statuses(data) == {"gpu_sharing": "Partially Implemented"}  # no strategy shown / one failed
+    (sharing,) = [r for r in data["requirements"] if r["id"] == "gpu_sharing"]
+    if outcome == "skipped":
+        assert "none of TimeSlicing, Partitions, ConsumableCapacity was shown" in sharing["notes"]
     assert leftovers(sandbox) == []
 
 

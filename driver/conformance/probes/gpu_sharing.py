@@ -103,6 +103,7 @@ async def run(ctx: ProbeContext) -> None:
     await strategies.time_slicing(ctx, consumers)
     await strategies.partitions(ctx, consumers)
     await strategies.consumable_capacity(ctx, consumers)
+    ctx.data["strategies"] = strategies.summary(ctx)
     await _workloads(ctx, consumers)
 
 

@@ -176,7 +176,6 @@ async def time_slicing(ctx: ProbeContext, consumers: Consumers) -> None:
             f"pods {names} ran at the same time on {device} through claim {claim_name}, whose allocation "
             f"carries {_describe(setting.config)} to {vendor.driver_name}{shown}"
         )
-        ctx.data.setdefault("strategies", {})[TIME_SLICING] = check.message
 
 
 def _describe(config: Mapping[str, Any]) -> str:
@@ -268,7 +267,6 @@ async def partitions(ctx: ProbeContext, consumers: Consumers) -> None:
         message = _distinct_partitions(runs, got, setting.parent_attribute, setting.identity_attribute)
         consumers.update(outputs_of(runs))
         check.message = message
-        ctx.data.setdefault("strategies", {})[PARTITIONS] = message
 
 
 def _distinct_partitions(
@@ -421,7 +419,6 @@ async def consumable_capacity(ctx: ProbeContext, consumers: Consumers) -> None:
             f"result carries its own share id and consumedCapacity {setting.capacity}={amount} "
             f"(of {format_quantity(Decimal(total), 'BinarySI')}){over}"
         )
-        ctx.data.setdefault("strategies", {})[CAPACITY] = check.message
 
 
 def _same_shared_device(
@@ -462,3 +459,13 @@ async def _over_capacity(ctx: ProbeContext, share: Decimal, share_claim: Callabl
         await ctx.delete_pods([name])
     ctx.note(f"a third claim of {format_quantity(share, 'BinarySI')} stays pending: {verdict}")
     return f"; a third claim that would exceed it stays unschedulable: {verdict!r}"
+
+
+def summary(ctx: ProbeContext) -> list[JSON]:
+    """What each strategy's check showed (or why it could not), for the report."""
+    checks = {c.name: c for c in ctx.checks}
+    return [
+        {"strategy": name, "outcome": checks[name].outcome, "shown": checks[name].message}
+        for name in STRATEGIES
+        if name in checks
+    ]
