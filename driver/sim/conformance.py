@@ -16,7 +16,6 @@ from driver.sim.runtime import isolation_available
 from driver.sim.sandbox import Sandbox, SandboxConfig
 from driver.sim.shapes import SHAPES
 
-
 #: The GPU the accel-dra shape's default profile (``dgx-h100-mig``: MIG on GPUs 6 and 7) shares by memory,
 #: so that the sandbox offers every sharing strategy the suite checks (time slicing is a claim's setting).
 SHARED_GPU = "0000:5d:00.0"
