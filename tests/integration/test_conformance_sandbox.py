@@ -486,12 +486,12 @@ async def test_one_strategy_shown_is_enough_and_the_others_say_why_they_were_not
     assert found["Partitions"] == (
         "skipped",
         "gpu.accel-dra.dev publishes no physical device with two partitions (devices naming their parent in "
-        "attribute parentUUID): MIG or partitioning is not set up",
+        "attribute parentUUID) on a Ready, schedulable node: MIG or partitioning is not set up",
     )
     assert found["ConsumableCapacity"] == (
         "skipped",
-        "gpu.accel-dra.dev publishes no device that allows multiple allocations with a memory capacity: "
-        "sharing by consumable capacity is not set up",
+        "gpu.accel-dra.dev publishes no device that allows multiple allocations with a memory capacity on a "
+        "Ready, schedulable node: sharing by consumable capacity is not set up",
     )
     assert statuses(data) == {"gpu_sharing": "Implemented"}
     (sharing,) = [r for r in data["requirements"] if r["id"] == "gpu_sharing"]

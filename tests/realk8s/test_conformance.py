@@ -53,6 +53,12 @@ NEED_A_CONTAINER = {
     ("driver_runtime_management", "DriverAndRuntimeCompatibility"),
     ("gpu_sharing", "TwoContainersOneClaim"),
     ("gpu_sharing", "TwoPodsOneClaim"),
+    ("gpu_sharing", "TimeSlicing"),
+    ("gpu_sharing", "Partitions"),  # node-2's MIG devices (mig-dynamic)
+}
+#: Sharing strategies the tier's plugins do not offer (no --shared-gpus), with the words of the reason.
+NOT_OFFERED = {
+    ("gpu_sharing", "ConsumableCapacity"): "publishes no device that allows multiple allocations",
 }
 #: Why each probe that skips here skips (its first check; the later ones point back to it).
 SKIP_REASONS = {
@@ -67,7 +73,10 @@ HOLLOW_LOG = "failed to read log file"
 
 
 @pytest.fixture(scope="module")
-def run(realk8s: Cluster, accel_dra: Driver, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def run(
+    realk8s: Cluster, accel_dra: Driver, node2_in_service: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    """The run, once node-2 (its MIG devices: the partitions) takes pods again."""
     out = tmp_path_factory.mktemp("conformance-realk8s")
     result = subprocess.run(
         processes.accel_dra(
@@ -104,7 +113,11 @@ def test_every_probe_passes_or_says_exactly_why_not(run: Any) -> None:
         assert reason in skipped[0][1][1]
     outcome, message = checks[("gpu_sharing", "ConsumersUseTheSharedDevice")]
     assert outcome == "skipped" and "no consumer of a shared device ran" in message
-    explained = PASS | NEED_A_CONTAINER | {("accelerator_metrics", "MetricsEndpointReachable")}
+    for key, words in NOT_OFFERED.items():
+        assert checks[key][0] == "skipped" and words in checks[key][1], (key, checks[key])
+    explained = (
+        PASS | NEED_A_CONTAINER | set(NOT_OFFERED) | {("accelerator_metrics", "MetricsEndpointReachable")}
+    )
     explained |= {
         k for k in checks if k[0] in SKIP_REASONS or k == ("gpu_sharing", "ConsumersUseTheSharedDevice")
     }

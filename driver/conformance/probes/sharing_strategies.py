@@ -30,7 +30,7 @@ from driver.conformance import devices as devlib
 from driver.conformance import pods as podlib
 from driver.conformance.context import PodRun, ProbeContext
 from driver.conformance.model import CheckFailedError, CheckSkippedError
-from driver.conformance.probes.common import allocated, driver_devices, find_device, unique
+from driver.conformance.probes.common import allocated, driver_devices, find_device, ready_nodes, unique
 from driver.conformance.vendor import PCI_BUS_ID, Vendor
 from driver.kube.client import DEVICE_CLASSES, PODS, RESOURCE_CLAIM_TEMPLATES, RESOURCE_CLAIMS, ApiError
 from driver.quantity import format_quantity, parse_quantity
@@ -86,6 +86,13 @@ async def running_together(ctx: ProbeContext, runs: Sequence[PodRun]) -> None:
             raise CheckFailedError(
                 f"pod {run.name} is {phase} while the others run: the pods did not run at the same time"
             )
+
+
+async def schedulable_devices(ctx: ProbeContext) -> list[devlib.Device]:
+    """The driver's devices a pod can be scheduled to: on a Ready, schedulable node (or on none in
+    particular)."""
+    nodes = {n["metadata"]["name"] for n in await ready_nodes(ctx)}
+    return [d for d in await driver_devices(ctx) if not d.node or d.node in nodes]
 
 
 async def require_class(ctx: ProbeContext, name: str, strategy: str) -> None:
@@ -224,11 +231,12 @@ async def partitions(ctx: ProbeContext, consumers: Consumers) -> None:
                 f"vendor {vendor.name} names no DeviceClass of hardware partitions (sharing.partitions)"
             )
         await require_class(ctx, setting.device_class, "hardware partitions")
-        parents = partition_parents(await driver_devices(ctx), setting.parent_attribute)
+        parents = partition_parents(await schedulable_devices(ctx), setting.parent_attribute)
         if not parents:
             raise CheckSkippedError(
                 f"{vendor.driver_name} publishes no physical device with two partitions (devices naming "
-                f"their parent in attribute {setting.parent_attribute}): MIG or partitioning is not set up"
+                f"their parent in attribute {setting.parent_attribute}) on a Ready, schedulable node: MIG or "
+                "partitioning is not set up"
             )
         parent, offered = next(iter(sorted(parents.items())))
         selectors = [attribute_selector(setting.parent_attribute, parent, vendor.driver_name)]
@@ -372,11 +380,12 @@ async def consumable_capacity(ctx: ProbeContext, consumers: Consumers) -> None:
             )
         device_class = setting.device_class or vendor.device_class
         await require_class(ctx, device_class, "sharing by consumable capacity")
-        offered = shareable(await driver_devices(ctx), setting.capacity)
+        offered = shareable(await schedulable_devices(ctx), setting.capacity)
         if not offered:
             raise CheckSkippedError(
                 f"{vendor.driver_name} publishes no device that allows multiple allocations with a "
-                f"{setting.capacity} capacity: sharing by consumable capacity is not set up"
+                f"{setting.capacity} capacity on a Ready, schedulable node: sharing by consumable capacity "
+                "is not set up"
             )
         target = offered[0]
         total = target.capacity_bytes(setting.capacity) or 0
