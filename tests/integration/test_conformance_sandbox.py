@@ -499,6 +499,22 @@ async def test_one_strategy_shown_is_enough_and_the_others_say_why_they_were_not
     assert leftovers(sandbox) == []
 
 
+async def test_partitionable_devices_are_shown_as_partitions(tmp_path: Path) -> None:
+    """Dynamic MIG: the partitions are partitionable devices whose instances the driver creates at prepare."""
+    dynamic = "--mig-mode=off,0000:0f:00.0=dynamic,0000:47:00.0=dynamic"  # GPU 0's static instances hidden
+    config = SandboxConfig(
+        profile="mig-dynamic", extra_plugin_args=(dynamic,), exporter=False, log_level="warning"
+    )
+    async with Sandbox(config) as box:
+        data = await run_against(box, tmp_path, "checklist-1.37.yaml", run_filter="^gpu_sharing$")
+        assert leftovers(box) == []
+    outcome, message = outcomes(data, "gpu_sharing")["Partitions"]
+    assert outcome == "passed", message
+    assert "(partitionable devices: each consumes counters of the device it is cut from)" in message
+    seen = message.split("they see ")[1].split(" and ")
+    assert seen[0] != seen[1] and all(s.startswith("MIG-") for s in seen)  # instances created for the claims
+
+
 @pytest.mark.parametrize(
     ("time_slicing", "outcome", "says"),
     [

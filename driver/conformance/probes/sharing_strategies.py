@@ -311,10 +311,15 @@ def _distinct_partitions(
     if len(seen) == 2 and seen[0] == seen[1]:
         raise CheckFailedError(f"both pods see the same partition {seen[0]}")
     shown = f"; they see {seen[0]} and {seen[1]} respectively" if len(seen) == 2 else ""
+    dynamic = (
+        " (partitionable devices: each consumes counters of the device it is cut from)"
+        if first.raw.get("consumesCounters") and second.raw.get("consumesCounters")
+        else ""
+    )
     return (
         f"pods {runs[0].name} and {runs[1].name} ran at the same time on partitions {first.name} and "
-        f"{second.name} of one device ({parent_attribute} {parents.pop()}), each with a claim of its own"
-        f"{shown}"
+        f"{second.name} of one device ({parent_attribute} {parents.pop()}){dynamic}, each with a claim of "
+        f"its own{shown}"
     )
 
 
