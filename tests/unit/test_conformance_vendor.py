@@ -164,3 +164,25 @@ def test_every_vendor_setting_is_documented() -> None:
     assert sorted(n for n in names if f"{n}:" not in doc and f"`{n}`" not in doc) == []
     for preset in PRESETS:
         assert f"`{preset}`" in doc
+
+
+def test_the_documented_vendor_files_load() -> None:
+    import re
+
+    import yaml
+
+    from driver.conformance.vendor import vendor_from_mapping
+
+    doc = (Path(__file__).parents[2] / "docs" / "conformance.md").read_text()
+    files = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", doc, re.S)]
+    files = [f for f in files if isinstance(f, dict) and ("preset" in f or "driverName" in f)]
+    assert len(files) == 2  # the annotated one and the small one
+    vendors = [vendor_from_mapping(f) for f in files]
+    partitions = vendors[0].sharing.partitions
+    assert partitions.identity_command == "nvidia-smi -L | sed -n 's/.*(UUID: \\(MIG-[^)]*\\)).*/\\1/p'"
+    assert vendors[0].sharing.time_slicing.config == {
+        "apiVersion": "resource.nvidia.com/v1beta1",
+        "kind": "GpuConfig",
+        "sharing": {"strategy": "TimeSlicing", "timeSlicingConfig": {"interval": "Long"}},
+    }
+    assert vendors[1].device_globs == ("/dev/acme[0-9]*", "/dev/acmectl")
