@@ -276,7 +276,7 @@ def test_the_sandbox_shows_every_sharing_strategy(
     assert len(seen) == 2 and seen[0] != seen[1] and all(s.startswith("MIG-") for s in seen)
     capacity = checks["ConsumableCapacity"]["message"]
     assert "asking for 39Gi of memory, ran at the same time on device gpu-0000-5d-00-0" in capacity
-    assert "consumedCapacity memory=39Gi (of 81559Mi)" in capacity
+    assert "consumedCapacity memory=39Gi (of 81559Mi free)" in capacity
     assert "a third claim that would exceed it stays unschedulable: '0/1 nodes are available" in capacity
     assert [s["strategy"] for s in probe["data"]["strategies"]] == [
         "TimeSlicing",
@@ -486,7 +486,8 @@ async def test_one_strategy_shown_is_enough_and_the_others_say_why_they_were_not
     assert found["Partitions"] == (
         "skipped",
         "gpu.accel-dra.dev publishes no physical device with two partitions (devices naming their parent in "
-        "attribute parentUUID) on a Ready, schedulable node: MIG or partitioning is not set up",
+        "attribute parentUUID) free on a Ready, schedulable node: MIG or partitioning is not set up (or its "
+        "partitions are in use)",
     )
     assert found["ConsumableCapacity"] == (
         "skipped",

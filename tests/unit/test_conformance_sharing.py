@@ -18,6 +18,7 @@ from driver.conformance.probes.gpu_sharing import PROBE
 from driver.conformance.probes.sharing_strategies import (
     attribute_selector,
     carried_config,
+    free_capacity,
     half_share,
     partition_parents,
     shareable,
@@ -229,3 +230,11 @@ def test_the_configuration_must_reach_the_driver_through_the_allocation() -> Non
     assert not carried_config(claim, "other", parameters)
     assert not carried_config(claim, "d", {**parameters, "sharing": {"strategy": "MPS"}})
     assert not carried_config({"status": {}}, "d", parameters)
+
+
+def test_other_workloads_shares_leave_less_room() -> None:
+    gpu = device("shared", {}, {"memory": {"value": "80Gi"}}, allowMultipleAllocations=True)
+    assert free_capacity(gpu, "memory", []) == 80 * GiB
+    shares = [{"consumedCapacity": {"memory": "30Gi"}}, {"consumedCapacity": {"memory": "10Gi"}}]
+    assert free_capacity(gpu, "memory", shares) == 40 * GiB
+    assert free_capacity(gpu, "memory", [{"device": "shared"}]) == 0  # held whole

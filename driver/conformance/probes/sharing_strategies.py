@@ -95,6 +95,23 @@ async def schedulable_devices(ctx: ProbeContext) -> list[devlib.Device]:
     return [d for d in await driver_devices(ctx) if not d.node or d.node in nodes]
 
 
+DeviceKey = tuple[str, str, str]
+
+
+async def allocations(ctx: ProbeContext) -> dict[DeviceKey, list[JSON]]:
+    """Every allocation result in the cluster, by the device it names (other workloads hold devices too)."""
+    held: dict[DeviceKey, list[JSON]] = {}
+    for claim in (await ctx.kube.list(RESOURCE_CLAIMS)).get("items") or []:
+        for result in allocated(claim):
+            key = (str(result.get("driver")), str(result.get("pool")), str(result.get("device")))
+            held.setdefault(key, []).append(result)
+    return held
+
+
+def key_of(device: devlib.Device) -> DeviceKey:
+    return device.driver, device.pool, device.name
+
+
 async def require_class(ctx: ProbeContext, name: str, strategy: str) -> None:
     try:
         await ctx.kube.get(DEVICE_CLASSES, name)
@@ -231,12 +248,14 @@ async def partitions(ctx: ProbeContext, consumers: Consumers) -> None:
                 f"vendor {vendor.name} names no DeviceClass of hardware partitions (sharing.partitions)"
             )
         await require_class(ctx, setting.device_class, "hardware partitions")
-        parents = partition_parents(await schedulable_devices(ctx), setting.parent_attribute)
+        held = await allocations(ctx)
+        free = [d for d in await schedulable_devices(ctx) if key_of(d) not in held]
+        parents = partition_parents(free, setting.parent_attribute)
         if not parents:
             raise CheckSkippedError(
                 f"{vendor.driver_name} publishes no physical device with two partitions (devices naming "
-                f"their parent in attribute {setting.parent_attribute}) on a Ready, schedulable node: MIG or "
-                "partitioning is not set up"
+                f"their parent in attribute {setting.parent_attribute}) free on a Ready, schedulable node: "
+                "MIG or partitioning is not set up (or its partitions are in use)"
             )
         parent, offered = next(iter(sorted(parents.items())))
         selectors = [attribute_selector(setting.parent_attribute, parent, vendor.driver_name)]
@@ -362,6 +381,18 @@ def half_share(total: int, policy: Mapping[str, Any]) -> Decimal | None:
     return high.to_integral_value(rounding="ROUND_FLOOR")
 
 
+def free_capacity(device: devlib.Device, capacity: str, results: Sequence[Mapping[str, Any]]) -> int:
+    """What is left of a shareable device's capacity after the shares already allocated; a result without
+    consumedCapacity (an exclusive allocation) leaves nothing."""
+    left = Decimal(device.capacity_bytes(capacity) or 0)
+    for result in results:
+        consumed = _consumed(result, capacity, device.driver)
+        if consumed is None:
+            return 0
+        left -= consumed
+    return max(0, int(left))
+
+
 def _pin(device: devlib.Device, vendor: Vendor) -> str | None:
     """CEL selecting this one device by an id it publishes (its identity attribute, else its PCI address)."""
     for attribute in (vendor.identity_attribute, PCI_BUS_ID):
@@ -392,13 +423,16 @@ async def consumable_capacity(ctx: ProbeContext, consumers: Consumers) -> None:
                 f"{setting.capacity} capacity on a Ready, schedulable node: sharing by consumable capacity "
                 "is not set up"
             )
-        target = offered[0]
-        total = target.capacity_bytes(setting.capacity) or 0
+        held = await allocations(ctx)
+        room = {key_of(d): free_capacity(d, setting.capacity, held.get(key_of(d), ())) for d in offered}
+        target = max(offered, key=lambda d: room[key_of(d)])  # the emptiest: others' shares count
+        total = room[key_of(target)]
         share = half_share(total, _policy(target, setting.capacity))
         pin = _pin(target, vendor)
         if share is None or pin is None:
             raise CheckSkippedError(
-                f"device {target.name} cannot take two claims of half its {setting.capacity}"
+                f"device {target.name} has no room for two more claims of its {setting.capacity} "
+                f"({format_quantity(Decimal(total), 'BinarySI')} free)"
                 if share is None
                 else f"device {target.name} publishes no id to select it by"
             )
@@ -431,7 +465,7 @@ async def consumable_capacity(ctx: ProbeContext, consumers: Consumers) -> None:
             f"pods {runs[0].name} and {runs[1].name}, each with a claim of its own asking for {amount} of "
             f"{setting.capacity}, ran at the same time on device {target.name} ({device}); each allocation "
             f"result carries its own share id and consumedCapacity {setting.capacity}={amount} "
-            f"(of {format_quantity(Decimal(total), 'BinarySI')}){over}"
+            f"(of {format_quantity(Decimal(total), 'BinarySI')} free){over}"
         )
 
 
