@@ -17,6 +17,7 @@ from driver.conformance.model import CheckResult, Outcome, ProbeResult, summariz
 from driver.conformance.probes.gpu_sharing import PROBE
 from driver.conformance.probes.sharing_strategies import (
     attribute_selector,
+    busy_parents,
     carried_config,
     free_capacity,
     half_share,
@@ -238,3 +239,14 @@ def test_other_workloads_shares_leave_less_room() -> None:
     shares = [{"consumedCapacity": {"memory": "30Gi"}}, {"consumedCapacity": {"memory": "10Gi"}}]
     assert free_capacity(gpu, "memory", shares) == 40 * GiB
     assert free_capacity(gpu, "memory", [{"device": "shared"}]) == 0  # held whole
+
+
+def test_a_device_held_whole_offers_no_partitions() -> None:
+    devices = [
+        device("gpu-0", {"uuid": "GPU-0"}),
+        device("gpu-0-mig-a", {"parentUUID": "GPU-0"}),
+        device("gpu-1", {"uuid": "GPU-1"}),
+    ]
+    held = {("gpu.example.com", "pool", "gpu-0"): [{}]}
+    assert busy_parents(devices, held, "uuid") == {"GPU-0"}
+    assert busy_parents(devices, held, None) == set()

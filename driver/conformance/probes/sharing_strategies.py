@@ -234,6 +234,20 @@ def partition_parents(devices: Sequence[devlib.Device], attribute: str) -> dict[
     return {p: d for p, d in parents.items() if len(d) >= 2}
 
 
+def busy_parents(
+    devices: Sequence[devlib.Device], held: Mapping[DeviceKey, Any], identity_attribute: str | None
+) -> set[str]:
+    """Physical devices allocated whole right now (their partitions cannot be had beside them): the held
+    devices' ids."""
+    if not identity_attribute:
+        return set()
+    return {
+        str(d.attribute(identity_attribute))
+        for d in devices
+        if key_of(d) in held and d.attribute(identity_attribute) is not None
+    }
+
+
 def _half_of_largest(devices: Sequence[devlib.Device], capacity: str | None) -> Decimal | None:
     sizes = [d.capacity_bytes(capacity) for d in devices] if capacity else []
     known = [s for s in sizes if s is not None]
@@ -249,8 +263,10 @@ async def partitions(ctx: ProbeContext, consumers: Consumers) -> None:
             )
         await require_class(ctx, setting.device_class, "hardware partitions")
         held = await allocations(ctx)
-        free = [d for d in await schedulable_devices(ctx) if key_of(d) not in held]
-        parents = partition_parents(free, setting.parent_attribute)
+        devices = await schedulable_devices(ctx)
+        parents = partition_parents([d for d in devices if key_of(d) not in held], setting.parent_attribute)
+        for parent in busy_parents(devices, held, vendor.identity_attribute):
+            parents.pop(parent, None)
         if not parents:
             raise CheckSkippedError(
                 f"{vendor.driver_name} publishes no physical device with two partitions (devices naming "
