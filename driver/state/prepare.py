@@ -7,16 +7,22 @@ Prepare of one call's claims, in phases (the caller holds the node lock):
 2. overlap guard: a device already prepared for another claim, or taken by an earlier claim of this call,
    fails this one (admin access aside), and so does a dynamic MIG device on memory slices another claim
    holds;
-3. checkpoint ``PrepareStarted`` for every claim that passed (intent recorded before any side effect);
+3. checkpoint ``PrepareStarted`` for every claim that passed and changes the node beyond its own files: a
+   time-slicing config or a dynamic MIG device (intent recorded before such a side effect); a claim whose
+   only traces are its CDI spec and metadata files is not recorded here;
 4. per claim: apply the sharing config (time slicing), create the instances of its dynamic MIG devices
    (``driver.state.mig``), write the device metadata files, then the claim's CDI spec that mounts them;
 5. checkpoint ``PrepareCompleted`` for every claim that got its spec.
 
-The checkpoint is written once per phase for the whole call, not per claim: a call with 1,000 claims writes
-it twice, well inside the kubelet's deadline. A crash anywhere leaves either no trace, or ``PrepareStarted``
-entries that the kubelet's retry rolls back and redoes (or the sweeper removes once the claim is gone). A
-repeated Prepare of a completed claim answers the same CDI ids and re-writes the spec if it is missing (a
-reboot wipes ``/var/run/cdi``).
+The checkpoint is written at most once per phase for the whole call, not per claim: a call with 1,000 claims
+writes it twice, well inside the kubelet's deadline, and a call of claims without side effects beyond their
+files writes it once. A crash anywhere leaves either no trace, files of claims without a checkpoint entry
+(which the next start removes: a spec no entry names is an orphan), or ``PrepareStarted`` entries that the
+kubelet's retry rolls back and redoes (or the sweeper removes once the claim is gone). The start writes an
+empty checkpoint on a fresh node, so the files a crash leaves before the first ``PrepareCompleted`` are
+orphans too, never the proof of a prepared claim that a missing checkpoint is rebuilt from. A repeated
+Prepare of a completed claim answers the same CDI ids and re-writes the spec if it is missing (a reboot
+wipes ``/var/run/cdi``).
 
 Unprepare of one call's claims: per claim reset sharing, remove the spec and destroy its dynamic MIG
 instances, then drop all their entries in one checkpoint write -- each step idempotent, so a crash in
@@ -135,8 +141,9 @@ class DeviceHolders:
             if not held.admin_access:
                 self._held.setdefault((held.pool, held.device), []).append((record, held))
 
-    def add(self, plan: ClaimPlan) -> None:
-        self._add(plan.record(ClaimState.PREPARE_COMPLETED))
+    def add(self, record: ClaimRecord) -> None:
+        """A claim of the call in progress holds its devices from here on (whatever its state says)."""
+        self._add(record)
 
     def conflict(self, plan: ClaimPlan) -> str | None:
         """Why ``plan`` would hand a device to a second claim, or None."""
@@ -296,7 +303,7 @@ class NodePreparer:
         ):
             log.info("removed leftover temporary file", file=name)
         self.specs.set_aside_junk()
-        cp = self.checkpoint()
+        cp = self.checkpoint(fresh_node_saved=True)
         for uid in self.specs.claim_uids():
             if uid not in cp.claims:
                 self.specs.remove(uid)
@@ -317,8 +324,10 @@ class NodePreparer:
             interrupted=",".join(started) or "-",
         )
 
-    def checkpoint(self) -> Checkpoint:
-        """The current checkpoint, after handling a reboot, corruption or migration found on load."""
+    def checkpoint(self, *, fresh_node_saved: bool = False) -> Checkpoint:
+        """The current checkpoint, after handling a reboot, corruption or migration found on load.
+        ``fresh_node_saved``: write the empty checkpoint of a fresh node (at start), so that from then on
+        a CDI spec without checkpoint entry is an orphan to remove, not the trace of a lost checkpoint."""
         cp, event = self.store.load()
         if event == LoadEvent.REBOOTED:
             for uid in self.specs.claim_uids():
@@ -332,7 +341,7 @@ class NodePreparer:
             log.warning("checkpoint is missing but CDI specs exist; rebuilding", path=str(self.store.path))
             cp = self._rebuild(cp)
             self.store.save(cp)
-        elif event == LoadEvent.MIGRATED:
+        elif event == LoadEvent.MIGRATED or (event == LoadEvent.MISSING and fresh_node_saved):
             self.store.save(cp)
         return cp
 
@@ -391,9 +400,11 @@ class NodePreparer:
 
     def _plan_all(self, cp: Checkpoint, claims: Sequence[Claim], call: _PrepareCall) -> Checkpoint:
         """Phases 1 and 2: plan, roll back interrupted attempts, guard overlaps. Returns the checkpoint to
-        write as ``PrepareStarted``."""
+        write before any side effect: interrupted attempts dropped, claims with side effects beyond their
+        files recorded as ``PrepareStarted``."""
         holders = DeviceHolders(cp)
-        started: list[ClaimRecord] = []
+        started: list[ClaimRecord] = []  # every claim of the call that passed, for the MIG guard
+        intents: list[ClaimRecord] = []  # those of them recorded before their side effects
         for claim in claims:
             ref = claim_ref(claim)
             if ref.uid in call.seen:
@@ -424,10 +435,24 @@ class NodePreparer:
                     call.fail(ref, f"claim {ref}: prepare failed: {err}")
                     continue
             crash_point("prepare:overlap-checked")
-            holders.add(plan)
+            record = plan.record(ClaimState.PREPARE_STARTED)
+            holders.add(record)
             call.fresh.append(plan)
-            started.append(plan.record(ClaimState.PREPARE_STARTED))
-        return cp.with_claims(started)
+            started.append(record)
+            if self._needs_intent(plan):
+                intents.append(record)
+        return cp.with_claims(intents)
+
+    def _needs_intent(self, plan: ClaimPlan) -> bool:
+        """Whether preparing ``plan`` changes the node beyond its CDI spec and device metadata files: a time
+        slice (nvidia-smi) or a dynamic MIG instance. Only such a claim is recorded as ``PrepareStarted``
+        before its side effects; for the others a crash leaves files without a checkpoint entry, which the
+        next start removes (module docstring)."""
+        return any(
+            (d.config is not None and d.config.time_slicing is not None)
+            or (self.mig is not None and self.mig.slot_of(d.device.name) is not None)
+            for d in plan.devices
+        )
 
     def _apply_all(self, cp: Checkpoint, call: _PrepareCall) -> Checkpoint:
         """Phase 4: sharing config, MIG instances and CDI spec per claim. Returns the checkpoint to write as
@@ -472,8 +497,9 @@ class NodePreparer:
         return self.mig.materialize(plan) if self.mig is not None else plan
 
     def _abandon(self, call: _PrepareCall, error: str) -> None:
-        """The final checkpoint write failed: undo this call's new claims (best effort; their
-        ``PrepareStarted`` entries make the kubelet's retry roll back whatever is left)."""
+        """The final checkpoint write failed: undo this call's new claims (best effort; whatever is left,
+        the kubelet's retry rolls back through a ``PrepareStarted`` entry or rewrites, and the next start
+        removes the files of a claim without entry)."""
         cp = self.store.last
         for plan in call.fresh:
             if plan.ref.uid in call.completed:

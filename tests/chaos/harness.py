@@ -25,7 +25,8 @@ from driver.devices.model import Inventory
 from driver.kube.client import NODES, RESOURCE_CLAIMS, RESOURCE_SLICES, KubeClient
 from driver.sim.apiserver import SimApiServer
 from driver.state.api import ClaimRef, echo
-from tests.chaos.invariants import mig_problems, node_problems
+from driver.state.opaque import API_VERSION
+from tests.chaos.invariants import mig_problems, node_problems, orphan_specs
 from tests.support.faultproxy import FaultProxy
 from tests.support.processes import Process, plugin_args
 
@@ -159,12 +160,23 @@ def claim_body(name: str) -> dict[str, Any]:
     }
 
 
-def allocation(device: str, admin: bool) -> dict[str, Any]:
-    """``status`` of a claim allocated one device of this node, as the scheduler writes it."""
+def allocation(device: str, admin: bool, interval: str | None = None) -> dict[str, Any]:
+    """``status`` of a claim allocated one device of this node, as the scheduler writes it; ``interval``:
+    with a time-slicing config (a side effect beyond the CDI spec, so its prepare records intent first)."""
     result: dict[str, Any] = {"request": "gpu", "driver": DRIVER, "pool": NODE, "device": device}
     if admin:
         result["adminAccess"] = True
-    return {"allocation": {"devices": {"results": [result]}}}
+    devices: dict[str, Any] = {"results": [result]}
+    if interval is not None:
+        parameters = {
+            "apiVersion": API_VERSION,
+            "kind": "GpuConfig",
+            "sharing": {"strategy": "TimeSlicing", "timeSlicing": {"interval": interval}},
+        }
+        devices["config"] = [
+            {"source": "FromClaim", "requests": [], "opaque": {"driver": DRIVER, "parameters": parameters}}
+        ]
+    return {"allocation": {"devices": devices}}
 
 
 #: gRPC itself logs a request that does not decode, with a traceback: not the plugin's error.
@@ -261,21 +273,27 @@ class ChaosNode:
     async def register_node(self) -> None:
         self.apiserver.create(NODES, {"metadata": {"name": NODE}})
 
-    async def create_claims(self, rng: random.Random, count: int, prefix: str = "c") -> list[Claim]:
+    async def create_claims(
+        self, rng: random.Random, count: int, prefix: str = "c", time_sliced: float = 0.0
+    ) -> list[Claim]:
         """Claims allocated as a scheduler would not always (two claims may name one device: the plugin
-        must refuse the second); about one in six with admin access."""
+        must refuse the second); about one in six with admin access, and the share ``time_sliced`` with a
+        time-slicing config."""
         made = []
         for _ in range(count):
             name = f"{prefix}-{len(self.claims) + len(made)}"
             device = rng.choice(self.claimable)
             admin = rng.random() < 0.16
-            made.append(await self.create_claim(name, device, admin))
+            interval = rng.choice(("Short", "Long")) if time_sliced and rng.random() < time_sliced else None
+            made.append(await self.create_claim(name, device, admin, interval))
         self.claims += made
         return made
 
-    async def create_claim(self, name: str, device: str, admin: bool = False) -> Claim:
+    async def create_claim(
+        self, name: str, device: str, admin: bool = False, interval: str | None = None
+    ) -> Claim:
         created = await self.kube.create(RESOURCE_CLAIMS, claim_body(name), "default")
-        created["status"] = allocation(device, admin)
+        created["status"] = allocation(device, admin, interval)
         await self.kube.update(RESOURCE_CLAIMS, created, "default", subresource="status")
         return Claim(name, created["metadata"]["uid"], device, admin)
 
@@ -389,13 +407,14 @@ class ChaosNode:
             raise ChaosError("node state broken:\n  " + "\n  ".join(problems) + "\n" + self.log_tail())
 
     def check_started(self) -> None:
-        """Right after a start: no MIG instance left that no completed claim holds (the start rolls back
-        interrupted prepares before it serves)."""
-        if not self.machine.mig_modes:
-            return
-        problems = mig_problems(
-            self.plugin_dir, self.cdi, DRIVER, self.inventory, self.mig_hardware(), settled=False
-        )
+        """Right after a start: no CDI spec without checkpoint entry (a crash between a claim's spec and its
+        first checkpoint entry leaves an orphan the start removes), no MIG instance left that no completed
+        claim holds (the start rolls back interrupted prepares before it serves)."""
+        problems = orphan_specs(self.plugin_dir, self.cdi, DRIVER)
+        if self.machine.mig_modes:
+            problems += mig_problems(
+                self.plugin_dir, self.cdi, DRIVER, self.inventory, self.mig_hardware(), settled=False
+            )
         if problems:
             raise ChaosError("after a start:\n  " + "\n  ".join(problems) + "\n" + self.log_tail())
 

@@ -8,7 +8,8 @@
 - on GPUs in dynamic MIG mode, a MIG instance exactly for every slot a completed claim holds: none that no
   claim holds (a prepare or unprepare cut short must not leak one), none missing, and the claim's spec
   names it; right after a start (before the kubelet retries anything) at least none that no completed
-  claim holds.
+  claim holds;
+- right after a start, no CDI spec without checkpoint entry (an orphan of a crash the start removes).
 
 Checked from the files alone, never through the plugin.
 """
@@ -122,6 +123,18 @@ def node_problems(plugin_dir: Path, cdi_dir: Path, driver: str, *, settled: bool
                 if p.name.endswith(".tmp") and stat.S_ISREG(p.lstat().st_mode)
             ]
     return problems
+
+
+def orphan_specs(plugin_dir: Path, cdi_dir: Path, driver: str) -> list[str]:
+    """Specs no checkpoint entry names (started or completed): what a start must have removed."""
+    specs, _ = _specs(cdi_dir, driver)
+    cp, _ = _checkpoint(plugin_dir)
+    claims = cp.claims if cp is not None else {}
+    return [
+        f"CDI spec of claim {uid} outlived the start: no checkpoint entry"
+        for uid in specs
+        if uid not in claims
+    ]
 
 
 def prepared(plugin_dir: Path) -> set[str]:

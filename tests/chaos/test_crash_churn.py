@@ -97,7 +97,8 @@ async def test_crash_churn_dynamic_mig(mig_node: ChaosNode, chaos: Chaos) -> Non
 
 async def churn(node: ChaosNode, chaos: Chaos, cases: int) -> None:
     rng = chaos.rng
-    claims = await node.create_claims(rng, 10)
+    # A third with a time slice: their prepare records intent first, the others' only writes the spec.
+    claims = await node.create_claims(rng, 10, time_sliced=0.3)
     model: set[str] = set()  # what the kubelet was told is prepared
     await node.start()
     await node.wait_published()

@@ -30,21 +30,23 @@ MODES = "static,0000:0f:00.0=dynamic,0000:47:00.0=dynamic"
 SLOT = f"{A100}-mig-3g-20gb-4"
 
 # (crash step, the claim's checkpoint state right after the crash). One claim per call: the checkpoint is
-# written twice by a prepare and once more by the unprepare.
+# written by the start (a fresh node's empty one), twice by a prepare (a MIG instance is a side effect
+# beyond the claim's files, so its intent is recorded first) and once more by the unprepare.
 PREPARE_STEPS = [
+    ("checkpoint:tmp-written#2", None),
     ("prepare:started", ClaimState.PREPARE_STARTED),
     ("mig:gpu-instance-created", ClaimState.PREPARE_STARTED),
     ("mig:compute-instance-created", ClaimState.PREPARE_STARTED),
     ("cdi:tmp-written", ClaimState.PREPARE_STARTED),
     ("prepare:cdi-written", ClaimState.PREPARE_STARTED),
-    ("checkpoint:tmp-written#2", ClaimState.PREPARE_STARTED),
+    ("checkpoint:tmp-written#3", ClaimState.PREPARE_STARTED),
     ("prepare:completed", ClaimState.PREPARE_COMPLETED),
 ]
 UNPREPARE_STEPS = [
     ("unprepare:cdi-removed", ClaimState.PREPARE_COMPLETED),
     ("mig:compute-instance-destroyed", ClaimState.PREPARE_COMPLETED),
     ("mig:gpu-instance-destroyed", ClaimState.PREPARE_COMPLETED),
-    ("checkpoint:tmp-written#3", ClaimState.PREPARE_COMPLETED),
+    ("checkpoint:tmp-written#4", ClaimState.PREPARE_COMPLETED),
     ("unprepare:completed", None),
 ]
 
@@ -200,7 +202,7 @@ async def test_an_instance_no_claim_holds_is_destroyed_at_start(node: MigNode, k
 
 @pytest.mark.parametrize(("step", "state"), PREPARE_STEPS)
 async def test_a_crash_during_prepare_leaves_no_instance_behind(
-    node: MigNode, kube: KubeClient, step: str, state: ClaimState
+    node: MigNode, kube: KubeClient, step: str, state: ClaimState | None
 ) -> None:
     claim = await claim_for(kube, "victim", SLOT)
     uid = claim["metadata"]["uid"]
@@ -208,7 +210,7 @@ async def test_a_crash_during_prepare_leaves_no_instance_behind(
     with pytest.raises(KubeletError, match="UNAVAILABLE"):
         await node.kubelet.prepare(DRIVER, [ref(claim)])
     assert await process.wait() == -signal.SIGKILL
-    assert node.checkpoint() == {uid: state}
+    assert node.checkpoint() == ({} if state is None else {uid: state})
     # Restarted: an interrupted prepare's instance is rolled back; a completed one is kept.
     await node.plugin()
     assert len(node.instances()) == (1 if state == ClaimState.PREPARE_COMPLETED else 0)

@@ -30,25 +30,42 @@ from tests.support.cdi_rules import assert_valid_cdi
 from tests.support.processes import Process
 
 STARTED, COMPLETED = ClaimState.PREPARE_STARTED, ClaimState.PREPARE_COMPLETED
-# (crash step, the victim claim's checkpoint state right after the crash, whether its CDI spec exists then,
-# the other claim's checkpoint state then). The batch is [other, victim]; ``#n`` counts how often the process
-# reached the step (other reaches each per-claim step once before the victim). The checkpoint is written
-# once per phase for the whole call: both claims started, then both completed.
-PREPARE_CASES = [
-    ("prepare:overlap-checked#2", (None, False, None)),
-    ("checkpoint:tmp-written#1", (None, False, None)),
-    ("prepare:started", (STARTED, False, STARTED)),
-    ("prepare:config-applied#2", (STARTED, False, STARTED)),
-    ("cdi:tmp-written#2", (STARTED, False, STARTED)),
-    ("prepare:cdi-written#2", (STARTED, True, STARTED)),
-    ("checkpoint:tmp-written#2", (STARTED, True, STARTED)),
-    ("prepare:completed", (COMPLETED, True, COMPLETED)),
+# (crash step, (the victim claim's checkpoint state right after the crash, whether its CDI spec exists then,
+# the other claim's state, whether its spec exists)). The batch is [other, victim]; ``#n`` counts how often
+# the process reached the step (other reaches each per-claim step once before the victim; the start writes
+# the fresh node's empty checkpoint, ``checkpoint:tmp-written#1``). The other claim has nothing but its spec
+# to write, so it is never recorded as started: a crash leaves at most its spec, an orphan the start removes.
+# The victim has a time slice to set: with it, the call records it ``PrepareStarted`` first.
+PREPARE_CASES_TIME_SLICED = [
+    ("prepare:overlap-checked#2", (None, False, None, False)),
+    ("checkpoint:tmp-written#2", (None, False, None, False)),
+    ("prepare:started", (STARTED, False, None, False)),
+    ("prepare:config-applied#2", (STARTED, False, None, True)),
+    ("prepare:cdi-written#1", (STARTED, False, None, True)),
+    ("cdi:tmp-written#2", (STARTED, False, None, True)),
+    ("prepare:cdi-written#2", (STARTED, True, None, True)),
+    ("checkpoint:tmp-written#3", (STARTED, True, None, True)),
+    ("prepare:completed", (COMPLETED, True, COMPLETED, True)),
 ]
-# Both claims are prepared first (two checkpoint writes), then the victim is unprepared.
+# Both claims with nothing but a spec: one checkpoint write, after both specs.
+PREPARE_CASES_SPEC_ONLY = [
+    ("prepare:overlap-checked#2", (None, False, None, False)),
+    ("prepare:config-applied#2", (None, False, None, True)),
+    ("cdi:tmp-written#2", (None, False, None, True)),
+    ("prepare:cdi-written#2", (None, True, None, True)),
+    ("checkpoint:tmp-written#2", (None, True, None, True)),
+    ("prepare:completed", (COMPLETED, True, COMPLETED, True)),
+]
+PREPARE_CASES = [
+    *((step, "Long", after) for step, after in PREPARE_CASES_TIME_SLICED),
+    *((step, None, after) for step, after in PREPARE_CASES_SPEC_ONLY),
+]
+# Both claims are prepared first (the start's write, then two for the call, as the victim has a time slice),
+# then the victim is unprepared.
 UNPREPARE_CASES = [
     ("unprepare:sharing-reset", COMPLETED, True),
     ("unprepare:cdi-removed", COMPLETED, False),
-    ("checkpoint:tmp-written#3", COMPLETED, False),
+    ("checkpoint:tmp-written#4", COMPLETED, False),
     ("unprepare:completed", None, False),
 ]
 
@@ -114,14 +131,18 @@ def node(node_dirs: NodeDirs, start_plugin: StartPlugin, kubelet: SimKubelet) ->
     return Node(node_dirs, start_plugin, kubelet)
 
 
-@pytest.mark.parametrize(("step", "after"), PREPARE_CASES)
+@pytest.mark.parametrize(("step", "interval", "after"), PREPARE_CASES)
 async def test_crash_during_prepare_converges_on_retry(
-    node: Node, kube: KubeClient, step: str, after: tuple[ClaimState | None, bool, ClaimState | None]
+    node: Node,
+    kube: KubeClient,
+    step: str,
+    interval: str | None,
+    after: tuple[ClaimState | None, bool, ClaimState | None, bool],
 ) -> None:
-    state, spec, other_state = after
+    state, spec, other_state, other_spec = after
     other = await allocated(kube, "other", GPU1)
-    claim = await allocated(kube, "victim", GPU0, "Long")
-    uid = claim["metadata"]["uid"]
+    claim = await allocated(kube, "victim", GPU0, interval)
+    uid, other_uid = claim["metadata"]["uid"], other["metadata"]["uid"]
     process = await node.plugin(crash_at=step)
     with pytest.raises(KubeletError, match="UNAVAILABLE"):
         await node.kubelet.prepare(DRIVER, [ref(other), ref(claim)])
@@ -129,14 +150,17 @@ async def test_crash_during_prepare_converges_on_retry(
     # It died where it was told to: both claims are where the step says.
     after_crash = node.checkpoint()
     assert after_crash.get(uid) == state
-    assert after_crash.get(other["metadata"]["uid"]) == other_state
+    assert after_crash.get(other_uid) == other_state
     assert (uid in node.specs()) == spec
+    assert (other_uid in node.specs()) == other_spec
     await node.plugin()
+    # The start removed every spec without checkpoint entry (a started claim's waits for the retry).
+    assert set(node.specs()) <= set(node.checkpoint())
     prepared = await node.kubelet.prepare(DRIVER, [ref(other), ref(claim)])
     assert prepared[uid][0].cdi_device_ids == (f"k8s.{DRIVER}/gpu={uid}-{GPU0}",)
     node.assert_prepared(other, claim)
     env = node.specs()[uid]["devices"][0]["containerEdits"]["env"]
-    assert "ACCEL_DRA_DEVICE_GPU_0000_01_00_0_SHARING=TimeSlicing:Long" in env
+    assert ("ACCEL_DRA_DEVICE_GPU_0000_01_00_0_SHARING=TimeSlicing:Long" in env) == (interval is not None)
 
 
 @pytest.mark.parametrize(("step", "state", "spec"), UNPREPARE_CASES)
@@ -163,18 +187,28 @@ async def test_crash_during_unprepare_converges_on_retry(
     node.assert_prepared(other, newcomer)
 
 
-async def test_a_crashed_prepare_of_a_claim_that_then_goes_away_is_swept(
-    node: Node, kube: KubeClient
+@pytest.mark.parametrize(
+    ("interval", "recorded", "cleaned_by"),
+    [
+        # Recorded as started: the start keeps it (the kubelet may retry), the sweeper finds it gone.
+        ("Long", {STARTED}, "unprepared claim that no longer exists"),
+        # Only its spec was written: no entry, so the start removes the spec.
+        (None, set(), "removed CDI spec of a claim this node does not have prepared"),
+    ],
+)
+async def test_a_crashed_prepare_of_a_claim_that_then_goes_away_leaves_nothing(
+    node: Node, kube: KubeClient, interval: str | None, recorded: set[ClaimState], cleaned_by: str
 ) -> None:
-    claim = await allocated(kube, "short-lived", GPU0)
+    claim = await allocated(kube, "short-lived", GPU0, interval)
     process = await node.plugin(crash_at="prepare:cdi-written")
     with pytest.raises(KubeletError, match="UNAVAILABLE"):
         await node.kubelet.prepare(DRIVER, [ref(claim)])
     await node.crashed(process)
-    assert node.checkpoint() == {claim["metadata"]["uid"]: ClaimState.PREPARE_STARTED}
+    assert set(node.checkpoint().values()) == recorded
+    assert set(node.specs()) == {claim["metadata"]["uid"]}
     await kube.delete(RESOURCE_CLAIMS, "short-lived", "default")
     restarted = await node.plugin()
-    await restarted.wait_log("unprepared claim that no longer exists")
+    await restarted.wait_log(cleaned_by)
     assert node.specs() == {}
     assert node.checkpoint() == {}
 

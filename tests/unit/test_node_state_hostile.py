@@ -10,13 +10,14 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from driver import crash
 from driver.state.checkpoint import CHECKPOINT_FILE, CheckpointStore, ClaimState, LoadEvent, checksum
 from driver.state.lock import LOCK_FILE_NAME
-from tests.unit.test_prepare import DRIVER, GPU0, GPU1, Node, claim, node, prepare, ref
+from tests.unit.test_prepare import DRIVER, GPU0, GPU1, Node, claim, node, prepare, ref, sharing
 
 __all__ = ["node"]  # fixture
 
@@ -77,7 +78,10 @@ def test_a_missing_checkpoint_is_rebuilt_from_the_specs(node: Node, how: str) ->
 def test_without_specs_a_missing_checkpoint_is_a_fresh_node(node: Node) -> None:
     p = node.preparer()
     p.recover()
-    assert not checkpoint(node).exists(), "a fresh node writes nothing until a claim is prepared"
+    # The start writes the fresh node's empty checkpoint: a spec a crash leaves before the first prepare
+    # completes is then an orphan the next start removes, not the trace of a lost checkpoint.
+    assert node.records() == {}
+    assert checkpoint(node).exists()
     assert prepare(p, claim("a1", GPU0))["a1"].error == ""
 
 
@@ -225,12 +229,23 @@ def checkpoint_writes() -> Iterator[list[str]]:
     crash.set_crash_hook(None)
 
 
-def test_one_checkpoint_write_per_phase_however_many_claims(node: Node, checkpoint_writes: list[str]) -> None:
-    claims = [claim(f"c{i:04d}", (GPU0, GPU1)[i % 2], admin=True) for i in range(300)]
+@pytest.mark.parametrize(
+    ("config", "writes"),
+    [
+        # Only CDI specs to write: PrepareCompleted for all, once.
+        (None, 1),
+        # A time slice to set on every GPU: PrepareStarted for all, then PrepareCompleted for all.
+        (sharing("Long"), 2),
+    ],
+)
+def test_one_checkpoint_write_per_phase_however_many_claims(
+    node: Node, checkpoint_writes: list[str], config: list[Any] | None, writes: int
+) -> None:
+    claims = [claim(f"c{i:04d}", (GPU0, GPU1)[i % 2], admin=True, config=config) for i in range(300)]
     p = node.preparer()
     results, _ = p.prepare_sync(claims)
     assert [uid for uid, r in results.items() if r.error] == []
-    assert len(checkpoint_writes) == 2  # PrepareStarted for all, then PrepareCompleted for all
+    assert len(checkpoint_writes) == writes
     assert len(node.specs()) == 300
     checkpoint_writes.clear()
     errors = p.unprepare_sync([ref(c) for c in claims])

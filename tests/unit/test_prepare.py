@@ -225,32 +225,114 @@ def test_bad_claims_fail_alone_and_leave_no_trace(node: Node, c: dict[str, Any],
     assert node.records() == {"ok": ClaimState.PREPARE_COMPLETED}
 
 
+def started(node: Node) -> NodePreparer:
+    """A preparer as a plugin process serves it: after its start-up recovery."""
+    p = node.preparer()
+    p.recover()
+    return p
+
+
 @pytest.mark.parametrize(
-    ("step", "recorded"),
+    ("step", "recorded", "spec"),
     [
         # The overlap guard runs before anything is recorded.
-        ("prepare:overlap-checked", {}),
-        ("prepare:started", {"a1": ClaimState.PREPARE_STARTED}),
-        ("prepare:config-applied", {"a1": ClaimState.PREPARE_STARTED}),
-        ("prepare:cdi-written", {"a1": ClaimState.PREPARE_STARTED}),
+        ("prepare:overlap-checked", {}, False),
+        ("prepare:started", {"a1": ClaimState.PREPARE_STARTED}, False),
+        ("prepare:config-applied", {"a1": ClaimState.PREPARE_STARTED}, False),
+        ("prepare:cdi-written", {"a1": ClaimState.PREPARE_STARTED}, True),
     ],
 )
-def test_an_interrupted_prepare_is_rolled_back_and_redone(
-    node: Node, crash_at: set[str], step: str, recorded: dict[str, ClaimState]
+def test_an_interrupted_prepare_with_a_time_slice_is_rolled_back_and_redone(
+    node: Node, crash_at: set[str], step: str, recorded: dict[str, ClaimState], spec: bool
 ) -> None:
     c = claim("a1", GPU0, config=sharing("Long"))
     crash_at.add(step)
     with pytest.raises(Crash):
-        prepare(node.preparer(), c)
+        prepare(started(node), c)
     assert node.records() == recorded
+    assert ("a1" in node.specs()) == spec
     crash_at.clear()
-    restarted = node.preparer()
-    restarted.recover()
+    restarted = started(node)
     out = prepare(restarted, c)
     assert out["a1"].error == ""
     assert node.records() == {"a1": ClaimState.PREPARE_COMPLETED}
     assert set(node.specs()) == {"a1"}
     assert node.slicer.calls[-1] == (GPU0, "Long")
+
+
+@pytest.mark.parametrize(
+    ("step", "spec"),
+    [
+        ("prepare:overlap-checked", False),
+        ("prepare:config-applied", False),
+        ("cdi:tmp-written", False),
+        ("prepare:cdi-written", True),
+        ("checkpoint:tmp-written", True),
+    ],
+)
+def test_an_interrupted_prepare_of_a_spec_only_claim_leaves_an_orphan_the_start_removes(
+    node: Node, crash_at: set[str], step: str, spec: bool
+) -> None:
+    """Nothing but files to undo: no ``PrepareStarted`` is written, and the spec a crash leaves has no
+    checkpoint entry, so the next start removes it before the kubelet's retry prepares the claim anew."""
+    c = claim("a1", GPU0)
+    p = started(node)
+    crash_at.add(step)
+    with pytest.raises(Crash):
+        prepare(p, c)
+    assert node.records() == {}
+    assert ("a1" in node.specs()) == spec
+    crash_at.clear()
+    restarted = started(node)
+    assert node.specs() == {}, "the orphan spec outlived the start"
+    assert prepare(restarted, c)["a1"].error == ""
+    assert node.records() == {"a1": ClaimState.PREPARE_COMPLETED}
+    assert set(node.specs()) == {"a1"}
+    assert node.slicer.calls == []
+
+
+def test_an_interrupted_spec_only_prepare_with_its_checkpoint_lost_is_held_as_prepared(
+    node: Node, crash_at: set[str]
+) -> None:
+    """The checkpoint gone too (deleted by hand, or lost with a power loss while the CDI directory
+    persists): the spec is the only trace, the claim is rebuilt from it and held as prepared -- its device
+    guarded -- and the kubelet's retry gets the answer a completed prepare gives."""
+    c = claim("a1", GPU0)
+    first = prepare(started(node), claim("b1", GPU1))  # the node has a checkpoint, with another claim
+    crash_at.add("prepare:cdi-written")
+    with pytest.raises(Crash):
+        prepare(started(node), c)
+    crash_at.clear()
+    (node.root / "plugin" / CHECKPOINT_FILE).unlink()
+    restarted = started(node)
+    assert node.records() == {"a1": ClaimState.PREPARE_COMPLETED, "b1": ClaimState.PREPARE_COMPLETED}
+    assert "already prepared for claim" in prepare(restarted, claim("c1", GPU0))["c1"].error
+    again = prepare(restarted, c)["a1"]
+    assert again.error == ""
+    assert again.devices[0].cdi_device_ids == (f"k8s.{DRIVER}/gpu=a1-{GPU0}",)
+    assert first["b1"].error == "" and set(node.specs()) == {"a1", "b1"}
+
+
+def test_a_call_of_both_kinds_records_intent_only_for_the_claim_with_side_effects(
+    node: Node, crash_at: set[str]
+) -> None:
+    """One call, a spec-only claim and a time-sliced one: a crash after both specs are written leaves the
+    time-sliced claim ``PrepareStarted`` (rolled back by the retry) and the other one no entry (its spec
+    removed by the start); the retry prepares both."""
+    plain, sliced = claim("a1", GPU0), claim("b1", GPU1, config=sharing("Short"))
+    p = started(node)
+    crash_at.add("prepare:cdi-written")
+    with pytest.raises(Crash):
+        prepare(p, plain, sliced)
+    assert node.records() == {"b1": ClaimState.PREPARE_STARTED}
+    assert set(node.specs()) == {"a1"}  # the crash came at the first claim's spec
+    crash_at.clear()
+    restarted = started(node)
+    assert node.specs() == {}
+    out = prepare(restarted, plain, sliced)
+    assert out["a1"].error == "" and out["b1"].error == ""
+    assert node.records() == {"a1": ClaimState.PREPARE_COMPLETED, "b1": ClaimState.PREPARE_COMPLETED}
+    assert set(node.specs()) == {"a1", "b1"}
 
 
 def test_an_interrupted_unprepare_is_finished_by_the_retry(node: Node, crash_at: set[str]) -> None:
