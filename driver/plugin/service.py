@@ -54,7 +54,7 @@ class DraServicer:
             # The claims' status PATCHes wait until the kubelet has its answer (also after an abort).
             context.add_done_callback(lambda _: release_status_writes())
             started = time.monotonic()
-            log.info("prepare requested", claims=_describe(refs))
+            _requested("prepare", refs)
             try:
                 results = await self._node.prepare(refs)
             except ClaimCheckError as err:
@@ -65,9 +65,7 @@ class DraServicer:
                 self._observe("prepare", "error", started)
                 log.exception("prepare failed")
                 await context.abort(grpc.StatusCode.INTERNAL, f"prepare failed: {err}")
-            failed = sum(1 for r in results.values() if r.error)
-            self._observe("prepare", "error" if failed else "success", started)
-            log.info("prepare answered", claims=len(results), failed=failed, ms=_ms(started))
+            self._answered("prepare", refs, [r.error for r in results.values()], started)
             return self._prepare_response(results)
 
     async def NodeUnprepareResources(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -77,16 +75,14 @@ class DraServicer:
             self._in_flight("unprepare"),
         ):
             started = time.monotonic()
-            log.info("unprepare requested", claims=_describe(refs))
+            _requested("unprepare", refs)
             try:
                 errors = await self._node.unprepare(refs)
             except Exception as err:
                 self._observe("unprepare", "error", started)
                 log.exception("unprepare failed")
                 await context.abort(grpc.StatusCode.INTERNAL, f"unprepare failed: {err}")
-            failed = sum(1 for e in errors.values() if e)
-            self._observe("unprepare", "error" if failed else "success", started)
-            log.info("unprepare answered", claims=len(errors), failed=failed, ms=_ms(started))
+            self._answered("unprepare", refs, list(errors.values()), started)
             response = self._pb.NodeUnprepareResourcesResponse()
             for uid, error in errors.items():
                 response.claims[uid].error = error
@@ -111,12 +107,30 @@ class DraServicer:
                     out.share_id = device.share_id
         return response
 
+    def _answered(self, operation: str, refs: list[ClaimRef], errors: list[str], started: float) -> None:
+        """Count the answered call and log its one line at info: claims, failures, duration."""
+        failed = sum(1 for e in errors if e)
+        self._observe(operation, "error" if failed else "success", started)
+        log.info(
+            f"{operation} answered",
+            claims=len(errors),
+            failed=failed,
+            ms=_ms(started),
+            claim_refs=_describe(refs),
+        )
+
     def _in_flight(self, operation: str) -> AbstractContextManager[None]:
         return self._metrics.in_flight(operation) if self._metrics else contextlib.nullcontext()
 
     def _observe(self, operation: str, result: str, started: float) -> None:
         if self._metrics is not None:
             self._metrics.observe(operation, result, time.monotonic() - started)
+
+
+def _requested(operation: str, refs: list[ClaimRef]) -> None:
+    """The arrival of a call, at debug level only (its answered line names the claims)."""
+    if log.is_debug():
+        log.debug(f"{operation} requested", claim_refs=_describe(refs))
 
 
 def _describe(refs: list[ClaimRef]) -> str:

@@ -125,7 +125,8 @@ async def _acquire(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return
     except BlockingIOError:
-        pass
+        # Only when another process (a second plugin instance) holds it: a call waits here, unanswered.
+        log.info("waiting for the node lock, which another process holds")
     except BaseException:
         os.close(fd)
         raise

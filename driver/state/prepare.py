@@ -387,15 +387,15 @@ class NodePreparer:
                 self._abandon(call, f"prepare failed: checkpoint not written: {err}")
                 return call.results, call.succeeded()
         crash_point("prepare:completed")
-        for plan in call.fresh:
-            if plan.ref.uid not in call.completed:
-                continue
-            log.info(
-                "claim prepared",
-                claim=str(plan.ref),
-                devices=",".join(d.device.name for d in plan.unique_devices()) or "-",
-                cdi_spec=str(self.specs.path(plan.ref.uid)) if plan.devices else "-",
-            )
+        if log.is_debug():  # the call's answered line (info) names its claims; this adds their devices
+            for plan in call.fresh:
+                if plan.ref.uid in call.completed:
+                    log.debug(
+                        "claim prepared",
+                        claim=str(plan.ref),
+                        devices=",".join(d.device.name for d in plan.unique_devices()) or "-",
+                        cdi_spec=str(self.specs.path(plan.ref.uid)) if plan.devices else "-",
+                    )
         return call.results, call.succeeded()
 
     def _plan_all(self, cp: Checkpoint, claims: Sequence[Claim], call: _PrepareCall) -> Checkpoint:
@@ -579,7 +579,7 @@ class NodePreparer:
                 return errors, set()
             crash_point("unprepare:completed")
         for ref in dropped:
-            log.info("claim unprepared", claim=str(ref))
+            log.debug("claim unprepared", claim=str(ref))
         return errors, {ref.uid for ref in dropped}
 
     def _unprepare_files(self, cp: Checkpoint, ref: ClaimRef) -> bool:

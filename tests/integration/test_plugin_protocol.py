@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import re
 import signal
 import socket
 import stat
@@ -142,9 +143,14 @@ async def test_prepare_and_unprepare_over_each_api_version(
         await kubelet.unprepare(DRIVER, [ref(claim)])
         assert not spec_path(node_dirs, claim).exists()
     api = expected.split(".", maxsplit=1)[0]
-    await process.wait_log(rf"prepare answered.*api={api}")
-    await process.wait_log(rf"unprepare answered.*api={api}")
-    assert process.matching(r"request_id=[0-9a-f]{12}")
+    refs = f"claim_refs=default/c1:{uid}"
+    (prepared_line,) = await process.wait_log(rf'event="prepare answered".*api={api}.* failed=0 .*{refs}')
+    (unprepared_line,) = await process.wait_log(rf'event="unprepare answered".*api={api}.* failed=0 .*{refs}')
+    # One line per call at info level, carrying the call's request id.
+    for line in (prepared_line, unprepared_line):
+        request_id = re.search(r"request_id=([0-9a-f]{12}) ", line)
+        assert request_id is not None, line
+        assert process.matching(f"request_id={request_id[1]} ") == [line]
 
 
 async def test_results_for_other_drivers_are_ignored(
@@ -211,7 +217,7 @@ async def test_calls_wait_for_the_node_lock(
         fcntl.flock(fd, fcntl.LOCK_EX)  # another instance is busy
         try:
             call = asyncio.create_task(kubelet.prepare(DRIVER, [ref(claim)]))
-            await process.wait_log("prepare requested")
+            await process.wait_log("waiting for the node lock")
             done, _ = await asyncio.wait({call}, timeout=0.5)
             assert not done, "prepare ran while another process held serialize.lock"
         finally:
@@ -239,8 +245,7 @@ async def test_two_instances_share_a_plugin_dir(
         assert await new.terminate() == 0
         await kubelet.wait_for(lambda k: len(k.instances(DRIVER)) == 1)
         await kubelet.unprepare(DRIVER, [ref(claim)])
-        await old.wait_log("unprepare answered")
-        await old.wait_log("claim unprepared")
+        await old.wait_log(r"unprepare answered\".* claims=1 failed=0 ")
         assert not spec_path(node_dirs, claim).exists()
         assert os.path.exists(f"{plugin_dir}/dra-11111111-aaaa.sock")
 
