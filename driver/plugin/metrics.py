@@ -10,8 +10,7 @@ sets are folded into ``other`` so a bug can never explode cardinality.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+from contextlib import AbstractContextManager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import choose_encoder
@@ -31,6 +30,19 @@ DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 
 def _known(value: str, allowed: tuple[str, ...]) -> str:
     return value if value in allowed else OTHER
+
+
+class _InFlight:
+    """Holds one in-flight gauge series up while a block runs (re-entrant: it counts, holds no state)."""
+
+    def __init__(self, gauge: Gauge) -> None:
+        self._gauge = gauge
+
+    def __enter__(self) -> None:
+        self._gauge.inc()
+
+    def __exit__(self, *_: object) -> None:
+        self._gauge.dec()
 
 
 class PluginMetrics:
@@ -61,12 +73,13 @@ class PluginMetrics:
         spec = n.PLUGIN_INFO
         Info(spec.family, spec.help, registry=reg).info({"version": __version__, "dra_driver": driver_name})
         self._error_kinds: set[str] = set()
-        # Known series exist from the start, so rate() and absent() work before the first call.
-        for operation in OPERATIONS:
-            self._duration.labels(operation)
-            self._in_flight.labels(operation)
-            for result in RESULTS:
-                self._requests.labels(operation, result)
+        # Known series exist from the start, so rate() and absent() work before the first call; they are
+        # looked up here once, not per call (``labels`` checks and hashes its arguments every time).
+        self._duration_of = {op: self._duration.labels(op) for op in OPERATIONS}
+        self._in_flight_of = {op: _InFlight(self._in_flight.labels(op)) for op in OPERATIONS}
+        self._requests_of = {
+            (op, result): self._requests.labels(op, result) for op in OPERATIONS for result in RESULTS
+        }
         for verb in VERBS:
             self._writes.labels(verb)
         self._server: MetricsServer | None = None
@@ -75,19 +88,14 @@ class PluginMetrics:
 
     def observe(self, operation: str, result: str, seconds: float) -> None:
         """Count one answered call and its duration (an ``OperationObserver``)."""
-        operation = _known(operation, OPERATIONS)
-        self._requests.labels(operation, _known(result, RESULTS)).inc()
-        self._duration.labels(operation).observe(max(0.0, seconds))
+        key = (_known(operation, OPERATIONS), _known(result, RESULTS))
+        (self._requests_of.get(key) or self._requests.labels(*key)).inc()
+        (self._duration_of.get(key[0]) or self._duration.labels(key[0])).observe(max(0.0, seconds))
 
-    @contextlib.contextmanager
-    def in_flight(self, operation: str) -> Iterator[None]:
+    def in_flight(self, operation: str) -> AbstractContextManager[None]:
         """Count a call as in flight for the duration of the block (works in async code too)."""
-        gauge = self._in_flight.labels(_known(operation, OPERATIONS))
-        gauge.inc()
-        try:
-            yield
-        finally:
-            gauge.dec()
+        known = self._in_flight_of.get(operation)
+        return known if known is not None else _InFlight(self._in_flight.labels(OTHER))
 
     def set_prepared_devices(self, count: int) -> None:
         self._prepared.set(count)
