@@ -147,7 +147,11 @@ def canonical_json(value: Any) -> bytes:
 
 def checksum(document: Mapping[str, Any]) -> str:
     body = {k: v for k, v in document.items() if k != "checksum"}
-    return "sha256:" + hashlib.sha256(canonical_json(body)).hexdigest()
+    return _digest(canonical_json(body))
+
+
+def _digest(body: bytes) -> str:
+    return "sha256:" + hashlib.sha256(body).hexdigest()
 
 
 def _device_json(d: DeviceRecord) -> dict[str, Any]:
@@ -181,19 +185,29 @@ def _claim_json(c: ClaimRecord) -> dict[str, Any]:
     return out
 
 
-def to_document(cp: Checkpoint) -> dict[str, Any]:
+def to_document(cp: Checkpoint, *, with_checksum: bool = True) -> dict[str, Any]:
     data: dict[str, Any] = dict(cp.extra_data)
     data["nodeBootID"] = cp.boot_id
     data["claims"] = {uid: _claim_json(c) for uid, c in sorted(cp.claims.items())}
     document: dict[str, Any] = dict(cp.extra_top)
     document.update(kind=KIND, version=CURRENT_VERSION, data=data)
-    document["checksum"] = checksum(document)
+    if with_checksum:
+        document["checksum"] = checksum(document)
     return document
 
 
 def encode(cp: Checkpoint) -> bytes:
-    # Compact: json's C encoder only serves ``indent=None``; indenting took half of a save's CPU time.
-    return canonical_json(to_document(cp)) + b"\n"
+    """The file's bytes: the canonical form of :func:`to_document` (compact: json's C encoder only serves
+    ``indent=None``; indenting took half of a save's CPU time)."""
+    document = to_document(cp, with_checksum=False)
+    body = canonical_json(document)
+    digest = _digest(body)
+    if min(document) > "checksum":
+        # Sorted keys put the checksum first: the canonical form of the whole document is the body's with
+        # it spliced in, so the claims are encoded once, not once for the checksum and once for the file.
+        return b'{"checksum":"' + digest.encode() + b'",' + body[1:] + b"\n"
+    document["checksum"] = digest
+    return canonical_json(document) + b"\n"
 
 
 class CorruptCheckpointError(ValueError):

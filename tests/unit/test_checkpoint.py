@@ -23,8 +23,12 @@ from driver.state.checkpoint import (
     ClaimState,
     DeviceRecord,
     LoadEvent,
+    canonical_json,
     checksum,
+    decode,
+    encode,
     read_boot_id,
+    to_document,
 )
 
 
@@ -129,6 +133,20 @@ def test_the_checksum_ignores_formatting(tmp_path: Path) -> None:
     cp, event = CheckpointStore(tmp_path, "boot-1").load()
     assert event == LoadEvent.LOADED
     assert set(cp.claims) == {"a"}
+
+
+@pytest.mark.parametrize(
+    "extra_top",
+    [{}, {"writtenBy": "accel-dra 9.0"}, {"annotations": {"x": "y"}}, {"checkpointNote": "sorts before"}],
+)
+def test_the_file_is_the_canonical_form_of_the_document(extra_top: dict[str, Any]) -> None:
+    """The checksum is spliced into the body's encoding when it sorts first (top-level keys after it);
+    the bytes are those of the whole document's canonical form either way, and they verify."""
+    cp = Checkpoint("boot-1", extra_top=extra_top).with_claims([record("a"), record("b")])
+    raw_bytes = encode(cp)
+    assert raw_bytes == canonical_json(to_document(cp)) + b"\n"
+    assert decode(raw_bytes) == (cp, LoadEvent.LOADED)
+    assert json.loads(raw_bytes)["checksum"] == checksum(json.loads(raw_bytes))
 
 
 @pytest.mark.parametrize(
