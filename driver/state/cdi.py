@@ -266,11 +266,15 @@ class CdiStore:
         return self._regular(self.path(claim_uid))
 
     def write(self, claim_uid: str, spec: Mapping[str, Any]) -> Path:
-        self.directory.mkdir(parents=True, exist_ok=True)
         path = self.path(claim_uid)
         self._regular(path)
+        raw = encode_spec(spec)
         # Specs hold no secrets and the container runtime reads them: world-readable like the CDI library's.
-        atomic_write(path, encode_spec(spec), mode=0o644, what="cdi", sync=self.sync)
+        try:
+            atomic_write(path, raw, mode=0o644, what="cdi", sync=self.sync)
+        except FileNotFoundError:  # the directory does not exist yet (or was deleted): made, then again
+            self.directory.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, raw, mode=0o644, what="cdi", sync=self.sync)
         return path
 
     def remove(self, claim_uid: str) -> bool:

@@ -114,8 +114,10 @@ def claim_metadata(
             }
             for d in members
         ]
+        # Compact, one document a line: json's C encoder only serves that (``indent`` is ~10x slower).
         stream = b"".join(
-            json.dumps(document(v, claim, pod_claim_name, request, entries), indent=2).encode() + b"\n"
+            json.dumps(document(v, claim, pod_claim_name, request, entries), separators=(",", ":")).encode()
+            + b"\n"
             for v in API_VERSIONS
         )
         base = request.split("/", 1)[0]
