@@ -79,7 +79,7 @@ def metadata_writer(config: PluginConfig, inventory: Inventory) -> ClaimMetadata
     """Device metadata with the attributes each device is published with (the standard profile); switched
     off, it still cleans up the files of claims prepared while it was on."""
     return ClaimMetadataWriter(
-        MetadataStore(config.plugin_dir),
+        MetadataStore(config.plugin_dir, sync=config.state_fsync),
         lambda device: device_attributes(device, inventory, config.driver_name),
         enabled=config.device_metadata,
     )

@@ -128,8 +128,11 @@ def claim_metadata(
 class MetadataStore:
     """The metadata files of this node's prepared claims, under the plugin directory."""
 
-    def __init__(self, plugin_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, plugin_dir: str | os.PathLike[str], *, sync: bool = False) -> None:
+        """``sync``: fsync each file (off by default, like the checkpoint and the CDI specs: a reboot voids
+        prepared claims, and the start removes the files of claims the checkpoint does not hold)."""
         self.directory = Path(plugin_dir) / SUBDIR
+        self.sync = sync
 
     def host_path(self, claim_uid: str, request: str) -> Path:
         return self.directory / claim_uid / request / FILE_NAME
@@ -147,7 +150,7 @@ class MetadataStore:
             path = self.host_path(claim_uid, item.request)
             path.parent.mkdir(parents=True, exist_ok=True)
             # Read by whatever user the container runs as: world-readable, like the CDI specs.
-            atomic_write(path, item.content, mode=0o644, what="metadata")
+            atomic_write(path, item.content, mode=0o644, what="metadata", sync=self.sync)
 
     def exists(self, claim_uid: str, items: Sequence[RequestMetadata]) -> bool:
         return all(self.host_path(claim_uid, i.request).is_file() for i in items)

@@ -95,7 +95,37 @@ def test_the_flag_and_the_environment_reach_the_node_state(
     preparer = make_preparer(
         config, capabilities(backend), backend.discover(), None, NodeLock(tmp_path / LOCK_FILE_NAME)
     )
-    assert (preparer.store.sync, preparer.specs.sync) == (synced, synced)
+    assert preparer.metadata is not None
+    assert (preparer.store.sync, preparer.specs.sync, preparer.metadata.store.sync) == (synced,) * 3
+
+
+@pytest.mark.parametrize(
+    ("argv", "synced"),
+    [
+        ([], Counter()),
+        # Prepare: the metadata file, the spec, the checkpoint (file + directory each); unprepare: the spec's
+        # removal (directory) and the checkpoint.
+        (["--state-fsync=on"], Counter(file=4, dir=5)),
+    ],
+)
+def test_the_plugin_s_preparer_syncs_only_with_the_flag_metadata_files_included(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fsyncs: Counter[str],
+    argv: list[str],
+    synced: Counter[str],
+) -> None:
+    monkeypatch.delenv("STATE_FSYNC", raising=False)
+    config = _config(tmp_path, argv)
+    backend: Any = open_backend(config.backend, node_name=config.node_name)
+    preparer = make_preparer(
+        config, capabilities(backend), backend.discover(), None, NodeLock(tmp_path / LOCK_FILE_NAME)
+    )
+    assert preparer.metadata is not None and preparer.metadata.enabled
+    preparer.recover()
+    fsyncs.clear()
+    _prepare_and_unprepare(preparer)
+    assert fsyncs == synced
 
 
 def test_a_bad_value_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
