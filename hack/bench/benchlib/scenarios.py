@@ -272,15 +272,18 @@ def _measured(timings: list[float]) -> list[float]:
 
 
 async def _pair(cluster: h.Cluster, client: DraClient, ref: ClaimRef) -> tuple[float, float]:
-    """Prepare then unprepare ``ref`` (kubelet-side ms of each), and wait until the claim's device status
-    PATCH, written once the answer is out, has reached the API server."""
+    """Prepare then unprepare ``ref`` (kubelet-side ms of each). Between the two, wait until the claim's
+    device status PATCH, written once the prepare's answer is out, has reached the API server: a kubelet
+    unprepares a claim once its pods are done, not within the millisecond after preparing it, so the
+    unprepare -- like the empty one it is compared with -- is timed without that PATCH in flight in the
+    plugin and in the API server (which shares this process with the client)."""
     started = time.perf_counter()
     await client.prepare([ref])
     prepared = _ms(started)
+    await cluster.wait_for(functools.partial(_status_written, ref=ref), timeout=30)
     started = time.perf_counter()
     await client.unprepare([ref])
     unprepared = _ms(started)
-    await cluster.wait_for(functools.partial(_status_written, ref=ref), timeout=30)
     return prepared, unprepared
 
 
