@@ -7,7 +7,7 @@ missing optional dependency of one subcommand (the sandbox's, installed with the
 cannot break the others.
 
 This module is the composition root: the only module outside :mod:`driver.sim` that names the sandbox,
-and only inside the loaders of the commands that run it (tests/unit/test_layering.py).
+and only inside the loaders of the commands that run it (tests/unit/project/test_layering.py).
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ log = get_logger(__name__)
 
 JSON = dict[str, Any]
 MAX_MESSAGE = 1024  # the kubelet keeps at most this many characters
-# The enum values are the same in every version (tests/unit/test_proto_wire.py).
+# The enum values are the same in every version (tests/unit/plugin/test_proto_wire.py).
 _STATUS = {
     "healthy": health_v1.HEALTHY,
     "unhealthy": health_v1.UNHEALTHY,

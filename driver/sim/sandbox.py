@@ -141,7 +141,7 @@ def _free_port() -> int:
         return port
 
 
-# The chart rendered with its default values (kept in step with charts/accel-dra by tests/unit/test_chart.py).
+# The chart rendered with its default values (kept in step with charts/accel-dra by tests/unit/deploy/test_chart.py).
 CHART_MANIFEST = Path(__file__).resolve().parents[2] / "deploy" / "base" / "accel-dra.yaml"
 CHART_NAMESPACE, CHART_SERVICE_ACCOUNT = "accel-dra", "accel-dra"
 _ACCESS_TYPES = {

@@ -21,7 +21,7 @@ from driver.devices.model import Gpu, Inventory
 from driver.devices.nvml import NvmlBackend
 from driver.log import setup
 from tests.gpu import hostcheck, nvml_report, smi
-from tests.unit.test_devices_nvml import FakeNvml
+from tests.unit.devices.test_devices_nvml import FakeNvml
 
 UUID0 = "GPU-4b5e3e2a-8d0e-4c6f-9a51-2f7c0d9e1b34"
 UUID1 = "GPU-0c1d2e3f-1111-2222-3333-444455556666"

@@ -18,7 +18,9 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO
+
+ROOT = REPO
 CHART = ROOT / "charts" / "accel-dra"
 DEPLOY = ROOT / "deploy"
 RELEASE = "accel-dra"

@@ -16,7 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO
+
+ROOT = REPO
 SOURCE = ROOT / "hack" / "draoracle"
 BUILD = ROOT / "build" / "draoracle"
 

@@ -32,8 +32,9 @@ from typing import Any
 from driver import DEFAULT_DRIVER_NAME
 from driver.kube import client as kube_client
 from driver.kube import listwatch
+from tests.support.paths import REPO
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO
 
 #: Component -> the packages whose API calls run under its identity (driver/sim and driver/conformance are
 #: not deployed; the user-run CLIs use the user's kubeconfig).

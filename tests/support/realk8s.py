@@ -42,7 +42,9 @@ from typing import Any, TypeVar
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO
+
+ROOT = REPO
 BUILD = ROOT / "hack" / "realk8s" / "build.sh"
 
 #: Set (to anything) where the tier must run, e.g. in CI: a missing binary then fails instead of skipping.

@@ -20,7 +20,7 @@ def _install(profile: str, busy: str) -> None:
     import pynvml
 
     from driver.devices.fake import load_named_profile
-    from tests.unit.test_devices_nvml import FakeNvml
+    from tests.unit.devices.test_devices_nvml import FakeNvml
 
     class TelemetryNvml(FakeNvml):
         nvmlLib: Any = True  # noqa: N815  (pynvml's name) nothing to preload from a driver root

@@ -1,0 +1,253 @@
+"""gpu_sharing's strategies: the vendor settings that name them, the requirement's "at least one strategy"
+rule, and the pure decisions of each check (the checks themselves run against the sandbox in
+tests/integration/test_conformance_sandbox.py)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from driver.conformance import devices as devlib
+from driver.conformance.checklist import load_checklist
+from driver.conformance.evidence import decide
+from driver.conformance.model import CheckResult, Outcome, ProbeResult, summarize
+from driver.conformance.probes.gpu_sharing import PROBE
+from driver.conformance.probes.sharing_strategies import (
+    attribute_selector,
+    busy_parents,
+    carried_config,
+    free_capacity,
+    half_share,
+    partition_parents,
+    shareable,
+)
+from driver.conformance.reporthtml import _strategies
+from driver.conformance.vendor import VendorError, load_vendor
+from driver.quantity import parse_quantity
+from tests.support import paths
+
+FIXTURES = paths.FIXTURES / "conformance"
+GiB = 2**30
+
+
+def sharing_result(**strategies: Outcome) -> ProbeResult:
+    checks = [CheckResult(name, "passed", "") for name in PROBE.required]
+    checks += [CheckResult(name, outcome, f"{name} {outcome}") for name, outcome in strategies.items()]
+    outcome, message = summarize(checks)
+    return ProbeResult(
+        PROBE.name, PROBE.test, PROBE.title, PROBE.requirements, outcome, message, checks, 1.0, 60.0,
+        required=PROBE.required, required_any=PROBE.required_any,
+    )  # fmt: skip
+
+
+def gpu_sharing(result: ProbeResult) -> tuple[str, str]:
+    checklist = load_checklist(str(FIXTURES / "checklist-1.37.yaml"))
+    (decision,) = [
+        d for d in decide(checklist, [result], load_vendor("sandbox"), "r") if d.id == "gpu_sharing"
+    ]
+    assert decision.fill is not None
+    return decision.status, decision.fill.notes
+
+
+def test_one_strategy_shown_is_enough() -> None:
+    status, notes = gpu_sharing(
+        sharing_result(TimeSlicing="skipped", Partitions="passed", ConsumableCapacity="skipped")
+    )
+    assert status == "Implemented"
+    assert "shown: Partitions" in notes and "TimeSlicing skipped: TimeSlicing skipped" in notes
+
+
+def test_claim_sharing_alone_is_not_a_strategy() -> None:
+    status, notes = gpu_sharing(
+        sharing_result(TimeSlicing="skipped", Partitions="skipped", ConsumableCapacity="skipped")
+    )
+    assert status == "Partially Implemented"
+    assert "none of TimeSlicing, Partitions, ConsumableCapacity was shown" in notes
+
+
+def test_a_failing_strategy_is_not_outweighed_by_another() -> None:
+    status, notes = gpu_sharing(
+        sharing_result(TimeSlicing="passed", Partitions="failed", ConsumableCapacity="skipped")
+    )
+    assert status == "Partially Implemented"
+    assert "Partitions failed: Partitions failed" in notes and "shown: TimeSlicing" in notes
+
+
+def test_the_report_lists_what_each_strategy_showed() -> None:
+    rows = [
+        {"strategy": "TimeSlicing", "outcome": "passed", "shown": "pods a and b ran <together>"},
+        {"strategy": "Partitions", "outcome": "skipped", "shown": "no MIG"},
+    ]
+    html = _strategies(rows)
+    assert "Sharing strategies shown: TimeSlicing." in html
+    assert "<td>Time slicing</td><td>shown</td><td>pods a and b ran &lt;together&gt;</td>" in html
+    assert "<td>not offered</td><td>no MIG</td>" in html
+    assert _strategies([]) == ""
+    assert "No sharing strategy was shown." in _strategies(rows[1:])
+
+
+# -- vendor settings ----------------------------------------------------------------------------------
+
+
+def test_presets_name_the_strategies_their_drivers_offer() -> None:
+    ours, nvidia, amd = load_vendor("accel-dra"), load_vendor("nvidia"), load_vendor("amd")
+    assert ours.sharing.time_slicing.config == {
+        "apiVersion": "gpu.accel-dra.dev/v1",
+        "kind": "GpuConfig",
+        "sharing": {"strategy": "TimeSlicing", "timeSlicing": {"interval": "Long"}},
+    }
+    assert ours.sharing.partitions.device_class == "mig.accel-dra.dev"
+    assert nvidia.sharing.partitions.device_class == "mig.nvidia.com"
+    assert nvidia.sharing.partitions.parent_attribute == "parentUUID"
+    assert nvidia.sharing.time_slicing.config is None  # behind NVIDIA's alpha gate TimeSlicingSettings
+    assert ours.sharing.capacity.capacity == nvidia.sharing.capacity.capacity == "memory"
+    assert load_vendor("sandbox").sharing == ours.sharing
+    assert (
+        amd.sharing.time_slicing.config,
+        amd.sharing.partitions.device_class,
+        amd.sharing.capacity.capacity,
+    ) == (
+        None,
+        None,
+        None,
+    )
+
+
+def test_a_vendor_file_names_its_strategies(tmp_path: Path) -> None:
+    path = tmp_path / "acme.yaml"
+    path.write_text(
+        "preset: nvidia\n"
+        "sharing:\n"
+        "  timeSlicing:\n"
+        "    config: {apiVersion: resource.nvidia.com/v1beta1, kind: GpuConfig,\n"
+        "             sharing: {strategy: TimeSlicing, timeSlicingConfig: {interval: Long}}}\n"
+        "  partitions: {deviceClass: partition.acme.example, parentAttribute: acme.example/parent}\n"
+        "  capacity: null\n"
+    )
+    sharing = load_vendor(str(path)).sharing
+    assert sharing.time_slicing.config == {
+        "apiVersion": "resource.nvidia.com/v1beta1",
+        "kind": "GpuConfig",
+        "sharing": {"strategy": "TimeSlicing", "timeSlicingConfig": {"interval": "Long"}},
+    }
+    assert sharing.partitions.device_class == "partition.acme.example"
+    assert sharing.partitions.identity_attribute == "uuid"  # the preset's, not overridden
+    assert sharing.capacity.capacity is None  # null: not offered
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("preset: nvidia\nsharing: {mps: {}}\n", r"sharing: Additional properties are not allowed \('mps'"),
+        (
+            "preset: nvidia\nsharing: {timeSlicing: {config: {kind: GpuConfig}}}\n",
+            "'apiVersion' is a required",
+        ),
+        ("preset: nvidia\nsharing: {partitions: {parentAttribute: ''}}\n", "should be non-empty"),
+    ],
+)
+def test_bad_sharing_settings_name_the_setting(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "v.yaml"
+    path.write_text(content)
+    with pytest.raises(VendorError, match=message):
+        load_vendor(str(path))
+
+
+# -- the checks' decisions ----------------------------------------------------------------------------
+
+
+def device(
+    name: str, attributes: dict[str, Any], capacity: dict[str, Any] | None = None, **raw: Any
+) -> devlib.Device:
+    return devlib.Device(
+        "gpu.example.com", "pool", "slice", name, "node", attributes,
+        {k: str(v["value"]) for k, v in (capacity or {}).items()},
+        {"name": name, "capacity": capacity or {}, **raw},
+    )  # fmt: skip
+
+
+def test_partitions_are_grouped_by_their_parent_when_it_has_two() -> None:
+    devices = [
+        device("gpu-0", {"type": "gpu"}),
+        device("gpu-0-mig-a", {"parentUUID": "GPU-0"}),
+        device("gpu-0-mig-b", {"parentUUID": "GPU-0"}),
+        device("gpu-1-mig-a", {"parentUUID": "GPU-1"}),  # alone: two pods cannot share its GPU
+    ]
+    parents = partition_parents(devices, "parentUUID")
+    assert {p: [d.name for d in ds] for p, ds in parents.items()} == {"GPU-0": ["gpu-0-mig-a", "gpu-0-mig-b"]}
+
+
+def test_only_multi_allocatable_devices_with_the_capacity_are_shareable() -> None:
+    memory = {"memory": {"value": "80Gi"}}
+    devices = [
+        device("shared", {}, memory, allowMultipleAllocations=True),
+        device("exclusive", {}, memory),
+        device("no-memory", {}, {"cores": {"value": "8"}}, allowMultipleAllocations=True),
+    ]
+    assert [d.name for d in shareable(devices, "memory")] == ["shared"]
+
+
+@pytest.mark.parametrize(
+    ("total", "policy", "share"),
+    [
+        (81559 * 2**20, {"default": "79Gi", "validRange": {"min": "1Gi", "step": "1Gi"}}, 39 * GiB),
+        (80 * GiB, {"validRange": {"min": "10Gi", "step": "10Gi", "max": "30Gi"}}, 30 * GiB),
+        (80 * GiB, {"validValues": ["10Gi", "40Gi", "60Gi"]}, 40 * GiB),
+        (80 * GiB, {}, 40 * GiB),
+        (3 * GiB, {"validRange": {"min": "2Gi", "step": "1Gi"}}, None),  # two cannot fit
+        (80 * GiB, {"validValues": ["50Gi"]}, None),
+    ],
+)
+def test_a_share_is_the_largest_amount_the_policy_allows_that_fits_twice(
+    total: int, policy: dict[str, Any], share: int | None
+) -> None:
+    assert half_share(total, policy) == (None if share is None else Decimal(share))
+
+
+def test_the_share_the_sandbox_asks_for_leaves_no_room_for_a_third() -> None:
+    total = int(parse_quantity("81559Mi"))
+    share = half_share(total, {"validRange": {"min": "1Gi", "step": "1Gi"}})
+    assert share is not None and 2 * share <= total < 3 * share
+
+
+def test_selectors_name_the_attribute_in_its_domain() -> None:
+    assert (
+        attribute_selector("parentUUID", "GPU-1", "gpu.nvidia.com")
+        == 'device.attributes["gpu.nvidia.com"].parentUUID == "GPU-1"'
+    )
+    assert (
+        attribute_selector("resource.kubernetes.io/pciBusID", "0000:5d:00.0", "gpu.nvidia.com")
+        == 'device.attributes["resource.kubernetes.io"].pciBusID == "0000:5d:00.0"'
+    )
+
+
+def test_the_configuration_must_reach_the_driver_through_the_allocation() -> None:
+    parameters = {"apiVersion": "v1", "kind": "GpuConfig", "sharing": {"strategy": "TimeSlicing"}}
+    entry = {"source": "FromClaim", "requests": ["gpu"], "opaque": {"driver": "d", "parameters": parameters}}
+    claim = {"status": {"allocation": {"devices": {"results": [], "config": [entry]}}}}
+    assert carried_config(claim, "d", parameters)
+    assert not carried_config(claim, "other", parameters)
+    assert not carried_config(claim, "d", {**parameters, "sharing": {"strategy": "MPS"}})
+    assert not carried_config({"status": {}}, "d", parameters)
+
+
+def test_other_workloads_shares_leave_less_room() -> None:
+    gpu = device("shared", {}, {"memory": {"value": "80Gi"}}, allowMultipleAllocations=True)
+    assert free_capacity(gpu, "memory", []) == 80 * GiB
+    shares = [{"consumedCapacity": {"memory": "30Gi"}}, {"consumedCapacity": {"memory": "10Gi"}}]
+    assert free_capacity(gpu, "memory", shares) == 40 * GiB
+    assert free_capacity(gpu, "memory", [{"device": "shared"}]) == 0  # held whole
+
+
+def test_a_device_held_whole_offers_no_partitions() -> None:
+    devices = [
+        device("gpu-0", {"uuid": "GPU-0"}),
+        device("gpu-0-mig-a", {"parentUUID": "GPU-0"}),
+        device("gpu-1", {"uuid": "GPU-1"}),
+    ]
+    held = {("gpu.example.com", "pool", "gpu-0"): [{}]}
+    assert busy_parents(devices, held, "uuid") == {"GPU-0"}
+    assert busy_parents(devices, held, None) == set()
