@@ -7,10 +7,11 @@ types lets the node state be tested without sockets.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
+
+from driver.state.cdi import valid_device_name
 
 Claim = Mapping[str, Any]
 """A ResourceClaim object as the API server returned it (resource.k8s.io/v1 JSON)."""
@@ -85,7 +86,6 @@ def claim_ref(claim: Claim) -> ClaimRef:
 #: Longest claim UID accepted: Kubernetes UIDs are 36-character UUIDs, and the UID ends up in file names
 #: (``k8s.<driver>-gpu_<uid>.json``, at most 255 bytes) and CDI device names.
 MAX_UID_LENGTH = 128
-_UID_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.:-]*[A-Za-z0-9])?$")
 #: How much of a name or UID an error message repeats (gRPC clients cap status messages near 8 KiB).
 MAX_ECHO = 80
 
@@ -101,7 +101,7 @@ def uid_problem(uid: str) -> str | None:
         return "the UID is empty"
     if len(uid) > MAX_UID_LENGTH:
         return f"the UID has {len(uid)} characters, more than {MAX_UID_LENGTH}"
-    if not _UID_RE.fullmatch(uid):  # match() would let a trailing newline through '$'
+    if not valid_device_name(uid):  # the UID becomes part of the claim's CDI device names
         return (
             "the UID may only hold letters, digits and '-', '_', '.', ':' (starting and ending alphanumeric)"
         )
