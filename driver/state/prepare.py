@@ -304,6 +304,22 @@ class NodePreparer:
             log.info("removed leftover temporary file", file=name)
         self.specs.set_aside_junk()
         cp = self.checkpoint(fresh_node_saved=True)
+        self._remove_orphans(cp)
+        if self.mig is not None:
+            self.mig.reconcile(cp)
+        started = [str(r) for r in cp.claims.values() if not r.completed]
+        log.info(
+            "node state loaded",
+            checkpoint=str(self.store.path),
+            prepared=sum(1 for r in cp.claims.values() if r.completed),
+            interrupted=",".join(started) or "-",
+        )
+
+    def _remove_orphans(self, cp: Checkpoint) -> None:
+        """Remove the CDI specs and metadata files of claims without an entry in ``cp``, a checkpoint read
+        under the node lock. Every writer of these files holds the lock from before its first file to the
+        save that records the claim, so none of them is in flight: such files are left by a crash (this
+        process's or another instance's, during a rolling update) or a failed rollback."""
         for uid in self.specs.claim_uids():
             if uid not in cp.claims:
                 self.specs.remove(uid)
@@ -314,15 +330,6 @@ class NodePreparer:
                 log.warning(
                     "removed device metadata of a claim this node does not have prepared", claim_uid=uid
                 )
-        if self.mig is not None:
-            self.mig.reconcile(cp)
-        started = [str(r) for r in cp.claims.values() if not r.completed]
-        log.info(
-            "node state loaded",
-            checkpoint=str(self.store.path),
-            prepared=sum(1 for r in cp.claims.values() if r.completed),
-            interrupted=",".join(started) or "-",
-        )
 
     def checkpoint(self, *, fresh_node_saved: bool = False) -> Checkpoint:
         """The current checkpoint, after handling a reboot, corruption or migration found on load.
@@ -635,8 +642,13 @@ class NodePreparer:
 
     # -- for the sweeper and the metrics ------------------------------------------------------------
 
-    def records(self) -> list[ClaimRecord]:
-        return list(self.checkpoint().claims.values())
+    def sweep_orphans(self) -> list[ClaimRecord]:
+        """The node-locked part of a sweeper pass: remove the files of claims without checkpoint entry
+        (an instance killed mid-prepare during a rolling update leaves them, and the running one may never
+        restart) and return the checkpoint's entries, for the sweeper to check against the API server."""
+        cp = self.checkpoint()
+        self._remove_orphans(cp)
+        return list(cp.claims.values())
 
     def prepared_device_count(self) -> int:
         """Devices of completed claims, as of the checkpoint last read or written; no I/O, no lock needed."""

@@ -7,6 +7,11 @@ API server for each claim: a claim that no longer exists, or exists under anothe
 re-created), is unprepared. A claim cannot be deleted while pods use it, so this never takes a GPU away from
 a running pod.
 
+Each pass first removes, under the node lock, the CDI specs and metadata files of claims without checkpoint
+entry: a claim with nothing but those files is recorded only once they are written, so an instance killed
+in between (the old pod of a rolling update) leaves them behind, and the instance still running may never
+restart to remove them at its start.
+
 When in doubt, keep: "no longer exists" needs a 404 ``Status`` that names this claim
 (:meth:`~driver.kube.client.ApiError.proves_missing`). A bare 404 ("404 page not found" from a server that
 does not serve resource.k8s.io/v1, or from a proxy), any other error and any answer that is not this
@@ -51,7 +56,7 @@ class ClaimSweeper:
 
     async def sweep(self) -> list[ClaimRef]:
         """One pass; returns the claims it unprepared."""
-        records = await self.preparer.lock.run(lambda: asyncio.to_thread(self.preparer.records))
+        records = await self.preparer.lock.run(lambda: asyncio.to_thread(self.preparer.sweep_orphans))
         stale = [
             ref
             for ref in await asyncio.gather(*(self._stale(r.namespace, r.name, r.uid) for r in records))

@@ -14,6 +14,7 @@ import pytest
 
 from driver.kube.client import RESOURCE_CLAIMS, KubeClient
 from driver.sim.kubelet import KubeletError, SimKubelet
+from driver.state import metadata
 from driver.state.checkpoint import CheckpointStore, ClaimState, LoadEvent
 from tests.integration.conftest import NodeDirs, StartPlugin
 from tests.integration.node_state_claims import (
@@ -85,9 +86,11 @@ class Node:
         self.boot_file = dirs.root / "boot_id"
         self.boot_file.write_text(boot_id + "\n")
 
-    async def plugin(self, crash_at: str | None = None) -> Process:
+    async def plugin(self, crash_at: str | None = None, *extra: str, pod_uid: str | None = None) -> Process:
         env = {"ACCEL_DRA_CRASH_AT": crash_at} if crash_at else None
-        process = await self.start_plugin(extra=("--boot-id-file", str(self.boot_file)), env=env)
+        process = await self.start_plugin(
+            extra=("--boot-id-file", str(self.boot_file), *extra), env=env, pod_uid=pod_uid
+        )
         await process.wait_log("registered with kubelet")
         return process
 
@@ -210,6 +213,26 @@ async def test_a_crashed_prepare_of_a_claim_that_then_goes_away_leaves_nothing(
     restarted = await node.plugin()
     await restarted.wait_log(cleaned_by)
     assert node.specs() == {}
+    assert node.checkpoint() == {}
+
+
+async def test_a_running_instance_removes_what_an_instance_killed_mid_prepare_left(
+    node: Node, kube: KubeClient
+) -> None:
+    """Rolling update: the new pod runs (it started before the crash, so its start removed nothing); the old
+    one is killed after writing a claim's spec and metadata and before recording the claim, and never comes
+    back. The new pod's next sweeper pass removes the files."""
+    claim = await allocated(kube, "left-behind", GPU0)
+    new = await node.plugin(None, "--sweep-interval", "0.2", pod_uid="22222222-bbbb")
+    old = await node.plugin("prepare:cdi-written", pod_uid="11111111-aaaa")  # the kubelet calls it: the latest
+    with pytest.raises(KubeletError, match="UNAVAILABLE"):
+        await node.kubelet.prepare(DRIVER, [ref(claim)])
+    await node.crashed(old)
+    uid = claim["metadata"]["uid"]
+    await new.wait_log(f"removed CDI spec of a claim this node does not have prepared.*{uid}")
+    await new.wait_log(f"removed device metadata of a claim this node does not have prepared.*{uid}")
+    assert node.specs() == {}
+    assert not (node.dirs.plugin_dir(DRIVER) / metadata.SUBDIR / uid).exists()
     assert node.checkpoint() == {}
 
 

@@ -15,10 +15,12 @@ from driver import crash
 from driver.devices.fake import load_named_profile
 from driver.devices.model import Device
 from driver.kube.client import RESOURCE_CLAIMS, ApiError, MalformedAnswerError
+from driver.resources.attributes import device_attributes
 from driver.state.api import ClaimRef
 from driver.state.cdi import CdiStore, env_name
 from driver.state.checkpoint import CHECKPOINT_FILE, CheckpointStore, ClaimState
 from driver.state.claimstatus import merge_device_statuses
+from driver.state.metadata import ClaimMetadataWriter, MetadataStore
 from driver.state.opaque import API_VERSION
 from driver.state.prepare import NodePreparer
 from driver.state.sharing import Outcome
@@ -30,6 +32,10 @@ from tests.support.preparers import node_preparer
 DRIVER = "gpu.accel-dra.dev"
 INVENTORY = load_named_profile("pcie-l4x4", node_name="node-1").inventory
 GPU0, GPU1, GPU2, GPU3 = (d.name for d in INVENTORY.devices)
+
+
+def _attributes(device: Device) -> dict[str, Any]:
+    return device_attributes(device, INVENTORY, DRIVER)
 
 
 class Crash(BaseException):
@@ -53,10 +59,16 @@ class Node:
     slicer: FakeSlicer = field(default_factory=FakeSlicer)
     backend_edits: dict[str, Any] = field(default_factory=dict)
 
-    def preparer(self) -> NodePreparer:
-        """A fresh preparer over the same directories: what a restarted plugin process gets."""
+    def preparer(self, *, metadata: bool = False) -> NodePreparer:
+        """A fresh preparer over the same directories: what a restarted plugin process gets; ``metadata``:
+        with device metadata files."""
         return node_preparer(
-            self.root, INVENTORY, boot_id=self.boot_id, slicer=self.slicer, backend_edits=self.backend_edits
+            self.root,
+            INVENTORY,
+            boot_id=self.boot_id,
+            slicer=self.slicer,
+            backend_edits=self.backend_edits,
+            metadata=ClaimMetadataWriter(MetadataStore(self.root / "plugin"), _attributes) if metadata else None,
         )
 
     def specs(self) -> dict[str, dict[str, Any]]:
