@@ -253,6 +253,9 @@ class NodePreparer:
         #: Device metadata files (KEP-5304) mounted into containers; None: never written nor cleaned up.
         self.metadata = metadata
         self.mig = mig
+        #: None: no recovery ran (a preparer used without :meth:`start`); False: the last one failed part
+        #: way, and the next node-locked operation runs it again; True: done.
+        self._recovered: bool | None = None
         self.common_edits = merge_edits(
             {"deviceNodes": nodes.control_nodes()},
             {"mounts": [f.mount() for f in driver_files]},
@@ -290,12 +293,26 @@ class NodePreparer:
     # -- synchronous core (caller holds the node lock) ---------------------------------------------
 
     def recover(self) -> None:
-        """Settle what a crash or reboot left. A failure (a full disk, say) does not stop the plugin: every
-        operation loads -- and, if need be, rebuilds -- the checkpoint again, and fails by claim meanwhile."""
+        """Settle what a crash or reboot left. A failure (a full disk, say) does not stop the plugin: the
+        next node-locked operation (prepare, unprepare, sweeper pass) runs the whole recovery again, until
+        it completes; meanwhile every operation loads -- and, if need be, rebuilds -- the checkpoint, and
+        fails by claim."""
         try:
             self._recover()
         except OSError as err:
-            log.error("node state recovery incomplete; the next operation retries it", error=str(err))
+            self._recovered = False
+            log.error(
+                "node state recovery incomplete; the next prepare, unprepare or claim sweep retries it",
+                error=str(err),
+            )
+        else:
+            self._recovered = True
+
+    def _finish_recovery(self) -> None:
+        """Under the node lock: retry a start-up recovery that failed part way (one flag test otherwise)."""
+        if self._recovered is False:
+            log.info("retrying the node state recovery")
+            self.recover()
 
     def _recover(self) -> None:
         for name in self.specs.remove_temporaries() + remove_stale_temporaries(
@@ -367,6 +384,7 @@ class NodePreparer:
         """Prepare one call's claims (module docstring: the phases); one result per claim UID."""
         call = _PrepareCall()
         try:
+            self._finish_recovery()
             cp = self.checkpoint()
         except Exception as err:
             log.exception("prepare failed: node state unreadable")
@@ -561,6 +579,7 @@ class NodePreparer:
         Returns the error per claim UID ("" on success) and the UIDs that were prepared."""
         errors: dict[str, str] = {}
         try:
+            self._finish_recovery()
             cp = self.checkpoint()
         except Exception as err:
             log.exception("unprepare failed: node state unreadable")
@@ -646,6 +665,7 @@ class NodePreparer:
         """The node-locked part of a sweeper pass: remove the files of claims without checkpoint entry
         (an instance killed mid-prepare during a rolling update leaves them, and the running one may never
         restart) and return the checkpoint's entries, for the sweeper to check against the API server."""
+        self._finish_recovery()
         cp = self.checkpoint()
         self._remove_orphans(cp)
         return list(cp.claims.values())

@@ -5,6 +5,7 @@ Every sweeper pass removes them under the node lock, never those of a prepare in
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import threading
 
@@ -13,7 +14,7 @@ import pytest
 from driver import crash
 from driver.state import metadata
 from driver.state.api import ClaimRef
-from driver.state.checkpoint import ClaimState
+from driver.state.checkpoint import CHECKPOINT_FILE, ClaimState, canonical_json, checksum
 from driver.state.sweeper import ClaimSweeper
 from tests.unit.state.test_prepare import (
     GPU0,
@@ -121,3 +122,76 @@ async def test_a_sweeper_pass_never_removes_the_spec_of_a_prepare_in_flight(
     assert node.records() == {"x1": ClaimState.PREPARE_COMPLETED}
     assert set(node.specs()) == {"x1"}
     assert sweeps == [[]]  # the pass ran after the prepare and found the claim recorded and in use
+
+
+def full_disk(*_: object) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def io_error(*_: object) -> list[str]:
+    raise OSError(errno.EIO, "Input/output error")
+
+
+def orphan_of_a_crash(node: Node, crash_at: set[str]) -> None:
+    """A spec-only claim killed after its spec: ``x1``'s spec without checkpoint entry."""
+    crash_at.add("prepare:cdi-written")
+    with pytest.raises(Crash):
+        prepare(started(node), claim("x1", GPU0))
+    crash_at.clear()
+    assert set(node.specs()) == {"x1"}
+
+
+def v1_checkpoint(node: Node) -> None:
+    """The checkpoint as the first checkpoint version wrote it: loading it migrates it, and saves."""
+    doc: dict[str, object] = {"kind": "AccelDraCheckpoint", "version": 1}
+    doc["data"] = {"bootID": node.boot_id, "claims": []}
+    doc["checksum"] = checksum(doc)
+    (node.root / "plugin" / CHECKPOINT_FILE).write_bytes(canonical_json(doc))
+
+
+@pytest.mark.parametrize("then", ["prepare", "unprepare", "sweep"])
+async def test_a_start_up_recovery_that_failed_part_way_is_finished_by_the_next_operation(
+    node: Node, crash_at: set[str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, then: str
+) -> None:
+    """An upgrade on a full disk: the migrated checkpoint cannot be saved at start, so the start stops before
+    removing the orphan. The next node-locked operation runs the recovery again, and it completes."""
+    orphan_of_a_crash(node, crash_at)
+    v1_checkpoint(node)
+    p = node.preparer()
+    with monkeypatch.context() as patch:
+        patch.setattr(p.store, "save", full_disk)
+        with caplog.at_level(logging.ERROR, "driver.state.prepare"):
+            p.recover()
+    assert "node state recovery incomplete; the next prepare, unprepare or claim sweep retries it" in caplog.text
+    assert set(node.specs()) == {"x1"}
+    if then == "prepare":
+        assert prepare(p, claim("y1", GPU1))["y1"].error == ""
+    elif then == "unprepare":
+        assert p.unprepare_sync([ClaimRef("default", "z1", "claim-z1")]) == {"z1": ""}
+    else:
+        await ClaimSweeper(p, ClaimGetter({}), interval=600).sweep()
+    assert "x1" not in node.specs()
+    assert "x1" not in node.records()
+
+
+def test_the_recovery_is_retried_until_it_completes_and_then_no_more(
+    node: Node, crash_at: set[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    orphan_of_a_crash(node, crash_at)
+    p = node.preparer()
+    listed: list[int] = []
+
+    def failing_twice() -> list[str]:
+        listed.append(1)
+        if len(listed) <= 2:
+            io_error()
+        return []
+
+    monkeypatch.setattr(p.specs, "remove_temporaries", failing_twice)
+    p.recover()  # the start: fails
+    assert prepare(p, claim("y1", GPU1))["y1"].error == ""  # the retry fails too; the prepare does not
+    assert set(node.specs()) == {"x1", "y1"}
+    assert p.unprepare_sync([ClaimRef("default", "y1", "claim-y1")]) == {"y1": ""}  # this retry completes
+    assert node.specs() == {}
+    assert prepare(p, claim("y2", GPU1))["y2"].error == ""
+    assert len(listed) == 3  # nothing more to retry
