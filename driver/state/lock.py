@@ -9,6 +9,10 @@ Node-state work runs in worker threads, which cannot be cancelled. :meth:`NodeLo
 critical section, once entered, run to its end even when its caller is cancelled (a kubelet deadline, the
 gRPC server stopping): the caller gets its ``CancelledError`` at once, but the lock is only released when
 the work has finished, so the next holder never overlaps a thread still writing the checkpoint.
+
+A lock file deleted or replaced (by hand, by a cleanup) while a process waits for it would leave that process
+holding a file nobody else opens: after taking the flock, the locked file is compared (device and inode) with
+the one at the path, and the path is opened and locked again until they match.
 """
 
 from __future__ import annotations
@@ -66,12 +70,21 @@ class NodeLock:
         """Acquire both locks; return the descriptor holding the flock."""
         await self._local.acquire()
         try:
-            fd = _open_lock_file(self.path)
-            await _acquire(fd)
+            while True:
+                fd = _open_lock_file(self.path)
+                await _acquire(fd)
+                if _still_at(fd, self.path):
+                    return fd
+                # Deleted or replaced while this process waited: whoever opens the path now locks another
+                # file, so holding this one would exclude nobody.
+                log.warning(
+                    "the lock file was replaced while waiting for it; locking the new one",
+                    path=str(self.path),
+                )
+                _release(fd)
         except BaseException:
             self._local.release()
             raise
-        return fd
 
     def _finished(self, task: asyncio.Task[Any], fd: int) -> None:
         self._running.discard(task)
@@ -96,6 +109,21 @@ def _open_lock_file(path: Path) -> int:
         )
         fd = os.open(path, flags, 0o600)
     return fd
+
+
+def _still_at(fd: int, path: Path) -> bool:
+    """Whether the locked open file ``fd`` is still the file at ``path``. Releases ``fd`` if that cannot be
+    told."""
+    try:
+        held = os.fstat(fd)
+        try:
+            there = os.lstat(path)
+        except FileNotFoundError:
+            return False
+    except BaseException:
+        _release(fd)
+        raise
+    return (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino)
 
 
 def _report_orphaned(task: asyncio.Task[Any]) -> None:

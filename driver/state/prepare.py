@@ -108,6 +108,8 @@ class _PrepareCall:
     repeats: list[tuple[ClaimPlan, ClaimRecord]] = field(default_factory=list)
     #: Claims answered with their devices, by UID, in call order.
     completed: dict[str, ClaimPlan] = field(default_factory=dict)
+    #: Claims whose CDI spec this call wrote.
+    specs_written: list[str] = field(default_factory=list)
 
     def fail(self, ref: ClaimRef, error: str) -> None:
         self.results[ref.uid] = PrepareResult(error=error)
@@ -403,7 +405,7 @@ class NodePreparer:
                 call.fresh, cp = [], loaded
             else:
                 crash_point("prepare:started")
-        done = self._apply_all(cp, call)
+        done = self._without_lost_specs(self._apply_all(cp, call), cp, call)
         if done != cp:
             try:
                 self.store.save(done)
@@ -495,6 +497,7 @@ class NodePreparer:
                     spec = made.spec(self.nodes, self.common_edits, mounts)
                     if spec is not None:
                         self.specs.write(plan.ref.uid, spec)
+                        call.specs_written.append(plan.ref.uid)
                     crash_point("prepare:cdi-written")
                 except Exception as err:
                     log.exception("prepare failed")
@@ -516,6 +519,32 @@ class NodePreparer:
                     continue
             call.complete(made)
         return cp
+
+    def _without_lost_specs(self, done: Checkpoint, cp: Checkpoint, call: _PrepareCall) -> Checkpoint:
+        """Fail the claims whose spec this call wrote and that is gone before they are recorded. Only a process
+        working on the node state without holding the node lock removes it (another instance's start-up, with
+        the lock file deleted under this one); answered prepared, such a claim's containers would fail on a
+        CDI id nothing resolves, and the kubelet does not prepare it again."""
+        for uid in call.specs_written:
+            plan = call.completed.get(uid)
+            if plan is None or self.specs.exists(uid):
+                continue
+            log.error(
+                "CDI spec removed while its claim was being prepared: is a process using the node state "
+                "without the node lock?",
+                claim=str(plan.ref),
+                cdi_spec=str(self.specs.path(uid)),
+                lock=str(self.lock.path),
+            )
+            self._undo_quietly(cp, plan.record(ClaimState.PREPARE_STARTED))
+            call.fail(
+                plan.ref,
+                f"claim {plan.ref}: prepare failed: its CDI spec {self.specs.path(uid)} was removed before the "
+                f"claim was recorded (another process working on the node state without the lock "
+                f"{self.lock.path}?)",
+            )
+            done = done.without(uid)
+        return done
 
     def _materialize(self, plan: ClaimPlan) -> ClaimPlan:
         """The plan with the MIG instances of its dynamic MIG devices, created or taken over."""

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -162,3 +164,37 @@ async def test_run_returns_and_raises_what_the_body_does(tmp_path: Path) -> None
         await lock.run(fails)
     assert await lock.run(lambda: asyncio.to_thread(lock_is_free, lock.path)) is False
     assert lock_is_free(lock.path)
+
+
+async def test_a_lock_file_replaced_while_waiting_is_not_the_one_held(holder) -> None:  # type: ignore[no-untyped-def]
+    """The lock file is deleted while this process waits on it: the file it then gets is one nobody else
+    opens any more, so it locks the file now at the path instead, which excludes the next instance."""
+    path, proc = holder
+    lock = NodeLock(path)
+    waiting = threading.Event()
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage() == "waiting for the node lock, which another process holds":
+                waiting.set()
+
+    lock_log = logging.getLogger("driver.state.lock")
+    level, seen = lock_log.level, Seen()
+    lock_log.addHandler(seen)
+    lock_log.setLevel(logging.INFO)
+    excluded: list[bool] = []
+
+    async def body() -> None:
+        excluded.append(not lock_is_free(path))
+
+    try:
+        task = asyncio.create_task(lock.run(body))
+        assert await asyncio.to_thread(waiting.wait, 10)
+        path.unlink()  # the holder keeps its lock on the deleted file
+        proc.stdin.close()  # then exits, so the waiter gets the deleted file
+        await asyncio.wait_for(task, 10)
+    finally:
+        lock_log.removeHandler(seen)
+        lock_log.setLevel(level)
+    assert excluded == [True]
+    assert lock_is_free(path)

@@ -68,7 +68,9 @@ class Node:
             boot_id=self.boot_id,
             slicer=self.slicer,
             backend_edits=self.backend_edits,
-            metadata=ClaimMetadataWriter(MetadataStore(self.root / "plugin"), _attributes) if metadata else None,
+            metadata=ClaimMetadataWriter(MetadataStore(self.root / "plugin"), _attributes)
+            if metadata
+            else None,
         )
 
     def specs(self) -> dict[str, dict[str, Any]]:

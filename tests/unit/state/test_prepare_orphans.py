@@ -151,7 +151,11 @@ def v1_checkpoint(node: Node) -> None:
 
 @pytest.mark.parametrize("then", ["prepare", "unprepare", "sweep"])
 async def test_a_start_up_recovery_that_failed_part_way_is_finished_by_the_next_operation(
-    node: Node, crash_at: set[str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, then: str
+    node: Node,
+    crash_at: set[str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    then: str,
 ) -> None:
     """An upgrade on a full disk: the migrated checkpoint cannot be saved at start, so the start stops before
     removing the orphan. The next node-locked operation runs the recovery again, and it completes."""
@@ -162,7 +166,9 @@ async def test_a_start_up_recovery_that_failed_part_way_is_finished_by_the_next_
         patch.setattr(p.store, "save", full_disk)
         with caplog.at_level(logging.ERROR, "driver.state.prepare"):
             p.recover()
-    assert "node state recovery incomplete; the next prepare, unprepare or claim sweep retries it" in caplog.text
+    assert (
+        "node state recovery incomplete; the next prepare, unprepare or claim sweep retries it" in caplog.text
+    )
     assert set(node.specs()) == {"x1"}
     if then == "prepare":
         assert prepare(p, claim("y1", GPU1))["y1"].error == ""
@@ -195,3 +201,29 @@ def test_the_recovery_is_retried_until_it_completes_and_then_no_more(
     assert node.specs() == {}
     assert prepare(p, claim("y2", GPU1))["y2"].error == ""
     assert len(listed) == 3  # nothing more to retry
+
+
+def test_a_spec_removed_by_a_process_without_the_lock_fails_the_claim(node: Node) -> None:
+    """The lock file was deleted while this instance held it: another instance locks a new file and its
+    start-up removes this call's spec (no entry yet) as an orphan. The claim fails (the kubelet retries)
+    instead of being answered prepared without its spec."""
+    preparing = started(node)
+    starting = node.preparer()
+
+    def at_step(step: str) -> None:
+        if step == "prepare:cdi-written":
+            starting.recover()
+
+    crash.set_crash_hook(at_step)
+    try:
+        out = prepare(preparing, claim("x1", GPU0))
+    finally:
+        crash.set_crash_hook(None)
+    assert (
+        "its CDI spec" in out["x1"].error and "was removed before the claim was recorded" in out["x1"].error
+    )
+    assert node.records() == {}
+    assert node.specs() == {}
+    # The kubelet's retry prepares it.
+    assert prepare(preparing, claim("x1", GPU0))["x1"].error == ""
+    assert set(node.specs()) == {"x1"}
