@@ -521,7 +521,7 @@ GPU_USED_SECONDS = MetricSpec(
 PLUGIN_OPERATIONS = MetricSpec(
     "accel_dra_plugin_requests_total",
     "counter",
-    "NodePrepareResources / NodeUnprepareResources calls answered, by result.",
+    "NodePrepareResources / NodeUnprepareResources calls, by result (a call the kubelet abandoned before its answer counts as an error).",
     ("operation", "result"),
     group="plugin",
     values=_values(operation=["prepare", "unprepare"], result=["success", "error"]),

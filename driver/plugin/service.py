@@ -6,6 +6,7 @@ parameterised by the generated module. All decisions live in :class:`~driver.plu
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from contextlib import AbstractContextManager
@@ -57,6 +58,9 @@ class DraServicer:
             _requested("prepare", refs)
             try:
                 results = await self._node.prepare(refs)
+            except asyncio.CancelledError:
+                self._abandoned("prepare", refs, started)
+                raise
             except ClaimCheckError as err:
                 self._observe("prepare", "error", started)
                 log.warning("prepare rejected", error=str(err))
@@ -78,6 +82,9 @@ class DraServicer:
             _requested("unprepare", refs)
             try:
                 errors = await self._node.unprepare(refs)
+            except asyncio.CancelledError:
+                self._abandoned("unprepare", refs, started)
+                raise
             except Exception as err:
                 self._observe("unprepare", "error", started)
                 log.exception("unprepare failed")
@@ -118,6 +125,12 @@ class DraServicer:
             ms=_ms(started),
             claim_refs=_describe(refs),
         )
+
+    def _abandoned(self, operation: str, refs: list[ClaimRef], started: float) -> None:
+        """The caller cancelled the call (the kubelet's deadline, the server stopping) before its answer: its
+        one info line, counted as an error. Node-state work already under way finishes (driver.state.lock)."""
+        self._observe(operation, "error", started)
+        log.info(f"{operation} abandoned", claims=len(refs), ms=_ms(started), claim_refs=_describe(refs))
 
     def _in_flight(self, operation: str) -> AbstractContextManager[None]:
         return self._metrics.in_flight(operation) if self._metrics else contextlib.nullcontext()
