@@ -18,7 +18,9 @@ from driver.state.checkpoint import CheckpointStore, ClaimState
 from driver.state.mig import DynamicMig
 from driver.state.prepare import NodePreparer
 from tests.support.preparers import node_preparer
-from tests.unit.state.test_prepare import DRIVER, FakeSlicer, claim, prepare, ref
+from tests.unit.state.test_prepare import DRIVER, Crash, FakeSlicer, claim, crash_at, prepare, ref
+
+__all__ = ["crash_at"]  # a fixture
 
 A100 = "gpu-0000-0f-00-0"
 SLOT = f"{A100}-mig-2g-10gb-2"
@@ -153,3 +155,21 @@ def test_two_claims_of_one_call_on_overlapping_slices_get_one_instance(node: Mig
     assert node.placements() == [(2, 2)]
     cp, _ = CheckpointStore(node.root / "plugin", "boot-1").load()
     assert sorted(cp.claims) == ["first"]
+
+
+def test_a_dynamic_mig_claim_is_recorded_as_started_before_its_instance_is_made(
+    node: MigNode, crash_at: set[str]
+) -> None:
+    """A MIG instance is a side effect beyond the claim's files: a crash after creating it must leave an
+    entry that the retry (or the sweeper) rolls back through, never an instance no entry names."""
+    p = node.preparer()
+    p.recover()
+    crash_at.add("prepare:started")
+    with pytest.raises(Crash):
+        prepare(p, claim("c", SLOT))
+    cp, _ = CheckpointStore(node.root / "plugin", "boot-1").load()
+    assert {uid: r.state for uid, r in cp.claims.items()} == {"c": ClaimState.PREPARE_STARTED}
+    assert node.placements() == []
+    crash_at.clear()
+    assert prepare(node.preparer(), claim("c", SLOT))["c"].error == ""
+    assert node.placements() == [(2, 2)]

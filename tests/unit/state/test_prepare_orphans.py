@@ -227,3 +227,44 @@ def test_a_spec_removed_by_a_process_without_the_lock_fails_the_claim(node: Node
     # The kubelet's retry prepares it.
     assert prepare(preparing, claim("x1", GPU0))["x1"].error == ""
     assert set(node.specs()) == {"x1"}
+
+
+@pytest.mark.parametrize("config", [None, sharing("Long")], ids=["spec-only", "time-sliced"])
+def test_a_failed_final_checkpoint_save_leaves_no_file_of_the_claim(
+    node: Node, monkeypatch: pytest.MonkeyPatch, config: list[object] | None
+) -> None:
+    """The save that records the claims prepared fails (a full disk): their files are removed again and no
+    entry is left, so nothing remains for a later start or sweep to find."""
+    p = node.preparer(metadata=True)
+    p.recover()
+    save, saves = p.store.save, []
+
+    def final_save_fails(cp: object) -> None:
+        saves.append(cp)
+        if any(r.completed for r in cp.claims.values()):  # type: ignore[attr-defined]
+            full_disk()
+        save(cp)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(p.store, "save", final_save_fails)
+    out = prepare(p, claim("x1", GPU0, config=config))
+    assert "prepare failed: checkpoint not written: [Errno 28] No space left on device" in out["x1"].error
+    assert node.specs() == {}
+    assert metadata_dirs(node) == set()
+    assert node.records() == {}
+    assert node.slicer.calls[-1:] == ([(GPU0, "Default")] if config else [])
+
+
+def test_unprepare_of_a_claim_without_entry_removes_its_spec_and_metadata(
+    node: Node, crash_at: set[str]
+) -> None:
+    """The kubelet unprepares a claim an instance was killed preparing: its files are the only trace."""
+    p = node.preparer(metadata=True)
+    p.recover()
+    crash_at.add("prepare:cdi-written")
+    with pytest.raises(Crash):
+        prepare(node.preparer(metadata=True), claim("x1", GPU0))
+    crash_at.clear()
+    assert set(node.specs()) == {"x1"} and metadata_dirs(node) == {"x1"}
+    assert p.unprepare_sync([ClaimRef("default", "x1", "claim-x1")]) == {"x1": ""}
+    assert node.specs() == {}
+    assert metadata_dirs(node) == set()
