@@ -49,7 +49,8 @@ def atomic_write(
     target = os.fspath(path)
     directory, name = os.path.split(target)
     tmp = os.path.join(directory, f".{name}.{os.getpid()}-{_TMP_TAG}{next(_tmp_count):x}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    # O_EXCL: a name already taken (two writers that drew the same one) fails loudly, never shares a file.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         try:
             _write_all(fd, data)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from driver import crash
+from driver import crash, fsutil
 from driver.fsutil import atomic_write, remove_file, remove_stale_temporaries
 
 
@@ -53,3 +54,27 @@ def test_a_write_replaces_the_file_and_a_removal_reports_it(tmp_path: Path) -> N
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
     assert remove_file(target, sync=True) is True
     assert remove_file(target) is False
+
+
+def test_a_temporary_name_already_taken_fails_the_write_and_keeps_the_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two writes that drew the same temporary name (never by design: pid, tag and counter keep them apart)
+    must not write into one file: the second fails and leaves the first one's temporary alone."""
+    monkeypatch.setattr(fsutil, "_tmp_count", itertools.repeat(0))
+    target = tmp_path / "state.json"
+
+    def killed(step: str) -> None:
+        raise Killed(step)
+
+    crash.set_crash_hook(killed)
+    try:
+        with pytest.raises(Killed):
+            atomic_write(target, b"first", what="state")
+    finally:
+        crash.set_crash_hook(None)
+    (leftover,) = tmp_path.iterdir()
+    with pytest.raises(FileExistsError):
+        atomic_write(target, b"second", what="state")
+    assert leftover.read_bytes() == b"first"
+    assert not target.exists()
