@@ -317,10 +317,7 @@ class NodePreparer:
             self.recover()
 
     def _recover(self) -> None:
-        for name in self.specs.remove_temporaries() + remove_stale_temporaries(
-            self.store.directory, CHECKPOINT_FILE
-        ):
-            log.info("removed leftover temporary file", file=name)
+        self._remove_temporaries()
         self.specs.set_aside_junk()
         cp = self.checkpoint(fresh_node_saved=True)
         self._remove_orphans(cp)
@@ -333,6 +330,13 @@ class NodePreparer:
             prepared=sum(1 for r in cp.claims.values() if r.completed),
             interrupted=",".join(started) or "-",
         )
+
+    def _remove_temporaries(self) -> None:
+        """Under the node lock: the temporary files of spec and checkpoint writes are those of killed writers."""
+        for name in self.specs.remove_temporaries() + remove_stale_temporaries(
+            self.store.directory, CHECKPOINT_FILE
+        ):
+            log.info("removed leftover temporary file", file=name)
 
     def _remove_orphans(self, cp: Checkpoint) -> None:
         """Remove the CDI specs and metadata files of claims without an entry in ``cp``, a checkpoint read
@@ -695,6 +699,7 @@ class NodePreparer:
         (an instance killed mid-prepare during a rolling update leaves them, and the running one may never
         restart) and return the checkpoint's entries, for the sweeper to check against the API server."""
         self._finish_recovery()
+        self._remove_temporaries()
         cp = self.checkpoint()
         self._remove_orphans(cp)
         return list(cp.claims.values())

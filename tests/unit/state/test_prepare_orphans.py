@@ -58,6 +58,25 @@ async def test_a_running_instance_sweeps_what_a_killed_one_left(
     assert prepare(new, claim("y1", GPU0))["y1"].error == ""
 
 
+@pytest.mark.parametrize("step", ["cdi:tmp-written", "checkpoint:tmp-written"])
+async def test_a_sweeper_pass_removes_the_temporaries_of_a_killed_instance(
+    node: Node, crash_at: set[str], step: str
+) -> None:
+    new = started(node)
+    crash_at.add(step)
+    with pytest.raises(Crash):
+        prepare(node.preparer(), claim("x1", GPU0))
+    crash_at.clear()
+
+    def leftovers() -> list[str]:
+        return [p.name for d in (node.root / "cdi", node.root / "plugin") for p in d.glob(".*.tmp")]
+
+    assert len(leftovers()) == 1
+    await ClaimSweeper(new, ClaimGetter({}), interval=600).sweep()
+    assert leftovers() == []
+    assert node.specs() == {}
+
+
 async def test_a_sweeper_pass_removes_orphan_metadata(node: Node, crash_at: set[str]) -> None:
     new = node.preparer(metadata=True)
     new.recover()
