@@ -17,8 +17,8 @@ Prepare of one call's claims, in phases (the caller holds the node lock):
 The checkpoint is written at most once per phase for the whole call, not per claim: a call with 1,000 claims
 writes it twice, well inside the kubelet's deadline, and a call of claims without side effects beyond their
 files writes it once. A crash anywhere leaves either no trace, files of claims without a checkpoint entry
-(which the next start removes: a spec no entry names is an orphan), or ``PrepareStarted`` entries that the
-kubelet's retry rolls back and redoes (or the sweeper removes once the claim is gone). The start writes an
+(which the next start or sweeper pass removes: a spec no entry names is an orphan), or ``PrepareStarted``
+entries that the kubelet's retry rolls back and redoes (or the sweeper removes once the claim is gone). The start writes an
 empty checkpoint on a fresh node, so the files a crash leaves before the first ``PrepareCompleted`` are
 orphans too, never the proof of a prepared claim that a missing checkpoint is rebuilt from. A repeated
 Prepare of a completed claim answers the same CDI ids and re-writes the spec if it is missing (a reboot
@@ -478,7 +478,7 @@ class NodePreparer:
         """Whether preparing ``plan`` changes the node beyond its CDI spec and device metadata files: a time
         slice (nvidia-smi) or a dynamic MIG instance. Only such a claim is recorded as ``PrepareStarted``
         before its side effects; for the others a crash leaves files without a checkpoint entry, which the
-        next start removes (module docstring)."""
+        next start or sweeper pass removes (module docstring)."""
         return any(
             (d.config is not None and d.config.time_slicing is not None)
             or (self.mig is not None and self.mig.slot_of(d.device.name) is not None)
@@ -556,8 +556,8 @@ class NodePreparer:
 
     def _abandon(self, call: _PrepareCall, error: str) -> None:
         """The final checkpoint write failed: undo this call's new claims (best effort; whatever is left,
-        the kubelet's retry rolls back through a ``PrepareStarted`` entry or rewrites, and the next start
-        removes the files of a claim without entry)."""
+        the kubelet's retry rolls back through a ``PrepareStarted`` entry or rewrites, and the next start or
+        sweeper pass removes the files of a claim without entry)."""
         cp = self.store.last
         for plan in call.fresh:
             if plan.ref.uid in call.completed:

@@ -224,7 +224,8 @@ async def test_a_running_instance_removes_what_an_instance_killed_mid_prepare_le
     back. The new pod's next sweeper pass removes the files."""
     claim = await allocated(kube, "left-behind", GPU0)
     new = await node.plugin(None, "--sweep-interval", "0.2", pod_uid="22222222-bbbb")
-    old = await node.plugin("prepare:cdi-written", pod_uid="11111111-aaaa")  # the kubelet calls it: the latest
+    # Registered last, the old pod gets the kubelet's call.
+    old = await node.plugin("prepare:cdi-written", pod_uid="11111111-aaaa")
     with pytest.raises(KubeletError, match="UNAVAILABLE"):
         await node.kubelet.prepare(DRIVER, [ref(claim)])
     await node.crashed(old)
