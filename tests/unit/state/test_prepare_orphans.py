@@ -15,6 +15,7 @@ from driver import crash
 from driver.state import metadata
 from driver.state.api import ClaimRef
 from driver.state.checkpoint import CHECKPOINT_FILE, ClaimState, canonical_json, checksum
+from driver.state.prepare import NodePreparer
 from driver.state.sweeper import ClaimSweeper
 from tests.unit.state.test_prepare import (
     GPU0,
@@ -77,14 +78,21 @@ async def test_a_sweeper_pass_removes_the_temporaries_of_a_killed_instance(
     assert node.specs() == {}
 
 
-async def test_a_sweeper_pass_removes_orphan_metadata(node: Node, crash_at: set[str]) -> None:
-    new = node.preparer(metadata=True)
-    new.recover()
+def running_beside_a_killed_instance(node: Node, crash_at: set[str]) -> NodePreparer:
+    """A started instance (with metadata files); another one is then killed after writing ``x1``'s spec and
+    metadata and before recording the claim."""
+    running = node.preparer(metadata=True)
+    running.recover()
     crash_at.add("prepare:cdi-written")
     with pytest.raises(Crash):
         prepare(node.preparer(metadata=True), claim("x1", GPU0))
     crash_at.clear()
-    assert metadata_dirs(node) == {"x1"}
+    assert set(node.specs()) == {"x1"} and metadata_dirs(node) == {"x1"}
+    return running
+
+
+async def test_a_sweeper_pass_removes_orphan_metadata(node: Node, crash_at: set[str]) -> None:
+    new = running_beside_a_killed_instance(node, crash_at)
     await ClaimSweeper(new, ClaimGetter({}), interval=600).sweep()
     assert metadata_dirs(node) == set()
     assert node.specs() == {}
@@ -277,13 +285,7 @@ def test_unprepare_of_a_claim_without_entry_removes_its_spec_and_metadata(
     node: Node, crash_at: set[str]
 ) -> None:
     """The kubelet unprepares a claim an instance was killed preparing: its files are the only trace."""
-    p = node.preparer(metadata=True)
-    p.recover()
-    crash_at.add("prepare:cdi-written")
-    with pytest.raises(Crash):
-        prepare(node.preparer(metadata=True), claim("x1", GPU0))
-    crash_at.clear()
-    assert set(node.specs()) == {"x1"} and metadata_dirs(node) == {"x1"}
+    p = running_beside_a_killed_instance(node, crash_at)
     assert p.unprepare_sync([ClaimRef("default", "x1", "claim-x1")]) == {"x1": ""}
     assert node.specs() == {}
     assert metadata_dirs(node) == set()
