@@ -486,8 +486,8 @@ async def test_one_strategy_shown_is_enough_and_the_others_say_why_they_were_not
     assert found["Partitions"] == (
         "skipped",
         "gpu.accel-dra.dev publishes no physical device with two partitions (devices naming their parent in "
-        "attribute parentUUID) free on a Ready, schedulable node: MIG or partitioning is not set up (or its "
-        "partitions are in use)",
+        "attribute parentUUID) free on a Ready, schedulable node that fit side by side: MIG or partitioning is "
+        "not set up (or its partitions are in use)",
     )
     assert found["ConsumableCapacity"] == (
         "skipped",
@@ -514,6 +514,24 @@ async def test_partitionable_devices_are_shown_as_partitions(tmp_path: Path) -> 
     assert "(partitionable devices: each consumes counters of the device it is cut from)" in message
     seen = message.split("they see ")[1].split(" and ")
     assert seen[0] != seen[1] and all(s.startswith("MIG-") for s in seen)  # instances created for the claims
+
+
+async def test_partitions_of_a_uniform_mig_layout_are_shown(tmp_path: Path) -> None:
+    """Only GPU 6 left in MIG mode, all its partitions 1g.10gb: any two of them fit side by side."""
+    config = SandboxConfig(
+        profile="dgx-h100-mig",
+        extra_plugin_args=("--mig-mode=static,0000:db:00.0=off",),
+        exporter=False,
+        log_level="warning",
+    )
+    async with Sandbox(config) as box:
+        data = await run_against(box, tmp_path, "checklist-1.37.yaml", run_filter="^gpu_sharing$")
+        assert leftovers(box) == []
+    outcome, message = outcomes(data, "gpu_sharing")["Partitions"]
+    assert outcome == "passed", message
+    assert "-mig-1g-10gb-" in message and "(partitionable devices" not in message
+    seen = message.split("they see ")[1].split(" and ")
+    assert seen[0] != seen[1] and all(s.startswith("MIG-") for s in seen)
 
 
 @pytest.mark.parametrize(

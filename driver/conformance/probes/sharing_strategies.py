@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
@@ -254,6 +254,40 @@ def _half_of_largest(devices: Sequence[devlib.Device], capacity: str | None) -> 
     return Decimal(max(known)) / 2 if known else None
 
 
+@dataclass(frozen=True)
+class PartitionChoice:
+    """The physical device the check takes two partitions of, and the CEL that confines a claim to them."""
+
+    parent: str
+    fitting: list[devlib.Device]
+    selectors: list[str]
+
+
+def choose_parent(
+    parents: Mapping[str, Sequence[devlib.Device]], attribute: str, driver: str, capacity: str | None
+) -> PartitionChoice | None:
+    """The first parent (by its id) of which any two partitions the selectors let through fit side by side.
+
+    Static partitions (MIG instances that exist already) are devices of their own: any two free ones fit,
+    whatever their sizes. Partitionable devices are cut from the parent's counters, the largest being the
+    whole device: two fit side by side when each is at most half the largest, so the claims ask for that.
+    """
+    for parent, offered in sorted(parents.items()):
+        selectors = [attribute_selector(attribute, parent, driver)]
+        fitting = list(offered)
+        half = _half_of_largest(offered, capacity)
+        if capacity and half is not None and any(d.raw.get("consumesCounters") for d in offered):
+            fitting = [d for d in offered if (size := d.capacity_bytes(capacity)) is not None and size <= half]
+            domain, name = _qualified(capacity, driver)
+            limit = format_quantity(half.to_integral_value(), "DecimalSI")
+            selectors.append(
+                f"device.capacity[{json.dumps(domain)}].{name}.compareTo(quantity({json.dumps(limit)})) <= 0"
+            )
+        if len(fitting) >= 2:
+            return PartitionChoice(parent, fitting, selectors)
+    return None
+
+
 async def partitions(ctx: ProbeContext, consumers: Consumers) -> None:
     async with ctx.check(PARTITIONS) as check:
         vendor, setting = ctx.vendor, ctx.vendor.sharing.partitions
@@ -267,21 +301,14 @@ async def partitions(ctx: ProbeContext, consumers: Consumers) -> None:
         parents = partition_parents([d for d in devices if key_of(d) not in held], setting.parent_attribute)
         for parent in busy_parents(devices, held, vendor.identity_attribute):
             parents.pop(parent, None)
-        if not parents:
+        choice = choose_parent(parents, setting.parent_attribute, vendor.driver_name, vendor.memory_capacity)
+        if choice is None:
             raise CheckSkippedError(
                 f"{vendor.driver_name} publishes no physical device with two partitions (devices naming "
-                f"their parent in attribute {setting.parent_attribute}) free on a Ready, schedulable node: "
-                "MIG or partitioning is not set up (or its partitions are in use)"
+                f"their parent in attribute {setting.parent_attribute}) free on a Ready, schedulable node "
+                "that fit side by side: MIG or partitioning is not set up (or its partitions are in use)"
             )
-        parent, offered = next(iter(sorted(parents.items())))
-        selectors = [attribute_selector(setting.parent_attribute, parent, vendor.driver_name)]
-        half = _half_of_largest(offered, vendor.memory_capacity)
-        if half is not None and vendor.memory_capacity:  # two at most half the size fit side by side
-            domain, name = _qualified(vendor.memory_capacity, vendor.driver_name)
-            limit = format_quantity(half.to_integral_value(), "DecimalSI")
-            selectors.append(
-                f"device.capacity[{json.dumps(domain)}].{name}.compareTo(quantity({json.dumps(limit)})) <= 0"
-            )
+        selectors = choice.selectors
         partition_class = replace(vendor, device_class=setting.device_class)
         templates = []
         for _ in range(2):

@@ -19,6 +19,7 @@ from driver.conformance.probes.sharing_strategies import (
     attribute_selector,
     busy_parents,
     carried_config,
+    choose_parent,
     free_capacity,
     half_share,
     partition_parents,
@@ -251,3 +252,38 @@ def test_a_device_held_whole_offers_no_partitions() -> None:
     held = {("gpu.example.com", "pool", "gpu-0"): [{}]}
     assert busy_parents(devices, held, "uuid") == {"GPU-0"}
     assert busy_parents(devices, held, None) == set()
+
+
+def mig(name: str, parent: str, memory: str, **raw: Any) -> devlib.Device:
+    return device(name, {"parentUUID": parent}, {"memory": {"value": memory}}, **raw)
+
+
+def test_any_two_static_partitions_fit_whatever_their_sizes() -> None:
+    """A uniform MIG layout (all 1g.10gb): every partition is as large as the largest."""
+    parents = {"GPU-0": [mig(f"mig-{i}", "GPU-0", "10Gi") for i in range(7)]}
+    choice = choose_parent(parents, "parentUUID", "gpu.example.com", "memory")
+    assert choice is not None and choice.parent == "GPU-0" and len(choice.fitting) == 7
+    assert choice.selectors == ['device.attributes["gpu.example.com"].parentUUID == "GPU-0"']
+
+
+def test_two_partitionable_devices_must_fit_in_their_parent() -> None:
+    counters = {"consumesCounters": [{"counterSet": "gpu-0", "counters": {}}]}
+    whole, half, small = (
+        mig("7g", "GPU-0", "80Gi", **counters),
+        mig("3g", "GPU-0", "40Gi", **counters),
+        mig("1g", "GPU-0", "10Gi", **counters),
+    )
+    choice = choose_parent({"GPU-0": [whole, half, small]}, "parentUUID", "gpu.example.com", "memory")
+    assert choice is not None and [d.name for d in choice.fitting] == ["3g", "1g"]
+    assert 'compareTo(quantity("42949672960")) <= 0' in choice.selectors[1]
+
+
+def test_a_parent_without_two_fitting_partitions_gives_way_to_the_next() -> None:
+    counters = {"consumesCounters": [{"counterSet": "gpu", "counters": {}}]}
+    parents = {
+        "GPU-0": [mig("a-7g", "GPU-0", "80Gi", **counters), mig("a-4g", "GPU-0", "50Gi", **counters)],
+        "GPU-1": [mig("b-1g", "GPU-1", "10Gi"), mig("b-1g-2", "GPU-1", "10Gi")],
+    }
+    choice = choose_parent(parents, "parentUUID", "gpu.example.com", "memory")
+    assert choice is not None and choice.parent == "GPU-1"
+    assert choose_parent({"GPU-0": parents["GPU-0"]}, "parentUUID", "gpu.example.com", "memory") is None
