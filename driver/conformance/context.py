@@ -269,12 +269,19 @@ class ProbeContext:
                 return LogAnswer(error=f"HTTP {err.status} {err.reason}: {err.message}".strip())
             raise
 
-    async def wait_output(self, name: str, timeout: float | None = None) -> PodRun:
-        """Wait until every container of the pod printed ``RESULT: DONE``; fail with the pod's state if not."""
+    async def wait_output(
+        self, name: str, timeout: float | None = None, *, unschedulable_fails: bool = False
+    ) -> PodRun:
+        """Wait until every container of the pod printed ``RESULT: DONE``; fail with the pod's state if not.
+
+        ``unschedulable_fails``: the pod's claims were chosen to fit what is free, so the scheduler's first
+        Unschedulable verdict on them as they exist ends the wait (waiting would not make them fit).
+        """
         timeout = timeout or self.vendor.pod_timeout
         self.step(f"waiting for pod {name} to print its results (up to {timeout:g}s)")
         deadline = self.clock.now() + timeout
         poll = _Poll(self.clock)
+        verdicts = _AllocationVerdicts()
         pod: JSON = {}
         answers: dict[str, LogAnswer] = {}
         while True:
@@ -308,6 +315,11 @@ class ProbeContext:
             verdict = _unschedulable_message(pod)
             if verdict is not None and _UNRESOLVABLE.search(verdict):
                 raise CheckFailedError(f"pod {name} cannot be scheduled; the scheduler says: {verdict}")
+            if verdicts.on_claims(pod) is not None and unschedulable_fails:
+                raise CheckFailedError(
+                    f"pod {name} cannot be scheduled although its claims were chosen to fit what was free "
+                    f"(another workload may have taken it meanwhile); the scheduler says: {verdict}"
+                )
             self.waiting(f"pod {name}: {state}")
             if self.clock.now() >= deadline:
                 raise CheckFailedError(
@@ -330,15 +342,12 @@ class ProbeContext:
         self.step(f"waiting for the scheduler's verdict on pod {name} (up to {timeout:g}s)")
         deadline = self.clock.now() + timeout
         poll = _Poll(self.clock)
-        before_claims: set[str] = set()
+        verdicts = _AllocationVerdicts()
         while True:
             pod = await self.get_pod(name)
-            message = _unschedulable_message(pod)
+            message = verdicts.on_claims(pod)
             if message is not None:
-                if not _claims_generated(pod):
-                    before_claims.add(message)
-                elif message not in before_claims:
-                    return message
+                return message
             if pod["spec"].get("nodeName"):
                 raise CheckFailedError(f"pod {name} was scheduled to node {pod['spec']['nodeName']}")
             if self.clock.now() >= deadline:
@@ -461,6 +470,26 @@ def _unschedulable_message(pod: Mapping[str, Any]) -> str | None:
         ) and condition.get("message"):
             return str(condition["message"])
     return None
+
+
+class _AllocationVerdicts:
+    """The scheduler's Unschedulable verdicts on a pod's claims as they exist.
+
+    A verdict given while a claim is still to be generated from its template says nothing about allocation,
+    and neither does that same message still standing after the claim appeared: only a later one counts.
+    """
+
+    def __init__(self) -> None:
+        self._before_claims: set[str] = set()
+
+    def on_claims(self, pod: Mapping[str, Any]) -> str | None:
+        message = _unschedulable_message(pod)
+        if message is None:
+            return None
+        if not _claims_generated(pod):
+            self._before_claims.add(message)
+            return None
+        return None if message in self._before_claims else message
 
 
 def _claims_generated(pod: Mapping[str, Any]) -> bool:

@@ -49,7 +49,7 @@ async def _pods(ctx: ProbeContext, consumers: Consumers) -> None:
             podlib.pod(ctx.vendor, name, [consumer(ctx, "probe", ("gpu",))], claims={"gpu": claim_name})
             for name in (unique("sharing-pod"), unique("sharing-pod"))
         ]
-        async with started(ctx, bodies) as runs:
+        async with started(ctx, bodies, unschedulable_fails=False) as runs:
             claim = await ctx.kube.get(RESOURCE_CLAIMS, claim_name, ctx.namespace)
         reserved = {r.get("uid") for r in (claim.get("status") or {}).get("reservedFor") or []}
         uids = {r.pod["metadata"]["uid"] for r in runs}
@@ -100,10 +100,12 @@ async def run(ctx: ProbeContext) -> None:
     consumers: Consumers = {}
     await _containers(ctx, consumers)
     await _pods(ctx, consumers)
-    await strategies.time_slicing(ctx, consumers)
-    await strategies.partitions(ctx, consumers)
-    await strategies.consumable_capacity(ctx, consumers)
-    ctx.data["strategies"] = strategies.summary(ctx)
+    try:
+        await strategies.time_slicing(ctx, consumers)
+        await strategies.partitions(ctx, consumers)
+        await strategies.consumable_capacity(ctx, consumers)
+    finally:  # the report's table shows what ran, also when the probe timed out in the middle
+        ctx.data["strategies"] = strategies.summary(ctx)
     await _workloads(ctx, consumers)
 
 
@@ -115,4 +117,6 @@ PROBE = Probe(
     run=run,
     required=("TwoContainersOneClaim", "TwoPodsOneClaim", "ConsumersUseTheSharedDevice"),
     required_any=strategies.STRATEGIES,
+    #: Up to five checks wait for pods (the pod timeout each) before the required health check.
+    timeout=900.0,
 )

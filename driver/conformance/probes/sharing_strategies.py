@@ -66,14 +66,20 @@ def outputs_of(runs: Sequence[PodRun], container: str = "probe") -> Consumers:
 
 
 @contextlib.asynccontextmanager
-async def started(ctx: ProbeContext, bodies: Sequence[JSON]) -> AsyncIterator[list[PodRun]]:
+async def started(
+    ctx: ProbeContext, bodies: Sequence[JSON], *, unschedulable_fails: bool = True
+) -> AsyncIterator[list[PodRun]]:
     """Create every pod before waiting for any (they must run side by side), yield their runs, and delete
-    them whatever happens (they hold devices the next checks need)."""
+    them whatever happens (they hold devices the next checks need).
+
+    The strategies' claims ask for what the check found free, so an Unschedulable verdict on them ends the
+    check at once (``unschedulable_fails``) instead of waiting out the pod timeout.
+    """
     names = [b["metadata"]["name"] for b in bodies]
     try:
         for body in bodies:
             await ctx.create(PODS, body)
-        yield [await ctx.wait_output(name) for name in names]
+        yield [await ctx.wait_output(name, unschedulable_fails=unschedulable_fails) for name in names]
     finally:
         await ctx.delete_pods(names)
 
@@ -277,7 +283,9 @@ def choose_parent(
         fitting = list(offered)
         half = _half_of_largest(offered, capacity)
         if capacity and half is not None and any(d.raw.get("consumesCounters") for d in offered):
-            fitting = [d for d in offered if (size := d.capacity_bytes(capacity)) is not None and size <= half]
+            fitting = [
+                d for d in offered if (size := d.capacity_bytes(capacity)) is not None and size <= half
+            ]
             domain, name = _qualified(capacity, driver)
             limit = format_quantity(half.to_integral_value(), "DecimalSI")
             selectors.append(

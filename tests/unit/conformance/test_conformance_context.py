@@ -249,3 +249,29 @@ async def test_a_service_account_that_never_comes_fails_with_the_refusal() -> No
     kube = NewNamespace(refusals=10**6)
     with pytest.raises(ApiError, match="error looking up service account"):
         await context(kube, clock=FakeClock()).create(ctxlib.PODS, {"metadata": {"name": "p"}, "spec": {}})
+
+
+def scheduling(message: str, generated: bool) -> dict[str, Any]:
+    body = pod(message, generated)
+    body["spec"]["containers"] = [{"name": "probe"}]
+    return body
+
+
+async def test_a_pod_whose_claims_were_chosen_to_fit_fails_on_the_first_verdict_on_them() -> None:
+    kube = ScriptedPods(
+        scheduling(WAITING, generated=False),
+        scheduling(WAITING, generated=True),
+        scheduling(IMPOSSIBLE, True),
+    )
+    clock = FakeClock()
+    with pytest.raises(CheckFailedError) as failed:
+        await context(kube, clock=clock).wait_output("pod", timeout=300, unschedulable_fails=True)
+    assert str(failed.value).endswith(f"the scheduler says: {IMPOSSIBLE}")
+    assert kube.gets == 3 and clock.time < 1
+
+
+async def test_other_pods_wait_out_an_allocation_verdict() -> None:
+    kube = ScriptedPods(scheduling(IMPOSSIBLE, generated=True))
+    with pytest.raises(CheckFailedError) as failed:
+        await context(kube, clock=FakeClock()).wait_output("pod", timeout=300)
+    assert "did not print its results within 300s" in str(failed.value)

@@ -4,6 +4,8 @@ tests/integration/test_conformance_sandbox.py)."""
 
 from __future__ import annotations
 
+import importlib
+
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,8 @@ from driver.conformance import devices as devlib
 from driver.conformance.checklist import load_checklist
 from driver.conformance.evidence import decide
 from driver.conformance.model import CheckResult, Outcome, ProbeResult, summarize
+from driver.conformance.context import ProbeContext
+from driver.conformance.e2elog import E2ELog
 from driver.conformance.probes.gpu_sharing import PROBE
 from driver.conformance.probes.sharing_strategies import (
     attribute_selector,
@@ -287,3 +291,43 @@ def test_a_parent_without_two_fitting_partitions_gives_way_to_the_next() -> None
     choice = choose_parent(parents, "parentUUID", "gpu.example.com", "memory")
     assert choice is not None and choice.parent == "GPU-1"
     assert choose_parent({"GPU-0": parents["GPU-0"]}, "parentUUID", "gpu.example.com", "memory") is None
+
+
+def test_the_probe_has_time_for_every_pod_waiting_check() -> None:
+    """Five checks wait for pods; a real cluster's pod timeout is 300 s and the health check comes last."""
+    assert PROBE.timeout >= 3 * load_vendor("nvidia").pod_timeout
+
+
+sharing_probe = importlib.import_module("driver.conformance.probes.gpu_sharing")
+
+
+async def test_the_strategies_table_shows_what_ran_when_the_probe_stops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def nothing(_ctx: ProbeContext, _consumers: Any) -> None:
+        return None
+
+    async def shown(ctx: ProbeContext, _consumers: Any) -> None:
+        async with ctx.check("TimeSlicing") as check:
+            check.message = "two pods shared it"
+
+    async def stopped(_ctx: ProbeContext, _consumers: Any) -> None:
+        raise TimeoutError
+
+    for name, replacement in (("_containers", nothing), ("_pods", nothing)):
+        monkeypatch.setattr(sharing_probe, name, replacement)
+    monkeypatch.setattr(sharing_probe.strategies, "time_slicing", shown)
+    monkeypatch.setattr(sharing_probe.strategies, "partitions", stopped)
+    ctx = ProbeContext(
+        kube=None,  # type: ignore[arg-type]
+        vendor=load_vendor("sandbox"),
+        namespace="ns",
+        run_id="t",
+        probe=PROBE,
+        log=E2ELog(None),
+    )
+    with pytest.raises(TimeoutError):
+        await PROBE.run(ctx)
+    assert ctx.data["strategies"] == [
+        {"strategy": "TimeSlicing", "outcome": "passed", "shown": "two pods shared it"}
+    ]
