@@ -538,6 +538,11 @@ async def test_partitions_of_a_uniform_mig_layout_are_shown(tmp_path: Path) -> N
     ("time_slicing", "outcome", "says"),
     [
         (TimeSlicing(), "skipped", "names no time-slicing configuration (sharing.timeSlicing.config)"),
+        (  # the pods ran and the config reached the allocation: what Kubernetes gives any driver
+            dataclasses.replace(load_vendor("sandbox").sharing.time_slicing, show_command=None, expect=None),
+            "skipped",
+            "in its allocation; but no container can show the setting it was given",
+        ),
         (
             dataclasses.replace(load_vendor("sandbox").sharing.time_slicing, expect="TimeSlicing:Short"),
             "failed",

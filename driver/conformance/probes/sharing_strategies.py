@@ -7,7 +7,9 @@ that reason, never failed. What each check shows:
 
 * ``TimeSlicing``: one claim carrying the vendor's time-slicing configuration, two pods using it that run at
   the same time, both seeing the same single device; the allocation carries the configuration to the
-  driver, and where the vendor can show the setting inside a container, each container was given it.
+  driver, and each container was given the setting (the vendor's ``showCommand``). Without a way to show the
+  setting in a container the check is skipped after the pods ran: a shared claim and its configuration in
+  the allocation are what Kubernetes gives any driver, so they show nothing of the driver's time slicing.
 * ``Partitions``: two pods, each with a claim of its own from the partitions' DeviceClass, get two distinct
   partitions of one physical device (the same parent attribute), run at the same time, and each container
   sees exactly its own partition.
@@ -199,23 +201,27 @@ async def time_slicing(ctx: ProbeContext, consumers: Consumers) -> None:
                 f"the allocation of claim {claim_name} does not carry the time-slicing configuration to "
                 f"{vendor.driver_name} (status.allocation.devices.config)"
             )
-        shown = _check_shown(outputs, setting.show_command, setting.expect)
         consumers.update(outputs)
         names = " and ".join(r.name for r in runs)
-        check.message = (
-            f"pods {names} ran at the same time on {device} through claim {claim_name}, whose allocation "
-            f"carries {_describe(setting.config)} to {vendor.driver_name}{shown}"
+        ran = (
+            f"pods {names} ran at the same time on {device} through claim {claim_name}, and kube-scheduler "
+            f"handed {_describe(setting.config)} to {vendor.driver_name} in its allocation"
         )
+        if not setting.show_command:
+            raise CheckSkippedError(
+                f"{ran}; but no container can show the setting it was given (sharing.timeSlicing.showCommand "
+                "is not set), and every other fact here is one Kubernetes produces for any driver (a shared "
+                "claim, its config copied into the allocation): time slicing is not counted as shown"
+            )
+        check.message = f"{ran}{_check_shown(outputs, setting.show_command, setting.expect)}"
 
 
 def _describe(config: Mapping[str, Any]) -> str:
     return f"{config.get('kind', 'a configuration')} {json.dumps(dict(config.get('sharing') or config))}"
 
 
-def _check_shown(outputs: Consumers, command: str | None, expect: str | None) -> str:
-    """What the containers were told of their setting (when the vendor can show it), checked."""
-    if not command:
-        return "; no container can show its setting (sharing.timeSlicing.showCommand is not set)"
+def _check_shown(outputs: Consumers, command: str, expect: str | None) -> str:
+    """What the containers were told of their setting, checked: the one fact the driver alone produces."""
     wrong = {who: o.results.get("SHARING", "") for who, o in outputs.items()}
     wrong = {who: s for who, s in wrong.items() if not s or (expect and expect not in s)}
     if wrong:
