@@ -389,6 +389,34 @@ class ProbeContext:
             if not (rt == PODS and n in names and ns == self.namespace)
         ]
 
+    async def release_claims(self, names: Sequence[str], timeout: float = 120.0) -> None:
+        """Delete ResourceClaims and wait until each is gone or deallocated, so that the next check finds their
+        devices free (the claim controller deallocates a claim some time after its last pod went)."""
+        if not names:
+            return
+        self.step(f"releasing claim(s) {', '.join(names)}")
+        for name in names:
+            with contextlib.suppress(ApiError):
+                await self.kube.delete(RESOURCE_CLAIMS, name, self.namespace)
+        self._objects = [o for o in self._objects if not (o[0] == RESOURCE_CLAIMS and o[1] in names)]
+        deadline = self.clock.now() + timeout
+        for name in names:
+            poll = _Poll(self.clock)
+            while True:
+                try:
+                    claim = await self.kube.get(RESOURCE_CLAIMS, name, self.namespace)
+                except ApiError as err:
+                    if err.not_found:
+                        break
+                    raise
+                if not (claim.get("status") or {}).get("allocation"):
+                    break
+                if self.clock.now() >= deadline:
+                    raise CheckFailedError(
+                        f"claim {name} was still allocated {timeout:g}s after it was deleted"
+                    )
+                await poll.wait()
+
     async def wait_pods_gone(
         self, label_selector: str, namespace: str | None = None, timeout: float = 120.0
     ) -> None:
@@ -490,6 +518,21 @@ class _AllocationVerdicts:
             self._before_claims.add(message)
             return None
         return None if message in self._before_claims else message
+
+
+def pod_claims(pod: Mapping[str, Any]) -> list[str]:
+    """The ResourceClaims a pod uses: named in its spec, or generated from its templates (once they are)."""
+    named = [
+        str(e["resourceClaimName"])
+        for e in pod["spec"].get("resourceClaims") or []
+        if e.get("resourceClaimName")
+    ]
+    generated = [
+        str(s["resourceClaimName"])
+        for s in (pod.get("status") or {}).get("resourceClaimStatuses") or []
+        if s.get("resourceClaimName")
+    ]
+    return named + generated
 
 
 def _claims_generated(pod: Mapping[str, Any]) -> bool:

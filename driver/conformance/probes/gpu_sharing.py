@@ -32,8 +32,8 @@ async def _containers(ctx: ProbeContext, consumers: Consumers) -> None:
             [consumer(ctx, "first", ("gpu",)), consumer(ctx, "second", ("gpu",))],
             templates={"gpu": template},
         )
-        run = await ctx.run_pod(body)
-        await ctx.delete_pods([name])
+        async with started(ctx, [body], unschedulable_fails=False) as (run,):
+            pass
         outputs = {f"pod {name} container {c}": o for c, o in run.outputs.items()}
         device = same_device(outputs)
         consumers.update(outputs)

@@ -30,9 +30,16 @@ from typing import Any
 
 from driver.conformance import devices as devlib
 from driver.conformance import pods as podlib
-from driver.conformance.context import PodRun, ProbeContext
+from driver.conformance.context import PodRun, ProbeContext, pod_claims
 from driver.conformance.model import CheckFailedError, CheckSkippedError
-from driver.conformance.probes.common import allocated, driver_devices, find_device, ready_nodes, unique
+from driver.conformance.probes.common import (
+    allocated,
+    driver_devices,
+    driver_pools,
+    find_device,
+    ready_nodes,
+    unique,
+)
 from driver.conformance.vendor import PCI_BUS_ID, Vendor
 from driver.kube.client import DEVICE_CLASSES, PODS, RESOURCE_CLAIM_TEMPLATES, RESOURCE_CLAIMS, ApiError
 from driver.quantity import format_quantity, parse_quantity
@@ -75,7 +82,8 @@ async def started(
     them whatever happens (they hold devices the next checks need).
 
     The strategies' claims ask for what the check found free, so an Unschedulable verdict on them ends the
-    check at once (``unschedulable_fails``) instead of waiting out the pod timeout.
+    check at once (``unschedulable_fails``) instead of waiting out the pod timeout. Their claims are deleted
+    and waited for until deallocated: the next check must not find their devices still held.
     """
     names = [b["metadata"]["name"] for b in bodies]
     try:
@@ -83,7 +91,17 @@ async def started(
             await ctx.create(PODS, body)
         yield [await ctx.wait_output(name, unschedulable_fails=unschedulable_fails) for name in names]
     finally:
-        await ctx.delete_pods(names)
+        await released(ctx, names)
+
+
+async def released(ctx: ProbeContext, names: Sequence[str]) -> None:
+    """Delete pods, then their claims, and wait until the claims are deallocated."""
+    claims: list[str] = []
+    for name in names:
+        with contextlib.suppress(ApiError):  # never created, or gone already
+            claims += [c for c in pod_claims(await ctx.get_pod(name)) if c not in claims]
+    await ctx.delete_pods(names)
+    await ctx.release_claims(claims)
 
 
 async def running_together(ctx: ProbeContext, runs: Sequence[PodRun]) -> None:
@@ -260,10 +278,50 @@ def busy_parents(
     }
 
 
-def _half_of_largest(devices: Sequence[devlib.Device], capacity: str | None) -> Decimal | None:
-    sizes = [d.capacity_bytes(capacity) for d in devices] if capacity else []
-    known = [s for s in sizes if s is not None]
-    return Decimal(max(known)) / 2 if known else None
+CounterKey = tuple[str, str]  # (pool, counter set)
+Counters = dict[str, Decimal]
+
+
+def _amounts(counters: Mapping[str, Any] | None) -> Counters:
+    return {n: parse_quantity(str((v or {}).get("value"))) for n, v in (counters or {}).items()}
+
+
+def consumption(device: devlib.Device) -> dict[CounterKey, Counters]:
+    """What a partitionable device consumes of its pool's counter sets (nothing for other devices)."""
+    return {
+        (device.pool, str(e.get("counterSet"))): _amounts(e.get("counters"))
+        for e in device.raw.get("consumesCounters") or []
+    }
+
+
+def counter_room(pools: Sequence[devlib.Pool], held: Mapping[DeviceKey, Any]) -> dict[CounterKey, Counters]:
+    """What is left of each counter set once the devices allocated right now (to any workload) consumed
+    theirs: a partition held elsewhere takes its share of the physical device it is cut from."""
+    room: dict[CounterKey, Counters] = {}
+    for pool in pools:
+        for piece in pool.slices:
+            for entry in (piece.get("spec") or {}).get("sharedCounters") or []:
+                room[(pool.name, str(entry.get("name")))] = _amounts(entry.get("counters"))
+    for device in devlib.devices(pools):
+        if key_of(device) in held:
+            for key, amounts in consumption(device).items():
+                left = room.setdefault(key, {})
+                for name, value in amounts.items():
+                    left[name] = left.get(name, Decimal(0)) - value
+    return room
+
+
+def fit_together(devices: Sequence[devlib.Device], room: Mapping[CounterKey, Counters]) -> bool:
+    """Whether these partitionable devices fit side by side in what is left of their counter sets."""
+    total: dict[CounterKey, Counters] = {}
+    for device in devices:
+        for key, amounts in consumption(device).items():
+            for name, value in amounts.items():
+                total.setdefault(key, {})[name] = total.get(key, {}).get(name, Decimal(0)) + value
+    return all(
+        key in room and all(value <= room[key].get(name, Decimal(0)) for name, value in amounts.items())
+        for key, amounts in total.items()
+    )
 
 
 @dataclass(frozen=True)
@@ -276,30 +334,54 @@ class PartitionChoice:
 
 
 def choose_parent(
-    parents: Mapping[str, Sequence[devlib.Device]], attribute: str, driver: str, capacity: str | None
+    parents: Mapping[str, Sequence[devlib.Device]],
+    attribute: str,
+    driver: str,
+    capacity: str | None,
+    room: Mapping[CounterKey, Counters],
 ) -> PartitionChoice | None:
-    """The first parent (by its id) of which any two partitions the selectors let through fit side by side.
+    """The first parent (by its id) of which two partitions the selectors let through fit side by side.
 
     Static partitions (MIG instances that exist already) are devices of their own: any two free ones fit,
-    whatever their sizes. Partitionable devices are cut from the parent's counters, the largest being the
-    whole device: two fit side by side when each is at most half the largest, so the claims ask for that.
+    whatever their sizes. Partitionable devices are cut from the parent's counters (``room``: what other
+    allocations left of them), so the claims ask for partitions of at most the largest size at which any
+    one the scheduler picks first still leaves room for a second.
     """
     for parent, offered in sorted(parents.items()):
         selectors = [attribute_selector(attribute, parent, driver)]
-        fitting = list(offered)
-        half = _half_of_largest(offered, capacity)
-        if capacity and half is not None and any(d.raw.get("consumesCounters") for d in offered):
-            fitting = [
-                d for d in offered if (size := d.capacity_bytes(capacity)) is not None and size <= half
-            ]
+        if not any(d.raw.get("consumesCounters") for d in offered):
+            if len(offered) >= 2:
+                return PartitionChoice(parent, list(offered), selectors)
+            continue
+        fitting, limit = _fitting_partitions([d for d in offered if fit_together([d], room)], capacity, room)
+        if len(fitting) < 2:
+            continue
+        if limit is not None and capacity:
             domain, name = _qualified(capacity, driver)
-            limit = format_quantity(half.to_integral_value(), "DecimalSI")
-            selectors.append(
-                f"device.capacity[{json.dumps(domain)}].{name}.compareTo(quantity({json.dumps(limit)})) <= 0"
-            )
-        if len(fitting) >= 2:
-            return PartitionChoice(parent, fitting, selectors)
+            size = json.dumps(format_quantity(Decimal(limit), "DecimalSI"))
+            selectors.append(f"device.capacity[{json.dumps(domain)}].{name}.compareTo(quantity({size})) <= 0")
+        return PartitionChoice(parent, fitting, selectors)
     return None
+
+
+def _fitting_partitions(
+    free: Sequence[devlib.Device], capacity: str | None, room: Mapping[CounterKey, Counters]
+) -> tuple[list[devlib.Device], int | None]:
+    """The partitionable devices up to the largest size (by ``capacity``) at which each has a partner that
+    fits beside it, and that size; without a known size every free one must have a partner."""
+
+    def paired(devices: Sequence[devlib.Device]) -> bool:
+        return len(devices) >= 2 and all(
+            any(fit_together([a, b], room) for b in devices if b is not a) for a in devices
+        )
+
+    sized = [(d, d.capacity_bytes(capacity) if capacity else None) for d in free]
+    known = sorted({size for _, size in sized if size is not None}, reverse=True)
+    for limit in known:
+        candidates = [d for d, size in sized if size is not None and size <= limit]
+        if paired(candidates):
+            return candidates, limit
+    return (list(free), None) if not known and paired(free) else ([], None)
 
 
 async def partitions(ctx: ProbeContext, consumers: Consumers) -> None:
@@ -315,7 +397,10 @@ async def partitions(ctx: ProbeContext, consumers: Consumers) -> None:
         parents = partition_parents([d for d in devices if key_of(d) not in held], setting.parent_attribute)
         for parent in busy_parents(devices, held, vendor.identity_attribute):
             parents.pop(parent, None)
-        choice = choose_parent(parents, setting.parent_attribute, vendor.driver_name, vendor.memory_capacity)
+        room = counter_room(await driver_pools(ctx), held)
+        choice = choose_parent(
+            parents, setting.parent_attribute, vendor.driver_name, vendor.memory_capacity, room
+        )
         if choice is None:
             raise CheckSkippedError(
                 f"{vendor.driver_name} publishes no physical device with two partitions (devices naming "
@@ -561,7 +646,7 @@ async def _over_capacity(ctx: ProbeContext, share: Decimal, share_claim: Callabl
     try:
         verdict = await ctx.wait_unschedulable(name, timeout=min(60.0, ctx.vendor.pod_timeout))
     finally:
-        await ctx.delete_pods([name])
+        await released(ctx, [name])
     ctx.note(f"a third claim of {format_quantity(share, 'BinarySI')} stays pending: {verdict}")
     return f"; a third claim that would exceed it stays unschedulable: {verdict!r}"
 

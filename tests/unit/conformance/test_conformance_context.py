@@ -275,3 +275,31 @@ async def test_other_pods_wait_out_an_allocation_verdict() -> None:
     with pytest.raises(CheckFailedError) as failed:
         await context(kube, clock=FakeClock()).wait_output("pod", timeout=300)
     assert "did not print its results within 300s" in str(failed.value)
+
+
+class ReleasedClaim:
+    """A deleted claim that stays allocated for ``reads`` more reads, then goes."""
+
+    def __init__(self, reads: float) -> None:
+        self.reads = reads
+        self.deleted: list[str] = []
+
+    async def delete(self, _rt: Any, name: str, _namespace: str | None = None) -> None:
+        self.deleted.append(name)
+
+    async def get(self, _rt: Any, name: str, _namespace: str | None = None) -> dict[str, Any]:
+        self.reads -= 1
+        if self.reads < 0:
+            raise ApiError(404, "NotFound", f"{name} not found")
+        return {"metadata": {"name": name}, "status": {"allocation": {"devices": {}}}}
+
+
+async def test_released_claims_are_waited_for_until_deallocated() -> None:
+    kube = ReleasedClaim(reads=2)
+    await context(kube, clock=FakeClock()).release_claims(["claim"])
+    assert kube.deleted == ["claim"] and kube.reads == -1
+
+
+async def test_a_claim_that_stays_allocated_fails_the_check_naming_it() -> None:
+    with pytest.raises(CheckFailedError, match="claim claim was still allocated 120s after it was deleted"):
+        await context(ReleasedClaim(reads=float("inf")), clock=FakeClock()).release_claims(["claim"])

@@ -5,32 +5,36 @@ tests/integration/test_conformance_sandbox.py)."""
 from __future__ import annotations
 
 import importlib
-
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from driver.conformance import context as ctxlib
 from driver.conformance import devices as devlib
+from driver.conformance import pods as podlib
 from driver.conformance.checklist import load_checklist
-from driver.conformance.evidence import decide
-from driver.conformance.model import CheckResult, Outcome, ProbeResult, summarize
 from driver.conformance.context import ProbeContext
 from driver.conformance.e2elog import E2ELog
+from driver.conformance.evidence import decide
+from driver.conformance.model import CheckResult, Outcome, ProbeResult, summarize
 from driver.conformance.probes.gpu_sharing import PROBE
 from driver.conformance.probes.sharing_strategies import (
     attribute_selector,
     busy_parents,
     carried_config,
     choose_parent,
+    counter_room,
     free_capacity,
     half_share,
     partition_parents,
     shareable,
+    started,
 )
 from driver.conformance.reporthtml import _strategies
 from driver.conformance.vendor import VendorError, load_vendor
+from driver.kube.client import PODS, RESOURCE_CLAIMS, ApiError
 from driver.quantity import parse_quantity
 from tests.support import paths
 
@@ -265,32 +269,57 @@ def mig(name: str, parent: str, memory: str, **raw: Any) -> devlib.Device:
 def test_any_two_static_partitions_fit_whatever_their_sizes() -> None:
     """A uniform MIG layout (all 1g.10gb): every partition is as large as the largest."""
     parents = {"GPU-0": [mig(f"mig-{i}", "GPU-0", "10Gi") for i in range(7)]}
-    choice = choose_parent(parents, "parentUUID", "gpu.example.com", "memory")
+    choice = choose_parent(parents, "parentUUID", "gpu.example.com", "memory", {})
     assert choice is not None and choice.parent == "GPU-0" and len(choice.fitting) == 7
     assert choice.selectors == ['device.attributes["gpu.example.com"].parentUUID == "GPU-0"']
 
 
+def slices_of(counter_set: str, slices: int) -> devlib.Pool:
+    """A pool whose one GPU's counter set has ``slices`` compute slices."""
+    shared = [{"name": counter_set, "counters": {"slices": {"value": str(slices)}}}]
+    return devlib.Pool("gpu.example.com", "pool", 1, 1, [{"spec": {"sharedCounters": shared}}])
+
+
+def cut(name: str, memory: str, slices: int, parent: str = "GPU-0") -> devlib.Device:
+    consumes = [{"counterSet": parent.lower(), "counters": {"slices": {"value": str(slices)}}}]
+    return mig(name, parent, memory, consumesCounters=consumes)
+
+
 def test_two_partitionable_devices_must_fit_in_their_parent() -> None:
-    counters = {"consumesCounters": [{"counterSet": "gpu-0", "counters": {}}]}
-    whole, half, small = (
-        mig("7g", "GPU-0", "80Gi", **counters),
-        mig("3g", "GPU-0", "40Gi", **counters),
-        mig("1g", "GPU-0", "10Gi", **counters),
-    )
-    choice = choose_parent({"GPU-0": [whole, half, small]}, "parentUUID", "gpu.example.com", "memory")
+    whole, half, small = cut("7g", "80Gi", 7), cut("3g", "40Gi", 3), cut("1g", "10Gi", 1)
+    room = counter_room([slices_of("gpu-0", 7)], {})
+    assert room == {("pool", "gpu-0"): {"slices": Decimal(7)}}
+    choice = choose_parent({"GPU-0": [whole, half, small]}, "parentUUID", "gpu.example.com", "memory", room)
     assert choice is not None and [d.name for d in choice.fitting] == ["3g", "1g"]
     assert 'compareTo(quantity("42949672960")) <= 0' in choice.selectors[1]
 
 
+def test_partitions_held_elsewhere_count_against_their_parent() -> None:
+    """A 4g held by another workload leaves 3 of 7 slices: no two 3g fit any more, two 1g still do."""
+    threes = [cut("3g-a", "40Gi", 3), cut("3g-b", "40Gi", 3)]
+    room = counter_room([slices_of("gpu-0", 7)], {})
+    assert choose_parent({"GPU-0": threes}, "parentUUID", "gpu.example.com", "memory", room) is not None
+    pool = slices_of("gpu-0", 7)
+    held_4g = cut("4g", "50Gi", 4).raw
+    pool.slices.append({"spec": {"devices": [held_4g]}})
+    pool.expected = 2
+    room = counter_room([pool], {("gpu.example.com", "pool", "4g"): [{}]})
+    assert room == {("pool", "gpu-0"): {"slices": Decimal(3)}}
+    assert choose_parent({"GPU-0": threes}, "parentUUID", "gpu.example.com", "memory", room) is None
+    ones = [cut("1g-a", "10Gi", 1), cut("1g-b", "10Gi", 1)]
+    choice = choose_parent({"GPU-0": threes + ones}, "parentUUID", "gpu.example.com", "memory", room)
+    assert choice is not None and [d.name for d in choice.fitting] == ["1g-a", "1g-b"]
+
+
 def test_a_parent_without_two_fitting_partitions_gives_way_to_the_next() -> None:
-    counters = {"consumesCounters": [{"counterSet": "gpu", "counters": {}}]}
     parents = {
-        "GPU-0": [mig("a-7g", "GPU-0", "80Gi", **counters), mig("a-4g", "GPU-0", "50Gi", **counters)],
+        "GPU-0": [cut("a-7g", "80Gi", 7), cut("a-4g", "50Gi", 4)],
         "GPU-1": [mig("b-1g", "GPU-1", "10Gi"), mig("b-1g-2", "GPU-1", "10Gi")],
     }
-    choice = choose_parent(parents, "parentUUID", "gpu.example.com", "memory")
+    room = counter_room([slices_of("gpu-0", 7)], {})
+    choice = choose_parent(parents, "parentUUID", "gpu.example.com", "memory", room)
     assert choice is not None and choice.parent == "GPU-1"
-    assert choose_parent({"GPU-0": parents["GPU-0"]}, "parentUUID", "gpu.example.com", "memory") is None
+    assert choose_parent({"GPU-0": parents["GPU-0"]}, "parentUUID", "gpu.example.com", "memory", room) is None
 
 
 def test_the_probe_has_time_for_every_pod_waiting_check() -> None:
@@ -331,3 +360,64 @@ async def test_the_strategies_table_shows_what_ran_when_the_probe_stops(
     assert ctx.data["strategies"] == [
         {"strategy": "TimeSlicing", "outcome": "passed", "shown": "two pods shared it"}
     ]
+
+
+class LaggingCluster:
+    """Pods that print their results at once, each with a claim generated from its template; a claim stays
+    allocated for a few reads after its pod went (the claim controller deallocates it a moment later)."""
+
+    LAG = 3
+
+    def __init__(self) -> None:
+        self.pods: dict[str, dict[str, Any]] = {}
+        self.claims: dict[str, int | None] = {}  # claim -> reads left until it goes (None: its pod runs)
+
+    async def create(self, _rt: Any, obj: dict[str, Any], _namespace: str) -> dict[str, Any]:
+        name = obj["metadata"]["name"]
+        claim = f"{name}-gpu"
+        status = {"phase": "Running", "resourceClaimStatuses": [{"name": "gpu", "resourceClaimName": claim}]}
+        self.pods[name] = {**obj, "metadata": {**obj["metadata"], "uid": name}, "status": status}
+        self.claims[claim] = None
+        return self.pods[name]
+
+    async def get(self, rt: Any, name: str, _namespace: str | None = None) -> dict[str, Any]:
+        if rt is PODS and name in self.pods:
+            return self.pods[name]
+        left = self.claims.get(name, 0)
+        if rt is RESOURCE_CLAIMS and name in self.claims:
+            if left is not None and left <= 0:
+                del self.claims[name]
+            else:
+                self.claims[name] = None if left is None else left - 1
+                return {"metadata": {"name": name}, "status": {"allocation": {"devices": {}}}}
+        raise ApiError(404, "NotFound", f"{name} not found")
+
+    async def delete(self, rt: Any, name: str, _namespace: str | None = None) -> None:
+        if rt is PODS:
+            claim = f"{name}-gpu"
+            self.pods.pop(name, None)
+            if self.claims.get(claim, 0) is None:
+                self.claims[claim] = self.LAG
+
+    async def request_text(self, _method: str, _path: str) -> str:
+        return "RESULT: DONE\n"
+
+
+async def test_a_strategy_ends_only_once_its_claims_are_deallocated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next check must not find the devices of this one's claims still held."""
+    monkeypatch.setattr(ctxlib, "POLL_FIRST", 0.0)
+    cluster = LaggingCluster()
+    ctx = ProbeContext(
+        kube=cluster,  # type: ignore[arg-type]
+        vendor=load_vendor("sandbox"),
+        namespace="ns",
+        run_id="t",
+        probe=PROBE,
+        log=E2ELog(None),
+    )
+    body = podlib.pod(
+        ctx.vendor, "sharing", [podlib.Container("probe", "true", ("gpu",))], templates={"gpu": "t"}
+    )
+    async with started(ctx, [body]) as (run,):
+        assert run.name == "sharing" and cluster.claims == {"sharing-gpu": None}
+    assert cluster.pods == {} and cluster.claims == {}
