@@ -28,7 +28,7 @@ from driver.conformance.gotest import parse_junit, parse_test_json, parse_test_l
 from driver.conformance.report import write_outputs
 from driver.conformance.runner import RUN_LOG, RunOptions, run_suite
 from driver.conformance.submission import check_submission
-from driver.conformance.vendor import Health, TimeSlicing, Vendor, Versions, load_vendor
+from driver.conformance.vendor import Health, Partitions, TimeSlicing, Vendor, Versions, load_vendor
 from driver.kube.client import NAMESPACES, PODS, RESOURCE_CLAIM_TEMPLATES, RESOURCE_CLAIMS
 from driver.sim.runtime import isolation_available
 from driver.sim.sandbox import (
@@ -516,8 +516,9 @@ async def test_partitionable_devices_are_shown_as_partitions(tmp_path: Path) -> 
     assert seen[0] != seen[1] and all(s.startswith("MIG-") for s in seen)  # instances created for the claims
 
 
-async def test_partitions_of_a_uniform_mig_layout_are_shown(tmp_path: Path) -> None:
-    """Only GPU 6 left in MIG mode, all its partitions 1g.10gb: any two of them fit side by side."""
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def uniform_mig() -> AsyncIterator[Sandbox]:
+    """Only GPU 6 left in MIG mode, all its partitions 1g.10gb."""
     config = SandboxConfig(
         profile="dgx-h100-mig",
         extra_plugin_args=("--mig-mode=static,0000:db:00.0=off",),
@@ -525,13 +526,38 @@ async def test_partitions_of_a_uniform_mig_layout_are_shown(tmp_path: Path) -> N
         log_level="warning",
     )
     async with Sandbox(config) as box:
-        data = await run_against(box, tmp_path, "checklist-1.37.yaml", run_filter="^gpu_sharing$")
-        assert leftovers(box) == []
+        yield box
+
+
+@module_loop
+async def test_partitions_of_a_uniform_mig_layout_are_shown(uniform_mig: Sandbox, tmp_path: Path) -> None:
+    """Any two of seven equal partitions fit side by side."""
+    data = await run_against(uniform_mig, tmp_path, "checklist-1.37.yaml", run_filter="^gpu_sharing$")
+    assert leftovers(uniform_mig) == []
     outcome, message = outcomes(data, "gpu_sharing")["Partitions"]
     assert outcome == "passed", message
     assert "-mig-1g-10gb-" in message and "(partitionable devices" not in message
     seen = message.split("they see ")[1].split(" and ")
     assert seen[0] != seen[1] and all(s.startswith("MIG-") for s in seen)
+
+
+@module_loop
+async def test_without_a_partition_id_command_the_partitions_seen_are_not_checked(
+    uniform_mig: Sandbox, tmp_path: Path
+) -> None:
+    """The whole GPU's id command would print the parent's UUID in both partitions' containers."""
+    base = load_vendor("sandbox")
+    partitions = Partitions(device_class="mig.accel-dra.dev")
+    vendor = dataclasses.replace(base, sharing=dataclasses.replace(base.sharing, partitions=partitions))
+    data = await run_against(
+        uniform_mig, tmp_path, "checklist-1.37.yaml", vendor=vendor, run_filter="^gpu_sharing$"
+    )
+    outcome, message = outcomes(data, "gpu_sharing")["Partitions"]
+    assert outcome == "passed", message
+    assert message.endswith(
+        "what each container sees of its partition was not checked (sharing.partitions.identityCommand is not set)"
+    )
+    assert "they see" not in message  # no ids compared
 
 
 @pytest.mark.parametrize(

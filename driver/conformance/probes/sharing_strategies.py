@@ -415,7 +415,9 @@ async def partitions(ctx: ProbeContext, consumers: Consumers) -> None:
             body = podlib.claim_spec([podlib.request(partition_class, selectors=selectors)])
             await ctx.create(RESOURCE_CLAIM_TEMPLATES, podlib.claim_template(template, body))
             templates.append(template)
-        seer = replace(vendor, identity_command=setting.identity_command or vendor.identity_command)
+        # The whole device's id command (nvidia-smi --query-gpu=uuid) prints the *parent's* id in a partition's
+        # container: only a command that lists partitions can show which one a container got.
+        seer = replace(vendor, identity_command=setting.identity_command)
         script = podlib.script(podlib.device_script(seer), podlib.health_script(vendor))
         bodies = [
             podlib.pod(
@@ -434,6 +436,11 @@ async def partitions(ctx: ProbeContext, consumers: Consumers) -> None:
                 for run in runs
             ]
         message = _distinct_partitions(runs, got, setting.parent_attribute, setting.identity_attribute)
+        if not setting.identity_command:
+            message += (
+                "; what each container sees of its partition was not checked (sharing.partitions.identityCommand "
+                "is not set)"
+            )
         consumers.update(outputs_of(runs))
         check.message = message
 
