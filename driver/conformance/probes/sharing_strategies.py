@@ -435,7 +435,9 @@ async def partitions(ctx: ProbeContext, consumers: Consumers) -> None:
                 [find_device(devices, r) for r in allocated(await ctx.claim_for(run.pod, "gpu"))]
                 for run in runs
             ]
-        message = _distinct_partitions(runs, got, setting.parent_attribute, setting.identity_attribute)
+        message = distinct_partitions(
+            runs, got, setting.parent_attribute, setting.identity_attribute, setting.identity_command
+        )
         if not setting.identity_command:
             message += (
                 "; what each container sees of its partition was not checked (sharing.partitions.identityCommand "
@@ -445,13 +447,15 @@ async def partitions(ctx: ProbeContext, consumers: Consumers) -> None:
         check.message = message
 
 
-def _distinct_partitions(
+def distinct_partitions(
     runs: Sequence[PodRun],
     got: Sequence[Sequence[devlib.Device]],
     parent_attribute: str,
     identity_attribute: str | None,
+    identity_command: str | None = None,
 ) -> str:
-    """Two pods hold distinct partitions of one parent, and each container sees exactly its own."""
+    """Two pods hold distinct partitions of one parent, and each container sees exactly its own (when an id
+    command can tell: one that fails in a container fails the check, it shows nothing)."""
     for run, devices in zip(runs, got, strict=True):
         if len(devices) != 1:
             raise CheckFailedError(f"pod {run.name}'s claim was allocated {len(devices)} devices, not one")
@@ -468,6 +472,11 @@ def _distinct_partitions(
         output = run.outputs["probe"]
         if not output.count:
             raise CheckFailedError(f"pod {run.name} sees no accelerator: {output.describe()}")
+        if identity_command and not output.identities:
+            raise CheckFailedError(
+                f"the partition id command `{identity_command}` showed nothing in pod {run.name}: "
+                f"{output.results.get('IDENTITY_ERROR') or 'it printed no id'}"
+            )
         if output.identities:
             expected = device.attribute(identity_attribute) if identity_attribute else None
             if len(output.identities) != 1 or (expected is not None and output.identities != [str(expected)]):

@@ -15,10 +15,10 @@ from driver.conformance import context as ctxlib
 from driver.conformance import devices as devlib
 from driver.conformance import pods as podlib
 from driver.conformance.checklist import load_checklist
-from driver.conformance.context import ProbeContext
+from driver.conformance.context import PodRun, ProbeContext
 from driver.conformance.e2elog import E2ELog
 from driver.conformance.evidence import decide
-from driver.conformance.model import CheckResult, Outcome, ProbeResult, summarize
+from driver.conformance.model import CheckFailedError, CheckResult, Outcome, ProbeResult, summarize
 from driver.conformance.probes.gpu_sharing import PROBE
 from driver.conformance.probes.sharing_strategies import (
     attribute_selector,
@@ -26,6 +26,7 @@ from driver.conformance.probes.sharing_strategies import (
     carried_config,
     choose_parent,
     counter_room,
+    distinct_partitions,
     free_capacity,
     half_share,
     partition_parents,
@@ -421,3 +422,24 @@ async def test_a_strategy_ends_only_once_its_claims_are_deallocated(monkeypatch:
     async with started(ctx, [body]) as (run,):
         assert run.name == "sharing" and cluster.claims == {"sharing-gpu": None}
     assert cluster.pods == {} and cluster.claims == {}
+
+
+def partition_run(name: str, printed: str) -> PodRun:
+    text = f"DEVICE: /dev/nvidia0\nRESULT: ACCELERATOR_COUNT=1\n{printed}\nRESULT: DONE\n"
+    return PodRun(
+        name, {"metadata": {"name": name, "uid": name}, "spec": {}}, {"probe": podlib.parse_output(text)}
+    )
+
+
+def test_a_partition_id_command_that_fails_in_a_container_fails_the_check() -> None:
+    got = [[mig("mig-a", "GPU-0", "10Gi")], [mig("mig-b", "GPU-0", "10Gi")]]
+    runs = [
+        partition_run("a", "RESULT: IDENTITY_ERROR=sh: nvidia-smi: not found"),
+        partition_run("b", "IDENTITY: MIG-b"),
+    ]
+    with pytest.raises(CheckFailedError, match="showed nothing in pod a: sh: nvidia-smi: not found"):
+        distinct_partitions(runs, got, "parentUUID", None, "nvidia-smi -L")
+    runs[0] = partition_run("a", "IDENTITY: MIG-a")
+    assert "they see MIG-a and MIG-b respectively" in distinct_partitions(
+        runs, got, "parentUUID", None, "nvidia-smi -L"
+    )
