@@ -17,7 +17,7 @@ import contextlib
 import copy
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -375,13 +375,7 @@ class ProbeContext:
         deadline = self.clock.now() + timeout
         for name in names:
             poll = _Poll(self.clock)
-            while self.clock.now() < deadline:
-                try:
-                    await self.get_pod(name)
-                except ApiError as err:
-                    if err.not_found:
-                        break
-                    raise
+            while self.clock.now() < deadline and await _unless_gone(self.get_pod(name)) is not None:
                 await poll.wait()
         self._objects = [
             (rt, n, ns)
@@ -403,13 +397,8 @@ class ProbeContext:
         for name in names:
             poll = _Poll(self.clock)
             while True:
-                try:
-                    claim = await self.kube.get(RESOURCE_CLAIMS, name, self.namespace)
-                except ApiError as err:
-                    if err.not_found:
-                        break
-                    raise
-                if not (claim.get("status") or {}).get("allocation"):
+                claim = await _unless_gone(self.kube.get(RESOURCE_CLAIMS, name, self.namespace))
+                if claim is None or not (claim.get("status") or {}).get("allocation"):
                     break
                 if self.clock.now() >= deadline:
                     raise CheckFailedError(
@@ -448,6 +437,16 @@ class ProbeContext:
         for rt, name, namespace in reversed(list(self._objects)):
             await self.delete(rt, name, namespace)
         self._objects = []
+
+
+async def _unless_gone(read: Awaitable[JSON]) -> JSON | None:
+    """The object read, or None once it is deleted."""
+    try:
+        return await read
+    except ApiError as err:
+        if err.not_found:
+            return None
+        raise
 
 
 #: The container-ID scheme of kubemark's fake runtime: a hollow node reports containers it never runs.

@@ -8,7 +8,6 @@ reason in the report.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -17,22 +16,23 @@ from driver.conformance import devices as devlib
 from driver.conformance import pods as podlib
 from driver.conformance.context import PodRun, ProbeContext
 from driver.conformance.model import CheckFailedError, CheckSkippedError, Probe
-from driver.conformance.probes.common import allocated, driver_devices, find_device, unique
+from driver.conformance.probes.common import (
+    allocated,
+    attribute_selector,
+    capacity_selector,
+    driver_devices,
+    find_device,
+    qualified,
+    unique,
+)
 from driver.kube.client import PODS, RESOURCE_CLAIM_TEMPLATES
 from driver.resources.attributes import format_quantity
 
 JSON = dict[str, Any]
 
 
-def _qualified(driver: str, name: str) -> tuple[str, str]:
-    """(domain, identifier) of an attribute or capacity name as CEL addresses it."""
-    domain, _, ident = name.rpartition("/")
-    return domain or driver, ident
-
-
 def memory_selector(driver: str, capacity: str, at_least: int) -> str:
-    domain, ident = _qualified(driver, capacity)
-    return f'device.capacity["{domain}"].{ident}.compareTo(quantity("{format_quantity(at_least)}")) >= 0'
+    return capacity_selector(driver, capacity, ">=", format_quantity(at_least))
 
 
 def memory_sizes(ctx: ProbeContext, devices: Sequence[devlib.Device]) -> list[int]:
@@ -44,11 +44,6 @@ def memory_sizes(ctx: ProbeContext, devices: Sequence[devlib.Device]) -> list[in
     if not sizes:
         raise CheckSkippedError(f"no device publishes a {capacity!r} capacity")
     return sizes
-
-
-def attribute_selector(driver: str, attribute: str, value: str) -> str:
-    domain, ident = _qualified(driver, attribute)
-    return f'device.attributes["{domain}"].{ident} == {json.dumps(value)}'
 
 
 async def _claim_and_run(ctx: ProbeContext, prefix: str, spec: JSON, count: int) -> tuple[PodRun, list[JSON]]:
@@ -125,7 +120,7 @@ async def _pair(ctx: ProbeContext, devices: Sequence[devlib.Device]) -> None:
         groups = connected_groups(devices, attribute)
         if not groups:
             raise CheckSkippedError(f"no node has two devices that share a {attribute} value")
-        domain, ident = _qualified(ctx.vendor.driver_name, attribute)
+        domain, ident = qualified(ctx.vendor.driver_name, attribute)
         spec = podlib.claim_spec(
             [podlib.request(ctx.vendor, "gpus", count=2)],
             [{"requests": ["gpus"], "matchAttribute": f"{domain}/{ident}"}],

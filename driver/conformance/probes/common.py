@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -43,6 +44,25 @@ async def all_nodes(ctx: ProbeContext) -> list[JSON]:
 
 async def ready_nodes(ctx: ProbeContext) -> list[JSON]:
     return devlib.ready_nodes(await all_nodes(ctx))
+
+
+def qualified(driver: str, name: str) -> tuple[str, str]:
+    """(domain, identifier) of an attribute or capacity name as CEL addresses it; unqualified names are the
+    driver's."""
+    domain, _, ident = name.rpartition("/")
+    return domain or driver, ident
+
+
+def attribute_selector(driver: str, attribute: str, value: Any) -> str:
+    """CEL selecting the devices whose ``attribute`` has ``value``."""
+    domain, ident = qualified(driver, attribute)
+    return f"device.attributes[{json.dumps(domain)}].{ident} == {json.dumps(value)}"
+
+
+def capacity_selector(driver: str, capacity: str, operator: str, amount: str) -> str:
+    """CEL comparing a device's ``capacity`` with a quantity: ``operator`` is ``>=`` (at least) or ``<=``."""
+    domain, ident = qualified(driver, capacity)
+    return f"device.capacity[{json.dumps(domain)}].{ident}.compareTo(quantity({json.dumps(amount)})) {operator} 0"
 
 
 def allocated(claim: Mapping[str, Any]) -> list[JSON]:

@@ -18,7 +18,14 @@ from driver.conformance.context import ProbeContext
 from driver.conformance.model import CheckFailedError, CheckSkippedError, Probe
 from driver.conformance.probes import sharing_strategies as strategies
 from driver.conformance.probes.common import one_device_template, unique
-from driver.conformance.probes.sharing_strategies import Consumers, consumer, outputs_of, same_device, started
+from driver.conformance.probes.sharing_strategies import (
+    Consumers,
+    consumer,
+    outputs_of,
+    reserved_for_all,
+    same_device,
+    started,
+)
 from driver.kube.client import RESOURCE_CLAIMS
 
 
@@ -51,12 +58,7 @@ async def _pods(ctx: ProbeContext, consumers: Consumers) -> None:
         ]
         async with started(ctx, bodies, unschedulable_fails=False) as runs:
             claim = await ctx.kube.get(RESOURCE_CLAIMS, claim_name, ctx.namespace)
-        reserved = {r.get("uid") for r in (claim.get("status") or {}).get("reservedFor") or []}
-        uids = {r.pod["metadata"]["uid"] for r in runs}
-        if not uids <= reserved:
-            raise CheckFailedError(
-                f"claim {claim_name} is not reserved for both pods (reservedFor: {sorted(reserved)})"
-            )
+        reserved_for_all(claim, runs)
         outputs = outputs_of(runs)
         device = same_device(outputs)
         consumers.update(outputs)

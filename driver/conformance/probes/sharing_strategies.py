@@ -34,9 +34,11 @@ from driver.conformance.context import PodRun, ProbeContext, pod_claims
 from driver.conformance.model import CheckFailedError, CheckSkippedError
 from driver.conformance.probes.common import (
     allocated,
+    attribute_selector,
+    capacity_selector,
     driver_devices,
     driver_pools,
-    find_device,
+    granted_devices,
     ready_nodes,
     unique,
 )
@@ -104,6 +106,16 @@ async def released(ctx: ProbeContext, names: Sequence[str]) -> None:
     await ctx.release_claims(claims)
 
 
+def reserved_for_all(claim: Mapping[str, Any], runs: Sequence[PodRun]) -> None:
+    """The claim is reserved for every pod that shares it."""
+    reserved = {r.get("uid") for r in (claim.get("status") or {}).get("reservedFor") or []}
+    if not {r.pod["metadata"]["uid"] for r in runs} <= reserved:
+        raise CheckFailedError(
+            f"claim {claim['metadata']['name']} is not reserved for every pod that uses it "
+            f"(reservedFor: {sorted(map(str, reserved))})"
+        )
+
+
 async def running_together(ctx: ProbeContext, runs: Sequence[PodRun]) -> None:
     """Every pod is still Running now that all have printed their results: they ran at the same time."""
     for run in runs:
@@ -147,18 +159,6 @@ async def require_class(ctx: ProbeContext, name: str, strategy: str) -> None:
                 f"DeviceClass {name} does not exist: the platform does not offer {strategy} through it"
             ) from None
         raise
-
-
-def _qualified(attribute: str, driver: str) -> tuple[str, str]:
-    """(domain, name) of an attribute, unqualified names being the driver's."""
-    domain, _, name = attribute.rpartition("/")
-    return domain or driver, name
-
-
-def attribute_selector(attribute: str, value: Any, driver: str) -> str:
-    """CEL selecting the devices whose ``attribute`` has ``value``."""
-    domain, name = _qualified(attribute, driver)
-    return f"device.attributes[{json.dumps(domain)}].{name} == {json.dumps(value)}"
 
 
 # -- time slicing -------------------------------------------------------------------------------------
@@ -211,9 +211,7 @@ async def time_slicing(ctx: ProbeContext, consumers: Consumers) -> None:
             claim = await ctx.kube.get(RESOURCE_CLAIMS, claim_name, ctx.namespace)
         outputs = outputs_of(runs)
         device = same_device(outputs)
-        reserved = {r.get("uid") for r in (claim.get("status") or {}).get("reservedFor") or []}
-        if not {r.pod["metadata"]["uid"] for r in runs} <= reserved:
-            raise CheckFailedError(f"claim {claim_name} is not reserved for both pods")
+        reserved_for_all(claim, runs)
         if not carried_config(claim, vendor.driver_name, setting.config):
             raise CheckFailedError(
                 f"the allocation of claim {claim_name} does not carry the time-slicing configuration to "
@@ -348,7 +346,7 @@ def choose_parent(
     one the scheduler picks first still leaves room for a second.
     """
     for parent, offered in sorted(parents.items()):
-        selectors = [attribute_selector(attribute, parent, driver)]
+        selectors = [attribute_selector(driver, attribute, parent)]
         if not any(d.raw.get("consumesCounters") for d in offered):
             if len(offered) >= 2:
                 return PartitionChoice(parent, list(offered), selectors)
@@ -357,9 +355,9 @@ def choose_parent(
         if len(fitting) < 2:
             continue
         if limit is not None and capacity:
-            domain, name = _qualified(capacity, driver)
-            size = json.dumps(format_quantity(Decimal(limit), "DecimalSI"))
-            selectors.append(f"device.capacity[{json.dumps(domain)}].{name}.compareTo(quantity({size})) <= 0")
+            selectors.append(
+                capacity_selector(driver, capacity, "<=", format_quantity(Decimal(limit), "DecimalSI"))
+            )
         return PartitionChoice(parent, fitting, selectors)
     return None
 
@@ -430,11 +428,7 @@ async def partitions(ctx: ProbeContext, consumers: Consumers) -> None:
         ]
         async with started(ctx, bodies) as runs:
             await running_together(ctx, runs)
-            devices = await driver_devices(ctx)
-            got = [
-                [find_device(devices, r) for r in allocated(await ctx.claim_for(run.pod, "gpu"))]
-                for run in runs
-            ]
+            got = [await granted_devices(ctx, run) for run in runs]
         message = distinct_partitions(
             runs, got, setting.parent_attribute, setting.identity_attribute, setting.identity_command
         )
@@ -555,7 +549,7 @@ def _pin(device: devlib.Device, vendor: Vendor) -> str | None:
     """CEL selecting this one device by an id it publishes (its identity attribute, else its PCI address)."""
     for attribute in (vendor.identity_attribute, PCI_BUS_ID):
         if attribute and device.attribute(attribute) is not None:
-            return attribute_selector(attribute, device.attribute(attribute), device.driver)
+            return attribute_selector(device.driver, attribute, device.attribute(attribute))
     return None
 
 

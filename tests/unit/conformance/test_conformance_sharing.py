@@ -19,9 +19,9 @@ from driver.conformance.context import PodRun, ProbeContext
 from driver.conformance.e2elog import E2ELog
 from driver.conformance.evidence import decide
 from driver.conformance.model import CheckFailedError, CheckResult, Outcome, ProbeResult, summarize
+from driver.conformance.probes.common import attribute_selector
 from driver.conformance.probes.gpu_sharing import PROBE
 from driver.conformance.probes.sharing_strategies import (
-    attribute_selector,
     busy_parents,
     carried_config,
     choose_parent,
@@ -225,11 +225,11 @@ def test_the_share_the_sandbox_asks_for_leaves_no_room_for_a_third() -> None:
 
 def test_selectors_name_the_attribute_in_its_domain() -> None:
     assert (
-        attribute_selector("parentUUID", "GPU-1", "gpu.nvidia.com")
+        attribute_selector("gpu.nvidia.com", "parentUUID", "GPU-1")
         == 'device.attributes["gpu.nvidia.com"].parentUUID == "GPU-1"'
     )
     assert (
-        attribute_selector("resource.kubernetes.io/pciBusID", "0000:5d:00.0", "gpu.nvidia.com")
+        attribute_selector("gpu.nvidia.com", "resource.kubernetes.io/pciBusID", "0000:5d:00.0")
         == 'device.attributes["resource.kubernetes.io"].pciBusID == "0000:5d:00.0"'
     )
 
@@ -331,6 +331,18 @@ def test_the_probe_has_time_for_every_pod_waiting_check() -> None:
 sharing_probe = importlib.import_module("driver.conformance.probes.gpu_sharing")
 
 
+def sharing_context(kube: object) -> ProbeContext:
+    """The probe's context over ``kube``, a stand-in for the API client."""
+    return ProbeContext(
+        kube=kube,  # type: ignore[arg-type]
+        vendor=load_vendor("sandbox"),
+        namespace="ns",
+        run_id="t",
+        probe=PROBE,
+        log=E2ELog(None),
+    )
+
+
 async def test_the_strategies_table_shows_what_ran_when_the_probe_stops(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -348,14 +360,7 @@ async def test_the_strategies_table_shows_what_ran_when_the_probe_stops(
         monkeypatch.setattr(sharing_probe, name, replacement)
     monkeypatch.setattr(sharing_probe.strategies, "time_slicing", shown)
     monkeypatch.setattr(sharing_probe.strategies, "partitions", stopped)
-    ctx = ProbeContext(
-        kube=None,  # type: ignore[arg-type]
-        vendor=load_vendor("sandbox"),
-        namespace="ns",
-        run_id="t",
-        probe=PROBE,
-        log=E2ELog(None),
-    )
+    ctx = sharing_context(None)
     with pytest.raises(TimeoutError):
         await PROBE.run(ctx)
     assert ctx.data["strategies"] == [
@@ -408,14 +413,7 @@ async def test_a_strategy_ends_only_once_its_claims_are_deallocated(monkeypatch:
     """The next check must not find the devices of this one's claims still held."""
     monkeypatch.setattr(ctxlib, "POLL_FIRST", 0.0)
     cluster = LaggingCluster()
-    ctx = ProbeContext(
-        kube=cluster,  # type: ignore[arg-type]
-        vendor=load_vendor("sandbox"),
-        namespace="ns",
-        run_id="t",
-        probe=PROBE,
-        log=E2ELog(None),
-    )
+    ctx = sharing_context(cluster)
     body = podlib.pod(
         ctx.vendor, "sharing", [podlib.Container("probe", "true", ("gpu",))], templates={"gpu": "t"}
     )
