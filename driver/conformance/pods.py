@@ -223,6 +223,18 @@ def _resources(vendor: Vendor, container: Container) -> JSON:
     return {"resources": resources} if resources else {}
 
 
+def on_node(body: JSON, node: str) -> JSON:
+    """The pod, kept to ``node`` by node affinity on the node's name (the scheduler still allocates its
+    claims, there only): the devices chosen for it are on that node. No node: the pod as it is."""
+    if node:
+        term = {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}
+        affinity = {
+            "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}
+        }
+        body["spec"]["affinity"] = affinity
+    return body
+
+
 def pod(
     vendor: Vendor,
     name: str,

@@ -56,7 +56,9 @@ def qualified(driver: str, name: str) -> tuple[str, str]:
 def attribute_selector(driver: str, attribute: str, value: Any) -> str:
     """CEL selecting the devices whose ``attribute`` has ``value``."""
     domain, ident = qualified(driver, attribute)
-    return f"device.attributes[{json.dumps(domain)}].{ident} == {json.dumps(value)}"
+    reference = f"device.attributes[{json.dumps(domain)}].{ident}"
+    # Guarded: a device of the class without the attribute would be a CEL runtime error, not a mismatch.
+    return f"has({reference}) && {reference} == {json.dumps(value)}"
 
 
 def capacity_selector(driver: str, capacity: str, operator: str, amount: str) -> str:

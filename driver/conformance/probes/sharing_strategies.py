@@ -252,25 +252,42 @@ def _check_shown(outputs: Consumers, command: str, expect: str | None) -> str:
 # -- hardware partitions ------------------------------------------------------------------------------
 
 
-def partition_parents(devices: Sequence[devlib.Device], attribute: str) -> dict[str, list[devlib.Device]]:
-    """Partitions by the physical device they belong to, for the parents that offer at least two."""
-    parents: dict[str, list[devlib.Device]] = {}
+#: A physical device as partitions name it: (its node, else its pool; the id in the parent attribute). An id
+#: is unique within a node only (``pciBusID`` repeats on every node of a homogeneous cluster).
+ParentKey = tuple[str, str]
+
+
+def place(device: devlib.Device) -> str:
+    """Where a device is: its node, else its pool (a pool is one node's, or the devices of a fabric)."""
+    return device.node or device.pool
+
+
+def partition_parents(
+    devices: Sequence[devlib.Device], attribute: str, identity_attribute: str | None = None
+) -> dict[ParentKey, list[devlib.Device]]:
+    """Partitions by the physical device they belong to, for the parents that offer at least two. A device
+    whose own id is its parent's (the whole device, where one DeviceClass lists it beside its partitions)
+    is not a partition of it."""
+    parents: dict[ParentKey, list[devlib.Device]] = {}
     for device in devices:
         parent = device.attribute(attribute)
-        if parent is not None:
-            parents.setdefault(str(parent), []).append(device)
+        if parent is None:
+            continue
+        if identity_attribute and str(device.attribute(identity_attribute)) == str(parent):
+            continue
+        parents.setdefault((place(device), str(parent)), []).append(device)
     return {p: d for p, d in parents.items() if len(d) >= 2}
 
 
 def busy_parents(
     devices: Sequence[devlib.Device], held: Mapping[DeviceKey, Any], identity_attribute: str | None
-) -> set[str]:
-    """Physical devices allocated whole right now (their partitions cannot be had beside them): the held
-    devices' ids."""
+) -> set[ParentKey]:
+    """Physical devices allocated whole right now (their partitions cannot be had beside them): where the
+    held devices are and their ids."""
     if not identity_attribute:
         return set()
     return {
-        str(d.attribute(identity_attribute))
+        (place(d), str(d.attribute(identity_attribute)))
         for d in devices
         if key_of(d) in held and d.attribute(identity_attribute) is not None
     }
@@ -326,13 +343,18 @@ def fit_together(devices: Sequence[devlib.Device], room: Mapping[CounterKey, Cou
 class PartitionChoice:
     """The physical device the check takes two partitions of, and the CEL that confines a claim to them."""
 
-    parent: str
+    parent: ParentKey
     fitting: list[devlib.Device]
     selectors: list[str]
 
+    @property
+    def node(self) -> str:
+        """The node the partitions are on ("" when their slices name none)."""
+        return self.fitting[0].node
+
 
 def choose_parent(
-    parents: Mapping[str, Sequence[devlib.Device]],
+    parents: Mapping[ParentKey, Sequence[devlib.Device]],
     attribute: str,
     driver: str,
     capacity: str | None,
@@ -346,7 +368,7 @@ def choose_parent(
     one the scheduler picks first still leaves room for a second.
     """
     for parent, offered in sorted(parents.items()):
-        selectors = [attribute_selector(driver, attribute, parent)]
+        selectors = [attribute_selector(driver, attribute, parent[1])]
         if not any(d.raw.get("consumesCounters") for d in offered):
             if len(offered) >= 2:
                 return PartitionChoice(parent, list(offered), selectors)
@@ -392,7 +414,8 @@ async def partitions(ctx: ProbeContext, consumers: Consumers) -> None:
         await require_class(ctx, setting.device_class, "hardware partitions")
         held = await allocations(ctx)
         devices = await schedulable_devices(ctx)
-        parents = partition_parents([d for d in devices if key_of(d) not in held], setting.parent_attribute)
+        free = [d for d in devices if key_of(d) not in held]
+        parents = partition_parents(free, setting.parent_attribute, vendor.identity_attribute)
         for parent in busy_parents(devices, held, vendor.identity_attribute):
             parents.pop(parent, None)
         room = counter_room(await driver_pools(ctx), held)
@@ -418,11 +441,14 @@ async def partitions(ctx: ProbeContext, consumers: Consumers) -> None:
         seer = replace(vendor, identity_command=setting.identity_command)
         script = podlib.script(podlib.device_script(seer), podlib.health_script(vendor))
         bodies = [
-            podlib.pod(
-                vendor,
-                unique("partition"),
-                [podlib.Container("probe", script, ("gpu",), vendor.health.image)],
-                templates={"gpu": t},
+            podlib.on_node(
+                podlib.pod(
+                    vendor,
+                    unique("partition"),
+                    [podlib.Container("probe", script, ("gpu",), vendor.health.image)],
+                    templates={"gpu": t},
+                ),
+                choice.node,
             )
             for t in templates
         ]
@@ -456,10 +482,11 @@ def distinct_partitions(
     first, second = got[0][0], got[1][0]
     if (first.pool, first.name) == (second.pool, second.name):
         raise CheckFailedError(f"both pods' claims were allocated the same partition {first.name}")
-    parents = {str(d.attribute(parent_attribute)) for d in (first, second)}
+    parents = {(place(d), str(d.attribute(parent_attribute))) for d in (first, second)}
     if len(parents) != 1:
         raise CheckFailedError(
-            f"partitions {first.name} and {second.name} belong to different devices ({sorted(parents)})"
+            f"partitions {first.name} and {second.name} belong to different devices "
+            f"({' and '.join(f'{p[1]} on {p[0]}' for p in sorted(parents))})"
         )
     seen: list[str] = []
     for run, device in zip(runs, (first, second), strict=True):
@@ -489,7 +516,7 @@ def distinct_partitions(
     )
     return (
         f"pods {runs[0].name} and {runs[1].name} ran at the same time on partitions {first.name} and "
-        f"{second.name} of one device ({parent_attribute} {parents.pop()}){dynamic}, each with a claim of "
+        f"{second.name} of one device ({parent_attribute} {parents.pop()[1]}){dynamic}, each with a claim of "
         f"its own{shown}"
     )
 
@@ -600,15 +627,18 @@ async def consumable_capacity(ctx: ProbeContext, consumers: Consumers) -> None:
 
         claims = [await share_claim(), await share_claim()]
         bodies = [
-            podlib.pod(
-                vendor, unique("capacity-share"), [consumer(ctx, "probe", ("gpu",))], claims={"gpu": c}
+            podlib.on_node(
+                podlib.pod(
+                    vendor, unique("capacity-share"), [consumer(ctx, "probe", ("gpu",))], claims={"gpu": c}
+                ),
+                target.node,
             )
             for c in claims
         ]
         async with started(ctx, bodies) as runs:
             await running_together(ctx, runs)
             results = [allocated(await ctx.kube.get(RESOURCE_CLAIMS, c, ctx.namespace)) for c in claims]
-            over = await _over_capacity(ctx, share, share_claim) if 3 * share > total else ""
+            over = await _over_capacity(ctx, share, share_claim, target.node) if 3 * share > total else ""
         outputs = outputs_of(runs)
         _same_shared_device(claims, results, target, setting.capacity, share)
         device = same_device(outputs)
@@ -646,13 +676,14 @@ def _same_shared_device(
         )
 
 
-async def _over_capacity(ctx: ProbeContext, share: Decimal, share_claim: Callable[[], Awaitable[str]]) -> str:
+async def _over_capacity(
+    ctx: ProbeContext, share: Decimal, share_claim: Callable[[], Awaitable[str]], node: str
+) -> str:
     """A third share that does not fit beside the two stays unschedulable: the scheduler's words."""
     claim = await share_claim()
     name = unique("capacity-over")
-    await ctx.create(
-        PODS, podlib.pod(ctx.vendor, name, [consumer(ctx, "probe", ("gpu",))], claims={"gpu": claim})
-    )
+    body = podlib.pod(ctx.vendor, name, [consumer(ctx, "probe", ("gpu",))], claims={"gpu": claim})
+    await ctx.create(PODS, podlib.on_node(body, node))
     try:
         verdict = await ctx.wait_unschedulable(name, timeout=min(60.0, ctx.vendor.pod_timeout))
     finally:

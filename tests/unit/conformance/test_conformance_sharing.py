@@ -5,6 +5,7 @@ tests/integration/test_conformance_sandbox.py)."""
 from __future__ import annotations
 
 import importlib
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -187,7 +188,9 @@ def test_partitions_are_grouped_by_their_parent_when_it_has_two() -> None:
         device("gpu-1-mig-a", {"parentUUID": "GPU-1"}),  # alone: two pods cannot share its GPU
     ]
     parents = partition_parents(devices, "parentUUID")
-    assert {p: [d.name for d in ds] for p, ds in parents.items()} == {"GPU-0": ["gpu-0-mig-a", "gpu-0-mig-b"]}
+    assert {p: [d.name for d in ds] for p, ds in parents.items()} == {
+        ("node", "GPU-0"): ["gpu-0-mig-a", "gpu-0-mig-b"]
+    }
 
 
 def test_only_multi_allocatable_devices_with_the_capacity_are_shareable() -> None:
@@ -226,11 +229,12 @@ def test_the_share_the_sandbox_asks_for_leaves_no_room_for_a_third() -> None:
 def test_selectors_name_the_attribute_in_its_domain() -> None:
     assert (
         attribute_selector("gpu.nvidia.com", "parentUUID", "GPU-1")
-        == 'device.attributes["gpu.nvidia.com"].parentUUID == "GPU-1"'
+        == 'has(device.attributes["gpu.nvidia.com"].parentUUID) && device.attributes["gpu.nvidia.com"].parentUUID == "GPU-1"'
     )
     assert (
         attribute_selector("gpu.nvidia.com", "resource.kubernetes.io/pciBusID", "0000:5d:00.0")
-        == 'device.attributes["resource.kubernetes.io"].pciBusID == "0000:5d:00.0"'
+        == 'has(device.attributes["resource.kubernetes.io"].pciBusID) && '
+        'device.attributes["resource.kubernetes.io"].pciBusID == "0000:5d:00.0"'
     )
 
 
@@ -259,8 +263,11 @@ def test_a_device_held_whole_offers_no_partitions() -> None:
         device("gpu-1", {"uuid": "GPU-1"}),
     ]
     held = {("gpu.example.com", "pool", "gpu-0"): [{}]}
-    assert busy_parents(devices, held, "uuid") == {"GPU-0"}
+    assert busy_parents(devices, held, "uuid") == {("node", "GPU-0")}
     assert busy_parents(devices, held, None) == set()
+
+
+GPU0, GPU1 = ("node", "GPU-0"), ("node", "GPU-1")
 
 
 def mig(name: str, parent: str, memory: str, **raw: Any) -> devlib.Device:
@@ -269,10 +276,13 @@ def mig(name: str, parent: str, memory: str, **raw: Any) -> devlib.Device:
 
 def test_any_two_static_partitions_fit_whatever_their_sizes() -> None:
     """A uniform MIG layout (all 1g.10gb): every partition is as large as the largest."""
-    parents = {"GPU-0": [mig(f"mig-{i}", "GPU-0", "10Gi") for i in range(7)]}
+    parents = {GPU0: [mig(f"mig-{i}", "GPU-0", "10Gi") for i in range(7)]}
     choice = choose_parent(parents, "parentUUID", "gpu.example.com", "memory", {})
-    assert choice is not None and choice.parent == "GPU-0" and len(choice.fitting) == 7
-    assert choice.selectors == ['device.attributes["gpu.example.com"].parentUUID == "GPU-0"']
+    assert choice is not None and choice.parent == GPU0 and len(choice.fitting) == 7
+    assert choice.selectors == [
+        'has(device.attributes["gpu.example.com"].parentUUID) && '
+        'device.attributes["gpu.example.com"].parentUUID == "GPU-0"'
+    ]
 
 
 def slices_of(counter_set: str, slices: int) -> devlib.Pool:
@@ -290,7 +300,7 @@ def test_two_partitionable_devices_must_fit_in_their_parent() -> None:
     whole, half, small = cut("7g", "80Gi", 7), cut("3g", "40Gi", 3), cut("1g", "10Gi", 1)
     room = counter_room([slices_of("gpu-0", 7)], {})
     assert room == {("pool", "gpu-0"): {"slices": Decimal(7)}}
-    choice = choose_parent({"GPU-0": [whole, half, small]}, "parentUUID", "gpu.example.com", "memory", room)
+    choice = choose_parent({GPU0: [whole, half, small]}, "parentUUID", "gpu.example.com", "memory", room)
     assert choice is not None and [d.name for d in choice.fitting] == ["3g", "1g"]
     assert 'compareTo(quantity("42949672960")) <= 0' in choice.selectors[1]
 
@@ -299,28 +309,28 @@ def test_partitions_held_elsewhere_count_against_their_parent() -> None:
     """A 4g held by another workload leaves 3 of 7 slices: no two 3g fit any more, two 1g still do."""
     threes = [cut("3g-a", "40Gi", 3), cut("3g-b", "40Gi", 3)]
     room = counter_room([slices_of("gpu-0", 7)], {})
-    assert choose_parent({"GPU-0": threes}, "parentUUID", "gpu.example.com", "memory", room) is not None
+    assert choose_parent({GPU0: threes}, "parentUUID", "gpu.example.com", "memory", room) is not None
     pool = slices_of("gpu-0", 7)
     held_4g = cut("4g", "50Gi", 4).raw
     pool.slices.append({"spec": {"devices": [held_4g]}})
     pool.expected = 2
     room = counter_room([pool], {("gpu.example.com", "pool", "4g"): [{}]})
     assert room == {("pool", "gpu-0"): {"slices": Decimal(3)}}
-    assert choose_parent({"GPU-0": threes}, "parentUUID", "gpu.example.com", "memory", room) is None
+    assert choose_parent({GPU0: threes}, "parentUUID", "gpu.example.com", "memory", room) is None
     ones = [cut("1g-a", "10Gi", 1), cut("1g-b", "10Gi", 1)]
-    choice = choose_parent({"GPU-0": threes + ones}, "parentUUID", "gpu.example.com", "memory", room)
+    choice = choose_parent({GPU0: threes + ones}, "parentUUID", "gpu.example.com", "memory", room)
     assert choice is not None and [d.name for d in choice.fitting] == ["1g-a", "1g-b"]
 
 
 def test_a_parent_without_two_fitting_partitions_gives_way_to_the_next() -> None:
     parents = {
-        "GPU-0": [cut("a-7g", "80Gi", 7), cut("a-4g", "50Gi", 4)],
-        "GPU-1": [mig("b-1g", "GPU-1", "10Gi"), mig("b-1g-2", "GPU-1", "10Gi")],
+        GPU0: [cut("a-7g", "80Gi", 7), cut("a-4g", "50Gi", 4)],
+        GPU1: [mig("b-1g", "GPU-1", "10Gi"), mig("b-1g-2", "GPU-1", "10Gi")],
     }
     room = counter_room([slices_of("gpu-0", 7)], {})
     choice = choose_parent(parents, "parentUUID", "gpu.example.com", "memory", room)
-    assert choice is not None and choice.parent == "GPU-1"
-    assert choose_parent({"GPU-0": parents["GPU-0"]}, "parentUUID", "gpu.example.com", "memory", room) is None
+    assert choice is not None and choice.parent == GPU1
+    assert choose_parent({GPU0: parents[GPU0]}, "parentUUID", "gpu.example.com", "memory", room) is None
 
 
 def test_the_probe_has_time_for_every_pod_waiting_check() -> None:
@@ -441,3 +451,46 @@ def test_a_partition_id_command_that_fails_in_a_container_fails_the_check() -> N
     assert "they see MIG-a and MIG-b respectively" in distinct_partitions(
         runs, got, "parentUUID", None, "nvidia-smi -L"
     )
+
+
+def on(node: str, device: devlib.Device) -> devlib.Device:
+    return replace(device, node=node, pool=node)
+
+
+def test_partitions_are_grouped_per_node_and_the_whole_device_is_none() -> None:
+    """Ids are unique within a node only: pciBusID is the same on every node of a homogeneous cluster."""
+    same_bus = {"resource.kubernetes.io/pciBusID": "0000:5d:00.0"}
+    devices = [
+        on("node-a", device("gpu", {**same_bus})),  # the whole GPU, in the same DeviceClass (AMD)
+        on("node-a", device("gpu-p0", {"parent": "0000:5d:00.0"})),
+        on("node-a", device("gpu-p1", {"parent": "0000:5d:00.0"})),
+        on("node-b", device("gpu-p0", {"parent": "0000:5d:00.0"})),
+        on("node-b", device("gpu", {**same_bus, "parent": "0000:5d:00.0"})),
+    ]
+    parents = partition_parents(devices, "parent", "resource.kubernetes.io/pciBusID")
+    assert {p: [d.name for d in ds] for p, ds in parents.items()} == {
+        ("node-a", "0000:5d:00.0"): ["gpu-p0", "gpu-p1"]
+    }
+
+
+def test_partitions_of_devices_with_one_id_on_two_nodes_are_not_one_device() -> None:
+    got = [[on("node-a", mig("mig-a", "GPU-0", "10Gi"))], [on("node-b", mig("mig-b", "GPU-0", "10Gi"))]]
+    runs = [partition_run("a", "IDENTITY: MIG-a"), partition_run("b", "IDENTITY: MIG-b")]
+    with pytest.raises(
+        CheckFailedError, match=r"belong to different devices \(GPU-0 on node-a and GPU-0 on node-b\)"
+    ):
+        distinct_partitions(runs, got, "parentUUID", None)
+
+
+def test_pods_are_kept_to_the_node_of_the_devices_chosen_for_them() -> None:
+    body = podlib.pod(
+        load_vendor("sandbox"), "p", [podlib.Container("probe", "true", ("gpu",))], claims={"gpu": "c"}
+    )
+    pinned = podlib.on_node(body, "node-a")
+    terms = pinned["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms == {
+        "nodeSelectorTerms": [
+            {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["node-a"]}]}
+        ]
+    }
+    assert "affinity" not in podlib.on_node(podlib.pod(load_vendor("sandbox"), "q", []), "")["spec"]
