@@ -223,9 +223,14 @@ def _strategies(rows: Sequence[JSON]) -> str:
     """The sharing strategies a probe tried: which were shown and what showed them, or why not."""
     if not rows:
         return ""
-    verdict = {"passed": "shown", "skipped": "not offered", "failed": "FAILED"}
+    # Rows say "not offered" or "not shown (skipped)" themselves; older results only have the outcome.
+    verdict = {"passed": "shown", "skipped": "not shown (skipped)", "failed": "FAILED"}
     body = [
-        [_e(_STRATEGY_NAMES.get(r["strategy"], r["strategy"])), _e(verdict[r["outcome"]]), _e(r["shown"])]
+        [
+            _e(_STRATEGY_NAMES.get(r["strategy"], r["strategy"])),
+            _e(r.get("verdict") or verdict[r["outcome"]]),
+            _e(r["shown"]),
+        ]
         for r in rows
     ]
     shown = [r["strategy"] for r in rows if r["outcome"] == "passed"]

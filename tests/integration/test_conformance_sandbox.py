@@ -486,8 +486,7 @@ async def test_one_strategy_shown_is_enough_and_the_others_say_why_they_were_not
     assert found["Partitions"] == (
         "skipped",
         "gpu.accel-dra.dev publishes no physical device with two partitions (devices naming their parent in "
-        "attribute parentUUID) free on a Ready, schedulable node that fit side by side: MIG or partitioning is "
-        "not set up (or its partitions are in use)",
+        "attribute parentUUID) on a Ready, schedulable node: MIG or partitioning is not set up",
     )
     assert found["ConsumableCapacity"] == (
         "skipped",
@@ -561,24 +560,31 @@ async def test_without_a_partition_id_command_the_partitions_seen_are_not_checke
 
 
 @pytest.mark.parametrize(
-    ("time_slicing", "outcome", "says"),
+    ("time_slicing", "outcome", "says", "verdict"),
     [
-        (TimeSlicing(), "skipped", "names no time-slicing configuration (sharing.timeSlicing.config)"),
+        (
+            TimeSlicing(),
+            "skipped",
+            "names no time-slicing configuration (sharing.timeSlicing.config)",
+            "not offered",
+        ),
         (  # the pods ran and the config reached the allocation: what Kubernetes gives any driver
             dataclasses.replace(load_vendor("sandbox").sharing.time_slicing, show_command=None, expect=None),
             "skipped",
             "in its allocation; but no container can show the setting it was given",
+            "not shown (skipped)",
         ),
         (
             dataclasses.replace(load_vendor("sandbox").sharing.time_slicing, expect="TimeSlicing:Short"),
             "failed",
             "a container was not given the time-slicing setting (expected 'TimeSlicing:Short')",
+            "FAILED",
         ),
     ],
 )
 @module_loop
 async def test_without_a_shown_strategy_sharing_is_only_partially_implemented(
-    sandbox: Sandbox, tmp_path: Path, time_slicing: TimeSlicing, outcome: str, says: str
+    sandbox: Sandbox, tmp_path: Path, *, time_slicing: TimeSlicing, outcome: str, says: str, verdict: str
 ) -> None:
     base = load_vendor("sandbox")
     vendor = dataclasses.replace(base, sharing=dataclasses.replace(base.sharing, time_slicing=time_slicing))
@@ -587,6 +593,8 @@ async def test_without_a_shown_strategy_sharing_is_only_partially_implemented(
     )
     found = outcomes(data, "gpu_sharing")
     assert found["TimeSlicing"][0] == outcome and says in found["TimeSlicing"][1]
+    (probe,) = data["probes"]
+    assert probe["data"]["strategies"][0]["verdict"] == verdict  # what the report's table says
     assert found["TwoPodsOneClaim"][0] == found["ConsumersUseTheSharedDevice"][0] == "passed"
     assert statuses(data) == {"gpu_sharing": "Partially Implemented"}  # no strategy shown / one failed
     (sharing,) = [r for r in data["requirements"] if r["id"] == "gpu_sharing"]

@@ -224,10 +224,11 @@ async def time_slicing(ctx: ProbeContext, consumers: Consumers) -> None:
             f"handed {_describe(setting.config)} to {vendor.driver_name} in its allocation"
         )
         if not setting.show_command:
-            raise CheckSkippedError(
+            raise not_shown(
+                ctx,
                 f"{ran}; but no container can show the setting it was given (sharing.timeSlicing.showCommand "
                 "is not set), and every other fact here is one Kubernetes produces for any driver (a shared "
-                "claim, its config copied into the allocation): time slicing is not counted as shown"
+                "claim, its config copied into the allocation): time slicing is not counted as shown",
             )
         check.message = f"{ran}{_check_shown(outputs, setting.show_command, setting.expect)}"
 
@@ -423,10 +424,17 @@ async def partitions(ctx: ProbeContext, consumers: Consumers) -> None:
             parents, setting.parent_attribute, vendor.driver_name, vendor.memory_capacity, room
         )
         if choice is None:
+            if partition_parents(devices, setting.parent_attribute, vendor.identity_attribute):
+                raise not_shown(
+                    ctx,
+                    f"{vendor.driver_name} publishes partitions (devices naming their parent in attribute "
+                    f"{setting.parent_attribute}) on a Ready, schedulable node, but no physical device has two "
+                    "free ones that fit side by side: its partitions are in use",
+                )
             raise CheckSkippedError(
                 f"{vendor.driver_name} publishes no physical device with two partitions (devices naming "
-                f"their parent in attribute {setting.parent_attribute}) free on a Ready, schedulable node "
-                "that fit side by side: MIG or partitioning is not set up (or its partitions are in use)"
+                f"their parent in attribute {setting.parent_attribute}) on a Ready, schedulable node: MIG or "
+                "partitioning is not set up"
             )
         selectors = choice.selectors
         partition_class = replace(vendor, device_class=setting.device_class)
@@ -609,11 +617,12 @@ async def consumable_capacity(ctx: ProbeContext, consumers: Consumers) -> None:
         share = half_share(total, _policy(target, setting.capacity))
         pin = _pin(target, vendor)
         if share is None or pin is None:
-            raise CheckSkippedError(
+            raise not_shown(
+                ctx,
                 f"device {target.name} has no room for two more claims of its {setting.capacity} "
                 f"({format_quantity(Decimal(total), 'BinarySI')} free)"
                 if share is None
-                else f"device {target.name} publishes no id to select it by"
+                else f"device {target.name} publishes no id to select it by",
             )
         amount = format_quantity(share, "BinarySI")
         share_class = replace(vendor, device_class=device_class)
@@ -692,11 +701,35 @@ async def _over_capacity(
     return f"; a third claim that would exceed it stays unschedulable: {verdict!r}"
 
 
+#: ``ProbeContext.data`` key: the strategies the platform offers that a check skipped all the same.
+_OFFERED_NOT_SHOWN = "offered_not_shown"
+
+
+def not_shown(ctx: ProbeContext, why: str) -> CheckSkippedError:
+    """The skip of a strategy the platform offers but the check could not show (its devices in use, no room
+    left, the setting not visible in a container): the report must not call it "not offered"."""
+    if ctx.current is not None:
+        ctx.data.setdefault(_OFFERED_NOT_SHOWN, []).append(ctx.current.name)
+    return CheckSkippedError(why)
+
+
+def verdict(outcome: str, offered: bool) -> str:
+    if outcome == "skipped":
+        return "not shown (skipped)" if offered else "not offered"
+    return {"passed": "shown", "failed": "FAILED"}[outcome]
+
+
 def summary(ctx: ProbeContext) -> list[JSON]:
     """What each strategy's check showed (or why it could not), for the report."""
     checks = {c.name: c for c in ctx.checks}
+    offered = set(ctx.data.get(_OFFERED_NOT_SHOWN) or ())
     return [
-        {"strategy": name, "outcome": checks[name].outcome, "shown": checks[name].message}
+        {
+            "strategy": name,
+            "outcome": checks[name].outcome,
+            "verdict": verdict(checks[name].outcome, name in offered),
+            "shown": checks[name].message,
+        }
         for name in STRATEGIES
         if name in checks
     ]

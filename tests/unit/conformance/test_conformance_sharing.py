@@ -19,7 +19,14 @@ from driver.conformance.checklist import load_checklist
 from driver.conformance.context import PodRun, ProbeContext
 from driver.conformance.e2elog import E2ELog
 from driver.conformance.evidence import decide
-from driver.conformance.model import CheckFailedError, CheckResult, Outcome, ProbeResult, summarize
+from driver.conformance.model import (
+    CheckFailedError,
+    CheckResult,
+    CheckSkippedError,
+    Outcome,
+    ProbeResult,
+    summarize,
+)
 from driver.conformance.probes.common import attribute_selector
 from driver.conformance.probes.gpu_sharing import PROBE
 from driver.conformance.probes.sharing_strategies import (
@@ -30,9 +37,11 @@ from driver.conformance.probes.sharing_strategies import (
     distinct_partitions,
     free_capacity,
     half_share,
+    not_shown,
     partition_parents,
     shareable,
     started,
+    summary,
 )
 from driver.conformance.reporthtml import _strategies
 from driver.conformance.vendor import VendorError, load_vendor
@@ -90,12 +99,21 @@ def test_a_failing_strategy_is_not_outweighed_by_another() -> None:
 def test_the_report_lists_what_each_strategy_showed() -> None:
     rows = [
         {"strategy": "TimeSlicing", "outcome": "passed", "shown": "pods a and b ran <together>"},
-        {"strategy": "Partitions", "outcome": "skipped", "shown": "no MIG"},
+        {"strategy": "Partitions", "outcome": "skipped", "verdict": "not offered", "shown": "no MIG"},
+        {
+            "strategy": "ConsumableCapacity",
+            "outcome": "skipped",
+            "verdict": "not shown (skipped)",
+            "shown": "full",
+        },
     ]
     html = _strategies(rows)
     assert "Sharing strategies shown: TimeSlicing." in html
     assert "<td>Time slicing</td><td>shown</td><td>pods a and b ran &lt;together&gt;</td>" in html
     assert "<td>not offered</td><td>no MIG</td>" in html
+    assert "<td>not shown (skipped)</td><td>full</td>" in html
+    old_row = {"strategy": "Partitions", "outcome": "skipped", "shown": "in use"}  # results without a verdict
+    assert "<td>not shown (skipped)</td><td>in use</td>" in _strategies([old_row])
     assert _strategies([]) == ""
     assert "No sharing strategy was shown." in _strategies(rows[1:])
 
@@ -374,7 +392,7 @@ async def test_the_strategies_table_shows_what_ran_when_the_probe_stops(
     with pytest.raises(TimeoutError):
         await PROBE.run(ctx)
     assert ctx.data["strategies"] == [
-        {"strategy": "TimeSlicing", "outcome": "passed", "shown": "two pods shared it"}
+        {"strategy": "TimeSlicing", "outcome": "passed", "verdict": "shown", "shown": "two pods shared it"}
     ]
 
 
@@ -494,3 +512,15 @@ def test_pods_are_kept_to_the_node_of_the_devices_chosen_for_them() -> None:
         ]
     }
     assert "affinity" not in podlib.on_node(podlib.pod(load_vendor("sandbox"), "q", []), "")["spec"]
+
+
+async def test_a_strategy_offered_but_not_shown_is_not_called_not_offered() -> None:
+    ctx = sharing_context(None)
+    async with ctx.check("Partitions"):
+        raise CheckSkippedError("vendor names no DeviceClass of hardware partitions")
+    async with ctx.check("ConsumableCapacity"):
+        raise not_shown(ctx, "device gpu-0 has no room for two more claims of its memory")
+    assert [(r["strategy"], r["verdict"]) for r in summary(ctx)] == [
+        ("Partitions", "not offered"),
+        ("ConsumableCapacity", "not shown (skipped)"),
+    ]
