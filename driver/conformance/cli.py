@@ -370,6 +370,12 @@ def run_command(args: argparse.Namespace, load_sandbox: SandboxLoader = _no_sand
         vendor = with_overrides(load_vendor(args.vendor or default), _overrides(args))
         if args.sandbox and args.kubeconfig:
             raise UsageError("--sandbox and --kubeconfig exclude each other")
+        if args.sandbox_shared_gpus is not None and not (args.sandbox and args.sandbox_shape == "accel-dra"):
+            raise UsageError(
+                "--sandbox-shared-gpus sets the GPUs this driver's sandbox plugin shares: it needs --sandbox "
+                f"with --sandbox-shape accel-dra{'' if args.sandbox else ' (no --sandbox given)'}"
+                f"{f' (not {args.sandbox_shape})' if args.sandbox and args.sandbox_shape != 'accel-dra' else ''}"
+            )
         if args.run:
             _check_regex(args.run)
         _import_map(args.import_map)

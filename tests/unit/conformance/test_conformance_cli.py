@@ -70,6 +70,11 @@ def test_help_lists_the_run_flags(capsys: pytest.CaptureFixture[str]) -> None:
             ["--checklist", str(FIXTURES / "checklist-1.36.yaml"), "--run", "Secure("],
             "not a regular expression",
         ),
+        (
+            ["--checklist", str(FIXTURES / "checklist-1.36.yaml"), "--sandbox-shared-gpus", "0000:5d:00.0"],
+            "--sandbox-shared-gpus sets the GPUs this driver's sandbox plugin shares: it needs --sandbox with "
+            "--sandbox-shape accel-dra (no --sandbox given)",
+        ),
     ],
 )
 def test_bad_input_is_refused_before_any_cluster_is_used(
@@ -87,4 +92,23 @@ def test_bad_input_is_refused_before_any_cluster_is_used(
     ]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_shared_gpus_are_refused_for_a_sandbox_shaped_like_another_driver(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The AMD- and Intel-shaped stand-ins have no --shared-gpus: the flag would be ignored."""
+    argv = [
+        "conformance",
+        "run",
+        "--sandbox",
+        "--sandbox-shape",
+        "amd",
+        "--sandbox-shared-gpus",
+        "0000:5d:00.0",
+    ]
+    argv += ["--checklist", str(FIXTURES / "checklist-1.36.yaml"), "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    assert "it needs --sandbox with --sandbox-shape accel-dra (not amd)" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
