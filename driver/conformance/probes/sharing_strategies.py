@@ -695,6 +695,17 @@ async def _over_capacity(
     await ctx.create(PODS, podlib.on_node(body, node))
     try:
         verdict = await ctx.wait_unschedulable(name, timeout=min(60.0, ctx.vendor.pod_timeout))
+        # Any reason keeps a pod pending (an untolerated taint too): only an unallocated claim the scheduler
+        # speaks of shows the capacity is what stops it.
+        if (
+            allocated(await ctx.kube.get(RESOURCE_CLAIMS, claim, ctx.namespace))
+            or "claim" not in verdict.lower()
+        ):
+            raise CheckFailedError(
+                f"pod {name} stays unschedulable, but not for want of capacity: its claim {claim} "
+                f"{'was allocated' if 'claim' in verdict.lower() else 'is not what the scheduler names'}; "
+                f"the scheduler says: {verdict}"
+            )
     finally:
         await released(ctx, [name])
     ctx.note(f"a third claim of {format_quantity(share, 'BinarySI')} stays pending: {verdict}")

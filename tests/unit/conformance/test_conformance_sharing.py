@@ -30,6 +30,7 @@ from driver.conformance.model import (
 from driver.conformance.probes.common import attribute_selector
 from driver.conformance.probes.gpu_sharing import PROBE
 from driver.conformance.probes.sharing_strategies import (
+    _over_capacity,
     busy_parents,
     carried_config,
     choose_parent,
@@ -524,3 +525,59 @@ async def test_a_strategy_offered_but_not_shown_is_not_called_not_offered() -> N
         ("Partitions", "not offered"),
         ("ConsumableCapacity", "not shown (skipped)"),
     ]
+
+
+class ThirdShare:
+    """The over-capacity pod's claim, allocated or not."""
+
+    def __init__(self, allocation: dict[str, Any] | None) -> None:
+        self.allocation = allocation
+
+    async def get(self, _rt: Any, name: str, _namespace: str | None = None) -> dict[str, Any]:
+        return {
+            "metadata": {"name": name},
+            "status": {"allocation": self.allocation} if self.allocation else {},
+        }
+
+
+@pytest.mark.parametrize(
+    ("allocation", "verdict", "fails"),
+    [
+        (None, "0/1 nodes are available: 1 cannot allocate all claims.", None),
+        (
+            None,
+            "0/1 nodes are available: 1 node(s) had untolerated taint {gpu: maintenance}.",
+            "not what the",
+        ),
+        (
+            {"devices": {"results": [{"device": "gpu-0"}]}},
+            "0/1 nodes are available: 1 cannot allocate all claims.",
+            "was allocated",
+        ),
+    ],
+)
+async def test_only_an_unallocated_claim_shows_the_capacity_is_enforced(
+    monkeypatch: pytest.MonkeyPatch, allocation: dict[str, Any] | None, verdict: str, fails: str | None
+) -> None:
+    ctx = sharing_context(ThirdShare(allocation))
+
+    async def create(_rt: Any, body: dict[str, Any], _namespace: str | None = None) -> dict[str, Any]:
+        return body
+
+    async def unschedulable(_name: str, timeout: float = 60.0) -> str:
+        return verdict
+
+    async def share_claim() -> str:
+        return "capacity-share-3"
+
+    async def nothing(*_args: Any) -> None:
+        return None
+
+    monkeypatch.setattr(ctx, "create", create)
+    monkeypatch.setattr(ctx, "wait_unschedulable", unschedulable)
+    monkeypatch.setattr(sharing_probe.strategies, "released", nothing)
+    if fails is None:
+        assert verdict in await _over_capacity(ctx, Decimal(39 * GiB), share_claim, "node")
+    else:
+        with pytest.raises(CheckFailedError, match=fails):
+            await _over_capacity(ctx, Decimal(39 * GiB), share_claim, "node")
