@@ -19,7 +19,7 @@ writes it twice, well inside the kubelet's deadline, and a call of claims withou
 files writes it once. A crash anywhere leaves either no trace, files of claims without a checkpoint entry
 (which the next start or sweeper pass removes: a spec no entry names is an orphan), or ``PrepareStarted``
 entries that the kubelet's retry rolls back and redoes (or the sweeper removes once the claim is gone). The start writes an
-empty checkpoint on a fresh node, so the files a crash leaves before the first ``PrepareCompleted`` are
+empty checkpoint on a fresh node (any operation, when it finds it deleted with no spec), so the files a crash leaves before the first ``PrepareCompleted`` are
 orphans too, never the proof of a prepared claim that a missing checkpoint is rebuilt from. A repeated
 Prepare of a completed claim answers the same CDI ids and re-writes the spec if it is missing (a reboot
 wipes ``/var/run/cdi``).
@@ -319,7 +319,7 @@ class NodePreparer:
     def _recover(self) -> None:
         self._remove_temporaries()
         self.specs.set_aside_junk()
-        cp = self.checkpoint(fresh_node_saved=True)
+        cp = self.checkpoint()
         self._remove_orphans(cp)
         if self.mig is not None:
             self.mig.reconcile(cp)
@@ -354,10 +354,11 @@ class NodePreparer:
                     "removed device metadata of a claim this node does not have prepared", claim_uid=uid
                 )
 
-    def checkpoint(self, *, fresh_node_saved: bool = False) -> Checkpoint:
-        """The current checkpoint, after handling a reboot, corruption or migration found on load.
-        ``fresh_node_saved``: write the empty checkpoint of a fresh node (at start), so that from then on
-        a CDI spec without checkpoint entry is an orphan to remove, not the trace of a lost checkpoint."""
+    def checkpoint(self) -> Checkpoint:
+        """The current checkpoint, after handling a reboot, corruption or migration found on load. A
+        missing checkpoint with no CDI specs is written empty at once (at start, or whenever it is found
+        deleted): from then on a spec without checkpoint entry is an orphan to remove, never the trace of
+        a lost checkpoint that would be rebuilt from it as prepared."""
         cp, event = self.store.load()
         if event == LoadEvent.REBOOTED:
             for uid in self.specs.claim_uids():
@@ -371,7 +372,7 @@ class NodePreparer:
             log.warning("checkpoint is missing but CDI specs exist; rebuilding", path=str(self.store.path))
             cp = self._rebuild(cp)
             self.store.save(cp)
-        elif event == LoadEvent.MIGRATED or (event == LoadEvent.MISSING and fresh_node_saved):
+        elif event in (LoadEvent.MIGRATED, LoadEvent.MISSING):
             self.store.save(cp)
         return cp
 

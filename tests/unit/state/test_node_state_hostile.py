@@ -17,7 +17,18 @@ import pytest
 from driver import crash
 from driver.state.checkpoint import CHECKPOINT_FILE, CheckpointStore, ClaimState, LoadEvent, checksum
 from driver.state.lock import LOCK_FILE_NAME
-from tests.unit.state.test_prepare import DRIVER, GPU0, GPU1, Node, claim, node, prepare, ref, sharing
+from tests.unit.state.test_prepare import (
+    DRIVER,
+    GPU0,
+    GPU1,
+    Node,
+    claim,
+    node,
+    prepare,
+    ref,
+    sharing,
+    started,
+)
 
 __all__ = ["node"]  # fixture
 
@@ -242,7 +253,8 @@ def test_one_checkpoint_write_per_phase_however_many_claims(
     node: Node, checkpoint_writes: list[str], config: list[Any] | None, writes: int
 ) -> None:
     claims = [claim(f"c{i:04d}", (GPU0, GPU1)[i % 2], admin=True, config=config) for i in range(300)]
-    p = node.preparer()
+    p = started(node)
+    checkpoint_writes.clear()  # the start's own write of a fresh node's empty checkpoint
     results, _ = p.prepare_sync(claims)
     assert [uid for uid, r in results.items() if r.error] == []
     assert len(checkpoint_writes) == writes

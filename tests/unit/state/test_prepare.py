@@ -305,6 +305,24 @@ def test_an_interrupted_prepare_of_a_spec_only_claim_leaves_an_orphan_the_start_
     assert node.slicer.calls == []
 
 
+def test_a_checkpoint_deleted_while_running_is_written_again_before_the_next_spec(
+    node: Node, crash_at: set[str]
+) -> None:
+    """Deleted while the plugin runs, on a node with no claims: the next operation writes it again (empty)
+    before any spec, so a spec-only prepare interrupted after that leaves an orphan the start removes,
+    not a spec the checkpoint would be rebuilt from as a prepared claim."""
+    p = started(node)
+    (node.root / "plugin" / CHECKPOINT_FILE).unlink()
+    crash_at.add("prepare:cdi-written")
+    with pytest.raises(Crash):
+        prepare(p, claim("a1", GPU0))
+    crash_at.clear()
+    assert (node.root / "plugin" / CHECKPOINT_FILE).exists()
+    restarted = started(node)
+    assert node.specs() == {} and node.records() == {}
+    assert prepare(restarted, claim("c1", GPU0))["c1"].error == ""
+
+
 def test_an_interrupted_spec_only_prepare_with_its_checkpoint_lost_is_held_as_prepared(
     node: Node, crash_at: set[str]
 ) -> None:

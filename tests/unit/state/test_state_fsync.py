@@ -54,6 +54,8 @@ def test_prepare_and_unprepare_do_not_fsync_by_default(node: Node, fsyncs: Count
 def test_with_fsync_every_write_and_removal_is_synced(node: Node, fsyncs: Counter[str]) -> None:
     p = node.preparer()
     p.store.sync = p.specs.sync = True
+    p.recover()  # as a plugin starts: writes a fresh node's empty checkpoint
+    fsyncs.clear()
     _prepare_and_unprepare(p)
     # Prepare of a claim with nothing but its spec: the spec and one checkpoint save (file + directory
     # each); unprepare: the spec's removal (directory) and one checkpoint save.
