@@ -93,10 +93,11 @@ class Claim:
     uid: str
     device: str
     admin: bool = False
+    namespace: str = "default"
 
     @property
     def ref(self) -> ClaimRef:
-        return ClaimRef("default", self.uid, self.name)
+        return ClaimRef(self.namespace, self.uid, self.name)
 
 
 @dataclass
@@ -153,17 +154,17 @@ def answer_of(response: Any) -> Answer:
     return answer
 
 
-def claim_body(name: str) -> dict[str, Any]:
+def claim_body(name: str, namespace: str = "default") -> dict[str, Any]:
     return {
-        "metadata": {"name": name, "namespace": "default"},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": DRIVER}}]}},
     }
 
 
-def allocation(device: str, admin: bool, interval: str | None = None) -> dict[str, Any]:
-    """``status`` of a claim allocated one device of this node, as the scheduler writes it; ``interval``:
+def allocation(device: str, admin: bool, interval: str | None = None, node: str = NODE) -> dict[str, Any]:
+    """``status`` of a claim allocated one device of ``node``, as the scheduler writes it; ``interval``:
     with a time-slicing config (a side effect beyond the CDI spec, so its prepare records intent first)."""
-    result: dict[str, Any] = {"request": "gpu", "driver": DRIVER, "pool": NODE, "device": device}
+    result: dict[str, Any] = {"request": "gpu", "driver": DRIVER, "pool": node, "device": device}
     if admin:
         result["adminAccess"] = True
     devices: dict[str, Any] = {"results": [result]}
@@ -176,7 +177,10 @@ def allocation(device: str, admin: bool, interval: str | None = None) -> dict[st
         devices["config"] = [
             {"source": "FromClaim", "requests": [], "opaque": {"driver": DRIVER, "parameters": parameters}}
         ]
-    return {"allocation": {"devices": devices}}
+    selector = {
+        "nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}]
+    }
+    return {"allocation": {"devices": devices, "nodeSelector": selector}}
 
 
 #: gRPC itself logs a request that does not decode, with a traceback: not the plugin's error.
@@ -231,17 +235,25 @@ def check_answer(answer: Answer, refs: Sequence[ClaimRef], call: str) -> None:
 
 
 class ChaosNode:
-    """A node directory tree, the API server (optionally behind a fault proxy) and the plugin process."""
+    """A node directory tree, the API server (optionally behind a fault proxy) and the plugin process.
+
+    ``apiserver``: the sim API server, or None for a real one (tests/realk8s), which ``kube`` (an admin)
+    and the proxy reach instead; ``node``: the Node the plugin serves; ``namespace``: its claims'."""
 
     def __init__(
         self,
         root: Path,
-        apiserver: SimApiServer,
+        apiserver: SimApiServer | None,
         kube: KubeClient,
         proxy: FaultProxy | None,
         machine: Machine = STATIC,
+        *,
+        node: str = NODE,
+        namespace: str = "default",
     ) -> None:
         self.root = root
+        self.node = node
+        self.namespace = namespace
         self.machine = machine
         self.inventory = machine.inventory()
         self.devices = tuple(d.name for d in self.inventory.devices)
@@ -262,7 +274,7 @@ class ChaosNode:
         if proxy is not None:
             proxy.write_kubeconfig(self.kubeconfig)
         else:
-            apiserver.write_kubeconfig(self.kubeconfig)
+            self.sim.write_kubeconfig(self.kubeconfig)
         self.process: Process | None = None
         self.dra: Dra | None = None
         self.starts = 0
@@ -270,8 +282,13 @@ class ChaosNode:
 
     # -- the API server side --------------------------------------------------------------------------
 
+    @property
+    def sim(self) -> SimApiServer:
+        assert self.apiserver is not None, "a real API server: use the API"
+        return self.apiserver
+
     async def register_node(self) -> None:
-        self.apiserver.create(NODES, {"metadata": {"name": NODE}})
+        self.sim.create(NODES, {"metadata": {"name": self.node}})
 
     async def create_claims(
         self, rng: random.Random, count: int, prefix: str = "c", time_sliced: float = 0.0
@@ -292,22 +309,22 @@ class ChaosNode:
     async def create_claim(
         self, name: str, device: str, admin: bool = False, interval: str | None = None
     ) -> Claim:
-        created = await self.kube.create(RESOURCE_CLAIMS, claim_body(name), "default")
-        created["status"] = allocation(device, admin, interval)
-        await self.kube.update(RESOURCE_CLAIMS, created, "default", subresource="status")
-        return Claim(name, created["metadata"]["uid"], device, admin)
+        created = await self.kube.create(RESOURCE_CLAIMS, claim_body(name, self.namespace), self.namespace)
+        created["status"] = allocation(device, admin, interval, self.node)
+        await self.kube.update(RESOURCE_CLAIMS, created, self.namespace, subresource="status")
+        return Claim(name, created["metadata"]["uid"], device, admin, self.namespace)
 
     def published(self) -> set[str]:
         return {
             str(d.get("name"))
-            for s in self.apiserver.objects(RESOURCE_SLICES)
-            if s["spec"].get("nodeName") == NODE and s["spec"].get("driver") == DRIVER
+            for s in self.sim.objects(RESOURCE_SLICES)
+            if s["spec"].get("nodeName") == self.node and s["spec"].get("driver") == DRIVER
             for d in s["spec"].get("devices") or []
         }
 
     async def wait_published(self, timeout: float = SETTLE_S) -> None:
         try:
-            await self.apiserver.wait_for(lambda _s: self.published() == set(self.devices), timeout)
+            await self.sim.wait_for(lambda _s: self.published() == set(self.devices), timeout)
         except TimeoutError:
             raise ChaosError(
                 f"slices not published within {timeout}s: {sorted(self.published())}\n{self.log_tail()}"
@@ -323,7 +340,7 @@ class ChaosNode:
         )
         return plugin_args(
             kubeconfig=self.kubeconfig,
-            node=NODE,
+            node=self.node,
             plugin_dir=self.plugin_dir,
             registry_dir=self.registry,
             cdi_dir=self.cdi,

@@ -1,163 +1,29 @@
-"""A broken API server (or what stands in front of it) while the plugin publishes, prepares and sweeps:
-malformed bodies, wrong content types, 404s without details, 409/429/5xx, slow answers, cut answers and
-watch streams, other objects, outages.
-
-Every case arms random faults on random requests, does one thing the node does (prepare claims, unprepare,
-have the kubelet wipe the slices, force-delete a claim's pod and the claim), and then, with the faults
-over, requires within a bounded time: the plugin serving and its slices published, claims deleted from the
-API swept, claims that still exist still prepared, and the node invariants.
-"""
+"""A broken API server (or what stands in front of it) while the plugin publishes, prepares and sweeps,
+against the sim API server: the cases of tests/chaos/api_faults.py, with slices of another node and of
+another driver in the store that the plugin must never touch."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import random
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-
-import grpc
-
-from driver.kube.client import NODES, RESOURCE_CLAIMS, RESOURCE_SLICES
+from driver.kube.client import NODES, RESOURCE_SLICES
+from tests.chaos.api_faults import SWEEP_INTERVAL, Model, run_cases
 from tests.chaos.conftest import Chaos
-from tests.chaos.harness import DRIVER, NODE, ChaosError, ChaosNode, Claim
-from tests.chaos.invariants import prepared
-from tests.support.faultproxy import ALL_FAULTS, WATCH, Fault
-
-#: (method, path regex, watch) of the requests a fault can hit.
-TARGETS: dict[str, tuple[str, str, bool | None]] = {
-    "claim-get": ("GET", r"/resourceclaims/[^/]+$", False),
-    "claim-status": ("PATCH", r"/resourceclaims/[^/]+/status$", False),
-    "slice-list": ("GET", r"/resourceslices$", False),
-    "slice-watch": ("GET", r"/resourceslices$", True),
-    "slice-write": ("*", r"/resourceslices(/[^/]+)?$", False),
-    "node-get": ("GET", rf"/nodes/{NODE}$", False),
-    "node-watch": ("GET", r"/nodes$", True),
-    "version": ("GET", r"^/version$", False),
-    "anything": ("*", "", None),
-}
-SWEEP_INTERVAL = "1"
-
-
-@dataclass
-class Model:
-    claims: list[Claim]
-    prepared: set[str]
-    deleted: set[str]
-
-
-def arm(node: ChaosNode, rng: random.Random, targets: tuple[str, ...]) -> list[Fault]:
-    assert node.proxy is not None
-    faults = []
-    for _ in range(rng.randint(1, 3)):
-        target = rng.choice(targets)
-        method, path, watch = TARGETS[target]
-        kind = rng.choice(WATCH) if watch else rng.choice(ALL_FAULTS)
-        delay = rng.uniform(0.05, 2.0) if kind == "slow" else 0.0
-        fault = Fault(kind, path, method=method, remaining=rng.randint(1, 2), watch=watch, delay=delay)
-        faults.append(node.proxy.add(fault))
-    return faults
-
-
-async def prepare_some(node: ChaosNode, rng: random.Random, model: Model) -> None:
-    live = [c for c in model.claims if c.uid not in model.deleted]
-    picked = rng.sample(live, rng.randint(1, min(3, len(live))))
-    answer = await node.call("prepare", [c.ref for c in picked])
-    if answer.ok:
-        model.prepared |= set(answer.devices)
-        for claim in picked:
-            error = answer.errors.get(claim.uid, "")
-            # A claim's status PATCH or a slow answer never fails a claim; a conflict is the only reason.
-            if error and "already prepared for claim" not in error:
-                raise ChaosError(f"prepare of {claim} failed: {error}")
-    elif answer.code != grpc.StatusCode.FAILED_PRECONDITION:
-        raise ChaosError(f"prepare: {answer.code.name}: {answer.details}")
-
-
-async def unprepare_some(node: ChaosNode, rng: random.Random, model: Model) -> None:
-    held = [c for c in model.claims if c.uid in model.prepared]
-    if not held:
-        return
-    picked = rng.sample(held, rng.randint(1, min(2, len(held))))
-    answer = await node.call("unprepare", [c.ref for c in picked])
-    if not answer.ok or answer.errors:
-        raise ChaosError(f"unprepare needs no API call, yet failed: {answer}")
-    model.prepared -= {c.uid for c in picked}
-
-
-async def wipe_slices(node: ChaosNode, rng: random.Random, model: Model) -> None:
-    await node.kube.delete_collection(
-        RESOURCE_SLICES, field_selector=f"spec.nodeName={NODE},spec.driver={DRIVER}"
-    )
-
-
-async def delete_claim(node: ChaosNode, rng: random.Random, model: Model) -> None:
-    """A force-deleted pod: the kubelet never unprepares; the claim goes. The sweeper must clean up."""
-    held = [c for c in model.claims if c.uid in model.prepared and c.uid not in model.deleted]
-    if not held:
-        return
-    claim = rng.choice(held)
-    await node.kube.delete(RESOURCE_CLAIMS, claim.name, "default")
-    model.deleted.add(claim.uid)
-
-
-async def restart(node: ChaosNode, rng: random.Random, model: Model) -> None:
-    """The plugin restarts (upgrade, OOM kill) while the API server misbehaves: it must start and serve."""
-    if rng.random() < 0.5:
-        await node.stop()
-    else:
-        await node.kill()
-    await node.start("--sweep-interval", SWEEP_INTERVAL)
-
-
-async def outage(node: ChaosNode, rng: random.Random, model: Model) -> None:
-    assert node.proxy is not None
-    node.proxy.outage = True
-    try:
-        await prepare_some(node, rng, model)
-        await asyncio.sleep(rng.uniform(0.1, 1.5))  # how long the API server stays away
-    finally:
-        node.proxy.outage = False
-
-
-SWEEPER = ("claim-get", "anything")
-PUBLISHER = ("slice-list", "slice-watch", "slice-write", "node-get", "anything")
-#: What a case does, and the requests it makes the plugin send (a fault elsewhere would not be hit).
-ACTIONS: tuple[tuple[Callable[[ChaosNode, random.Random, Model], Awaitable[None]], tuple[str, ...]], ...] = (
-    (prepare_some, ("claim-get", "claim-status", *SWEEPER)),
-    (unprepare_some, SWEEPER),
-    (wipe_slices, PUBLISHER),
-    (delete_claim, SWEEPER),
-    (restart, tuple(TARGETS)),
-    (outage, ("anything",)),
-)
-#: How long armed faults stay armed after the action, at most (they are cleared once all were hit).
-EXPOSURE_S = 1.5
-
-
-async def exposed(node: ChaosNode, faults: list[Fault]) -> None:
-    """Leave the faults armed until each was hit as often as armed, or the exposure time is over."""
-    assert node.proxy is not None
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(EXPOSURE_S):
-            for fault in faults:
-                await node.proxy.wait_hit(fault, fault.hits + (fault.remaining or 0), timeout=EXPOSURE_S)
+from tests.chaos.harness import DRIVER, NODE, ChaosError, ChaosNode
 
 
 def foreign_slices(node: ChaosNode) -> set[tuple[str, str, str]]:
     """(name, uid, resourceVersion) of the slices that are not this plugin's: never to be touched."""
     return {
         (s["metadata"]["name"], s["metadata"]["uid"], s["metadata"]["resourceVersion"])
-        for s in node.apiserver.objects(RESOURCE_SLICES)
+        for s in node.sim.objects(RESOURCE_SLICES)
         if s["spec"].get("nodeName") != NODE or s["spec"].get("driver") != DRIVER
     }
 
 
 def add_foreign_slices(node: ChaosNode) -> None:
     """Another node's slice of this driver and another driver's slice of this node, as in a cluster."""
-    node.apiserver.create(NODES, {"metadata": {"name": "node-2"}})
+    node.sim.create(NODES, {"metadata": {"name": "node-2"}})
     for name, driver, on in (("node-2-ours", DRIVER, "node-2"), ("node-1-theirs", "net.example.com", NODE)):
-        node.apiserver.create(
+        node.sim.create(
             RESOURCE_SLICES,
             {
                 "metadata": {"name": name},
@@ -171,47 +37,16 @@ def add_foreign_slices(node: ChaosNode) -> None:
         )
 
 
-async def settle(node: ChaosNode, model: Model, foreign: set[tuple[str, str, str]]) -> None:
-    assert node.proxy is not None
-    node.proxy.clear()
-    await node.wait_published()
-    await node.wait_serving()
-    # Claims that are gone are swept; the others stay prepared.
-    gone = model.deleted & model.prepared
-    await node.wait_logged(lambda: not prepared(node.plugin_dir) & gone, f"sweeping {sorted(gone)}")
-    model.prepared -= gone
-    if foreign_slices(node) != foreign:
-        raise ChaosError(f"other slices were touched: {sorted(foreign - foreign_slices(node))}")
-    node.check()
-    held = prepared(node.plugin_dir)
-    if held != model.prepared:
-        raise ChaosError(f"checkpoint holds {sorted(held)}, the kubelet was told {sorted(model.prepared)}")
-
-
 async def test_api_server_faults(proxied_node: ChaosNode, chaos: Chaos) -> None:
-    node, rng = proxied_node, chaos.rng
-    claims = await node.create_claims(rng, 8)
-    model = Model(claims, set(), set())
+    node = proxied_node
+    model = Model(await node.create_claims(chaos.rng, 8), set(), set())
     add_foreign_slices(node)
     foreign = foreign_slices(node)
+
+    async def untouched() -> None:
+        if foreign_slices(node) != foreign:
+            raise ChaosError(f"other slices were touched: {sorted(foreign - foreign_slices(node))}")
+
     await node.start("--sweep-interval", SWEEP_INTERVAL)
     await node.wait_published()
-    for _ in range(chaos.count(20)):
-        chaos.case()
-        action, targets = rng.choice(ACTIONS)
-        faults = arm(node, rng, targets)
-        await action(node, rng, model)
-        await exposed(node, faults)
-        await settle(node, model, foreign)
-        if len([c for c in model.claims if c.uid not in model.deleted]) < 4:
-            model.claims += await node.create_claims(rng, 3, prefix="more")
-    assert node.proxy is not None
-    injected = sum(n for kind, n in node.proxy.answered.items() if kind)
-    print(f"faults answered: {dict(node.proxy.answered)}; swept: {len(model.deleted)}")
-    if not injected:
-        raise ChaosError("no fault was ever hit: the case mix is broken")
-    if node.tracebacks():
-        raise ChaosError(
-            "unexpected errors logged:\n" + "\n".join(node.tracebacks()) + "\n" + node.log_tail(80)
-        )
-    await node.stop()
+    await run_cases(node, chaos, model, chaos.count(20), untouched)

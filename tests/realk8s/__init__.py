@@ -18,7 +18,10 @@ MODULE_ORDER = (
     "test_explain",
     "test_idle",
     "test_parity",
-    # Last: its ~1,500 writes churn the resource.k8s.io watch caches, and a plugin whose watch expires
+    # Late: its ~1,500 writes churn the resource.k8s.io watch caches, and a plugin whose watch expires
     # relists -- a request in node-2's idle minute.
     "test_api_fidelity",
+    # After the idle window (its plugin serves a node of its own, but its faults and writes churn the same
+    # watch caches); it removes its node at the end.
+    "test_chaos",
 )

@@ -1,8 +1,10 @@
-"""A fault-injecting HTTP proxy in front of the sim API server: what a broken or hostile API server, load
-balancer or network answers.
+"""A fault-injecting HTTP proxy in front of an API server (the sim one, or a real one over TLS): what a
+broken or hostile API server, load balancer or network answers.
 
-Processes under test get a kubeconfig pointing at the proxy (:meth:`FaultProxy.write_kubeconfig`). Each
-request is forwarded unchanged unless an armed :class:`Fault` matches it (method, path regex, watch or not);
+Processes under test get a kubeconfig pointing at the proxy (:meth:`FaultProxy.write_kubeconfig`) with the
+bearer token they authenticate with, which the proxy passes on unchanged: it listens on loopback in plain
+HTTP and speaks TLS to a real API server (verified with :attr:`FaultProxy.upstream_ssl`). Each request is
+forwarded unchanged unless an armed :class:`Fault` matches it (method, path regex, watch or not);
 then the fault decides the answer: a malformed body, a wrong content type, a bare 404, a 409/429/5xx
 ``Status``, a slow or cut answer, another object, a reset connection. :attr:`FaultProxy.outage` resets every
 connection until cleared. Watch streams are forwarded line by line, so a fault can also break a stream.
@@ -15,6 +17,7 @@ import contextlib
 import json
 import re
 import socket
+import ssl
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +93,10 @@ class Fault:
 @dataclass
 class FaultProxy:
     upstream: str
+    #: How to verify an ``https://`` upstream (its CA); None: the system's defaults.
+    upstream_ssl: ssl.SSLContext | None = None
+    #: The bearer token the kubeconfig of :meth:`write_kubeconfig` carries (None: no credentials).
+    token: str | None = None
     faults: list[Fault] = field(default_factory=list)
     #: Reset every connection (an API server that is down behind a load balancer).
     outage: bool = False
@@ -108,7 +115,10 @@ class FaultProxy:
         sock = socket.create_server(("127.0.0.1", 0))
         await web.SockSite(self._runner, sock).start()
         self._url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
+        connector = aiohttp.TCPConnector(ssl=self.upstream_ssl if self.upstream_ssl is not None else True)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=None, sock_connect=5)
+        )
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -134,7 +144,7 @@ class FaultProxy:
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{"name": "proxied", "cluster": {"server": self.url}}],
-            "users": [{"name": "proxied", "user": {}}],
+            "users": [{"name": "proxied", "user": {"token": self.token} if self.token else {}}],
             "contexts": [{"name": "proxied", "context": {"cluster": "proxied", "user": "proxied"}}],
             "current-context": "proxied",
         }
