@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import hashlib
 import random
+import re
 import ssl
 import tempfile
 from collections.abc import AsyncIterator, Mapping
@@ -45,6 +46,7 @@ NAMESPACE = "chaos"
 #: Cases at CHAOS_SCALE=1: about half a minute on a busy 2-core machine.
 CASES = 8
 JSON = dict[str, Any]
+REFUSED = re.compile(r": (403|422) [A-Z]")
 
 
 @pytest.fixture
@@ -196,6 +198,12 @@ async def test_api_server_faults_on_a_real_api_server(chaos_node: RealChaosNode,
         await node.start("--sweep-interval", SWEEP_INTERVAL)
         await node.wait_published()
         await run_cases(node, chaos, model, chaos.count(CASES), untouched)
+        # The proxy never answers 403 or 422 (``<verb> <object>: 403 Forbidden: ...`` in an error): one in
+        # the log is the real API server refusing what the plugin sent, or the plugin's permissions.
+        assert node.process is not None
+        refused = [line for line in node.process.lines if REFUSED.search(line)]
+        if refused:
+            raise ChaosError("the API server refused the plugin:\n" + "\n".join(refused))
     except BaseException as exc:
         exc.add_note(replay_note())
         raise
