@@ -43,7 +43,7 @@ pytestmark = pytest.mark.realk8s
 NODE = "chaos-node"
 #: The claims' namespace, labelled so that claims may be allocated with admin access.
 NAMESPACE = "chaos"
-#: Cases at CHAOS_SCALE=1: about half a minute on a busy 2-core machine.
+#: Cases at CHAOS_SCALE=1: about 20 s on a busy 2-core machine.
 CASES = 8
 JSON = dict[str, Any]
 REFUSED = re.compile(r": (403|422) [A-Z]")
