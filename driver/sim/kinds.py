@@ -22,6 +22,7 @@ from driver.kube.api.metadata import validate_object_meta
 from driver.kube.api.names import dns1035_label_errors, dns1123_label_errors, dns1123_subdomain_errors
 from driver.kube.api.resourceclaim import (
     claim_admin_access_errors,
+    status_admin_access_errors,
     template_admin_access_errors,
     validate_resource_claim,
     validate_resource_claim_status,
@@ -93,8 +94,10 @@ class KindSpec:
     prepare_status: Callable[[JSON, JSON], None] = lambda new, old: None
     subresources: tuple[Subresource, ...] = ()
     normalize: Normalizer = lambda obj: []
-    # Rules that depend on the object's namespace (its labels), checked on create.
+    # Rules that depend on the object's namespace (its labels), checked on create ...
     namespace_rules: Callable[[JSON, Mapping[str, Any] | None], list[FieldError]] | None = None
+    # ... and on writes of its status.
+    status_namespace_rules: Callable[[JSON, Mapping[str, Any] | None], list[FieldError]] | None = None
 
     @property
     def key(self) -> str:
@@ -760,6 +763,7 @@ KIND_SPECS: tuple[KindSpec, ...] = (
         validate_status=validate_resource_claim_status,
         prepare_status=_drop_unallocated_device_status,
         namespace_rules=claim_admin_access_errors,
+        status_namespace_rules=status_admin_access_errors,
         prepare_create=_default_claim,
         prepare_update=_default_claim,
         normalize=normalize_claim,

@@ -18,7 +18,7 @@ import copy
 import json
 import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -309,7 +309,9 @@ class Registry:
         spec.prepare_create(obj)
         self._normalize(spec, obj)
         self._drop_disabled(spec, obj, None)
-        self._validate(spec, obj, self._namespace_rules(spec, obj) + spec.validate(obj, None))
+        self._validate(
+            spec, obj, self._namespace_rules(spec, obj, spec.namespace_rules) + spec.validate(obj, None)
+        )
         self._admit(spec, "CREATE", obj, None)
         name = str(meta["name"])
         if self.store.get(spec.key, meta.get("namespace") or "", name) is not None:
@@ -359,12 +361,14 @@ class Registry:
                 "Forbidden",
             )
 
-    def _namespace_rules(self, spec: KindSpec, obj: JSON) -> FieldErrors:
-        if spec.namespace_rules is None:
+    def _namespace_rules(
+        self, spec: KindSpec, obj: JSON, rules: Callable[[JSON, Mapping[str, Any] | None], FieldErrors] | None
+    ) -> FieldErrors:
+        if rules is None:
             return []
         ns = self.store.get("namespaces", "", str(_meta(obj).get("namespace") or ""))
         labels = _meta(ns).get("labels") if ns is not None else None
-        return spec.namespace_rules(obj, labels if isinstance(labels, dict) else None)
+        return rules(obj, labels if isinstance(labels, dict) else None)
 
     def _normalize(self, spec: KindSpec, obj: JSON) -> None:
         """Bring ``obj`` into its stored form; unknown fields warn (or fail, with fieldValidation=Strict)."""
@@ -453,7 +457,8 @@ class Registry:
         if subresource == "status":
             spec.prepare_status(new, old)
             self._normalize(spec, new)
-            errors = spec.validate_status(new, old) if spec.validate_status else []
+            errors = self._namespace_rules(spec, new, spec.status_namespace_rules)
+            errors += spec.validate_status(new, old) if spec.validate_status else []
         else:
             spec.prepare_update(new, old)  # defaulting first, so an omitted default is not a change
             self._normalize(spec, new)  # and the stored form, so "80Gi" for "81920Mi" is no change either

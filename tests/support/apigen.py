@@ -404,6 +404,8 @@ def _updates() -> Iterator[JSON]:
             {"consumedCapacity": {"memory": "1Gi"}},
             {"consumedCapacity": {"memory": "x"}},
             {"request": "nosuch"},
+            {"adminAccess": True},
+            {"adminAccess": False},
         )
     ):
         yield _case(
@@ -411,6 +413,13 @@ def _updates() -> Iterator[JSON]:
             claim,
             ("status", _set(allocated, "status.allocation.devices.results.0", {**result, **extra})),
         )
+    admin_claim = _set(claim, "metadata.namespace", ADMIN_NAMESPACE)
+    admin_result = {**result, "adminAccess": True}
+    yield _case(
+        "update/claim-result-admin-access-labelled",
+        admin_claim,
+        ("status", _set(admin_claim, "status", {"allocation": {"devices": {"results": [admin_result]}}})),
+    )
     status = {"driver": "fidelity.example.com", "pool": "node-1", "device": "gpu-0"}
     with_status = _set(allocated, "status.devices", [status])
     yield _case("update/claim-device-status", claim, ("status", with_status))

@@ -97,6 +97,9 @@ def validate_resource_claim_template(template: JSON, old: JSON | None = None) ->
 
 
 ADMIN_ACCESS_LABEL = "resource.kubernetes.io/admin-access"
+_ADMIN_ACCESS_DETAIL = (
+    f"admin access to devices requires the `{ADMIN_ACCESS_LABEL}: true` label on the containing namespace"
+)
 
 
 def admin_access_errors(requests: Any, namespace_labels: Mapping[str, Any] | None) -> Errors:
@@ -111,8 +114,23 @@ def admin_access_errors(requests: Any, namespace_labels: Mapping[str, Any] | Non
             if (namespace_labels or {}).get(ADMIN_ACCESS_LABEL) == "true":
                 return []
             path = Path("spec.devices.requests").index(i).child("adminAccess")
-            detail = f"admin access to devices requires the `{ADMIN_ACCESS_LABEL}: true` label on the containing namespace"
-            return [forbidden(path, detail)]
+            return [forbidden(path, _ADMIN_ACCESS_DETAIL)]
+    return []
+
+
+def status_admin_access_errors(claim: JSON, namespace_labels: Mapping[str, Any] | None) -> Errors:
+    """An allocation result with admin access, written through ``status``, needs the same namespace label as
+    a request for it: the first such result is named, as ``status.allocation.devices.results[i].adminAccess``."""
+    status = claim.get("status") if isinstance(claim.get("status"), dict) else {}
+    allocation = (status or {}).get("allocation")
+    devices = allocation.get("devices") if isinstance(allocation, dict) else None
+    results = devices.get("results") if isinstance(devices, dict) else None
+    for i, result in enumerate(results if isinstance(results, list) else []):
+        if isinstance(result, dict) and result.get("adminAccess") is True:
+            if (namespace_labels or {}).get(ADMIN_ACCESS_LABEL) == "true":
+                return []
+            path = Path("status.allocation.devices.results").index(i).child("adminAccess")
+            return [forbidden(path, _ADMIN_ACCESS_DETAIL)]
     return []
 
 
