@@ -238,6 +238,10 @@ async def test_two_instances_share_a_plugin_dir(
             (f"{node_dirs.registry}/{DRIVER}-11111111-aaaa-reg.sock", f"{plugin_dir}/dra-11111111-aaaa.sock"),
             (f"{node_dirs.registry}/{DRIVER}-22222222-bbbb-reg.sock", f"{plugin_dir}/dra-22222222-bbbb.sock"),
         }
+        # The kubelet calls the newest instance it is connected to: wait for that connection, or a busy
+        # machine hands the prepare to the old instance.
+        (newest,) = [i for i in kubelet.instances(DRIVER) if i.endpoint.endswith("dra-22222222-bbbb.sock")]
+        await newest.channel.channel_ready()
         await kubelet.prepare(DRIVER, [ref(claim)])
         await new.wait_log("prepare answered")
         assert spec_path(node_dirs, claim).exists()
