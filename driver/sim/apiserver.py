@@ -32,6 +32,7 @@ import aiohttp
 import yaml
 from aiohttp import web
 
+from driver.kube.api.resourceclaim import ADMIN_ACCESS_LABEL
 from driver.kube.client import NAMESPACES, PODS, SERVICES, ResourceType
 from driver.log import get_logger
 from driver.log import setup as log_setup
@@ -180,6 +181,17 @@ class SimApiServer:
     def create(self, rt: ResourceType, body: JSON, namespace: str | None = None) -> JSON:
         """Create an object without HTTP (not in the request log); same rules as a POST."""
         return self.registry.create(self._spec(rt), namespace or "", body)
+
+    def allow_admin_access(self, namespace: str) -> None:
+        """Label ``namespace`` (created if missing) so that claims with admin access may live there: the
+        API server refuses them, and their allocation results, elsewhere."""
+        labels = {ADMIN_ACCESS_LABEL: "true"}
+        current = self.get_object(NAMESPACES, namespace)
+        if current is None:
+            self.create(NAMESPACES, {"metadata": {"name": namespace, "labels": labels}})
+            return
+        current["metadata"]["labels"] = {**(current["metadata"].get("labels") or {}), **labels}
+        self.registry.update(self._spec(NAMESPACES), "", namespace, current)
 
     def objects(self, rt: ResourceType, namespace: str | None = None) -> list[JSON]:
         """Copies of the stored objects of a kind."""

@@ -22,8 +22,7 @@ from driver.devices.backend import open_backend
 from driver.devices.fake import FakeBackend, load_named_profile
 from driver.devices.migmode import apply_mig_modes, parse_mig_modes
 from driver.devices.model import Inventory
-from driver.kube.api.resourceclaim import ADMIN_ACCESS_LABEL
-from driver.kube.client import NAMESPACES, NODES, RESOURCE_CLAIMS, RESOURCE_SLICES, KubeClient
+from driver.kube.client import NODES, RESOURCE_CLAIMS, RESOURCE_SLICES, KubeClient
 from driver.sim.apiserver import SimApiServer
 from driver.state.api import ClaimRef, echo
 from driver.state.opaque import API_VERSION
@@ -153,19 +152,6 @@ def answer_of(response: Any) -> Answer:
         else:
             answer.devices[uid] = [d.device_name for d in getattr(entry, "devices", ())]
     return answer
-
-
-def allow_admin_access(server: SimApiServer, namespace: str) -> None:
-    """Label ``namespace`` so that claims with admin access may live there, as the API server insists."""
-    labels = {ADMIN_ACCESS_LABEL: "true"}
-    current = server.get_object(NAMESPACES, namespace)
-    if current is None:
-        server.create(NAMESPACES, {"metadata": {"name": namespace, "labels": labels}})
-        return
-    current["metadata"]["labels"] = {**(current["metadata"].get("labels") or {}), **labels}
-    spec = server.registry.spec_for(NAMESPACES.group, NAMESPACES.version, NAMESPACES.plural)
-    assert spec is not None
-    server.registry.update(spec, "", namespace, current)
 
 
 def claim_body(name: str, namespace: str = "default") -> dict[str, Any]:
@@ -303,7 +289,7 @@ class ChaosNode:
 
     async def register_node(self) -> None:
         self.sim.create(NODES, {"metadata": {"name": self.node}})
-        allow_admin_access(self.sim, self.namespace)
+        self.sim.allow_admin_access(self.namespace)  # some claims have admin access
 
     async def create_claims(
         self, rng: random.Random, count: int, prefix: str = "c", time_sliced: float = 0.0

@@ -35,7 +35,6 @@ from tests.chaos.harness import (
     Answer,
     ChaosError,
     allocation,
-    allow_admin_access,
     answer_of,
     check_answer,
     claim_body,
@@ -88,7 +87,7 @@ def fuzz_node(node_root: Path) -> Iterator[FuzzNode]:
 
     def setup(s: SimApiServer) -> list[ClaimRef]:
         s.create(NODES, {"metadata": {"name": NODE}})
-        allow_admin_access(s, "default")
+        s.allow_admin_access("default")  # one claim in five has admin access
         return [_allocated(s, f"f-{i}", DEVICES[i % len(DEVICES)], admin=i % 5 == 4) for i in range(10)]
 
     claims = background.call(setup)

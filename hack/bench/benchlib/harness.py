@@ -376,6 +376,7 @@ class Cluster:
         server = self.background.start()
         server.write_kubeconfig(self.dirs.kubeconfig)
         self.call(lambda s: s.create(NODES, {"metadata": {"name": NODE}}))
+        self.call(lambda s: s.allow_admin_access(NAMESPACE))  # the batch's claims have admin access
 
     def stop(self) -> None:
         self.background.stop()
