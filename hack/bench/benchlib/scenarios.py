@@ -381,8 +381,8 @@ async def batch(cluster: h.Cluster, dirs: h.Dirs, claims: int) -> JSON:
         await proc.stop()
     return {
         "claims": claims,
-        "prepare_s": round(prepare_s, 2),
-        "unprepare_s": round(unprepare_s, 2),
+        "prepare_s": round(prepare_s, 4),
+        "unprepare_s": round(unprepare_s, 4),
         "prepare_share_of_deadline": round(prepare_s / KUBELET_DEADLINE_S, 3),
         "unprepare_share_of_deadline": round(unprepare_s / KUBELET_DEADLINE_S, 3),
     }
