@@ -6,13 +6,11 @@ import json
 import logging
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from driver import crash
 from driver.state.checkpoint import (
     CHECKPOINT_FILE,
     CURRENT_VERSION,
@@ -30,24 +28,9 @@ from driver.state.checkpoint import (
     read_boot_id,
     to_document,
 )
+from tests.unit.state.test_prepare import Crash, crash_at
 
-
-class Crash(BaseException):
-    pass
-
-
-@pytest.fixture
-def crash_at() -> Iterator[set[str]]:
-    """Steps listed in the yielded set raise :class:`Crash` (a stand-in for SIGKILL)."""
-    steps: set[str] = set()
-
-    def hook(step: str) -> None:
-        if step in steps:
-            raise Crash(step)
-
-    crash.set_crash_hook(hook)
-    yield steps
-    crash.set_crash_hook(None)
+__all__ = ["crash_at"]  # a fixture
 
 
 def record(
